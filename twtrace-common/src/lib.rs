@@ -1,0 +1,93 @@
+//! Types shared by the kernel programs (`twtrace-ebpf`) and userspace (`twtrace`).
+//!
+//! Every type here is `#[repr(C)]` with fixed-width fields and explicit padding, so both sides
+//! agree on the layout byte for byte; sizes are checked at compile time below. The ring buffer
+//! carries one record per event: an [`EventHeader`] followed by the family's payload.
+#![no_std]
+
+pub mod config;
+pub mod timewait;
+
+pub use config::Config;
+
+/// Bumped whenever any record layout changes; userspace refuses records of another version.
+pub const SCHEMA_VERSION: u8 = 1;
+
+/// Which family (and which record type) follows the header.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    TimeWait = 1,
+}
+
+impl EventKind {
+    pub const fn from_u16(value: u16) -> Option<Self> {
+        match value {
+            1 => Some(Self::TimeWait),
+            _ => None,
+        }
+    }
+}
+
+/// Common prefix of every ring-buffer record.
+///
+/// `pid_tgid`, `cgroup_id` and `comm` describe the task that was running when the hook fired.
+/// For events raised in softirq context (most TIME_WAIT transitions) that task is unrelated to
+/// the socket: owner attribution is a separate field of the family's payload.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    pub kind: u16,
+    pub version: u8,
+    pub _pad0: u8,
+    pub cpu: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, nanoseconds.
+    pub ts_ns: u64,
+    pub pid_tgid: u64,
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+}
+
+/// A TCP 4-tuple as the kernel stores it. Addresses are in network byte order (IPv4 in the
+/// first four bytes); ports are in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Flow {
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Index of the kernel-side counters in the `COUNTERS` per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Records that did not fit in the ring buffer (`bpf_ringbuf_reserve` failed).
+    Lost = 0,
+    /// Records submitted.
+    Submitted = 1,
+    /// `bpf_probe_read_kernel` failures while building a record (record still sent, fields 0).
+    ReadErrors = 2,
+}
+
+pub const COUNTER_SLOTS: u32 = 4;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), contain only integers and arrays of integers, and have
+    // no implicit padding (checked by the size assertions below).
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::Flow {}
+    unsafe impl aya::Pod for super::timewait::TimeWaitEvent {}
+}
+
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 48);
+const _: () = assert!(core::mem::size_of::<Flow>() == 40);

@@ -1,0 +1,51 @@
+//! TIME_WAIT family: what the kernel reports about `inet_timewait_sock` timers.
+//!
+//! The kernel side reports raw timer phases; userspace turns them into births, re-arms and
+//! deaths (see `twtrace::probes::timewait`), because telling "expired" from "killed early"
+//! needs to know what the same CPU did next.
+
+use crate::{EventHeader, Flow};
+
+/// Phase of a TIME_WAIT socket's timer.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerPhase {
+    /// `timer_start`: a TIME_WAIT socket was scheduled (a birth, or a re-arm after `mod_timer`).
+    Start = 1,
+    /// `timer_cancel`: the timer was detached; either it is about to run (natural expiry), or
+    /// the socket is being killed early, or `mod_timer` is re-arming it.
+    Cancel = 2,
+    /// `timer_expire_entry`: the timer callback runs: the socket expired naturally.
+    Expire = 3,
+}
+
+impl TimerPhase {
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            1 => Some(Self::Start),
+            2 => Some(Self::Cancel),
+            3 => Some(Self::Expire),
+            _ => None,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimeWaitEvent {
+    pub header: EventHeader,
+    /// Kernel address of the `inet_timewait_sock`: identifies the socket while it lives.
+    pub tw_addr: u64,
+    /// `timer_list.expires - jiffies` at `Start` (jiffies); 0 otherwise.
+    pub timeout_jiffies: u64,
+    /// Network namespace inode of the socket (0 if this kernel's layout is unknown).
+    pub netns: u32,
+    pub phase: u8,
+    /// `tw_substate` at `Start`: TCP_TIME_WAIT (6) or TCP_FIN_WAIT2 (5).
+    pub substate: u8,
+    pub _pad: [u8; 2],
+    /// The 4-tuple, read at `Start` only (zero for other phases).
+    pub flow: Flow,
+}
+
+const _: () = assert!(core::mem::size_of::<TimeWaitEvent>() == 48 + 24 + 40);

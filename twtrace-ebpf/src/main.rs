@@ -1,0 +1,100 @@
+//! twtrace kernel programs. One module per probe family; this file holds what they share:
+//! the configuration global, the ring buffer, the loss counters and the record header.
+#![no_std]
+#![no_main]
+
+mod timewait;
+
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::{bpf_get_current_cgroup_id, bpf_get_smp_processor_id},
+    },
+    macros::map,
+    maps::{ring_buf::RingBufEntry, PerCpuArray, RingBuf},
+};
+use twtrace_common::{Config, Counter, EventHeader, EventKind, COUNTER_SLOTS, SCHEMA_VERSION};
+
+/// Written by userspace before load; never written here. Read it only through [`config`].
+#[unsafe(no_mangle)]
+static CONFIG: Config = Config::DEFAULT;
+
+/// Default size; userspace resizes it before load (`--ring-buffer-size`).
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// GPL-compatible, as the GPL-only helpers (probe_read_kernel, ringbuf) require.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "license")]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+/// The configuration as userspace set it. The volatile read keeps the compiler from folding in
+/// the compile-time default.
+#[inline(always)]
+fn config() -> &'static Config {
+    // SAFETY: CONFIG is a plain static; the volatile read of its address only defeats constant
+    // propagation, the data itself is never written after load.
+    unsafe { &*core::ptr::read_volatile(&&raw const CONFIG) }
+}
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Reserves a record of type `T` or counts it as lost. Loss is never silent.
+#[inline(always)]
+fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
+    let entry = EVENTS.reserve::<T>(0);
+    if entry.is_none() {
+        count(Counter::Lost);
+    }
+    entry
+}
+
+/// Submits without a wake-up unless the buffer is filling up; userspace also drains on a timer.
+#[inline(always)]
+fn submit<T>(entry: RingBufEntry<T>) {
+    let wake = EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= u64::from(config().wakeup_bytes);
+    entry.submit(if wake { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP } as u64);
+}
+
+#[inline(always)]
+fn header(kind: EventKind) -> EventHeader {
+    EventHeader {
+        kind: kind as u16,
+        version: SCHEMA_VERSION,
+        _pad0: 0,
+        // SAFETY: helpers without preconditions.
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        pid_tgid: bpf_get_current_pid_tgid(),
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+/// Reads a `T` at `base + offset`, or `T::default()` when the offset is unknown on this kernel
+/// or the read faults.
+#[inline(always)]
+fn read_at<T: Copy + Default>(base: *const u8, offset: u32) -> T {
+    if offset == twtrace_common::config::OFFSET_UNKNOWN {
+        return T::default();
+    }
+    // SAFETY: bpf_probe_read_kernel tolerates any address; a fault returns an error.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }
+        .unwrap_or_default()
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,114 @@
+//! Facts about the running kernel and this process: privileges, clocks, namespaces.
+
+pub mod btf;
+pub mod kallsyms;
+
+use std::{os::unix::fs::MetadataExt, path::Path};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrivilegeError {
+    #[error(
+        "twtrace needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN on kernels before 5.8) to load \
+         its probes, and CAP_SYSLOG to read kernel symbol addresses; run it as root, e.g. \
+         `sudo twtrace ...`. Missing: {0}"
+    )]
+    Missing(String),
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYSLOG: u32 = 34;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Checks the effective capabilities before anything is loaded, so the user gets one clear
+/// message instead of an EPERM from the middle of the loader.
+pub fn check_privileges() -> Result<(), PrivilegeError> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_SYS_ADMIN) {
+        if !has(CAP_BPF) {
+            missing.push("CAP_BPF");
+        }
+        if !has(CAP_PERFMON) {
+            missing.push("CAP_PERFMON");
+        }
+    }
+    if !has(CAP_SYSLOG) {
+        missing.push("CAP_SYSLOG");
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(PrivilegeError::Missing(missing.join(", ")))
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so the ring buffer fits.
+pub fn raise_memlock_limit() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::debug!("setrlimit(RLIMIT_MEMLOCK) failed: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// The kernel tick rate (CONFIG_HZ): the coarse clocks advance once per tick, so their
+/// resolution is 1/HZ. Needed to turn timer jiffies into time.
+pub fn hz() -> u64 {
+    let mut res = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer.
+    let ok = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } == 0;
+    let tick_ns = res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64;
+    if ok && tick_ns > 0 {
+        (1_000_000_000 + tick_ns / 2) / tick_ns
+    } else {
+        250
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// Maps kernel monotonic timestamps to wall-clock time, measured once at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WallClock {
+    pub realtime_ns: u64,
+    pub monotonic_ns: u64,
+}
+
+impl WallClock {
+    pub fn now() -> Self {
+        Self { realtime_ns: clock_ns(libc::CLOCK_REALTIME), monotonic_ns: monotonic_ns() }
+    }
+
+    /// Unix nanoseconds of a monotonic timestamp.
+    pub fn to_unix_ns(self, mono_ns: u64) -> u64 {
+        (self.realtime_ns as i128 + mono_ns as i128 - self.monotonic_ns as i128).max(0) as u64
+    }
+}
+
+/// Inode of a network namespace given as an inode number, a name under /run/netns, or a path.
+pub fn netns_inode(spec: &str) -> Result<u32, String> {
+    if let Ok(inode) = spec.parse::<u32>() {
+        return Ok(inode);
+    }
+    let path = if spec.contains('/') { Path::new(spec).to_owned() } else { Path::new("/run/netns").join(spec) };
+    std::fs::metadata(&path)
+        .map(|m| m.ino() as u32)
+        .map_err(|e| format!("network namespace `{spec}`: {}: {e}", path.display()))
+}

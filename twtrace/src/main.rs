@@ -1,0 +1,166 @@
+//! twtrace: TIME_WAIT, ephemeral-port and PAWS tracing for Linux TCP.
+
+mod event;
+mod kernel;
+mod output;
+mod probes;
+
+use std::{io::IsTerminal, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::probes::{Backend, LiveProbes, Options};
+
+#[derive(Parser)]
+#[command(version, about = "Trace Linux TCP TIME_WAIT sockets, ephemeral port search and PAWS drops")]
+struct Cli {
+    /// More logging on stderr (-v: debug, including verifier logs; -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stream events, one line each.
+    Trace(TraceArgs),
+    /// Show, per probe family, which backends were tried, which one runs and why others failed.
+    Probes(ProbeArgs),
+}
+
+#[derive(Args, Clone)]
+struct ProbeArgs {
+    /// Use this backend for every family instead of the best one that works.
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
+    /// Only sockets in this network namespace: inode number, name under /run/netns, or a path
+    /// such as /proc/PID/ns/net.
+    #[arg(long, value_name = "NETNS")]
+    netns: Option<String>,
+    /// Ring buffer size in bytes (power of two, at least 4096).
+    #[arg(long, default_value_t = 8 << 20, value_name = "BYTES")]
+    ring_buffer_size: u32,
+}
+
+impl ProbeArgs {
+    fn options(&self) -> anyhow::Result<Options> {
+        let netns = self.netns.as_deref().map(kernel::netns_inode).transpose().map_err(anyhow::Error::msg)?;
+        Ok(Options { backend: self.backend, netns, ring_bytes: self.ring_buffer_size })
+    }
+}
+
+#[derive(Args)]
+struct TraceArgs {
+    /// JSON Lines on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
+    #[command(flatten)]
+    probes: ProbeArgs,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    env_logger::Builder::new().filter_level(level).parse_default_env().init();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("twtrace: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("twtrace: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Trace(args) => trace(args).await,
+        Command::Probes(args) => probes_report(args),
+    }
+}
+
+fn probes_report(args: ProbeArgs) -> anyhow::Result<()> {
+    let probes = LiveProbes::load(&args.options()?)?;
+    for report in &probes.reports {
+        println!("{report}");
+    }
+    Ok(())
+}
+
+async fn trace(args: TraceArgs) -> anyhow::Result<()> {
+    let options = args.probes.options()?;
+    let mut probes = LiveProbes::load(&options).context("cannot start tracing")?;
+    let clock = kernel::WallClock::now();
+    let backends: Vec<String> = probes.reports.iter().map(|r| r.to_string()).collect();
+    // Tools and tests wait for this line: everything after it is traced.
+    eprintln!("twtrace: tracing; {}", backends.join("; "));
+
+    let stdout = std::io::stdout();
+    let interactive = stdout.is_terminal();
+    let mut printer = output::Printer::new(std::io::BufWriter::new(stdout.lock()), args.json, clock);
+    let mut batch = Vec::new();
+    let mut events = 0u64;
+    let mut lost_seen = 0u64;
+    let deadline = args.duration.map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+
+    loop {
+        let stop = tokio::select! {
+            _ = sigint.recv() => true,
+            _ = sigterm.recv() => true,
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => true,
+            () = probes.next_batch(&mut batch) => false,
+        };
+        if stop {
+            probes.finish(&mut batch);
+        }
+        events += batch.len() as u64;
+        for event in batch.drain(..) {
+            printer.event(&event)?;
+        }
+        let lost = probes.lost();
+        if lost > lost_seen {
+            printer.lost(kernel::monotonic_ns(), lost - lost_seen, lost)?;
+            lost_seen = lost;
+        }
+        if interactive {
+            printer.flush()?;
+        }
+        if stop {
+            break;
+        }
+    }
+
+    let stats = probes.stats();
+    printer.summary(&json!({
+        "event": "summary",
+        "events": events,
+        "lost": lost_seen,
+        "decoder": stats,
+        "backends": probes.reports,
+    }))?;
+    eprintln!(
+        "twtrace: {events} events, {lost_seen} lost in the kernel (ring buffer full), {} malformed records, \
+         {} TIME_WAIT deaths of sockets born before tracing started",
+        stats.malformed + stats.wrong_version,
+        stats.untracked_deaths
+    );
+    Ok(())
+}

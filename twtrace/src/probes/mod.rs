@@ -1,0 +1,366 @@
+//! Loading the kernel object, choosing a backend per probe family by trying, and turning the
+//! ring buffer into the event stream.
+//!
+//! Each family module (`timewait`, ...) owns its backend table (what to attach, in order of
+//! preference), its decoder and its tests. This module holds what they share.
+
+pub mod timewait;
+
+use std::fmt;
+
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{ProgramError, RawTracePoint},
+    Ebpf, EbpfLoader,
+};
+use serde::Serialize;
+use tokio::io::unix::AsyncFd;
+use twtrace_common::{Config, Counter, EventHeader, EventKind, SCHEMA_VERSION};
+
+use crate::{event::Event, kernel};
+
+/// How a family's programs hook into the kernel, in order of preference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// fentry/fexit trampolines: cheapest, need BTF and trampoline support.
+    Fentry,
+    /// kprobe/kretprobe: need CONFIG_KPROBES.
+    Kprobe,
+    /// Tracepoints only (classic, raw): always present, but see less.
+    Tracepoint,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Fentry => "fentry",
+            Self::Kprobe => "kprobe",
+            Self::Tracepoint => "tracepoint",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    #[serde(rename = "timewait")]
+    TimeWait,
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::TimeWait => "timewait",
+        })
+    }
+}
+
+/// One kernel hook of a backend: which program of the object goes where.
+#[derive(Clone, Copy, Debug)]
+pub enum Hook {
+    RawTracepoint { program: &'static str, tracepoint: &'static str },
+}
+
+/// One backend of a family: its hooks, or why this build cannot offer it.
+pub struct BackendPlan {
+    pub backend: Backend,
+    pub hooks: Result<&'static [Hook], &'static str>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Privileges(#[from] kernel::PrivilegeError),
+    #[error(transparent)]
+    Btf(#[from] kernel::btf::BtfError),
+    #[error(transparent)]
+    Kallsyms(#[from] kernel::kallsyms::KallsymsError),
+    #[error("loading the kernel object failed: {0}")]
+    Object(#[from] aya::EbpfError),
+    #[error("ring buffer size {0} must be a power of two and at least 4096 bytes")]
+    RingSize(u32),
+    #[error("map `{0}` is missing from the kernel object")]
+    MissingMap(&'static str),
+    #[error("map `{0}`: {1}")]
+    Map(&'static str, aya::maps::MapError),
+    #[error("no probe family could attach:\n{0}")]
+    NothingAttached(String),
+    #[error("cannot watch the ring buffer: {0}")]
+    Poll(std::io::Error),
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Attempt {
+    pub backend: Backend,
+    /// `None` if it attached; otherwise why not.
+    pub error: Option<String>,
+}
+
+/// What was tried for one family and what runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct FamilyReport {
+    pub family: Family,
+    pub running: Option<Backend>,
+    pub attempts: Vec<Attempt>,
+}
+
+impl fmt::Display for FamilyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.running {
+            Some(b) => write!(f, "{}: {b}", self.family)?,
+            None => write!(f, "{}: NOT RUNNING", self.family)?,
+        }
+        for a in &self.attempts {
+            if let Some(err) = &a.error {
+                write!(f, "\n    {} unavailable: {err}", a.backend)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Force one backend for every family instead of trying them in order.
+    pub backend: Option<Backend>,
+    pub netns: Option<u32>,
+    pub ring_bytes: u32,
+}
+
+/// The kernel object, built by build.rs from `twtrace-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/twtrace"));
+
+/// A loaded, attached set of probes: the live source of the event stream.
+pub struct LiveProbes {
+    // Dropping the `Ebpf` detaches every program: keep it for the source's lifetime.
+    _ebpf: Ebpf,
+    ring: AsyncFd<RingBuf<MapData>>,
+    counters: PerCpuArray<MapData, u64>,
+    decoder: Decoder,
+    tick: tokio::time::Interval,
+    pub reports: Vec<FamilyReport>,
+}
+
+/// How often userspace drains the ring buffer when no wake-up came (records are submitted
+/// without wake-ups until the buffer is a quarter full).
+const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl LiveProbes {
+    pub fn load(options: &Options) -> Result<Self, LoadError> {
+        kernel::check_privileges()?;
+        kernel::raise_memlock_limit();
+        if options.ring_bytes < 4096 || !options.ring_bytes.is_power_of_two() {
+            return Err(LoadError::RingSize(options.ring_bytes));
+        }
+        let btf = kernel::btf::Btf::from_file(kernel::btf::Btf::VMLINUX)?;
+        let mut config = Config::DEFAULT;
+        config.wakeup_bytes = options.ring_bytes / 4;
+        config.netns_filter = options.netns.unwrap_or(0);
+        timewait::configure(&btf, &mut config)?;
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &config, true)
+            .map_max_entries("EVENTS", options.ring_bytes)
+            .load(OBJECT)?;
+
+        let reports: Vec<FamilyReport> = [(Family::TimeWait, timewait::BACKENDS)]
+            .into_iter()
+            .map(|(family, plans)| attach_family(&mut ebpf, family, plans, options.backend))
+            .collect();
+        if reports.iter().all(|r| r.running.is_none()) {
+            let why = reports.iter().map(|r| format!("  {r}")).collect::<Vec<_>>().join("\n");
+            return Err(LoadError::NothingAttached(why));
+        }
+
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(LoadError::MissingMap("EVENTS"))?)
+            .map_err(|e| LoadError::Map("EVENTS", e))?;
+        // SAFETY: the RingBuf owns its fd and keeps it open, unchanged, for as long as the
+        // AsyncFd (which owns the RingBuf) lives.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| LoadError::Poll(e.into()))?;
+        let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or(LoadError::MissingMap("COUNTERS"))?)
+            .map_err(|e| LoadError::Map("COUNTERS", e))?;
+        let mut tick = tokio::time::interval(DRAIN_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(Self { _ebpf: ebpf, ring, counters, decoder: Decoder::new(kernel::hz()), tick, reports })
+    }
+
+    /// Waits for a wake-up or the drain timer, then appends every decoded event to `out`.
+    /// Cancel-safe: nothing is consumed before the await completes.
+    pub async fn next_batch(&mut self, out: &mut Vec<Event>) {
+        tokio::select! {
+            guard = self.ring.readable_mut() => {
+                if let Ok(mut guard) = guard {
+                    guard.clear_ready();
+                }
+            }
+            _ = self.tick.tick() => {}
+        }
+        self.drain(out);
+        self.decoder.flush(kernel::monotonic_ns(), out);
+    }
+
+    /// Drains what is left and resolves every pending decision; call once before exiting.
+    pub fn finish(&mut self, out: &mut Vec<Event>) {
+        self.drain(out);
+        self.decoder.flush(u64::MAX, out);
+    }
+
+    fn drain(&mut self, out: &mut Vec<Event>) {
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            self.decoder.decode(&item, out);
+        }
+    }
+
+    /// Records the kernel could not fit in the ring buffer, summed over CPUs.
+    pub fn lost(&self) -> u64 {
+        self.counters.get(&(Counter::Lost as u32), 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
+    }
+
+    pub fn stats(&self) -> DecodeStats {
+        DecodeStats { untracked_deaths: self.decoder.timewait.untracked_deaths, ..self.decoder.stats }
+    }
+}
+
+fn attach_family(ebpf: &mut Ebpf, family: Family, plans: &[BackendPlan], forced: Option<Backend>) -> FamilyReport {
+    let mut report = FamilyReport { family, running: None, attempts: Vec::new() };
+    for plan in plans {
+        if forced.is_some_and(|b| b != plan.backend) {
+            continue;
+        }
+        let result = match plan.hooks {
+            Err(why) => Err(why.to_owned()),
+            Ok(hooks) => attach_hooks(ebpf, hooks),
+        };
+        let ok = result.is_ok();
+        report.attempts.push(Attempt { backend: plan.backend, error: result.err() });
+        if ok {
+            report.running = Some(plan.backend);
+            break;
+        }
+    }
+    if report.attempts.is_empty() {
+        if let Some(b) = forced {
+            report.attempts.push(Attempt { backend: b, error: Some("this family has no such backend".into()) });
+        }
+    }
+    report
+}
+
+/// Attaches every hook of one backend, or none: on failure the ones already attached are
+/// unloaded again so the next backend starts clean.
+fn attach_hooks(ebpf: &mut Ebpf, hooks: &[Hook]) -> Result<(), String> {
+    let mut attached: Vec<&'static str> = Vec::new();
+    let mut result = Ok(());
+    for hook in hooks {
+        let step = match *hook {
+            Hook::RawTracepoint { program, tracepoint } => attach_raw_tracepoint(ebpf, program, tracepoint)
+                .map_err(|e| format!("raw tracepoint {tracepoint} ({program}): {}", describe(&e))),
+        };
+        match step {
+            Ok(program) => attached.push(program),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    if result.is_err() {
+        for program in attached {
+            if let Some(Ok(p)) = ebpf.program_mut(program).map(<&mut RawTracePoint>::try_from) {
+                let _ = p.unload();
+            }
+        }
+    }
+    result
+}
+
+fn attach_raw_tracepoint(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    tracepoint: &str,
+) -> Result<&'static str, ProgramError> {
+    let prog: &mut RawTracePoint =
+        ebpf.program_mut(program).ok_or_else(|| ProgramError::UnexpectedProgramType)?.try_into()?;
+    prog.load()?;
+    prog.attach(tracepoint)?;
+    Ok(program)
+}
+
+/// Error text with the verifier log only when asked for (`-v`): it can be thousands of lines.
+fn describe(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            if log::log_enabled!(log::Level::Debug) {
+                format!("load failed: {io_error}; verifier log:\n{verifier_log}")
+            } else {
+                format!("load failed: {io_error} (run with -v for the verifier log)")
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Counters of records the decoder could not use: never silent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DecodeStats {
+    pub records: u64,
+    pub malformed: u64,
+    pub wrong_version: u64,
+    /// TIME_WAIT sockets that died during the run but were born before it started.
+    pub untracked_deaths: u64,
+}
+
+/// Turns ring-buffer records into events. Pure: unit-tested on byte records.
+pub struct Decoder {
+    pub stats: DecodeStats,
+    pub timewait: timewait::Tracker,
+}
+
+impl Decoder {
+    pub fn new(hz: u64) -> Self {
+        Self { stats: DecodeStats::default(), timewait: timewait::Tracker::new(hz) }
+    }
+
+    pub fn decode(&mut self, record: &[u8], out: &mut Vec<Event>) {
+        self.stats.records += 1;
+        let Some(header) = read_record::<EventHeader>(record) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        if header.version != SCHEMA_VERSION {
+            self.stats.wrong_version += 1;
+            return;
+        }
+        match EventKind::from_u16(header.kind) {
+            Some(EventKind::TimeWait) => match read_record(record) {
+                Some(raw) => self.timewait.on_record(&raw, out),
+                None => self.stats.malformed += 1,
+            },
+            None => self.stats.malformed += 1,
+        }
+    }
+
+    /// Resolves decisions that wait on what follows (see `timewait::Tracker::flush`).
+    pub fn flush(&mut self, now_ns: u64, out: &mut Vec<Event>) {
+        self.timewait.flush(now_ns, out);
+    }
+}
+
+/// Copies a `T` out of the front of a record, if the record is long enough.
+fn read_record<T: aya::Pod>(record: &[u8]) -> Option<T> {
+    if record.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: length checked; T is Pod (any bit pattern valid); unaligned read.
+    Some(unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<T>()) })
+}
+
+/// The bytes of a Pod value, as the kernel would write them (for tests and replay).
+#[cfg(test)]
+pub(crate) fn record_bytes<T: aya::Pod>(value: &T) -> Vec<u8> {
+    // SAFETY: T is Pod: plain bytes without padding.
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+}

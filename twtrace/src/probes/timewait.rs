@@ -1,0 +1,362 @@
+//! TIME_WAIT family: backends, configuration and the decoder that turns timer phases into
+//! births, re-arms and deaths.
+
+use std::collections::HashMap;
+
+use twtrace_common::{
+    timewait::{TimeWaitEvent as RawTimeWait, TimerPhase},
+    Config,
+};
+
+use super::{Backend, BackendPlan, Hook, LoadError};
+use crate::{
+    event::{DeathReason, Event, SocketFlow, TimeWaitChange, TimeWaitEvent, TimeWaitSubstate},
+    kernel::{btf::Btf, kallsyms},
+};
+
+const TRACEPOINT_HOOKS: &[Hook] = &[
+    Hook::RawTracepoint { program: "tw_timer_start", tracepoint: "timer_start" },
+    Hook::RawTracepoint { program: "tw_timer_cancel", tracepoint: "timer_cancel" },
+    Hook::RawTracepoint { program: "tw_timer_expire", tracepoint: "timer_expire_entry" },
+];
+
+pub const BACKENDS: &[BackendPlan] = &[
+    BackendPlan { backend: Backend::Fentry, hooks: Err("not implemented in this version (tcp_time_wait fentry)") },
+    BackendPlan { backend: Backend::Kprobe, hooks: Err("not implemented in this version (tcp_time_wait kprobe)") },
+    BackendPlan { backend: Backend::Tracepoint, hooks: Ok(TRACEPOINT_HOOKS) },
+];
+
+/// Fills in the symbol address and struct offsets the TIME_WAIT programs need.
+pub fn configure(btf: &Btf, config: &mut Config) -> Result<(), LoadError> {
+    let o = &mut config.offsets;
+    // Required: without them no TIME_WAIT timer can be recognised.
+    o.timer_function = btf.member_offset("timer_list", "function")?;
+    o.tw_timer = btf.member_offset("inet_timewait_sock", "tw_timer")?;
+    config.tw_timer_handler = kallsyms::lookup(&["tw_timer_handler"])?[0];
+    // The socket starts with its sock_common (checked in the BTF unit test); the rest is
+    // optional: a field whose offset is unknown reads as 0 and is reported as such.
+    let optional = |ty: &str, member: &str| {
+        btf.member_offset(ty, member).unwrap_or_else(|e| {
+            log::warn!("{e}; that field will read as 0");
+            twtrace_common::config::OFFSET_UNKNOWN
+        })
+    };
+    o.timer_expires = optional("timer_list", "expires");
+    o.tw_substate = optional("inet_timewait_sock", "tw_substate");
+    o.skc_daddr = optional("sock_common", "skc_daddr");
+    o.skc_rcv_saddr = optional("sock_common", "skc_rcv_saddr");
+    o.skc_dport = optional("sock_common", "skc_dport");
+    o.skc_num = optional("sock_common", "skc_num");
+    o.skc_family = optional("sock_common", "skc_family");
+    o.skc_v6_daddr = optional("sock_common", "skc_v6_daddr");
+    o.skc_v6_rcv_saddr = optional("sock_common", "skc_v6_rcv_saddr");
+    o.skc_net = optional("sock_common", "skc_net");
+    o.net_ns_inum = btf.path_offset("net", "ns.inum").unwrap_or_else(|e| {
+        log::warn!("{e}; network namespace ids will read as 0");
+        twtrace_common::config::OFFSET_UNKNOWN
+    });
+    Ok(())
+}
+
+/// `mod_timer` on a pending timer fires cancel then start back to back (about a microsecond
+/// apart natively, tens under emulation). A start for the same socket address on the same CPU
+/// right after its cancel, within this window, is a re-arm, not a kill followed by a new socket
+/// that happens to reuse the freed memory.
+const REARM_WINDOW_NS: u64 = 500_000;
+
+/// A cancel whose CPU has reported nothing else for this long was an early kill: a natural
+/// expiry's `timer_expire_entry` follows its cancel within microseconds.
+const CANCEL_GRACE_NS: u64 = 20_000_000;
+
+struct Live {
+    tw_id: u64,
+    birth_ns: u64,
+    flow: Option<SocketFlow>,
+    netns: u32,
+}
+
+#[derive(Clone, Copy)]
+struct PendingCancel {
+    tw_addr: u64,
+    ts_ns: u64,
+}
+
+/// Follows TIME_WAIT sockets by kernel address and decides how each ended.
+///
+/// Invariant: the ring buffer delivers one CPU's records in the order that CPU produced them, so
+/// "what this CPU reported right after the cancel" is well defined.
+pub struct Tracker {
+    hz: u64,
+    next_id: u64,
+    live: HashMap<u64, Live>,
+    pending: HashMap<u32, PendingCancel>,
+    /// Deaths of sockets born before tracing started (no birth time, no 4-tuple).
+    pub untracked_deaths: u64,
+}
+
+impl Tracker {
+    pub fn new(hz: u64) -> Self {
+        Self { hz: hz.max(1), next_id: 1, live: HashMap::new(), pending: HashMap::new(), untracked_deaths: 0 }
+    }
+
+    #[cfg(test)]
+    pub fn live_count(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn on_record(&mut self, raw: &RawTimeWait, out: &mut Vec<Event>) {
+        let Some(phase) = TimerPhase::from_u8(raw.phase) else { return };
+        let cpu = raw.header.cpu;
+        let ts = raw.header.ts_ns;
+        if let Some(pending) = self.pending.remove(&cpu) {
+            let same_socket = pending.tw_addr == raw.tw_addr;
+            match phase {
+                TimerPhase::Expire if same_socket => {
+                    self.die(pending.tw_addr, ts, DeathReason::Expired, out);
+                    return;
+                }
+                TimerPhase::Start if same_socket && ts.saturating_sub(pending.ts_ns) <= REARM_WINDOW_NS => {
+                    self.rearm(raw, out);
+                    return;
+                }
+                _ => self.die(pending.tw_addr, pending.ts_ns, DeathReason::Killed, out),
+            }
+        }
+        match phase {
+            TimerPhase::Start if self.live.contains_key(&raw.tw_addr) => self.rearm(raw, out),
+            TimerPhase::Start => self.birth(raw, out),
+            TimerPhase::Cancel => {
+                self.pending.insert(cpu, PendingCancel { tw_addr: raw.tw_addr, ts_ns: ts });
+            }
+            // An expiry whose cancel we did not see (attached in between): still an expiry.
+            TimerPhase::Expire => self.die(raw.tw_addr, ts, DeathReason::Expired, out),
+        }
+    }
+
+    /// Resolves cancels older than the grace period as kills. `now_ns` is CLOCK_MONOTONIC;
+    /// `u64::MAX` resolves all of them (end of stream).
+    pub fn flush(&mut self, now_ns: u64, out: &mut Vec<Event>) {
+        let mut expired: Vec<(u32, PendingCancel)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now_ns == u64::MAX || p.ts_ns.saturating_add(CANCEL_GRACE_NS) < now_ns)
+            .map(|(cpu, p)| (*cpu, *p))
+            .collect();
+        expired.sort_by_key(|(_, p)| p.ts_ns);
+        for (cpu, p) in expired {
+            self.pending.remove(&cpu);
+            self.die(p.tw_addr, p.ts_ns, DeathReason::Killed, out);
+        }
+    }
+
+    fn timeout_ms(&self, jiffies: u64) -> u64 {
+        // Saturating: a timer already past due reads as a huge unsigned difference.
+        if jiffies > 1 << 40 {
+            0
+        } else {
+            jiffies * 1000 / self.hz
+        }
+    }
+
+    fn birth(&mut self, raw: &RawTimeWait, out: &mut Vec<Event>) {
+        let tw_id = self.next_id;
+        self.next_id += 1;
+        let flow = SocketFlow::from_kernel(&raw.flow);
+        self.live.insert(raw.tw_addr, Live { tw_id, birth_ns: raw.header.ts_ns, flow, netns: raw.netns });
+        out.push(Event::TimeWait(TimeWaitEvent {
+            ts_ns: raw.header.ts_ns,
+            tw_id,
+            flow,
+            netns: raw.netns,
+            change: TimeWaitChange::Birth {
+                substate: TimeWaitSubstate::from_kernel(raw.substate),
+                timeout_ms: self.timeout_ms(raw.timeout_jiffies),
+            },
+        }));
+    }
+
+    fn rearm(&mut self, raw: &RawTimeWait, out: &mut Vec<Event>) {
+        // A re-arm of a socket born before we started stays untracked.
+        let Some(live) = self.live.get(&raw.tw_addr) else { return };
+        out.push(Event::TimeWait(TimeWaitEvent {
+            ts_ns: raw.header.ts_ns,
+            tw_id: live.tw_id,
+            flow: live.flow,
+            netns: live.netns,
+            change: TimeWaitChange::Rearm {
+                substate: TimeWaitSubstate::from_kernel(raw.substate),
+                timeout_ms: self.timeout_ms(raw.timeout_jiffies),
+            },
+        }));
+    }
+
+    fn die(&mut self, tw_addr: u64, ts_ns: u64, reason: DeathReason, out: &mut Vec<Event>) {
+        let Some(live) = self.live.remove(&tw_addr) else {
+            self.untracked_deaths += 1;
+            return;
+        };
+        out.push(Event::TimeWait(TimeWaitEvent {
+            ts_ns,
+            tw_id: live.tw_id,
+            flow: live.flow,
+            netns: live.netns,
+            change: TimeWaitChange::Death { reason, lifetime_ns: ts_ns.saturating_sub(live.birth_ns) },
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use twtrace_common::{EventHeader, EventKind, Flow, AF_INET, SCHEMA_VERSION};
+
+    use super::*;
+    use crate::probes::{record_bytes, Decoder};
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn raw(phase: TimerPhase, cpu: u32, ts_ns: u64, tw_addr: u64) -> RawTimeWait {
+        let mut flow = Flow { family: AF_INET, sport: 8080, dport: 40000, ..Flow::default() };
+        flow.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        flow.daddr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        RawTimeWait {
+            header: EventHeader {
+                kind: EventKind::TimeWait as u16,
+                version: SCHEMA_VERSION,
+                cpu,
+                ts_ns,
+                ..EventHeader::default()
+            },
+            tw_addr,
+            timeout_jiffies: if phase == TimerPhase::Start { 15_000 } else { 0 },
+            netns: 42,
+            phase: phase as u8,
+            substate: 6,
+            flow: if phase == TimerPhase::Start { flow } else { Flow::default() },
+            ..RawTimeWait::default()
+        }
+    }
+
+    fn run(records: &[RawTimeWait], flush_at: u64) -> (Vec<Event>, Decoder) {
+        let mut decoder = Decoder::new(250);
+        let mut out = Vec::new();
+        for r in records {
+            decoder.decode(&record_bytes(r), &mut out);
+        }
+        decoder.flush(flush_at, &mut out);
+        (out, decoder)
+    }
+
+    fn changes(events: &[Event]) -> Vec<(u64, TimeWaitChange)> {
+        events.iter().map(|Event::TimeWait(e)| (e.tw_id, e.change.clone())).collect()
+    }
+
+    #[test]
+    fn birth_decodes_flow_timeout_and_substate() {
+        let (events, _) = run(&[raw(TimerPhase::Start, 0, SEC, 0xa0)], 2 * SEC);
+        let Event::TimeWait(e) = &events[0];
+        assert_eq!(e.flow.unwrap().local.to_string(), "127.0.0.1:8080");
+        assert_eq!(e.flow.unwrap().remote.to_string(), "127.0.0.2:40000");
+        assert_eq!(e.netns, 42);
+        assert_eq!(e.change, TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000 });
+    }
+
+    #[test]
+    fn cancel_then_expire_on_same_cpu_is_natural_expiry() {
+        let (events, d) = run(
+            &[
+                raw(TimerPhase::Start, 0, SEC, 0xa0),
+                raw(TimerPhase::Cancel, 1, 61 * SEC, 0xa0),
+                raw(TimerPhase::Expire, 1, 61 * SEC + 3_000, 0xa0),
+            ],
+            u64::MAX,
+        );
+        assert_eq!(
+            changes(&events)[1],
+            (1, TimeWaitChange::Death { reason: DeathReason::Expired, lifetime_ns: 60 * SEC + 3_000 })
+        );
+        assert_eq!(d.timewait.live_count(), 0);
+    }
+
+    #[test]
+    fn cancel_alone_is_a_kill_once_the_grace_period_passes() {
+        let records = [raw(TimerPhase::Start, 0, SEC, 0xa0), raw(TimerPhase::Cancel, 0, 5 * SEC, 0xa0)];
+        let (events, _) = run(&records, 5 * SEC + CANCEL_GRACE_NS / 2);
+        assert_eq!(events.len(), 1, "still undecided inside the grace period");
+        let (events, _) = run(&records, 5 * SEC + CANCEL_GRACE_NS + 1);
+        assert_eq!(
+            changes(&events)[1],
+            (1, TimeWaitChange::Death { reason: DeathReason::Killed, lifetime_ns: 4 * SEC })
+        );
+    }
+
+    #[test]
+    fn another_event_on_the_same_cpu_decides_a_kill_at_once() {
+        let (events, _) = run(
+            &[
+                raw(TimerPhase::Start, 0, SEC, 0xa0),
+                raw(TimerPhase::Cancel, 0, 2 * SEC, 0xa0),
+                raw(TimerPhase::Start, 0, 2 * SEC + 10, 0xb0),
+            ],
+            2 * SEC + 20,
+        );
+        let c = changes(&events);
+        assert_eq!(c[1], (1, TimeWaitChange::Death { reason: DeathReason::Killed, lifetime_ns: SEC }));
+        assert!(matches!(c[2], (2, TimeWaitChange::Birth { .. })));
+    }
+
+    #[test]
+    fn cancel_then_start_of_same_socket_is_a_rearm_not_a_death() {
+        let (events, d) = run(
+            &[
+                raw(TimerPhase::Start, 0, SEC, 0xa0),
+                raw(TimerPhase::Cancel, 1, 2 * SEC, 0xa0),
+                raw(TimerPhase::Start, 1, 2 * SEC + 2_000, 0xa0),
+            ],
+            u64::MAX,
+        );
+        let c = changes(&events);
+        assert_eq!(c.len(), 2);
+        assert!(matches!(c[1], (1, TimeWaitChange::Rearm { timeout_ms: 60_000, .. })));
+        assert_eq!(d.timewait.live_count(), 1);
+    }
+
+    #[test]
+    fn reused_address_after_a_kill_is_a_new_socket() {
+        let (events, _) = run(
+            &[
+                raw(TimerPhase::Start, 0, SEC, 0xa0),
+                raw(TimerPhase::Cancel, 0, 2 * SEC, 0xa0),
+                raw(TimerPhase::Start, 0, 3 * SEC, 0xa0),
+            ],
+            3 * SEC,
+        );
+        let c = changes(&events);
+        assert!(matches!(c[1], (1, TimeWaitChange::Death { reason: DeathReason::Killed, .. })));
+        assert!(matches!(c[2], (2, TimeWaitChange::Birth { .. })));
+    }
+
+    #[test]
+    fn deaths_of_sockets_born_before_start_are_counted_not_invented() {
+        let (events, d) =
+            run(&[raw(TimerPhase::Cancel, 0, SEC, 0xc0), raw(TimerPhase::Expire, 0, SEC + 5, 0xc0)], u64::MAX);
+        assert!(events.is_empty());
+        assert_eq!(d.timewait.untracked_deaths, 1);
+    }
+
+    #[test]
+    fn malformed_and_foreign_records_are_counted() {
+        let mut d = Decoder::new(250);
+        let mut out = Vec::new();
+        d.decode(&[1, 2, 3], &mut out);
+        let mut r = raw(TimerPhase::Start, 0, SEC, 0xa0);
+        r.header.version = SCHEMA_VERSION + 1;
+        d.decode(&record_bytes(&r), &mut out);
+        let mut r = raw(TimerPhase::Start, 0, SEC, 0xa0);
+        r.header.kind = 999;
+        d.decode(&record_bytes(&r), &mut out);
+        let bytes = record_bytes(&raw(TimerPhase::Start, 0, SEC, 0xa0));
+        d.decode(&bytes[..bytes.len() - 1], &mut out);
+        assert!(out.is_empty());
+        assert_eq!((d.stats.records, d.stats.malformed, d.stats.wrong_version), (4, 3, 1));
+    }
+}
