@@ -5,7 +5,7 @@ mod kernel;
 mod output;
 mod probes;
 
-use std::{io::IsTerminal, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -111,9 +111,7 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     // Tools and tests wait for this line: everything after it is traced.
     eprintln!("twtrace: tracing; {}", backends.join("; "));
 
-    let stdout = std::io::stdout();
-    let interactive = stdout.is_terminal();
-    let mut printer = output::Printer::new(std::io::BufWriter::new(stdout.lock()), args.json, clock);
+    let mut printer = output::Printer::new(std::io::BufWriter::new(std::io::stdout().lock()), args.json, clock);
     let mut batch = Vec::new();
     let mut events = 0u64;
     let mut lost_seen = 0u64;
@@ -140,9 +138,8 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
             printer.lost(kernel::monotonic_ns(), lost - lost_seen, lost)?;
             lost_seen = lost;
         }
-        if interactive {
-            printer.flush()?;
-        }
+        // Once per drained batch, so pipes (jq, tests) see events within a drain interval.
+        printer.flush()?;
         if stop {
             break;
         }

@@ -1,1 +1,92 @@
-fn main() {}
+//! Project automation: `cargo xtask setup | test | run`.
+//!
+//! The README's two commands are `cargo xtask run -- <twtrace args>` and `cargo xtask test`;
+//! both install whatever a fresh machine lacks first (see `setup`).
+
+mod setup;
+mod test;
+
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "twtrace development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent; fast when nothing is missing).
+    Setup,
+    /// Set up, lint (host crates and the eBPF crate) and run every test.
+    Test(test::TestArgs),
+    /// Set up, build twtrace (release) and run it with the given arguments.
+    Run {
+        /// Arguments for twtrace, after `--`, e.g. `cargo xtask run -- trace --json`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup::ensure(),
+        Task::Test(args) => test::run(&args),
+        Task::Run { args } => run(&args),
+    }
+}
+
+fn run(args: &[String]) -> anyhow::Result<()> {
+    setup::ensure()?;
+    cargo(&["build", "--release", "--package", "twtrace"])?;
+    let binary = workspace_root().join("target/release/twtrace");
+    let args: Vec<String> = if args.is_empty() { vec!["trace".into()] } else { args.to_vec() };
+    let mut cmd = if setup::is_root() || which("sudo").is_none() {
+        Command::new(&binary)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg(&binary);
+        c
+    };
+    let status = cmd.args(&args).status().with_context(|| format!("running {}", binary.display()))?;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+}
+
+/// Runs cargo in the workspace root; fails on a non-zero exit. Through rustup's proxy on PATH
+/// (not $CARGO, the resolved binary), so `+nightly` works.
+pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    run_cmd(Command::new("cargo").args(args).current_dir(workspace_root()))
+}
+
+pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: $ {}", describe(cmd));
+    let status = cmd.status().with_context(|| format!("cannot run {}", describe(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", describe(cmd));
+    }
+    Ok(())
+}
+
+pub fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| std::path::Path::new(dir).join(program))
+        .find(|p| p.is_file())
+}

@@ -1,0 +1,255 @@
+//! Helpers for integration tests against the real kernel: network namespaces, a running
+//! `twtrace trace --json`, and `ss` as ground truth.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Integration tests load BPF programs: they need root. Returns false (and says why) otherwise.
+pub fn can_trace() -> bool {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "SKIPPED: needs root (CAP_BPF, CAP_PERFMON, CAP_SYSLOG, CAP_NET_ADMIN); run `cargo xtask test` as root"
+        );
+        return false;
+    }
+    true
+}
+
+/// A fresh network namespace, deleted on drop. Sockets made inside [`Netns::run`] live in it.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        let name = format!("twt-{}-{tag}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
+        run(Command::new("ip").args(["netns", "add", &name]));
+        run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
+        Self { name }
+    }
+
+    /// Runs `f` on a thread that has entered this namespace.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("open netns");
+            // SAFETY: valid fd; setns affects only this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("netns thread panicked")
+    }
+
+    /// `ss -Htan state time-wait` in this namespace: (local, peer) pairs.
+    pub fn time_wait_sockets(&self) -> Vec<(SocketAddr, SocketAddr)> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "ss", "-Htan", "state", "time-wait"])
+            .output()
+            .expect("ss");
+        assert!(out.status.success(), "ss failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                // With a state filter ss omits the State column: Recv-Q Send-Q Local Peer.
+                Some((parse_ss_addr(cols.get(2)?)?, parse_ss_addr(cols.get(3)?)?))
+            })
+            .collect()
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) {
+        run(Command::new("ip").args(["netns", "exec", &self.name, "sysctl", "-qw", &format!("{key}={value}")]));
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+fn parse_ss_addr(s: &str) -> Option<SocketAddr> {
+    // ss prints IPv6 as [::1]:8080 and IPv4 as 127.0.0.1:8080; a v4-mapped v6 as [::ffff:..]:p.
+    s.parse().ok()
+}
+
+fn run(cmd: &mut Command) {
+    let status = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(status.success(), "{cmd:?} failed");
+}
+
+/// A running `twtrace trace --json` whose stdout is collected line by line.
+pub struct Tracer {
+    child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tracer {
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_twtrace"))
+            .args(["trace", "--json"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn twtrace");
+        let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let mut stderr_lines = stderr.lines();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match stderr_lines.next() {
+                Some(Ok(line)) if line.starts_with("twtrace: tracing") => break,
+                Some(Ok(line)) => eprintln!("[twtrace] {line}"),
+                _ => panic!("twtrace exited before tracing: {:?}", child.wait()),
+            }
+            assert!(Instant::now() < deadline, "twtrace did not start");
+        }
+        std::thread::spawn(move || stderr_lines.map_while(Result::ok).for_each(|l| eprintln!("[twtrace] {l}")));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let reader = std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+                sink.lock().unwrap().push(value);
+            }
+        });
+        Self { child, lines, reader: Some(reader) }
+    }
+
+    /// Events seen so far whose `event` field is `kind`.
+    pub fn events(&self, kind: &str) -> Vec<Value> {
+        self.lines.lock().unwrap().iter().filter(|v| v["event"] == kind).cloned().collect()
+    }
+
+    /// Waits until `pred` holds for the events of `kind`, or the timeout passes.
+    pub fn wait_for(&self, kind: &str, timeout: Duration, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let events = self.events(kind);
+            if pred(&events) || Instant::now() > deadline {
+                return events;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops with SIGINT (as Ctrl-C would) and returns every line it printed.
+    pub fn stop(mut self) -> Vec<Value> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().expect("wait twtrace");
+        assert!(status.success(), "twtrace exited with {status}");
+        self.reader.take().expect("reader").join().expect("reader thread");
+        std::mem::take(&mut *self.lines.lock().unwrap())
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connections to a local server that closes each one first, so the TIME_WAIT sockets end up
+/// on the server side. Returns the client-side addresses, in order.
+pub fn server_closes_first(listener: &TcpListener, count: usize, client_bind: Option<SocketAddr>) -> Vec<SocketAddr> {
+    let server_addr = listener.local_addr().unwrap();
+    let mut clients = Vec::with_capacity(count);
+    for _ in 0..count {
+        let client = match client_bind {
+            None => TcpStream::connect(server_addr).expect("connect"),
+            Some(bind) => connect_from(bind, server_addr),
+        };
+        let (accepted, _) = listener.accept().expect("accept");
+        drop(accepted); // server closes first: FIN from the server
+        let mut buf = [0u8; 1];
+        // Wait for the server's FIN before closing, so the server's socket gets our FIN while in
+        // FIN_WAIT2 and moves to TIME_WAIT.
+        assert_eq!(std::io::Read::read(&mut &client, &mut buf).expect("read EOF"), 0);
+        clients.push(client.local_addr().unwrap());
+        drop(client);
+    }
+    clients
+}
+
+/// A client socket bound to a fixed local address (SO_REUSEADDR) connected to `server`.
+pub fn connect_from(local: SocketAddr, server: SocketAddr) -> TcpStream {
+    let domain = if local.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket syscalls on an fd we own; the sockaddr is built by std and copied.
+    unsafe {
+        let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let one: libc::c_int = 1;
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), 4);
+        let (addr, len) = sockaddr(local);
+        assert_eq!(
+            libc::bind(fd, (&addr as *const libc::sockaddr_storage).cast(), len),
+            0,
+            "bind {local}: {}",
+            std::io::Error::last_os_error()
+        );
+        let (addr, len) = sockaddr(server);
+        assert_eq!(
+            libc::connect(fd, (&addr as *const libc::sockaddr_storage).cast(), len),
+            0,
+            "connect from {local}: {}",
+            std::io::Error::last_os_error()
+        );
+        std::os::fd::FromRawFd::from_raw_fd(fd)
+    }
+}
+
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: zeroed sockaddr_storage is valid; we fill the matching variant.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            (storage, size_of::<libc::sockaddr_in>() as u32)
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: as above.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            (storage, size_of::<libc::sockaddr_in6>() as u32)
+        }
+    }
+}
+
+pub fn addr(v: &Value, field: &str) -> SocketAddr {
+    v[field].as_str().unwrap_or_else(|| panic!("no {field} in {v}")).parse().unwrap()
+}
+
+pub fn netns_inode(name: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/run/netns/{name}")).expect("netns file").ino()
+}

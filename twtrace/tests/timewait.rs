@@ -1,0 +1,128 @@
+//! TIME_WAIT family against the real kernel: births, early kills and natural expiry, checked
+//! against `ss` and against what each test did. Each test runs in its own network namespace and
+//! traces only that namespace, so the tests can run in parallel.
+
+mod support;
+
+use std::{
+    collections::BTreeSet,
+    net::{SocketAddr, TcpListener},
+    time::Duration,
+};
+
+use support::{addr, can_trace, server_closes_first, Netns, Tracer};
+
+const BIRTHS: usize = 40;
+
+fn births_match_ss(tag: &str, server: &'static str) {
+    if !can_trace() {
+        return;
+    }
+    let ns = Netns::new(tag);
+    let tracer = Tracer::start(&["--netns", &ns.name]);
+    let (port, clients) = ns.run(move || {
+        let listener = TcpListener::bind(server).unwrap();
+        (listener.local_addr().unwrap().port(), server_closes_first(&listener, BIRTHS, None))
+    });
+    assert_eq!(clients.len(), BIRTHS);
+
+    let births = tracer.wait_for("timewait_birth", Duration::from_secs(10), |b| b.len() >= BIRTHS);
+    let in_kernel: BTreeSet<(SocketAddr, SocketAddr)> =
+        ns.time_wait_sockets().into_iter().filter(|(local, _)| local.port() == port).collect();
+    let lines = tracer.stop();
+    let births_after_stop = lines.iter().filter(|v| v["event"] == "timewait_birth").count();
+
+    assert_eq!(births.len(), BIRTHS, "exactly one birth per connection");
+    assert_eq!(births_after_stop, BIRTHS, "no extra births");
+    let traced: BTreeSet<(SocketAddr, SocketAddr)> =
+        births.iter().map(|b| (addr(b, "local"), addr(b, "remote"))).collect();
+    assert_eq!(traced.len(), BIRTHS, "4-tuples are distinct");
+    assert_eq!(traced, in_kernel, "twtrace's births equal ss's TIME_WAIT sockets");
+    let expected_remotes: BTreeSet<SocketAddr> = clients.into_iter().collect();
+    assert_eq!(traced.iter().map(|(_, r)| *r).collect::<BTreeSet<_>>(), expected_remotes);
+    let netns = support::netns_inode(&ns.name);
+    for b in &births {
+        assert_eq!(b["netns"], netns, "{b}");
+        assert!(b["timeout_ms"].as_u64().unwrap() > 0, "{b}");
+    }
+}
+
+#[test]
+fn ipv4_births_match_ss() {
+    births_match_ss("births4", "127.0.0.1:0");
+}
+
+#[test]
+fn ipv6_births_match_ss() {
+    births_match_ss("births6", "[::1]:0");
+}
+
+/// A new SYN for a 4-tuple the server holds in TIME_WAIT kills that socket early.
+#[test]
+fn reusing_a_four_tuple_kills_the_time_wait_socket() {
+    if !can_trace() {
+        return;
+    }
+    let ns = Netns::new("kill");
+    let tracer = Tracer::start(&["--netns", &ns.name]);
+    let client_addr: SocketAddr = "127.0.0.1:41000".parse().unwrap();
+    let (server_addr, second) = ns.run(move || {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        server_closes_first(&listener, 1, Some(client_addr));
+        // Let the timestamp clock tick so the new SYN is newer than what TIME_WAIT remembers.
+        std::thread::sleep(Duration::from_millis(50));
+        let second = support::connect_from(client_addr, listener.local_addr().unwrap());
+        let accepted = listener.accept().unwrap();
+        (listener.local_addr().unwrap(), (second, accepted, listener))
+    });
+    let deaths = tracer.wait_for("timewait_death", Duration::from_secs(10), |d| !d.is_empty());
+    let left_in_time_wait = ns.time_wait_sockets();
+    let lines = tracer.stop();
+    drop(second);
+
+    let births: Vec<_> = lines.iter().filter(|v| v["event"] == "timewait_birth").collect();
+    let deaths_final: Vec<_> = lines.iter().filter(|v| v["event"] == "timewait_death").collect();
+    assert_eq!(births.len(), 1, "{births:?}");
+    assert_eq!(deaths.len(), 1, "{deaths:?}");
+    assert_eq!(deaths_final.len(), 1, "{deaths_final:?}");
+    let death = &deaths[0];
+    assert_eq!(death["reason"], "killed", "{death}");
+    assert_eq!(death["tw_id"], births[0]["tw_id"]);
+    assert_eq!((addr(death, "local"), addr(death, "remote")), (server_addr, client_addr));
+    assert!(death["lifetime_ns"].as_u64().unwrap() < 10_000_000_000, "{death}");
+    assert!(left_in_time_wait.is_empty(), "ss still shows {left_in_time_wait:?}");
+}
+
+/// TIME_WAIT lasts TCP_TIMEWAIT_LEN (60 s) whatever tcp_fin_timeout says; the timer wheel adds
+/// up to about a second of slack.
+#[test]
+fn natural_expiry_after_sixty_seconds() {
+    if !can_trace() {
+        return;
+    }
+    const COUNT: usize = 10;
+    let ns = Netns::new("expiry");
+    ns.sysctl("net.ipv4.tcp_fin_timeout", "5");
+    let tracer = Tracer::start(&["--netns", &ns.name]);
+    ns.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        server_closes_first(&listener, COUNT, None);
+    });
+    let births = tracer.wait_for("timewait_birth", Duration::from_secs(10), |b| b.len() >= COUNT);
+    assert_eq!(births.len(), COUNT);
+    let deaths = tracer.wait_for("timewait_death", Duration::from_secs(75), |d| d.len() >= COUNT);
+    let remaining = ns.time_wait_sockets();
+    let lines = tracer.stop();
+
+    assert_eq!(deaths.len(), COUNT, "{deaths:?}");
+    assert_eq!(lines.iter().filter(|v| v["event"] == "timewait_death").count(), COUNT);
+    for d in &deaths {
+        assert_eq!(d["reason"], "expired", "{d}");
+        let lifetime = d["lifetime_ns"].as_u64().unwrap() as f64 / 1e9;
+        assert!((59.0..=62.0).contains(&lifetime), "lifetime {lifetime:.3}s: {d}");
+    }
+    let born: BTreeSet<u64> = births.iter().map(|b| b["tw_id"].as_u64().unwrap()).collect();
+    let died: BTreeSet<u64> = deaths.iter().map(|d| d["tw_id"].as_u64().unwrap()).collect();
+    assert_eq!(born, died);
+    assert!(remaining.is_empty(), "ss still shows {remaining:?}");
+}
