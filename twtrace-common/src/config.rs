@@ -18,6 +18,11 @@ pub struct Config {
     /// are submitted with BPF_RB_NO_WAKEUP and userspace drains on a short timer: per-event
     /// wake-ups cost about a quarter of loopback churn throughput (KERNEL-NOTES).
     pub wakeup_bytes: u32,
+    /// Only report flows with this local or remote port; 0 = all.
+    pub port_filter: u16,
+    pub _pad: [u8; 6],
+    /// Bit `n` set: report `kfree_skb` with drop reason `n` (see `drops::MAX_REASONS`).
+    pub drop_reasons: [u64; 4],
     pub offsets: Offsets,
 }
 
@@ -45,7 +50,23 @@ pub struct Offsets {
     pub skc_net: u32,
     /// `net.ns.inum`: the network namespace's inode number.
     pub net_ns_inum: u32,
-    pub _pad: u32,
+    /// `inet_sock.inet_sport` (big-endian). Unlike `skc_num` it survives unhashing, so it is
+    /// still right at FIN_WAIT2/LAST_ACK → CLOSE.
+    pub inet_sport: u32,
+    /// `sock.sk_protocol` (a u16 since 5.6).
+    pub sk_protocol: u32,
+    /// `sk_buff` members: `head` (pointer), `network_header` and `transport_header` (u16
+    /// offsets from head), `dev` (pointer).
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
+    pub skb_dev: u32,
+    /// `net_device.nd_net` (a `possible_net_t`).
+    pub dev_nd_net: u32,
+    /// `task_struct.nsproxy` and `nsproxy.net_ns`: the current task's network namespace, for
+    /// events seen at system calls (no socket at hand yet).
+    pub task_nsproxy: u32,
+    pub nsproxy_net_ns: u32,
 }
 
 impl Offsets {
@@ -63,14 +84,31 @@ impl Offsets {
         skc_v6_rcv_saddr: OFFSET_UNKNOWN,
         skc_net: OFFSET_UNKNOWN,
         net_ns_inum: OFFSET_UNKNOWN,
-        _pad: 0,
+        inet_sport: OFFSET_UNKNOWN,
+        sk_protocol: OFFSET_UNKNOWN,
+        skb_head: OFFSET_UNKNOWN,
+        skb_network_header: OFFSET_UNKNOWN,
+        skb_transport_header: OFFSET_UNKNOWN,
+        skb_dev: OFFSET_UNKNOWN,
+        dev_nd_net: OFFSET_UNKNOWN,
+        task_nsproxy: OFFSET_UNKNOWN,
+        nsproxy_net_ns: OFFSET_UNKNOWN,
     };
 }
 
 impl Config {
-    pub const DEFAULT: Self =
-        Self { tw_timer_handler: 0, netns_filter: 0, wakeup_bytes: 64 * 1024, offsets: Offsets::UNKNOWN };
+    pub const DEFAULT: Self = Self {
+        tw_timer_handler: 0,
+        netns_filter: 0,
+        wakeup_bytes: 64 * 1024,
+        port_filter: 0,
+        _pad: [0; 6],
+        drop_reasons: [0; 4],
+        offsets: Offsets::UNKNOWN,
+    };
 }
 
-const _: () = assert!(core::mem::size_of::<Offsets>() == 14 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 16 + 14 * 4);
+// No implicit padding anywhere (aya::Pod): an even number of offsets keeps Config a multiple
+// of 8 bytes.
+const _: () = assert!(core::mem::size_of::<Offsets>() == 22 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 24 + 32 + 22 * 4);

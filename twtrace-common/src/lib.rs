@@ -6,6 +6,9 @@
 #![no_std]
 
 pub mod config;
+pub mod drops;
+pub mod portsearch;
+pub mod state;
 pub mod timewait;
 
 pub use config::Config;
@@ -18,15 +21,41 @@ pub const SCHEMA_VERSION: u8 = 1;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
     TimeWait = 1,
+    State = 2,
+    Drop = 3,
+    PortSearch = 4,
 }
 
 impl EventKind {
     pub const fn from_u16(value: u16) -> Option<Self> {
         match value {
             1 => Some(Self::TimeWait),
+            2 => Some(Self::State),
+            3 => Some(Self::Drop),
+            4 => Some(Self::PortSearch),
             _ => None,
         }
     }
+}
+
+/// The process that owned a socket, captured in process context (at connect() or close()) and
+/// carried over to events raised later in softirq context, where the current task is unrelated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// 0 when unknown.
+    pub pid_tgid: u64,
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+}
+
+/// Key of the kernel's socket-owner map: a connection's namespace and 4-tuple.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnerKey {
+    pub netns: u32,
+    pub _pad: u32,
+    pub flow: Flow,
 }
 
 /// Common prefix of every ring-buffer record.
@@ -87,7 +116,12 @@ mod pod {
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::Flow {}
     unsafe impl aya::Pod for super::timewait::TimeWaitEvent {}
+    unsafe impl aya::Pod for super::state::StateEvent {}
+    unsafe impl aya::Pod for super::drops::DropEvent {}
+    unsafe impl aya::Pod for super::portsearch::PortSearchEvent {}
 }
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 48);
 const _: () = assert!(core::mem::size_of::<Flow>() == 40);
+const _: () = assert!(core::mem::size_of::<Owner>() == 32);
+const _: () = assert!(core::mem::size_of::<OwnerKey>() == 48);

@@ -4,7 +4,7 @@
 //! deaths (see `twtrace::probes::timewait`), because telling "expired" from "killed early"
 //! needs to know what the same CPU did next.
 
-use crate::{EventHeader, Flow};
+use crate::{EventHeader, Flow, Owner};
 
 /// Phase of a TIME_WAIT socket's timer.
 #[repr(u8)]
@@ -46,6 +46,9 @@ pub struct TimeWaitEvent {
     pub _pad: [u8; 2],
     /// The 4-tuple, read at `Start` only (zero for other phases).
     pub flow: Flow,
+    /// Who closed the full socket that became this TIME_WAIT socket (at `Start`, when the
+    /// state family saw the close; zero otherwise).
+    pub owner: Owner,
 }
 
-const _: () = assert!(core::mem::size_of::<TimeWaitEvent>() == 48 + 24 + 40);
+const _: () = assert!(core::mem::size_of::<TimeWaitEvent>() == 48 + 24 + 40 + 32);

@@ -3,6 +3,9 @@
 #![no_std]
 #![no_main]
 
+mod drops;
+mod portsearch;
+mod state;
 mod timewait;
 
 use aya_ebpf::{
@@ -12,9 +15,11 @@ use aya_ebpf::{
         generated::{bpf_get_current_cgroup_id, bpf_get_smp_processor_id},
     },
     macros::map,
-    maps::{ring_buf::RingBufEntry, PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
-use twtrace_common::{Config, Counter, EventHeader, EventKind, COUNTER_SLOTS, SCHEMA_VERSION};
+use twtrace_common::{
+    AF_INET, AF_INET6, COUNTER_SLOTS, Config, Counter, EventHeader, EventKind, Flow, Owner, OwnerKey, SCHEMA_VERSION,
+};
 
 /// Written by userspace before load; never written here. Read it only through [`config`].
 #[unsafe(no_mangle)]
@@ -26,6 +31,12 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Who closed each connection (captured at → FIN_WAIT1, in the closing process's context),
+/// taken by the TIME_WAIT birth of the same 4-tuple. LRU: a close that never becomes TIME_WAIT
+/// (RST, or the peer closed first) ages out instead of filling the map.
+#[map]
+static OWNERS: LruHashMap<OwnerKey, Owner> = LruHashMap::with_max_entries(65_536, 0);
 
 /// GPL-compatible, as the GPL-only helpers (probe_read_kernel, ringbuf) require.
 #[unsafe(no_mangle)]
@@ -91,6 +102,72 @@ fn read_at<T: Copy + Default>(base: *const u8, offset: u32) -> T {
     // SAFETY: bpf_probe_read_kernel tolerates any address; a fault returns an error.
     unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }
         .unwrap_or_default()
+}
+
+/// The running task, as an [`Owner`].
+#[inline(always)]
+fn current_owner() -> Owner {
+    Owner {
+        pid_tgid: bpf_get_current_pid_tgid(),
+        // SAFETY: helper without preconditions.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+/// Whether the user's `--port` filter lets this flow through.
+#[inline(always)]
+fn port_wanted(flow: &Flow) -> bool {
+    let port = config().port_filter;
+    port == 0 || flow.sport == port || flow.dport == port
+}
+
+/// Whether the user's `--netns` filter lets this namespace through.
+#[inline(always)]
+fn netns_wanted(netns: u32) -> bool {
+    let wanted = config().netns_filter;
+    wanted == 0 || wanted == netns
+}
+
+/// Network namespace inode of a `struct net *`, 0 if unknown.
+#[inline(always)]
+fn net_inum(net: u64) -> u32 {
+    if net == 0 {
+        return 0;
+    }
+    read_at(net as *const u8, config().offsets.net_ns_inum)
+}
+
+/// Network namespace inode of a socket (`sock_common.skc_net->ns.inum`), 0 if unknown.
+#[inline(always)]
+fn netns_of(sk: *const u8) -> u32 {
+    net_inum(read_at(sk, config().offsets.skc_net))
+}
+
+/// Writes the 4-tuple of a socket from its `sock_common` (full and TIME_WAIT sockets alike)
+/// into `flow`, in place: records are filled directly in ring-buffer memory because the BPF
+/// stack (512 bytes) cannot hold them and their parts at once.
+#[inline(always)]
+fn fill_flow(flow: &mut Flow, sk: *const u8) {
+    let o = &config().offsets;
+    let family: u16 = read_at(sk, o.skc_family);
+    flow.family = family;
+    flow.sport = read_at(sk, o.skc_num);
+    flow.dport = u16::from_be(read_at(sk, o.skc_dport));
+    flow._pad = 0;
+    if family == AF_INET6 {
+        flow.saddr = read_at(sk, o.skc_v6_rcv_saddr);
+        flow.daddr = read_at(sk, o.skc_v6_daddr);
+    } else {
+        flow.saddr = [0; 16];
+        flow.daddr = [0; 16];
+        if family == AF_INET {
+            let saddr: [u8; 4] = read_at(sk, o.skc_rcv_saddr);
+            let daddr: [u8; 4] = read_at(sk, o.skc_daddr);
+            flow.saddr[..4].copy_from_slice(&saddr);
+            flow.daddr[..4].copy_from_slice(&daddr);
+        }
+    }
 }
 
 #[cfg(not(test))]

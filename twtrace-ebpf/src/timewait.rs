@@ -15,11 +15,11 @@
 
 use aya_ebpf::{helpers::bpf_jiffies64, macros::raw_tracepoint, programs::RawTracePointContext};
 use twtrace_common::{
+    EventKind, Flow, Owner, OwnerKey,
     timewait::{TimeWaitEvent, TimerPhase},
-    EventKind, Flow, AF_INET, AF_INET6,
 };
 
-use crate::{config, header, read_at, reserve, submit};
+use crate::{OWNERS, config, fill_flow, header, netns_of, netns_wanted, port_wanted, read_at, reserve, submit};
 
 #[raw_tracepoint(tracepoint = "timer_start")]
 pub fn tw_timer_start(ctx: RawTracePointContext) -> u32 {
@@ -49,63 +49,46 @@ fn on_timer(ctx: &RawTracePointContext, phase: TimerPhase) {
     }
     let tw = timer.wrapping_sub(cfg.offsets.tw_timer as usize);
     let netns = netns_of(tw);
-    if cfg.netns_filter != 0 && netns != cfg.netns_filter {
+    if !netns_wanted(netns) {
         return;
     }
     let Some(mut entry) = reserve::<TimeWaitEvent>() else {
         return;
     };
-    let (flow, substate, timeout_jiffies) = if phase == TimerPhase::Start {
+    // SAFETY: `entry` is a reserved, exclusively owned TimeWaitEvent-sized slot; every field is
+    // written below before submit (or the slot is discarded).
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    ev.header = header(EventKind::TimeWait);
+    ev.tw_addr = tw as u64;
+    ev.netns = netns;
+    ev.phase = phase as u8;
+    ev._pad = [0; 2];
+    if phase == TimerPhase::Start {
+        fill_flow(&mut ev.flow, tw);
+        // Only a start carries the 4-tuple (and so can be port-filtered); later phases are
+        // matched to it in userspace by socket address, and unmatched ones are dropped there.
+        if !port_wanted(&ev.flow) {
+            entry.discard(0);
+            return;
+        }
         let expires: u64 = read_at(timer, cfg.offsets.timer_expires);
         // SAFETY: helper without preconditions (5.5+).
-        let now = unsafe { bpf_jiffies64() };
-        (flow_of(tw), read_at::<u8>(tw, cfg.offsets.tw_substate), expires.wrapping_sub(now))
+        ev.timeout_jiffies = expires.wrapping_sub(unsafe { bpf_jiffies64() });
+        ev.substate = read_at(tw, cfg.offsets.tw_substate);
+        let key = OwnerKey { netns, _pad: 0, flow: ev.flow };
+        // SAFETY: the value is copied out before the remove below.
+        match unsafe { OWNERS.get(key) } {
+            Some(owner) => {
+                ev.owner = *owner;
+                let _ = OWNERS.remove(key);
+            }
+            None => ev.owner = Owner::default(),
+        }
     } else {
-        (Flow::default(), 0, 0)
-    };
-    entry.write(TimeWaitEvent {
-        header: header(EventKind::TimeWait),
-        tw_addr: tw as u64,
-        timeout_jiffies,
-        netns,
-        phase: phase as u8,
-        substate,
-        _pad: [0; 2],
-        flow,
-    });
+        ev.flow = Flow::default();
+        ev.timeout_jiffies = 0;
+        ev.substate = 0;
+        ev.owner = Owner::default();
+    }
     submit(entry);
-}
-
-/// Network namespace inode of a socket (`sock_common.skc_net->ns.inum`), 0 if unknown.
-#[inline(always)]
-pub(crate) fn netns_of(sk: *const u8) -> u32 {
-    let cfg = config();
-    let net: u64 = read_at(sk, cfg.offsets.skc_net);
-    if net == 0 {
-        return 0;
-    }
-    read_at(net as *const u8, cfg.offsets.net_ns_inum)
-}
-
-/// The 4-tuple of a socket from its `sock_common` (full sockets and TIME_WAIT sockets alike).
-#[inline(always)]
-pub(crate) fn flow_of(sk: *const u8) -> Flow {
-    let o = &config().offsets;
-    let family: u16 = read_at(sk, o.skc_family);
-    let mut flow = Flow {
-        family,
-        sport: read_at(sk, o.skc_num),
-        dport: u16::from_be(read_at(sk, o.skc_dport)),
-        ..Flow::default()
-    };
-    if family == AF_INET {
-        let saddr: [u8; 4] = read_at(sk, o.skc_rcv_saddr);
-        let daddr: [u8; 4] = read_at(sk, o.skc_daddr);
-        flow.saddr[..4].copy_from_slice(&saddr);
-        flow.daddr[..4].copy_from_slice(&daddr);
-    } else if family == AF_INET6 {
-        flow.saddr = read_at(sk, o.skc_v6_rcv_saddr);
-        flow.daddr = read_at(sk, o.skc_v6_daddr);
-    }
-    flow
 }

@@ -28,11 +28,7 @@ impl SocketFlow {
     }
 
     pub fn ip_version(&self) -> u8 {
-        if self.local.is_ipv4() {
-            4
-        } else {
-            6
-        }
+        if self.local.is_ipv4() { 4 } else { 6 }
     }
 }
 
@@ -78,6 +74,9 @@ pub enum DeathReason {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     TimeWait(TimeWaitEvent),
+    State(StateEvent),
+    Drop(DropEvent),
+    PortSearch(PortSearchEvent),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -89,6 +88,9 @@ pub struct TimeWaitEvent {
     pub tw_id: u64,
     pub flow: Option<SocketFlow>,
     pub netns: u32,
+    /// The process that closed the connection, carried over from the full socket (TIME_WAIT
+    /// sockets have no owner of their own). `None` when the close was not seen.
+    pub owner: Option<Process>,
     pub change: TimeWaitChange,
 }
 
@@ -107,4 +109,125 @@ pub enum TimeWaitChange {
         reason: DeathReason,
         lifetime_ns: u64,
     },
+}
+
+/// A task as the kernel saw it (pid = thread group id).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Process {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+}
+
+impl Process {
+    /// `None` for pid 0 (the idle task, or "unknown").
+    pub fn from_kernel(pid_tgid: u64, cgroup_id: u64, comm: &[u8; 16]) -> Option<Self> {
+        if pid_tgid == 0 {
+            return None;
+        }
+        let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+        Some(Self {
+            pid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+            comm: String::from_utf8_lossy(&comm[..end]).into_owned(),
+            cgroup_id,
+        })
+    }
+}
+
+/// `include/net/tcp_states.h` names.
+pub fn tcp_state_name(state: u8) -> &'static str {
+    match state {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW_SYN_RECV",
+        _ => "UNKNOWN",
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateEvent {
+    pub ts_ns: u64,
+    pub sk_addr: u64,
+    pub netns: u32,
+    pub old_state: u8,
+    pub new_state: u8,
+    /// Local port 0 with SYN_SENT → CLOSE: connect() found no free local port.
+    pub flow: Option<SocketFlow>,
+    /// The task running at the transition: the owner for connect() and close(), unrelated for
+    /// transitions driven by incoming packets (softirq).
+    pub task: Option<Process>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DropEvent {
+    pub ts_ns: u64,
+    /// Kernel name without the `SKB_DROP_REASON_` prefix, e.g. `TCP_RFC7323_TW_PAWS`: stable
+    /// across kernels, unlike the number.
+    pub reason: String,
+    pub reason_code: u32,
+    pub netns: u32,
+    /// Seen from this host: `local` is the packet's destination.
+    pub flow: Option<SocketFlow>,
+    pub tcp_flags: u8,
+    pub seq: u32,
+    pub ack_seq: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchOp {
+    Connect,
+    Bind,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PortSearchEvent {
+    pub ts_ns: u64,
+    pub op: SearchOp,
+    pub duration_ns: u64,
+    /// 0 on success (EINPROGRESS counts as success for a non-blocking connect).
+    pub errno: u32,
+    /// Candidate ports examined, where the backend can see them.
+    pub candidates: Option<u32>,
+    /// Measured around the system call, not the port search itself.
+    pub approximate: bool,
+    pub netns: u32,
+    /// connect(): the destination. bind(): the requested local address.
+    pub addr: Option<SocketAddr>,
+    pub process: Option<Process>,
+}
+
+/// Symbolic name of the errno values port search reports.
+pub fn errno_name(errno: u32) -> String {
+    match errno {
+        0 => "OK".into(),
+        1 => "EPERM".into(),
+        4 => "EINTR".into(),
+        11 => "EAGAIN".into(),
+        13 => "EACCES".into(),
+        22 => "EINVAL".into(),
+        98 => "EADDRINUSE".into(),
+        99 => "EADDRNOTAVAIL".into(),
+        101 => "ENETUNREACH".into(),
+        103 => "ECONNABORTED".into(),
+        104 => "ECONNRESET".into(),
+        106 => "EISCONN".into(),
+        110 => "ETIMEDOUT".into(),
+        111 => "ECONNREFUSED".into(),
+        113 => "EHOSTUNREACH".into(),
+        114 => "EALREADY".into(),
+        115 => "EINPROGRESS".into(),
+        other => format!("errno{other}"),
+    }
 }

@@ -40,6 +40,9 @@ struct ProbeArgs {
     /// such as /proc/PID/ns/net.
     #[arg(long, value_name = "NETNS")]
     netns: Option<String>,
+    /// Only flows with this local or remote port (filtered in the kernel).
+    #[arg(long)]
+    port: Option<u16>,
     /// Ring buffer size in bytes (power of two, at least 4096).
     #[arg(long, default_value_t = 8 << 20, value_name = "BYTES")]
     ring_buffer_size: u32,
@@ -48,7 +51,7 @@ struct ProbeArgs {
 impl ProbeArgs {
     fn options(&self) -> anyhow::Result<Options> {
         let netns = self.netns.as_deref().map(kernel::netns_inode).transpose().map_err(anyhow::Error::msg)?;
-        Ok(Options { backend: self.backend, netns, ring_bytes: self.ring_buffer_size })
+        Ok(Options { backend: self.backend, netns, port: self.port, ring_bytes: self.ring_buffer_size })
     }
 }
 
@@ -107,9 +110,8 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     let options = args.probes.options()?;
     let mut probes = LiveProbes::load(&options).context("cannot start tracing")?;
     let clock = kernel::WallClock::now();
-    let backends: Vec<String> = probes.reports.iter().map(|r| r.to_string()).collect();
     // Tools and tests wait for this line: everything after it is traced.
-    eprintln!("twtrace: tracing; {}", backends.join("; "));
+    eprintln!("twtrace: tracing; {}", probes::backend_summary(&probes.reports));
 
     let mut printer = output::Printer::new(std::io::BufWriter::new(std::io::stdout().lock()), args.json, clock);
     let mut batch = Vec::new();

@@ -2,10 +2,10 @@
 
 use std::io::Write;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::{
-    event::{Event, TimeWaitChange},
+    event::{Event, Process, SearchOp, SocketFlow, TimeWaitChange, errno_name, tcp_state_name},
     kernel::WallClock,
 };
 
@@ -57,74 +57,175 @@ impl<W: Write> Printer<W> {
 }
 
 pub fn event_json(event: &Event, clock: WallClock) -> Value {
+    let ts_ns = match event {
+        Event::TimeWait(e) => e.ts_ns,
+        Event::State(e) => e.ts_ns,
+        Event::Drop(e) => e.ts_ns,
+        Event::PortSearch(e) => e.ts_ns,
+    };
+    let mut v = json!({"ts": rfc3339(clock.to_unix_ns(ts_ns)), "mono_ns": ts_ns});
+    let m = v.as_object_mut().expect("object");
+    let mut put = |key: &str, value: Value| {
+        m.insert(key.into(), value);
+    };
     match event {
         Event::TimeWait(e) => {
-            let mut v = json!({
-                "ts": rfc3339(clock.to_unix_ns(e.ts_ns)),
-                "mono_ns": e.ts_ns,
-                "tw_id": e.tw_id,
-                "netns": e.netns,
-            });
-            let m = v.as_object_mut().expect("object");
-            if let Some(flow) = e.flow {
-                m.insert("ip".into(), json!(flow.ip_version()));
-                m.insert("local".into(), json!(flow.local.to_string()));
-                m.insert("remote".into(), json!(flow.remote.to_string()));
-            }
+            put("tw_id", json!(e.tw_id));
+            put("netns", json!(e.netns));
+            put_flow(&mut put, e.flow);
+            put_process(&mut put, "owner_", e.owner.as_ref());
             match &e.change {
-                TimeWaitChange::Birth { substate, timeout_ms } => {
-                    m.insert("event".into(), json!("timewait_birth"));
-                    m.insert("substate".into(), json!(substate.name()));
-                    m.insert("timeout_ms".into(), json!(timeout_ms));
-                }
-                TimeWaitChange::Rearm { substate, timeout_ms } => {
-                    m.insert("event".into(), json!("timewait_rearm"));
-                    m.insert("substate".into(), json!(substate.name()));
-                    m.insert("timeout_ms".into(), json!(timeout_ms));
+                TimeWaitChange::Birth { substate, timeout_ms } | TimeWaitChange::Rearm { substate, timeout_ms } => {
+                    let kind = if matches!(e.change, TimeWaitChange::Birth { .. }) { "birth" } else { "rearm" };
+                    put("event", json!(format!("timewait_{kind}")));
+                    put("substate", json!(substate.name()));
+                    put("timeout_ms", json!(timeout_ms));
                 }
                 TimeWaitChange::Death { reason, lifetime_ns } => {
-                    m.insert("event".into(), json!("timewait_death"));
-                    m.insert("reason".into(), json!(reason));
-                    m.insert("lifetime_ns".into(), json!(lifetime_ns));
+                    put("event", json!("timewait_death"));
+                    put("reason", json!(reason));
+                    put("lifetime_ns", json!(lifetime_ns));
                 }
             }
-            v
         }
+        Event::State(e) => {
+            put("event", json!("state"));
+            put("sk", json!(format!("{:#x}", e.sk_addr)));
+            put("netns", json!(e.netns));
+            put("old_state", json!(tcp_state_name(e.old_state)));
+            put("new_state", json!(tcp_state_name(e.new_state)));
+            put_flow(&mut put, e.flow);
+            put_process(&mut put, "task_", e.task.as_ref());
+        }
+        Event::Drop(e) => {
+            put("event", json!("drop"));
+            put("reason", json!(e.reason));
+            put("reason_code", json!(e.reason_code));
+            put("netns", json!(e.netns));
+            put_flow(&mut put, e.flow);
+            put("tcp_flags", json!(tcp_flags(e.tcp_flags)));
+            put("seq", json!(e.seq));
+            put("ack_seq", json!(e.ack_seq));
+        }
+        Event::PortSearch(e) => {
+            put("event", json!("port_search"));
+            put("op", json!(e.op));
+            put("duration_ns", json!(e.duration_ns));
+            put("errno", json!(e.errno));
+            put("error", json!(errno_name(e.errno)));
+            if let Some(c) = e.candidates {
+                put("candidates", json!(c));
+            }
+            put("approximate", json!(e.approximate));
+            put("netns", json!(e.netns));
+            if let Some(addr) = e.addr {
+                put(if e.op == SearchOp::Connect { "remote" } else { "local" }, json!(addr.to_string()));
+            }
+            put_process(&mut put, "", e.process.as_ref());
+        }
+    }
+    v
+}
+
+fn put_flow(put: &mut impl FnMut(&str, Value), flow: Option<SocketFlow>) {
+    if let Some(flow) = flow {
+        put("ip", json!(flow.ip_version()));
+        put("local", json!(flow.local.to_string()));
+        put("remote", json!(flow.remote.to_string()));
     }
 }
 
+fn put_process(put: &mut impl FnMut(&str, Value), prefix: &str, process: Option<&Process>) {
+    if let Some(p) = process {
+        put(&format!("{prefix}pid"), json!(p.pid));
+        put(&format!("{prefix}comm"), json!(p.comm));
+        put(&format!("{prefix}cgroup_id"), json!(p.cgroup_id));
+    }
+}
+
+/// `SA` for SYN+ACK, like tcpdump's letters (F S R P . U).
+fn tcp_flags(flags: u8) -> String {
+    [(0x01, 'F'), (0x02, 'S'), (0x04, 'R'), (0x08, 'P'), (0x10, '.'), (0x20, 'U')]
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, c)| *c)
+        .collect()
+}
+
+fn process_text(p: Option<&Process>) -> String {
+    p.map(|p| format!("{}[{}]", p.comm, p.pid)).unwrap_or_else(|| "-".into())
+}
+
+fn flow_text(flow: Option<SocketFlow>) -> String {
+    flow.map(|f| format!("{} <- {}", f.local, f.remote)).unwrap_or_else(|| "?".into())
+}
+
 pub fn event_text(event: &Event, clock: WallClock) -> String {
-    match event {
+    let (ts_ns, netns, what) = match event {
         Event::TimeWait(e) => {
-            let flow = e.flow.map(|f| format!("{} <- {}", f.local, f.remote)).unwrap_or_else(|| "?".into());
+            let flow = flow_text(e.flow);
+            let owner = process_text(e.owner.as_ref());
             let what = match &e.change {
-                TimeWaitChange::Birth { substate, timeout_ms } => {
-                    format!(
-                        "TW born   #{:<6} {flow}  {} timeout {}",
-                        e.tw_id,
-                        substate.name(),
-                        seconds(timeout_ms * 1_000_000)
-                    )
-                }
-                TimeWaitChange::Rearm { substate, timeout_ms } => {
-                    format!(
-                        "TW rearm  #{:<6} {flow}  {} timeout {}",
-                        e.tw_id,
-                        substate.name(),
-                        seconds(timeout_ms * 1_000_000)
-                    )
-                }
+                TimeWaitChange::Birth { substate, timeout_ms } => format!(
+                    "TW born   #{:<6} {flow}  {} timeout {}  by {owner}",
+                    e.tw_id,
+                    substate.name(),
+                    seconds(timeout_ms * 1_000_000)
+                ),
+                TimeWaitChange::Rearm { substate, timeout_ms } => format!(
+                    "TW rearm  #{:<6} {flow}  {} timeout {}",
+                    e.tw_id,
+                    substate.name(),
+                    seconds(timeout_ms * 1_000_000)
+                ),
                 TimeWaitChange::Death { reason, lifetime_ns } => {
-                    let reason = serde_json::to_value(reason)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default();
+                    let reason = match reason {
+                        crate::event::DeathReason::Expired => "expired",
+                        crate::event::DeathReason::Killed => "killed",
+                    };
                     format!("TW died   #{:<6} {flow}  {reason} after {}", e.tw_id, seconds(*lifetime_ns))
                 }
             };
-            format!("{} {what}  netns {}", clock_time(clock.to_unix_ns(e.ts_ns)), e.netns)
+            (e.ts_ns, e.netns, what)
         }
-    }
+        Event::State(e) => (
+            e.ts_ns,
+            e.netns,
+            format!(
+                "STATE     {} -> {}  {}  task {}",
+                tcp_state_name(e.old_state),
+                tcp_state_name(e.new_state),
+                flow_text(e.flow),
+                process_text(e.task.as_ref())
+            ),
+        ),
+        Event::Drop(e) => (
+            e.ts_ns,
+            e.netns,
+            format!("DROP      {}  {}  flags {} seq {}", e.reason, flow_text(e.flow), tcp_flags(e.tcp_flags), e.seq),
+        ),
+        Event::PortSearch(e) => {
+            let op = if e.op == SearchOp::Connect { "connect()" } else { "bind()" };
+            let addr = e.addr.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
+            let approx = if e.approximate { " (syscall time)" } else { "" };
+            let candidates = e.candidates.map(|c| format!(" {c} candidates")).unwrap_or_default();
+            (
+                e.ts_ns,
+                e.netns,
+                format!(
+                    "PORT      {op} {addr} {} in {}{approx}{candidates}  by {}",
+                    errno_name(e.errno),
+                    micros(e.duration_ns),
+                    process_text(e.process.as_ref())
+                ),
+            )
+        }
+    };
+    format!("{} {what}  netns {netns}", clock_time(clock.to_unix_ns(ts_ns)))
+}
+
+fn micros(ns: u64) -> String {
+    format!("{:.1}us", ns as f64 / 1e3)
 }
 
 fn seconds(ns: u64) -> String {
@@ -177,6 +278,7 @@ mod tests {
                 remote: "[::1]:40000".parse::<SocketAddr>().unwrap(),
             }),
             netns: 4026531840,
+            owner: None,
             change: TimeWaitChange::Death { reason: DeathReason::Expired, lifetime_ns: 60_750_000_000 },
         })
     }
@@ -210,9 +312,12 @@ mod tests {
             change: TimeWaitChange::Birth { substate: TimeWaitSubstate::FinWait2, timeout_ms: 60_000 },
             ..match death() {
                 Event::TimeWait(e) => e,
+                _ => unreachable!(),
             }
         });
-        assert!(event_text(&birth, CLOCK)
-            .contains("TW born   #7      127.0.0.1:8080 <- [::1]:40000  FIN_WAIT2 timeout 60.000s"));
+        assert!(
+            event_text(&birth, CLOCK)
+                .contains("TW born   #7      127.0.0.1:8080 <- [::1]:40000  FIN_WAIT2 timeout 60.000s")
+        );
     }
 }

@@ -156,11 +156,7 @@ impl Btf {
                         let v_name = r.u32()?;
                         let value = if kind == KIND_ENUM {
                             let raw = r.u32()?;
-                            if signed {
-                                i64::from(raw as i32)
-                            } else {
-                                i64::from(raw)
-                            }
+                            if signed { i64::from(raw as i32) } else { i64::from(raw) }
                         } else {
                             let lo = u64::from(r.u32()?);
                             let hi = u64::from(r.u32()?);
@@ -233,7 +229,6 @@ impl Btf {
     }
 
     /// Values of enum `ty` by name.
-    #[cfg_attr(not(test), expect(dead_code, reason = "the drops family resolves skb_drop_reason with it next"))]
     pub fn enum_values(&self, ty: &str) -> Option<&[(String, i64)]> {
         match self.types.get(*self.enums_by_name.get(ty)? as usize)? {
             Type::Enum { values } => Some(values),

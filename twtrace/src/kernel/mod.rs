@@ -42,11 +42,7 @@ pub fn check_privileges() -> Result<(), PrivilegeError> {
     if !has(CAP_SYSLOG) {
         missing.push("CAP_SYSLOG");
     }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(PrivilegeError::Missing(missing.join(", ")))
-    }
+    if missing.is_empty() { Ok(()) } else { Err(PrivilegeError::Missing(missing.join(", "))) }
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so the ring buffer fits.
@@ -65,11 +61,7 @@ pub fn hz() -> u64 {
     // SAFETY: valid pointer.
     let ok = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } == 0;
     let tick_ns = res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64;
-    if ok && tick_ns > 0 {
-        (1_000_000_000 + tick_ns / 2) / tick_ns
-    } else {
-        250
-    }
+    if ok && tick_ns > 0 { (1_000_000_000 + tick_ns / 2) / tick_ns } else { 250 }
 }
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
@@ -99,6 +91,28 @@ impl WallClock {
     /// Unix nanoseconds of a monotonic timestamp.
     pub fn to_unix_ns(self, mono_ns: u64) -> u64 {
         (self.realtime_ns as i128 + mono_ns as i128 - self.monotonic_ns as i128).max(0) as u64
+    }
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Classic tracepoints are attached by id, read from tracefs. Mounts it when missing (it often
+/// is on minimal systems and containers).
+pub fn ensure_tracefs() -> Result<(), String> {
+    if Path::new(TRACEFS).join("events").is_dir() || Path::new("/sys/kernel/debug/tracing/events").is_dir() {
+        return Ok(());
+    }
+    let target = std::ffi::CString::new(TRACEFS).expect("no NUL");
+    // SAFETY: valid C strings; mount(2) with no data.
+    let rc = unsafe { libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null()) };
+    if rc == 0 {
+        log::info!("mounted tracefs at {TRACEFS}");
+        Ok(())
+    } else {
+        Err(format!(
+            "tracefs is not mounted and mounting it failed ({}); mount it with `mount -t tracefs nodev {TRACEFS}`",
+            std::io::Error::last_os_error()
+        ))
     }
 }
 

@@ -4,18 +4,21 @@
 //! Each family module (`timewait`, ...) owns its backend table (what to attach, in order of
 //! preference), its decoder and its tests. This module holds what they share.
 
+pub mod drops;
+pub mod portsearch;
+pub mod state;
 pub mod timewait;
 
-use std::fmt;
+use std::{collections::HashMap, fmt};
 
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
-    programs::{ProgramError, RawTracePoint},
     Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{ProgramError, RawTracePoint, TracePoint},
 };
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
-use twtrace_common::{Config, Counter, EventHeader, EventKind, SCHEMA_VERSION};
+use twtrace_common::{Config, Counter, EventHeader, EventKind, SCHEMA_VERSION, config::OFFSET_UNKNOWN};
 
 use crate::{event::Event, kernel};
 
@@ -46,20 +49,44 @@ impl fmt::Display for Backend {
 pub enum Family {
     #[serde(rename = "timewait")]
     TimeWait,
+    #[serde(rename = "portsearch")]
+    PortSearch,
+    State,
+    Drops,
 }
 
 impl fmt::Display for Family {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::TimeWait => "timewait",
+            Self::PortSearch => "portsearch",
+            Self::State => "state",
+            Self::Drops => "drops",
         })
     }
 }
 
+/// Every family with its backend table, in the order they are attached and reported.
+const FAMILIES: &[(Family, &[BackendPlan])] = &[
+    (Family::TimeWait, timewait::BACKENDS),
+    (Family::PortSearch, portsearch::BACKENDS),
+    (Family::State, state::BACKENDS),
+    (Family::Drops, drops::BACKENDS),
+];
+
 /// One kernel hook of a backend: which program of the object goes where.
 #[derive(Clone, Copy, Debug)]
 pub enum Hook {
-    RawTracepoint { program: &'static str, tracepoint: &'static str },
+    RawTracepoint {
+        program: &'static str,
+        tracepoint: &'static str,
+    },
+    /// A classic (perf) tracepoint; needs tracefs for its id.
+    Tracepoint {
+        program: &'static str,
+        category: &'static str,
+        name: &'static str,
+    },
 }
 
 /// One backend of a family: its hooks, or why this build cannot offer it.
@@ -120,11 +147,28 @@ impl fmt::Display for FamilyReport {
     }
 }
 
+/// One line: which backend each family runs on, e.g. `timewait: tracepoint, drops: OFF`.
+pub fn backend_summary(reports: &[FamilyReport]) -> String {
+    let families: Vec<String> = reports
+        .iter()
+        .map(|r| match r.running {
+            Some(b) => format!("{}: {b}", r.family),
+            None => format!(
+                "{}: OFF ({})",
+                r.family,
+                r.attempts.iter().filter_map(|a| a.error.as_deref()).collect::<Vec<_>>().join("; ")
+            ),
+        })
+        .collect();
+    format!("{} (`twtrace probes` explains)", families.join(", "))
+}
+
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Force one backend for every family instead of trying them in order.
     pub backend: Option<Backend>,
     pub netns: Option<u32>,
+    pub port: Option<u16>,
     pub ring_bytes: u32,
 }
 
@@ -157,17 +201,21 @@ impl LiveProbes {
         let mut config = Config::DEFAULT;
         config.wakeup_bytes = options.ring_bytes / 4;
         config.netns_filter = options.netns.unwrap_or(0);
+        config.port_filter = options.port.unwrap_or(0);
+        configure_sockets(&btf, &mut config);
         timewait::configure(&btf, &mut config)?;
+        let drop_reasons = drops::reason_names(&btf);
+        if drops::configure(&drop_reasons, &mut config) == 0 {
+            log::warn!("this kernel names no PAWS drop reasons (kfree_skb reasons need 5.17+)");
+        }
 
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
             .map_max_entries("EVENTS", options.ring_bytes)
             .load(OBJECT)?;
 
-        let reports: Vec<FamilyReport> = [(Family::TimeWait, timewait::BACKENDS)]
-            .into_iter()
-            .map(|(family, plans)| attach_family(&mut ebpf, family, plans, options.backend))
-            .collect();
+        let reports: Vec<FamilyReport> =
+            FAMILIES.iter().map(|&(family, plans)| attach_family(&mut ebpf, family, plans, options.backend)).collect();
         if reports.iter().all(|r| r.running.is_none()) {
             let why = reports.iter().map(|r| format!("  {r}")).collect::<Vec<_>>().join("\n");
             return Err(LoadError::NothingAttached(why));
@@ -179,11 +227,17 @@ impl LiveProbes {
         // AsyncFd (which owns the RingBuf) lives.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| LoadError::Poll(e.into()))?;
-        let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or(LoadError::MissingMap("COUNTERS"))?)
-            .map_err(|e| LoadError::Map("COUNTERS", e))?;
+        let counters_map = ebpf.take_map("COUNTERS").ok_or(LoadError::MissingMap("COUNTERS"))?;
+        if let aya::maps::Map::PerCpuArray(data) = &counters_map {
+            // Tests read the kernel's own count through this id (bpftool) to check ours.
+            if let Ok(info) = data.info() {
+                log::debug!("COUNTERS map id {}", info.id());
+            }
+        }
+        let counters = PerCpuArray::try_from(counters_map).map_err(|e| LoadError::Map("COUNTERS", e))?;
         let mut tick = tokio::time::interval(DRAIN_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Ok(Self { _ebpf: ebpf, ring, counters, decoder: Decoder::new(kernel::hz()), tick, reports })
+        Ok(Self { _ebpf: ebpf, ring, counters, decoder: Decoder::new(kernel::hz(), drop_reasons), tick, reports })
     }
 
     /// Waits for a wake-up or the drain timer, then appends every decoded event to `out`.
@@ -252,41 +306,87 @@ fn attach_family(ebpf: &mut Ebpf, family: Family, plans: &[BackendPlan], forced:
 /// Attaches every hook of one backend, or none: on failure the ones already attached are
 /// unloaded again so the next backend starts clean.
 fn attach_hooks(ebpf: &mut Ebpf, hooks: &[Hook]) -> Result<(), String> {
-    let mut attached: Vec<&'static str> = Vec::new();
-    let mut result = Ok(());
-    for hook in hooks {
-        let step = match *hook {
-            Hook::RawTracepoint { program, tracepoint } => attach_raw_tracepoint(ebpf, program, tracepoint)
-                .map_err(|e| format!("raw tracepoint {tracepoint} ({program}): {}", describe(&e))),
-        };
-        match step {
-            Ok(program) => attached.push(program),
-            Err(e) => {
-                result = Err(e);
-                break;
+    for (i, hook) in hooks.iter().enumerate() {
+        if let Err(e) = attach_hook(ebpf, hook) {
+            for attached in &hooks[..i] {
+                unload_hook(ebpf, attached);
             }
+            return Err(e);
         }
     }
-    if result.is_err() {
-        for program in attached {
-            if let Some(Ok(p)) = ebpf.program_mut(program).map(<&mut RawTracePoint>::try_from) {
-                let _ = p.unload();
-            }
-        }
-    }
-    result
+    Ok(())
 }
 
-fn attach_raw_tracepoint(
-    ebpf: &mut Ebpf,
-    program: &'static str,
-    tracepoint: &str,
-) -> Result<&'static str, ProgramError> {
-    let prog: &mut RawTracePoint =
-        ebpf.program_mut(program).ok_or_else(|| ProgramError::UnexpectedProgramType)?.try_into()?;
-    prog.load()?;
-    prog.attach(tracepoint)?;
-    Ok(program)
+fn attach_hook(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), String> {
+    match *hook {
+        Hook::RawTracepoint { program, tracepoint } => {
+            let mut attach = || -> Result<(), ProgramError> {
+                let prog: &mut RawTracePoint = ebpf.program_mut(program).ok_or(ProgramError::NotLoaded)?.try_into()?;
+                prog.load()?;
+                prog.attach(tracepoint)?;
+                Ok(())
+            };
+            attach().map_err(|e| format!("raw tracepoint {tracepoint} ({program}): {}", describe(&e)))
+        }
+        Hook::Tracepoint { program, category, name } => {
+            kernel::ensure_tracefs().map_err(|e| format!("tracepoint {category}:{name}: {e}"))?;
+            let mut attach = || -> Result<(), ProgramError> {
+                let prog: &mut TracePoint = ebpf.program_mut(program).ok_or(ProgramError::NotLoaded)?.try_into()?;
+                prog.load()?;
+                prog.attach(category, name)?;
+                Ok(())
+            };
+            attach().map_err(|e| format!("tracepoint {category}:{name} ({program}): {}", describe(&e)))
+        }
+    }
+}
+
+fn unload_hook(ebpf: &mut Ebpf, hook: &Hook) {
+    let result = match *hook {
+        Hook::RawTracepoint { program, .. } => {
+            ebpf.program_mut(program).map(|p| <&mut RawTracePoint>::try_from(p).map(|p| p.unload()))
+        }
+        Hook::Tracepoint { program, .. } => {
+            ebpf.program_mut(program).map(|p| <&mut TracePoint>::try_from(p).map(|p| p.unload()))
+        }
+    };
+    if let Some(Ok(Err(e))) = result {
+        log::debug!("unloading {hook:?}: {e}");
+    }
+}
+
+/// Socket and packet offsets shared by several families. A member this kernel lacks is left
+/// unknown: the programs then read 0 for that field, and the user is told.
+fn configure_sockets(btf: &kernel::btf::Btf, config: &mut Config) {
+    let o = &mut config.offsets;
+    o.skc_daddr = optional_offset(btf, "sock_common", "skc_daddr");
+    o.skc_rcv_saddr = optional_offset(btf, "sock_common", "skc_rcv_saddr");
+    o.skc_dport = optional_offset(btf, "sock_common", "skc_dport");
+    o.skc_num = optional_offset(btf, "sock_common", "skc_num");
+    o.skc_family = optional_offset(btf, "sock_common", "skc_family");
+    o.skc_v6_daddr = optional_offset(btf, "sock_common", "skc_v6_daddr");
+    o.skc_v6_rcv_saddr = optional_offset(btf, "sock_common", "skc_v6_rcv_saddr");
+    o.skc_net = optional_offset(btf, "sock_common", "skc_net");
+    o.net_ns_inum = btf.path_offset("net", "ns.inum").unwrap_or_else(|e| {
+        log::warn!("{e}; network namespace ids will read as 0");
+        OFFSET_UNKNOWN
+    });
+    o.inet_sport = optional_offset(btf, "inet_sock", "inet_sport");
+    o.sk_protocol = optional_offset(btf, "sock", "sk_protocol");
+    o.skb_head = optional_offset(btf, "sk_buff", "head");
+    o.skb_network_header = optional_offset(btf, "sk_buff", "network_header");
+    o.skb_transport_header = optional_offset(btf, "sk_buff", "transport_header");
+    o.skb_dev = optional_offset(btf, "sk_buff", "dev");
+    o.dev_nd_net = optional_offset(btf, "net_device", "nd_net");
+    o.task_nsproxy = optional_offset(btf, "task_struct", "nsproxy");
+    o.nsproxy_net_ns = optional_offset(btf, "nsproxy", "net_ns");
+}
+
+fn optional_offset(btf: &kernel::btf::Btf, ty: &str, member: &str) -> u32 {
+    btf.member_offset(ty, member).unwrap_or_else(|e| {
+        log::warn!("{e}; that field will read as 0");
+        OFFSET_UNKNOWN
+    })
 }
 
 /// Error text with the verifier log only when asked for (`-v`): it can be thousands of lines.
@@ -317,11 +417,13 @@ pub struct DecodeStats {
 pub struct Decoder {
     pub stats: DecodeStats,
     pub timewait: timewait::Tracker,
+    /// `skb_drop_reason` names by value on the kernel that produced the records.
+    drop_reasons: HashMap<u32, String>,
 }
 
 impl Decoder {
-    pub fn new(hz: u64) -> Self {
-        Self { stats: DecodeStats::default(), timewait: timewait::Tracker::new(hz) }
+    pub fn new(hz: u64, drop_reasons: HashMap<u32, String>) -> Self {
+        Self { stats: DecodeStats::default(), timewait: timewait::Tracker::new(hz), drop_reasons }
     }
 
     pub fn decode(&mut self, record: &[u8], out: &mut Vec<Event>) {
@@ -337,6 +439,18 @@ impl Decoder {
         match EventKind::from_u16(header.kind) {
             Some(EventKind::TimeWait) => match read_record(record) {
                 Some(raw) => self.timewait.on_record(&raw, out),
+                None => self.stats.malformed += 1,
+            },
+            Some(EventKind::State) => match read_record(record) {
+                Some(raw) => out.push(state::decode(&raw)),
+                None => self.stats.malformed += 1,
+            },
+            Some(EventKind::Drop) => match read_record(record) {
+                Some(raw) => out.push(drops::decode(&raw, &self.drop_reasons)),
+                None => self.stats.malformed += 1,
+            },
+            Some(EventKind::PortSearch) => match read_record(record).and_then(|raw| portsearch::decode(&raw)) {
+                Some(event) => out.push(event),
                 None => self.stats.malformed += 1,
             },
             None => self.stats.malformed += 1,

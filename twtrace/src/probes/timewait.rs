@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 
 use twtrace_common::{
-    timewait::{TimeWaitEvent as RawTimeWait, TimerPhase},
     Config,
+    timewait::{TimeWaitEvent as RawTimeWait, TimerPhase},
 };
 
 use super::{Backend, BackendPlan, Hook, LoadError};
 use crate::{
-    event::{DeathReason, Event, SocketFlow, TimeWaitChange, TimeWaitEvent, TimeWaitSubstate},
+    event::{DeathReason, Event, Process, SocketFlow, TimeWaitChange, TimeWaitEvent, TimeWaitSubstate},
     kernel::{btf::Btf, kallsyms},
 };
 
@@ -26,35 +26,16 @@ pub const BACKENDS: &[BackendPlan] = &[
     BackendPlan { backend: Backend::Tracepoint, hooks: Ok(TRACEPOINT_HOOKS) },
 ];
 
-/// Fills in the symbol address and struct offsets the TIME_WAIT programs need.
+/// Fills in the symbol address and timer offsets the TIME_WAIT programs need (socket offsets
+/// are shared: `super::configure_sockets`).
 pub fn configure(btf: &Btf, config: &mut Config) -> Result<(), LoadError> {
     let o = &mut config.offsets;
     // Required: without them no TIME_WAIT timer can be recognised.
     o.timer_function = btf.member_offset("timer_list", "function")?;
     o.tw_timer = btf.member_offset("inet_timewait_sock", "tw_timer")?;
     config.tw_timer_handler = kallsyms::lookup(&["tw_timer_handler"])?[0];
-    // The socket starts with its sock_common (checked in the BTF unit test); the rest is
-    // optional: a field whose offset is unknown reads as 0 and is reported as such.
-    let optional = |ty: &str, member: &str| {
-        btf.member_offset(ty, member).unwrap_or_else(|e| {
-            log::warn!("{e}; that field will read as 0");
-            twtrace_common::config::OFFSET_UNKNOWN
-        })
-    };
-    o.timer_expires = optional("timer_list", "expires");
-    o.tw_substate = optional("inet_timewait_sock", "tw_substate");
-    o.skc_daddr = optional("sock_common", "skc_daddr");
-    o.skc_rcv_saddr = optional("sock_common", "skc_rcv_saddr");
-    o.skc_dport = optional("sock_common", "skc_dport");
-    o.skc_num = optional("sock_common", "skc_num");
-    o.skc_family = optional("sock_common", "skc_family");
-    o.skc_v6_daddr = optional("sock_common", "skc_v6_daddr");
-    o.skc_v6_rcv_saddr = optional("sock_common", "skc_v6_rcv_saddr");
-    o.skc_net = optional("sock_common", "skc_net");
-    o.net_ns_inum = btf.path_offset("net", "ns.inum").unwrap_or_else(|e| {
-        log::warn!("{e}; network namespace ids will read as 0");
-        twtrace_common::config::OFFSET_UNKNOWN
-    });
+    o.timer_expires = super::optional_offset(btf, "timer_list", "expires");
+    o.tw_substate = super::optional_offset(btf, "inet_timewait_sock", "tw_substate");
     Ok(())
 }
 
@@ -73,6 +54,7 @@ struct Live {
     birth_ns: u64,
     flow: Option<SocketFlow>,
     netns: u32,
+    owner: Option<Process>,
 }
 
 #[derive(Clone, Copy)]
@@ -151,23 +133,24 @@ impl Tracker {
 
     fn timeout_ms(&self, jiffies: u64) -> u64 {
         // Saturating: a timer already past due reads as a huge unsigned difference.
-        if jiffies > 1 << 40 {
-            0
-        } else {
-            jiffies * 1000 / self.hz
-        }
+        if jiffies > 1 << 40 { 0 } else { jiffies * 1000 / self.hz }
     }
 
     fn birth(&mut self, raw: &RawTimeWait, out: &mut Vec<Event>) {
         let tw_id = self.next_id;
         self.next_id += 1;
         let flow = SocketFlow::from_kernel(&raw.flow);
-        self.live.insert(raw.tw_addr, Live { tw_id, birth_ns: raw.header.ts_ns, flow, netns: raw.netns });
+        let owner = Process::from_kernel(raw.owner.pid_tgid, raw.owner.cgroup_id, &raw.owner.comm);
+        self.live.insert(
+            raw.tw_addr,
+            Live { tw_id, birth_ns: raw.header.ts_ns, flow, netns: raw.netns, owner: owner.clone() },
+        );
         out.push(Event::TimeWait(TimeWaitEvent {
             ts_ns: raw.header.ts_ns,
             tw_id,
             flow,
             netns: raw.netns,
+            owner,
             change: TimeWaitChange::Birth {
                 substate: TimeWaitSubstate::from_kernel(raw.substate),
                 timeout_ms: self.timeout_ms(raw.timeout_jiffies),
@@ -183,6 +166,7 @@ impl Tracker {
             tw_id: live.tw_id,
             flow: live.flow,
             netns: live.netns,
+            owner: live.owner.clone(),
             change: TimeWaitChange::Rearm {
                 substate: TimeWaitSubstate::from_kernel(raw.substate),
                 timeout_ms: self.timeout_ms(raw.timeout_jiffies),
@@ -200,6 +184,7 @@ impl Tracker {
             tw_id: live.tw_id,
             flow: live.flow,
             netns: live.netns,
+            owner: live.owner,
             change: TimeWaitChange::Death { reason, lifetime_ns: ts_ns.saturating_sub(live.birth_ns) },
         }));
     }
@@ -207,10 +192,10 @@ impl Tracker {
 
 #[cfg(test)]
 mod tests {
-    use twtrace_common::{EventHeader, EventKind, Flow, AF_INET, SCHEMA_VERSION};
+    use twtrace_common::{AF_INET, EventHeader, EventKind, Flow, SCHEMA_VERSION};
 
     use super::*;
-    use crate::probes::{record_bytes, Decoder};
+    use crate::probes::{Decoder, record_bytes};
 
     const SEC: u64 = 1_000_000_000;
 
@@ -237,7 +222,7 @@ mod tests {
     }
 
     fn run(records: &[RawTimeWait], flush_at: u64) -> (Vec<Event>, Decoder) {
-        let mut decoder = Decoder::new(250);
+        let mut decoder = Decoder::new(250, Default::default());
         let mut out = Vec::new();
         for r in records {
             decoder.decode(&record_bytes(r), &mut out);
@@ -247,13 +232,19 @@ mod tests {
     }
 
     fn changes(events: &[Event]) -> Vec<(u64, TimeWaitChange)> {
-        events.iter().map(|Event::TimeWait(e)| (e.tw_id, e.change.clone())).collect()
+        events
+            .iter()
+            .map(|e| match e {
+                Event::TimeWait(e) => (e.tw_id, e.change.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect()
     }
 
     #[test]
     fn birth_decodes_flow_timeout_and_substate() {
         let (events, _) = run(&[raw(TimerPhase::Start, 0, SEC, 0xa0)], 2 * SEC);
-        let Event::TimeWait(e) = &events[0];
+        let Event::TimeWait(e) = &events[0] else { panic!("{events:?}") };
         assert_eq!(e.flow.unwrap().local.to_string(), "127.0.0.1:8080");
         assert_eq!(e.flow.unwrap().remote.to_string(), "127.0.0.2:40000");
         assert_eq!(e.netns, 42);
@@ -345,7 +336,7 @@ mod tests {
 
     #[test]
     fn malformed_and_foreign_records_are_counted() {
-        let mut d = Decoder::new(250);
+        let mut d = Decoder::new(250, Default::default());
         let mut out = Vec::new();
         d.decode(&[1, 2, 3], &mut out);
         let mut r = raw(TimerPhase::Start, 0, SEC, 0xa0);

@@ -1,0 +1,124 @@
+//! Drops family, tracepoint-only backend: the `kfree_skb` raw tracepoint.
+//!
+//! `TP_PROTO(struct sk_buff *skb, void *location, enum skb_drop_reason reason[, struct sock
+//! *rx_sk])`: the reason argument exists from 5.17. This program reads `args[2]`, so on older
+//! kernels the attach itself fails (the context is larger than the tracepoint's arguments) and
+//! userspace falls back to the netstat counters.
+
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use twtrace_common::{AF_INET, AF_INET6, EventKind, Flow, drops::DropEvent};
+
+use crate::{config, header, net_inum, netns_of, netns_wanted, port_wanted, read_at, reserve, submit};
+
+const IPPROTO_TCP: u8 = 6;
+/// `skb->transport_header` when unset.
+const HEADER_UNSET: u16 = 0xffff;
+
+/// 6.11+: the fourth argument is the receiving socket, which names the namespace when the
+/// packet no longer has a device (TCP clears `skb->dev` before established-state processing:
+/// PAWS drops on ESTABLISHED connections are seen here with `dev == NULL`).
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn skb_drop_rx_sk(ctx: RawTracePointContext) -> u32 {
+    let reason: u64 = ctx.arg(2);
+    if !watched(reason) {
+        return 0;
+    }
+    on_drop(&ctx, reason, ctx.arg(3));
+    0
+}
+
+/// 5.17 to 6.10: no `rx_sk`; drops of packets without a device report namespace 0.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn skb_drop(ctx: RawTracePointContext) -> u32 {
+    let reason: u64 = ctx.arg(2);
+    if !watched(reason) {
+        return 0;
+    }
+    on_drop(&ctx, reason, core::ptr::null());
+    0
+}
+
+#[inline(always)]
+fn watched(reason: u64) -> bool {
+    let cfg = config();
+    // Bounded index first: the verifier needs it, and most frees are not drops we watch.
+    let word = match reason / 64 {
+        0 => cfg.drop_reasons[0],
+        1 => cfg.drop_reasons[1],
+        2 => cfg.drop_reasons[2],
+        3 => cfg.drop_reasons[3],
+        _ => return false,
+    };
+    (word >> (reason % 64)) & 1 == 1
+}
+
+#[inline(always)]
+fn on_drop(ctx: &RawTracePointContext, reason: u64, rx_sk: *const u8) {
+    let skb: *const u8 = ctx.arg(0);
+    let o = &config().offsets;
+    let dev: u64 = read_at(skb, o.skb_dev);
+    let netns = if dev != 0 {
+        net_inum(read_at(dev as *const u8, o.dev_nd_net))
+    } else if !rx_sk.is_null() {
+        netns_of(rx_sk)
+    } else {
+        0
+    };
+    if !netns_wanted(netns) {
+        return;
+    }
+    let head: u64 = read_at(skb, o.skb_head);
+    let network: u16 = read_at(skb, o.skb_network_header);
+    let transport: u16 = read_at(skb, o.skb_transport_header);
+    let ip = (head as *const u8).wrapping_add(network as usize);
+    let version = read_at::<u8>(ip, 0) >> 4;
+    // Seen from the receiving host: the packet's destination is local.
+    let mut flow = Flow::default();
+    let tcp = if version == 4 {
+        let first: u8 = read_at(ip, 0);
+        if read_at::<u8>(ip, 9) != IPPROTO_TCP {
+            return;
+        }
+        flow.family = AF_INET;
+        let saddr: [u8; 4] = read_at(ip, 12);
+        let daddr: [u8; 4] = read_at(ip, 16);
+        flow.daddr[..4].copy_from_slice(&saddr);
+        flow.saddr[..4].copy_from_slice(&daddr);
+        ip.wrapping_add(((first & 0x0f) as usize) * 4)
+    } else if version == 6 {
+        // Extension headers before TCP are not followed: such drops are not reported.
+        if read_at::<u8>(ip, 6) != IPPROTO_TCP {
+            return;
+        }
+        flow.family = AF_INET6;
+        flow.daddr = read_at(ip, 8);
+        flow.saddr = read_at(ip, 24);
+        ip.wrapping_add(40)
+    } else {
+        return;
+    };
+    let tcp = if transport != HEADER_UNSET && transport > network {
+        (head as *const u8).wrapping_add(transport as usize)
+    } else {
+        tcp
+    };
+    flow.dport = u16::from_be(read_at(tcp, 0));
+    flow.sport = u16::from_be(read_at(tcp, 2));
+    if !port_wanted(&flow) {
+        return;
+    }
+    let Some(mut entry) = reserve::<DropEvent>() else {
+        return;
+    };
+    entry.write(DropEvent {
+        header: header(EventKind::Drop),
+        reason: reason as u32,
+        netns,
+        flow,
+        seq: u32::from_be(read_at(tcp, 4)),
+        ack_seq: u32::from_be(read_at(tcp, 8)),
+        tcp_flags: read_at(tcp, 13),
+        _pad: [0; 7],
+    });
+    submit(entry);
+}

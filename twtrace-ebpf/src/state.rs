@@ -1,0 +1,63 @@
+//! State family, tracepoint-only backend: the `inet_sock_set_state` raw tracepoint
+//! (`TP_PROTO(const struct sock *sk, int oldstate, int newstate)`, 4.16+).
+//!
+//! Also records who closes each connection (→ FIN_WAIT1 happens in close()/shutdown(), in the
+//! owning process's context) so the TIME_WAIT birth, which runs in softirq, can name the owner.
+
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use twtrace_common::{
+    EventKind, OwnerKey,
+    state::{StateEvent, tcp_state},
+};
+
+use crate::{
+    OWNERS, config, current_owner, fill_flow, header, netns_of, netns_wanted, port_wanted, read_at, reserve, submit,
+};
+
+const IPPROTO_TCP: u16 = 6;
+
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn tcp_state_change(ctx: RawTracePointContext) -> u32 {
+    let old_state = ctx.arg::<u64>(1) as u8;
+    let new_state = ctx.arg::<u64>(2) as u8;
+    if !(new_state == tcp_state::SYN_SENT
+        || old_state == tcp_state::SYN_SENT
+        || new_state == tcp_state::FIN_WAIT1
+        || new_state == tcp_state::CLOSE)
+    {
+        return 0;
+    }
+    let sk: *const u8 = ctx.arg(0);
+    let o = &config().offsets;
+    // The tracepoint also fires for SCTP and MPTCP sockets.
+    if read_at::<u16>(sk, o.sk_protocol) != IPPROTO_TCP {
+        return 0;
+    }
+    let netns = netns_of(sk);
+    if !netns_wanted(netns) {
+        return 0;
+    }
+    let Some(mut entry) = reserve::<StateEvent>() else {
+        return 0;
+    };
+    // SAFETY: reserved slot, fully written before submit or discarded.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    fill_flow(&mut ev.flow, sk);
+    // skc_num is already 0 once the socket is unhashed (→ CLOSE); inet_sport is not.
+    ev.flow.sport = u16::from_be(read_at(sk, o.inet_sport));
+    if !port_wanted(&ev.flow) {
+        entry.discard(0);
+        return 0;
+    }
+    if new_state == tcp_state::FIN_WAIT1 {
+        let _ = OWNERS.insert(OwnerKey { netns, _pad: 0, flow: ev.flow }, current_owner(), 0);
+    }
+    ev.header = header(EventKind::State);
+    ev.sk_addr = sk as u64;
+    ev.netns = netns;
+    ev.old_state = old_state;
+    ev.new_state = new_state;
+    ev._pad = [0; 2];
+    submit(entry);
+    0
+}

@@ -1,0 +1,107 @@
+//! Drops family: which `skb_drop_reason`s to watch (by name, from BTF), and decoding.
+
+use std::collections::HashMap;
+
+use twtrace_common::{
+    Config,
+    drops::{DropEvent as RawDrop, MAX_REASONS},
+};
+
+use super::{Backend, BackendPlan, Hook};
+use crate::{
+    event::{DropEvent, Event, SocketFlow},
+    kernel::btf::Btf,
+};
+
+/// 6.11+: `kfree_skb(skb, location, reason, rx_sk)`; reading `rx_sk` fails the attach before.
+const TRACEPOINT_RX_SK_HOOKS: &[Hook] = &[Hook::RawTracepoint { program: "skb_drop_rx_sk", tracepoint: "kfree_skb" }];
+/// 5.17+: `kfree_skb(skb, location, reason)`; before 5.17 there is no reason and this fails too.
+const TRACEPOINT_HOOKS: &[Hook] = &[Hook::RawTracepoint { program: "skb_drop", tracepoint: "kfree_skb" }];
+
+pub const BACKENDS: &[BackendPlan] = &[
+    BackendPlan {
+        backend: Backend::Fentry,
+        hooks: Err("no fentry hook: drop reasons are only on the kfree_skb tracepoint"),
+    },
+    BackendPlan {
+        backend: Backend::Kprobe,
+        hooks: Err("no kprobe hook: drop reasons are only on the kfree_skb tracepoint"),
+    },
+    BackendPlan { backend: Backend::Tracepoint, hooks: Ok(TRACEPOINT_RX_SK_HOOKS) },
+    BackendPlan { backend: Backend::Tracepoint, hooks: Ok(TRACEPOINT_HOOKS) },
+];
+
+const PREFIX: &str = "SKB_DROP_REASON_";
+
+/// The reasons reported by default: every timestamp (RFC 7323) check. Names, not numbers: the
+/// numbers differ between kernels (36-39 on 6.18).
+pub fn is_watched(name: &str) -> bool {
+    name.starts_with("TCP_RFC7323_") || name.contains("PAWS")
+}
+
+/// Reason names by value on the running kernel (`enum skb_drop_reason`, 5.17+), without the
+/// `SKB_DROP_REASON_` prefix. Empty if the kernel has no drop reasons.
+pub fn reason_names(btf: &Btf) -> HashMap<u32, String> {
+    btf.enum_values("skb_drop_reason")
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|(name, value)| Some((u32::try_from(*value).ok()?, name.strip_prefix(PREFIX)?.to_owned())))
+        .collect()
+}
+
+/// Sets the bitmap of watched reasons; returns how many were found.
+pub fn configure(names: &HashMap<u32, String>, config: &mut Config) -> usize {
+    let mut count = 0;
+    for (&value, name) in names {
+        if value < MAX_REASONS && is_watched(name) {
+            config.drop_reasons[(value / 64) as usize] |= 1 << (value % 64);
+            count += 1;
+        }
+    }
+    count
+}
+
+pub fn decode(raw: &RawDrop, names: &HashMap<u32, String>) -> Event {
+    Event::Drop(DropEvent {
+        ts_ns: raw.header.ts_ns,
+        reason: names.get(&raw.reason).cloned().unwrap_or_else(|| format!("reason{}", raw.reason)),
+        reason_code: raw.reason,
+        netns: raw.netns,
+        flow: SocketFlow::from_kernel(&raw.flow),
+        tcp_flags: raw.tcp_flags,
+        seq: raw.seq,
+        ack_seq: raw.ack_seq,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watched_reasons_become_bits_by_name() {
+        let names: HashMap<u32, String> =
+            [(36, "TCP_RFC7323_PAWS"), (38, "TCP_RFC7323_TW_PAWS"), (45, "TCP_RESET"), (300, "TCP_RFC7323_X")]
+                .into_iter()
+                .map(|(v, n)| (v, n.to_owned()))
+                .collect();
+        let mut config = Config::DEFAULT;
+        assert_eq!(configure(&names, &mut config), 2, "300 is beyond the bitmap");
+        assert_eq!(config.drop_reasons, [(1u64 << 36) | (1 << 38), 0, 0, 0]);
+    }
+
+    #[test]
+    fn this_kernels_paws_reasons_resolve_by_name() {
+        let Ok(btf) = Btf::from_file(Btf::VMLINUX) else {
+            eprintln!("skipped: no kernel BTF");
+            return;
+        };
+        let names = reason_names(&btf);
+        if names.is_empty() {
+            eprintln!("skipped: this kernel has no skb_drop_reason (before 5.17)");
+            return;
+        }
+        let watched: Vec<&String> = names.values().filter(|n| is_watched(n)).collect();
+        assert!(watched.iter().any(|n| *n == "TCP_RFC7323_PAWS"), "{watched:?}");
+    }
+}
