@@ -1,4 +1,4 @@
-use anyhow::{anyhow, Context as _};
+use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
 /// Builds the kernel programs (`twtrace-ebpf`) with nightly + bpf-linker and places the object in

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use support::{addr, can_trace, server_closes_first, Netns, Tracer};
+use support::{Netns, Tracer, addr, can_trace, server_closes_first};
 
 const BIRTHS: usize = 40;
 
@@ -44,6 +44,9 @@ fn births_match_ss(tag: &str, server: &'static str) {
     for b in &births {
         assert_eq!(b["netns"], netns, "{b}");
         assert!(b["timeout_ms"].as_u64().unwrap() > 0, "{b}");
+        // The socket became TIME_WAIT in softirq; the owner is carried over from the close().
+        assert_eq!(b["owner_pid"], std::process::id(), "{b}");
+        assert_eq!(b["owner_comm"], support::NETNS_THREAD, "{b}");
     }
 }
 

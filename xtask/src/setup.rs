@@ -3,7 +3,7 @@
 
 use std::{path::Path, process::Command, time::Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 
 use crate::{describe, run_cmd};
 
@@ -13,8 +13,11 @@ use crate::{describe, run_cmd};
 const BPF_LINKER_VERSION: &str = "0.10.4";
 
 /// Debian packages the build, the tests and twtrace's own use need, with what needs them.
-const APT_PACKAGES: &[(&str, &str)] =
-    &[("iproute2", "ip netns and ss for the integration tests"), ("procps", "sysctl inside test network namespaces")];
+const APT_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip netns and ss for the integration tests"),
+    ("procps", "sysctl inside test network namespaces"),
+    ("bpftool", "reads the kernel's own loss counter in the loss test"),
+];
 
 pub fn ensure() -> anyhow::Result<()> {
     let started = Instant::now();

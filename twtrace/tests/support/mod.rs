@@ -25,6 +25,11 @@ pub fn can_trace() -> bool {
     true
 }
 
+pub mod packets;
+
+/// Name (and so comm) of the threads tests run inside a namespace.
+pub const NETNS_THREAD: &str = "twt-netns";
+
 /// A fresh network namespace, deleted on drop. Sockets made inside [`Netns::run`] live in it.
 pub struct Netns {
     pub name: String,
@@ -42,15 +47,36 @@ impl Netns {
     /// Runs `f` on a thread that has entered this namespace.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("open netns");
-            // SAFETY: valid fd; setns affects only this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
+        // The thread's name is its comm: tests expect it as the owner of what it does.
+        std::thread::Builder::new()
+            .name(NETNS_THREAD.into())
+            .spawn(move || {
+                let file = std::fs::File::open(&path).expect("open netns");
+                // SAFETY: valid fd; setns affects only this thread.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .expect("spawn")
+            .join()
+            .expect("netns thread panicked")
+    }
+
+    /// TcpExt counters of /proc/net/netstat as seen inside this namespace.
+    pub fn netstat(&self) -> std::collections::HashMap<String, i64> {
+        self.run(|| {
+            // /proc/self is the thread group leader (root namespace); thread-self is us.
+            let text = std::fs::read_to_string("/proc/thread-self/net/netstat").expect("netstat");
+            let lines: Vec<&str> = text.lines().collect();
+            let mut counters = std::collections::HashMap::new();
+            for pair in lines.chunks(2) {
+                let [names, values] = pair else { continue };
+                for (n, v) in names.split_whitespace().zip(values.split_whitespace()).skip(1) {
+                    counters.insert(n.to_owned(), v.parse().unwrap_or(0));
+                }
+            }
+            counters
         })
-        .join()
-        .expect("netns thread panicked")
     }
 
     /// `ss -Htan state time-wait` in this namespace: (local, peer) pairs.
@@ -95,12 +121,19 @@ fn run(cmd: &mut Command) {
 pub struct Tracer {
     child: Child,
     lines: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Tracer {
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with(&[], args)
+    }
+
+    /// With global options (before `trace`), e.g. `-v`.
+    pub fn start_with(global: &[&str], args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_twtrace"))
+            .args(global)
             .args(["trace", "--json"])
             .args(args)
             .stdout(Stdio::piped())
@@ -110,15 +143,26 @@ impl Tracer {
         let stderr = BufReader::new(child.stderr.take().expect("stderr"));
         let mut stderr_lines = stderr.lines();
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut early = Vec::new();
         loop {
             match stderr_lines.next() {
                 Some(Ok(line)) if line.starts_with("twtrace: tracing") => break,
-                Some(Ok(line)) => eprintln!("[twtrace] {line}"),
+                Some(Ok(line)) => {
+                    eprintln!("[twtrace] {line}");
+                    early.push(line);
+                }
                 _ => panic!("twtrace exited before tracing: {:?}", child.wait()),
             }
             assert!(Instant::now() < deadline, "twtrace did not start");
         }
-        std::thread::spawn(move || stderr_lines.map_while(Result::ok).for_each(|l| eprintln!("[twtrace] {l}")));
+        let stderr_log = Arc::new(Mutex::new(early));
+        let log = stderr_log.clone();
+        std::thread::spawn(move || {
+            for l in stderr_lines.map_while(Result::ok) {
+                eprintln!("[twtrace] {l}");
+                log.lock().unwrap().push(l);
+            }
+        });
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
@@ -128,7 +172,17 @@ impl Tracer {
                 sink.lock().unwrap().push(value);
             }
         });
-        Self { child, lines, reader: Some(reader) }
+        Self { child, lines, stderr: stderr_log, reader: Some(reader) }
+    }
+
+    /// Lines twtrace wrote to stderr (but the `tracing` line).
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
     }
 
     /// Events seen so far whose `event` field is `kind`.
@@ -197,14 +251,14 @@ pub fn connect_from(local: SocketAddr, server: SocketAddr) -> TcpStream {
         assert!(fd >= 0);
         let one: libc::c_int = 1;
         libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), 4);
-        let (addr, len) = sockaddr(local);
+        let (addr, len) = sockaddr_of(local);
         assert_eq!(
             libc::bind(fd, (&addr as *const libc::sockaddr_storage).cast(), len),
             0,
             "bind {local}: {}",
             std::io::Error::last_os_error()
         );
-        let (addr, len) = sockaddr(server);
+        let (addr, len) = sockaddr_of(server);
         assert_eq!(
             libc::connect(fd, (&addr as *const libc::sockaddr_storage).cast(), len),
             0,
@@ -215,7 +269,7 @@ pub fn connect_from(local: SocketAddr, server: SocketAddr) -> TcpStream {
     }
 }
 
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+pub fn sockaddr_of(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: zeroed sockaddr_storage is valid; we fill the matching variant.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     match addr {

@@ -1,0 +1,78 @@
+//! Ephemeral port exhaustion against the real kernel: a client in its own namespace with a
+//! ten-port range; every EADDRNOTAVAIL it gets is attributed to it and its destination.
+
+mod support;
+
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use support::{NETNS_THREAD, Netns, Tracer, can_trace};
+
+const RANGE: (u16, u16) = (40_000, 40_009);
+const EXTRA_ATTEMPTS: usize = 5;
+
+#[test]
+fn exhausted_range_failures_are_attributed_to_process_and_destination() {
+    if !can_trace() {
+        return;
+    }
+    let ns = Netns::new("exhaust");
+    ns.sysctl("net.ipv4.ip_local_port_range", &format!("{} {}", RANGE.0, RANGE.1));
+    let tracer = Tracer::start(&["--netns", &ns.name]);
+    let (server, connected, failures) = ns.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:5000").unwrap();
+        let server = listener.local_addr().unwrap();
+        let mut held = Vec::new();
+        let mut failures = 0;
+        // Fill the range, then keep knocking: each further connect() finds no port.
+        loop {
+            match TcpStream::connect(server) {
+                Ok(stream) => held.push((stream, listener.accept().unwrap())),
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{e}");
+                    failures += 1;
+                    break;
+                }
+            }
+            assert!(held.len() <= 10, "more connections than ports");
+        }
+        for _ in 0..EXTRA_ATTEMPTS {
+            let e = TcpStream::connect(server).expect_err("range is exhausted");
+            assert_eq!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{e}");
+            failures += 1;
+        }
+        (server, held.len(), failures)
+    });
+    assert_eq!(connected, usize::from(RANGE.1 - RANGE.0 + 1), "every port of the range was usable");
+
+    let expected_events = connected + failures;
+    tracer.wait_for("port_search", Duration::from_secs(10), |e| {
+        e.iter().filter(|v| v["op"] == "connect").count() >= expected_events
+    });
+    let lines = tracer.stop();
+    let connects: Vec<_> = lines.iter().filter(|v| v["event"] == "port_search" && v["op"] == "connect").collect();
+    let failed: Vec<_> = connects.iter().filter(|v| v["errno"] != 0).collect();
+    assert_eq!(connects.len(), expected_events, "one event per connect()");
+    assert_eq!(failed.len(), failures, "{failed:?}");
+    for f in &failed {
+        assert_eq!(f["error"], "EADDRNOTAVAIL", "{f}");
+        assert_eq!(f["pid"], std::process::id(), "{f}");
+        assert_eq!(f["comm"], NETNS_THREAD, "{f}");
+        assert_eq!(support::addr(f, "remote"), server, "{f}");
+        assert_eq!(f["approximate"], true, "the tracepoint backend times the syscall");
+    }
+    // The tracepoint-only fingerprint: SYN_SENT -> CLOSE before a local port was chosen.
+    let portless: Vec<_> = lines
+        .iter()
+        .filter(|v| v["event"] == "state" && v["old_state"] == "SYN_SENT" && v["new_state"] == "CLOSE")
+        .filter(|v| support::addr(v, "local").port() == 0)
+        .collect();
+    assert_eq!(portless.len(), failures, "{portless:?}");
+    for p in &portless {
+        assert_eq!(p["task_pid"], std::process::id(), "{p}");
+        assert_eq!(support::addr(p, "remote"), server, "{p}");
+    }
+    let _: SocketAddr = server;
+}
