@@ -5,6 +5,7 @@
 
 mod setup;
 mod test;
+mod vm;
 
 use std::process::Command;
 
@@ -24,6 +25,22 @@ enum Task {
     Setup,
     /// Set up, lint (host crates and the eBPF crate) and run every test.
     Test(test::TestArgs),
+    /// Boot kernels under QEMU and run a command inside each (static twtrace and the test
+    /// binaries are in the guest; twtrace is on PATH).
+    Vm {
+        /// 5.10, 6.1, 6.12, sid (Debian cloud kernels), or a bzImage/vmlinuz path. Repeatable.
+        #[arg(long = "kernel", required = true)]
+        kernels: Vec<String>,
+        /// Seconds before a guest is declared hung and killed.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Re-resolve Debian kernels to their newest build instead of the cached one.
+        #[arg(long)]
+        refresh: bool,
+        /// The command to run in the guest, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// Set up, build twtrace (release) and run it with the given arguments.
     Run {
         /// Arguments for twtrace, after `--`, e.g. `cargo xtask run -- trace --json`.
@@ -37,6 +54,9 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::ensure(),
         Task::Test(args) => test::run(&args),
         Task::Run { args } => run(&args),
+        Task::Vm { kernels, timeout, refresh, command } => {
+            vm::run(&kernels, &command, std::time::Duration::from_secs(timeout), refresh)
+        }
     }
 }
 

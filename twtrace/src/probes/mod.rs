@@ -399,7 +399,16 @@ fn describe(e: &ProgramError) -> String {
                 format!("load failed: {io_error} (run with -v for the verifier log)")
             }
         }
-        other => other.to_string(),
+        other => {
+            // aya's syscall errors keep the errno in their source: show the whole chain.
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(e) = source {
+                text.push_str(&format!(": {e}"));
+                source = e.source();
+            }
+            text
+        }
     }
 }
 

@@ -1,0 +1,207 @@
+//! Kernels for the VM lab: Debian's cloud kernels fetched by version family through a private
+//! APT configuration (the host's /etc/apt is never touched), or a local image.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{describe, run_cmd};
+
+const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+const MIRROR: &str = "http://deb.debian.org";
+
+/// A kernel to boot: a Debian version family, or an image the user brings.
+#[derive(Clone, Debug)]
+pub enum KernelSpec {
+    Debian(&'static DebianKernel),
+    Local(PathBuf),
+}
+
+#[derive(Debug)]
+pub struct DebianKernel {
+    /// What the user types: `5.10`, `6.1`, `6.12`, `sid`.
+    pub name: &'static str,
+    /// Suites whose lists resolve the meta package; each group gets its own APT state.
+    pub suites: &'static [(&'static str, &'static str)],
+    pub group: &'static str,
+    /// Meta package that depends on the current concrete image (ABI numbers change).
+    pub meta: &'static str,
+}
+
+pub const DEBIAN_KERNELS: &[DebianKernel] = &[
+    DebianKernel {
+        name: "5.10",
+        suites: &[("debian", "bullseye"), ("debian-security", "bullseye-security")],
+        group: "bullseye",
+        meta: "linux-image-cloud-amd64",
+    },
+    DebianKernel {
+        name: "6.1",
+        suites: &[("debian", "bookworm"), ("debian-security", "bookworm-security")],
+        group: "bookworm",
+        meta: "linux-image-cloud-amd64",
+    },
+    DebianKernel {
+        name: "6.12",
+        suites: &[("debian", "bookworm"), ("debian-security", "bookworm-security")],
+        group: "bookworm",
+        meta: "linux-image-6.12-cloud-amd64",
+    },
+    DebianKernel { name: "sid", suites: &[("debian", "sid")], group: "sid", meta: "linux-image-cloud-amd64" },
+];
+
+impl KernelSpec {
+    pub fn parse(spec: &str) -> anyhow::Result<Self> {
+        if let Some(k) = DEBIAN_KERNELS.iter().find(|k| k.name == spec) {
+            return Ok(Self::Debian(k));
+        }
+        let path = Path::new(spec);
+        if path.is_file() {
+            return Ok(Self::Local(path.to_owned()));
+        }
+        bail!(
+            "unknown kernel `{spec}`: use one of {} or the path of a bzImage/vmlinuz",
+            DEBIAN_KERNELS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+        )
+    }
+
+    pub fn label(&self) -> String {
+        match self {
+            Self::Debian(k) => k.name.to_owned(),
+            Self::Local(p) => p.display().to_string(),
+        }
+    }
+}
+
+pub fn cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"));
+    base.join("twtrace").join("vm")
+}
+
+/// The kernel image for `spec`, fetched once and cached (`refresh` re-resolves the newest).
+pub fn kernel_image(spec: &KernelSpec, refresh: bool) -> anyhow::Result<(PathBuf, String)> {
+    let k = match spec {
+        KernelSpec::Local(path) => return Ok((path.clone(), path.display().to_string())),
+        KernelSpec::Debian(k) => *k,
+    };
+    let dir = cache_dir().join("kernels").join(k.name);
+    let image = dir.join("vmlinuz");
+    let version_file = dir.join("version");
+    if !refresh && image.is_file() {
+        if let Ok(version) = std::fs::read_to_string(&version_file) {
+            return Ok((image, version.trim().to_owned()));
+        }
+    }
+    let apt = AptGroup::new(k)?;
+    apt.update()?;
+    let (package, version) = apt.resolve_image(k.meta)?;
+    let work = dir.join("download");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    // The image package carries vmlinuz itself (<= 6.x) or depends on a linux-binary-*
+    // package that does (sid, 7.x): try the package, then its linux-binary dependency.
+    let mut candidates = vec![package.clone()];
+    candidates.extend(
+        apt.depends(&package)?.into_iter().filter(|d| d.starts_with("linux-binary-") && !d.contains("unsigned")),
+    );
+    for candidate in candidates {
+        run_cmd(apt.command("apt-get").args(["download", "-q", &candidate]).current_dir(&work))?;
+        let deb = std::fs::read_dir(&work)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{candidate}_"))))
+            .with_context(|| format!("downloaded {candidate} but found no .deb"))?;
+        if let Some(found) = extract_vmlinuz(&deb, &work)? {
+            std::fs::rename(found, &image)?;
+            std::fs::write(&version_file, format!("{version}\n"))?;
+            let _ = std::fs::remove_dir_all(&work);
+            return Ok((image, version));
+        }
+    }
+    bail!("no vmlinuz in {package} or its linux-binary dependency")
+}
+
+/// Extracts the kernel image of a kernel .deb into `dir`, if it has one.
+fn extract_vmlinuz(deb: &Path, dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let listing = Command::new("dpkg-deb").arg("-c").arg(deb).output()?;
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let Some(member) = listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.starts_with("./boot/vmlinuz-") || (p.starts_with("./usr/lib/modules/") && p.ends_with("/vmlinuz")))
+    else {
+        return Ok(None);
+    };
+    let script = format!("dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' '{member}'", deb.display(), dir.display());
+    run_cmd(Command::new("sh").args(["-c", &script]))?;
+    Ok(Some(dir.join(member)))
+}
+
+/// A private APT setup (lists, cache, sources) for one group of suites.
+struct AptGroup {
+    config: PathBuf,
+}
+
+impl AptGroup {
+    fn new(k: &DebianKernel) -> anyhow::Result<Self> {
+        let root = cache_dir().join("apt").join(k.group);
+        for sub in ["lists/partial", "archives/partial", "cache", "etc"] {
+            std::fs::create_dir_all(root.join(sub))?;
+        }
+        let sources: String = k
+            .suites
+            .iter()
+            .map(|(archive, suite)| format!("deb [signed-by={KEYRING}] {MIRROR}/{archive} {suite} main\n"))
+            .collect();
+        std::fs::write(root.join("etc/sources.list"), sources)?;
+        let r = root.display();
+        let config = root.join("etc/apt.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "Dir::Etc::sourcelist \"{r}/etc/sources.list\";\nDir::Etc::sourceparts \"-\";\n\
+                 Dir::State::Lists \"{r}/lists\";\nDir::Cache \"{r}/cache\";\nDir::Cache::archives \"{r}/archives\";\n\
+                 APT::Architecture \"amd64\";\nAPT::Sandbox::User \"root\";\n"
+            ),
+        )?;
+        Ok(Self { config })
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("APT_CONFIG", &self.config);
+        cmd
+    }
+
+    fn update(&self) -> anyhow::Result<()> {
+        run_cmd(self.command("apt-get").args(["update", "-q"]))
+    }
+
+    fn depends(&self, package: &str) -> anyhow::Result<Vec<String>> {
+        let mut cmd = self.command("apt-cache");
+        cmd.args(["depends", package]);
+        let out = cmd.output().with_context(|| describe(&cmd))?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("Depends: "))
+            .map(|d| d.trim_start_matches('<').trim_end_matches('>').to_owned())
+            .collect())
+    }
+
+    /// Meta package → the concrete `linux-image-<version>-...` it depends on, with version.
+    fn resolve_image(&self, meta: &str) -> anyhow::Result<(String, String)> {
+        let image = self
+            .depends(meta)?
+            .into_iter()
+            .find(|d| d.starts_with("linux-image-") && d.as_bytes().get(12).is_some_and(u8::is_ascii_digit))
+            .with_context(|| format!("{meta} depends on no concrete linux-image package (is the suite reachable?)"))?;
+        let version = image.trim_start_matches("linux-image-").to_owned();
+        Ok((image, version))
+    }
+}

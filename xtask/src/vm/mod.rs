@@ -1,0 +1,290 @@
+//! The VM lab: boots kernels under QEMU with a tiny busybox init that runs one command and
+//! prints one verdict line on the serial console.
+
+pub mod kernels;
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader, Write},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{run_cmd, workspace_root};
+
+/// Printed by the guest's init: `TWTRACE-VM-EXIT <status>` ends every run that did not crash.
+pub const EXIT_MARKER: &str = "TWTRACE-VM-EXIT ";
+const BOOT_MARKER: &str = "TWTRACE-VM-BOOTED ";
+
+/// Host tools the integration tests run inside the guest, copied with their libraries.
+const GUEST_TOOLS: &[&str] = &["/usr/sbin/ip", "/usr/bin/ss", "/usr/sbin/sysctl", "/usr/sbin/bpftool"];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The guest command ran and exited with this status.
+    Exited(i32),
+    /// The kernel panicked (or QEMU died) before the command finished.
+    Crashed(String),
+    /// Nothing conclusive before the deadline: QEMU was killed.
+    TimedOut,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exited(0) => write!(f, "passed"),
+            Self::Exited(rc) => write!(f, "failed (exit status {rc})"),
+            Self::Crashed(why) => write!(f, "crashed ({why})"),
+            Self::TimedOut => write!(f, "timed out"),
+        }
+    }
+}
+
+/// Files to place in the guest: host path → guest path (same path unless stated).
+#[derive(Default)]
+pub struct GuestFiles {
+    files: Vec<(PathBuf, PathBuf)>,
+}
+
+impl GuestFiles {
+    /// At the same absolute path as on the host (test binaries find twtrace through the path
+    /// baked in at compile time).
+    pub fn same_path(&mut self, path: &Path) {
+        self.files.push((path.to_owned(), path.to_owned()));
+    }
+
+    pub fn at(&mut self, host: &Path, guest: &Path) {
+        self.files.push((host.to_owned(), guest.to_owned()));
+    }
+}
+
+/// Builds a gzip'd newc initramfs: busybox, the guest tools with their libraries, `files`, and
+/// an init that runs `script` (a shell script) and reports its status.
+pub fn build_initramfs(files: &GuestFiles, script: &str, out: &Path) -> anyhow::Result<()> {
+    let root = out.with_extension("root");
+    let _ = std::fs::remove_dir_all(&root);
+    for dir in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "etc", "lib64"] {
+        std::fs::create_dir_all(root.join(dir))?;
+    }
+    copy(Path::new("/bin/busybox"), &root.join("bin/busybox"))?;
+    let mut libraries = BTreeSet::new();
+    for tool in GUEST_TOOLS {
+        copy(Path::new(tool), &root.join(tool.trim_start_matches('/')))?;
+        libraries.extend(shared_libraries(Path::new(tool))?);
+    }
+    for lib in &libraries {
+        copy(lib, &root.join(lib.strip_prefix("/").unwrap_or(lib)))?;
+    }
+    for (host, guest) in &files.files {
+        copy(host, &root.join(guest.strip_prefix("/").unwrap_or(guest)))?;
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;
+    std::fs::write(root.join("command.sh"), script)?;
+    let init = root.join("init");
+    std::fs::write(&init, INIT)?;
+    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))?;
+    let pack = format!(
+        "cd '{}' && find . -print0 | cpio --null -o -H newc --quiet | gzip -1 > '{}'",
+        root.display(),
+        out.display()
+    );
+    run_cmd(Command::new("sh").args(["-c", &pack]))?;
+    std::fs::remove_dir_all(&root)?;
+    Ok(())
+}
+
+/// The guest's init (busybox sh). One verdict line, then power off; `panic=-1` in the
+/// command line turns a kernel panic into an immediate exit of QEMU (`-no-reboot`).
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/ TMPDIR=/tmp
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
+mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
+ip link set lo up
+echo "TWTRACE-VM-BOOTED $(uname -r)"
+cd /tmp
+sh /command.sh
+echo "TWTRACE-VM-EXIT $?"
+poweroff -f
+"#;
+
+fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    // Follow symlinks: the guest gets the file itself.
+    std::fs::copy(from, to).with_context(|| format!("copying {} into the guest", from.display()))?;
+    Ok(())
+}
+
+/// The shared libraries (and the loader) a dynamic executable needs, from ldd.
+fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let out = Command::new("ldd").arg(binary).output().context("ldd")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
+        .map(PathBuf::from)
+        .collect())
+}
+
+/// Boots `kernel` with `initramfs`, streams the console (each line passed to `on_line`), and
+/// returns the verdict. QEMU is killed at `timeout`.
+pub fn boot(
+    kernel: &Path,
+    initramfs: &Path,
+    timeout: Duration,
+    mut on_line: impl FnMut(&str),
+) -> anyhow::Result<Verdict> {
+    let mut qemu = Command::new("qemu-system-x86_64");
+    // KVM does not work on this machine kind (KERNEL-NOTES): software emulation, always.
+    qemu.args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2", "-nographic", "-no-reboot"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args(["-append", "console=ttyS0 panic=-1 oops=panic quiet loglevel=4"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = qemu.spawn().context("starting qemu-system-x86_64 (cargo xtask setup installs it)")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let tx_err = tx.clone();
+    std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).for_each(|l| drop(tx.send(l))));
+    std::thread::spawn(move || {
+        BufReader::new(stderr).lines().map_while(Result::ok).for_each(|l| drop(tx_err.send(format!("qemu: {l}"))))
+    });
+    let deadline = Instant::now() + timeout;
+    let mut verdict = None;
+    let mut panic_line = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let line = line.trim_end_matches('\r').to_owned();
+                on_line(&line);
+                if let Some(rc) = line.strip_prefix(EXIT_MARKER) {
+                    verdict = Some(Verdict::Exited(rc.trim().parse().unwrap_or(-1)));
+                } else if line.contains("Kernel panic") && panic_line.is_none() {
+                    panic_line = Some(line.clone());
+                }
+            }
+            // Both pipes closed: QEMU has exited.
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(verdict.unwrap_or(Verdict::TimedOut));
+            }
+        }
+    }
+    let status = child.wait()?;
+    Ok(verdict.unwrap_or_else(|| {
+        Verdict::Crashed(panic_line.unwrap_or_else(|| format!("QEMU exited ({status}) without a verdict")))
+    }))
+}
+
+/// Static builds of twtrace and of the integration test binaries, for guests (no shared
+/// libraries there but the tools'). Returns (twtrace, [(test name, binary)]).
+pub fn build_static() -> anyhow::Result<(PathBuf, Vec<(String, PathBuf)>)> {
+    const TARGET: &str = "x86_64-unknown-linux-gnu";
+    let envs = [("RUSTFLAGS", "-C target-feature=+crt-static"), ("CARGO_PROFILE_RELEASE_DEBUG", "false")];
+    let root = workspace_root();
+    run_cmd(
+        Command::new("cargo")
+            .args(["build", "--release", "--package", "twtrace", "--target", TARGET])
+            .envs(envs)
+            .current_dir(&root),
+    )?;
+    let out = Command::new("cargo")
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "twtrace",
+            "--tests",
+            "--no-run",
+            "--message-format=json",
+            "--target",
+            TARGET,
+        ])
+        .envs(envs)
+        .current_dir(&root)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("building test binaries")?;
+    if !out.status.success() {
+        bail!("building the static test binaries failed");
+    }
+    let mut tests = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if msg["reason"] != "compiler-artifact" || msg["target"]["kind"][0] != "test" {
+            continue;
+        }
+        let (Some(name), Some(exe)) = (msg["target"]["name"].as_str(), msg["executable"].as_str()) else { continue };
+        if msg["target"]["src_path"].as_str().is_some_and(|p| p.contains("/tests/")) {
+            tests.push((name.to_owned(), PathBuf::from(exe)));
+        }
+    }
+    tests.sort();
+    let twtrace = root.join("target").join(TARGET).join("release/twtrace");
+    Ok((twtrace, tests))
+}
+
+/// `cargo xtask vm --kernel K -- command`: boot each kernel and run the command in it.
+pub fn run(kernels: &[String], command: &[String], timeout: Duration, refresh: bool) -> anyhow::Result<()> {
+    crate::setup::ensure()?;
+    if command.is_empty() {
+        bail!("nothing to run: `cargo xtask vm --kernel 6.1 -- twtrace probes`");
+    }
+    let (twtrace, tests) = build_static()?;
+    let mut files = GuestFiles::default();
+    files.same_path(&twtrace);
+    files.at(&twtrace, Path::new("/usr/bin/twtrace"));
+    for (_, test) in &tests {
+        files.same_path(test);
+    }
+    let script = format!("{}\n", command.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" "));
+    let work = kernels::cache_dir().join("run");
+    std::fs::create_dir_all(&work)?;
+    let initramfs = work.join("initramfs.cpio.gz");
+    build_initramfs(&files, &script, &initramfs)?;
+    let mut failed = false;
+    for spec in kernels {
+        let spec = kernels::KernelSpec::parse(spec)?;
+        let (image, version) = kernels::kernel_image(&spec, refresh)?;
+        eprintln!("xtask: vm: booting {} ({version})", spec.label());
+        let stdout = std::io::stdout();
+        let verdict = boot(&image, &initramfs, timeout, |line| {
+            let _ = writeln!(stdout.lock(), "[{}] {line}", spec.label());
+        })?;
+        eprintln!("xtask: vm: {}: {verdict}", spec.label());
+        failed |= verdict != Verdict::Exited(0);
+    }
+    if failed {
+        bail!("a guest did not pass");
+    }
+    Ok(())
+}
+
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+".contains(c)) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[allow(dead_code, reason = "used by the matrix")]
+pub const BOOTED: &str = BOOT_MARKER;
