@@ -108,6 +108,9 @@ fn probes_report(args: ProbeArgs) -> anyhow::Result<()> {
 
 async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     let options = args.probes.options()?;
+    // Before anything is announced: a Ctrl-C right after start must still end cleanly.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut probes = LiveProbes::load(&options).context("cannot start tracing")?;
     let clock = kernel::WallClock::now();
     // Tools and tests wait for this line: everything after it is traced.
@@ -118,8 +121,6 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     let mut events = 0u64;
     let mut lost_seen = 0u64;
     let deadline = args.duration.map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0)));
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
 
     loop {
         let stop = tokio::select! {
