@@ -67,6 +67,9 @@ pub struct Offsets {
     /// events seen at system calls (no socket at hand yet).
     pub task_nsproxy: u32,
     pub nsproxy_net_ns: u32,
+    /// `sock_common.skc_state`: the old state at fentry/kprobe `tcp_set_state`.
+    pub skc_state: u32,
+    pub _pad: u32,
 }
 
 impl Offsets {
@@ -93,6 +96,8 @@ impl Offsets {
         dev_nd_net: OFFSET_UNKNOWN,
         task_nsproxy: OFFSET_UNKNOWN,
         nsproxy_net_ns: OFFSET_UNKNOWN,
+        skc_state: OFFSET_UNKNOWN,
+        _pad: 0,
     };
 }
 
@@ -110,5 +115,5 @@ impl Config {
 
 // No implicit padding anywhere (aya::Pod): an even number of offsets keeps Config a multiple
 // of 8 bytes.
-const _: () = assert!(core::mem::size_of::<Offsets>() == 22 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 24 + 32 + 22 * 4);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 24 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 24 + 32 + 24 * 4);

@@ -15,8 +15,12 @@ pub enum TimerPhase {
     /// `timer_cancel`: the timer was detached; either it is about to run (natural expiry), or
     /// the socket is being killed early, or `mod_timer` is re-arming it.
     Cancel = 2,
-    /// `timer_expire_entry`: the timer callback runs: the socket expired naturally.
+    /// `timer_expire_entry` / `tw_timer_handler`: the timer callback runs: natural expiry.
     Expire = 3,
+    /// fentry/kprobe backends: `__inet_twsk_schedule(tw, timeo, rearm = true)`.
+    Rearm = 4,
+    /// fentry/kprobe backends: `inet_twsk_deschedule_put(tw)`: removed before expiry.
+    Kill = 5,
 }
 
 impl TimerPhase {
@@ -25,6 +29,8 @@ impl TimerPhase {
             1 => Some(Self::Start),
             2 => Some(Self::Cancel),
             3 => Some(Self::Expire),
+            4 => Some(Self::Rearm),
+            5 => Some(Self::Kill),
             _ => None,
         }
     }
@@ -36,7 +42,7 @@ pub struct TimeWaitEvent {
     pub header: EventHeader,
     /// Kernel address of the `inet_timewait_sock`: identifies the socket while it lives.
     pub tw_addr: u64,
-    /// `timer_list.expires - jiffies` at `Start` (jiffies); 0 otherwise.
+    /// Timeout in jiffies at `Start`/`Rearm` (`expires - jiffies`, or the `timeo` argument).
     pub timeout_jiffies: u64,
     /// Network namespace inode of the socket (0 if this kernel's layout is unknown).
     pub netns: u32,

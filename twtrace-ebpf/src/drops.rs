@@ -5,7 +5,10 @@
 //! kernels the attach itself fails (the context is larger than the tracepoint's arguments) and
 //! userspace falls back to the netstat counters.
 
-use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{
+    macros::{fentry, kprobe, raw_tracepoint},
+    programs::{FEntryContext, ProbeContext, RawTracePointContext},
+};
 use twtrace_common::{AF_INET, AF_INET6, EventKind, Flow, drops::DropEvent};
 
 use crate::{config, header, net_inum, netns_of, netns_wanted, port_wanted, read_at, reserve, submit};
@@ -23,7 +26,7 @@ pub fn skb_drop_rx_sk(ctx: RawTracePointContext) -> u32 {
     if !watched(reason) {
         return 0;
     }
-    on_drop(&ctx, reason, ctx.arg(3));
+    on_drop(ctx.arg(0), reason, ctx.arg(3));
     0
 }
 
@@ -34,7 +37,51 @@ pub fn skb_drop(ctx: RawTracePointContext) -> u32 {
     if !watched(reason) {
         return 0;
     }
-    on_drop(&ctx, reason, core::ptr::null());
+    on_drop(ctx.arg(0), reason, core::ptr::null());
+    0
+}
+
+// fentry/kprobe backends: the function that fires the tracepoint. 6.11+:
+// `sk_skb_reason_drop(sk, skb, reason)`; 5.17 to 6.10: `kfree_skb_reason(skb, reason)`.
+
+#[fentry(function = "sk_skb_reason_drop")]
+pub fn sk_skb_reason_drop_fentry(ctx: FEntryContext) -> u32 {
+    let reason: u64 = ctx.arg(2);
+    if watched(reason) {
+        on_drop(ctx.arg(1), reason, ctx.arg(0));
+    }
+    0
+}
+
+#[fentry(function = "kfree_skb_reason")]
+pub fn kfree_skb_reason_fentry(ctx: FEntryContext) -> u32 {
+    let reason: u64 = ctx.arg(1);
+    if watched(reason) {
+        on_drop(ctx.arg(0), reason, core::ptr::null());
+    }
+    0
+}
+
+#[kprobe]
+pub fn sk_skb_reason_drop_kprobe(ctx: ProbeContext) -> u32 {
+    let (Some(sk), Some(skb), Some(reason)) = (ctx.arg::<*const u8>(0), ctx.arg::<*const u8>(1), ctx.arg::<u64>(2))
+    else {
+        return 0;
+    };
+    if watched(reason) {
+        on_drop(skb, reason, sk);
+    }
+    0
+}
+
+#[kprobe]
+pub fn kfree_skb_reason_kprobe(ctx: ProbeContext) -> u32 {
+    let (Some(skb), Some(reason)) = (ctx.arg::<*const u8>(0), ctx.arg::<u64>(1)) else {
+        return 0;
+    };
+    if watched(reason) {
+        on_drop(skb, reason, core::ptr::null());
+    }
     0
 }
 
@@ -53,8 +100,7 @@ fn watched(reason: u64) -> bool {
 }
 
 #[inline(always)]
-fn on_drop(ctx: &RawTracePointContext, reason: u64, rx_sk: *const u8) {
-    let skb: *const u8 = ctx.arg(0);
+fn on_drop(skb: *const u8, reason: u64, rx_sk: *const u8) {
     let o = &config().offsets;
     let dev: u64 = read_at(skb, o.skb_dev);
     let netns = if dev != 0 {

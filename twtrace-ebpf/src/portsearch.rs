@@ -8,16 +8,16 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_get_current_task},
-    macros::{map, tracepoint},
+    macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint},
     maps::HashMap,
-    programs::TracePointContext,
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 use twtrace_common::{
     AF_INET, AF_INET6, EventKind, Flow,
     portsearch::{PortSearchEvent, SearchOp},
 };
 
-use crate::{config, header, net_inum, netns_wanted, port_wanted, read_at, reserve, submit};
+use crate::{config, fill_flow, header, net_inum, netns_of, netns_wanted, port_wanted, read_at, reserve, submit};
 
 #[derive(Clone, Copy)]
 struct InFlight {
@@ -131,4 +131,160 @@ fn current_netns() -> u32 {
         return 0;
     }
     net_inum(read_at(nsproxy as *const u8, o.nsproxy_net_ns))
+}
+
+// fentry/fexit and kprobe/kretprobe backends: the port search itself.
+// connect(): `__inet_hash_connect(death_row, sk, port_offset, [hash_port0,] check_established)`
+// calls `check_established` (`__inet_check_established`, `__inet6_check_established`) once per
+// candidate port that has a bound bucket; bind()/listen(): `inet_csk_get_port(sk, snum)`.
+// fexit finds the return value after the last argument: 2025 kernels added `hash_port0`, so
+// there is one fexit program per arity and userspace loads the one the BTF prototype matches.
+
+#[derive(Clone, Copy)]
+struct Search {
+    start_ns: u64,
+    sk: u64,
+    requested_port: u16,
+    op: u8,
+    _pad: u8,
+    candidates: u32,
+}
+
+/// Port searches under way, by thread id.
+#[map]
+static SEARCHES: HashMap<u32, Search> = HashMap::with_max_entries(16_384, 0);
+
+#[fentry(function = "__inet_hash_connect")]
+pub fn hash_connect_fentry(ctx: FEntryContext) -> u32 {
+    search_begin(SearchOp::Connect, ctx.arg(1), 0);
+    0
+}
+
+#[fexit(function = "__inet_hash_connect")]
+pub fn hash_connect_fexit4(ctx: FExitContext) -> u32 {
+    search_end(ctx.arg::<u64>(4) as i32);
+    0
+}
+
+#[fexit(function = "__inet_hash_connect")]
+pub fn hash_connect_fexit5(ctx: FExitContext) -> u32 {
+    search_end(ctx.arg::<u64>(5) as i32);
+    0
+}
+
+#[fentry(function = "__inet_check_established")]
+pub fn check_established_fentry(_ctx: FEntryContext) -> u32 {
+    count_candidate();
+    0
+}
+
+#[fentry(function = "__inet6_check_established")]
+pub fn check_established6_fentry(_ctx: FEntryContext) -> u32 {
+    count_candidate();
+    0
+}
+
+#[fentry(function = "inet_csk_get_port")]
+pub fn get_port_fentry(ctx: FEntryContext) -> u32 {
+    search_begin(SearchOp::Bind, ctx.arg(0), ctx.arg::<u64>(1) as u16);
+    0
+}
+
+#[fexit(function = "inet_csk_get_port")]
+pub fn get_port_fexit(ctx: FExitContext) -> u32 {
+    search_end(ctx.arg::<u64>(2) as i32);
+    0
+}
+
+#[kprobe]
+pub fn hash_connect_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<*const u8>(1) {
+        search_begin(SearchOp::Connect, sk, 0);
+    }
+    0
+}
+
+#[kretprobe]
+pub fn hash_connect_kretprobe(ctx: RetProbeContext) -> u32 {
+    search_end(ctx.ret::<u64>() as i32);
+    0
+}
+
+#[kprobe]
+pub fn check_established_kprobe(_ctx: ProbeContext) -> u32 {
+    count_candidate();
+    0
+}
+
+#[kprobe]
+pub fn get_port_kprobe(ctx: ProbeContext) -> u32 {
+    if let (Some(sk), Some(port)) = (ctx.arg::<*const u8>(0), ctx.arg::<u64>(1)) {
+        search_begin(SearchOp::Bind, sk, port as u16);
+    }
+    0
+}
+
+#[kretprobe]
+pub fn get_port_kretprobe(ctx: RetProbeContext) -> u32 {
+    search_end(ctx.ret::<u64>() as i32);
+    0
+}
+
+#[inline(always)]
+fn search_begin(op: SearchOp, sk: *const u8, requested_port: u16) {
+    if !netns_wanted(netns_of(sk)) {
+        return;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: helper without preconditions.
+    let start_ns = unsafe { bpf_ktime_get_ns() };
+    let search = Search { start_ns, sk: sk as u64, requested_port, op: op as u8, _pad: 0, candidates: 0 };
+    let _ = SEARCHES.insert(tid, search, 0);
+}
+
+#[inline(always)]
+fn count_candidate() {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(search) = SEARCHES.get_ptr_mut(tid) {
+        // SAFETY: our own thread's entry; no other writer.
+        unsafe { (*search).candidates += 1 };
+    }
+}
+
+#[inline(always)]
+fn search_end(ret: i32) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: copied out before the remove.
+    let Some(search) = (unsafe { SEARCHES.get(tid) }).copied() else { return };
+    let _ = SEARCHES.remove(tid);
+    let sk = search.sk as *const u8;
+    let Some(mut entry) = reserve::<PortSearchEvent>() else { return };
+    // SAFETY: reserved slot, fully written before submit or discarded.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    fill_flow(&mut ev.flow, sk);
+    if search.op == SearchOp::Bind as u8 && ret != 0 {
+        // A failed bind leaves no port in the socket: report the one asked for.
+        ev.flow.sport = search.requested_port;
+    }
+    if !port_wanted(&ev.flow) {
+        entry.discard(0);
+        return;
+    }
+    ev.header = header(EventKind::PortSearch);
+    ev.duration_ns = ev.header.ts_ns.saturating_sub(search.start_ns);
+    // inet_csk_get_port returns a positive "in use" flag on some kernels: any non-zero is a
+    // failure, reported as EADDRINUSE there.
+    ev.errno = if ret < 0 {
+        (-ret) as u32
+    } else if ret > 0 {
+        98
+    } else {
+        0
+    };
+    ev.candidates = search.candidates;
+    ev.netns = netns_of(sk);
+    ev.op = search.op;
+    ev.approximate = 0;
+    ev._pad = [0; 2];
+    submit(entry);
 }

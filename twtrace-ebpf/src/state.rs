@@ -4,7 +4,10 @@
 //! Also records who closes each connection (→ FIN_WAIT1 happens in close()/shutdown(), in the
 //! owning process's context) so the TIME_WAIT birth, which runs in softirq, can name the owner.
 
-use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{
+    macros::{fentry, kprobe, raw_tracepoint},
+    programs::{FEntryContext, ProbeContext, RawTracePointContext},
+};
 use twtrace_common::{
     EventKind, OwnerKey,
     state::{StateEvent, tcp_state},
@@ -18,8 +21,26 @@ const IPPROTO_TCP: u16 = 6;
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn tcp_state_change(ctx: RawTracePointContext) -> u32 {
-    let old_state = ctx.arg::<u64>(1) as u8;
-    let new_state = ctx.arg::<u64>(2) as u8;
+    on_state(ctx.arg(0), ctx.arg::<u64>(1) as u8, ctx.arg::<u64>(2) as u8)
+}
+
+/// fentry/kprobe backends: `tcp_set_state(sk, state)`; the old state is still in the socket.
+#[fentry(function = "tcp_set_state")]
+pub fn tcp_set_state_fentry(ctx: FEntryContext) -> u32 {
+    let sk: *const u8 = ctx.arg(0);
+    on_state(sk, read_at(sk, config().offsets.skc_state), ctx.arg::<u64>(1) as u8)
+}
+
+#[kprobe]
+pub fn tcp_set_state_kprobe(ctx: ProbeContext) -> u32 {
+    let (Some(sk), Some(state)) = (ctx.arg::<*const u8>(0), ctx.arg::<u64>(1)) else {
+        return 0;
+    };
+    on_state(sk, read_at(sk, config().offsets.skc_state), state as u8)
+}
+
+#[inline(always)]
+fn on_state(sk: *const u8, old_state: u8, new_state: u8) -> u32 {
     if !(new_state == tcp_state::SYN_SENT
         || old_state == tcp_state::SYN_SENT
         || new_state == tcp_state::FIN_WAIT1
@@ -27,7 +48,6 @@ pub fn tcp_state_change(ctx: RawTracePointContext) -> u32 {
     {
         return 0;
     }
-    let sk: *const u8 = ctx.arg(0);
     let o = &config().offsets;
     // The tracepoint also fires for SCTP and MPTCP sockets.
     if read_at::<u16>(sk, o.sk_protocol) != IPPROTO_TCP {

@@ -13,7 +13,11 @@
 //! `timer_start`/`timer_cancel` fire for every kernel timer (about 16 per loopback connection):
 //! the callback comparison is the first thing each program does.
 
-use aya_ebpf::{helpers::bpf_jiffies64, macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{
+    helpers::bpf_jiffies64,
+    macros::{fentry, kprobe, raw_tracepoint},
+    programs::{FEntryContext, ProbeContext, RawTracePointContext},
+};
 use twtrace_common::{
     EventKind, Flow, Owner, OwnerKey,
     timewait::{TimeWaitEvent, TimerPhase},
@@ -39,6 +43,62 @@ pub fn tw_timer_expire(ctx: RawTracePointContext) -> u32 {
     0
 }
 
+// fentry and kprobe backends: the TIME_WAIT functions themselves, one call per event instead
+// of filtering every kernel timer. `__inet_twsk_schedule(tw, timeo, rearm)` (exported since
+// 4.x; `inet_twsk_schedule`/`inet_twsk_reschedule` are inline wrappers) arms it,
+// `tw_timer_handler(timer)` is the expiry, `inet_twsk_deschedule_put(tw)` the early removal
+// (4-tuple reuse, tcp_tw_reuse, namespace teardown).
+
+#[fentry(function = "__inet_twsk_schedule")]
+pub fn tw_schedule_fentry(ctx: FEntryContext) -> u32 {
+    on_schedule(ctx.arg(0), ctx.arg::<u64>(1) as i32, ctx.arg::<u64>(2) as u8 != 0);
+    0
+}
+
+#[fentry(function = "tw_timer_handler")]
+pub fn tw_expire_fentry(ctx: FEntryContext) -> u32 {
+    let timer: *const u8 = ctx.arg(0);
+    on_tw(timer.wrapping_sub(config().offsets.tw_timer as usize), TimerPhase::Expire, 0);
+    0
+}
+
+#[fentry(function = "inet_twsk_deschedule_put")]
+pub fn tw_kill_fentry(ctx: FEntryContext) -> u32 {
+    on_tw(ctx.arg(0), TimerPhase::Kill, 0);
+    0
+}
+
+#[kprobe]
+pub fn tw_schedule_kprobe(ctx: ProbeContext) -> u32 {
+    let (Some(tw), Some(timeo), Some(rearm)) = (ctx.arg::<*const u8>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2)) else {
+        return 0;
+    };
+    on_schedule(tw, timeo as i32, rearm as u8 != 0);
+    0
+}
+
+#[kprobe]
+pub fn tw_expire_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(timer) = ctx.arg::<*const u8>(0) {
+        on_tw(timer.wrapping_sub(config().offsets.tw_timer as usize), TimerPhase::Expire, 0);
+    }
+    0
+}
+
+#[kprobe]
+pub fn tw_kill_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(tw) = ctx.arg::<*const u8>(0) {
+        on_tw(tw, TimerPhase::Kill, 0);
+    }
+    0
+}
+
+#[inline(always)]
+fn on_schedule(tw: *const u8, timeo: i32, rearm: bool) {
+    let phase = if rearm { TimerPhase::Rearm } else { TimerPhase::Start };
+    on_tw(tw, phase, timeo.max(0) as u64);
+}
+
 #[inline(always)]
 fn on_timer(ctx: &RawTracePointContext, phase: TimerPhase) {
     let cfg = config();
@@ -48,6 +108,21 @@ fn on_timer(ctx: &RawTracePointContext, phase: TimerPhase) {
         return;
     }
     let tw = timer.wrapping_sub(cfg.offsets.tw_timer as usize);
+    let timeout_jiffies = if phase == TimerPhase::Start {
+        let expires: u64 = read_at(timer, cfg.offsets.timer_expires);
+        // SAFETY: helper without preconditions (5.5+).
+        expires.wrapping_sub(unsafe { bpf_jiffies64() })
+    } else {
+        0
+    };
+    on_tw(tw, phase, timeout_jiffies);
+}
+
+/// Reports one phase of a TIME_WAIT socket; `Start` and `Rearm` carry the 4-tuple, substate,
+/// timeout and (for `Start`) the owner.
+#[inline(always)]
+fn on_tw(tw: *const u8, phase: TimerPhase, timeout_jiffies: u64) {
+    let cfg = config();
     let netns = netns_of(tw);
     if !netns_wanted(netns) {
         return;
@@ -63,7 +138,7 @@ fn on_timer(ctx: &RawTracePointContext, phase: TimerPhase) {
     ev.netns = netns;
     ev.phase = phase as u8;
     ev._pad = [0; 2];
-    if phase == TimerPhase::Start {
+    if phase == TimerPhase::Start || phase == TimerPhase::Rearm {
         fill_flow(&mut ev.flow, tw);
         // Only a start carries the 4-tuple (and so can be port-filtered); later phases are
         // matched to it in userspace by socket address, and unmatched ones are dropped there.
@@ -71,18 +146,16 @@ fn on_timer(ctx: &RawTracePointContext, phase: TimerPhase) {
             entry.discard(0);
             return;
         }
-        let expires: u64 = read_at(timer, cfg.offsets.timer_expires);
-        // SAFETY: helper without preconditions (5.5+).
-        ev.timeout_jiffies = expires.wrapping_sub(unsafe { bpf_jiffies64() });
+        ev.timeout_jiffies = timeout_jiffies;
         ev.substate = read_at(tw, cfg.offsets.tw_substate);
-        let key = OwnerKey { netns, _pad: 0, flow: ev.flow };
-        // SAFETY: the value is copied out before the remove below.
-        match unsafe { OWNERS.get(key) } {
-            Some(owner) => {
+        ev.owner = Owner::default();
+        if phase == TimerPhase::Start {
+            let key = OwnerKey { netns, _pad: 0, flow: ev.flow };
+            // SAFETY: the value is copied out before the remove below.
+            if let Some(owner) = unsafe { OWNERS.get(key) } {
                 ev.owner = *owner;
                 let _ = OWNERS.remove(key);
             }
-            None => ev.owner = Owner::default(),
         }
     } else {
         ev.flow = Flow::default();

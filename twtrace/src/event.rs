@@ -203,8 +203,11 @@ pub struct PortSearchEvent {
     /// Measured around the system call, not the port search itself.
     pub approximate: bool,
     pub netns: u32,
-    /// connect(): the destination. bind(): the requested local address.
-    pub addr: Option<SocketAddr>,
+    /// connect(): the destination.
+    pub remote: Option<SocketAddr>,
+    /// bind(): the requested address. connect(): the local address chosen, where the backend
+    /// sees it (port 0 when none was found).
+    pub local: Option<SocketAddr>,
     pub process: Option<Process>,
 }
 

@@ -118,8 +118,11 @@ pub fn event_json(event: &Event, clock: WallClock) -> Value {
             }
             put("approximate", json!(e.approximate));
             put("netns", json!(e.netns));
-            if let Some(addr) = e.addr {
-                put(if e.op == SearchOp::Connect { "remote" } else { "local" }, json!(addr.to_string()));
+            if let Some(remote) = e.remote {
+                put("remote", json!(remote.to_string()));
+            }
+            if let Some(local) = e.local {
+                put("local", json!(local.to_string()));
             }
             put_process(&mut put, "", e.process.as_ref());
         }
@@ -206,14 +209,18 @@ pub fn event_text(event: &Event, clock: WallClock) -> String {
         ),
         Event::PortSearch(e) => {
             let op = if e.op == SearchOp::Connect { "connect()" } else { "bind()" };
-            let addr = e.addr.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
+            let addr = e.remote.or(e.local).map(|a| a.to_string()).unwrap_or_else(|| "?".into());
+            let chosen = match (e.op, e.local) {
+                (SearchOp::Connect, Some(local)) => format!(" from port {}", local.port()),
+                _ => String::new(),
+            };
             let approx = if e.approximate { " (syscall time)" } else { "" };
             let candidates = e.candidates.map(|c| format!(" {c} candidates")).unwrap_or_default();
             (
                 e.ts_ns,
                 e.netns,
                 format!(
-                    "PORT      {op} {addr} {} in {}{approx}{candidates}  by {}",
+                    "PORT      {op} {addr}{chosen} {} in {}{approx}{candidates}  by {}",
                     errno_name(e.errno),
                     micros(e.duration_ns),
                     process_text(e.process.as_ref())

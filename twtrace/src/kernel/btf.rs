@@ -62,6 +62,12 @@ enum Type {
     Enum {
         values: Vec<(String, i64)>,
     },
+    Func {
+        proto: u32,
+    },
+    FuncProto {
+        params: u32,
+    },
     Other,
 }
 
@@ -70,6 +76,7 @@ pub struct Btf {
     types: Vec<Type>,
     composites_by_name: HashMap<String, u32>,
     enums_by_name: HashMap<String, u32>,
+    funcs_by_name: HashMap<String, u32>,
 }
 
 impl Btf {
@@ -111,8 +118,12 @@ impl Btf {
             String::from_utf8_lossy(&rest[..end]).into_owned()
         };
 
-        let mut btf =
-            Btf { types: vec![Type::Other], composites_by_name: HashMap::new(), enums_by_name: HashMap::new() };
+        let mut btf = Btf {
+            types: vec![Type::Other],
+            composites_by_name: HashMap::new(),
+            enums_by_name: HashMap::new(),
+            funcs_by_name: HashMap::new(),
+        };
         let mut r = Reader { data: &data[..types_end], pos: types_start };
         while r.pos < types_end {
             let name_off = r.u32()?;
@@ -127,7 +138,11 @@ impl Btf {
                     r.skip(4)?;
                     Type::Other
                 }
-                KIND_PTR | KIND_FWD | KIND_FUNC | KIND_FLOAT => Type::Other,
+                KIND_PTR | KIND_FWD | KIND_FLOAT => Type::Other,
+                KIND_FUNC => {
+                    btf.funcs_by_name.entry(name(name_off)).or_insert(id);
+                    Type::Func { proto: size_or_type }
+                }
                 KIND_ARRAY => {
                     r.skip(12)?;
                     Type::Other
@@ -175,7 +190,7 @@ impl Btf {
                 }
                 KIND_FUNC_PROTO => {
                     r.skip(8 * vlen as usize)?;
-                    Type::Other
+                    Type::FuncProto { params: vlen }
                 }
                 KIND_DATASEC => {
                     r.skip(12 * vlen as usize)?;
@@ -232,6 +247,16 @@ impl Btf {
     pub fn enum_values(&self, ty: &str) -> Option<&[(String, i64)]> {
         match self.types.get(*self.enums_by_name.get(ty)? as usize)? {
             Type::Enum { values } => Some(values),
+            _ => None,
+        }
+    }
+
+    /// Number of parameters of kernel function `name`, if BTF describes it (functions that
+    /// were inlined everywhere are absent: they cannot be hooked either).
+    pub fn func_params(&self, name: &str) -> Option<u32> {
+        let Type::Func { proto } = self.types.get(*self.funcs_by_name.get(name)? as usize)? else { return None };
+        match self.types.get(*proto as usize)? {
+            Type::FuncProto { params } => Some(*params),
             _ => None,
         }
     }
@@ -330,6 +355,9 @@ mod tests {
         push(&[off("outer"), KIND_STRUCT << 24 | 2, 8, off("a"), 1, 0, 0, 2, 32]);
         // 4: enum E { X = 38 }
         push(&[off("E"), KIND_ENUM << 24 | 1, 4, off("X"), 38]);
+        // 5: proto (int, int) -> int; 6: func a of type 5
+        push(&[0, KIND_FUNC_PROTO << 24 | 2, 1, 0, 1, 0, 1]);
+        push(&[off("a"), KIND_FUNC << 24, 5]);
         let mut blob = Vec::new();
         blob.extend_from_slice(&MAGIC.to_le_bytes());
         blob.extend_from_slice(&[1, 0]);
@@ -349,6 +377,8 @@ mod tests {
         assert!(matches!(btf.member_offset("outer", "zz"), Err(BtfError::NoSuchMember { .. })));
         assert!(matches!(btf.member_offset("nope", "a"), Err(BtfError::NoSuchType(_))));
         assert_eq!(btf.enum_values("E").unwrap(), &[("X".to_string(), 38)]);
+        assert_eq!(btf.func_params("a"), Some(2));
+        assert_eq!(btf.func_params("outer"), None);
     }
 
     #[test]
@@ -378,6 +408,10 @@ mod tests {
         assert!(tw_timer > btf.member_offset("sock_common", "skc_v6_rcv_saddr").unwrap());
         assert!(btf.member_offset("timer_list", "function").unwrap() > 0);
         assert!(btf.path_offset("net", "ns.inum").unwrap() > 0);
+        // Hook functions' prototypes (fexit reads the return value after the last argument).
+        assert!(matches!(btf.func_params("__inet_hash_connect"), Some(4 | 5)));
+        assert_eq!(btf.func_params("inet_csk_get_port"), Some(2));
+        assert_eq!(btf.func_params("tcp_set_state"), Some(2));
         // The sk_buff drop reasons used by the drops family resolve by name.
         let reasons = btf.enum_values("skb_drop_reason");
         if let Some(reasons) = reasons {

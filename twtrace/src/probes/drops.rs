@@ -18,18 +18,30 @@ const TRACEPOINT_RX_SK_HOOKS: &[Hook] = &[Hook::RawTracepoint { program: "skb_dr
 /// 5.17+: `kfree_skb(skb, location, reason)`; before 5.17 there is no reason and this fails too.
 const TRACEPOINT_HOOKS: &[Hook] = &[Hook::RawTracepoint { program: "skb_drop", tracepoint: "kfree_skb" }];
 
-pub const BACKENDS: &[BackendPlan] = &[
-    BackendPlan {
-        backend: Backend::Fentry,
-        hooks: Err("no fentry hook: drop reasons are only on the kfree_skb tracepoint"),
-    },
-    BackendPlan {
-        backend: Backend::Kprobe,
-        hooks: Err("no kprobe hook: drop reasons are only on the kfree_skb tracepoint"),
-    },
-    BackendPlan { backend: Backend::Tracepoint, hooks: Ok(TRACEPOINT_RX_SK_HOOKS) },
-    BackendPlan { backend: Backend::Tracepoint, hooks: Ok(TRACEPOINT_HOOKS) },
-];
+/// The function that fires `kfree_skb`: `sk_skb_reason_drop(sk, skb, reason)` from 6.11,
+/// `kfree_skb_reason(skb, reason)` from 5.17 to 6.10 (an inline wrapper afterwards).
+pub fn backends() -> Vec<BackendPlan> {
+    vec![
+        BackendPlan::new(
+            Backend::Fentry,
+            &[Hook::Fentry { program: "sk_skb_reason_drop_fentry", function: "sk_skb_reason_drop" }],
+        ),
+        BackendPlan::new(
+            Backend::Fentry,
+            &[Hook::Fentry { program: "kfree_skb_reason_fentry", function: "kfree_skb_reason" }],
+        ),
+        BackendPlan::new(
+            Backend::Kprobe,
+            &[Hook::Kprobe { program: "sk_skb_reason_drop_kprobe", function: "sk_skb_reason_drop" }],
+        ),
+        BackendPlan::new(
+            Backend::Kprobe,
+            &[Hook::Kprobe { program: "kfree_skb_reason_kprobe", function: "kfree_skb_reason" }],
+        ),
+        BackendPlan::new(Backend::Tracepoint, TRACEPOINT_RX_SK_HOOKS),
+        BackendPlan::new(Backend::Tracepoint, TRACEPOINT_HOOKS),
+    ]
+}
 
 const PREFIX: &str = "SKB_DROP_REASON_";
 

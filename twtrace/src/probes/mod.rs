@@ -14,7 +14,7 @@ use std::{collections::HashMap, fmt};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{ProgramError, RawTracePoint, TracePoint},
+    programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
 };
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
@@ -66,13 +66,17 @@ impl fmt::Display for Family {
     }
 }
 
-/// Every family with its backend table, in the order they are attached and reported.
-const FAMILIES: &[(Family, &[BackendPlan])] = &[
-    (Family::TimeWait, timewait::BACKENDS),
-    (Family::PortSearch, portsearch::BACKENDS),
-    (Family::State, state::BACKENDS),
-    (Family::Drops, drops::BACKENDS),
-];
+/// Every family with its backend table (built from the running kernel's BTF), in the order
+/// they are attached and reported. Within a table: fentry, kprobe, tracepoint, and where a
+/// backend has variants for different kernels, the newest first.
+fn families(btf: &kernel::btf::Btf) -> Vec<(Family, Vec<BackendPlan>)> {
+    vec![
+        (Family::TimeWait, timewait::backends()),
+        (Family::PortSearch, portsearch::backends(btf)),
+        (Family::State, state::backends()),
+        (Family::Drops, drops::backends()),
+    ]
+}
 
 /// One kernel hook of a backend: which program of the object goes where.
 #[derive(Clone, Copy, Debug)]
@@ -87,12 +91,35 @@ pub enum Hook {
         category: &'static str,
         name: &'static str,
     },
+    Fentry {
+        program: &'static str,
+        function: &'static str,
+    },
+    Fexit {
+        program: &'static str,
+        function: &'static str,
+    },
+    /// kprobe or kretprobe (the program's section says which).
+    Kprobe {
+        program: &'static str,
+        function: &'static str,
+    },
 }
 
-/// One backend of a family: its hooks, or why this build cannot offer it.
+/// One backend of a family: its hooks, or why it cannot be offered on this kernel.
 pub struct BackendPlan {
     pub backend: Backend,
-    pub hooks: Result<&'static [Hook], &'static str>,
+    pub hooks: Result<Vec<Hook>, String>,
+}
+
+impl BackendPlan {
+    pub fn new(backend: Backend, hooks: &[Hook]) -> Self {
+        Self { backend, hooks: Ok(hooks.to_vec()) }
+    }
+
+    pub fn unavailable(backend: Backend, why: impl Into<String>) -> Self {
+        Self { backend, hooks: Err(why.into()) }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -214,8 +241,12 @@ impl LiveProbes {
             .map_max_entries("EVENTS", options.ring_bytes)
             .load(OBJECT)?;
 
-        let reports: Vec<FamilyReport> =
-            FAMILIES.iter().map(|&(family, plans)| attach_family(&mut ebpf, family, plans, options.backend)).collect();
+        // aya's own BTF handle, for fentry/fexit attach targets.
+        let aya_btf = aya::Btf::from_sys_fs().ok();
+        let reports: Vec<FamilyReport> = families(&btf)
+            .into_iter()
+            .map(|(family, plans)| attach_family(&mut ebpf, aya_btf.as_ref(), family, &plans, options.backend))
+            .collect();
         if reports.iter().all(|r| r.running.is_none()) {
             let why = reports.iter().map(|r| format!("  {r}")).collect::<Vec<_>>().join("\n");
             return Err(LoadError::NothingAttached(why));
@@ -278,15 +309,21 @@ impl LiveProbes {
     }
 }
 
-fn attach_family(ebpf: &mut Ebpf, family: Family, plans: &[BackendPlan], forced: Option<Backend>) -> FamilyReport {
+fn attach_family(
+    ebpf: &mut Ebpf,
+    btf: Option<&aya::Btf>,
+    family: Family,
+    plans: &[BackendPlan],
+    forced: Option<Backend>,
+) -> FamilyReport {
     let mut report = FamilyReport { family, running: None, attempts: Vec::new() };
     for plan in plans {
         if forced.is_some_and(|b| b != plan.backend) {
             continue;
         }
-        let result = match plan.hooks {
-            Err(why) => Err(why.to_owned()),
-            Ok(hooks) => attach_hooks(ebpf, hooks),
+        let result = match &plan.hooks {
+            Err(why) => Err(why.clone()),
+            Ok(hooks) => attach_hooks(ebpf, btf, hooks),
         };
         let ok = result.is_ok();
         report.attempts.push(Attempt { backend: plan.backend, error: result.err() });
@@ -305,9 +342,9 @@ fn attach_family(ebpf: &mut Ebpf, family: Family, plans: &[BackendPlan], forced:
 
 /// Attaches every hook of one backend, or none: on failure the ones already attached are
 /// unloaded again so the next backend starts clean.
-fn attach_hooks(ebpf: &mut Ebpf, hooks: &[Hook]) -> Result<(), String> {
+fn attach_hooks(ebpf: &mut Ebpf, btf: Option<&aya::Btf>, hooks: &[Hook]) -> Result<(), String> {
     for (i, hook) in hooks.iter().enumerate() {
-        if let Err(e) = attach_hook(ebpf, hook) {
+        if let Err(e) = attach_hook(ebpf, btf, hook) {
             for attached in &hooks[..i] {
                 unload_hook(ebpf, attached);
             }
@@ -317,8 +354,44 @@ fn attach_hooks(ebpf: &mut Ebpf, hooks: &[Hook]) -> Result<(), String> {
     Ok(())
 }
 
-fn attach_hook(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), String> {
+fn attach_hook(ebpf: &mut Ebpf, btf: Option<&aya::Btf>, hook: &Hook) -> Result<(), String> {
+    let no_btf = || "the kernel's BTF could not be loaded".to_owned();
     match *hook {
+        Hook::Fentry { program, function } => {
+            let btf = btf.ok_or_else(no_btf)?;
+            let mut attach = || -> Result<(), ProgramError> {
+                let prog: &mut FEntry = ebpf.program_mut(program).ok_or(ProgramError::NotLoaded)?.try_into()?;
+                prog.load(function, btf)?;
+                prog.attach()?;
+                Ok(())
+            };
+            attach().map_err(|e| format!("fentry {function}: {}", describe(&e)))
+        }
+        Hook::Fexit { program, function } => {
+            let btf = btf.ok_or_else(no_btf)?;
+            let mut attach = || -> Result<(), ProgramError> {
+                let prog: &mut FExit = ebpf.program_mut(program).ok_or(ProgramError::NotLoaded)?.try_into()?;
+                prog.load(function, btf)?;
+                prog.attach()?;
+                Ok(())
+            };
+            attach().map_err(|e| format!("fexit {function}: {}", describe(&e)))
+        }
+        Hook::Kprobe { program, function } => {
+            let mut attach = || -> Result<(), ProgramError> {
+                let prog: &mut KProbe = ebpf.program_mut(program).ok_or(ProgramError::NotLoaded)?.try_into()?;
+                prog.load()?;
+                prog.attach(function, 0)?;
+                Ok(())
+            };
+            attach().map_err(|e| {
+                let mut text = format!("kprobe {function} ({program}): {}", describe(&e));
+                if text.contains("devices/kprobe/type") {
+                    text.push_str(" (this kernel has no kprobes: CONFIG_KPROBES is off)");
+                }
+                text
+            })
+        }
         Hook::RawTracepoint { program, tracepoint } => {
             let mut attach = || -> Result<(), ProgramError> {
                 let prog: &mut RawTracePoint = ebpf.program_mut(program).ok_or(ProgramError::NotLoaded)?.try_into()?;
@@ -348,6 +421,13 @@ fn unload_hook(ebpf: &mut Ebpf, hook: &Hook) {
         }
         Hook::Tracepoint { program, .. } => {
             ebpf.program_mut(program).map(|p| <&mut TracePoint>::try_from(p).map(|p| p.unload()))
+        }
+        Hook::Fentry { program, .. } => {
+            ebpf.program_mut(program).map(|p| <&mut FEntry>::try_from(p).map(|p| p.unload()))
+        }
+        Hook::Fexit { program, .. } => ebpf.program_mut(program).map(|p| <&mut FExit>::try_from(p).map(|p| p.unload())),
+        Hook::Kprobe { program, .. } => {
+            ebpf.program_mut(program).map(|p| <&mut KProbe>::try_from(p).map(|p| p.unload()))
         }
     };
     if let Some(Ok(Err(e))) = result {
@@ -380,6 +460,7 @@ fn configure_sockets(btf: &kernel::btf::Btf, config: &mut Config) {
     o.dev_nd_net = optional_offset(btf, "net_device", "nd_net");
     o.task_nsproxy = optional_offset(btf, "task_struct", "nsproxy");
     o.nsproxy_net_ns = optional_offset(btf, "nsproxy", "net_ns");
+    o.skc_state = optional_offset(btf, "sock_common", "skc_state");
 }
 
 fn optional_offset(btf: &kernel::btf::Btf, ty: &str, member: &str) -> u32 {

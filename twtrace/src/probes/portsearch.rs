@@ -9,6 +9,7 @@ use twtrace_common::{
 
 use super::{Backend, BackendPlan, Hook};
 use crate::event::{Event, PortSearchEvent, Process, SearchOp};
+use crate::kernel::btf::Btf;
 
 const TRACEPOINT_HOOKS: &[Hook] = &[
     Hook::Tracepoint { program: "connect_enter", category: "syscalls", name: "sys_enter_connect" },
@@ -17,14 +18,45 @@ const TRACEPOINT_HOOKS: &[Hook] = &[
     Hook::Tracepoint { program: "bind_exit", category: "syscalls", name: "sys_exit_bind" },
 ];
 
-pub const BACKENDS: &[BackendPlan] = &[
-    BackendPlan { backend: Backend::Fentry, hooks: Err("not implemented in this version (__inet_hash_connect fexit)") },
-    BackendPlan {
-        backend: Backend::Kprobe,
-        hooks: Err("not implemented in this version (__inet_hash_connect kretprobe)"),
-    },
-    BackendPlan { backend: Backend::Tracepoint, hooks: Ok(TRACEPOINT_HOOKS) },
+const KPROBE_HOOKS: &[Hook] = &[
+    Hook::Kprobe { program: "hash_connect_kprobe", function: "__inet_hash_connect" },
+    Hook::Kprobe { program: "hash_connect_kretprobe", function: "__inet_hash_connect" },
+    Hook::Kprobe { program: "check_established_kprobe", function: "__inet_check_established" },
+    Hook::Kprobe { program: "get_port_kprobe", function: "inet_csk_get_port" },
+    Hook::Kprobe { program: "get_port_kretprobe", function: "inet_csk_get_port" },
 ];
+
+/// fexit reads the return value after the last argument, so the program must match the
+/// running kernel's `__inet_hash_connect` arity (4 until 2025, then 5 with `hash_port0`).
+pub fn backends(btf: &Btf) -> Vec<BackendPlan> {
+    let fentry = match btf.func_params("__inet_hash_connect") {
+        Some(arity @ (4 | 5)) => {
+            let exit = if arity == 4 { "hash_connect_fexit4" } else { "hash_connect_fexit5" };
+            let mut hooks = vec![
+                Hook::Fentry { program: "hash_connect_fentry", function: "__inet_hash_connect" },
+                Hook::Fexit { program: exit, function: "__inet_hash_connect" },
+                Hook::Fentry { program: "check_established_fentry", function: "__inet_check_established" },
+                Hook::Fentry { program: "get_port_fentry", function: "inet_csk_get_port" },
+                Hook::Fexit { program: "get_port_fexit", function: "inet_csk_get_port" },
+            ];
+            if btf.func_params("__inet6_check_established").is_some() {
+                hooks
+                    .push(Hook::Fentry { program: "check_established6_fentry", function: "__inet6_check_established" });
+            }
+            BackendPlan::new(Backend::Fentry, &hooks)
+        }
+        Some(other) => BackendPlan::unavailable(
+            Backend::Fentry,
+            format!("__inet_hash_connect has {other} parameters; twtrace knows 4 and 5"),
+        ),
+        None => BackendPlan::unavailable(Backend::Fentry, "the kernel's BTF does not describe __inet_hash_connect"),
+    };
+    vec![
+        fentry,
+        BackendPlan::new(Backend::Kprobe, KPROBE_HOOKS),
+        BackendPlan::new(Backend::Tracepoint, TRACEPOINT_HOOKS),
+    ]
+}
 
 pub fn decode(raw: &RawSearch) -> Option<Event> {
     let op = match RawOp::from_u8(raw.op)? {
@@ -32,11 +64,19 @@ pub fn decode(raw: &RawSearch) -> Option<Event> {
         RawOp::Bind => SearchOp::Bind,
     };
     let f = &raw.flow;
-    let (addr, port) = if op == SearchOp::Connect { (f.daddr, f.dport) } else { (f.saddr, f.sport) };
-    let ip: Option<IpAddr> = match f.family {
-        AF_INET => Some(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).into()),
-        AF_INET6 => Some(Ipv6Addr::from(addr).into()),
-        _ => None,
+    let ip = |addr: [u8; 16]| -> Option<IpAddr> {
+        match f.family {
+            AF_INET => Some(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).into()),
+            AF_INET6 => Some(Ipv6Addr::from(addr).into()),
+            _ => None,
+        }
+    };
+    let local = ip(f.saddr).map(|a| SocketAddr::new(a, f.sport));
+    let remote = ip(f.daddr).map(|a| SocketAddr::new(a, f.dport));
+    let approximate = raw.approximate != 0;
+    let (remote, local) = match op {
+        SearchOp::Connect => (remote, if approximate { None } else { local }),
+        SearchOp::Bind => (None, local),
     };
     Some(Event::PortSearch(PortSearchEvent {
         ts_ns: raw.header.ts_ns,
@@ -44,9 +84,10 @@ pub fn decode(raw: &RawSearch) -> Option<Event> {
         duration_ns: raw.duration_ns,
         errno: raw.errno,
         candidates: (raw.approximate == 0).then_some(raw.candidates),
-        approximate: raw.approximate != 0,
+        approximate,
         netns: raw.netns,
-        addr: ip.map(|ip| SocketAddr::new(ip, port)),
+        remote,
+        local,
         process: Process::from_kernel(raw.header.pid_tgid, raw.header.cgroup_id, &raw.header.comm),
     }))
 }

@@ -8,11 +8,19 @@ use crate::event::{Event, Process, SocketFlow, StateEvent};
 const TRACEPOINT_HOOKS: &[Hook] =
     &[Hook::RawTracepoint { program: "tcp_state_change", tracepoint: "inet_sock_set_state" }];
 
-pub const BACKENDS: &[BackendPlan] = &[
-    BackendPlan { backend: Backend::Fentry, hooks: Err("not implemented in this version (tcp_set_state fentry)") },
-    BackendPlan { backend: Backend::Kprobe, hooks: Err("not implemented in this version (tcp_set_state kprobe)") },
-    BackendPlan { backend: Backend::Tracepoint, hooks: Ok(TRACEPOINT_HOOKS) },
-];
+pub fn backends() -> Vec<BackendPlan> {
+    vec![
+        BackendPlan::new(
+            Backend::Fentry,
+            &[Hook::Fentry { program: "tcp_set_state_fentry", function: "tcp_set_state" }],
+        ),
+        BackendPlan::new(
+            Backend::Kprobe,
+            &[Hook::Kprobe { program: "tcp_set_state_kprobe", function: "tcp_set_state" }],
+        ),
+        BackendPlan::new(Backend::Tracepoint, TRACEPOINT_HOOKS),
+    ]
+}
 
 pub fn decode(raw: &RawState) -> Event {
     Event::State(StateEvent {

@@ -20,11 +20,25 @@ const TRACEPOINT_HOOKS: &[Hook] = &[
     Hook::RawTracepoint { program: "tw_timer_expire", tracepoint: "timer_expire_entry" },
 ];
 
-pub const BACKENDS: &[BackendPlan] = &[
-    BackendPlan { backend: Backend::Fentry, hooks: Err("not implemented in this version (tcp_time_wait fentry)") },
-    BackendPlan { backend: Backend::Kprobe, hooks: Err("not implemented in this version (tcp_time_wait kprobe)") },
-    BackendPlan { backend: Backend::Tracepoint, hooks: Ok(TRACEPOINT_HOOKS) },
+const FENTRY_HOOKS: &[Hook] = &[
+    Hook::Fentry { program: "tw_schedule_fentry", function: "__inet_twsk_schedule" },
+    Hook::Fentry { program: "tw_expire_fentry", function: "tw_timer_handler" },
+    Hook::Fentry { program: "tw_kill_fentry", function: "inet_twsk_deschedule_put" },
 ];
+
+const KPROBE_HOOKS: &[Hook] = &[
+    Hook::Kprobe { program: "tw_schedule_kprobe", function: "__inet_twsk_schedule" },
+    Hook::Kprobe { program: "tw_expire_kprobe", function: "tw_timer_handler" },
+    Hook::Kprobe { program: "tw_kill_kprobe", function: "inet_twsk_deschedule_put" },
+];
+
+pub fn backends() -> Vec<BackendPlan> {
+    vec![
+        BackendPlan::new(Backend::Fentry, FENTRY_HOOKS),
+        BackendPlan::new(Backend::Kprobe, KPROBE_HOOKS),
+        BackendPlan::new(Backend::Tracepoint, TRACEPOINT_HOOKS),
+    ]
+}
 
 /// Fills in the symbol address and timer offsets the TIME_WAIT programs need (socket offsets
 /// are shared: `super::configure_sockets`).
@@ -107,6 +121,9 @@ impl Tracker {
         match phase {
             TimerPhase::Start if self.live.contains_key(&raw.tw_addr) => self.rearm(raw, out),
             TimerPhase::Start => self.birth(raw, out),
+            // fentry/kprobe backends say what happened; no inference needed.
+            TimerPhase::Rearm => self.rearm(raw, out),
+            TimerPhase::Kill => self.die(raw.tw_addr, ts, DeathReason::Killed, out),
             TimerPhase::Cancel => {
                 self.pending.insert(cpu, PendingCancel { tw_addr: raw.tw_addr, ts_ns: ts });
             }
@@ -324,6 +341,38 @@ mod tests {
         let c = changes(&events);
         assert!(matches!(c[1], (1, TimeWaitChange::Death { reason: DeathReason::Killed, .. })));
         assert!(matches!(c[2], (2, TimeWaitChange::Birth { .. })));
+    }
+
+    #[test]
+    fn explicit_phases_of_the_function_backends() {
+        let (events, d) = run(
+            &[
+                raw(TimerPhase::Start, 0, SEC, 0xa0),
+                raw(TimerPhase::Rearm, 1, 2 * SEC, 0xa0),
+                raw(TimerPhase::Kill, 1, 3 * SEC, 0xa0),
+                raw(TimerPhase::Start, 0, 4 * SEC, 0xb0),
+                raw(TimerPhase::Expire, 0, 64 * SEC, 0xb0),
+            ],
+            u64::MAX,
+        );
+        let c = changes(&events);
+        assert!(matches!(c[1], (1, TimeWaitChange::Rearm { .. })));
+        assert_eq!(c[2], (1, TimeWaitChange::Death { reason: DeathReason::Killed, lifetime_ns: 2 * SEC }));
+        assert_eq!(c[4], (2, TimeWaitChange::Death { reason: DeathReason::Expired, lifetime_ns: 60 * SEC }));
+        assert_eq!(d.timewait.untracked_deaths, 0);
+    }
+
+    #[test]
+    fn owner_is_carried_from_birth_to_death() {
+        let mut birth = raw(TimerPhase::Start, 0, SEC, 0xa0);
+        birth.owner.pid_tgid = (4242 << 32) | 4243;
+        birth.owner.comm[..4].copy_from_slice(b"curl");
+        let (events, _) = run(&[birth, raw(TimerPhase::Kill, 0, 2 * SEC, 0xa0)], u64::MAX);
+        for e in &events {
+            let Event::TimeWait(e) = e else { panic!() };
+            let owner = e.owner.as_ref().expect("owner");
+            assert_eq!((owner.pid, owner.tid, owner.comm.as_str()), (4242, 4243, "curl"));
+        }
     }
 
     #[test]
