@@ -11,7 +11,7 @@ use std::{
 };
 
 use support::{
-    Netns, Tracer, addr, can_trace, connect_from,
+    Netns, addr, can_trace, connect_from,
     packets::{self, ACK, PSH, SYN, Segment},
 };
 
@@ -42,7 +42,7 @@ fn time_wait_paws(tag: &str, server: &'static str, client_ip: &'static str) {
     }
     const TUPLES: u16 = 3;
     let ns = Netns::new(tag);
-    let tracer = Tracer::start(&["--netns", &ns.name]);
+    let Some(tracer) = support::tracer_for("drops", &["--netns", &ns.name]) else { return };
     let before = ns.netstat();
     let (server, clients) = ns.run(move || {
         let listener = TcpListener::bind(server).unwrap();
@@ -113,7 +113,7 @@ fn established_paws(tag: &str, server: &'static str) {
     }
     const SEGMENTS: usize = 3;
     let ns = Netns::new(tag);
-    let tracer = Tracer::start(&["--netns", &ns.name]);
+    let Some(tracer) = support::tracer_for("drops", &["--netns", &ns.name]) else { return };
     let before = ns.netstat();
     let (server, client_addr, keep) = ns.run(move || {
         let listener = TcpListener::bind(server).unwrap();

@@ -5,7 +5,7 @@ mod support;
 
 use std::{net::TcpListener, process::Command, time::Duration};
 
-use support::{Netns, Tracer, can_trace, server_closes_first};
+use support::{Netns, can_trace, server_closes_first};
 
 /// Sum over CPUs of slot 0 (lost records) of the per-CPU counters map, read with bpftool.
 fn kernel_lost(map_id: &str) -> u64 {
@@ -37,7 +37,11 @@ fn overflowing_a_small_ring_buffer_reports_the_kernels_lost_count() {
         return;
     }
     let ns = Netns::new("loss");
-    let tracer = Tracer::start_with(&["-v"], &["--netns", &ns.name, "--ring-buffer-size", "4096"]);
+    let Some(tracer) =
+        support::tracer_for_with("timewait", &["-v"], &["--netns", &ns.name, "--ring-buffer-size", "4096"])
+    else {
+        return;
+    };
     let map_id = tracer
         .stderr()
         .iter()

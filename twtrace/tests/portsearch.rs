@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use support::{NETNS_THREAD, Netns, Tracer, can_trace};
+use support::{NETNS_THREAD, Netns, can_trace};
 
 const RANGE: (u16, u16) = (40_000, 40_009);
 const EXTRA_ATTEMPTS: usize = 5;
@@ -20,7 +20,7 @@ fn exhausted_range_failures_are_attributed_to_process_and_destination() {
     }
     let ns = Netns::new("exhaust");
     ns.sysctl("net.ipv4.ip_local_port_range", &format!("{} {}", RANGE.0, RANGE.1));
-    let tracer = Tracer::start(&["--netns", &ns.name]);
+    let Some(tracer) = support::tracer_for("portsearch", &["--netns", &ns.name]) else { return };
     let (server, connected, failures) = ns.run(|| {
         let listener = TcpListener::bind("127.0.0.1:5000").unwrap();
         let server = listener.local_addr().unwrap();
@@ -51,6 +51,7 @@ fn exhausted_range_failures_are_attributed_to_process_and_destination() {
     tracer.wait_for("port_search", Duration::from_secs(10), |e| {
         e.iter().filter(|v| v["op"] == "connect").count() >= expected_events
     });
+    let approximate = tracer.ready_line.contains("portsearch: tracepoint");
     let lines = tracer.stop();
     let connects: Vec<_> = lines.iter().filter(|v| v["event"] == "port_search" && v["op"] == "connect").collect();
     let failed: Vec<_> = connects.iter().filter(|v| v["errno"] != 0).collect();
@@ -61,7 +62,18 @@ fn exhausted_range_failures_are_attributed_to_process_and_destination() {
         assert_eq!(f["pid"], std::process::id(), "{f}");
         assert_eq!(f["comm"], NETNS_THREAD, "{f}");
         assert_eq!(support::addr(f, "remote"), server, "{f}");
-        assert_eq!(f["approximate"], true, "the tracepoint backend times the syscall");
+        assert_eq!(f["approximate"], approximate, "only the tracepoint backend times the syscall instead");
+        if !approximate {
+            // fentry/kprobe see the search: every port of the range was tried and none kept.
+            assert_eq!(f["candidates"], u64::from(RANGE.1 - RANGE.0 + 1), "{f}");
+            assert_eq!(support::addr(f, "local").port(), 0, "{f}");
+        }
+    }
+    if !approximate {
+        for ok in connects.iter().filter(|v| v["errno"] == 0) {
+            let port = support::addr(ok, "local").port();
+            assert!((RANGE.0..=RANGE.1).contains(&port), "chosen port {port} is in the range: {ok}");
+        }
     }
     // The tracepoint-only fingerprint: SYN_SENT -> CLOSE before a local port was chosen.
     let portless: Vec<_> = lines

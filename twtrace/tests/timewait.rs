@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use support::{Netns, Tracer, addr, can_trace, server_closes_first};
+use support::{Netns, addr, can_trace, server_closes_first};
 
 const BIRTHS: usize = 40;
 
@@ -19,7 +19,7 @@ fn births_match_ss(tag: &str, server: &'static str) {
         return;
     }
     let ns = Netns::new(tag);
-    let tracer = Tracer::start(&["--netns", &ns.name]);
+    let Some(tracer) = support::tracer_for("timewait", &["--netns", &ns.name]) else { return };
     let (port, clients) = ns.run(move || {
         let listener = TcpListener::bind(server).unwrap();
         (listener.local_addr().unwrap().port(), server_closes_first(&listener, BIRTHS, None))
@@ -67,7 +67,7 @@ fn reusing_a_four_tuple_kills_the_time_wait_socket() {
         return;
     }
     let ns = Netns::new("kill");
-    let tracer = Tracer::start(&["--netns", &ns.name]);
+    let Some(tracer) = support::tracer_for("timewait", &["--netns", &ns.name]) else { return };
     let client_addr: SocketAddr = "127.0.0.1:41000".parse().unwrap();
     let (server_addr, second) = ns.run(move || {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -106,7 +106,7 @@ fn natural_expiry_after_sixty_seconds() {
     const COUNT: usize = 10;
     let ns = Netns::new("expiry");
     ns.sysctl("net.ipv4.tcp_fin_timeout", "5");
-    let tracer = Tracer::start(&["--netns", &ns.name]);
+    let Some(tracer) = support::tracer_for("timewait", &["--netns", &ns.name]) else { return };
     ns.run(|| {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         server_closes_first(&listener, COUNT, None);

@@ -117,8 +117,48 @@ fn run(cmd: &mut Command) {
     assert!(status.success(), "{cmd:?} failed");
 }
 
+/// The backend the VM matrix forces (`cargo xtask test --vm`), if any.
+pub fn forced_backend() -> Option<String> {
+    std::env::var("TWTRACE_TEST_BACKEND").ok().filter(|b| !b.is_empty())
+}
+
+/// Starts `twtrace trace --json` (with the forced backend, if any) and checks that `family`
+/// runs. If the kernel cannot run it on that backend, prints why for the VM matrix and
+/// returns `None`: the caller skips.
+pub fn tracer_for(family: &str, args: &[&str]) -> Option<Tracer> {
+    tracer_for_with(family, &[], args)
+}
+
+pub fn tracer_for_with(family: &str, global: &[&str], args: &[&str]) -> Option<Tracer> {
+    let backend = forced_backend();
+    let mut all: Vec<&str> = args.to_vec();
+    if let Some(b) = &backend {
+        all.extend(["--backend", b]);
+    }
+    let tracer = Tracer::try_start(global, &all);
+    if let Err(stderr) = &tracer {
+        assert!(stderr.contains("no probe family could attach"), "twtrace exited before tracing:\n{stderr}");
+    }
+    let status = match &tracer {
+        Ok(t) => t.ready_line.clone(),
+        Err(stderr) => stderr.clone(),
+    };
+    // The ready line reads `timewait: fentry, ... drops: OFF (why)`.
+    let off =
+        status.split(&format!("{family}: OFF (")).nth(1).map(|rest| rest.split(")").next().unwrap_or("").to_owned());
+    match (tracer, off) {
+        (Ok(t), None) => Some(t),
+        (_, Some(why)) | (Err(why), None) => {
+            let b = backend.unwrap_or_else(|| "auto".into());
+            eprintln!("TWTRACE-UNSUPPORTED family={family} backend={b} reason={}", why.replace('\n', " "));
+            None
+        }
+    }
+}
+
 /// A running `twtrace trace --json` whose stdout is collected line by line.
 pub struct Tracer {
+    pub ready_line: String,
     child: Child,
     lines: Arc<Mutex<Vec<Value>>>,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -126,12 +166,9 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    pub fn start(args: &[&str]) -> Self {
-        Self::start_with(&[], args)
-    }
-
-    /// With global options (before `trace`), e.g. `-v`.
-    pub fn start_with(global: &[&str], args: &[&str]) -> Self {
+    /// Starts twtrace with global options (before `trace`, e.g. `-v`) and `trace` options;
+    /// `Err(stderr)` if it exits before tracing.
+    pub fn try_start(global: &[&str], args: &[&str]) -> Result<Self, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_twtrace"))
             .args(global)
             .args(["trace", "--json"])
@@ -144,17 +181,20 @@ impl Tracer {
         let mut stderr_lines = stderr.lines();
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut early = Vec::new();
-        loop {
+        let ready_line = loop {
             match stderr_lines.next() {
-                Some(Ok(line)) if line.starts_with("twtrace: tracing") => break,
+                Some(Ok(line)) if line.starts_with("twtrace: tracing") => break line,
                 Some(Ok(line)) => {
                     eprintln!("[twtrace] {line}");
                     early.push(line);
                 }
-                _ => panic!("twtrace exited before tracing: {:?}", child.wait()),
+                _ => {
+                    let _ = child.wait();
+                    return Err(early.join("\n"));
+                }
             }
             assert!(Instant::now() < deadline, "twtrace did not start");
-        }
+        };
         let stderr_log = Arc::new(Mutex::new(early));
         let log = stderr_log.clone();
         std::thread::spawn(move || {
@@ -172,7 +212,7 @@ impl Tracer {
                 sink.lock().unwrap().push(value);
             }
         });
-        Self { child, lines, stderr: stderr_log, reader: Some(reader) }
+        Ok(Self { ready_line, child, lines, stderr: stderr_log, reader: Some(reader) })
     }
 
     /// Lines twtrace wrote to stderr (but the `tracing` line).

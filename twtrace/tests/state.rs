@@ -1,0 +1,68 @@
+//! State family against the real kernel: the transitions of one client socket, in order, and
+//! the task that made them.
+
+mod support;
+
+use std::{
+    io::Read,
+    net::{TcpListener, TcpStream},
+    time::Duration,
+};
+
+use support::{NETNS_THREAD, Netns, addr, can_trace};
+
+#[test]
+fn client_socket_transitions_in_order_with_owner() {
+    if !can_trace() {
+        return;
+    }
+    let ns = Netns::new("state");
+    let Some(tracer) = support::tracer_for("state", &["--netns", &ns.name]) else { return };
+    let (client_addr, server, refused_err) = ns.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = listener.local_addr().unwrap();
+        let client = TcpStream::connect(server).unwrap();
+        let client_addr = client.local_addr().unwrap();
+        let (mut accepted, _) = listener.accept().unwrap();
+        drop(client); // the client closes first: FIN_WAIT1
+        assert_eq!(accepted.read(&mut [0u8; 1]).unwrap(), 0);
+        drop(accepted); // then the server: the client's FIN_WAIT2 socket becomes TIME_WAIT
+        let refused = TcpStream::connect("127.0.0.1:9").expect_err("nothing listens on port 9");
+        (client_addr, server, refused.raw_os_error())
+    });
+    assert_eq!(refused_err, Some(libc::ECONNREFUSED));
+    tracer.wait_for("state", Duration::from_secs(10), |events| {
+        events.iter().any(|e| e["old_state"] == "SYN_SENT" && e["remote"] == "127.0.0.1:9")
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let lines = tracer.stop();
+    let states: Vec<_> = lines.iter().filter(|v| v["event"] == "state").collect();
+
+    // The client socket, by kernel address: its local port is still 0 at SYN_SENT.
+    let sk = states
+        .iter()
+        .find(|e| e["new_state"] == "ESTABLISHED" && addr(e, "local") == client_addr)
+        .expect("client reached ESTABLISHED")["sk"]
+        .clone();
+    let client: Vec<(&str, &str)> = states
+        .iter()
+        .filter(|e| e["sk"] == sk && e["remote"] == server.to_string())
+        .map(|e| (e["old_state"].as_str().unwrap(), e["new_state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        client,
+        [("CLOSE", "SYN_SENT"), ("SYN_SENT", "ESTABLISHED"), ("ESTABLISHED", "FIN_WAIT1"), ("FIN_WAIT2", "CLOSE")],
+        "{states:?}"
+    );
+    for e in states.iter().filter(|e| e["sk"] == sk && (e["new_state"] == "SYN_SENT" || e["new_state"] == "FIN_WAIT1"))
+    {
+        assert_eq!(e["task_pid"], std::process::id(), "connect() and close() run in the owner: {e}");
+        assert_eq!(e["task_comm"], NETNS_THREAD, "{e}");
+    }
+    // A refused connect: SYN_SENT -> CLOSE with a local port (unlike exhaustion, port 0).
+    let refused: Vec<_> =
+        states.iter().filter(|e| e["old_state"] == "SYN_SENT" && e["remote"] == "127.0.0.1:9").collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["new_state"], "CLOSE");
+    assert_ne!(addr(refused[0], "local").port(), 0);
+}
