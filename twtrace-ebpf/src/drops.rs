@@ -110,7 +110,10 @@ fn on_drop(skb: *const u8, reason: u64, rx_sk: *const u8) {
     } else {
         0
     };
-    if !netns_wanted(netns) {
+    // Before 6.11 a TCP drop after the socket lookup has neither a device (tcp_v4_rcv clears
+    // skb->dev) nor an rx_sk: its namespace is unknown (0). Such drops pass the namespace
+    // filter rather than vanish; they are reported with netns 0.
+    if netns != 0 && !netns_wanted(netns) {
         return;
     }
     let head: u64 = read_at(skb, o.skb_head);

@@ -117,6 +117,13 @@ fn run(cmd: &mut Command) {
     assert!(status.success(), "{cmd:?} failed");
 }
 
+/// Says why this test cannot run here, in the form the VM matrix reports, and the caller
+/// returns (skips).
+pub fn unsupported(family: &str, reason: &str) {
+    let b = forced_backend().unwrap_or_else(|| "auto".into());
+    eprintln!("TWTRACE-UNSUPPORTED family={family} backend={b} reason={reason}");
+}
+
 /// The backend the VM matrix forces (`cargo xtask test --vm`), if any.
 pub fn forced_backend() -> Option<String> {
     std::env::var("TWTRACE_TEST_BACKEND").ok().filter(|b| !b.is_empty())
@@ -149,8 +156,7 @@ pub fn tracer_for_with(family: &str, global: &[&str], args: &[&str]) -> Option<T
     match (tracer, off) {
         (Ok(t), None) => Some(t),
         (_, Some(why)) | (Err(why), None) => {
-            let b = backend.unwrap_or_else(|| "auto".into());
-            eprintln!("TWTRACE-UNSUPPORTED family={family} backend={b} reason={}", why.replace('\n', " "));
+            unsupported(family, &why.replace('\n', " "));
             None
         }
     }
