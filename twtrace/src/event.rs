@@ -77,6 +77,16 @@ pub enum Event {
     State(StateEvent),
     Drop(DropEvent),
     PortSearch(PortSearchEvent),
+    /// Changes of the kernel's TCP counters (/proc/net/netstat) since the previous sample.
+    Netstat(NetstatEvent),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetstatEvent {
+    pub ts_ns: u64,
+    /// 0 when sampled in twtrace's own namespace without a filter.
+    pub netns: u32,
+    pub deltas: Vec<(String, i64)>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -50,8 +50,14 @@ struct ProbeArgs {
 
 impl ProbeArgs {
     fn options(&self) -> anyhow::Result<Options> {
-        let netns = self.netns.as_deref().map(kernel::netns_inode).transpose().map_err(anyhow::Error::msg)?;
-        Ok(Options { backend: self.backend, netns, port: self.port, ring_bytes: self.ring_buffer_size })
+        let netns = self.netns.as_deref().map(kernel::netns_spec).transpose().map_err(anyhow::Error::msg)?;
+        Ok(Options {
+            backend: self.backend,
+            netns: netns.as_ref().map(|(inode, _)| *inode),
+            netns_path: netns.and_then(|(_, path)| path),
+            port: self.port,
+            ring_bytes: self.ring_buffer_size,
+        })
     }
 }
 

@@ -62,6 +62,7 @@ pub fn event_json(event: &Event, clock: WallClock) -> Value {
         Event::State(e) => e.ts_ns,
         Event::Drop(e) => e.ts_ns,
         Event::PortSearch(e) => e.ts_ns,
+        Event::Netstat(e) => e.ts_ns,
     };
     let mut v = json!({"ts": rfc3339(clock.to_unix_ns(ts_ns)), "mono_ns": ts_ns});
     let m = v.as_object_mut().expect("object");
@@ -125,6 +126,11 @@ pub fn event_json(event: &Event, clock: WallClock) -> Value {
                 put("local", json!(local.to_string()));
             }
             put_process(&mut put, "", e.process.as_ref());
+        }
+        Event::Netstat(e) => {
+            put("event", json!("netstat"));
+            put("netns", json!(e.netns));
+            put("deltas", Value::Object(e.deltas.iter().map(|(k, v)| (k.clone(), json!(v))).collect()));
         }
     }
     v
@@ -207,6 +213,10 @@ pub fn event_text(event: &Event, clock: WallClock) -> String {
             e.netns,
             format!("DROP      {}  {}  flags {} seq {}", e.reason, flow_text(e.flow), tcp_flags(e.tcp_flags), e.seq),
         ),
+        Event::Netstat(e) => {
+            let deltas: Vec<String> = e.deltas.iter().map(|(k, v)| format!("{k} {v:+}")).collect();
+            (e.ts_ns, e.netns, format!("COUNTERS  {}", deltas.join(", ")))
+        }
         Event::PortSearch(e) => {
             let op = if e.op == SearchOp::Connect { "connect()" } else { "bind()" };
             let addr = e.remote.or(e.local).map(|a| a.to_string()).unwrap_or_else(|| "?".into());

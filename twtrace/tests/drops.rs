@@ -26,8 +26,20 @@ fn kernel_has_reason(name: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn drops(lines: &[serde_json::Value]) -> Vec<serde_json::Value> {
-    lines.iter().filter(|v| v["event"] == "drop").cloned().collect()
+/// What twtrace's counter samples add up to for `counter`.
+fn netstat_total(lines: &[serde_json::Value], counter: &str) -> i64 {
+    lines.iter().filter(|v| v["event"] == "netstat").filter_map(|v| v["deltas"][counter].as_i64()).sum()
+}
+
+/// Drops whose packet went to `server`. Before 6.11 some TCP drops carry no namespace (0) and
+/// pass every namespace filter, so concurrent tests' drops could show up: select by flow too.
+fn drops(lines: &[serde_json::Value], server: SocketAddr, netns: u64) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .filter(|v| v["event"] == "drop" && addr(v, "local") == server)
+        .inspect(|v| assert!(v["netns"] == netns || v["netns"] == 0, "drop from another namespace: {v}"))
+        .cloned()
+        .collect()
 }
 
 /// SYNs with an old TSval for 4-tuples the server holds in TIME_WAIT: one drop per 4-tuple,
@@ -37,7 +49,10 @@ fn time_wait_paws(tag: &str, server: &'static str, client_ip: &'static str) {
         return;
     }
     if !kernel_has_reason("TCP_RFC7323_TW_PAWS") {
-        eprintln!("SKIPPED: this kernel gives TIME_WAIT PAWS rejects no drop reason (TCP_RFC7323_TW_PAWS, 6.16+)");
+        support::unsupported(
+            "drops",
+            "this kernel gives TIME_WAIT PAWS rejects no drop reason (TCP_RFC7323_TW_PAWS, 6.16+)",
+        );
         return;
     }
     const TUPLES: u16 = 3;
@@ -76,11 +91,13 @@ fn time_wait_paws(tag: &str, server: &'static str, client_ip: &'static str) {
     tracer.wait_for("drop", Duration::from_secs(10), |d| d.len() >= TUPLES as usize);
     std::thread::sleep(Duration::from_millis(300));
     let after = ns.netstat();
-    let drops = drops(&tracer.stop());
+    let lines = tracer.stop();
+    let drops = drops(&lines, server, support::netns_inode(&ns.name));
 
     let counter = if before.contains_key("PAWSTimewait") { "PAWSTimewait" } else { "PAWSEstab" };
     let delta = after[counter] - before[counter];
     assert_eq!(delta, i64::from(TUPLES), "{counter} rose by one per 4-tuple");
+    assert_eq!(netstat_total(&lines, counter), delta, "twtrace's counter samples see the same rise");
     assert_eq!(drops.len() as i64, delta, "one drop event per {counter} increment: {drops:?}");
     for d in &drops {
         assert_eq!(d["reason"], "TCP_RFC7323_TW_PAWS", "{d}");
@@ -108,7 +125,7 @@ fn established_paws(tag: &str, server: &'static str) {
         return;
     }
     if !kernel_has_reason("TCP_RFC7323_PAWS") {
-        eprintln!("SKIPPED: this kernel has no TCP_RFC7323_PAWS drop reason (5.17+)");
+        support::unsupported("drops", "this kernel has no TCP_RFC7323_PAWS drop reason (5.17+)");
         return;
     }
     const SEGMENTS: usize = 3;
@@ -142,11 +159,16 @@ fn established_paws(tag: &str, server: &'static str) {
     tracer.wait_for("drop", Duration::from_secs(10), |d| d.len() >= SEGMENTS);
     std::thread::sleep(Duration::from_millis(300));
     let after = ns.netstat();
-    let drops = drops(&tracer.stop());
+    let lines = tracer.stop();
+    let drops: Vec<_> = drops(&lines, server, support::netns_inode(&ns.name))
+        .into_iter()
+        .filter(|d| addr(d, "remote") == client_addr)
+        .collect();
     drop(keep);
 
     let delta = after["PAWSEstab"] - before["PAWSEstab"];
     assert_eq!(delta, SEGMENTS as i64, "PAWSEstab rose once per segment");
+    assert_eq!(netstat_total(&lines, "PAWSEstab"), delta, "twtrace's counter samples see the same rise");
     assert_eq!(drops.len() as i64, delta, "{drops:?}");
     for d in &drops {
         assert_eq!(d["reason"], "TCP_RFC7323_PAWS", "{d}");

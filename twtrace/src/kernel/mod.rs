@@ -2,6 +2,7 @@
 
 pub mod btf;
 pub mod kallsyms;
+pub mod netstat;
 
 use std::{os::unix::fs::MetadataExt, path::Path};
 
@@ -116,13 +117,14 @@ pub fn ensure_tracefs() -> Result<(), String> {
     }
 }
 
-/// Inode of a network namespace given as an inode number, a name under /run/netns, or a path.
-pub fn netns_inode(spec: &str) -> Result<u32, String> {
+/// A network namespace given as an inode number, a name under /run/netns, or a path (such as
+/// /proc/PID/ns/net): its inode, and its path when one was given (needed to read its counters).
+pub fn netns_spec(spec: &str) -> Result<(u32, Option<std::path::PathBuf>), String> {
     if let Ok(inode) = spec.parse::<u32>() {
-        return Ok(inode);
+        return Ok((inode, None));
     }
     let path = if spec.contains('/') { Path::new(spec).to_owned() } else { Path::new("/run/netns").join(spec) };
     std::fs::metadata(&path)
-        .map(|m| m.ino() as u32)
+        .map(|m| (m.ino() as u32, Some(path.clone())))
         .map_err(|e| format!("network namespace `{spec}`: {}: {e}", path.display()))
 }

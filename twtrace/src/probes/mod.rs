@@ -195,6 +195,8 @@ pub struct Options {
     /// Force one backend for every family instead of trying them in order.
     pub backend: Option<Backend>,
     pub netns: Option<u32>,
+    /// The namespace's path, when the user named it: lets twtrace read its counters.
+    pub netns_path: Option<std::path::PathBuf>,
     pub port: Option<u16>,
     pub ring_bytes: u32,
 }
@@ -210,8 +212,13 @@ pub struct LiveProbes {
     counters: PerCpuArray<MapData, u64>,
     decoder: Decoder,
     tick: tokio::time::Interval,
+    netstat: Option<(kernel::netstat::Sampler, u32)>,
+    next_netstat_ns: u64,
     pub reports: Vec<FamilyReport>,
 }
+
+/// How often the kernel's TCP counters are sampled.
+const NETSTAT_INTERVAL_NS: u64 = 1_000_000_000;
 
 /// How often userspace drains the ring buffer when no wake-up came (records are submitted
 /// without wake-ups until the buffer is a quarter full).
@@ -268,7 +275,16 @@ impl LiveProbes {
         let counters = PerCpuArray::try_from(counters_map).map_err(|e| LoadError::Map("COUNTERS", e))?;
         let mut tick = tokio::time::interval(DRAIN_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Ok(Self { _ebpf: ebpf, ring, counters, decoder: Decoder::new(kernel::hz(), drop_reasons), tick, reports })
+        Ok(Self {
+            _ebpf: ebpf,
+            ring,
+            counters,
+            decoder: Decoder::new(kernel::hz(), drop_reasons),
+            tick,
+            netstat: netstat_sampler(options),
+            next_netstat_ns: 0,
+            reports,
+        })
     }
 
     /// Waits for a wake-up or the drain timer, then appends every decoded event to `out`.
@@ -283,13 +299,33 @@ impl LiveProbes {
             _ = self.tick.tick() => {}
         }
         self.drain(out);
-        self.decoder.flush(kernel::monotonic_ns(), out);
+        let now = kernel::monotonic_ns();
+        self.decoder.flush(now, out);
+        if now >= self.next_netstat_ns {
+            self.next_netstat_ns = now + NETSTAT_INTERVAL_NS;
+            self.sample_netstat(now, out);
+        }
+    }
+
+    fn sample_netstat(&mut self, now: u64, out: &mut Vec<Event>) {
+        let Some((sampler, netns)) = &mut self.netstat else { return };
+        match sampler.deltas() {
+            Ok(deltas) if !deltas.is_empty() => {
+                out.push(Event::Netstat(crate::event::NetstatEvent { ts_ns: now, netns: *netns, deltas }))
+            }
+            Ok(_) => {}
+            Err(e) => {
+                log::warn!("reading /proc/net/netstat failed, counters stop: {e}");
+                self.netstat = None;
+            }
+        }
     }
 
     /// Drains what is left and resolves every pending decision; call once before exiting.
     pub fn finish(&mut self, out: &mut Vec<Event>) {
         self.drain(out);
         self.decoder.flush(u64::MAX, out);
+        self.sample_netstat(kernel::monotonic_ns(), out);
     }
 
     fn drain(&mut self, out: &mut Vec<Event>) {
@@ -307,6 +343,21 @@ impl LiveProbes {
     pub fn stats(&self) -> DecodeStats {
         DecodeStats { untracked_deaths: self.decoder.timewait.untracked_deaths, ..self.decoder.stats }
     }
+}
+
+/// Counters of the traced namespace: ours without `--netns`; the named one with it. An inode
+/// alone gives no way in, so then there are no counters (said once).
+fn netstat_sampler(options: &Options) -> Option<(kernel::netstat::Sampler, u32)> {
+    use kernel::netstat::{Sampler, Source};
+    let (source, netns) = match (&options.netns_path, options.netns) {
+        (Some(path), Some(inode)) => (Source::Namespace(path.clone()), inode),
+        (None, Some(_)) => {
+            log::warn!("--netns given as an inode: TCP counters need the namespace's name or path");
+            return None;
+        }
+        _ => (Source::OwnNamespace, 0),
+    };
+    Sampler::new(source).map(|s| (s, netns)).map_err(|e| log::warn!("no TCP counters: {e}")).ok()
 }
 
 fn attach_family(
