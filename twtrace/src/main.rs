@@ -1,6 +1,7 @@
 //! twtrace: TIME_WAIT, ephemeral-port and PAWS tracing for Linux TCP.
 
 mod event;
+mod filter;
 mod kernel;
 mod output;
 mod probes;
@@ -61,6 +62,35 @@ impl ProbeArgs {
     }
 }
 
+/// Filters on who and where, applied to events after decoding.
+#[derive(Args, Clone)]
+struct FilterArgs {
+    /// Only events of this process (the owner of a TIME_WAIT socket, the caller of connect()).
+    /// Repeatable.
+    #[arg(long, value_name = "PID")]
+    pid: Vec<u32>,
+    /// Only events of processes with this command name. Repeatable.
+    #[arg(long, value_name = "COMM")]
+    comm: Vec<String>,
+    /// Only events of processes in this cgroup (id as in bpf_get_current_cgroup_id). Repeatable.
+    #[arg(long, value_name = "ID")]
+    cgroup: Vec<u64>,
+    /// Only flows with a local or remote address in this prefix, e.g. 10.0.0.0/8. Repeatable.
+    #[arg(long, value_name = "CIDR")]
+    addr: Vec<filter::Cidr>,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> filter::Filter {
+        filter::Filter {
+            pids: self.pid.clone(),
+            comms: self.comm.clone(),
+            cgroups: self.cgroup.clone(),
+            addrs: self.addr.clone(),
+        }
+    }
+}
+
 #[derive(Args)]
 struct TraceArgs {
     /// JSON Lines on stdout instead of text.
@@ -71,6 +101,8 @@ struct TraceArgs {
     duration: Option<f64>,
     #[command(flatten)]
     probes: ProbeArgs,
+    #[command(flatten)]
+    filters: FilterArgs,
 }
 
 fn main() -> std::process::ExitCode {
@@ -114,6 +146,7 @@ fn probes_report(args: ProbeArgs) -> anyhow::Result<()> {
 
 async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     let options = args.probes.options()?;
+    let filter = args.filters.filter();
     // Before anything is announced: a Ctrl-C right after start must still end cleanly.
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -139,7 +172,7 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
             probes.finish(&mut batch);
         }
         events += batch.len() as u64;
-        for event in batch.drain(..) {
+        for event in batch.drain(..).filter(|e| filter.matches(e)) {
             printer.event(&event)?;
         }
         let lost = probes.lost();
