@@ -288,3 +288,62 @@ pub fn shell_quote(s: &str) -> String {
         format!("'{}'", s.replace('\'', r"'\''"))
     }
 }
+
+/// Real boots with deliberately broken guests: each must end with the right verdict, well
+/// within its timeout. They need QEMU (installed by setup) and fetch the 6.1 kernel once.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guest(name: &str, script: &str) -> (PathBuf, PathBuf) {
+        let (kernel, _) =
+            kernels::kernel_image(&kernels::KernelSpec::parse("6.1").unwrap(), false).expect("6.1 kernel");
+        let dir = kernels::cache_dir().join("selftest");
+        std::fs::create_dir_all(&dir).unwrap();
+        let initramfs = dir.join(format!("{name}.cpio.gz"));
+        build_initramfs(&GuestFiles::default(), script, &initramfs).unwrap();
+        (kernel, initramfs)
+    }
+
+    fn timed_boot(kernel: &Path, initramfs: &Path, timeout: Duration) -> (Verdict, Duration) {
+        let started = Instant::now();
+        let verdict = boot(kernel, initramfs, timeout, |_| {}).unwrap();
+        (verdict, started.elapsed())
+    }
+
+    #[test]
+    fn a_failing_command_reports_its_status() {
+        let (kernel, initramfs) = guest("exit7", "exit 7\n");
+        let (verdict, _) = timed_boot(&kernel, &initramfs, Duration::from_secs(120));
+        assert_eq!(verdict, Verdict::Exited(7));
+    }
+
+    #[test]
+    fn a_kernel_panic_is_a_crash_verdict() {
+        let (kernel, initramfs) = guest("panic", "echo c > /proc/sysrq-trigger\nsleep 600\n");
+        let (verdict, took) = timed_boot(&kernel, &initramfs, Duration::from_secs(120));
+        assert!(matches!(&verdict, Verdict::Crashed(why) if why.contains("Kernel panic")), "{verdict:?}");
+        assert!(took < Duration::from_secs(100), "panic=-1 -no-reboot ends QEMU at once, took {took:?}");
+    }
+
+    #[test]
+    fn a_hanging_guest_is_cut_off_at_its_timeout() {
+        let (kernel, initramfs) = guest("hang", "sleep 600\n");
+        let (verdict, took) = timed_boot(&kernel, &initramfs, Duration::from_secs(30));
+        assert_eq!(verdict, Verdict::TimedOut);
+        assert!(took < Duration::from_secs(40), "{took:?}");
+    }
+
+    #[test]
+    fn a_kernel_that_cannot_boot_fails_fast() {
+        let dir = kernels::cache_dir().join("selftest");
+        std::fs::create_dir_all(&dir).unwrap();
+        let garbage = dir.join("not-a-kernel");
+        std::fs::write(&garbage, b"this is not a kernel image").unwrap();
+        let initramfs = dir.join("garbage.cpio.gz");
+        build_initramfs(&GuestFiles::default(), "exit 0\n", &initramfs).unwrap();
+        let (verdict, took) = timed_boot(&garbage, &initramfs, Duration::from_secs(60));
+        assert!(matches!(verdict, Verdict::Crashed(_)), "{verdict:?}");
+        assert!(took < Duration::from_secs(30), "{took:?}");
+    }
+}
