@@ -49,6 +49,47 @@ pub fn tw_timer_expire(ctx: RawTracePointContext) -> u32 {
 // `tw_timer_handler(timer)` is the expiry, `inet_twsk_deschedule_put(tw)` the early removal
 // (4-tuple reuse, tcp_tw_reuse, namespace teardown).
 
+// 6.9+: tcp_time_wait() arms the timer through inet_twsk_hashdance_schedule(tw, sk, hashinfo,
+// timeo), in the same file as __inet_twsk_schedule, which the compiler may inline there (7.2
+// does): births come from the former, re-arms (external callers) from the latter, and its
+// rearm = false calls are ignored so an out-of-line copy cannot count a birth twice.
+
+#[fentry(function = "inet_twsk_hashdance_schedule")]
+pub fn tw_hashdance_fentry(ctx: FEntryContext) -> u32 {
+    on_schedule(ctx.arg(0), ctx.arg::<u64>(3) as i32, false);
+    0
+}
+
+#[fentry(function = "__inet_twsk_schedule")]
+pub fn tw_rearm_fentry(ctx: FEntryContext) -> u32 {
+    if ctx.arg::<u64>(2) as u8 != 0 {
+        on_schedule(ctx.arg(0), ctx.arg::<u64>(1) as i32, true);
+    }
+    0
+}
+
+#[kprobe]
+pub fn tw_hashdance_kprobe(ctx: ProbeContext) -> u32 {
+    if let (Some(tw), Some(timeo)) = (ctx.arg::<*const u8>(0), ctx.arg::<u64>(3)) {
+        on_schedule(tw, timeo as i32, false);
+    }
+    0
+}
+
+#[kprobe]
+pub fn tw_rearm_kprobe(ctx: ProbeContext) -> u32 {
+    if let (Some(tw), Some(timeo), Some(rearm)) = (ctx.arg::<*const u8>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2)) {
+        if rearm as u8 != 0 {
+            on_schedule(tw, timeo as i32, true);
+        }
+    }
+    0
+}
+
+// Before 6.9: tcp_time_wait() calls inet_twsk_schedule(), an inline wrapper of
+// __inet_twsk_schedule(tw, timeo, rearm = false), from another file: births and re-arms both
+// arrive here.
+
 #[fentry(function = "__inet_twsk_schedule")]
 pub fn tw_schedule_fentry(ctx: FEntryContext) -> u32 {
     on_schedule(ctx.arg(0), ctx.arg::<u64>(1) as i32, ctx.arg::<u64>(2) as u8 != 0);

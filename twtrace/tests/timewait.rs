@@ -119,10 +119,14 @@ fn natural_expiry_after_sixty_seconds() {
 
     assert_eq!(deaths.len(), COUNT, "{deaths:?}");
     assert_eq!(lines.iter().filter(|v| v["event"] == "timewait_death").count(), COUNT);
+    // Natively the timer wheel adds up to about a second. In the VM matrix the guest is a
+    // software-emulated CPU shared by three concurrent test runs, and its timer softirq runs
+    // late (62.03 s seen on 6.12): guests get three more seconds, the host none.
+    let latest = if std::env::var_os("TWTRACE_TEST_EMULATED").is_some() { 65.0 } else { 62.0 };
     for d in &deaths {
         assert_eq!(d["reason"], "expired", "{d}");
         let lifetime = d["lifetime_ns"].as_u64().unwrap() as f64 / 1e9;
-        assert!((59.0..=62.0).contains(&lifetime), "lifetime {lifetime:.3}s: {d}");
+        assert!((59.0..=latest).contains(&lifetime), "lifetime {lifetime:.3}s: {d}");
     }
     let born: BTreeSet<u64> = births.iter().map(|b| b["tw_id"].as_u64().unwrap()).collect();
     let died: BTreeSet<u64> = deaths.iter().map(|d| d["tw_id"].as_u64().unwrap()).collect();

@@ -165,7 +165,9 @@ impl fmt::Display for FamilyReport {
             Some(b) => write!(f, "{}: {b}", self.family)?,
             None => write!(f, "{}: NOT RUNNING", self.family)?,
         }
-        for a in &self.attempts {
+        // A variant of the backend that runs (for another kernel version) failing is expected:
+        // only backends that do not run are explained. `--json` keeps every attempt.
+        for a in self.attempts.iter().filter(|a| Some(a.backend) != self.running) {
             if let Some(err) = &a.error {
                 write!(f, "\n    {} unavailable: {err}", a.backend)?;
             }

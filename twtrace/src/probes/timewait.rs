@@ -20,6 +20,22 @@ const TRACEPOINT_HOOKS: &[Hook] = &[
     Hook::RawTracepoint { program: "tw_timer_expire", tracepoint: "timer_expire_entry" },
 ];
 
+/// 6.9+ (`inet_twsk_hashdance_schedule` exists): births there, re-arms at __inet_twsk_schedule.
+const FENTRY_HOOKS_HASHDANCE: &[Hook] = &[
+    Hook::Fentry { program: "tw_hashdance_fentry", function: "inet_twsk_hashdance_schedule" },
+    Hook::Fentry { program: "tw_rearm_fentry", function: "__inet_twsk_schedule" },
+    Hook::Fentry { program: "tw_expire_fentry", function: "tw_timer_handler" },
+    Hook::Fentry { program: "tw_kill_fentry", function: "inet_twsk_deschedule_put" },
+];
+
+const KPROBE_HOOKS_HASHDANCE: &[Hook] = &[
+    Hook::Kprobe { program: "tw_hashdance_kprobe", function: "inet_twsk_hashdance_schedule" },
+    Hook::Kprobe { program: "tw_rearm_kprobe", function: "__inet_twsk_schedule" },
+    Hook::Kprobe { program: "tw_expire_kprobe", function: "tw_timer_handler" },
+    Hook::Kprobe { program: "tw_kill_kprobe", function: "inet_twsk_deschedule_put" },
+];
+
+/// Before 6.9: births and re-arms both at __inet_twsk_schedule.
 const FENTRY_HOOKS: &[Hook] = &[
     Hook::Fentry { program: "tw_schedule_fentry", function: "__inet_twsk_schedule" },
     Hook::Fentry { program: "tw_expire_fentry", function: "tw_timer_handler" },
@@ -34,7 +50,9 @@ const KPROBE_HOOKS: &[Hook] = &[
 
 pub fn backends() -> Vec<BackendPlan> {
     vec![
+        BackendPlan::new(Backend::Fentry, FENTRY_HOOKS_HASHDANCE),
         BackendPlan::new(Backend::Fentry, FENTRY_HOOKS),
+        BackendPlan::new(Backend::Kprobe, KPROBE_HOOKS_HASHDANCE),
         BackendPlan::new(Backend::Kprobe, KPROBE_HOOKS),
         BackendPlan::new(Backend::Tracepoint, TRACEPOINT_HOOKS),
     ]

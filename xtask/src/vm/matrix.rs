@@ -37,7 +37,7 @@ fn guest_script(tests: &[(String, std::path::PathBuf)]) -> String {
     let mut script = String::from("run_backend() {\n  b=$1\n");
     for (name, path) in tests {
         script.push_str(&format!(
-            "  TWTRACE_TEST_BACKEND=$b {path} --test-threads=8 > /tmp/$b-{name}.log 2>&1; rc=$?\n  \
+            "  TWTRACE_TEST_BACKEND=$b TWTRACE_TEST_EMULATED=1 {path} --test-threads=8 --nocapture > /tmp/$b-{name}.log 2>&1; rc=$?\n  \
              grep -h 'TWTRACE-UNSUPPORTED' /tmp/$b-{name}.log | sort -u | sed \"s/^/{NOTE}test={name} backend=$b /\"\n  \
              echo \"{RESULT}test={name} backend=$b rc=$rc\"\n  \
              if [ $rc -ne 0 ]; then tail -n 80 /tmp/$b-{name}.log | sed \"s/^/[$b {name}] /\"; fi\n",
