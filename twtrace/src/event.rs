@@ -221,6 +221,9 @@ pub struct PortSearchEvent {
     pub process: Option<Process>,
 }
 
+/// A non-blocking connect() returns this while the handshake goes on: not a failure.
+pub const EINPROGRESS: u32 = 115;
+
 /// Symbolic name of the errno values port search reports.
 pub fn errno_name(errno: u32) -> String {
     match errno {

@@ -1,10 +1,12 @@
 //! twtrace: TIME_WAIT, ephemeral-port and PAWS tracing for Linux TCP.
 
+mod aggregate;
 mod event;
 mod filter;
 mod kernel;
 mod output;
 mod probes;
+mod stat;
 
 use std::time::Duration;
 
@@ -30,6 +32,28 @@ enum Command {
     Trace(TraceArgs),
     /// Show, per probe family, which backends were tried, which one runs and why others failed.
     Probes(ProbeArgs),
+    /// Print the aggregated views periodically (text or JSON lines), for scripts and logs.
+    Stat(StatArgs),
+}
+
+#[derive(Args)]
+struct StatArgs {
+    /// Seconds between reports.
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    interval: f64,
+    /// Stop after this many reports.
+    #[arg(long)]
+    count: Option<u64>,
+    /// JSON Lines instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Rows per ranking (destinations, remotes, owners, sources).
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    #[command(flatten)]
+    probes: ProbeArgs,
+    #[command(flatten)]
+    filters: FilterArgs,
 }
 
 #[derive(Args, Clone)]
@@ -133,6 +157,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Trace(args) => trace(args).await,
         Command::Probes(args) => probes_report(args),
+        Command::Stat(args) => {
+            if !(args.interval > 0.0 && args.interval.is_finite()) {
+                anyhow::bail!("--interval must be a positive number of seconds");
+            }
+            let stat = stat::StatOptions {
+                interval: Duration::from_secs_f64(args.interval),
+                count: args.count,
+                json: args.json,
+                top: args.top,
+            };
+            stat::run(&args.probes.options()?, &args.filters.filter(), &stat).await
+        }
     }
 }
 

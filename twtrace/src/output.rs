@@ -9,6 +9,7 @@ use crate::{
     kernel::WallClock,
 };
 
+/// The `trace` sink.
 pub struct Printer<W: Write> {
     out: W,
     json: bool,

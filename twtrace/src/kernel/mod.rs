@@ -2,7 +2,9 @@
 
 pub mod btf;
 pub mod kallsyms;
+pub mod netns;
 pub mod netstat;
+pub mod sockdiag;
 
 use std::{os::unix::fs::MetadataExt, path::Path};
 

@@ -38,23 +38,15 @@ pub enum Source {
 impl Source {
     pub fn read(&self) -> std::io::Result<BTreeMap<String, i64>> {
         match self {
-            Self::OwnNamespace => Ok(parse(&std::fs::read_to_string("/proc/thread-self/net/netstat")?)),
-            Self::Namespace(path) => {
-                let path = path.clone();
-                std::thread::spawn(move || {
-                    use std::os::fd::AsRawFd;
-                    let ns = std::fs::File::open(&path)?;
-                    // SAFETY: valid fd; setns affects only this short-lived thread.
-                    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(parse(&std::fs::read_to_string("/proc/thread-self/net/netstat")?))
-                })
-                .join()
-                .map_err(|_| std::io::Error::other("netstat reader thread panicked"))?
-            }
+            Self::OwnNamespace => read_here(),
+            Self::Namespace(path) => super::netns::run_in(Some(path), read_here),
         }
     }
+}
+
+/// /proc/self is the thread group leader; thread-self follows this thread's namespace.
+fn read_here() -> std::io::Result<BTreeMap<String, i64>> {
+    Ok(parse(&std::fs::read_to_string("/proc/thread-self/net/netstat")?))
 }
 
 /// Remembers the last sample and reports what changed.

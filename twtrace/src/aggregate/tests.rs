@@ -1,0 +1,191 @@
+use std::net::SocketAddr;
+
+use super::*;
+use crate::event::{
+    DeathReason, DropEvent, Event, PortSearchEvent, Process, SearchOp, SocketFlow, StateEvent, TimeWaitChange,
+    TimeWaitEvent, TimeWaitSubstate,
+};
+
+const S: u64 = 1_000_000_000;
+const CLIENT: &str = "10.0.0.1";
+const SERVER: &str = "10.0.0.2:80";
+
+fn flow(local: &str, remote: &str) -> SocketFlow {
+    SocketFlow { local: local.parse().unwrap(), remote: remote.parse().unwrap() }
+}
+
+fn curl() -> Option<Process> {
+    Some(Process { pid: 4242, tid: 4242, comm: "curl".into(), cgroup_id: 9 })
+}
+
+fn state(ts: u64, sk: u64, old: u8, new: u8, f: SocketFlow) -> Event {
+    Event::State(StateEvent {
+        ts_ns: ts,
+        sk_addr: sk,
+        netns: 1,
+        old_state: old,
+        new_state: new,
+        flow: Some(f),
+        task: curl(),
+    })
+}
+
+fn tw(ts: u64, id: u64, f: SocketFlow, change: TimeWaitChange) -> Event {
+    Event::TimeWait(TimeWaitEvent { ts_ns: ts, tw_id: id, flow: Some(f), netns: 1, owner: curl(), change })
+}
+
+fn birth() -> TimeWaitChange {
+    TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000 }
+}
+
+/// One non-keep-alive request: connect, close first (client-side TIME_WAIT holds the port).
+fn request(agg: &mut Aggregator, ts: u64, i: u64, port: u16) {
+    let f = flow(&format!("{CLIENT}:{port}"), SERVER);
+    let connecting = flow(&format!("{CLIENT}:0"), SERVER);
+    agg.apply(&state(ts, i, 7, 2, connecting));
+    agg.apply(&state(ts, i, 2, 1, f));
+    agg.apply(&state(ts, i, 1, 4, f));
+    agg.apply(&tw(ts, i, f, birth()));
+    agg.apply(&state(ts, i, 5, 7, f));
+}
+
+fn settings(range: (u16, u16)) -> Settings {
+    Settings { port_range: range, max_tw_buckets: Some(262_144), top: 5 }
+}
+
+#[test]
+fn single_destination_client_fills_its_range_and_projects_exhaustion() {
+    let mut agg = Aggregator::new(settings((32_768, 32_867))); // 100 ports
+    // 10 requests per second for 5 seconds.
+    for i in 0..50u64 {
+        request(&mut agg, 100 * S + i * S / 10, i, 32_768 + i as u16);
+    }
+    let snap = agg.snapshot(105 * S);
+    assert_eq!(snap.timewait.live, 50);
+    assert_eq!(snap.timewait.births_total, 50);
+    let d = &snap.port_space.destinations[0];
+    assert_eq!((d.local.to_string(), d.remote.to_string()), (CLIENT.to_string(), SERVER.to_string()));
+    assert_eq!(d.in_use, 50, "TIME_WAIT sockets hold their ports; closed sockets were released");
+    assert_eq!(d.range, 100);
+    assert!((d.utilisation - 0.5).abs() < 1e-9);
+    assert!((d.connects_per_s - 10.0).abs() < 0.5, "{}", d.connects_per_s);
+    // Taken 10/s (ESTABLISHED, then TIME_WAIT), freed 10/s (CLOSE): net growth 10/s.
+    assert!((d.net_growth_per_s - 10.0).abs() < 0.5, "{}", d.net_growth_per_s);
+    let eta = d.seconds_to_exhaustion.expect("growing");
+    assert!((eta - 5.0).abs() < 0.3, "50 free ports at 10/s: {eta}");
+    assert_eq!(snap.timewait.by_owner, vec![Group { key: "curl[4242]".into(), count: 50 }]);
+    assert_eq!(snap.timewait.by_remote, vec![Group { key: "10.0.0.2".into(), count: 50 }]);
+}
+
+#[test]
+fn deaths_release_ports_and_feed_lifetimes() {
+    let mut agg = Aggregator::new(settings((32_768, 32_867)));
+    for i in 0..10u64 {
+        request(&mut agg, 100 * S, i, 32_768 + i as u16);
+    }
+    for i in 0..10u64 {
+        let f = flow(&format!("{CLIENT}:{}", 32_768 + i), SERVER);
+        let lifetime = 60 * S + i * 100_000_000; // 60.0 .. 60.9 s
+        let reason = if i == 9 { DeathReason::Killed } else { DeathReason::Expired };
+        agg.apply(&tw(100 * S + lifetime, i, f, TimeWaitChange::Death { reason, lifetime_ns: lifetime }));
+    }
+    let snap = agg.snapshot(161 * S);
+    assert_eq!(snap.timewait.live, 0);
+    assert_eq!((snap.timewait.expired_total, snap.timewait.killed_total), (9, 1));
+    let p50 = snap.timewait.lifetime_p50_ms.unwrap();
+    assert!((p50 - 60_400.0).abs() / 60_400.0 < 1.0 / 32.0, "{p50}");
+    assert_eq!(snap.timewait.lifetime_max_ms, Some(60_900.0));
+    assert!(snap.port_space.destinations.is_empty(), "an idle destination without ports in use is not shown");
+}
+
+#[test]
+fn server_side_time_wait_holds_no_ephemeral_port() {
+    let mut agg = Aggregator::new(settings((32_768, 60_999)));
+    agg.apply(&tw(S, 1, flow("10.0.0.2:80", "10.0.0.1:40000"), birth()));
+    let snap = agg.snapshot(2 * S);
+    assert_eq!(snap.timewait.live, 1);
+    assert!(snap.port_space.destinations.is_empty(), "{:?}", snap.port_space.destinations);
+}
+
+#[test]
+fn existing_sockets_count_from_the_first_frame_and_leave_on_their_timer() {
+    let mut agg = Aggregator::new(settings((32_768, 60_999)));
+    let existing: Vec<ExistingSocket> = (0..3)
+        .map(|i| ExistingSocket {
+            flow: flow(&format!("{CLIENT}:{}", 40_000 + i), SERVER),
+            state: 6,
+            expires_ms: 10_000,
+        })
+        .chain([ExistingSocket { flow: flow(&format!("{CLIENT}:41000"), SERVER), state: 1, expires_ms: 0 }])
+        .collect();
+    agg.seed(100 * S, &existing);
+    let first = agg.snapshot(100 * S);
+    assert_eq!(first.timewait.live, 3);
+    assert_eq!(first.port_space.destinations[0].in_use, 4);
+    assert_eq!(first.timewait.by_owner[0].key, "(before start)");
+    // The established one closes (seen by flow), the TIME_WAIT ones expire after 10 s.
+    agg.apply(&state(105 * S, 77, 1, 7, flow(&format!("{CLIENT}:41000"), SERVER)));
+    let later = agg.snapshot(111 * S);
+    assert_eq!(later.timewait.live, 0);
+    assert_eq!(later.port_space.destinations.len(), 0, "nothing in use any more");
+}
+
+#[test]
+fn failures_by_process_and_search_cost() {
+    let mut agg = Aggregator::new(settings((32_768, 60_999)));
+    let remote: SocketAddr = SERVER.parse().unwrap();
+    for i in 0..4u64 {
+        agg.apply(&Event::PortSearch(PortSearchEvent {
+            ts_ns: S + i,
+            op: SearchOp::Connect,
+            duration_ns: 1_000 * (i + 1),
+            errno: if i < 3 { 99 } else { 0 },
+            candidates: Some(28_232),
+            approximate: false,
+            netns: 1,
+            remote: Some(remote),
+            local: Some(format!("{CLIENT}:0").parse().unwrap()),
+            process: curl(),
+        }));
+    }
+    let snap = agg.snapshot(2 * S);
+    assert_eq!(
+        snap.port_space.failures,
+        vec![FailureView { process: "curl[4242]".into(), error: "EADDRNOTAVAIL".into(), count: 3 }]
+    );
+    let d = &snap.port_space.destinations[0];
+    assert_eq!(d.failures, 3);
+    // Histogram precision: within 1/32 below the true value.
+    let p50 = d.candidates_p50.unwrap();
+    assert!(p50 <= 28_232 && p50 as f64 >= 28_232.0 * (1.0 - 1.0 / 32.0), "{p50}");
+    let p99 = d.search_p99_us.unwrap();
+    assert!((4.0 * (1.0 - 1.0 / 32.0)..=4.0).contains(&p99), "{p99}");
+}
+
+#[test]
+fn paws_sources_show_the_nat_signature() {
+    let mut agg = Aggregator::new(settings((32_768, 60_999)));
+    let drop = |ts: u64, remote: &str| {
+        Event::Drop(DropEvent {
+            ts_ns: ts,
+            reason: "TCP_RFC7323_PAWS".into(),
+            reason_code: 36,
+            netns: 1,
+            flow: Some(flow("10.0.0.2:443", remote)),
+            tcp_flags: 0x02,
+            seq: 1,
+            ack_seq: 0,
+        })
+    };
+    for port in 50_000..50_012u16 {
+        agg.apply(&drop(S, &format!("198.51.100.7:{port}"))); // 12 flows behind one NAT address
+    }
+    agg.apply(&drop(S, "203.0.113.9:40000"));
+    agg.apply(&drop(S, "203.0.113.9:40000"));
+    let snap = agg.snapshot(2 * S);
+    assert_eq!(snap.paws.drops_total, 14);
+    assert_eq!(snap.paws.sources[0], SourceView { source: "198.51.100.7".parse().unwrap(), drops: 12, flows: 12 });
+    assert_eq!(snap.paws.sources[1], SourceView { source: "203.0.113.9".parse().unwrap(), drops: 2, flows: 1 });
+    assert_eq!(snap.paws.by_reason[0].reason, "TCP_RFC7323_PAWS");
+    assert_eq!(snap.paws.recent.len(), 8, "bounded");
+}

@@ -1,0 +1,39 @@
+//! Running a piece of code inside another network namespace: on a short-lived thread that
+//! enters it (setns affects only the calling thread). /proc/thread-self/net, /proc/sys/net and
+//! new sockets then belong to that namespace.
+
+use std::{os::fd::AsRawFd, path::Path};
+
+/// Runs `f` in the namespace at `path` (`/run/netns/NAME`, `/proc/PID/ns/net`), or right here
+/// when `path` is `None`.
+pub fn run_in<T: Send + 'static>(
+    path: Option<&Path>,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let Some(path) = path else { return f() };
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path)?;
+        // SAFETY: valid fd; affects only this thread, which ends with the closure.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        f()
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("namespace thread panicked"))?
+}
+
+/// `net.ipv4.ip_local_port_range` and `net.ipv4.tcp_max_tw_buckets` of the namespace.
+pub fn port_settings(path: Option<&Path>) -> std::io::Result<((u16, u16), Option<u64>)> {
+    run_in(path, || {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")?;
+        let mut parts = range.split_whitespace().filter_map(|p| p.parse::<u16>().ok());
+        let (Some(lo), Some(hi)) = (parts.next(), parts.next()) else {
+            return Err(std::io::Error::other(format!("unexpected ip_local_port_range `{}`", range.trim())));
+        };
+        let buckets =
+            std::fs::read_to_string("/proc/sys/net/ipv4/tcp_max_tw_buckets").ok().and_then(|s| s.trim().parse().ok());
+        Ok(((lo, hi), buckets))
+    })
+}

@@ -1,0 +1,115 @@
+//! `twtrace stat` against `ss`: sockets that exist before start count from the first report,
+//! and a single-destination client's port use matches the kernel's own socket table.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::{Command, Stdio},
+};
+
+use serde_json::Value;
+use support::{Netns, can_trace, server_closes_first};
+
+/// Runs `twtrace stat --json` for `count` one-second reports; `during` runs once tracing has
+/// started. Returns the reports.
+fn stat_reports(ns: &Netns, count: u32, during: impl FnOnce()) -> Option<Vec<Value>> {
+    let mut args = vec!["stat".to_string(), "--json".into(), "--interval".into(), "1".into()];
+    args.extend(["--count".into(), count.to_string(), "--netns".into(), ns.name.clone()]);
+    if let Some(b) = support::forced_backend() {
+        args.extend(["--backend".into(), b]);
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_twtrace"))
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        match stderr.next() {
+            Some(Ok(l)) if l.starts_with("twtrace: tracing") => break,
+            Some(Ok(l)) => eprintln!("[twtrace] {l}"),
+            _ => panic!("twtrace stat did not start: {:?}", child.wait()),
+        }
+    }
+    during();
+    let reports: Vec<Value> = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    assert!(child.wait().unwrap().success());
+    Some(reports)
+}
+
+#[test]
+fn time_wait_sockets_from_before_start_are_in_the_first_report() {
+    if !can_trace() {
+        return;
+    }
+    let ns = Netns::new("statseed");
+    let port = ns.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        server_closes_first(&listener, 25, None);
+        listener.local_addr().unwrap().port()
+    });
+    let in_kernel = ns.time_wait_sockets().len();
+    assert_eq!(in_kernel, 25);
+    let reports = stat_reports(&ns, 1, || {}).unwrap();
+    let first = &reports[0];
+    assert_eq!(first["timewait"]["live"], in_kernel as u64, "{first}");
+    assert_eq!(first["timewait"]["by_local"][0]["key"], format!("127.0.0.1:{port}"));
+    assert_eq!(first["timewait"]["by_owner"][0]["key"], "(before start)");
+}
+
+#[test]
+fn single_destination_port_use_matches_ss_within_two_percent() {
+    if !can_trace() {
+        return;
+    }
+    const RANGE: (u16, u16) = (40_000, 40_999);
+    const CONNECTIONS: usize = 400;
+    let ns = Netns::new("statports");
+    ns.sysctl("net.ipv4.ip_local_port_range", &format!("{} {}", RANGE.0, RANGE.1));
+    let server: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let listener = ns.run(move || TcpListener::bind(server).unwrap());
+    let reports = stat_reports(&ns, 3, || {
+        ns.run(move || {
+            // Non-keep-alive requests, client closes first: client-side TIME_WAIT holds ports.
+            for _ in 0..CONNECTIONS {
+                let client = TcpStream::connect(server).unwrap();
+                let (accepted, _) = listener.accept().unwrap();
+                drop(client);
+                let mut buf = [0u8; 1];
+                assert_eq!(std::io::Read::read(&mut &accepted, &mut buf).unwrap(), 0);
+            }
+        })
+    })
+    .unwrap();
+    let out =
+        Command::new("ip").args(["netns", "exec", &ns.name, "ss", "-Htan", "dst", "127.0.0.1:8080"]).output().unwrap();
+    let in_kernel = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(3)
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+                .is_some_and(|a| (RANGE.0..=RANGE.1).contains(&a.port()))
+        })
+        .count();
+    assert_eq!(in_kernel, CONNECTIONS, "each request left a client-side TIME_WAIT socket");
+    let last = reports.last().unwrap();
+    let dest = last["port_space"]["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["remote"] == "127.0.0.1:8080" && d["local"] == "127.0.0.1")
+        .unwrap_or_else(|| panic!("destination row: {last}"))
+        .clone();
+    let in_use = dest["in_use"].as_u64().unwrap() as f64;
+    assert!((in_use - in_kernel as f64).abs() <= in_kernel as f64 * 0.02, "twtrace {in_use} vs ss {in_kernel}: {dest}");
+    assert_eq!(dest["range"], u64::from(RANGE.1 - RANGE.0 + 1));
+    let utilisation = dest["utilisation"].as_f64().unwrap();
+    assert!((utilisation - in_kernel as f64 / 1000.0).abs() <= 0.02 * in_kernel as f64 / 1000.0, "{dest}");
+}
