@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::{FEntryContext, ProbeContext, RawTracePointContext},
 };
 use twtrace_common::{
-    EventKind, OwnerKey,
+    EventKind, Flow, OwnerKey,
     state::{StateEvent, tcp_state},
 };
 
@@ -57,6 +57,15 @@ fn on_state(sk: *const u8, old_state: u8, new_state: u8) -> u32 {
     if !netns_wanted(netns) {
         return 0;
     }
+    // The owner first: it must not depend on ring-buffer space.
+    if new_state == tcp_state::FIN_WAIT1 {
+        let mut key = OwnerKey { netns, _pad: 0, flow: Flow::default() };
+        fill_flow(&mut key.flow, sk);
+        key.flow.sport = u16::from_be(read_at(sk, o.inet_sport));
+        if port_wanted(&key.flow) {
+            let _ = OWNERS.insert(key, current_owner(), 0);
+        }
+    }
     let Some(mut entry) = reserve::<StateEvent>() else {
         return 0;
     };
@@ -68,9 +77,6 @@ fn on_state(sk: *const u8, old_state: u8, new_state: u8) -> u32 {
     if !port_wanted(&ev.flow) {
         entry.discard(0);
         return 0;
-    }
-    if new_state == tcp_state::FIN_WAIT1 {
-        let _ = OWNERS.insert(OwnerKey { netns, _pad: 0, flow: ev.flow }, current_owner(), 0);
     }
     ev.header = header(EventKind::State);
     ev.sk_addr = sk as u64;

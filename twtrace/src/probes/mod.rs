@@ -209,7 +209,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tw
 /// A loaded, attached set of probes: the live source of the event stream.
 pub struct LiveProbes {
     // Dropping the `Ebpf` detaches every program: keep it for the source's lifetime.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     ring: AsyncFd<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
     decoder: Decoder,
@@ -278,7 +278,7 @@ impl LiveProbes {
         let mut tick = tokio::time::interval(DRAIN_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Self {
-            _ebpf: ebpf,
+            ebpf,
             ring,
             counters,
             decoder: Decoder::new(kernel::hz(), drop_reasons),
@@ -335,6 +335,16 @@ impl LiveProbes {
         while let Some(item) = ring.next() {
             self.decoder.decode(&item, out);
         }
+    }
+
+    /// Kernel-side run time of twtrace's attached programs so far, or `None` while the kernel
+    /// does not account it (`sysctl kernel.bpf_stats_enabled=1` turns it on, at a small cost).
+    pub fn bpf_run_time_ns(&self) -> Option<u64> {
+        let enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1");
+        if !enabled {
+            return None;
+        }
+        Some(self.ebpf.programs().filter_map(|(_, p)| p.info().ok()).map(|i| i.run_time().as_nanos() as u64).sum())
     }
 
     /// Records the kernel could not fit in the ring buffer, summed over CPUs.
@@ -579,7 +589,11 @@ impl Decoder {
             self.stats.wrong_version += 1;
             return;
         }
-        match EventKind::from_u16(header.kind) {
+        let kind = EventKind::from_u16(header.kind);
+        if kind != Some(EventKind::TimeWait) {
+            self.timewait.on_other_record(header.cpu, out);
+        }
+        match kind {
             Some(EventKind::TimeWait) => match read_record(record) {
                 Some(raw) => self.timewait.on_record(&raw, out),
                 None => self.stats.malformed += 1,

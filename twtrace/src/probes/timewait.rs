@@ -71,15 +71,18 @@ pub fn configure(btf: &Btf, config: &mut Config) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// `mod_timer` on a pending timer fires cancel then start back to back (about a microsecond
-/// apart natively, tens under emulation). A start for the same socket address on the same CPU
-/// right after its cancel, within this window, is a re-arm, not a kill followed by a new socket
-/// that happens to reuse the freed memory.
-const REARM_WINDOW_NS: u64 = 500_000;
+/// `mod_timer` on a pending timer fires cancel then start back to back, in softirq, where no
+/// other traced event can come between them on that CPU. So a start that is the very next
+/// record of that CPU (of any family), for the same socket address and the same 4-tuple, is a
+/// re-arm, not a kill followed by a new socket reusing the freed memory. No time window: an
+/// emulated vCPU can be descheduled between the two for milliseconds. The bound below only
+/// guards against a pathological stream.
+const REARM_WINDOW_NS: u64 = 100_000_000;
 
 /// A cancel whose CPU has reported nothing else for this long was an early kill: a natural
-/// expiry's `timer_expire_entry` follows its cancel within microseconds.
-const CANCEL_GRACE_NS: u64 = 20_000_000;
+/// expiry's `timer_expire_entry` follows its cancel within microseconds natively, but an
+/// emulated vCPU may be descheduled in between; no shorter than `REARM_WINDOW_NS`.
+const CANCEL_GRACE_NS: u64 = 100_000_000;
 
 struct Live {
     tw_id: u64,
@@ -129,7 +132,14 @@ impl Tracker {
                     self.die(pending.tw_addr, ts, DeathReason::Expired, out);
                     return;
                 }
-                TimerPhase::Start if same_socket && ts.saturating_sub(pending.ts_ns) <= REARM_WINDOW_NS => {
+                TimerPhase::Start
+                    if same_socket
+                        && ts.saturating_sub(pending.ts_ns) <= REARM_WINDOW_NS
+                        && self
+                            .live
+                            .get(&raw.tw_addr)
+                            .is_none_or(|live| live.flow == SocketFlow::from_kernel(&raw.flow)) =>
+                {
                     self.rearm(raw, out);
                     return;
                 }
@@ -147,6 +157,14 @@ impl Tracker {
             }
             // An expiry whose cancel we did not see (attached in between): still an expiry.
             TimerPhase::Expire => self.die(raw.tw_addr, ts, DeathReason::Expired, out),
+        }
+    }
+
+    /// Another family's record from `cpu`: a cancel pending there was not followed by its
+    /// expiry or re-arm, so it was a kill.
+    pub fn on_other_record(&mut self, cpu: u32, out: &mut Vec<Event>) {
+        if let Some(pending) = self.pending.remove(&cpu) {
+            self.die(pending.tw_addr, pending.ts_ns, DeathReason::Killed, out);
         }
     }
 
@@ -344,6 +362,39 @@ mod tests {
         assert_eq!(c.len(), 2);
         assert!(matches!(c[1], (1, TimeWaitChange::Rearm { timeout_ms: 60_000, .. })));
         assert_eq!(d.timewait.live_count(), 1);
+    }
+
+    #[test]
+    fn a_slow_rearm_is_still_a_rearm_but_another_cpu_record_means_a_kill() {
+        // Descheduled vCPU: 3 ms between mod_timer's cancel and start.
+        let (events, _) = run(
+            &[
+                raw(TimerPhase::Start, 0, SEC, 0xa0),
+                raw(TimerPhase::Cancel, 1, 2 * SEC, 0xa0),
+                raw(TimerPhase::Start, 1, 2 * SEC + 3_000_000, 0xa0),
+            ],
+            u64::MAX,
+        );
+        assert!(matches!(changes(&events)[1], (1, TimeWaitChange::Rearm { .. })));
+        let mut decoder = Decoder::new(250, Default::default());
+        let mut out = Vec::new();
+        decoder.decode(&record_bytes(&raw(TimerPhase::Start, 0, SEC, 0xa0)), &mut out);
+        decoder.decode(&record_bytes(&raw(TimerPhase::Cancel, 1, 2 * SEC, 0xa0)), &mut out);
+        let state = twtrace_common::state::StateEvent {
+            header: EventHeader {
+                kind: EventKind::State as u16,
+                version: SCHEMA_VERSION,
+                cpu: 1,
+                ts_ns: 2 * SEC + 5,
+                ..EventHeader::default()
+            },
+            ..Default::default()
+        };
+        decoder.decode(&record_bytes(&state), &mut out);
+        assert!(
+            matches!(&out[1], Event::TimeWait(e) if e.change == TimeWaitChange::Death { reason: DeathReason::Killed, lifetime_ns: SEC }),
+            "{out:?}"
+        );
     }
 
     #[test]
