@@ -51,17 +51,26 @@ fn mask_eq(a: &[u8], b: &[u8], prefix: u8) -> bool {
     a[..full] == b[..full] && (rest == 0 || (a[full] ^ b[full]) & (0xff << (8 - rest)) == 0)
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
     pub pids: Vec<u32>,
     pub comms: Vec<String>,
     pub cgroups: Vec<u64>,
     pub addrs: Vec<Cidr>,
+    /// Local or remote port (the TUI's filter; the command line's `--port` is in the kernel).
+    pub ports: Vec<u16>,
+    /// Namespace inodes (the TUI's filter; `--netns` is in the kernel).
+    pub netns: Vec<u32>,
 }
 
 impl Filter {
     pub fn is_empty(&self) -> bool {
-        self.pids.is_empty() && self.comms.is_empty() && self.cgroups.is_empty() && self.addrs.is_empty()
+        self.pids.is_empty()
+            && self.comms.is_empty()
+            && self.cgroups.is_empty()
+            && self.addrs.is_empty()
+            && self.ports.is_empty()
+            && self.netns.is_empty()
     }
 
     /// Every given criterion must hold (each may list alternatives). An event that lacks the
@@ -71,16 +80,24 @@ impl Filter {
         if self.is_empty() {
             return true;
         }
-        let (process, flow): (Option<&Process>, Option<SocketFlow>) = match event {
-            Event::TimeWait(e) => (e.owner.as_ref(), e.flow),
-            Event::State(e) => (e.task.as_ref(), e.flow),
-            Event::Drop(e) => (None, e.flow),
+        let (process, flow, netns): (Option<&Process>, Option<SocketFlow>, u32) = match event {
+            Event::TimeWait(e) => (e.owner.as_ref(), e.flow, e.netns),
+            Event::State(e) => (e.task.as_ref(), e.flow, e.netns),
+            Event::Drop(e) => (None, e.flow, e.netns),
             Event::PortSearch(e) => {
                 let flow = e.remote.or(e.local).map(|a| SocketFlow { local: e.local.unwrap_or(a), remote: a });
-                (e.process.as_ref(), flow)
+                (e.process.as_ref(), flow, e.netns)
             }
             Event::Netstat(_) => return true,
         };
+        if !self.netns.is_empty() && !self.netns.contains(&netns) {
+            return false;
+        }
+        if !self.ports.is_empty()
+            && !flow.is_some_and(|f| self.ports.contains(&f.local.port()) || self.ports.contains(&f.remote.port()))
+        {
+            return false;
+        }
         let process_ok = |pred: &dyn Fn(&Process) -> bool| process.is_some_and(pred);
         (self.pids.is_empty() || process_ok(&|p| self.pids.contains(&p.pid)))
             && (self.comms.is_empty() || process_ok(&|p| self.comms.contains(&p.comm)))

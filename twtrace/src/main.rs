@@ -7,6 +7,7 @@ mod kernel;
 mod output;
 mod probes;
 mod stat;
+mod tui;
 
 use std::time::Duration;
 
@@ -34,6 +35,20 @@ enum Command {
     Probes(ProbeArgs),
     /// Print the aggregated views periodically (text or JSON lines), for scripts and logs.
     Stat(StatArgs),
+    /// The live view: TIME_WAIT, port space per destination, PAWS drops (falls back to `stat`
+    /// when stdout is not a terminal).
+    Top(TopArgs),
+}
+
+#[derive(Args)]
+struct TopArgs {
+    /// Rows per ranking.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    #[command(flatten)]
+    probes: ProbeArgs,
+    #[command(flatten)]
+    filters: FilterArgs,
 }
 
 #[derive(Args)]
@@ -111,6 +126,7 @@ impl FilterArgs {
             comms: self.comm.clone(),
             cgroups: self.cgroup.clone(),
             addrs: self.addr.clone(),
+            ..filter::Filter::default()
         }
     }
 }
@@ -157,6 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Trace(args) => trace(args).await,
         Command::Probes(args) => probes_report(args),
+        Command::Top(args) => tui::run(&args.probes.options()?, args.filters.filter(), args.top).await,
         Command::Stat(args) => {
             if !(args.interval > 0.0 && args.interval.is_finite()) {
                 anyhow::bail!("--interval must be a positive number of seconds");

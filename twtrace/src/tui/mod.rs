@@ -1,0 +1,201 @@
+//! `twtrace top`: the live incident view. The terminal is owned by a guard that restores it on
+//! exit, error, panic or signal; all drawing is `render::draw`, all key handling `state`.
+
+pub mod render;
+pub mod state;
+#[cfg(test)]
+mod tests;
+
+use std::{io::IsTerminal, time::Duration};
+
+use anyhow::Context as _;
+use ratatui::{
+    Terminal,
+    backend::CrosstermBackend,
+    crossterm::{
+        event::{self, Event as TermEvent, KeyCode, KeyEventKind, KeyModifiers},
+        execute,
+        terminal::{EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode},
+    },
+};
+use state::{Action, Key, UiState};
+
+use crate::{
+    filter::Filter,
+    kernel,
+    probes::{LiveProbes, Options},
+    stat,
+};
+
+/// Restores the terminal when dropped, whatever ended the view.
+struct TerminalGuard;
+
+impl TerminalGuard {
+    fn enter() -> anyhow::Result<Self> {
+        enable_raw_mode().context("terminal raw mode")?;
+        execute!(std::io::stdout(), EnterAlternateScreen).context("alternate screen")?;
+        // A panic must not leave the terminal raw: restore first, then report.
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore();
+            previous(info);
+        }));
+        Ok(Self)
+    }
+}
+
+fn restore() {
+    let _ = disable_raw_mode();
+    let _ = execute!(std::io::stdout(), LeaveAlternateScreen, ratatui::crossterm::cursor::Show);
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        restore();
+    }
+}
+
+const FRAME: Duration = Duration::from_millis(500);
+
+pub async fn run(options: &Options, filter: Filter, top: usize) -> anyhow::Result<()> {
+    if !std::io::stdout().is_terminal() {
+        eprintln!("twtrace: stdout is not a terminal: printing `twtrace stat` reports instead");
+        let stat = stat::StatOptions { interval: Duration::from_secs(1), count: None, json: false, top };
+        return stat::run(options, &filter, &stat).await;
+    }
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut probes = LiveProbes::load(options).context("cannot start tracing")?;
+    let mut aggregator = stat::seeded_aggregator(options, top)?;
+    let mut header = render::Header {
+        host: read_trimmed("/proc/sys/kernel/hostname"),
+        kernel: read_trimmed("/proc/sys/kernel/osrelease"),
+        backends: probes
+            .reports
+            .iter()
+            .map(|r| (r.family.to_string(), r.running.map(|b| b.to_string()).unwrap_or_else(|| "OFF".into())))
+            .collect(),
+        ..render::Header::default()
+    };
+
+    // Keys come from a blocking reader thread; it ends when the channel closes.
+    let (keys_tx, mut keys) = tokio::sync::mpsc::channel::<Key>(64);
+    std::thread::spawn(move || {
+        while let Ok(ev) = event::read() {
+            let key = match ev {
+                TermEvent::Key(k) if k.kind != KeyEventKind::Release => match k.code {
+                    KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => Key::CtrlC,
+                    KeyCode::Char(c) => Key::Char(c),
+                    KeyCode::Enter => Key::Enter,
+                    KeyCode::Esc => Key::Esc,
+                    KeyCode::Backspace => Key::Backspace,
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            if keys_tx.blocking_send(key).is_err() {
+                break;
+            }
+        }
+    });
+
+    let guard = TerminalGuard::enter()?;
+    let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout())).context("terminal")?;
+    terminal.clear()?;
+    let mut ui = UiState::default();
+    let mut filter = filter;
+    let mut batch = Vec::new();
+    let mut frame_tick = tokio::time::interval(FRAME);
+    let mut usage = Usage::now();
+    let mut events_since = 0u64;
+    let mut snapshot = aggregator.snapshot(kernel::monotonic_ns());
+    loop {
+        let mut redraw = false;
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            Some(key) = keys.recv() => {
+                match ui.on_key(key) {
+                    Action::Quit => break,
+                    Action::SetFilter(new) => {
+                        // Counts restart from the sockets that exist now, under the new filter.
+                        filter = new;
+                        aggregator = stat::seeded_aggregator(options, top)?;
+                    }
+                    Action::None => {}
+                }
+                redraw = true;
+            }
+            _ = frame_tick.tick() => {
+                let (cpu, bpf, events_per_s) = usage.update(&probes, events_since);
+                events_since = 0;
+                header.cpu_percent = cpu;
+                header.bpf_us_per_s = bpf;
+                header.events_per_s = events_per_s;
+                if !ui.paused {
+                    snapshot = aggregator.snapshot(kernel::monotonic_ns());
+                }
+                redraw = true;
+            }
+            () = probes.next_batch(&mut batch) => {}
+        }
+        events_since += batch.len() as u64;
+        for event in batch.drain(..).filter(|e| filter.matches(e)) {
+            aggregator.apply(&event);
+        }
+        aggregator.set_lost(probes.lost());
+        if redraw {
+            terminal.draw(|f| render::draw(f, &snapshot, &header, &ui))?;
+        }
+    }
+    drop(guard);
+    let lost = probes.lost();
+    eprintln!("twtrace: top ended; {} events, {lost} lost in the kernel", snapshot.events);
+    Ok(())
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path).map(|s| s.trim().to_owned()).unwrap_or_else(|_| "?".into())
+}
+
+/// twtrace's own CPU time, the kernel-side run time of its programs, and event rate, per
+/// wall second since the previous frame.
+struct Usage {
+    at: std::time::Instant,
+    cpu_ticks: Option<u64>,
+    bpf_ns: Option<u64>,
+}
+
+impl Usage {
+    fn now() -> Self {
+        Self { at: std::time::Instant::now(), cpu_ticks: own_cpu_ticks(), bpf_ns: None }
+    }
+
+    fn update(&mut self, probes: &LiveProbes, events: u64) -> (Option<f64>, Option<f64>, f64) {
+        let elapsed = self.at.elapsed().as_secs_f64().max(1e-3);
+        self.at = std::time::Instant::now();
+        let ticks = own_cpu_ticks();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let cpu = match (self.cpu_ticks, ticks) {
+            (Some(a), Some(b)) => Some((b.saturating_sub(a)) as f64 / hz / elapsed * 100.0),
+            _ => None,
+        };
+        self.cpu_ticks = ticks;
+        let bpf_now = probes.bpf_run_time_ns();
+        let bpf = match (self.bpf_ns, bpf_now) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1e3 / elapsed),
+            _ => None,
+        };
+        self.bpf_ns = bpf_now;
+        (cpu, bpf, events as f64 / elapsed)
+    }
+}
+
+/// utime + stime of this process, in clock ticks (/proc/self/stat fields 14 and 15).
+fn own_cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}

@@ -1,0 +1,251 @@
+//! Drawing: a pure function of (snapshot, header facts, UI state) into a ratatui frame.
+
+use ratatui::{
+    Frame,
+    layout::{Constraint, Layout, Rect},
+    style::{Modifier, Style},
+    text::{Line, Span},
+    widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table},
+};
+
+use super::state::{GroupBy, Mode, SortBy, UiState};
+use crate::aggregate::{DestinationView, Snapshot};
+
+/// Facts about the run shown in the header (not part of the aggregated model).
+#[derive(Clone, Debug, Default)]
+pub struct Header {
+    pub host: String,
+    pub kernel: String,
+    /// (family, backend or "OFF").
+    pub backends: Vec<(String, String)>,
+    pub events_per_s: f64,
+    /// twtrace's own CPU use, percent of one core.
+    pub cpu_percent: Option<f64>,
+    /// Kernel-side run time of twtrace's programs per wall second (needs
+    /// kernel.bpf_stats_enabled=1), in microseconds.
+    pub bpf_us_per_s: Option<f64>,
+}
+
+fn bold() -> Style {
+    Style::default().add_modifier(Modifier::BOLD)
+}
+
+fn opt(v: Option<f64>, unit: &str, scale: f64, digits: usize) -> String {
+    v.map(|v| format!("{:.*}{unit}", digits, v / scale)).unwrap_or_else(|| "-".into())
+}
+
+fn duration(seconds: Option<f64>) -> String {
+    match seconds {
+        None => "-".into(),
+        Some(s) if s < 120.0 => format!("{s:.0}s"),
+        Some(s) if s < 7200.0 => format!("{:.0}m", s / 60.0),
+        Some(s) => format!("{:.0}h", s / 3600.0),
+    }
+}
+
+pub fn draw(frame: &mut Frame, snap: &Snapshot, header: &Header, ui: &UiState) {
+    let area = frame.area();
+    let [head, tw, ports, paws, foot] = Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Percentage(34),
+        Constraint::Percentage(36),
+        Constraint::Percentage(30),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    draw_header(frame, head, snap, header, ui);
+    draw_timewait(frame, tw, snap, ui);
+    draw_ports(frame, ports, snap, ui);
+    draw_paws(frame, paws, snap);
+    draw_footer(frame, foot, ui);
+    if ui.mode == Mode::Help {
+        draw_help(frame, area);
+    }
+}
+
+fn draw_header(frame: &mut Frame, area: Rect, snap: &Snapshot, h: &Header, ui: &UiState) {
+    let all_same = h.backends.windows(2).all(|w| w[0].1 == w[1].1);
+    let backends = match h.backends.first() {
+        Some((_, b)) if all_same => format!("backend {b} (all families)"),
+        _ => h.backends.iter().map(|(f, b)| format!("{f}:{b}")).collect::<Vec<_>>().join(" "),
+    };
+    let first = Line::from(vec![
+        Span::styled("twtrace ", bold()),
+        Span::raw(format!("{}  {}  ", h.host, h.kernel)),
+        Span::raw(backends),
+    ]);
+    let lost = if snap.lost > 0 {
+        Span::styled(format!("LOST {}", snap.lost), bold().add_modifier(Modifier::REVERSED))
+    } else {
+        Span::raw("lost 0")
+    };
+    let bpf = match h.bpf_us_per_s {
+        Some(us) => format!("bpf {us:.0}us/s"),
+        None => "bpf n/a".into(),
+    };
+    let mut second = vec![
+        Span::raw(format!("events {:.0}/s  ", h.events_per_s)),
+        lost,
+        Span::raw(format!("  cpu {}  {bpf}  up {:.0}s", opt(h.cpu_percent, "%", 1.0, 1), snap.seconds)),
+    ];
+    if ui.paused {
+        second.push(Span::styled("  PAUSED", bold().add_modifier(Modifier::REVERSED)));
+    }
+    if !ui.filter_text.is_empty() {
+        second.push(Span::raw(format!("  [{}]", ui.filter_text)));
+    }
+    frame.render_widget(Paragraph::new(vec![first, Line::from(second)]), area);
+}
+
+fn draw_timewait(frame: &mut Frame, area: Rect, snap: &Snapshot, ui: &UiState) {
+    let tw = &snap.timewait;
+    let limit = tw.max_buckets.map(|m| format!("/{m}")).unwrap_or_default();
+    let block =
+        Block::default().borders(Borders::ALL).title(Span::styled(format!(" TIME_WAIT {}{limit} ", tw.live), bold()));
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let [stats, table] = Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(inner);
+    let line = format!(
+        "born {:.1}/s  died {:.1}/s expired {:.1}/s killed  life p50 {} p99 {} max {}",
+        tw.births_per_s,
+        tw.expired_per_s,
+        tw.killed_per_s,
+        opt(tw.lifetime_p50_ms, "s", 1e3, 1),
+        opt(tw.lifetime_p99_ms, "s", 1e3, 1),
+        opt(tw.lifetime_max_ms, "s", 1e3, 1),
+    );
+    frame.render_widget(Paragraph::new(line), stats);
+    let groups = match ui.group_by {
+        GroupBy::Remote => &tw.by_remote,
+        GroupBy::Local => &tw.by_local,
+        GroupBy::Owner => &tw.by_owner,
+    };
+    let rows = groups.iter().map(|g| {
+        let share = if tw.live > 0 { g.count as f64 * 100.0 / tw.live as f64 } else { 0.0 };
+        Row::new(vec![Cell::from(g.key.clone()), Cell::from(g.count.to_string()), Cell::from(format!("{share:.0}%"))])
+    });
+    let header =
+        Row::new(vec![format!("by {} (g)", ui.group_by.label()), "count".into(), "share".into()]).style(bold());
+    let widths = [Constraint::Min(24), Constraint::Length(9), Constraint::Length(6)];
+    frame.render_widget(Table::new(rows, widths).header(header), table);
+}
+
+fn sorted(destinations: &[DestinationView], by: SortBy) -> Vec<&DestinationView> {
+    let mut rows: Vec<&DestinationView> = destinations.iter().collect();
+    match by {
+        SortBy::Utilisation => rows.sort_by(|a, b| b.utilisation.total_cmp(&a.utilisation)),
+        SortBy::Failures => rows.sort_by_key(|d| std::cmp::Reverse(d.failures)),
+        SortBy::Connects => rows.sort_by(|a, b| b.connects_per_s.total_cmp(&a.connects_per_s)),
+    }
+    rows
+}
+
+fn draw_ports(frame: &mut Frame, area: Rect, snap: &Snapshot, ui: &UiState) {
+    let p = &snap.port_space;
+    let title = format!(" Port space  range {}-{}  sort {} (s) ", p.range.0, p.range.1, ui.sort_by.label());
+    let block = Block::default().borders(Borders::ALL).title(Span::styled(title, bold()));
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let failures: Vec<String> = p.failures.iter().map(|f| format!("{} {} x{}", f.process, f.error, f.count)).collect();
+    let [table, fails] = Layout::vertical([Constraint::Min(0), Constraint::Length(1)]).areas(inner);
+    // Narrow terminals show the remote endpoint only (one local address is the common case).
+    let wide = area.width >= 100;
+    let first = if wide { "local -> destination" } else { "destination" };
+    let header = Row::new([first, "in use", "util", "conn/s", "full in", "srch p99", "cand", "fail"]).style(bold());
+    let rows = sorted(&p.destinations, ui.sort_by).into_iter().map(|d| {
+        Row::new(vec![
+            if wide { format!("{} -> {}", d.local, d.remote) } else { d.remote.to_string() },
+            d.in_use.to_string(),
+            format!("{:.1}%", d.utilisation * 100.0),
+            format!("{:.1}", d.connects_per_s),
+            duration(d.seconds_to_exhaustion),
+            opt(d.search_p99_us, "us", 1.0, 0),
+            d.candidates_p99.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            d.failures.to_string(),
+        ])
+    });
+    let widths = [
+        Constraint::Min(24),
+        Constraint::Length(7),
+        Constraint::Length(6),
+        Constraint::Length(7),
+        Constraint::Length(7),
+        Constraint::Length(8),
+        Constraint::Length(6),
+        Constraint::Length(5),
+    ];
+    frame.render_widget(Table::new(rows, widths).header(header), table);
+    let text =
+        if failures.is_empty() { "failures: none".to_owned() } else { format!("failures: {}", failures.join(", ")) };
+    frame.render_widget(Paragraph::new(text), fails);
+}
+
+fn draw_paws(frame: &mut Frame, area: Rect, snap: &Snapshot) {
+    let w = &snap.paws;
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(Span::styled(format!(" PAWS drops {:.1}/s  total {} ", w.drops_per_s, w.drops_total), bold()));
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let [info, table] = Layout::vertical([Constraint::Length(2), Constraint::Min(0)]).areas(inner);
+    let reasons: Vec<String> = w.by_reason.iter().map(|r| format!("{} {}", r.reason, r.total)).collect();
+    let counters: Vec<String> = w.counters.iter().map(|(k, v)| format!("{k} {v:+}")).collect();
+    let lines = vec![
+        Line::from(format!("reasons: {}", if reasons.is_empty() { "-".into() } else { reasons.join(", ") })),
+        Line::from(format!("kernel counters: {}", if counters.is_empty() { "-".into() } else { counters.join(", ") })),
+    ];
+    frame.render_widget(Paragraph::new(lines), info);
+    let header = Row::new(["source", "drops", "flows", "latest example"]).style(bold());
+    let rows = w.sources.iter().map(|s| {
+        let example = w
+            .recent
+            .iter()
+            .find(|d| d.remote.is_some_and(|r| r.ip() == s.source))
+            .map(|d| {
+                format!(
+                    "{} -> {} {}",
+                    d.remote.map(|r| r.to_string()).unwrap_or_default(),
+                    d.local.map(|l| l.to_string()).unwrap_or_default(),
+                    d.reason
+                )
+            })
+            .unwrap_or_default();
+        Row::new(vec![s.source.to_string(), s.drops.to_string(), s.flows.to_string(), example])
+    });
+    let widths = [Constraint::Length(22), Constraint::Length(7), Constraint::Length(6), Constraint::Min(10)];
+    frame.render_widget(Table::new(rows, widths).header(header), table);
+}
+
+fn draw_footer(frame: &mut Frame, area: Rect, ui: &UiState) {
+    let text = match &ui.mode {
+        Mode::Filter(text) => format!("filter (pid= port= addr= comm= netns=, empty clears)> {text}_"),
+        _ => {
+            let keys = "q quit  p pause  g group  s sort  / filter  ? help";
+            match &ui.message {
+                Some(m) => format!("{keys}  | {m}"),
+                None => keys.to_owned(),
+            }
+        }
+    };
+    frame.render_widget(Paragraph::new(text).style(Style::default().add_modifier(Modifier::REVERSED)), area);
+}
+
+fn draw_help(frame: &mut Frame, area: Rect) {
+    let lines = [
+        "q, Esc   quit (Ctrl-C too)",
+        "p, Space pause / resume the view",
+        "g        group TIME_WAIT by remote, local, owner",
+        "s        sort destinations by util, failures, conn/s",
+        "/, f     filter: pid=N port=N addr=CIDR comm=NAME netns=N",
+        "?, h     this help (any key closes)",
+        "",
+        "full in: time until the destination's ports run out",
+        "at the current net growth; cand: ports examined (p99)",
+    ];
+    let width = 60.min(area.width);
+    let height = (lines.len() as u16 + 2).min(area.height);
+    let popup = Rect { x: area.x + (area.width - width) / 2, y: area.y + (area.height - height) / 2, width, height };
+    frame.render_widget(Clear, popup);
+    let text: Vec<Line> = lines.iter().map(|l| Line::from(*l)).collect();
+    frame.render_widget(Paragraph::new(text).block(Block::default().borders(Borders::ALL).title(" keys ")), popup);
+}

@@ -1,0 +1,156 @@
+//! Rendered frames on a test backend, compared with reviewed snapshots in `snapshots/`
+//! (`UPDATE_SNAPSHOTS=1` rewrites them; review the diff before committing).
+
+use ratatui::{Terminal, backend::TestBackend};
+
+use super::{
+    render::{Header, draw},
+    state::{Key, UiState},
+};
+use crate::{
+    aggregate::{Aggregator, Settings, Snapshot},
+    event::{
+        DropEvent, Event, PortSearchEvent, Process, SearchOp, SocketFlow, StateEvent, TimeWaitChange, TimeWaitEvent,
+        TimeWaitSubstate,
+    },
+};
+
+const S: u64 = 1_000_000_000;
+
+/// A client churning toward one server (710 requests/s for 10 s), some failing, and SYNs from
+/// one NAT address dropped by PAWS.
+fn incident() -> Snapshot {
+    let mut agg = Aggregator::new(Settings { port_range: (32_768, 60_999), max_tw_buckets: Some(262_144), top: 5 });
+    let app = Some(Process { pid: 3121, tid: 3121, comm: "api-gateway".into(), cgroup_id: 42 });
+    for i in 0..7_100u64 {
+        let ts = 100 * S + i * S / 710;
+        let port = 32_768 + (i % 28_000) as u16;
+        let flow =
+            SocketFlow { local: format!("10.0.0.5:{port}").parse().unwrap(), remote: "10.0.0.9:8080".parse().unwrap() };
+        let connecting = SocketFlow { local: "10.0.0.5:0".parse().unwrap(), remote: flow.remote };
+        for (old, new, f) in [(7, 2, connecting), (2, 1, flow), (1, 4, flow), (5, 7, flow)] {
+            agg.apply(&Event::State(StateEvent {
+                ts_ns: ts,
+                sk_addr: i,
+                netns: 1,
+                old_state: old,
+                new_state: new,
+                flow: Some(f),
+                task: app.clone(),
+            }));
+        }
+        agg.apply(&Event::TimeWait(TimeWaitEvent {
+            ts_ns: ts,
+            tw_id: i,
+            flow: Some(flow),
+            netns: 1,
+            owner: app.clone(),
+            change: TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000 },
+        }));
+        agg.apply(&Event::PortSearch(PortSearchEvent {
+            ts_ns: ts,
+            op: SearchOp::Connect,
+            duration_ns: 8_000 + (i % 50) * 1_000,
+            errno: if i % 1000 == 999 { 99 } else { 0 },
+            candidates: Some(1 + (i % 40) as u32),
+            approximate: false,
+            netns: 1,
+            remote: Some(flow.remote),
+            local: Some(flow.local),
+            process: app.clone(),
+        }));
+    }
+    for port in 40_000..40_006u16 {
+        agg.apply(&Event::Drop(DropEvent {
+            ts_ns: 109 * S,
+            reason: "TCP_RFC7323_PAWS".into(),
+            reason_code: 36,
+            netns: 1,
+            flow: Some(SocketFlow {
+                local: "10.0.0.5:443".parse().unwrap(),
+                remote: format!("198.51.100.7:{port}").parse().unwrap(),
+            }),
+            tcp_flags: 0x02,
+            seq: 1,
+            ack_seq: 0,
+        }));
+    }
+    agg.apply(&Event::Netstat(crate::event::NetstatEvent {
+        ts_ns: 109 * S,
+        netns: 1,
+        deltas: vec![("PAWSActive".into(), 6), ("TW".into(), 7100)],
+    }));
+    agg.snapshot(110 * S)
+}
+
+fn header() -> Header {
+    Header {
+        host: "web-7".into(),
+        kernel: "6.12.117".into(),
+        backends: ["timewait", "portsearch", "state", "drops"]
+            .iter()
+            .map(|f| (f.to_string(), "fentry".to_string()))
+            .collect(),
+        events_per_s: 3550.0,
+        cpu_percent: Some(2.5),
+        bpf_us_per_s: None,
+    }
+}
+
+fn render(width: u16, height: u16, ui: &UiState) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+    let snap = incident();
+    terminal.draw(|f| draw(f, &snap, &header(), ui)).unwrap();
+    let buffer = terminal.backend().buffer();
+    let mut out = String::new();
+    for y in 0..height {
+        let line: String = (0..width).map(|x| buffer[(x, y)].symbol().to_string()).collect();
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn check(name: &str, frame: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/tui/snapshots").join(format!("{name}.txt"));
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, frame).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("no snapshot {}: run with UPDATE_SNAPSHOTS=1 and review it", path.display()));
+    assert_eq!(frame, expected, "frame {name} changed:\n{frame}");
+}
+
+#[test]
+fn incident_at_80x24() {
+    check("incident_80x24", &render(80, 24, &UiState::default()));
+}
+
+#[test]
+fn incident_at_120x36_grouped_by_owner_paused() {
+    let mut ui = UiState::default();
+    ui.on_key(Key::Char('g'));
+    ui.on_key(Key::Char('g'));
+    ui.on_key(Key::Char('p'));
+    check("incident_120x36_owner_paused", &render(120, 36, &ui));
+}
+
+#[test]
+fn help_overlay_at_80x24() {
+    let mut ui = UiState::default();
+    ui.on_key(Key::Char('?'));
+    check("help_80x24", &render(80, 24, &ui));
+}
+
+#[test]
+fn the_numbers_on_screen_are_the_models() {
+    let frame = render(120, 36, &UiState::default());
+    let snap = incident();
+    assert!(frame.contains(&format!("TIME_WAIT {}/262144", snap.timewait.live)), "{frame}");
+    let d = &snap.port_space.destinations[0];
+    assert!(frame.contains(&format!("{:.1}%", d.utilisation * 100.0)), "{frame}");
+    assert!(frame.contains("api-gateway[3121] EADDRNOTAVAIL x7"), "{frame}");
+    assert!(frame.contains("198.51.100.7"), "{frame}");
+}
