@@ -121,6 +121,11 @@ pub struct Aggregator {
     connected: HashMap<u64, Destination>,
     /// ... or, for sockets that existed before start, by destination and local port.
     existing_connected: HashSet<(Destination, u16)>,
+    /// Connections made by connect() since start, by 4-tuple: their TIME_WAIT keeps holding the
+    /// port. A server-side TIME_WAIT socket on an ephemeral-range listening port does not.
+    client_flows: HashSet<SocketFlow>,
+    /// Local ports with a listener at start: sockets on them are server side.
+    listening_ports: HashSet<u16>,
     searches: HashMap<SocketAddr, SearchStats>,
     failures: HashMap<(String, u32, String), u64>,
     bind_search_ns: Histogram,
@@ -143,8 +148,12 @@ impl Aggregator {
     /// Sockets found at start, so the first frame is right, not only what is born after.
     pub fn seed(&mut self, now_ns: u64, sockets: &[ExistingSocket]) {
         self.started_ns.get_or_insert(now_ns);
+        self.listening_ports.extend(sockets.iter().filter(|s| s.state == 10).map(|s| s.flow.local.port()));
         for s in sockets {
-            let holds = self.settings.ephemeral(s.flow.local.port());
+            // Before start we did not see who connected: a socket on an ephemeral port that is
+            // not a listener's is taken to be a client's.
+            let port = s.flow.local.port();
+            let holds = self.settings.ephemeral(port) && !self.listening_ports.contains(&port);
             let dest = Destination::of(&s.flow);
             match s.state {
                 6 => {
@@ -199,8 +208,7 @@ impl Aggregator {
         match &e.change {
             TimeWaitChange::Birth { .. } => {
                 self.births.add(e.ts_ns, 1);
-                let holds_port_of =
-                    e.flow.filter(|f| self.settings.ephemeral(f.local.port())).map(|f| Destination::of(&f));
+                let holds_port_of = e.flow.filter(|f| self.client_flows.remove(f)).map(|f| Destination::of(&f));
                 if let Some(dest) = holds_port_of {
                     let d = self.destinations.entry(dest).or_default();
                     d.in_use += 1;
@@ -247,17 +255,17 @@ impl Aggregator {
         if e.new_state == SYN_SENT {
             self.destinations.entry(dest).or_default().connects.add(e.ts_ns, 1);
         }
-        if e.old_state == SYN_SENT
-            && e.new_state == ESTABLISHED
-            && self.settings.ephemeral(flow.local.port())
-            && self.connected.insert(e.sk_addr, dest).is_none()
-        {
+        if e.old_state == SYN_SENT && e.new_state == ESTABLISHED && self.connected.insert(e.sk_addr, dest).is_none() {
+            self.client_flows.insert(flow);
             let d = self.destinations.entry(dest).or_default();
             d.in_use += 1;
             d.taken.add(e.ts_ns, 1);
         }
         if e.new_state == CLOSE {
             if let Some(dest) = self.connected.remove(&e.sk_addr) {
+                // Closed without (or after handing over to) TIME_WAIT; a TIME_WAIT birth for
+                // this 4-tuple has already taken the flow.
+                self.client_flows.remove(&flow);
                 self.release(dest, e.ts_ns);
             } else if self.existing_connected.remove(&(dest, flow.local.port())) {
                 self.release(dest, e.ts_ns);

@@ -99,6 +99,17 @@ fn deaths_release_ports_and_feed_lifetimes() {
 }
 
 #[test]
+fn server_side_time_wait_on_an_ephemeral_listening_port_holds_no_connect_port() {
+    let mut agg = Aggregator::new(settings((32_768, 60_999)));
+    agg.seed(S, &[ExistingSocket { flow: flow("127.0.0.1:41234", "0.0.0.0:0"), state: 10, expires_ms: 0 }]);
+    // The server (listening on 41234, inside the range) closes first.
+    agg.apply(&tw(2 * S, 1, flow("127.0.0.1:41234", "127.0.0.2:43001"), birth()));
+    let snap = agg.snapshot(3 * S);
+    assert_eq!(snap.timewait.live, 1);
+    assert!(snap.port_space.destinations.is_empty(), "{:?}", snap.port_space.destinations);
+}
+
+#[test]
 fn server_side_time_wait_holds_no_ephemeral_port() {
     let mut agg = Aggregator::new(settings((32_768, 60_999)));
     agg.apply(&tw(S, 1, flow("10.0.0.2:80", "10.0.0.1:40000"), birth()));

@@ -16,13 +16,59 @@ const NLMSG_HDRLEN: usize = 16;
 /// wqueue, uid, inode.
 const INET_DIAG_MSG_LEN: usize = 72;
 
-/// Every TCP socket of the calling thread's namespace (IPv4 and IPv6), any state.
+/// Every TCP socket of the calling thread's namespace (IPv4 and IPv6), any state. Falls back
+/// to /proc/net/tcp{,6} (as `ss` does) when sock_diag is missing: kernels that build
+/// inet_diag as a module without it loaded answer ENOENT.
 pub fn tcp_sockets() -> std::io::Result<Vec<ExistingSocket>> {
     let mut sockets = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        dump(family, &mut sockets)?;
+        if let Err(e) = dump(family, &mut sockets) {
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                return Err(e);
+            }
+            log::info!("sock_diag unavailable ({e}); reading /proc/net/tcp instead");
+            return proc_net_tcp();
+        }
     }
     Ok(sockets)
+}
+
+/// /proc/thread-self/net/tcp and tcp6: the same sockets, as text.
+fn proc_net_tcp() -> std::io::Result<Vec<ExistingSocket>> {
+    let mut sockets = Vec::new();
+    for (file, v6) in [("tcp", false), ("tcp6", true)] {
+        match std::fs::read_to_string(format!("/proc/thread-self/net/{file}")) {
+            Ok(text) => sockets.extend(text.lines().skip(1).filter_map(|l| parse_proc_line(l, v6))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(sockets)
+}
+
+/// `sl local rem st tx:rx tr:when retr uid timeout inode ...`: addresses are the kernel's
+/// 32-bit words printed in host order; `when` is in USER_HZ (100/s) ticks.
+fn parse_proc_line(line: &str, v6: bool) -> Option<ExistingSocket> {
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    let endpoint = |s: &str| -> Option<SocketAddr> {
+        let (addr, port) = s.split_once(':')?;
+        let port = u16::from_str_radix(port, 16).ok()?;
+        let mut bytes = Vec::with_capacity(16);
+        for word in addr.as_bytes().chunks(8) {
+            let word = u32::from_str_radix(std::str::from_utf8(word).ok()?, 16).ok()?;
+            bytes.extend_from_slice(&word.to_ne_bytes());
+        }
+        let ip: IpAddr = if v6 {
+            Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?).into()
+        } else {
+            Ipv4Addr::from(<[u8; 4]>::try_from(bytes).ok()?).into()
+        };
+        Some(SocketAddr::new(ip, port))
+    };
+    let flow = SocketFlow { local: endpoint(cols.get(1)?)?, remote: endpoint(cols.get(2)?)? };
+    let state = u8::from_str_radix(cols.get(3)?, 16).ok()?;
+    let when = cols.get(5)?.split_once(':').and_then(|(_, w)| u64::from_str_radix(w, 16).ok()).unwrap_or(0);
+    Some(ExistingSocket { flow, state, expires_ms: when * 10 })
 }
 
 fn dump(family: u8, out: &mut Vec<ExistingSocket>) -> std::io::Result<()> {
@@ -156,6 +202,30 @@ mod tests {
         let err = message(NLMSG_ERROR, &(-libc::EPERM).to_ne_bytes());
         assert_eq!(parse_messages(&err, &mut out).unwrap_err().raw_os_error(), Some(libc::EPERM));
         assert!(parse_messages(&[0xff; 20], &mut out).is_err());
+    }
+
+    #[test]
+    fn parses_proc_net_tcp_lines() {
+        let tw = "   3: 0100007F:1F90 0200007F:9C40 06 00000000:00000000 03:00001770 00000000     0        0 0 3";
+        let s = parse_proc_line(tw, false).unwrap();
+        assert_eq!(
+            (s.flow.local.to_string(), s.flow.remote.to_string()),
+            ("127.0.0.1:8080".into(), "127.0.0.2:40000".into())
+        );
+        assert_eq!((s.state, s.expires_ms), (6, 60_000));
+        let v6 = "   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1";
+        let s = parse_proc_line(v6, true).unwrap();
+        assert_eq!(s.flow.local.to_string(), "[::1]:8080");
+        assert_eq!(s.state, 10);
+        assert!(parse_proc_line("  sl  local_address rem_address", false).is_none());
+    }
+
+    #[test]
+    fn proc_and_netlink_agree_here() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let from_proc = proc_net_tcp().unwrap();
+        assert!(from_proc.iter().any(|s| s.state == 10 && s.flow.local.port() == port));
     }
 
     #[test]

@@ -78,7 +78,12 @@ pub async fn run(options: &Options, filter: Filter, top: usize) -> anyhow::Resul
         ..render::Header::default()
     };
 
-    // Keys come from a blocking reader thread; it ends when the channel closes.
+    let guard = TerminalGuard::enter()?;
+    let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout())).context("terminal")?;
+    terminal.clear()?;
+    // Keys come from a blocking reader thread, started only now: started earlier it would
+    // swallow the terminal's answer to ratatui's cursor-position query. It ends when the
+    // channel closes.
     let (keys_tx, mut keys) = tokio::sync::mpsc::channel::<Key>(64);
     std::thread::spawn(move || {
         while let Ok(ev) = event::read() {
@@ -99,9 +104,6 @@ pub async fn run(options: &Options, filter: Filter, top: usize) -> anyhow::Resul
         }
     });
 
-    let guard = TerminalGuard::enter()?;
-    let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout())).context("terminal")?;
-    terminal.clear()?;
     let mut ui = UiState::default();
     let mut filter = filter;
     let mut batch = Vec::new();

@@ -94,6 +94,11 @@ pub fn send(segment: &Segment, payload: &[u8]) {
         let fd = libc::socket(domain, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_TCP);
         assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
         let fd = OwnedFd::from_raw_fd(fd);
+        // Without a bind the kernel sends from the route's source address, whatever the
+        // segment says (127.0.0.1 for any loopback destination).
+        let (src, src_len) = super::sockaddr_of(SocketAddr::new(segment.src.ip(), 0));
+        let bound = libc::bind(fd.as_raw_fd(), (&src as *const libc::sockaddr_storage).cast(), src_len);
+        assert_eq!(bound, 0, "bind raw socket to {}: {}", segment.src.ip(), std::io::Error::last_os_error());
         if domain == libc::AF_INET6 {
             // The kernel fills the TCP checksum (at offset 16) for IPv6 raw sockets on request.
             let offset: libc::c_int = 16;

@@ -1,0 +1,184 @@
+//! `twtrace top` in a real terminal (tmux): what a person sees, checked against `ss` and
+//! against what the test did.
+
+mod support;
+
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use support::{Netns, can_trace, connect_from, packets};
+
+struct Tmux {
+    session: String,
+}
+
+impl Tmux {
+    fn start(name: &str, command: &str) -> Option<Self> {
+        if Command::new("tmux").arg("-V").output().is_err() {
+            support::unsupported("top", "tmux is not installed here");
+            return None;
+        }
+        let session = format!("twt-{}-{name}", std::process::id());
+        let ok = Command::new("tmux")
+            .args(["new-session", "-d", "-s", &session, "-x", "120", "-y", "40", command])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "tmux new-session");
+        Some(Self { session })
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux").args(["capture-pane", "-p", "-t", &self.session]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let screen = self.screen();
+            if pred(&screen) {
+                return screen;
+            }
+            assert!(Instant::now() < deadline, "waited for {what}; screen:\n{screen}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn keys(&self, keys: &str) {
+        Command::new("tmux").args(["send-keys", "-t", &self.session, keys]).status().unwrap();
+    }
+
+    fn alive(&self) -> bool {
+        Command::new("tmux").args(["has-session", "-t", &self.session]).output().unwrap().status.success()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["kill-session", "-t", &self.session]).output();
+    }
+}
+
+fn top_command(ns: &Netns) -> String {
+    let backend = support::forced_backend().map(|b| format!(" --backend {b}")).unwrap_or_default();
+    // `; sleep` keeps the pane after top exits, to see what it left on the terminal.
+    format!("{} top --netns {}{backend}; sleep 30", env!("CARGO_BIN_EXE_twtrace"), ns.name)
+}
+
+/// The "in use" number of the row `local -> remote` on the screen.
+fn in_use_on_screen(screen: &str, row: &str) -> Option<u64> {
+    let line = screen.lines().find(|l| l.contains(row))?;
+    line.split(row).nth(1)?.split_whitespace().next()?.parse().ok()
+}
+
+fn ss_ports_to(ns: &Netns, dest: &str, range: (u16, u16)) -> usize {
+    let out = Command::new("ip").args(["netns", "exec", &ns.name, "ss", "-Htan", "dst", dest]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(3)
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+                .is_some_and(|a| (range.0..=range.1).contains(&a.port()))
+        })
+        .count()
+}
+
+#[test]
+fn churning_client_utilisation_rises_and_matches_ss() {
+    if !can_trace() {
+        return;
+    }
+    const RANGE: (u16, u16) = (40_000, 40_999);
+    let ns = Netns::new("topports");
+    ns.sysctl("net.ipv4.ip_local_port_range", &format!("{} {}", RANGE.0, RANGE.1));
+    let Some(tmux) = Tmux::start("ports", &top_command(&ns)) else { return };
+    tmux.wait_for("the TIME_WAIT panel", |s| s.contains("TIME_WAIT"));
+    let server: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let listener = ns.run(move || TcpListener::bind(server).unwrap());
+    let churn = |listener: TcpListener, n: usize| {
+        ns.run(move || {
+            for _ in 0..n {
+                let client = TcpStream::connect(server).unwrap();
+                let (accepted, _) = listener.accept().unwrap();
+                drop(client); // client closes first: its TIME_WAIT holds the port
+                assert_eq!(std::io::Read::read(&mut &accepted, &mut [0u8; 1]).unwrap(), 0);
+            }
+            listener
+        })
+    };
+    let row = "127.0.0.1 -> 127.0.0.1:8080";
+    let listener = churn(listener, 200);
+    let first = tmux.wait_for("200 ports in use", |s| in_use_on_screen(s, row).is_some_and(|n| n >= 200));
+    let _listener = churn(listener, 300);
+    let screen = tmux.wait_for("500 ports in use", |s| in_use_on_screen(s, row).is_some_and(|n| n >= 500));
+    let in_kernel = ss_ports_to(&ns, "127.0.0.1:8080", RANGE);
+    let shown = in_use_on_screen(&screen, row).unwrap();
+    assert!(
+        (shown as f64 - in_kernel as f64).abs() <= 0.02 * in_kernel as f64,
+        "screen {shown} vs ss {in_kernel}:\n{screen}"
+    );
+    let util = |s: &str| -> f64 {
+        let line = s.lines().find(|l| l.contains(row)).unwrap();
+        line.split_whitespace().find(|w| w.ends_with('%')).unwrap().trim_end_matches('%').parse().unwrap()
+    };
+    assert!(util(&screen) > util(&first), "utilisation rose:\n{first}\n{screen}");
+    assert!((util(&screen) - in_kernel as f64 / 10.0).abs() <= 0.02 * in_kernel as f64 / 10.0, "{screen}");
+    // q quits and gives the terminal back.
+    tmux.keys("q");
+    let after = tmux.wait_for("top to exit", |s| s.contains("top ended"));
+    assert!(!after.contains("Port space"), "the alternate screen is gone:\n{after}");
+    assert!(tmux.alive());
+}
+
+#[test]
+fn paws_drops_are_attributed_to_their_source() {
+    if !can_trace() {
+        return;
+    }
+    let ns = Netns::new("toppaws");
+    let Some(tmux) = Tmux::start("paws", &top_command(&ns)) else { return };
+    tmux.wait_for("the PAWS panel", |s| s.contains("PAWS drops"));
+    // SYNs with an old timestamp for 4-tuples the server (127.0.0.3) holds in TIME_WAIT, from
+    // 127.0.0.1.
+    ns.run(|| {
+        let listener = TcpListener::bind("127.0.0.3:0").unwrap();
+        let server = listener.local_addr().unwrap();
+        let mut crafted = Vec::new();
+        for port in [43_001u16, 43_002, 43_003] {
+            let client_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let client = connect_from(client_addr, server);
+            let ts = packets::tcp_timestamp(&client);
+            drop(listener.accept().unwrap().0);
+            assert_eq!(std::io::Read::read(&mut &client, &mut [0u8; 1]).unwrap(), 0);
+            drop(client);
+            crafted.push((client_addr, ts));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        for (src, ts) in crafted {
+            let syn = packets::Segment {
+                src,
+                dst: server,
+                seq: 7,
+                ack: 0,
+                flags: packets::SYN,
+                tsval: ts.wrapping_sub(100_000),
+                tsecr: 0,
+                payload_len: 0,
+            };
+            packets::send(&syn, &[]);
+        }
+    });
+    let is_row =
+        |l: &str| l.trim_start_matches('│').trim_start().starts_with("127.0.0.1 ") && l.contains("TCP_RFC7323");
+    let screen = tmux.wait_for("the source row", |s| s.lines().any(is_row));
+    let row = screen.lines().find(|l| is_row(l)).unwrap();
+    let numbers: Vec<&str> = row.trim_start_matches('│').split_whitespace().take(3).collect();
+    assert_eq!(numbers, ["127.0.0.1", "3", "3"], "3 drops from 3 flows of 127.0.0.1:\n{screen}");
+    assert!(row.contains("-> 127.0.0.3:"), "the example names the server side:\n{screen}");
+    tmux.keys("q");
+}
