@@ -17,6 +17,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip netns and ss for the integration tests"),
     ("procps", "sysctl inside test network namespaces"),
     ("bpftool", "reads the kernel's own loss counter in the loss test"),
+    ("qemu-system-x86", "the VM lab boots other kernels under QEMU"),
+    ("busybox-static", "the VM guests' init and shell"),
+    ("cpio", "packs the VM guests' initramfs"),
+    ("tmux", "drives twtrace top in a real terminal in the tests"),
 ];
 
 pub fn ensure() -> anyhow::Result<()> {

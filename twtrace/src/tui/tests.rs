@@ -28,8 +28,8 @@ fn incident() -> Snapshot {
         let flow =
             SocketFlow { local: format!("10.0.0.5:{port}").parse().unwrap(), remote: "10.0.0.9:8080".parse().unwrap() };
         let connecting = SocketFlow { local: "10.0.0.5:0".parse().unwrap(), remote: flow.remote };
-        for (old, new, f) in [(7, 2, connecting), (2, 1, flow), (1, 4, flow), (5, 7, flow)] {
-            agg.apply(&Event::State(StateEvent {
+        let state = |old: u8, new: u8, f: SocketFlow| {
+            Event::State(StateEvent {
                 ts_ns: ts,
                 sk_addr: i,
                 netns: 1,
@@ -37,8 +37,13 @@ fn incident() -> Snapshot {
                 new_state: new,
                 flow: Some(f),
                 task: app.clone(),
-            }));
+            })
+        };
+        for (old, new, f) in [(7, 2, connecting), (2, 1, flow), (1, 4, flow)] {
+            agg.apply(&state(old, new, f));
         }
+        // The kernel's order: tcp_time_wait() creates the TIME_WAIT socket, then tcp_done()
+        // closes the full one.
         agg.apply(&Event::TimeWait(TimeWaitEvent {
             ts_ns: ts,
             tw_id: i,
@@ -47,6 +52,7 @@ fn incident() -> Snapshot {
             owner: app.clone(),
             change: TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000 },
         }));
+        agg.apply(&state(5, 7, flow));
         agg.apply(&Event::PortSearch(PortSearchEvent {
             ts_ns: ts,
             op: SearchOp::Connect,
