@@ -13,7 +13,7 @@ pub struct TestArgs {
     /// Only the VM matrix.
     #[arg(long, conflicts_with = "no_vm")]
     pub vm_only: bool,
-    /// Kernels for the VM matrix (default: 5.10, 6.1, 6.12, sid). Repeatable.
+    /// Kernels for the VM matrix (default: 5.10, 6.1, 6.12; `sid` on demand). Repeatable.
     #[arg(long = "kernel")]
     pub kernels: Vec<String>,
     /// Show every guest console line, not only failures and results.
