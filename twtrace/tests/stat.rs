@@ -72,6 +72,9 @@ fn single_destination_port_use_matches_ss_within_two_percent() {
     const CONNECTIONS: usize = 400;
     let ns = Netns::new("statports");
     ns.sysctl("net.ipv4.ip_local_port_range", &format!("{} {}", RANGE.0, RANGE.1));
+    // 5.10 defaults to tcp_tw_reuse=2 (loopback): connect() would reclaim TIME_WAIT ports
+    // toward this destination and the count would depend on port choice. Pin it.
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
     let server: SocketAddr = "127.0.0.1:8080".parse().unwrap();
     let listener = ns.run(move || TcpListener::bind(server).unwrap());
     let reports = stat_reports(&ns, 3, || {

@@ -96,6 +96,8 @@ fn churning_client_utilisation_rises_and_matches_ss() {
     const RANGE: (u16, u16) = (40_000, 40_999);
     let ns = Netns::new("topports");
     ns.sysctl("net.ipv4.ip_local_port_range", &format!("{} {}", RANGE.0, RANGE.1));
+    // No TIME_WAIT reuse on loopback (the 5.10 default): every request keeps its port.
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
     let Some(tmux) = Tmux::start("ports", &top_command(&ns)) else { return };
     tmux.wait_for("the TIME_WAIT panel", |s| s.contains("TIME_WAIT"));
     let server: SocketAddr = "127.0.0.1:8080".parse().unwrap();
