@@ -100,10 +100,6 @@ pub const AF_INET6: u16 = 10;
 pub enum Counter {
     /// Records that did not fit in the ring buffer (`bpf_ringbuf_reserve` failed).
     Lost = 0,
-    /// Records submitted.
-    Submitted = 1,
-    /// `bpf_probe_read_kernel` failures while building a record (record still sent, fields 0).
-    ReadErrors = 2,
 }
 
 pub const COUNTER_SLOTS: u32 = 4;

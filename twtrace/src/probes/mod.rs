@@ -417,83 +417,63 @@ fn attach_hooks(ebpf: &mut Ebpf, btf: Option<&aya::Btf>, hooks: &[Hook]) -> Resu
     Ok(())
 }
 
+/// Runs `f` on program `name` of the object as type `T` (FEntry, KProbe, ...).
+fn with_program<T>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    f: impl FnOnce(&mut T) -> Result<(), ProgramError>,
+) -> Result<(), ProgramError>
+where
+    for<'a> &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let program = ebpf.program_mut(name).ok_or(ProgramError::NotLoaded)?;
+    f(<&mut T>::try_from(program)?)
+}
+
 fn attach_hook(ebpf: &mut Ebpf, btf: Option<&aya::Btf>, hook: &Hook) -> Result<(), String> {
-    let no_btf = || "the kernel's BTF could not be loaded".to_owned();
+    let btf = || btf.ok_or_else(|| "the kernel's BTF could not be loaded".to_owned());
     match *hook {
         Hook::Fentry { program, function } => {
-            let btf = btf.ok_or_else(no_btf)?;
-            let mut attach = || -> Result<(), ProgramError> {
-                let prog: &mut FEntry = ebpf.program_mut(program).ok_or(ProgramError::NotLoaded)?.try_into()?;
-                prog.load(function, btf)?;
-                prog.attach()?;
-                Ok(())
-            };
-            attach().map_err(|e| format!("fentry {function}: {}", describe(&e)))
+            let btf = btf()?;
+            with_program(ebpf, program, |p: &mut FEntry| p.load(function, btf).and_then(|()| p.attach().map(drop)))
+                .map_err(|e| format!("fentry {function}: {}", describe(&e)))
         }
         Hook::Fexit { program, function } => {
-            let btf = btf.ok_or_else(no_btf)?;
-            let mut attach = || -> Result<(), ProgramError> {
-                let prog: &mut FExit = ebpf.program_mut(program).ok_or(ProgramError::NotLoaded)?.try_into()?;
-                prog.load(function, btf)?;
-                prog.attach()?;
-                Ok(())
-            };
-            attach().map_err(|e| format!("fexit {function}: {}", describe(&e)))
+            let btf = btf()?;
+            with_program(ebpf, program, |p: &mut FExit| p.load(function, btf).and_then(|()| p.attach().map(drop)))
+                .map_err(|e| format!("fexit {function}: {}", describe(&e)))
         }
         Hook::Kprobe { program, function } => {
-            let mut attach = || -> Result<(), ProgramError> {
-                let prog: &mut KProbe = ebpf.program_mut(program).ok_or(ProgramError::NotLoaded)?.try_into()?;
-                prog.load()?;
-                prog.attach(function, 0)?;
-                Ok(())
-            };
-            attach().map_err(|e| {
-                let mut text = format!("kprobe {function} ({program}): {}", describe(&e));
-                if text.contains("devices/kprobe/type") {
-                    text.push_str(" (this kernel has no kprobes: CONFIG_KPROBES is off)");
-                }
-                text
-            })
+            with_program(ebpf, program, |p: &mut KProbe| p.load().and_then(|()| p.attach(function, 0).map(drop)))
+                .map_err(|e| {
+                    let mut text = format!("kprobe {function} ({program}): {}", describe(&e));
+                    if text.contains("devices/kprobe/type") {
+                        text.push_str(" (this kernel has no kprobes: CONFIG_KPROBES is off)");
+                    }
+                    text
+                })
         }
         Hook::RawTracepoint { program, tracepoint } => {
-            let mut attach = || -> Result<(), ProgramError> {
-                let prog: &mut RawTracePoint = ebpf.program_mut(program).ok_or(ProgramError::NotLoaded)?.try_into()?;
-                prog.load()?;
-                prog.attach(tracepoint)?;
-                Ok(())
-            };
-            attach().map_err(|e| format!("raw tracepoint {tracepoint} ({program}): {}", describe(&e)))
+            with_program(ebpf, program, |p: &mut RawTracePoint| p.load().and_then(|()| p.attach(tracepoint).map(drop)))
+                .map_err(|e| format!("raw tracepoint {tracepoint} ({program}): {}", describe(&e)))
         }
         Hook::Tracepoint { program, category, name } => {
             kernel::ensure_tracefs().map_err(|e| format!("tracepoint {category}:{name}: {e}"))?;
-            let mut attach = || -> Result<(), ProgramError> {
-                let prog: &mut TracePoint = ebpf.program_mut(program).ok_or(ProgramError::NotLoaded)?.try_into()?;
-                prog.load()?;
-                prog.attach(category, name)?;
-                Ok(())
-            };
-            attach().map_err(|e| format!("tracepoint {category}:{name} ({program}): {}", describe(&e)))
+            with_program(ebpf, program, |p: &mut TracePoint| p.load().and_then(|()| p.attach(category, name).map(drop)))
+                .map_err(|e| format!("tracepoint {category}:{name} ({program}): {}", describe(&e)))
         }
     }
 }
 
 fn unload_hook(ebpf: &mut Ebpf, hook: &Hook) {
     let result = match *hook {
-        Hook::RawTracepoint { program, .. } => {
-            ebpf.program_mut(program).map(|p| <&mut RawTracePoint>::try_from(p).map(|p| p.unload()))
-        }
-        Hook::Tracepoint { program, .. } => {
-            ebpf.program_mut(program).map(|p| <&mut TracePoint>::try_from(p).map(|p| p.unload()))
-        }
-        Hook::Fentry { program, .. } => {
-            ebpf.program_mut(program).map(|p| <&mut FEntry>::try_from(p).map(|p| p.unload()))
-        }
-        Hook::Fexit { program, .. } => ebpf.program_mut(program).map(|p| <&mut FExit>::try_from(p).map(|p| p.unload())),
-        Hook::Kprobe { program, .. } => {
-            ebpf.program_mut(program).map(|p| <&mut KProbe>::try_from(p).map(|p| p.unload()))
-        }
+        Hook::RawTracepoint { program, .. } => with_program(ebpf, program, |p: &mut RawTracePoint| p.unload()),
+        Hook::Tracepoint { program, .. } => with_program(ebpf, program, |p: &mut TracePoint| p.unload()),
+        Hook::Fentry { program, .. } => with_program(ebpf, program, |p: &mut FEntry| p.unload()),
+        Hook::Fexit { program, .. } => with_program(ebpf, program, |p: &mut FExit| p.unload()),
+        Hook::Kprobe { program, .. } => with_program(ebpf, program, |p: &mut KProbe| p.unload()),
     };
-    if let Some(Ok(Err(e))) = result {
+    if let Err(e) = result {
         log::debug!("unloading {hook:?}: {e}");
     }
 }

@@ -1,11 +1,11 @@
 //! The VM test matrix: every integration test binary, once per forced backend, inside each
 //! kernel; one table of kernel x family x backend -> pass / FAIL / unsupported (with reason).
 
-use std::{collections::BTreeMap, io::Write, path::Path, time::Duration};
+use std::{collections::BTreeMap, io::Write, time::Duration};
 
 use anyhow::bail;
 
-use super::{GuestFiles, Verdict, boot, build_initramfs, build_static, kernels};
+use super::{Verdict, boot, build_initramfs, kernels};
 
 pub const BACKENDS: &[&str] = &["fentry", "kprobe", "tracepoint"];
 /// What `cargo xtask test` (and so CI) runs. `sid` is on demand (`--kernel sid`): its
@@ -64,13 +64,7 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 }
 
 pub fn run(kernel_specs: &[String], timeout: Duration, refresh: bool, verbose: bool) -> anyhow::Result<()> {
-    let (twtrace, tests) = build_static()?;
-    let mut files = GuestFiles::default();
-    files.same_path(&twtrace);
-    files.at(&twtrace, Path::new("/usr/bin/twtrace"));
-    for (_, test) in &tests {
-        files.same_path(test);
-    }
+    let (files, tests) = super::guest_files()?;
     let work = kernels::cache_dir().join("matrix");
     std::fs::create_dir_all(&work)?;
     let initramfs = work.join("initramfs.cpio.gz");

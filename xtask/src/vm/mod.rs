@@ -245,12 +245,9 @@ pub fn build_static() -> anyhow::Result<(PathBuf, Vec<(String, PathBuf)>)> {
     Ok((twtrace, tests))
 }
 
-/// `cargo xtask vm --kernel K -- command`: boot each kernel and run the command in it.
-pub fn run(kernels: &[String], command: &[String], timeout: Duration, refresh: bool) -> anyhow::Result<()> {
-    crate::setup::ensure()?;
-    if command.is_empty() {
-        bail!("nothing to run: `cargo xtask vm --kernel 6.1 -- twtrace probes`");
-    }
+/// Static twtrace (at its host path, where the tests look, and on PATH) and the test binaries,
+/// as guest files; also returns the tests by name.
+pub fn guest_files() -> anyhow::Result<(GuestFiles, Vec<(String, PathBuf)>)> {
     let (twtrace, tests) = build_static()?;
     let mut files = GuestFiles::default();
     files.same_path(&twtrace);
@@ -258,6 +255,16 @@ pub fn run(kernels: &[String], command: &[String], timeout: Duration, refresh: b
     for (_, test) in &tests {
         files.same_path(test);
     }
+    Ok((files, tests))
+}
+
+/// `cargo xtask vm --kernel K -- command`: boot each kernel and run the command in it.
+pub fn run(kernels: &[String], command: &[String], timeout: Duration, refresh: bool) -> anyhow::Result<()> {
+    crate::setup::ensure()?;
+    if command.is_empty() {
+        bail!("nothing to run: `cargo xtask vm --kernel 6.1 -- twtrace probes`");
+    }
+    let (files, _) = guest_files()?;
     let script = format!("{}\n", command.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" "));
     let work = kernels::cache_dir().join("run");
     std::fs::create_dir_all(&work)?;
