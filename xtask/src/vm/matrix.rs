@@ -96,6 +96,7 @@ pub fn run(kernel_specs: &[String], timeout: Duration, refresh: bool, verbose: b
             }
         };
         eprintln!("xtask: matrix: booting {spec_text} ({version})");
+        // Distinct skip reasons per (test binary, backend).
         let mut notes: BTreeMap<(String, String), String> = BTreeMap::new();
         // (rc, tests passed, tests that skipped as unsupported)
         let mut results: BTreeMap<(String, String), (i32, u64, u64)> = BTreeMap::new();
@@ -109,7 +110,13 @@ pub fn run(kernel_specs: &[String], timeout: Duration, refresh: bool, verbose: b
             } else if let Some(rest) = line.strip_prefix(NOTE) {
                 if let (Some(t), Some(b)) = (field(rest, "test"), field(rest, "backend")) {
                     let reason = rest.split("reason=").nth(1).unwrap_or("?").to_owned();
-                    notes.entry((t.into(), b.into())).or_insert(reason);
+                    let note = notes.entry((t.into(), b.into())).or_default();
+                    if !note.split("; ").any(|r| r == reason) {
+                        if !note.is_empty() {
+                            note.push_str("; ");
+                        }
+                        note.push_str(&reason);
+                    }
                 }
             }
             let show = verbose || line.starts_with('[') && !line.starts_with("[    ") || line.contains("Kernel panic");
