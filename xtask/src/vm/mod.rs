@@ -99,14 +99,15 @@ pub fn build_initramfs(files: &GuestFiles, script: &str, out: &Path) -> anyhow::
 }
 
 /// The guest's init (busybox sh). One verdict line, then power off; `panic=-1` in the
-/// command line turns a kernel panic into an immediate exit of QEMU (`-no-reboot`).
+/// command line turns a kernel panic into an immediate exit of QEMU (`-no-reboot`). Nothing is
+/// mounted over /tmp: the initramfs root is writable already, and a checkout under /tmp (where
+/// a CI clone may live) holds the test binaries at their host paths.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/ TMPDIR=/tmp
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-mount -t tmpfs tmp /tmp
 mount -t tmpfs run /run
 mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
 ip link set lo up
