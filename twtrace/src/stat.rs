@@ -46,9 +46,10 @@ pub async fn run(options: &Options, filter: &Filter, stat: &StatOptions) -> anyh
     let mut batch = Vec::new();
     let mut printed = 0u64;
     loop {
+        // A stop prints one last report: what happened since the previous one is not lost.
         let (stop, report) = tokio::select! {
-            _ = sigint.recv() => (true, false),
-            _ = sigterm.recv() => (true, false),
+            _ = sigint.recv() => (true, true),
+            _ = sigterm.recv() => (true, true),
             _ = tick.tick() => (false, true),
             () = probes.next_batch(&mut batch) => (false, false),
         };

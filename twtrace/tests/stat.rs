@@ -12,11 +12,15 @@ use std::{
 use serde_json::Value;
 use support::{Netns, can_trace, server_closes_first};
 
-/// Runs `twtrace stat --json` for `count` one-second reports; `during` runs once tracing has
-/// started. Returns the reports.
-fn stat_reports(ns: &Netns, count: u32, during: impl FnOnce()) -> Option<Vec<Value>> {
+/// Runs `twtrace stat --json` with one-second reports; `during` runs once tracing has started.
+/// With `count`, stat stops by itself after that many reports; without, it is stopped with
+/// SIGINT once `during` is done and its final report is the last. Returns the reports.
+fn stat_reports(ns: &Netns, count: Option<u32>, during: impl FnOnce()) -> Option<Vec<Value>> {
     let mut args = vec!["stat".to_string(), "--json".into(), "--interval".into(), "1".into()];
-    args.extend(["--count".into(), count.to_string(), "--netns".into(), ns.name.clone()]);
+    args.extend(["--netns".into(), ns.name.clone()]);
+    if let Some(count) = count {
+        args.extend(["--count".into(), count.to_string()]);
+    }
     if let Some(b) = support::forced_backend() {
         args.extend(["--backend".into(), b]);
     }
@@ -35,6 +39,14 @@ fn stat_reports(ns: &Netns, count: u32, during: impl FnOnce()) -> Option<Vec<Val
         }
     }
     during();
+    if count.is_none() {
+        // Let the last events reach the ring buffer and be drained, then stop: the final
+        // report covers everything `during` did, however long it took (emulated guests are
+        // slow).
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    }
     let reports: Vec<Value> = BufReader::new(child.stdout.take().unwrap())
         .lines()
         .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
@@ -56,7 +68,7 @@ fn time_wait_sockets_from_before_start_are_in_the_first_report() {
     });
     let in_kernel = ns.time_wait_sockets().len();
     assert_eq!(in_kernel, 25);
-    let reports = stat_reports(&ns, 1, || {}).unwrap();
+    let reports = stat_reports(&ns, Some(1), || {}).unwrap();
     let first = &reports[0];
     assert_eq!(first["timewait"]["live"], in_kernel as u64, "{first}");
     assert_eq!(first["timewait"]["by_local"][0]["key"], format!("127.0.0.1:{port}"));
@@ -77,7 +89,7 @@ fn single_destination_port_use_matches_ss_within_two_percent() {
     ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
     let server: SocketAddr = "127.0.0.1:8080".parse().unwrap();
     let listener = ns.run(move || TcpListener::bind(server).unwrap());
-    let reports = stat_reports(&ns, 3, || {
+    let reports = stat_reports(&ns, None, || {
         ns.run(move || {
             // Non-keep-alive requests, client closes first: client-side TIME_WAIT holds ports.
             for _ in 0..CONNECTIONS {
