@@ -9,10 +9,8 @@ use support::{Netns, can_trace, server_closes_first};
 
 /// Sum over CPUs of slot 0 (lost records) of the per-CPU counters map, read with bpftool.
 fn kernel_lost(map_id: &str) -> u64 {
-    let out = Command::new("bpftool")
-        .args(["-j", "map", "lookup", "id", map_id, "key", "0", "0", "0", "0"])
-        .output()
-        .expect("bpftool (cargo xtask setup installs it)");
+    let out =
+        support::output(Command::new("bpftool").args(["-j", "map", "lookup", "id", map_id, "key", "0", "0", "0", "0"]));
     assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v["values"]

@@ -24,12 +24,9 @@ fn stat_reports(ns: &Netns, count: Option<u32>, during: impl FnOnce()) -> Option
     if let Some(b) = support::forced_backend() {
         args.extend(["--backend".into(), b]);
     }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_twtrace"))
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = support::spawn(
+        Command::new(env!("CARGO_BIN_EXE_twtrace")).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()),
+    );
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
     loop {
         match stderr.next() {
@@ -103,7 +100,7 @@ fn single_destination_port_use_matches_ss_within_two_percent() {
     })
     .unwrap();
     let out =
-        Command::new("ip").args(["netns", "exec", &ns.name, "ss", "-Htan", "dst", "127.0.0.1:8080"]).output().unwrap();
+        support::output(Command::new("ip").args(["netns", "exec", &ns.name, "ss", "-Htan", "dst", "127.0.0.1:8080"]));
     let in_kernel = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| {

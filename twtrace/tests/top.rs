@@ -17,22 +17,30 @@ struct Tmux {
 
 impl Tmux {
     fn start(name: &str, command: &str) -> Option<Self> {
-        if Command::new("tmux").arg("-V").output().is_err() {
+        if std::env::var_os("PATH").is_none_or(|p| !std::env::split_paths(&p).any(|d| d.join("tmux").is_file())) {
             support::unsupported("top", "tmux is not installed here");
             return None;
         }
         let session = format!("twt-{}-{name}", std::process::id());
-        let ok = Command::new("tmux")
-            .args(["new-session", "-d", "-s", &session, "-x", "120", "-y", "40", command])
-            .status()
-            .unwrap()
-            .success();
+        let ok = support::output(Command::new("tmux").args([
+            "new-session",
+            "-d",
+            "-s",
+            &session,
+            "-x",
+            "120",
+            "-y",
+            "40",
+            command,
+        ]))
+        .status
+        .success();
         assert!(ok, "tmux new-session");
         Some(Self { session })
     }
 
     fn screen(&self) -> String {
-        let out = Command::new("tmux").args(["capture-pane", "-p", "-t", &self.session]).output().unwrap();
+        let out = support::output(Command::new("tmux").args(["capture-pane", "-p", "-t", &self.session]));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -49,17 +57,17 @@ impl Tmux {
     }
 
     fn keys(&self, keys: &str) {
-        Command::new("tmux").args(["send-keys", "-t", &self.session, keys]).status().unwrap();
+        support::output(Command::new("tmux").args(["send-keys", "-t", &self.session, keys]));
     }
 
     fn alive(&self) -> bool {
-        Command::new("tmux").args(["has-session", "-t", &self.session]).output().unwrap().status.success()
+        support::output(Command::new("tmux").args(["has-session", "-t", &self.session])).status.success()
     }
 }
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ = Command::new("tmux").args(["kill-session", "-t", &self.session]).output();
+        let _ = support::output(Command::new("tmux").args(["kill-session", "-t", &self.session]));
     }
 }
 
@@ -76,7 +84,7 @@ fn in_use_on_screen(screen: &str, row: &str) -> Option<u64> {
 }
 
 fn ss_ports_to(ns: &Netns, dest: &str, range: (u16, u16)) -> usize {
-    let out = Command::new("ip").args(["netns", "exec", &ns.name, "ss", "-Htan", "dst", dest]).output().unwrap();
+    let out = support::output(Command::new("ip").args(["netns", "exec", &ns.name, "ss", "-Htan", "dst", dest]));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| {

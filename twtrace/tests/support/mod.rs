@@ -30,6 +30,30 @@ pub mod packets;
 /// Name (and so comm) of the threads tests run inside a namespace.
 pub const NETNS_THREAD: &str = "twt-netns";
 
+/// Held while a child process is forked and exec'd, and while a namespace thread works with
+/// sockets. A child holds every open descriptor between fork and exec; if a test thread closes
+/// a socket then, the child's close-on-exec drops the last reference and the kernel runs the
+/// close (FIN_WAIT1) in the child, already renamed `ip` or `ss` (seen on a 6.12 guest). The
+/// socket's owner would be the child: true to the kernel, but not what these tests assert.
+static FORK_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn fork_guard() -> std::sync::MutexGuard<'static, ()> {
+    FORK_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `cmd.spawn()` under the fork lock (spawn returns once the child has exec'd).
+pub fn spawn(cmd: &mut Command) -> std::process::Child {
+    let _guard = fork_guard();
+    cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+/// `cmd.output()` under the fork lock.
+pub fn output(cmd: &mut Command) -> std::process::Output {
+    spawn(cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()))
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// A fresh network namespace, deleted on drop. Sockets made inside [`Netns::run`] live in it.
 pub struct Netns {
     pub name: String,
@@ -38,7 +62,7 @@ pub struct Netns {
 impl Netns {
     pub fn new(tag: &str) -> Self {
         let name = format!("twt-{}-{tag}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
+        let _ = output(Command::new("ip").args(["netns", "del", &name]));
         run(Command::new("ip").args(["netns", "add", &name]));
         run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
         Self { name }
@@ -51,6 +75,7 @@ impl Netns {
         std::thread::Builder::new()
             .name(NETNS_THREAD.into())
             .spawn(move || {
+                let _no_fork_meanwhile = fork_guard();
                 let file = std::fs::File::open(&path).expect("open netns");
                 // SAFETY: valid fd; setns affects only this thread.
                 let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
@@ -81,10 +106,7 @@ impl Netns {
 
     /// `ss -Htan state time-wait` in this namespace: (local, peer) pairs.
     pub fn time_wait_sockets(&self) -> Vec<(SocketAddr, SocketAddr)> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, "ss", "-Htan", "state", "time-wait"])
-            .output()
-            .expect("ss");
+        let out = output(Command::new("ip").args(["netns", "exec", &self.name, "ss", "-Htan", "state", "time-wait"]));
         assert!(out.status.success(), "ss failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -103,7 +125,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = output(Command::new("ip").args(["netns", "del", &self.name]));
     }
 }
 
@@ -113,8 +135,8 @@ fn parse_ss_addr(s: &str) -> Option<SocketAddr> {
 }
 
 fn run(cmd: &mut Command) {
-    let status = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(status.success(), "{cmd:?} failed");
+    let out = output(cmd);
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Says why this test cannot run here, in the form the VM matrix reports, and the caller
@@ -175,14 +197,14 @@ impl Tracer {
     /// Starts twtrace with global options (before `trace`, e.g. `-v`) and `trace` options;
     /// `Err(stderr)` if it exits before tracing.
     pub fn try_start(global: &[&str], args: &[&str]) -> Result<Self, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_twtrace"))
-            .args(global)
-            .args(["trace", "--json"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn twtrace");
+        let mut child = spawn(
+            Command::new(env!("CARGO_BIN_EXE_twtrace"))
+                .args(global)
+                .args(["trace", "--json"])
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        );
         let stderr = BufReader::new(child.stderr.take().expect("stderr"));
         let mut stderr_lines = stderr.lines();
         let deadline = Instant::now() + Duration::from_secs(60);
