@@ -37,12 +37,13 @@ enum Command {
     Stat(StatArgs),
     /// The live view: TIME_WAIT, port space per destination, PAWS drops (falls back to `stat`
     /// when stdout is not a terminal).
-    Top(TopArgs),
+    Top(ViewArgs),
 }
 
+/// What `top` and `stat` both take: the probes, the filters and the size of the rankings.
 #[derive(Args)]
-struct TopArgs {
-    /// Rows per ranking.
+struct ViewArgs {
+    /// Rows per ranking (destinations, remotes, owners, sources).
     #[arg(long, default_value_t = 10)]
     top: usize,
     #[command(flatten)]
@@ -62,13 +63,8 @@ struct StatArgs {
     /// JSON Lines instead of text.
     #[arg(long)]
     json: bool,
-    /// Rows per ranking (destinations, remotes, owners, sources).
-    #[arg(long, default_value_t = 10)]
-    top: usize,
     #[command(flatten)]
-    probes: ProbeArgs,
-    #[command(flatten)]
-    filters: FilterArgs,
+    view: ViewArgs,
 }
 
 #[derive(Args, Clone)]
@@ -182,9 +178,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 interval: Duration::from_secs_f64(args.interval),
                 count: args.count,
                 json: args.json,
-                top: args.top,
+                top: args.view.top,
             };
-            stat::run(&args.probes.options()?, &args.filters.filter(), &stat).await
+            stat::run(&args.view.probes.options()?, &args.view.filters.filter(), &stat).await
         }
     }
 }

@@ -99,17 +99,7 @@ fn single_destination_port_use_matches_ss_within_two_percent() {
         })
     })
     .unwrap();
-    let out =
-        support::output(Command::new("ip").args(["netns", "exec", &ns.name, "ss", "-Htan", "dst", "127.0.0.1:8080"]));
-    let in_kernel = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| {
-            l.split_whitespace()
-                .nth(3)
-                .and_then(|a| a.parse::<SocketAddr>().ok())
-                .is_some_and(|a| (RANGE.0..=RANGE.1).contains(&a.port()))
-        })
-        .count();
+    let in_kernel = ns.ports_to("127.0.0.1:8080", RANGE);
     assert_eq!(in_kernel, CONNECTIONS, "each request left a client-side TIME_WAIT socket");
     let last = reports.last().unwrap();
     let dest = last["port_space"]["destinations"]

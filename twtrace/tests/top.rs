@@ -83,19 +83,6 @@ fn in_use_on_screen(screen: &str, row: &str) -> Option<u64> {
     line.split(row).nth(1)?.split_whitespace().next()?.parse().ok()
 }
 
-fn ss_ports_to(ns: &Netns, dest: &str, range: (u16, u16)) -> usize {
-    let out = support::output(Command::new("ip").args(["netns", "exec", &ns.name, "ss", "-Htan", "dst", dest]));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| {
-            l.split_whitespace()
-                .nth(3)
-                .and_then(|a| a.parse::<SocketAddr>().ok())
-                .is_some_and(|a| (range.0..=range.1).contains(&a.port()))
-        })
-        .count()
-}
-
 #[test]
 fn churning_client_utilisation_rises_and_matches_ss() {
     if !can_trace() {
@@ -126,7 +113,7 @@ fn churning_client_utilisation_rises_and_matches_ss() {
     let first = tmux.wait_for("200 ports in use", |s| in_use_on_screen(s, row).is_some_and(|n| n >= 200));
     let _listener = churn(listener, 300);
     let screen = tmux.wait_for("500 ports in use", |s| in_use_on_screen(s, row).is_some_and(|n| n >= 500));
-    let in_kernel = ss_ports_to(&ns, "127.0.0.1:8080", RANGE);
+    let in_kernel = ns.ports_to("127.0.0.1:8080", RANGE);
     let shown = in_use_on_screen(&screen, row).unwrap();
     assert!(
         (shown as f64 - in_kernel as f64).abs() <= 0.02 * in_kernel as f64,

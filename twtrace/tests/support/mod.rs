@@ -118,6 +118,23 @@ impl Netns {
             .collect()
     }
 
+    /// `ss -Htan dst DEST` in this namespace: sockets toward `dest` whose local port is in
+    /// `range` (the ephemeral ports connect() used), any state.
+    pub fn ports_to(&self, dest: &str, range: (u16, u16)) -> usize {
+        let out = output(Command::new("ip").args(["netns", "exec", &self.name, "ss", "-Htan", "dst", dest]));
+        assert!(out.status.success(), "ss failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| {
+                // Without a state filter ss prints: State Recv-Q Send-Q Local Peer.
+                l.split_whitespace()
+                    .nth(3)
+                    .and_then(|a| a.parse::<SocketAddr>().ok())
+                    .is_some_and(|a| (range.0..=range.1).contains(&a.port()))
+            })
+            .count()
+    }
+
     pub fn sysctl(&self, key: &str, value: &str) {
         run(Command::new("ip").args(["netns", "exec", &self.name, "sysctl", "-qw", &format!("{key}={value}")]));
     }
