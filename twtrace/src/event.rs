@@ -79,6 +79,33 @@ pub enum Event {
     PortSearch(PortSearchEvent),
     /// Changes of the kernel's TCP counters (/proc/net/netstat) since the previous sample.
     Netstat(NetstatEvent),
+    /// The kernel found the ring buffer full and dropped records: part of the stream, so every
+    /// sink (and every recording) shows the loss.
+    Lost(LostEvent),
+}
+
+impl Event {
+    /// CLOCK_MONOTONIC nanoseconds of the event (of the sample, for counters and losses).
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            Event::TimeWait(e) => e.ts_ns,
+            Event::State(e) => e.ts_ns,
+            Event::Drop(e) => e.ts_ns,
+            Event::PortSearch(e) => e.ts_ns,
+            Event::Netstat(e) => e.ts_ns,
+            Event::Lost(e) => e.ts_ns,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LostEvent {
+    /// When userspace noticed (the kernel does not time its losses).
+    pub ts_ns: u64,
+    /// Records lost since the previous report.
+    pub new: u64,
+    /// Records lost since tracing started.
+    pub total: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]

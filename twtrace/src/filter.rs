@@ -30,6 +30,12 @@ impl std::str::FromStr for Cidr {
     }
 }
 
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         // An IPv4 client seen by an IPv6 socket is a v4-mapped address: match it as IPv4.
@@ -64,6 +70,18 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The filter in command-line terms, e.g. `--pid 42 --addr 10.0.0.0/8` (empty: none).
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        parts.extend(self.pids.iter().map(|p| format!("--pid {p}")));
+        parts.extend(self.comms.iter().map(|c| format!("--comm {c}")));
+        parts.extend(self.cgroups.iter().map(|c| format!("--cgroup {c}")));
+        parts.extend(self.addrs.iter().map(|a| format!("--addr {a}")));
+        parts.extend(self.ports.iter().map(|p| format!("--port {p}")));
+        parts.extend(self.netns.iter().map(|n| format!("--netns {n}")));
+        parts.join(" ")
+    }
+
     pub fn is_empty(&self) -> bool {
         self.pids.is_empty()
             && self.comms.is_empty()
@@ -88,7 +106,7 @@ impl Filter {
                 let flow = e.remote.or(e.local).map(|a| SocketFlow { local: e.local.unwrap_or(a), remote: a });
                 (e.process.as_ref(), flow, e.netns)
             }
-            Event::Netstat(_) => return true,
+            Event::Netstat(_) | Event::Lost(_) => return true,
         };
         if !self.netns.is_empty() && !self.netns.contains(&netns) {
             return false;

@@ -1,21 +1,16 @@
 //! twtrace: TIME_WAIT, ephemeral-port and PAWS tracing for Linux TCP.
 
-mod aggregate;
-mod event;
-mod filter;
-mod kernel;
-mod output;
-mod probes;
-mod stat;
-mod tui;
+use std::{path::PathBuf, time::Duration};
 
-use std::time::Duration;
-
-use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use serde_json::json;
-
-use crate::probes::{Backend, LiveProbes, Options};
+use twtrace::{
+    filter, kernel, output,
+    probes::{Backend, LiveProbes, Options},
+    record::{self, Replay},
+    report,
+    source::Source,
+    stat, tui,
+};
 
 #[derive(Parser)]
 #[command(version, about = "Trace Linux TCP TIME_WAIT sockets, ephemeral port search and PAWS drops")]
@@ -29,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Stream events, one line each.
+    /// Stream events, one line each (live, or from a recording with --replay).
     Trace(TraceArgs),
     /// Show, per probe family, which backends were tried, which one runs and why others failed.
     Probes(ProbeArgs),
@@ -37,24 +32,87 @@ enum Command {
     Stat(StatArgs),
     /// The live view: TIME_WAIT, port space per destination, PAWS drops (falls back to `stat`
     /// when stdout is not a terminal).
-    Top(ViewArgs),
+    Top(TopArgs),
+    /// Write the event stream to a file for later analysis, on any machine.
+    Record(RecordArgs),
+    /// A postmortem summary of a recording: text, JSON, or a self-contained HTML page.
+    Report(report::ReportArgs),
 }
 
-/// What `top` and `stat` both take: the probes, the filters and the size of the rankings.
+/// Where events come from: the kernel (the default) or a recording.
 #[derive(Args)]
-struct ViewArgs {
-    /// Rows per ranking (destinations, remotes, owners, sources).
-    #[arg(long, default_value_t = 10)]
-    top: usize,
+struct SourceArgs {
+    /// Read this recording instead of tracing the kernel (no root needed). --port and an inode
+    /// --netns then filter the recording.
+    #[arg(long, value_name = "FILE")]
+    replay: Option<PathBuf>,
     #[command(flatten)]
     probes: ProbeArgs,
     #[command(flatten)]
     filters: FilterArgs,
 }
 
+impl SourceArgs {
+    /// The source and the userspace filter. `with_sockets`: the views need the sockets that
+    /// exist at start. `speed`: pacing of a replay (`None`: as fast as possible).
+    fn open(&self, with_sockets: bool, speed: Option<f64>) -> anyhow::Result<(Source, filter::Filter)> {
+        let mut filter = self.filters.filter();
+        let Some(path) = &self.replay else {
+            let source = Source::live(&self.probes.options()?, with_sockets)?;
+            return Ok((source, filter));
+        };
+        let p = &self.probes;
+        if p.backend.is_some() || p.ring_buffer_size != DEFAULT_RING_BYTES {
+            anyhow::bail!("--backend and --ring-buffer-size apply to live tracing, not to --replay");
+        }
+        if let Some(netns) = &p.netns {
+            filter.netns.push(netns.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "with --replay, --netns takes the namespace's inode number (names and paths are of this machine)"
+                )
+            })?);
+        }
+        filter.ports.extend(p.port);
+        let replay = Replay::open(path, speed).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok((Source::Replay(Box::new(replay)), filter))
+    }
+}
+
+/// What `top` and `stat` both take: the source, the filters and the size of the rankings.
+#[derive(Args)]
+struct ViewArgs {
+    /// Rows per ranking (destinations, remotes, owners, sources).
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    #[command(flatten)]
+    source: SourceArgs,
+}
+
+#[derive(Args)]
+struct TopArgs {
+    /// Replay speed: a multiple of the recorded pace (1 = as recorded), or `max`.
+    #[arg(long, value_name = "X", value_parser = parse_speed, requires = "replay")]
+    speed: Option<Speed>,
+    #[command(flatten)]
+    view: ViewArgs,
+}
+
+#[derive(Clone, Copy)]
+struct Speed(Option<f64>);
+
+fn parse_speed(text: &str) -> Result<Speed, String> {
+    if text == "max" {
+        return Ok(Speed(None));
+    }
+    match text.parse::<f64>() {
+        Ok(x) if x > 0.0 && x.is_finite() => Ok(Speed(Some(x))),
+        _ => Err(format!("`{text}`: give a positive multiple (0.5, 1, 10) or `max`")),
+    }
+}
+
 #[derive(Args)]
 struct StatArgs {
-    /// Seconds between reports.
+    /// Seconds between reports (of recorded time, with --replay).
     #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
     interval: f64,
     /// Stop after this many reports.
@@ -66,6 +124,8 @@ struct StatArgs {
     #[command(flatten)]
     view: ViewArgs,
 }
+
+const DEFAULT_RING_BYTES: u32 = 8 << 20;
 
 #[derive(Args, Clone)]
 struct ProbeArgs {
@@ -80,7 +140,7 @@ struct ProbeArgs {
     #[arg(long)]
     port: Option<u16>,
     /// Ring buffer size in bytes (power of two, at least 4096).
-    #[arg(long, default_value_t = 8 << 20, value_name = "BYTES")]
+    #[arg(long, default_value_t = DEFAULT_RING_BYTES, value_name = "BYTES")]
     ring_buffer_size: u32,
 }
 
@@ -132,9 +192,24 @@ struct TraceArgs {
     /// JSON Lines on stdout instead of text.
     #[arg(long)]
     json: bool,
-    /// Stop after this many seconds.
-    #[arg(long, value_name = "SECONDS")]
-    duration: Option<f64>,
+    /// Stop after this long (seconds, or with s, m, h).
+    #[arg(long, value_name = "DURATION", value_parser = record::parse_duration)]
+    duration: Option<Duration>,
+    #[command(flatten)]
+    source: SourceArgs,
+}
+
+#[derive(Args)]
+struct RecordArgs {
+    /// The recording to write (created with mode 0600).
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// Overwrite the file if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Stop after this long (seconds, or with s, m, h); otherwise at Ctrl-C or SIGTERM.
+    #[arg(long, value_name = "DURATION", value_parser = record::parse_duration)]
+    duration: Option<Duration>,
     #[command(flatten)]
     probes: ProbeArgs,
     #[command(flatten)]
@@ -142,6 +217,9 @@ struct TraceArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    // Like any Unix filter: `twtrace trace | head` ends quietly when the reader goes away.
+    // SAFETY: restoring a default disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => log::LevelFilter::Warn,
@@ -167,9 +245,17 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Trace(args) => trace(args).await,
+        Command::Trace(args) => {
+            let (mut source, filter) = args.source.open(false, None)?;
+            output::run(&mut source, &filter, args.json, args.duration).await
+        }
         Command::Probes(args) => probes_report(args),
-        Command::Top(args) => tui::run(&args.probes.options()?, args.filters.filter(), args.top).await,
+        Command::Top(args) => {
+            // A replay in top defaults to the recorded pace; `--speed max` as fast as it reads.
+            let speed = args.speed.map_or(Some(1.0), |s| s.0);
+            let (source, filter) = args.view.source.open(true, speed)?;
+            tui::run(source, filter, args.view.top).await
+        }
         Command::Stat(args) => {
             if !(args.interval > 0.0 && args.interval.is_finite()) {
                 anyhow::bail!("--interval must be a positive number of seconds");
@@ -180,8 +266,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 json: args.json,
                 top: args.view.top,
             };
-            stat::run(&args.view.probes.options()?, &args.view.filters.filter(), &stat).await
+            let (mut source, filter) = args.view.source.open(true, None)?;
+            stat::run(&mut source, &filter, &stat).await
         }
+        Command::Record(args) => {
+            let filter = args.filters.filter();
+            // Before loading anything: an existing file is refused at once.
+            if !args.force && args.output.exists() {
+                return Err(record::RecordError::Exists(args.output).into());
+            }
+            let mut source = Source::live(&args.probes.options()?, true)?;
+            record::run(&mut source, &filter, &args.output, args.force, args.duration).await
+        }
+        Command::Report(args) => report::run(&args),
     }
 }
 
@@ -190,65 +287,5 @@ fn probes_report(args: ProbeArgs) -> anyhow::Result<()> {
     for report in &probes.reports {
         println!("{report}");
     }
-    Ok(())
-}
-
-async fn trace(args: TraceArgs) -> anyhow::Result<()> {
-    let options = args.probes.options()?;
-    let filter = args.filters.filter();
-    // Before anything is announced: a Ctrl-C right after start must still end cleanly.
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut probes = LiveProbes::load(&options).context("cannot start tracing")?;
-    let clock = kernel::WallClock::now();
-    // Tools and tests wait for this line: everything after it is traced.
-    eprintln!("twtrace: tracing; {}", probes::backend_summary(&probes.reports));
-
-    let mut printer = output::Printer::new(std::io::BufWriter::new(std::io::stdout().lock()), args.json, clock);
-    let mut batch = Vec::new();
-    let mut events = 0u64;
-    let mut lost_seen = 0u64;
-    let deadline = args.duration.map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0)));
-
-    loop {
-        let stop = tokio::select! {
-            _ = sigint.recv() => true,
-            _ = sigterm.recv() => true,
-            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => true,
-            () = probes.next_batch(&mut batch) => false,
-        };
-        if stop {
-            probes.finish(&mut batch);
-        }
-        events += batch.len() as u64;
-        for event in batch.drain(..).filter(|e| filter.matches(e)) {
-            printer.event(&event)?;
-        }
-        let lost = probes.lost();
-        if lost > lost_seen {
-            printer.lost(kernel::monotonic_ns(), lost - lost_seen, lost)?;
-            lost_seen = lost;
-        }
-        // Once per drained batch, so pipes (jq, tests) see events within a drain interval.
-        printer.flush()?;
-        if stop {
-            break;
-        }
-    }
-
-    let stats = probes.stats();
-    printer.summary(&json!({
-        "event": "summary",
-        "events": events,
-        "lost": lost_seen,
-        "decoder": stats,
-        "backends": probes.reports,
-    }))?;
-    eprintln!(
-        "twtrace: {events} events, {lost_seen} lost in the kernel (ring buffer full), {} malformed records, \
-         {} TIME_WAIT deaths of sockets born before tracing started",
-        stats.malformed + stats.wrong_version,
-        stats.untracked_deaths
-    );
     Ok(())
 }

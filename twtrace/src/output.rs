@@ -1,13 +1,72 @@
 //! The `trace` sink: one line per event, for people or (with `--json`) for tools.
 
-use std::io::Write;
+use std::{io::Write, time::Duration};
 
 use serde_json::{Value, json};
 
 use crate::{
     event::{Event, Process, SearchOp, SocketFlow, TimeWaitChange, errno_name, tcp_state_name},
+    filter::Filter,
     kernel::WallClock,
+    source::{Flow, Signals, Source},
 };
+
+/// `twtrace trace`: prints the stream until Ctrl-C, SIGTERM, `duration` or the end of a
+/// recording, then a summary (a JSON line with `--json`, a sentence on stderr).
+pub async fn run(source: &mut Source, filter: &Filter, json: bool, duration: Option<Duration>) -> anyhow::Result<()> {
+    let mut signals = Signals::new()?;
+    // Tools and tests wait for this line: live, everything after it is traced.
+    eprintln!("twtrace: {}", source.describe());
+    let clock = source.info().clock;
+    let mut printer = Printer::new(std::io::BufWriter::new(std::io::stdout().lock()), json, clock);
+    let mut batch = Vec::new();
+    let mut events = 0u64;
+    let mut lost = 0u64;
+    let deadline = duration.map(|d| tokio::time::Instant::now() + d);
+    loop {
+        let stop = tokio::select! {
+            () = signals.recv() => true,
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => true,
+            flow = source.next_batch(&mut batch) => flow == Flow::Ended,
+        };
+        if stop {
+            source.finish(&mut batch);
+        }
+        for event in batch.drain(..).filter(|e| filter.matches(e)) {
+            match &event {
+                Event::Lost(l) => lost = l.total,
+                _ => events += 1,
+            }
+            printer.event(&event)?;
+        }
+        // Once per batch, so pipes (jq, tests) see events within a drain interval.
+        printer.flush()?;
+        if stop {
+            break;
+        }
+    }
+    let mut summary = json!({"event": "summary", "events": events, "lost": lost, "backends": source.info().backends});
+    match source {
+        Source::Live(live) => {
+            let stats = live.probes.stats();
+            summary["decoder"] = json!(stats);
+            printer.summary(&summary)?;
+            eprintln!(
+                "twtrace: {events} events, {lost} lost in the kernel (ring buffer full), {} malformed records, \
+                 {} TIME_WAIT deaths of sockets born before tracing started",
+                stats.malformed + stats.wrong_version,
+                stats.untracked_deaths
+            );
+        }
+        Source::Replay(replay) => {
+            let damage: Vec<String> = replay.reader().damage().iter().map(ToString::to_string).collect();
+            summary["damage"] = json!(damage);
+            printer.summary(&summary)?;
+            eprintln!("twtrace: {}", replay.summary());
+        }
+    }
+    Ok(())
+}
 
 /// The `trace` sink.
 pub struct Printer<W: Write> {
@@ -30,20 +89,6 @@ impl<W: Write> Printer<W> {
         }
     }
 
-    /// Reports newly lost records (never silent).
-    pub fn lost(&mut self, ts_ns: u64, new: u64, total: u64) -> std::io::Result<()> {
-        if self.json {
-            let v = json!({"event": "lost", "ts": rfc3339(self.clock.to_unix_ns(ts_ns)), "mono_ns": ts_ns, "count": new, "total": total});
-            writeln!(self.out, "{v}")
-        } else {
-            writeln!(
-                self.out,
-                "{} LOST  {new} events (ring buffer full; {total} so far)",
-                clock_time(self.clock.to_unix_ns(ts_ns))
-            )
-        }
-    }
-
     /// A JSON line for tools (the human summary goes to stderr).
     pub fn summary(&mut self, summary: &Value) -> std::io::Result<()> {
         if self.json {
@@ -58,13 +103,7 @@ impl<W: Write> Printer<W> {
 }
 
 pub fn event_json(event: &Event, clock: WallClock) -> Value {
-    let ts_ns = match event {
-        Event::TimeWait(e) => e.ts_ns,
-        Event::State(e) => e.ts_ns,
-        Event::Drop(e) => e.ts_ns,
-        Event::PortSearch(e) => e.ts_ns,
-        Event::Netstat(e) => e.ts_ns,
-    };
+    let ts_ns = event.ts_ns();
     let mut v = json!({"ts": rfc3339(clock.to_unix_ns(ts_ns)), "mono_ns": ts_ns});
     let m = v.as_object_mut().expect("object");
     let mut put = |key: &str, value: Value| {
@@ -132,6 +171,11 @@ pub fn event_json(event: &Event, clock: WallClock) -> Value {
             put("event", json!("netstat"));
             put("netns", json!(e.netns));
             put("deltas", Value::Object(e.deltas.iter().map(|(k, v)| (k.clone(), json!(v))).collect()));
+        }
+        Event::Lost(e) => {
+            put("event", json!("lost"));
+            put("count", json!(e.new));
+            put("total", json!(e.total));
         }
     }
     v
@@ -218,6 +262,7 @@ pub fn event_text(event: &Event, clock: WallClock) -> String {
             let deltas: Vec<String> = e.deltas.iter().map(|(k, v)| format!("{k} {v:+}")).collect();
             (e.ts_ns, e.netns, format!("COUNTERS  {}", deltas.join(", ")))
         }
+        Event::Lost(e) => (e.ts_ns, 0, format!("LOST      {} events (ring buffer full; {} so far)", e.new, e.total)),
         Event::PortSearch(e) => {
             let op = if e.op == SearchOp::Connect { "connect()" } else { "bind()" };
             let addr = e.remote.or(e.local).map(|a| a.to_string()).unwrap_or_else(|| "?".into());

@@ -3,15 +3,15 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use serde_json::json;
 
 use crate::{
-    aggregate::{Aggregator, Settings, Snapshot},
+    aggregate::{Aggregator, Snapshot},
     filter::Filter,
-    kernel::{self, WallClock},
+    kernel::WallClock,
     output::rfc3339,
-    probes::{self, LiveProbes, Options},
+    probes,
+    source::{Flow, Signals, Source},
 };
 
 pub struct StatOptions {
@@ -21,60 +21,55 @@ pub struct StatOptions {
     pub top: usize,
 }
 
-/// The aggregator for the traced namespace, seeded with the sockets that exist now.
-pub fn seeded_aggregator(options: &Options, top: usize) -> anyhow::Result<Aggregator> {
-    let path = options.netns_path.as_deref();
-    if options.netns.is_some() && path.is_none() {
-        anyhow::bail!("--netns given as an inode: the views need the namespace's name or path to read its sockets");
-    }
-    let (port_range, max_tw_buckets) =
-        kernel::netns::port_settings(path).context("reading net.ipv4.ip_local_port_range")?;
-    let mut aggregator = Aggregator::new(Settings { port_range, max_tw_buckets, top });
-    let sockets = kernel::netns::run_in(path, kernel::sockdiag::tcp_sockets).context("listing sockets (sock_diag)")?;
-    aggregator.seed(kernel::monotonic_ns(), &sockets);
-    Ok(aggregator)
-}
-
-pub async fn run(options: &Options, filter: &Filter, stat: &StatOptions) -> anyhow::Result<()> {
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut probes = LiveProbes::load(options).context("cannot start tracing")?;
-    let mut aggregator = seeded_aggregator(options, stat.top)?;
-    let clock = WallClock::now();
-    eprintln!("twtrace: tracing; {}", probes::backend_summary(&probes.reports));
+pub async fn run(source: &mut Source, filter: &Filter, stat: &StatOptions) -> anyhow::Result<()> {
+    let mut signals = Signals::new()?;
+    let info = source.info().clone();
+    let mut aggregator = info.aggregator(stat.top);
+    eprintln!("twtrace: {}", source.describe());
+    let interval_ns = stat.interval.as_nanos() as u64;
+    // Live: a report each wall interval. Replay: each interval of recorded time, cut exactly
+    // between events, so a replayed recording gives the timeline it would have given live.
+    let live = source.is_live();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + stat.interval, stat.interval);
+    let mut next_report_ns = info.started_ns + interval_ns;
     let mut batch = Vec::new();
     let mut printed = 0u64;
+    let mut print = |aggregator: &mut Aggregator, at_ns: u64| {
+        let snapshot = aggregator.snapshot(at_ns);
+        if stat.json {
+            println!("{}", snapshot_json(&snapshot, info.clock, &info.backends));
+        } else {
+            println!("{}", snapshot_text(&snapshot, info.clock));
+        }
+        printed += 1;
+        stat.count.is_some_and(|c| printed >= c)
+    };
     loop {
         // A stop prints one last report: what happened since the previous one is not lost.
         let (stop, report) = tokio::select! {
-            _ = sigint.recv() => (true, true),
-            _ = sigterm.recv() => (true, true),
-            _ = tick.tick() => (false, true),
-            () = probes.next_batch(&mut batch) => (false, false),
+            () = signals.recv() => (true, true),
+            _ = tick.tick(), if live => (false, true),
+            flow = source.next_batch(&mut batch) => (flow == Flow::Ended, flow == Flow::Ended),
         };
         if stop {
-            probes.finish(&mut batch);
+            source.finish(&mut batch);
         }
         for event in batch.drain(..).filter(|e| filter.matches(e)) {
+            while !live && event.ts_ns() >= next_report_ns {
+                if print(&mut aggregator, next_report_ns) {
+                    return Ok(());
+                }
+                next_report_ns += interval_ns;
+            }
             aggregator.apply(&event);
         }
-        aggregator.set_lost(probes.lost());
-        if report {
-            let now = kernel::monotonic_ns();
-            let snapshot = aggregator.snapshot(now);
-            if stat.json {
-                println!("{}", snapshot_json(&snapshot, clock, &probes.reports));
-            } else {
-                println!("{}", snapshot_text(&snapshot, clock));
-            }
-            printed += 1;
+        if report && print(&mut aggregator, source.now_ns()) {
+            return Ok(());
         }
-        if stop || stat.count.is_some_and(|c| printed >= c) {
-            break;
+        if stop {
+            return Ok(());
         }
     }
-    Ok(())
 }
 
 pub fn snapshot_json(s: &Snapshot, clock: WallClock, backends: &[probes::FamilyReport]) -> serde_json::Value {

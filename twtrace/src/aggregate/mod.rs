@@ -201,6 +201,7 @@ impl Aggregator {
                     *self.counters.entry(name.clone()).or_default() += delta;
                 }
             }
+            Event::Lost(e) => self.lost = self.lost.max(e.total),
         }
     }
 
@@ -329,6 +330,27 @@ impl Aggregator {
         for dest in freed {
             self.release(dest, now_ns);
         }
+    }
+
+    /// A few running totals at `now_ns`, cheap enough to take every second of a long
+    /// recording (the report's timelines); [`Self::snapshot`] has everything.
+    pub fn sample(&mut self, now_ns: u64) -> Sample {
+        self.expire_existing(now_ns);
+        Sample {
+            mono_ns: now_ns,
+            timewait_live: (self.live.len() + self.existing_tw.len()) as u64,
+            births_total: self.births.total(),
+            expired_total: self.expired.total(),
+            killed_total: self.killed.total(),
+            drops_total: self.drops.total(),
+            connect_failures_total: self.searches.values().map(|s| s.failures).sum(),
+            ports_in_use: self.destinations.iter().filter(|(_, d)| d.in_use > 0).map(|(k, d)| (*k, d.in_use)).collect(),
+        }
+    }
+
+    /// The size of the ephemeral port range.
+    pub fn port_range_size(&self) -> u64 {
+        self.settings.range_size()
     }
 
     /// The views at `now_ns` (CLOCK_MONOTONIC, the events' clock).
@@ -580,6 +602,20 @@ pub struct PawsView {
     pub recent: Vec<RecentDrop>,
     /// Kernel counter totals since start (netstat deltas).
     pub counters: Vec<(String, i64)>,
+}
+
+/// See [`Aggregator::sample`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub mono_ns: u64,
+    pub timewait_live: u64,
+    pub births_total: u64,
+    pub expired_total: u64,
+    pub killed_total: u64,
+    pub drops_total: u64,
+    pub connect_failures_total: u64,
+    /// Ports held per destination (destinations holding none are left out).
+    pub ports_in_use: Vec<(Destination, u64)>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

@@ -80,7 +80,7 @@ pub fn monotonic_ns() -> u64 {
 }
 
 /// Maps kernel monotonic timestamps to wall-clock time, measured once at start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WallClock {
     pub realtime_ns: u64,
     pub monotonic_ns: u64,

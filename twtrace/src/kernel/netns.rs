@@ -24,16 +24,35 @@ pub fn run_in<T: Send + 'static>(
     .map_err(|_| std::io::Error::other("namespace thread panicked"))?
 }
 
-/// `net.ipv4.ip_local_port_range` and `net.ipv4.tcp_max_tw_buckets` of the namespace.
-pub fn port_settings(path: Option<&Path>) -> std::io::Result<((u16, u16), Option<u64>)> {
+/// The namespace's settings that decide TIME_WAIT and port-space behaviour; recorded with
+/// every recording, because a postmortem needs them as much as the events.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Sysctls {
+    /// `net.ipv4.ip_local_port_range`: ports connect() may choose.
+    pub ip_local_port_range: (u16, u16),
+    pub tcp_max_tw_buckets: Option<u64>,
+    pub tcp_tw_reuse: Option<u64>,
+    pub tcp_timestamps: Option<u64>,
+    /// Seconds an orphaned FIN_WAIT2 socket lives (not TIME_WAIT's 60 s).
+    pub tcp_fin_timeout: Option<u64>,
+}
+
+/// Reads [`Sysctls`] inside the namespace at `path` (here when `None`).
+pub fn sysctls(path: Option<&Path>) -> std::io::Result<Sysctls> {
     run_in(path, || {
         let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")?;
         let mut parts = range.split_whitespace().filter_map(|p| p.parse::<u16>().ok());
         let (Some(lo), Some(hi)) = (parts.next(), parts.next()) else {
             return Err(std::io::Error::other(format!("unexpected ip_local_port_range `{}`", range.trim())));
         };
-        let buckets =
-            std::fs::read_to_string("/proc/sys/net/ipv4/tcp_max_tw_buckets").ok().and_then(|s| s.trim().parse().ok());
-        Ok(((lo, hi), buckets))
+        let number =
+            |name: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}")).ok()?.trim().parse().ok();
+        Ok(Sysctls {
+            ip_local_port_range: (lo, hi),
+            tcp_max_tw_buckets: number("tcp_max_tw_buckets"),
+            tcp_tw_reuse: number("tcp_tw_reuse"),
+            tcp_timestamps: number("tcp_timestamps"),
+            tcp_fin_timeout: number("tcp_fin_timeout"),
+        })
     })
 }

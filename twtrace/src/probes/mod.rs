@@ -23,7 +23,7 @@ use twtrace_common::{Config, Counter, EventHeader, EventKind, SCHEMA_VERSION, co
 use crate::{event::Event, kernel};
 
 /// How a family's programs hook into the kernel, in order of preference.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// fentry/fexit trampolines: cheapest, need BTF and trampoline support.
@@ -44,7 +44,7 @@ impl fmt::Display for Backend {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     #[serde(rename = "timewait")]
@@ -144,7 +144,7 @@ pub enum LoadError {
     Poll(std::io::Error),
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Attempt {
     pub backend: Backend,
     /// `None` if it attached; otherwise why not.
@@ -152,7 +152,7 @@ pub struct Attempt {
 }
 
 /// What was tried for one family and what runs.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct FamilyReport {
     pub family: Family,
     pub running: Option<Backend>,
@@ -216,6 +216,8 @@ pub struct LiveProbes {
     tick: tokio::time::Interval,
     netstat: Option<(kernel::netstat::Sampler, u32)>,
     next_netstat_ns: u64,
+    /// The lost count last put into the stream.
+    lost_reported: u64,
     pub reports: Vec<FamilyReport>,
 }
 
@@ -285,6 +287,7 @@ impl LiveProbes {
             tick,
             netstat: netstat_sampler(options),
             next_netstat_ns: 0,
+            lost_reported: 0,
             reports,
         })
     }
@@ -303,6 +306,7 @@ impl LiveProbes {
         self.drain(out);
         let now = kernel::monotonic_ns();
         self.decoder.flush(now, out);
+        self.report_lost(now, out);
         if now >= self.next_netstat_ns {
             self.next_netstat_ns = now + NETSTAT_INTERVAL_NS;
             self.sample_netstat(now, out);
@@ -327,7 +331,18 @@ impl LiveProbes {
     pub fn finish(&mut self, out: &mut Vec<Event>) {
         self.drain(out);
         self.decoder.flush(u64::MAX, out);
-        self.sample_netstat(kernel::monotonic_ns(), out);
+        let now = kernel::monotonic_ns();
+        self.report_lost(now, out);
+        self.sample_netstat(now, out);
+    }
+
+    /// Puts a [`LostEvent`](crate::event::LostEvent) into the stream when the kernel's count rose.
+    fn report_lost(&mut self, now: u64, out: &mut Vec<Event>) {
+        let total = self.lost();
+        if total > self.lost_reported {
+            out.push(Event::Lost(crate::event::LostEvent { ts_ns: now, new: total - self.lost_reported, total }));
+            self.lost_reported = total;
+        }
     }
 
     fn drain(&mut self, out: &mut Vec<Event>) {
@@ -537,7 +552,7 @@ fn describe(e: &ProgramError) -> String {
 }
 
 /// Counters of records the decoder could not use: never silent.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct DecodeStats {
     pub records: u64,
     pub malformed: u64,

@@ -21,9 +21,11 @@ use ratatui::{
 use state::{Action, Key, UiState};
 
 use crate::{
+    aggregate::Aggregator,
     filter::Filter,
-    kernel,
-    probes::{LiveProbes, Options},
+    probes::LiveProbes,
+    record::Replay,
+    source::{Flow, Signals, Source},
     stat,
 };
 
@@ -57,21 +59,20 @@ impl Drop for TerminalGuard {
 
 const FRAME: Duration = Duration::from_millis(500);
 
-pub async fn run(options: &Options, filter: Filter, top: usize) -> anyhow::Result<()> {
+pub async fn run(mut source: Source, filter: Filter, top: usize) -> anyhow::Result<()> {
     if !std::io::stdout().is_terminal() {
         eprintln!("twtrace: stdout is not a terminal: printing `twtrace stat` reports instead");
         let stat = stat::StatOptions { interval: Duration::from_secs(1), count: None, json: false, top };
-        return stat::run(options, &filter, &stat).await;
+        return stat::run(&mut source, &filter, &stat).await;
     }
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut probes = LiveProbes::load(options).context("cannot start tracing")?;
-    let mut aggregator = stat::seeded_aggregator(options, top)?;
+    let mut signals = Signals::new()?;
+    let info = source.info().clone();
+    let mut aggregator = info.aggregator(top);
     let mut header = render::Header {
-        host: read_trimmed("/proc/sys/kernel/hostname"),
-        kernel: read_trimmed("/proc/sys/kernel/osrelease"),
-        backends: probes
-            .reports
+        host: info.host.clone(),
+        kernel: info.kernel.clone(),
+        backends: info
+            .backends
             .iter()
             .map(|r| (r.family.to_string(), r.running.map(|b| b.to_string()).unwrap_or_else(|| "OFF".into())))
             .collect(),
@@ -110,54 +111,65 @@ pub async fn run(options: &Options, filter: Filter, top: usize) -> anyhow::Resul
     let mut frame_tick = tokio::time::interval(FRAME);
     let mut usage = Usage::now();
     let mut events_since = 0u64;
-    let mut snapshot = aggregator.snapshot(kernel::monotonic_ns());
+    let mut ended = false;
+    let mut snapshot = aggregator.snapshot(source.now_ns());
     loop {
         let mut redraw = false;
         tokio::select! {
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            () = signals.recv() => break,
             Some(key) = keys.recv() => {
                 match ui.on_key(key) {
                     Action::Quit => break,
                     Action::SetFilter(new) => {
                         // Counts restart from the sockets that exist now, under the new filter.
                         filter = new;
-                        aggregator = stat::seeded_aggregator(options, top)?;
+                        aggregator = Aggregator::new(info.settings(top));
+                        aggregator.seed(source.now_ns(), &source.sockets_now()?);
                     }
                     Action::None => {}
                 }
                 redraw = true;
             }
             _ = frame_tick.tick() => {
-                let (cpu, bpf, events_per_s) = usage.update(&probes, events_since);
+                let (cpu, bpf, events_per_s) = usage.update(source.live_probes(), events_since);
                 events_since = 0;
                 header.cpu_percent = cpu;
                 header.bpf_us_per_s = bpf;
                 header.events_per_s = events_per_s;
+                if let Source::Replay(r) = &source {
+                    header.replay = Some(replay_status(r, ended));
+                }
                 if !ui.paused {
-                    snapshot = aggregator.snapshot(kernel::monotonic_ns());
+                    snapshot = aggregator.snapshot(source.now_ns());
                 }
                 redraw = true;
             }
-            () = probes.next_batch(&mut batch) => {}
+            flow = source.next_batch(&mut batch), if !ui.paused || source.is_live() => {
+                ended = flow == Flow::Ended;
+            }
         }
         events_since += batch.len() as u64;
         for event in batch.drain(..).filter(|e| filter.matches(e)) {
             aggregator.apply(&event);
         }
-        aggregator.set_lost(probes.lost());
         if redraw {
             terminal.draw(|f| render::draw(f, &snapshot, &header, &ui))?;
         }
     }
     drop(guard);
-    let lost = probes.lost();
-    eprintln!("twtrace: top ended; {} events, {lost} lost in the kernel", snapshot.events);
+    eprintln!("twtrace: top ended; {} events, {} lost in the kernel", snapshot.events, snapshot.lost);
+    if let Source::Replay(r) = &source {
+        eprintln!("twtrace: {}", r.summary());
+    }
     Ok(())
 }
 
-fn read_trimmed(path: &str) -> String {
-    std::fs::read_to_string(path).map(|s| s.trim().to_owned()).unwrap_or_else(|_| "?".into())
+/// The header's replay position: recorded wall time, speed, and whether the end was reached.
+fn replay_status(replay: &Replay, ended: bool) -> String {
+    let info = replay.info();
+    let at = crate::output::rfc3339(info.clock.to_unix_ns(replay.now_ns()));
+    let speed = replay.speed().map(|s| format!("x{s}")).unwrap_or_else(|| "full speed".into());
+    format!("REPLAY {} {speed}{}", &at[..19], if ended { " (end of recording)" } else { "" })
 }
 
 /// twtrace's own CPU time, the kernel-side run time of its programs, and event rate, per
@@ -173,7 +185,7 @@ impl Usage {
         Self { at: std::time::Instant::now(), cpu_ticks: own_cpu_ticks(), bpf_ns: None }
     }
 
-    fn update(&mut self, probes: &LiveProbes, events: u64) -> (Option<f64>, Option<f64>, f64) {
+    fn update(&mut self, probes: Option<&LiveProbes>, events: u64) -> (Option<f64>, Option<f64>, f64) {
         let elapsed = self.at.elapsed().as_secs_f64().max(1e-3);
         self.at = std::time::Instant::now();
         let ticks = own_cpu_ticks();
@@ -184,7 +196,7 @@ impl Usage {
             _ => None,
         };
         self.cpu_ticks = ticks;
-        let bpf_now = probes.bpf_run_time_ns();
+        let bpf_now = probes.and_then(LiveProbes::bpf_run_time_ns);
         let bpf = match (self.bpf_ns, bpf_now) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1e3 / elapsed),
             _ => None,

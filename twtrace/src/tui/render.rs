@@ -24,6 +24,8 @@ pub struct Header {
     /// Kernel-side run time of twtrace's programs per wall second (needs
     /// kernel.bpf_stats_enabled=1), in microseconds.
     pub bpf_us_per_s: Option<f64>,
+    /// Replaying a recording: where the replay stands (shown instead of twtrace's own costs).
+    pub replay: Option<String>,
 }
 
 fn bold() -> Style {
@@ -83,11 +85,11 @@ fn draw_header(frame: &mut Frame, area: Rect, snap: &Snapshot, h: &Header, ui: &
         Some(us) => format!("bpf {us:.0}us/s"),
         None => "bpf n/a".into(),
     };
-    let mut second = vec![
-        Span::raw(format!("events {:.0}/s  ", h.events_per_s)),
-        lost,
-        Span::raw(format!("  cpu {}  {bpf}  up {:.0}s", opt(h.cpu_percent, "%", 1.0, 1), snap.seconds)),
-    ];
+    let costs = match &h.replay {
+        Some(replay) => Span::styled(format!("  {replay}  up {:.0}s", snap.seconds), bold()),
+        None => Span::raw(format!("  cpu {}  {bpf}  up {:.0}s", opt(h.cpu_percent, "%", 1.0, 1), snap.seconds)),
+    };
+    let mut second = vec![Span::raw(format!("events {:.0}/s  ", h.events_per_s)), lost, costs];
     if ui.paused {
         second.push(Span::styled("  PAUSED", bold().add_modifier(Modifier::REVERSED)));
     }

@@ -100,6 +100,7 @@ fn header() -> Header {
         events_per_s: 3550.0,
         cpu_percent: Some(2.5),
         bpf_us_per_s: None,
+        replay: None,
     }
 }
 
