@@ -21,6 +21,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "the VM guests' init and shell"),
     ("cpio", "packs the VM guests' initramfs"),
     ("tmux", "drives twtrace top in a real terminal in the tests"),
+    ("chromium", "renders twtrace report's HTML page in the tests (headless)"),
 ];
 
 pub fn ensure() -> anyhow::Result<()> {

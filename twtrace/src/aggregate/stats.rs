@@ -9,6 +9,7 @@ const SUB_BUCKETS: u64 = 32;
 pub struct Histogram {
     counts: Vec<u64>,
     total: u64,
+    min: u64,
     max: u64,
 }
 
@@ -40,6 +41,7 @@ impl Histogram {
             self.counts.resize(b + 1, 0);
         }
         self.counts[b] += 1;
+        self.min = if self.total == 0 { value } else { self.min.min(value) };
         self.total += 1;
         self.max = self.max.max(value);
     }
@@ -53,7 +55,9 @@ impl Histogram {
         (self.total > 0).then_some(self.max)
     }
 
-    /// The value below which `q` (0..=1) of the recorded values fall, to bucket precision.
+    /// The value below which `q` (0..=1) of the recorded values fall, to bucket precision: the
+    /// middle of its bucket, kept within the smallest and largest values seen (so a stream of
+    /// identical values, such as 60 s TIME_WAIT lifetimes, reports exactly that value).
     pub fn quantile(&self, q: f64) -> Option<u64> {
         if self.total == 0 {
             return None;
@@ -63,7 +67,8 @@ impl Histogram {
         for (bucket, &count) in self.counts.iter().enumerate() {
             seen += count;
             if seen >= rank {
-                return Some(Self::low_of(bucket).min(self.max));
+                let middle = (Self::low_of(bucket) + Self::low_of(bucket + 1).saturating_sub(1)) / 2;
+                return Some(middle.clamp(self.min, self.max));
             }
         }
         Some(self.max)

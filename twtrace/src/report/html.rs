@@ -58,11 +58,13 @@ fn line_chart(
     const W: f64 = 900.0;
     const H: f64 = 260.0;
     const L: f64 = 60.0;
-    const R: f64 = 20.0;
+    const R: f64 = 40.0;
     const T: f64 = 30.0;
     const B: f64 = 40.0;
     let data_max = series.iter().flat_map(|s| s.values.iter().copied()).fold(0.0, f64::max);
-    let mut top = y_max.unwrap_or(data_max.max(mark.map_or(0.0, |m| m.0).min(data_max * 2.0)));
+    // A limit is drawn when it is near the data (within 2x); a far-away limit would flatten it.
+    let near_mark = mark.map(|m| m.0).filter(|&m| m <= data_max * 2.0).unwrap_or(0.0);
+    let mut top = y_max.unwrap_or(data_max.max(near_mark));
     if top <= 0.0 {
         top = 1.0;
     }
@@ -114,6 +116,14 @@ fn line_chart(
             );
         }
     }
+    if series.is_empty() || t.is_empty() {
+        let _ = write!(
+            svg,
+            r#"<text x="{}" y="{}" class="axis" text-anchor="middle">nothing to draw</text>"#,
+            W / 2.0,
+            H / 2.0
+        );
+    }
     for (i, s) in series.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
         let points: Vec<String> = t.iter().zip(s.values).map(|(ti, v)| format!("{:.1},{:.1}", x(*ti), y(*v))).collect();
@@ -143,7 +153,7 @@ fn line_chart(
 
 fn table(head: &[&str], rows: &[Vec<String>]) -> String {
     if rows.is_empty() {
-        return "<p class=\"none\">none</p>\n".into();
+        return format!("<p class=\"none\">{}: none</p>\n", esc(head[0]));
     }
     let mut out = String::from("<table><tr>");
     for h in head {

@@ -1,1 +1,173 @@
+//! The report on a made-up recording, written in the real format: the numbers, the findings
+//! and the page.
 
+use std::net::SocketAddr;
+
+use super::*;
+use crate::{
+    aggregate::ExistingSocket,
+    event::{
+        DeathReason, DropEvent, Event, PortSearchEvent, Process, SearchOp, SocketFlow, TimeWaitChange, TimeWaitEvent,
+        TimeWaitSubstate,
+    },
+    kernel::WallClock,
+    record::{Recorder, Trailer},
+};
+
+const S: u64 = 1_000_000_000;
+const START: u64 = 100 * S;
+
+fn flow(local: &str, remote: &str) -> SocketFlow {
+    SocketFlow { local: local.parse().unwrap(), remote: remote.parse().unwrap() }
+}
+
+fn curl() -> Option<Process> {
+    Some(Process { pid: 4242, tid: 4242, comm: "cu<r>l".into(), cgroup_id: 1 })
+}
+
+/// A client with a ten-port range: nine ports held by TIME_WAIT sockets at start, three
+/// failed connects, one socket living its 60 s, and PAWS drops from one NATed address.
+fn incident(name: &str, finish: bool) -> std::path::PathBuf {
+    let info = SourceInfo {
+        host: "web-7".into(),
+        kernel: "6.12.117".into(),
+        clock: WallClock { realtime_ns: 1_795_000_000 * S, monotonic_ns: START },
+        started_ns: START,
+        sysctls: Sysctls {
+            ip_local_port_range: (32768, 32777),
+            tcp_max_tw_buckets: Some(10),
+            tcp_tw_reuse: Some(2),
+            tcp_timestamps: Some(1),
+            tcp_fin_timeout: Some(30),
+        },
+        backends: Vec::new(),
+        netns: None,
+        port: None,
+        filter: String::new(),
+        sockets: (0..9)
+            .map(|i| ExistingSocket {
+                flow: flow(&format!("10.0.0.1:{}", 32768 + i), "10.0.0.2:80"),
+                state: 6,
+                expires_ms: 50_000,
+            })
+            .collect(),
+    };
+    let path = std::env::temp_dir().join(format!("twtrace-report-{}-{name}.twr", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let mut rec = Recorder::create(&path, &info, false).unwrap();
+    let mut events = Vec::new();
+    for i in 0..3 {
+        events.push(Event::PortSearch(PortSearchEvent {
+            ts_ns: START + (2 + i) * S,
+            op: SearchOp::Connect,
+            duration_ns: 40_000,
+            errno: 99,
+            candidates: Some(10),
+            approximate: false,
+            netns: 1,
+            remote: Some("10.0.0.2:80".parse().unwrap()),
+            local: Some("10.0.0.1:0".parse().unwrap()),
+            process: curl(),
+        }));
+    }
+    let tw = |ts, change| {
+        Event::TimeWait(TimeWaitEvent {
+            ts_ns: ts,
+            tw_id: 1,
+            flow: Some(flow("10.0.0.3:80", "192.0.2.9:5555")),
+            netns: 1,
+            owner: curl(),
+            change,
+        })
+    };
+    events.push(tw(START + S, TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000 }));
+    events.push(tw(START + 61 * S, TimeWaitChange::Death { reason: DeathReason::Expired, lifetime_ns: 60 * S }));
+    for port in [1000u16, 1001, 1002, 1000] {
+        events.push(Event::Drop(DropEvent {
+            ts_ns: START + 30 * S,
+            reason: "TCP_RFC7323_TW_PAWS".into(),
+            reason_code: 94,
+            netns: 1,
+            flow: Some(SocketFlow {
+                local: "10.0.0.3:80".parse().unwrap(),
+                remote: SocketAddr::new("198.51.100.7".parse().unwrap(), port),
+            }),
+            tcp_flags: 2,
+            seq: 1,
+            ack_seq: 0,
+        }));
+    }
+    events.sort_by_key(Event::ts_ns);
+    for e in &events {
+        rec.write(e).unwrap();
+    }
+    if finish {
+        rec.finish(&Trailer {
+            events: events.len() as u64,
+            lost: 0,
+            ended_ns: START + 70 * S,
+            decoder: Default::default(),
+        })
+        .unwrap();
+    } else {
+        rec.seal_now().unwrap();
+        drop(rec);
+    }
+    path
+}
+
+#[test]
+fn an_exhausted_port_range_and_nat_paws_drops_are_the_findings() {
+    let path = incident("findings", true);
+    let r = build(&path, 10).unwrap();
+    assert!(r.recording.complete && r.recording.damage.is_empty(), "{:?}", r.recording);
+    assert_eq!((r.recording.events, r.recording.seconds), (9, 70.0));
+    assert_eq!((r.timewait.peak, r.timewait.at_start, r.timewait.births, r.timewait.expired), (10, 9, 1, 1));
+    assert_eq!(r.timewait.lifetime_p50_ms.map(|v| v.round()), Some(60_000.0));
+    let d = &r.destinations[0];
+    assert_eq!((d.remote.as_str(), d.peak_in_use, d.range, d.failures), ("10.0.0.2:80", 9, 10, 3));
+    assert_eq!(r.failures[0].count, 3);
+    assert_eq!((r.paws.drops, r.paws.sources[0].flows), (4, 3));
+    let findings = r.findings.join("\n");
+    for expected in [
+        "Port space toward 10.0.0.2:80 from 10.0.0.1 peaked at 90% (9 of 10 ports)",
+        "3 connect() calls found no free local port (EADDRNOTAVAIL): cu<r>l[4242] x3",
+        "TIME_WAIT sockets lived 60.0 s (median)",
+        "tcp_fin_timeout (tcp_fin_timeout is 30 s) does not shorten it",
+        "TIME_WAIT peaked at 10, 100% of tcp_max_tw_buckets (10)",
+        "4 segments were dropped by PAWS (TCP_RFC7323_TW_PAWS 4) from 1 source(s); 1 source(s) with several flows",
+    ] {
+        assert!(findings.contains(expected), "missing `{expected}` in\n{findings}");
+    }
+    // The TIME_WAIT timeline: nine at start, ten once born, nine after the death at 61 s
+    // (the nine older ones expire at 50 s, so: 9, then 10, then 1, then 0).
+    assert_eq!(r.timeline.timewait_live.first(), Some(&9.0));
+    assert_eq!(r.timeline.timewait_live.iter().copied().fold(0.0, f64::max), 10.0);
+    assert_eq!(r.timeline.timewait_live.last(), Some(&0.0));
+    let text = text(&r);
+    assert!(text.contains("TIME_WAIT  peak 10/10"), "{text}");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn an_unfinished_recording_is_reported_as_such() {
+    let path = incident("unfinished", false);
+    let r = build(&path, 10).unwrap();
+    assert!(!r.recording.complete);
+    assert_eq!(r.recording.events, 9, "everything sealed is kept");
+    assert!(r.findings[0].starts_with("The recording is incomplete or damaged"), "{:?}", r.findings);
+    assert!(text(&r).contains("NOT FINISHED"));
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn the_page_is_self_contained_and_escapes_names() {
+    let path = incident("html", true);
+    let page = html::render(&build(&path, 10).unwrap());
+    assert_eq!(page.matches("<svg class=\"chart\"").count(), 5);
+    assert!(page.contains("cu&lt;r&gt;l[4242]") && !page.contains("cu<r>l"), "process names are escaped");
+    for outside in ["http://", "https://", "<script", "<link", "@import", "url("] {
+        assert!(!page.contains(outside), "the page must not fetch anything ({outside})");
+    }
+    std::fs::remove_file(&path).unwrap();
+}

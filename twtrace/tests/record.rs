@@ -1,0 +1,239 @@
+//! `twtrace record` against a live `twtrace trace` on the same traffic, then `report` against
+//! `ss`, and the HTML report in a real browser.
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use support::{Netns, can_trace, server_closes_first};
+
+const SERVER_CLOSES: usize = 40;
+const CLIENT_CLOSES: usize = 30;
+
+/// Connections that the client closes first: their TIME_WAIT sockets hold the client's
+/// ephemeral ports toward the server.
+fn client_closes_first(listener: &TcpListener, count: usize) {
+    for _ in 0..count {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
+        let (mut accepted, _) = listener.accept().expect("accept");
+        drop(client);
+        let mut buf = [0u8; 1];
+        assert_eq!(accepted.read(&mut buf).expect("read EOF"), 0);
+        drop(accepted);
+    }
+}
+
+/// `twtrace record` running in the background until SIGINT.
+struct Recording {
+    child: std::process::Child,
+}
+
+impl Recording {
+    fn start(ns: &Netns, path: &Path) -> Self {
+        let _ = std::fs::remove_file(path);
+        let mut args: Vec<String> =
+            vec!["record".into(), "-o".into(), path.display().to_string(), "--netns".into(), ns.name.clone()];
+        if let Some(b) = support::forced_backend() {
+            args.extend(["--backend".into(), b]);
+        }
+        let mut child = support::spawn(
+            Command::new(env!("CARGO_BIN_EXE_twtrace")).args(&args).stdout(Stdio::null()).stderr(Stdio::piped()),
+        );
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        loop {
+            match stderr.next() {
+                Some(Ok(l)) if l.contains("tracing;") => break,
+                Some(Ok(l)) => eprintln!("[record] {l}"),
+                _ => panic!("twtrace record did not start: {:?}", child.wait()),
+            }
+        }
+        std::thread::spawn(move || stderr.map_while(Result::ok).for_each(|l| eprintln!("[record] {l}")));
+        Self { child }
+    }
+
+    fn stop(mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "twtrace record exited with {status}");
+    }
+}
+
+fn twtrace(args: &[&str]) -> std::process::Output {
+    let out = support::output(Command::new(env!("CARGO_BIN_EXE_twtrace")).args(args));
+    assert!(out.status.success(), "twtrace {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// Events keyed by everything but their times, each with its times. Two tracers never agree
+/// on times to the nanosecond: each attached program reads the clock itself, one after the
+/// other (about a microsecond apart here). The wall-clock string and counter samples (each
+/// process samples at its own moments) are left out.
+fn comparable(lines: &[Value]) -> BTreeMap<String, Vec<(u64, u64)>> {
+    let mut events: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+    for line in lines {
+        if ["summary", "netstat"].contains(&line["event"].as_str().unwrap_or("")) {
+            continue;
+        }
+        let mut v = line.clone();
+        let m = v.as_object_mut().unwrap();
+        m.remove("ts");
+        let mono = m.remove("mono_ns").and_then(|t| t.as_u64()).expect("mono_ns");
+        let duration = m.remove("duration_ns").and_then(|t| t.as_u64()).unwrap_or(0);
+        events.entry(v.to_string()).or_default().push((mono, duration));
+    }
+    for times in events.values_mut() {
+        times.sort();
+    }
+    events
+}
+
+fn temp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("twtrace-it-{}-{name}", std::process::id()))
+}
+
+#[test]
+fn record_equals_live_trace_and_its_report_matches_ss() {
+    if !can_trace() {
+        return;
+    }
+    let ns = Netns::new("record");
+    let Some(tracer) = support::tracer_for("timewait", &["--netns", &ns.name]) else { return };
+    let path = temp("roundtrip.twr");
+    let recording = Recording::start(&ns, &path);
+    ns.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        server_closes_first(&listener, SERVER_CLOSES, None);
+        client_closes_first(&listener, CLIENT_CLOSES);
+        // A refused connect(): a port search with an error, and state changes.
+        let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        assert!(TcpStream::connect(closed).is_err());
+    });
+    let in_ss = ns.time_wait_sockets().len();
+    assert_eq!(in_ss, SERVER_CLOSES + CLIENT_CLOSES);
+    // Both tracers drain within their drain interval; then both stop.
+    std::thread::sleep(Duration::from_millis(500));
+    recording.stop();
+    let live = tracer.stop();
+
+    let replay = twtrace(&["trace", "--json", "--replay", path.to_str().unwrap()]);
+    let replayed: Vec<Value> =
+        String::from_utf8_lossy(&replay.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (live_events, replayed_events) = (comparable(&live), comparable(&replayed));
+    let births = |lines: &[Value]| lines.iter().filter(|v| v["event"] == "timewait_birth").count();
+    assert_eq!(births(&live), in_ss, "the live tracer saw every birth");
+    let only = |a: &BTreeMap<String, Vec<(u64, u64)>>, b: &BTreeMap<String, Vec<(u64, u64)>>| -> Vec<String> {
+        a.iter().filter(|(k, n)| b.get(*k).map(Vec::len) != Some(n.len())).map(|(k, _)| k.clone()).take(3).collect()
+    };
+    assert!(
+        only(&live_events, &replayed_events).is_empty() && only(&replayed_events, &live_events).is_empty(),
+        "the recording holds exactly the events trace printed live\nonly live: {:#?}\nonly replayed: {:#?}",
+        only(&live_events, &replayed_events),
+        only(&replayed_events, &live_events)
+    );
+    let mut worst = (0u64, 0u64);
+    for (key, live_times) in &live_events {
+        for ((t1, d1), (t2, d2)) in live_times.iter().zip(&replayed_events[key]) {
+            worst = (worst.0.max(t1.abs_diff(*t2)), worst.1.max(d1.abs_diff(*d2)));
+        }
+    }
+    eprintln!(
+        "{} events in both; times differ by at most {} ns, durations by {} ns",
+        live_events.values().map(Vec::len).sum::<usize>(),
+        worst.0,
+        worst.1
+    );
+    assert!(worst.0 < 1_000_000 && worst.1 < 1_000_000, "the same events, at the same moments: {worst:?}");
+    let summary = replayed.iter().rfind(|v| v["event"] == "summary").expect("summary");
+    assert_eq!(summary["damage"], serde_json::json!([]), "{summary}");
+
+    let report = twtrace(&["report", "--json", path.to_str().unwrap()]);
+    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(report["recording"]["complete"], true);
+    assert_eq!(report["timewait"]["births"], in_ss as u64, "{}", report["timewait"]);
+    assert_eq!(report["timewait"]["peak"], in_ss as u64, "{}", report["timewait"]);
+    // The client's TIME_WAIT sockets hold its ports toward the server.
+    let dest = &report["destinations"][0];
+    assert_eq!(dest["peak_in_use"], CLIENT_CLOSES as u64, "{dest}");
+    let owners = &report["timewait"]["by_owner_at_peak"];
+    assert!(
+        owners.as_array().unwrap().iter().any(|g| g["key"].as_str().unwrap().starts_with(support::NETNS_THREAD)),
+        "owners at the peak name the test thread: {owners}"
+    );
+
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// The HTML report in headless Chromium: the DOM has every chart with data, and the
+/// screenshot shows the series' colours.
+#[test]
+fn html_report_renders_with_charts_in_a_browser() {
+    if !can_trace() {
+        return;
+    }
+    if which("chromium").is_none() {
+        support::unsupported("record", "chromium is not installed here (cargo xtask setup installs it on the host)");
+        return;
+    }
+    let ns = Netns::new("html");
+    let path = temp("html.twr");
+    let recording = Recording::start(&ns, &path);
+    ns.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        server_closes_first(&listener, SERVER_CLOSES, None);
+        client_closes_first(&listener, CLIENT_CLOSES);
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    recording.stop();
+    let recording = path.as_path();
+    let html = temp("report.html");
+    let png = temp("report.png");
+    twtrace(&["report", recording.to_str().unwrap(), "--html", html.to_str().unwrap()]);
+    let url = format!("file://{}", html.display());
+    let chromium = |extra: &[&str]| {
+        support::output(
+            Command::new("chromium")
+                .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1000,3000"])
+                .args(extra)
+                .arg(&url)
+                .env("HOME", std::env::temp_dir()),
+        )
+    };
+    let dom = chromium(&["--dump-dom"]);
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert_eq!(dom.matches("<svg class=\"chart\"").count(), 5, "five charts in the rendered DOM");
+    let timewait_chart = dom.split("id=\"chart-timewait\"").nth(1).expect("TIME_WAIT chart");
+    let points = timewait_chart.split("points=\"").nth(1).unwrap().split('"').next().unwrap();
+    assert!(points.split(' ').count() >= 2, "the TIME_WAIT series has points: {points}");
+
+    let shot = chromium(&[&format!("--screenshot={}", png.display())]);
+    assert!(png.exists(), "no screenshot: {}", String::from_utf8_lossy(&shot.stderr));
+    let decoder = png::Decoder::new(BufReader::new(std::fs::File::open(&png).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let frame = reader.next_frame(&mut buf).unwrap();
+    let channels = frame.color_type.samples();
+    let pixels = &buf[..frame.buffer_size()];
+    let count = |rgb: [u8; 3]| pixels.chunks(channels).filter(|p| p[..3] == rgb).count();
+    // The first series colour (#1f77b4) draws the TIME_WAIT line and others; the second
+    // (#d62728) the deaths line.
+    let (blue, red) = (count([0x1f, 0x77, 0xb4]), count([0xd6, 0x27, 0x28]));
+    eprintln!("screenshot {}x{}: {blue} series-blue pixels, {red} series-red pixels", frame.width, frame.height);
+    assert!(blue > 1000, "the charts' lines are drawn ({blue} blue pixels)");
+    assert!(red > 300, "the second series is drawn ({red} red pixels)");
+    let _ = std::fs::remove_file(&html);
+    let _ = std::fs::remove_file(&png);
+    let _ = std::fs::remove_file(&path);
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(program)).find(|p| p.is_file())
+}
