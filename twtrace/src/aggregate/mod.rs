@@ -87,12 +87,71 @@ struct SearchStats {
     failures: u64,
 }
 
+/// 16 bytes per live TIME_WAIT socket (a busy host has a million): names and destinations
+/// are numbers in the aggregator's tables.
 struct LiveTimeWait {
     /// Counted toward this destination's ports (client-side TIME_WAIT in the ephemeral range).
-    holds_port_of: Option<Destination>,
-    remote: String,
-    local: String,
-    owner: String,
+    holds_port_of: Option<DestinationId>,
+    remote: RemoteKey,
+    local: NameId,
+    owner: NameId,
+}
+
+/// The remote address of a TIME_WAIT socket. Servers see a million distinct clients: IPv4
+/// ones are kept as they are instead of as names in the table.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum RemoteKey {
+    V4([u8; 4]),
+    Named(NameId),
+}
+
+type NameId = u32;
+type DestinationId = std::num::NonZeroU32;
+
+/// Strings the views group by (addresses, owners), stored once.
+#[derive(Default)]
+struct Names {
+    ids: HashMap<String, NameId>,
+    names: Vec<String>,
+}
+
+impl Names {
+    fn id(&mut self, name: String) -> NameId {
+        if let Some(&id) = self.ids.get(&name) {
+            return id;
+        }
+        let id = self.names.len() as NameId;
+        self.names.push(name.clone());
+        self.ids.insert(name, id);
+        id
+    }
+
+    fn name(&self, id: NameId) -> &str {
+        &self.names[id as usize]
+    }
+}
+
+/// Destinations by number, for the per-socket records.
+#[derive(Default)]
+struct DestinationIds {
+    ids: HashMap<Destination, DestinationId>,
+    destinations: Vec<Destination>,
+}
+
+impl DestinationIds {
+    fn id(&mut self, dest: Destination) -> DestinationId {
+        if let Some(&id) = self.ids.get(&dest) {
+            return id;
+        }
+        self.destinations.push(dest);
+        let id = DestinationId::new(self.destinations.len() as u32).expect("starts at 1");
+        self.ids.insert(dest, id);
+        id
+    }
+
+    fn get(&self, id: DestinationId) -> Destination {
+        self.destinations[id.get() as usize - 1]
+    }
 }
 
 #[derive(Default)]
@@ -109,6 +168,8 @@ pub struct Aggregator {
     lost: u64,
     // TIME_WAIT
     live: HashMap<u64, LiveTimeWait>,
+    names: Names,
+    destination_ids: DestinationIds,
     /// Pre-existing TIME_WAIT sockets: their deaths are not seen, so they leave at their timer.
     existing_tw: Vec<(u64, SocketFlow, bool)>,
     births: Rate,
@@ -215,14 +276,25 @@ impl Aggregator {
                     d.in_use += 1;
                     d.taken.add(e.ts_ns, 1);
                 }
+                // A client's local port is one of thousands of ephemeral ports: its address is
+                // the useful group (and keeps the name table small).
                 let (remote, local) = match e.flow {
-                    Some(f) => (f.remote.ip().to_string(), f.local.to_string()),
-                    None => ("?".into(), "?".into()),
+                    Some(f) if holds_port_of.is_some() => (Some(f.remote.ip()), f.local.ip().to_string()),
+                    Some(f) => (Some(f.remote.ip()), f.local.to_string()),
+                    None => (None, "?".into()),
                 };
-                self.live.insert(
-                    e.tw_id,
-                    LiveTimeWait { holds_port_of, remote, local, owner: owner_name(e.owner.as_ref()) },
-                );
+                let remote = match remote {
+                    Some(IpAddr::V4(v4)) => RemoteKey::V4(v4.octets()),
+                    Some(other) => RemoteKey::Named(self.names.id(other.to_string())),
+                    None => RemoteKey::Named(self.names.id("?".into())),
+                };
+                let live = LiveTimeWait {
+                    holds_port_of: holds_port_of.map(|d| self.destination_ids.id(d)),
+                    remote,
+                    local: self.names.id(local),
+                    owner: self.names.id(owner_name(e.owner.as_ref())),
+                };
+                self.live.insert(e.tw_id, live);
             }
             TimeWaitChange::Rearm { .. } => {}
             TimeWaitChange::Death { reason, lifetime_ns } => {
@@ -233,7 +305,7 @@ impl Aggregator {
                 self.lifetimes.record(*lifetime_ns);
                 if let Some(tw) = self.live.remove(&e.tw_id) {
                     if let Some(dest) = tw.holds_port_of {
-                        self.release(dest, e.ts_ns);
+                        self.release(self.destination_ids.get(dest), e.ts_ns);
                     }
                 }
             }
@@ -363,10 +435,34 @@ impl Aggregator {
         let mut by_remote: HashMap<&str, u64> = HashMap::new();
         let mut by_local: HashMap<&str, u64> = HashMap::new();
         let mut by_owner: HashMap<&str, u64> = HashMap::new();
+        let mut remotes: HashMap<RemoteKey, u64> = HashMap::new();
+        let mut by_id: [HashMap<NameId, u64>; 2] = Default::default();
         for tw in self.live.values() {
-            *by_remote.entry(&tw.remote).or_default() += 1;
-            *by_local.entry(&tw.local).or_default() += 1;
-            *by_owner.entry(&tw.owner).or_default() += 1;
+            *remotes.entry(tw.remote).or_default() += 1;
+            *by_id[0].entry(tw.local).or_default() += 1;
+            *by_id[1].entry(tw.owner).or_default() += 1;
+        }
+        for (counts, by_name) in by_id.iter().zip([&mut by_local, &mut by_owner]) {
+            for (id, n) in counts {
+                *by_name.entry(self.names.name(*id)).or_default() += n;
+            }
+        }
+        // Only the leaders get names: formatting a million addresses per frame would not do.
+        let mut remotes: Vec<(RemoteKey, u64)> = remotes.into_iter().collect();
+        remotes.sort_unstable_by_key(|r| std::cmp::Reverse(r.1));
+        let remote_names: Vec<(String, u64)> = remotes
+            .iter()
+            .take(top * 4 + 16)
+            .map(|(key, n)| {
+                let name = match key {
+                    RemoteKey::V4(o) => std::net::Ipv4Addr::from(*o).to_string(),
+                    RemoteKey::Named(id) => self.names.name(*id).to_owned(),
+                };
+                (name, *n)
+            })
+            .collect();
+        for (name, n) in &remote_names {
+            *by_remote.entry(name).or_default() += n;
         }
         let existing: Vec<(String, String)> =
             self.existing_tw.iter().map(|(_, f, _)| (f.remote.ip().to_string(), f.local.to_string())).collect();

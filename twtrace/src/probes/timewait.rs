@@ -84,12 +84,42 @@ const REARM_WINDOW_NS: u64 = 100_000_000;
 /// emulated vCPU may be descheduled in between; no shorter than `REARM_WINDOW_NS`.
 const CANCEL_GRACE_NS: u64 = 100_000_000;
 
+/// 32 bytes per live socket (a busy host has a million): an IPv4 4-tuple inline; the
+/// namespace, owner and kind of address in the tracker's table of origins (few distinct ones);
+/// IPv6 4-tuples aside.
 struct Live {
     tw_id: u64,
     birth_ns: u64,
-    flow: Option<SocketFlow>,
+    /// Local address, remote address, local port, remote port (IPv4 only).
+    v4: [u8; 12],
+    origin: OriginId,
+}
+
+/// Index in `Tracker::origins`.
+type OriginId = u32;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Origin {
     netns: u32,
     owner: Option<Process>,
+    /// `None`: no 4-tuple; `Some(true)`: IPv4, inline; `Some(false)`: IPv6, in `v6_flows`.
+    v4: Option<bool>,
+}
+
+fn pack_v4(flow: &SocketFlow) -> Option<[u8; 12]> {
+    let (std::net::SocketAddr::V4(l), std::net::SocketAddr::V4(r)) = (flow.local, flow.remote) else { return None };
+    let mut out = [0u8; 12];
+    out[..4].copy_from_slice(&l.ip().octets());
+    out[4..8].copy_from_slice(&r.ip().octets());
+    out[8..10].copy_from_slice(&l.port().to_ne_bytes());
+    out[10..].copy_from_slice(&r.port().to_ne_bytes());
+    Some(out)
+}
+
+fn unpack_v4(b: &[u8; 12]) -> SocketFlow {
+    let ip = |o: &[u8]| std::net::Ipv4Addr::new(o[0], o[1], o[2], o[3]);
+    let port = |o: &[u8]| u16::from_ne_bytes([o[0], o[1]]);
+    SocketFlow { local: (ip(&b[..4]), port(&b[8..10])).into(), remote: (ip(&b[4..8]), port(&b[10..])).into() }
 }
 
 #[derive(Clone, Copy)]
@@ -106,6 +136,9 @@ pub struct Tracker {
     hz: u64,
     next_id: u64,
     live: HashMap<u64, Live>,
+    origins: Vec<Origin>,
+    origin_ids: HashMap<Origin, OriginId>,
+    v6_flows: HashMap<u64, SocketFlow>,
     pending: HashMap<u32, PendingCancel>,
     /// Deaths of sockets born before tracing started (no birth time, no 4-tuple).
     pub untracked_deaths: u64,
@@ -113,7 +146,16 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(hz: u64) -> Self {
-        Self { hz: hz.max(1), next_id: 1, live: HashMap::new(), pending: HashMap::new(), untracked_deaths: 0 }
+        Self {
+            hz: hz.max(1),
+            next_id: 1,
+            live: HashMap::new(),
+            origins: Vec::new(),
+            origin_ids: HashMap::new(),
+            v6_flows: HashMap::new(),
+            pending: HashMap::new(),
+            untracked_deaths: 0,
+        }
     }
 
     #[cfg(test)]
@@ -138,7 +180,7 @@ impl Tracker {
                         && self
                             .live
                             .get(&raw.tw_addr)
-                            .is_none_or(|live| live.flow == SocketFlow::from_kernel(&raw.flow)) =>
+                            .is_none_or(|live| self.flow(raw.tw_addr, live) == SocketFlow::from_kernel(&raw.flow)) =>
                 {
                     self.rearm(raw, out);
                     return;
@@ -184,6 +226,24 @@ impl Tracker {
         }
     }
 
+    fn origin_id(&mut self, origin: Origin) -> OriginId {
+        if let Some(&id) = self.origin_ids.get(&origin) {
+            return id;
+        }
+        let id = self.origins.len() as OriginId;
+        self.origins.push(origin.clone());
+        self.origin_ids.insert(origin, id);
+        id
+    }
+
+    fn flow(&self, tw_addr: u64, live: &Live) -> Option<SocketFlow> {
+        match self.origins[live.origin as usize].v4 {
+            None => None,
+            Some(true) => Some(unpack_v4(&live.v4)),
+            Some(false) => self.v6_flows.get(&tw_addr).copied(),
+        }
+    }
+
     fn timeout_ms(&self, jiffies: u64) -> u64 {
         // Saturating: a timer already past due reads as a huge unsigned difference.
         if jiffies > 1 << 40 { 0 } else { jiffies * 1000 / self.hz }
@@ -194,10 +254,12 @@ impl Tracker {
         self.next_id += 1;
         let flow = SocketFlow::from_kernel(&raw.flow);
         let owner = Process::from_kernel(raw.owner.pid_tgid, raw.owner.cgroup_id, &raw.owner.comm);
-        self.live.insert(
-            raw.tw_addr,
-            Live { tw_id, birth_ns: raw.header.ts_ns, flow, netns: raw.netns, owner: owner.clone() },
-        );
+        let v4 = flow.as_ref().and_then(pack_v4);
+        if let (Some(f), None) = (flow, v4) {
+            self.v6_flows.insert(raw.tw_addr, f);
+        }
+        let origin = self.origin_id(Origin { netns: raw.netns, owner: owner.clone(), v4: flow.map(|_| v4.is_some()) });
+        self.live.insert(raw.tw_addr, Live { tw_id, birth_ns: raw.header.ts_ns, v4: v4.unwrap_or_default(), origin });
         out.push(Event::TimeWait(TimeWaitEvent {
             ts_ns: raw.header.ts_ns,
             tw_id,
@@ -217,9 +279,9 @@ impl Tracker {
         out.push(Event::TimeWait(TimeWaitEvent {
             ts_ns: raw.header.ts_ns,
             tw_id: live.tw_id,
-            flow: live.flow,
-            netns: live.netns,
-            owner: live.owner.clone(),
+            flow: self.flow(raw.tw_addr, live),
+            netns: self.origins[live.origin as usize].netns,
+            owner: self.origins[live.origin as usize].owner.clone(),
             change: TimeWaitChange::Rearm {
                 substate: TimeWaitSubstate::from_kernel(raw.substate),
                 timeout_ms: self.timeout_ms(raw.timeout_jiffies),
@@ -232,12 +294,14 @@ impl Tracker {
             self.untracked_deaths += 1;
             return;
         };
+        let flow = self.flow(tw_addr, &live);
+        self.v6_flows.remove(&tw_addr);
         out.push(Event::TimeWait(TimeWaitEvent {
             ts_ns,
             tw_id: live.tw_id,
-            flow: live.flow,
-            netns: live.netns,
-            owner: live.owner,
+            flow,
+            netns: self.origins[live.origin as usize].netns,
+            owner: self.origins[live.origin as usize].owner.clone(),
             change: TimeWaitChange::Death { reason, lifetime_ns: ts_ns.saturating_sub(live.birth_ns) },
         }));
     }
@@ -302,6 +366,28 @@ mod tests {
         assert_eq!(e.flow.unwrap().remote.to_string(), "127.0.0.2:40000");
         assert_eq!(e.netns, 42);
         assert_eq!(e.change, TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000 });
+    }
+
+    #[test]
+    fn deaths_carry_the_births_flow_and_owner_ipv4_and_ipv6() {
+        let mut v6 = raw(TimerPhase::Start, 0, SEC, 0xb0);
+        v6.flow.family = twtrace_common::AF_INET6;
+        v6.flow.saddr = std::net::Ipv6Addr::LOCALHOST.octets();
+        v6.flow.daddr = "2001:db8::7".parse::<std::net::Ipv6Addr>().unwrap().octets();
+        let mut v4 = raw(TimerPhase::Start, 1, SEC, 0xa0);
+        v4.owner.pid_tgid = 7 << 32 | 8;
+        let kill =
+            |cpu, addr| RawTimeWait { phase: TimerPhase::Kill as u8, ..raw(TimerPhase::Kill, cpu, 2 * SEC, addr) };
+        let (events, d) = run(&[v6, v4, kill(0, 0xb0), kill(1, 0xa0)], 3 * SEC);
+        let [Event::TimeWait(b6), Event::TimeWait(b4), Event::TimeWait(d6), Event::TimeWait(d4)] = &events[..] else {
+            panic!("{events:?}")
+        };
+        assert_eq!((d6.flow, d6.owner.clone(), d6.netns), (b6.flow, b6.owner.clone(), 42));
+        assert_eq!((d4.flow, d4.owner.clone()), (b4.flow, b4.owner.clone()));
+        assert_eq!(d6.flow.unwrap().remote.to_string(), "[2001:db8::7]:40000");
+        assert_eq!(d4.owner.as_ref().map(|p| p.pid), Some(7));
+        assert_eq!(d.timewait.live_count(), 0);
+        assert!(d.timewait.v6_flows.is_empty(), "IPv6 4-tuples leave with their sockets");
     }
 
     #[test]
