@@ -342,3 +342,28 @@ fn durations_parse_with_units() {
     assert!(parse_duration("soon").is_err());
     assert!(parse_duration("-1").is_err());
 }
+
+/// Seeds for `cargo xtask fuzz`: a valid recording with every kind (for `read_recording`) and
+/// one chunk's raw records after an 8-byte base time (for `decode_chunk`). Run by the xtask
+/// with TWTRACE_FUZZ_SEEDS set to the corpus root.
+#[test]
+#[ignore = "writes fuzz seeds; run by cargo xtask fuzz"]
+fn write_fuzz_seeds() {
+    let root = PathBuf::from(std::env::var("TWTRACE_FUZZ_SEEDS").expect("TWTRACE_FUZZ_SEEDS"));
+    let (bytes, _) = recording("seed");
+    std::fs::create_dir_all(root.join("read_recording")).unwrap();
+    std::fs::write(root.join("read_recording/every_kind.twr"), &bytes).unwrap();
+    let mut encoder = codec::ChunkEncoder::new();
+    for e in every_kind(5_000) {
+        encoder.event(&e);
+    }
+    for s in &info().sockets {
+        encoder.socket(s);
+    }
+    let base = encoder.base_ts();
+    let (raw, _, _) = encoder.into_parts();
+    let mut seed = base.to_le_bytes().to_vec();
+    seed.extend_from_slice(&raw);
+    std::fs::create_dir_all(root.join("decode_chunk")).unwrap();
+    std::fs::write(root.join("decode_chunk/every_kind.bin"), seed).unwrap();
+}
