@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use twtrace_common::{AF_INET, AF_INET6, EventKind, Flow, drops::DropEvent};
 
-use crate::{config, header, net_inum, netns_of, netns_wanted, port_wanted, read_at, reserve, submit};
+use crate::{config, light_header, net_inum, netns_of, netns_wanted, port_wanted, read_at, reserve, submit};
 
 const IPPROTO_TCP: u8 = 6;
 /// `skb->transport_header` when unset.
@@ -160,7 +160,7 @@ fn on_drop(skb: *const u8, reason: u64, rx_sk: *const u8) {
         return;
     };
     entry.write(DropEvent {
-        header: header(EventKind::Drop),
+        header: light_header(EventKind::Drop),
         reason: reason as u32,
         netns,
         flow,

@@ -77,8 +77,19 @@ fn submit<T>(entry: RingBufEntry<T>) {
     entry.submit(if wake { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP } as u64);
 }
 
+/// The header with the running task (pid, cgroup, command): for records made in the context
+/// of the process that acted (connect(), close()).
 #[inline(always)]
 fn header(kind: EventKind) -> EventHeader {
+    let owner = current_owner();
+    EventHeader { pid_tgid: owner.pid_tgid, cgroup_id: owner.cgroup_id, comm: owner.comm, ..light_header(kind) }
+}
+
+/// The header without the running task, for records made in softirq context (TIME_WAIT
+/// timers, packet drops), where the task is unrelated: it saves the helper calls on paths
+/// that run for every connection.
+#[inline(always)]
+fn light_header(kind: EventKind) -> EventHeader {
     EventHeader {
         kind: kind as u16,
         version: SCHEMA_VERSION,
@@ -86,9 +97,9 @@ fn header(kind: EventKind) -> EventHeader {
         // SAFETY: helpers without preconditions.
         cpu: unsafe { bpf_get_smp_processor_id() },
         ts_ns: unsafe { bpf_ktime_get_ns() },
-        pid_tgid: bpf_get_current_pid_tgid(),
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        pid_tgid: 0,
+        cgroup_id: 0,
+        comm: [0; 16],
     }
 }
 

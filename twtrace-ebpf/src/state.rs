@@ -9,13 +9,11 @@ use aya_ebpf::{
     programs::{FEntryContext, ProbeContext, RawTracePointContext},
 };
 use twtrace_common::{
-    EventKind, Flow, OwnerKey,
+    EventKind, Flow, Owner, OwnerKey,
     state::{StateEvent, tcp_state},
 };
 
-use crate::{
-    OWNERS, config, current_owner, fill_flow, header, netns_of, netns_wanted, port_wanted, read_at, reserve, submit,
-};
+use crate::{OWNERS, config, fill_flow, header, netns_of, netns_wanted, port_wanted, read_at, reserve, submit};
 
 const IPPROTO_TCP: u16 = 6;
 
@@ -57,28 +55,27 @@ fn on_state(sk: *const u8, old_state: u8, new_state: u8) -> u32 {
     if !netns_wanted(netns) {
         return 0;
     }
+    // The 4-tuple is read once, for the owner map and the record.
+    let mut key = OwnerKey { netns, _pad: 0, flow: Flow::default() };
+    fill_flow(&mut key.flow, sk);
+    // skc_num is already 0 once the socket is unhashed (→ CLOSE); inet_sport is not.
+    key.flow.sport = u16::from_be(read_at(sk, o.inet_sport));
+    if !port_wanted(&key.flow) {
+        return 0;
+    }
+    let header = header(EventKind::State);
     // The owner first: it must not depend on ring-buffer space.
     if new_state == tcp_state::FIN_WAIT1 {
-        let mut key = OwnerKey { netns, _pad: 0, flow: Flow::default() };
-        fill_flow(&mut key.flow, sk);
-        key.flow.sport = u16::from_be(read_at(sk, o.inet_sport));
-        if port_wanted(&key.flow) {
-            let _ = OWNERS.insert(key, current_owner(), 0);
-        }
+        let owner = Owner { pid_tgid: header.pid_tgid, cgroup_id: header.cgroup_id, comm: header.comm };
+        let _ = OWNERS.insert(key, owner, 0);
     }
     let Some(mut entry) = reserve::<StateEvent>() else {
         return 0;
     };
     // SAFETY: reserved slot, fully written before submit or discarded.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_flow(&mut ev.flow, sk);
-    // skc_num is already 0 once the socket is unhashed (→ CLOSE); inet_sport is not.
-    ev.flow.sport = u16::from_be(read_at(sk, o.inet_sport));
-    if !port_wanted(&ev.flow) {
-        entry.discard(0);
-        return 0;
-    }
-    ev.header = header(EventKind::State);
+    ev.flow = key.flow;
+    ev.header = header;
     ev.sk_addr = sk as u64;
     ev.netns = netns;
     ev.old_state = old_state;

@@ -23,7 +23,7 @@ use twtrace_common::{
     timewait::{TimeWaitEvent, TimerPhase},
 };
 
-use crate::{OWNERS, config, fill_flow, header, netns_of, netns_wanted, port_wanted, read_at, reserve, submit};
+use crate::{OWNERS, config, fill_flow, light_header, netns_of, netns_wanted, port_wanted, read_at, reserve, submit};
 
 #[raw_tracepoint(tracepoint = "timer_start")]
 pub fn tw_timer_start(ctx: RawTracePointContext) -> u32 {
@@ -174,7 +174,7 @@ fn on_tw(tw: *const u8, phase: TimerPhase, timeout_jiffies: u64) {
     // SAFETY: `entry` is a reserved, exclusively owned TimeWaitEvent-sized slot; every field is
     // written below before submit (or the slot is discarded).
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    ev.header = header(EventKind::TimeWait);
+    ev.header = light_header(EventKind::TimeWait);
     ev.tw_addr = tw as u64;
     ev.netns = netns;
     ev.phase = phase as u8;
