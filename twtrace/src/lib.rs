@@ -2,6 +2,7 @@
 //! `twtrace` binary is its command line; benchmarks and the recording fuzzer use it directly.
 
 pub mod aggregate;
+pub mod churn;
 pub mod event;
 pub mod filter;
 pub mod kernel;

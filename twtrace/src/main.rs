@@ -4,8 +4,8 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use twtrace::{
-    filter, kernel, output,
-    probes::{Backend, LiveProbes, Options},
+    churn, filter, kernel, output,
+    probes::{Backend, Family, LiveProbes, Options},
     record::{self, Replay},
     report,
     source::Source,
@@ -37,6 +37,9 @@ enum Command {
     Record(RecordArgs),
     /// A postmortem summary of a recording: text, JSON, or a self-contained HTML page.
     Report(report::ReportArgs),
+    /// Generate connection churn on loopback: reproduce TIME_WAIT and port-space pressure, or
+    /// measure tracing overhead (no root needed).
+    Churn(churn::ChurnArgs),
 }
 
 /// Where events come from: the kernel (the default) or a recording.
@@ -62,8 +65,8 @@ impl SourceArgs {
             return Ok((source, filter));
         };
         let p = &self.probes;
-        if p.backend.is_some() || p.ring_buffer_size != DEFAULT_RING_BYTES {
-            anyhow::bail!("--backend and --ring-buffer-size apply to live tracing, not to --replay");
+        if p.backend.is_some() || p.ring_buffer_size != DEFAULT_RING_BYTES || !p.family.is_empty() {
+            anyhow::bail!("--backend, --family and --ring-buffer-size apply to live tracing, not to --replay");
         }
         if let Some(netns) = &p.netns {
             filter.netns.push(netns.parse().map_err(|_| {
@@ -142,6 +145,9 @@ struct ProbeArgs {
     /// Ring buffer size in bytes (power of two, at least 4096).
     #[arg(long, default_value_t = DEFAULT_RING_BYTES, value_name = "BYTES")]
     ring_buffer_size: u32,
+    /// Only this probe family (repeatable); the others are not attached and cost nothing.
+    #[arg(long, value_enum, value_name = "FAMILY")]
+    family: Vec<Family>,
 }
 
 impl ProbeArgs {
@@ -153,6 +159,7 @@ impl ProbeArgs {
             netns_path: netns.and_then(|(_, path)| path),
             port: self.port,
             ring_bytes: self.ring_buffer_size,
+            families: (!self.family.is_empty()).then(|| self.family.clone()),
         })
     }
 }
@@ -279,6 +286,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             record::run(&mut source, &filter, &args.output, args.force, args.duration).await
         }
         Command::Report(args) => report::run(&args),
+        Command::Churn(args) => churn::run(&args),
     }
 }
 

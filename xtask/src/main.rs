@@ -3,6 +3,8 @@
 //! The README's two commands are `cargo xtask run -- <twtrace args>` and `cargo xtask test`;
 //! both install whatever a fresh machine lacks first (see `setup`).
 
+mod bench;
+mod fuzz;
 mod setup;
 mod test;
 mod vm;
@@ -41,6 +43,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// Measure what tracing costs: loopback churn untraced, under twtrace and under bpftrace,
+    /// plus memory, recording size and replay speed. Prints one table (needs root).
+    Bench(bench::BenchArgs),
+    /// Fuzz the recording reader with cargo fuzz (nightly, libFuzzer), seeded with a valid
+    /// recording. Failing inputs are kept under fuzz/artifacts/.
+    Fuzz(fuzz::FuzzArgs),
     /// Set up, build twtrace (release) and run it with the given arguments.
     Run {
         /// Arguments for twtrace, after `--`, e.g. `cargo xtask run -- trace --json`.
@@ -54,6 +62,8 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::ensure(),
         Task::Test(args) => test::run(&args),
         Task::Run { args } => run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
+        Task::Bench(args) => bench::run(&args),
         Task::Vm { kernels, timeout, refresh, command } => {
             vm::run(&kernels, &command, std::time::Duration::from_secs(timeout), refresh)
         }

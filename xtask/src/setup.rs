@@ -22,6 +22,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("cpio", "packs the VM guests' initramfs"),
     ("tmux", "drives twtrace top in a real terminal in the tests"),
     ("chromium", "renders twtrace report's HTML page in the tests (headless)"),
+    ("bpftrace", "the reference tracer `cargo xtask bench` compares twtrace with"),
 ];
 
 pub fn ensure() -> anyhow::Result<()> {

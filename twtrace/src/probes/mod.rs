@@ -44,12 +44,14 @@ impl fmt::Display for Backend {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     #[serde(rename = "timewait")]
+    #[value(name = "timewait")]
     TimeWait,
     #[serde(rename = "portsearch")]
+    #[value(name = "portsearch")]
     PortSearch,
     State,
     Drops,
@@ -163,6 +165,7 @@ impl fmt::Display for FamilyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.running {
             Some(b) => write!(f, "{}: {b}", self.family)?,
+            None if self.attempts.is_empty() => write!(f, "{}: off (not selected with --family)", self.family)?,
             None => write!(f, "{}: NOT RUNNING", self.family)?,
         }
         // A variant of the backend that runs (for another kernel version) failing is expected:
@@ -182,6 +185,7 @@ pub fn backend_summary(reports: &[FamilyReport]) -> String {
         .iter()
         .map(|r| match r.running {
             Some(b) => format!("{}: {b}", r.family),
+            None if r.attempts.is_empty() => format!("{}: OFF (not selected with --family)", r.family),
             None => format!(
                 "{}: OFF ({})",
                 r.family,
@@ -201,6 +205,8 @@ pub struct Options {
     pub netns_path: Option<std::path::PathBuf>,
     pub port: Option<u16>,
     pub ring_bytes: u32,
+    /// Only these families (`None`: all). The others are not loaded at all: no cost.
+    pub families: Option<Vec<Family>>,
 }
 
 /// The kernel object, built by build.rs from `twtrace-ebpf`.
@@ -256,7 +262,12 @@ impl LiveProbes {
         let aya_btf = aya::Btf::from_sys_fs().ok();
         let reports: Vec<FamilyReport> = families(&btf)
             .into_iter()
-            .map(|(family, plans)| attach_family(&mut ebpf, aya_btf.as_ref(), family, &plans, options.backend))
+            .map(|(family, plans)| {
+                if options.families.as_ref().is_some_and(|only| !only.contains(&family)) {
+                    return FamilyReport { family, running: None, attempts: Vec::new() };
+                }
+                attach_family(&mut ebpf, aya_btf.as_ref(), family, &plans, options.backend)
+            })
             .collect();
         if reports.iter().all(|r| r.running.is_none()) {
             let why = reports.iter().map(|r| format!("  {r}")).collect::<Vec<_>>().join("\n");
@@ -624,9 +635,8 @@ fn read_record<T: aya::Pod>(record: &[u8]) -> Option<T> {
     Some(unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<T>()) })
 }
 
-/// The bytes of a Pod value, as the kernel would write them (for tests and replay).
-#[cfg(test)]
-pub(crate) fn record_bytes<T: aya::Pod>(value: &T) -> Vec<u8> {
+/// The bytes of a Pod value, as the kernel would write them (for tests and benchmarks).
+pub fn record_bytes<T: aya::Pod>(value: &T) -> Vec<u8> {
     // SAFETY: T is Pod: plain bytes without padding.
     unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
 }

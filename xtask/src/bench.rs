@@ -1,0 +1,513 @@
+//! `cargo xtask bench`: what tracing costs a busy host, measured in one run.
+//!
+//! Loopback churn (`twtrace churn`, server closes first) runs in a namespace of its own,
+//! untraced and under each tracer, in alternating repetitions; the table reports medians.
+//! Throughput is compared as a ratio to the untraced runs of the same repetition round.
+//! Kernel-side cost comes from the kernel's own BPF statistics (`kernel.bpf_stats_enabled`,
+//! switched on for the run and restored after), summed over every loaded program, so the
+//! tracer's programs are measured exactly as the kernel accounts them.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use crate::{cargo, setup, workspace_root};
+
+const NETNS: &str = "twtrace-bench";
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Seconds of churn per measurement.
+    #[arg(long, default_value_t = 8)]
+    seconds: u64,
+    /// Alternating repetitions (the table shows medians).
+    #[arg(long, default_value_t = 5)]
+    repetitions: usize,
+    /// Churn threads (client and server each).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Skip the 60 s zero-loss run at 25k connections/s.
+    #[arg(long)]
+    quick: bool,
+    /// Also write the table as Markdown to this file.
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
+}
+
+/// What runs beside the churn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Tracer {
+    Untraced,
+    RecordAll,
+    RecordTimeWaitDrops,
+    TopHeadless,
+    BpftracePrint,
+    BpftraceAggregate,
+}
+
+impl Tracer {
+    const ALL: [Tracer; 6] = [
+        Tracer::Untraced,
+        Tracer::RecordAll,
+        Tracer::RecordTimeWaitDrops,
+        Tracer::TopHeadless,
+        Tracer::BpftracePrint,
+        Tracer::BpftraceAggregate,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Tracer::Untraced => "untraced",
+            Tracer::RecordAll => "twtrace record, all families",
+            Tracer::RecordTimeWaitDrops => "twtrace record, timewait+drops",
+            Tracer::TopHeadless => "twtrace top (headless: stat)",
+            Tracer::BpftracePrint => "bpftrace, prints each event",
+            Tracer::BpftraceAggregate => "bpftrace, aggregates in maps",
+        }
+    }
+}
+
+/// The same tracepoints twtrace's tracepoint backend uses, printing every event.
+const BPFTRACE_PRINT: &str = r#"
+BEGIN { printf("ready\n"); }
+tracepoint:sock:inet_sock_set_state /args->protocol == 6/ { printf("state %d %d %d %d\n", args->oldstate, args->newstate, args->sport, args->dport); }
+tracepoint:timer:timer_start /args->function == kaddr("tw_timer_handler")/ { printf("tw_start %lx %d\n", args->timer, args->expires - args->now); }
+tracepoint:timer:timer_expire_entry /args->function == kaddr("tw_timer_handler")/ { printf("tw_expire %lx\n", args->timer); }
+tracepoint:skb:kfree_skb /args->reason > 2/ { printf("drop %d\n", args->reason); }
+tracepoint:syscalls:sys_enter_connect { @start[tid] = nsecs; }
+tracepoint:syscalls:sys_exit_connect /@start[tid]/ { printf("connect %d %d %s\n", args->ret, nsecs - @start[tid], comm); delete(@start[tid]); }
+"#;
+
+/// The same tracepoints, aggregating in kernel maps (nothing crosses to userspace per event).
+const BPFTRACE_AGGREGATE: &str = r#"
+BEGIN { printf("ready\n"); }
+tracepoint:sock:inet_sock_set_state /args->protocol == 6/ { @states[args->oldstate, args->newstate] = count(); }
+tracepoint:timer:timer_start /args->function == kaddr("tw_timer_handler")/ { @tw_start = count(); }
+tracepoint:timer:timer_expire_entry /args->function == kaddr("tw_timer_handler")/ { @tw_expire = count(); }
+tracepoint:skb:kfree_skb /args->reason > 2/ { @drops[args->reason] = count(); }
+tracepoint:syscalls:sys_enter_connect { @start[tid] = nsecs; }
+tracepoint:syscalls:sys_exit_connect /@start[tid]/ { @connect_ns = hist(nsecs - @start[tid]); delete(@start[tid]); }
+"#;
+
+#[derive(Clone, Debug, Default)]
+struct Run {
+    connections_per_s: f64,
+    connections: u64,
+    /// Kernel BPF run time per connection (ns), all programs.
+    bpf_ns_per_connection: Option<f64>,
+    /// The tracer's user+system CPU, percent of one core, during the churn.
+    cpu_percent: Option<f64>,
+    peak_rss_kib: Option<u64>,
+    events: Option<u64>,
+    lost: Option<u64>,
+    bytes: Option<u64>,
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    setup::ensure()?;
+    cargo(&["build", "--release", "--package", "twtrace"])?;
+    let root = workspace_root();
+    let twtrace = root.join("target/release/twtrace");
+    if crate::which("bpftrace").is_none() {
+        bail!("bpftrace is missing: `cargo xtask setup` installs it");
+    }
+    let scratch = std::env::temp_dir().join("twtrace-bench");
+    std::fs::create_dir_all(&scratch)?;
+    std::fs::write(scratch.join("print.bt"), BPFTRACE_PRINT)?;
+    std::fs::write(scratch.join("aggregate.bt"), BPFTRACE_AGGREGATE)?;
+    let _netns = Netns::create()?;
+    let _stats = BpfStats::enable()?;
+
+    let mut runs: BTreeMap<Tracer, Vec<Run>> = BTreeMap::new();
+    let mut ratios: BTreeMap<Tracer, Vec<f64>> = BTreeMap::new();
+    for round in 0..args.repetitions {
+        let mut untraced = None;
+        // Alternate the order each round so drift (thermal, page cache) does not favour one.
+        let mut order = Tracer::ALL.to_vec();
+        if round % 2 == 1 {
+            order[1..].reverse();
+        }
+        for tracer in order {
+            let run = measure(&twtrace, &scratch, tracer, args.seconds, args.threads, None)
+                .with_context(|| format!("{} (round {})", tracer.label(), round + 1))?;
+            eprintln!(
+                "xtask: bench: round {} {:<34} {:>8.0} conn/s  bpf {}  cpu {}",
+                round + 1,
+                tracer.label(),
+                run.connections_per_s,
+                run.bpf_ns_per_connection.map_or("-".into(), |v| format!("{:.2}us/conn", v / 1e3)),
+                run.cpu_percent.map_or("-".into(), |v| format!("{v:.1}%"))
+            );
+            if tracer == Tracer::Untraced {
+                untraced = Some(run.connections_per_s);
+            }
+            runs.entry(tracer).or_default().push(run);
+        }
+        let base = untraced.expect("untraced runs every round");
+        for tracer in Tracer::ALL {
+            let last = runs[&tracer].last().expect("ran").connections_per_s;
+            ratios.entry(tracer).or_default().push(last / base);
+        }
+    }
+
+    let long = if args.quick {
+        None
+    } else {
+        eprintln!("xtask: bench: 60 s at 25k connections/s under twtrace record (all families)");
+        Some(measure(&twtrace, &scratch, Tracer::RecordAll, 60, args.threads, Some(25_000.0))?)
+    };
+
+    // The recording of the last saturating run: its size and how fast it replays.
+    let recording = scratch.join("record.twr");
+    let replay = replay_figures(&root, &recording)?;
+    let memory = memory_figures(&root)?;
+    let table = table(&runs, &ratios, long.as_ref(), &replay, &memory, args);
+    println!("{table}");
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, &table).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("xtask: bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 })
+}
+
+fn measure(
+    twtrace: &Path,
+    scratch: &Path,
+    tracer: Tracer,
+    seconds: u64,
+    threads: usize,
+    rate: Option<f64>,
+) -> anyhow::Result<Run> {
+    let recording = scratch.join("record.twr");
+    let bpftrace_out = scratch.join("bpftrace.out");
+    let mut child: Option<(Child, Lines)> = match tracer {
+        Tracer::Untraced => None,
+        Tracer::RecordAll | Tracer::RecordTimeWaitDrops => {
+            let mut cmd = Command::new(twtrace);
+            cmd.args(["record", "--force", "--netns", NETNS, "-o"]).arg(&recording);
+            if tracer == Tracer::RecordTimeWaitDrops {
+                cmd.args(["--family", "timewait", "--family", "drops"]);
+            }
+            Some(start_twtrace(&mut cmd)?)
+        }
+        Tracer::TopHeadless => {
+            Some(start_twtrace(Command::new(twtrace).args(["stat", "--netns", NETNS, "--interval", "1"]))?)
+        }
+        Tracer::BpftracePrint | Tracer::BpftraceAggregate => {
+            let script = if tracer == Tracer::BpftracePrint { "print.bt" } else { "aggregate.bt" };
+            let _ = std::fs::remove_file(&bpftrace_out);
+            // Unbuffered: the `ready` line must reach the file at once.
+            let child = Command::new("bpftrace")
+                .args(["-B", "none"])
+                .arg("-o")
+                .arg(&bpftrace_out)
+                .arg(scratch.join(script))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting bpftrace")?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !std::fs::read_to_string(&bpftrace_out).is_ok_and(|s| s.contains("ready")) {
+                if Instant::now() > deadline {
+                    bail!("bpftrace did not attach within 60 s");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Some((child, Lines::default()))
+        }
+    };
+    let pid = child.as_ref().map(|(c, _)| c.id());
+    let cpu_before = pid.and_then(cpu_ticks);
+    let bpf_before = bpf_run_time_ns()?;
+    let started = Instant::now();
+    let mut churn = Command::new("ip");
+    churn.args(["netns", "exec", NETNS]).arg(twtrace).args([
+        "churn",
+        "--json",
+        "--threads",
+        &threads.to_string(),
+        "--duration",
+        &format!("{seconds}s"),
+    ]);
+    if let Some(rate) = rate {
+        churn.args(["--rate", &rate.to_string()]);
+    }
+    let out = churn.output().context("running twtrace churn")?;
+    if !out.status.success() {
+        bail!("twtrace churn failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let bpf_after = bpf_run_time_ns()?;
+    let cpu_after = pid.and_then(cpu_ticks);
+    let peak_rss_kib = pid.and_then(peak_rss_kib);
+    let result: Value = serde_json::from_slice(&out.stdout).context("churn output")?;
+    let connections = result["connections"].as_u64().unwrap_or(0);
+    let mut run = Run {
+        connections_per_s: result["per_second"].as_f64().unwrap_or(0.0),
+        connections,
+        bpf_ns_per_connection: (tracer != Tracer::Untraced && connections > 0)
+            .then(|| bpf_after.saturating_sub(bpf_before) as f64 / connections as f64),
+        cpu_percent: match (cpu_before, cpu_after) {
+            (Some(a), Some(b)) => Some((b - a) as f64 / clock_ticks_per_s() / elapsed * 100.0),
+            _ => None,
+        },
+        peak_rss_kib,
+        ..Run::default()
+    };
+    if let Some((mut child, lines)) = child.take() {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let status = child.wait()?;
+        // The reader thread ends with the pipe; give it a moment to take the last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        let stderr = Some(lines.lock().expect("not poisoned").clone());
+        if !status.success() && !matches!(tracer, Tracer::BpftracePrint | Tracer::BpftraceAggregate) {
+            bail!("{} exited with {status}: {:?}", tracer.label(), stderr);
+        }
+        // `twtrace: recorded N events (M lost in the kernel) to FILE: B bytes, ...`
+        if let Some(line) = stderr.iter().flatten().find(|l| l.starts_with("twtrace: recorded ")) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            run.events = words.get(2).and_then(|w| w.parse().ok());
+            run.lost = words.get(4).and_then(|w| w.trim_start_matches('(').parse().ok());
+            run.bytes = line.split(": ").nth(2).and_then(|s| s.split_whitespace().next()).and_then(|b| b.parse().ok());
+        }
+    }
+    Ok(run)
+}
+
+type Lines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Starts twtrace and waits for its ready line; the rest of its stderr (the final summary)
+/// is collected by a thread.
+fn start_twtrace(cmd: &mut Command) -> anyhow::Result<(Child, Lines)> {
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().context("starting twtrace")?;
+    let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("tracing;") => break,
+            Some(Ok(_)) => {}
+            _ => bail!("twtrace exited before tracing: {:?}", child.wait()),
+        }
+    }
+    let collected = Lines::default();
+    let sink = collected.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            sink.lock().expect("not poisoned").push(line);
+        }
+    });
+    Ok((child, collected))
+}
+
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")?.split_whitespace().next()?.parse().ok())
+}
+
+fn clock_ticks_per_s() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
+/// Sum of `run_time_ns` over every loaded BPF program (bpftool's JSON).
+fn bpf_run_time_ns() -> anyhow::Result<u64> {
+    let out = Command::new("bpftool").args(["prog", "show", "--json"]).output().context("bpftool")?;
+    let progs: Value = serde_json::from_slice(&out.stdout).context("bpftool prog show --json")?;
+    Ok(progs.as_array().map_or(0, |a| a.iter().filter_map(|p| p["run_time_ns"].as_u64()).sum()))
+}
+
+/// `kernel.bpf_stats_enabled=1` for the benchmark's lifetime; the previous value comes back.
+struct BpfStats(String);
+
+impl BpfStats {
+    const PATH: &'static str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn enable() -> anyhow::Result<Self> {
+        let previous = std::fs::read_to_string(Self::PATH).context("reading kernel.bpf_stats_enabled")?;
+        std::fs::write(Self::PATH, "1").context("enabling kernel.bpf_stats_enabled (root needed)")?;
+        Ok(Self(previous.trim().to_owned()))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
+
+/// The churn's own namespace: its TIME_WAIT sockets and port range do not touch the host's.
+struct Netns;
+
+impl Netns {
+    fn create() -> anyhow::Result<Self> {
+        let _ = Command::new("ip").args(["netns", "del", NETNS]).status();
+        crate::run_cmd(Command::new("ip").args(["netns", "add", NETNS]))?;
+        crate::run_cmd(Command::new("ip").args(["-n", NETNS, "link", "set", "lo", "up"]))?;
+        Ok(Self)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", NETNS]).status();
+    }
+}
+
+#[derive(Default)]
+struct Replay {
+    bytes_per_event: Option<f64>,
+    events_per_s: Option<f64>,
+    report: String,
+}
+
+/// The recording's size per event and replay speed, from the `recording` bench binary.
+fn replay_figures(root: &Path, recording: &Path) -> anyhow::Result<Replay> {
+    let out = Command::new("cargo")
+        .args(["bench", "-p", "twtrace", "--bench", "recording", "--"])
+        .arg(recording)
+        .current_dir(root)
+        .output()
+        .context("cargo bench --bench recording")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let figure = |key: &str| {
+        text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse().ok())
+    };
+    Ok(Replay { bytes_per_event: figure("bytes/event: "), events_per_s: figure("replay events/s: "), report: text })
+}
+
+/// Userspace memory with 1M live TIME_WAIT sockets, from the `memory` bench binary.
+fn memory_figures(root: &Path) -> anyhow::Result<String> {
+    let out = Command::new("cargo")
+        .args(["bench", "-p", "twtrace", "--bench", "memory"])
+        .current_dir(root)
+        .output()
+        .context("cargo bench --bench memory")?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn target(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+fn table(
+    runs: &BTreeMap<Tracer, Vec<Run>>,
+    ratios: &BTreeMap<Tracer, Vec<f64>>,
+    long: Option<&Run>,
+    replay: &Replay,
+    memory: &str,
+    args: &BenchArgs,
+) -> String {
+    let mut t = String::new();
+    let mut line = |s: String| {
+        t.push_str(&s);
+        t.push('\n');
+    };
+    line(format!(
+        "Loopback churn, server closes first, {} client + {} server threads, {} s per run, {} alternating rounds, medians.",
+        args.threads, args.threads, args.seconds, args.repetitions
+    ));
+    line(String::new());
+    line("| configuration | conn/s | ratio to untraced | BPF µs/conn | tracer CPU % | tracer peak RSS MiB | events | lost |".into());
+    line("|---|---:|---:|---:|---:|---:|---:|---:|".into());
+    let mut summary = BTreeMap::new();
+    for tracer in Tracer::ALL {
+        let rs = &runs[&tracer];
+        let med = |f: &dyn Fn(&Run) -> Option<f64>| median(rs.iter().filter_map(f).collect());
+        let cps = med(&|r| Some(r.connections_per_s));
+        let ratio = median(ratios[&tracer].clone());
+        let bpf = med(&|r| r.bpf_ns_per_connection).map(|v| v / 1e3);
+        let cpu = med(&|r| r.cpu_percent);
+        let rss = med(&|r| r.peak_rss_kib.map(|k| k as f64 / 1024.0));
+        let events = med(&|r| r.events.map(|e| e as f64));
+        let lost = med(&|r| r.lost.map(|e| e as f64));
+        let f = |v: Option<f64>, d: usize| v.map_or("-".into(), |v| format!("{v:.d$}"));
+        line(format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            tracer.label(),
+            f(cps, 0),
+            f(ratio, 3),
+            f(bpf, 2),
+            f(cpu, 1),
+            f(rss, 1),
+            f(events, 0),
+            f(lost, 0)
+        ));
+        summary.insert(tracer, (ratio, bpf, cpu, events, cps));
+    }
+    line(String::new());
+    line("Targets (issue 7):".into());
+    let (ratio_all, bpf_all, cpu_all, events_all, _) = summary[&Tracer::RecordAll];
+    let (_, bpf_twd, _, _, _) = summary[&Tracer::RecordTimeWaitDrops];
+    if let Some(r) = ratio_all {
+        line(format!(
+            "- throughput ratio with `twtrace record` at saturating churn ≥ 0.97: {r:.3} ({})",
+            target(r >= 0.97)
+        ));
+    }
+    if let Some(b) = bpf_twd {
+        line(format!("- BPF run time per connection, timewait+drops ≤ 2.0 µs: {b:.2} µs ({})", target(b <= 2.0)));
+    }
+    if let Some(b) = bpf_all {
+        line(format!("- BPF run time per connection, all families ≤ 3.0 µs: {b:.2} µs ({})", target(b <= 3.0)));
+    }
+    if let (Some(cpu), Some(events)) = (cpu_all, events_all) {
+        let seconds = args.seconds as f64;
+        let per_10k = cpu / 100.0 * seconds / events * 10_000.0 * 1e3;
+        line(format!("- userspace CPU per 10k events (record, all families): {per_10k:.1} ms"));
+    }
+    match long {
+        Some(run) => {
+            line(format!(
+                "- zero lost events at 25k connections/s for 60 s (default buffer): {} connections at {:.0}/s, {} events, lost {} ({})",
+                run.connections,
+                run.connections_per_s,
+                run.events.map_or("-".into(), |e| e.to_string()),
+                run.lost.map_or("-".into(), |l| l.to_string()),
+                target(run.lost == Some(0) && run.connections_per_s >= 24_000.0)
+            ));
+            if let Some(cpu) = run.cpu_percent {
+                line(format!(
+                    "- userspace CPU ≤ 15 % of one core at 25k connections/s: {cpu:.1} % ({})",
+                    target(cpu <= 15.0)
+                ));
+            }
+        }
+        None => line("- 60 s zero-loss run: skipped (--quick)".into()),
+    }
+    if let Some(b) = replay.bytes_per_event {
+        line(format!("- ≤ 16 bytes per event on disk: {b:.2} ({})", target(b <= 16.0)));
+    }
+    if let Some(r) = replay.events_per_s {
+        line(format!("- replay ≥ 5M events/s: {:.2}M ({})", r / 1e6, target(r >= 5e6)));
+    }
+    for l in memory.lines().filter(|l| !l.trim().is_empty()) {
+        line(format!("- {l}"));
+    }
+    line(String::new());
+    line("Recording figures (benches/recording.rs on the last saturating recording):".into());
+    for l in replay.report.lines().filter(|l| !l.trim().is_empty()) {
+        line(format!("    {l}"));
+    }
+    t
+}
