@@ -169,7 +169,57 @@ fn record_equals_live_trace_and_its_report_matches_ss() {
         "owners at the peak name the test thread: {owners}"
     );
 
+    damaged_and_foreign_copies_read_without_root(&path, in_ss as u64);
     std::fs::remove_file(&path).unwrap();
+}
+
+/// The recording as another machine gets it: readable by an unprivileged user, and cut short
+/// (as by `kill -9` mid-write), it still reports what it holds and says what was lost.
+fn damaged_and_foreign_copies_read_without_root(path: &Path, births: u64) {
+    let bytes = std::fs::read(path).unwrap();
+    let copy = temp("copy.twr");
+    let cut = temp("cut.twr");
+    let empty = temp("empty.twr");
+    std::fs::write(&copy, &bytes).unwrap();
+    // Everything but the end chunk and the last bytes of the chunk before it.
+    std::fs::write(&cut, &bytes[..bytes.len() - 120]).unwrap();
+    std::fs::write(&empty, b"").unwrap();
+    for p in [&copy, &cut, &empty] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    }
+    // setpriv (util-linux) drops root; the VM guests' busybox lacks it, and there the reading
+    // runs as root (the host run proves the unprivileged case).
+    let setpriv = which("setpriv").is_some();
+    let as_nobody = |args: &[&str]| {
+        let mut cmd = if setpriv {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_twtrace")]);
+            c
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_twtrace"))
+        };
+        support::output(cmd.args(args))
+    };
+    let out = as_nobody(&["report", "--json", copy.to_str().unwrap()]);
+    assert!(out.status.success(), "an unprivileged user reads a recording: {}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["timewait"]["births"], births);
+
+    let out = as_nobody(&["report", "--json", cut.to_str().unwrap()]);
+    assert!(out.status.success(), "a cut recording still reports: {}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("damage: no end marker"), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["recording"]["complete"], false);
+    assert!(report["recording"]["events"].as_u64().unwrap() > 0, "the intact chunks are kept");
+
+    let out = as_nobody(&["trace", "--replay", empty.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("empty file (0 bytes): nothing was recorded"), "{stderr}");
+    for p in [copy, cut, empty] {
+        let _ = std::fs::remove_file(p);
+    }
 }
 
 /// The HTML report in headless Chromium: the DOM has every chart with data, and the

@@ -21,6 +21,8 @@ use serde_json::Value;
 use crate::{cargo, setup, workspace_root};
 
 const NETNS: &str = "twtrace-bench";
+/// Room for every TIME_WAIT socket of a 60 s run at 25k connections/s.
+const TW_BUCKETS: &str = "net.ipv4.tcp_max_tw_buckets=2000000";
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -39,6 +41,71 @@ pub struct BenchArgs {
     /// Also write the table as Markdown to this file.
     #[arg(long, value_name = "FILE")]
     markdown: Option<PathBuf>,
+    /// Kernel whose guest compares the backends' BPF cost (this host allows only tracepoints).
+    #[arg(long, default_value = "6.12", value_name = "KERNEL")]
+    vm_kernel: String,
+    /// Skip the guest comparison.
+    #[arg(long)]
+    no_vm: bool,
+    /// Only the guest comparison.
+    #[arg(long, conflicts_with = "no_vm")]
+    vm_only: bool,
+}
+
+/// Runs in the guest: twtrace record on each backend beside the same churn, then the kernel's
+/// per-program BPF statistics per connection (busybox awk: the guest has no Python).
+const GUEST_SCRIPT: &str = r#"
+sysctl -qw kernel.bpf_stats_enabled=1
+for b in tracepoint fentry kprobe; do
+  # A fresh namespace each: the previous run's TIME_WAIT sockets must not fill the table.
+  # iproute2 by path: busybox's ip applet (also on PATH) has no netns support.
+  /usr/sbin/ip netns add bench-$b
+  /usr/sbin/ip netns exec bench-$b /usr/sbin/ip link set lo up
+  /usr/sbin/ip netns exec bench-$b /usr/sbin/sysctl -qw net.ipv4.tcp_max_tw_buckets=2000000
+  twtrace record -o /tmp/vb.twr --force --backend $b --netns bench-$b 2>/tmp/rec.err &
+  pid=$!
+  i=0; while ! grep -q "tracing;" /tmp/rec.err && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+  echo "VMREADY backend=$b $(grep tracing /tmp/rec.err)"
+  conns=$(/usr/sbin/ip netns exec bench-$b twtrace churn --duration 15 --json | sed 's/.*"connections":\([0-9]*\).*/\1/')
+  bpftool prog show | awk -v b=$b -v c=$conns '/^[0-9]+:/ { name=$4 } /run_time_ns/ { for (i=1;i<=NF;i++) { if ($i=="run_time_ns") t=$(i+1); if ($i=="run_cnt") n=$(i+1) }; printf "VMPROG backend=%s prog=%s calls_per_conn=%.2f ns_per_conn=%.0f\n", b, name, n/c, t/c }'
+  kill -INT $pid; wait $pid
+done
+"#;
+
+/// Which family a program of the object belongs to (by its name, as the kernel shows it:
+/// the first 15 characters).
+fn family_of(program: &str) -> &'static str {
+    match program {
+        p if p.starts_with("tw_") => "timewait",
+        p if p.starts_with("tcp_state") || p.starts_with("tcp_set_state") => "state",
+        p if p.contains("drop") || p.starts_with("skb_") || p.starts_with("kfree_skb") => "drops",
+        _ => "portsearch",
+    }
+}
+
+/// BPF ns per connection by backend and family, from a guest.
+fn guest_costs(kernel: &str) -> anyhow::Result<BTreeMap<(String, &'static str), f64>> {
+    let out = Command::new(std::env::current_exe()?)
+        .args(["vm", "--kernel", kernel, "--timeout", "900", "--", "sh", "-c", GUEST_SCRIPT])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("booting the guest")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut costs = BTreeMap::new();
+    for line in text.lines().filter_map(|l| l.split("VMPROG ").nth(1)) {
+        let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k).map(str::to_owned));
+        if let (Some(b), Some(p), Some(ns)) = (field("backend="), field("prog="), field("ns_per_conn=")) {
+            *costs.entry((b, family_of(&p))).or_insert(0.0) += ns.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    if costs.is_empty() {
+        bail!("the guest reported no figures:\n{text}");
+    }
+    // Which backend each family really ran on: a family that could not attach is missing.
+    for line in text.lines().filter_map(|l| l.split("VMREADY ").nth(1)) {
+        eprintln!("xtask: bench: guest: {line}");
+    }
+    Ok(costs)
 }
 
 /// What runs beside the churn.
@@ -76,7 +143,6 @@ impl Tracer {
 
 /// The same tracepoints twtrace's tracepoint backend uses, printing every event.
 const BPFTRACE_PRINT: &str = r#"
-BEGIN { printf("ready\n"); }
 tracepoint:sock:inet_sock_set_state /args->protocol == 6/ { printf("state %d %d %d %d\n", args->oldstate, args->newstate, args->sport, args->dport); }
 tracepoint:timer:timer_start /args->function == kaddr("tw_timer_handler")/ { printf("tw_start %lx %d\n", args->timer, args->expires - args->now); }
 tracepoint:timer:timer_expire_entry /args->function == kaddr("tw_timer_handler")/ { printf("tw_expire %lx\n", args->timer); }
@@ -87,7 +153,6 @@ tracepoint:syscalls:sys_exit_connect /@start[tid]/ { printf("connect %d %d %s\n"
 
 /// The same tracepoints, aggregating in kernel maps (nothing crosses to userspace per event).
 const BPFTRACE_AGGREGATE: &str = r#"
-BEGIN { printf("ready\n"); }
 tracepoint:sock:inet_sock_set_state /args->protocol == 6/ { @states[args->oldstate, args->newstate] = count(); }
 tracepoint:timer:timer_start /args->function == kaddr("tw_timer_handler")/ { @tw_start = count(); }
 tracepoint:timer:timer_expire_entry /args->function == kaddr("tw_timer_handler")/ { @tw_expire = count(); }
@@ -122,7 +187,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&scratch)?;
     std::fs::write(scratch.join("print.bt"), BPFTRACE_PRINT)?;
     std::fs::write(scratch.join("aggregate.bt"), BPFTRACE_AGGREGATE)?;
-    let _netns = Netns::create()?;
+    if args.vm_only {
+        eprintln!("xtask: bench: backends compared in a {} guest", args.vm_kernel);
+        println!("{}", guest_table(&guest_costs(&args.vm_kernel)?, &args.vm_kernel));
+        return Ok(());
+    }
     let _stats = BpfStats::enable()?;
 
     let mut runs: BTreeMap<Tracer, Vec<Run>> = BTreeMap::new();
@@ -168,11 +237,28 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let recording = scratch.join("record.twr");
     let replay = replay_figures(&root, &recording)?;
     let memory = memory_figures(&root)?;
-    let table = table(&runs, &ratios, long.as_ref(), &replay, &memory, args);
+    let pipeline = pipeline_figures(&root)?;
+    let mut table = table(&runs, &ratios, long.as_ref(), &replay, &memory, args);
+    table.push_str("\nDecoder and aggregator (criterion, benches/pipeline.rs):\n");
+    for line in &pipeline {
+        table.push_str(&format!("    {line}\n"));
+    }
+    // The host's figures first: a guest that fails must not lose them.
     println!("{table}");
-    if let Some(path) = &args.markdown {
-        std::fs::write(path, &table).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("xtask: bench: wrote {}", path.display());
+    let save = |table: &str| -> anyhow::Result<()> {
+        if let Some(path) = &args.markdown {
+            std::fs::write(path, table).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("xtask: bench: wrote {}", path.display());
+        }
+        Ok(())
+    };
+    save(&table)?;
+    if !args.no_vm {
+        eprintln!("xtask: bench: backends compared in a {} guest", args.vm_kernel);
+        let guest = guest_table(&guest_costs(&args.vm_kernel)?, &args.vm_kernel);
+        println!("{guest}");
+        table.push_str(&guest);
+        save(&table)?;
     }
     Ok(())
 }
@@ -195,6 +281,10 @@ fn measure(
 ) -> anyhow::Result<Run> {
     let recording = scratch.join("record.twr");
     let bpftrace_out = scratch.join("bpftrace.out");
+    // A fresh namespace per measurement: TIME_WAIT sockets of the previous run (they live 60 s)
+    // would otherwise fill tcp_max_tw_buckets, and then connections skip TIME_WAIT and the
+    // TIME_WAIT probes have less to do. The cap is raised so every connection gets one.
+    let _netns = Netns::create()?;
     let mut child: Option<(Child, Lines)> = match tracer {
         Tracer::Untraced => None,
         Tracer::RecordAll | Tracer::RecordTimeWaitDrops => {
@@ -211,7 +301,8 @@ fn measure(
         Tracer::BpftracePrint | Tracer::BpftraceAggregate => {
             let script = if tracer == Tracer::BpftracePrint { "print.bt" } else { "aggregate.bt" };
             let _ = std::fs::remove_file(&bpftrace_out);
-            // Unbuffered: the `ready` line must reach the file at once.
+            let programs_before = bpf_program_count()?;
+            // Unbuffered, as a printing tool would run.
             let child = Command::new("bpftrace")
                 .args(["-B", "none"])
                 .arg("-o")
@@ -221,13 +312,19 @@ fn measure(
                 .stderr(Stdio::null())
                 .spawn()
                 .context("starting bpftrace")?;
+            // Ready when its six probe programs are loaded (its BEGIN output is not always
+            // flushed to the file, so the kernel is asked instead), plus a moment to attach.
             let deadline = Instant::now() + Duration::from_secs(60);
-            while !std::fs::read_to_string(&bpftrace_out).is_ok_and(|s| s.contains("ready")) {
+            while bpf_program_count()? < programs_before + 6 {
                 if Instant::now() > deadline {
+                    let mut child = child;
+                    let _ = child.kill();
+                    let _ = child.wait();
                     bail!("bpftrace did not attach within 60 s");
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
+            std::thread::sleep(Duration::from_secs(1));
             Some((child, Lines::default()))
         }
     };
@@ -330,6 +427,12 @@ fn clock_ticks_per_s() -> f64 {
     unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }
 
+fn bpf_program_count() -> anyhow::Result<usize> {
+    let out = Command::new("bpftool").args(["prog", "show", "--json"]).output().context("bpftool")?;
+    let progs: Value = serde_json::from_slice(&out.stdout).context("bpftool prog show --json")?;
+    Ok(progs.as_array().map_or(0, Vec::len))
+}
+
 /// Sum of `run_time_ns` over every loaded BPF program (bpftool's JSON).
 fn bpf_run_time_ns() -> anyhow::Result<u64> {
     let out = Command::new("bpftool").args(["prog", "show", "--json"]).output().context("bpftool")?;
@@ -361,9 +464,10 @@ struct Netns;
 
 impl Netns {
     fn create() -> anyhow::Result<Self> {
-        let _ = Command::new("ip").args(["netns", "del", NETNS]).status();
+        let _ = Command::new("ip").args(["netns", "del", NETNS]).stderr(Stdio::null()).status();
         crate::run_cmd(Command::new("ip").args(["netns", "add", NETNS]))?;
         crate::run_cmd(Command::new("ip").args(["-n", NETNS, "link", "set", "lo", "up"]))?;
+        crate::run_cmd(Command::new("ip").args(["netns", "exec", NETNS, "sysctl", "-qw", TW_BUCKETS]))?;
         Ok(Self)
     }
 }
@@ -371,6 +475,9 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", NETNS]).status();
+        // The kernel tears the namespace (and its TIME_WAIT sockets) down in a work queue:
+        // let that finish before the next measurement starts.
+        std::thread::sleep(Duration::from_secs(3));
     }
 }
 
@@ -396,6 +503,27 @@ fn replay_figures(root: &Path, recording: &Path) -> anyhow::Result<Replay> {
     Ok(Replay { bytes_per_event: figure("bytes/event: "), events_per_s: figure("replay events/s: "), report: text })
 }
 
+/// Criterion's time and throughput lines for the decoder and the aggregator.
+fn pipeline_figures(root: &Path) -> anyhow::Result<Vec<String>> {
+    let out = Command::new("cargo")
+        .args(["bench", "-p", "twtrace", "--bench", "pipeline"])
+        .current_dir(root)
+        .output()
+        .context("cargo bench --bench pipeline")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = Vec::new();
+    let mut name = String::new();
+    for line in text.lines() {
+        if line.starts_with("pipeline/") {
+            name = line.split_whitespace().next().unwrap_or("").to_owned();
+        }
+        if let Some(thrpt) = line.trim().strip_prefix("thrpt:") {
+            lines.push(format!("{name}: {} (low, median, high)", thrpt.trim()));
+        }
+    }
+    Ok(lines)
+}
+
 /// Userspace memory with 1M live TIME_WAIT sockets, from the `memory` bench binary.
 fn memory_figures(root: &Path) -> anyhow::Result<String> {
     let out = Command::new("cargo")
@@ -404,6 +532,42 @@ fn memory_figures(root: &Path) -> anyhow::Result<String> {
         .output()
         .context("cargo bench --bench memory")?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn guest_table(costs: &BTreeMap<(String, &'static str), f64>, kernel: &str) -> String {
+    let mut t = format!(
+        "\nBPF run time per connection by backend, in a {kernel} guest under QEMU (TCG): absolute times under \
+         emulation mean little, ratios to the tracepoint backend in the same guest do.\n\n\
+         | family | tracepoint µs | fentry µs (ratio) | kprobe µs (ratio) |\n|---|---:|---:|---:|\n"
+    );
+    let get = |b: &str, f: &str| costs.get(&(b.to_owned(), f)).copied();
+    let mut totals = [0.0f64; 3];
+    for family in ["timewait", "state", "portsearch", "drops"] {
+        let tp = get("tracepoint", family);
+        let cell = |b: &str| match (get(b, family), tp) {
+            (Some(v), Some(tp)) if tp > 0.0 => format!("{:.1} ({:.2})", v / 1e3, v / tp),
+            (Some(v), _) => format!("{:.1}", v / 1e3),
+            _ => "-".into(),
+        };
+        for (i, b) in ["tracepoint", "fentry", "kprobe"].iter().enumerate() {
+            totals[i] += get(b, family).unwrap_or(0.0);
+        }
+        t.push_str(&format!(
+            "| {family} | {} | {} | {} |\n",
+            tp.map_or("-".into(), |v| format!("{:.1}", v / 1e3)),
+            cell("fentry"),
+            cell("kprobe")
+        ));
+    }
+    t.push_str(&format!(
+        "| all | {:.1} | {:.1} ({:.2}) | {:.1} ({:.2}) |\n",
+        totals[0] / 1e3,
+        totals[1] / 1e3,
+        totals[1] / totals[0].max(1.0),
+        totals[2] / 1e3,
+        totals[2] / totals[0].max(1.0)
+    ));
+    t
 }
 
 fn target(ok: bool) -> &'static str {
