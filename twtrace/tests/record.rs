@@ -5,67 +5,18 @@ mod support;
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Read},
+    io::BufReader,
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
 use serde_json::Value;
-use support::{Netns, can_trace, server_closes_first};
+use support::{Netns, Recording, can_trace, client_closes_first, server_closes_first};
 
 const SERVER_CLOSES: usize = 40;
 const CLIENT_CLOSES: usize = 30;
-
-/// Connections that the client closes first: their TIME_WAIT sockets hold the client's
-/// ephemeral ports toward the server.
-fn client_closes_first(listener: &TcpListener, count: usize) {
-    for _ in 0..count {
-        let client = TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
-        let (mut accepted, _) = listener.accept().expect("accept");
-        drop(client);
-        let mut buf = [0u8; 1];
-        assert_eq!(accepted.read(&mut buf).expect("read EOF"), 0);
-        drop(accepted);
-    }
-}
-
-/// `twtrace record` running in the background until SIGINT.
-struct Recording {
-    child: std::process::Child,
-}
-
-impl Recording {
-    fn start(ns: &Netns, path: &Path) -> Self {
-        let _ = std::fs::remove_file(path);
-        let mut args: Vec<String> =
-            vec!["record".into(), "-o".into(), path.display().to_string(), "--netns".into(), ns.name.clone()];
-        if let Some(b) = support::forced_backend() {
-            args.extend(["--backend".into(), b]);
-        }
-        let mut child = support::spawn(
-            Command::new(env!("CARGO_BIN_EXE_twtrace")).args(&args).stdout(Stdio::null()).stderr(Stdio::piped()),
-        );
-        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-        loop {
-            match stderr.next() {
-                Some(Ok(l)) if l.contains("tracing;") => break,
-                Some(Ok(l)) => eprintln!("[record] {l}"),
-                _ => panic!("twtrace record did not start: {:?}", child.wait()),
-            }
-        }
-        std::thread::spawn(move || stderr.map_while(Result::ok).for_each(|l| eprintln!("[record] {l}")));
-        Self { child }
-    }
-
-    fn stop(mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "twtrace record exited with {status}");
-    }
-}
 
 fn twtrace(args: &[&str]) -> std::process::Output {
     let out = support::output(Command::new(env!("CARGO_BIN_EXE_twtrace")).args(args));
@@ -151,7 +102,10 @@ fn record_equals_live_trace_and_its_report_matches_ss() {
         worst.0,
         worst.1
     );
-    assert!(worst.0 < 1_000_000 && worst.1 < 1_000_000, "the same events, at the same moments: {worst:?}");
+    // Under emulation (the VM matrix) an interrupt between the two tracers' programs takes
+    // milliseconds: 4-8 ms were seen on 5.10 and 6.1 guests.
+    let bound = if std::env::var_os("TWTRACE_TEST_EMULATED").is_some() { 50_000_000 } else { 1_000_000 };
+    assert!(worst.0 < bound && worst.1 < bound, "the same events, at the same moments: {worst:?}");
     let summary = replayed.iter().rfind(|v| v["event"] == "summary").expect("summary");
     assert_eq!(summary["damage"], serde_json::json!([]), "{summary}");
 
@@ -286,4 +240,30 @@ fn html_report_renders_with_charts_in_a_browser() {
 
 fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(program)).find(|p| p.is_file())
+}
+
+/// `kill -9` in the middle of a recording (no chance to finish the file): everything older
+/// than about a second is on disk, and readers say the end is missing.
+#[test]
+fn a_killed_recording_keeps_all_but_the_last_second() {
+    if !can_trace() {
+        return;
+    }
+    let ns = Netns::new("kill9");
+    let path = temp("kill9.twr");
+    let recording = Recording::start(&ns, &path);
+    ns.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        server_closes_first(&listener, SERVER_CLOSES, None);
+    });
+    // Chunks are sealed every second once a batch arrives: two seconds cover the last births.
+    std::thread::sleep(Duration::from_secs(2));
+    recording.kill();
+    let report = twtrace(&["report", "--json", path.to_str().unwrap()]);
+    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(report["recording"]["complete"], false);
+    assert_eq!(report["timewait"]["births"], SERVER_CLOSES as u64, "{}", report["timewait"]);
+    let damage = report["recording"]["damage"].to_string();
+    assert!(damage.contains("no end marker"), "{damage}");
+    std::fs::remove_file(&path).unwrap();
 }

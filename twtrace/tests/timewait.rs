@@ -109,7 +109,12 @@ fn natural_expiry_after_sixty_seconds() {
     let Some(tracer) = support::tracer_for("timewait", &["--netns", &ns.name]) else { return };
     ns.run(|| {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        server_closes_first(&listener, COUNT, None);
+        // A distinct client port each: an ephemeral port the kernel happens to hand out twice
+        // would meet its own server-side TIME_WAIT socket and kill it (seen once, 6.1 guest).
+        for i in 0..COUNT {
+            let client = SocketAddr::from(([127, 0, 0, 1], 45_000 + i as u16));
+            server_closes_first(&listener, 1, Some(client));
+        }
     });
     let births = tracer.wait_for("timewait_birth", Duration::from_secs(10), |b| b.len() >= COUNT);
     assert_eq!(births.len(), COUNT);

@@ -179,3 +179,33 @@ fn paws_drops_are_attributed_to_their_source() {
     assert!(row.contains("-> 127.0.0.3:"), "the example names the server side:\n{screen}");
     tmux.keys("q");
 }
+
+/// `top --replay`: a recording drives the same view, to its end, with no probes loaded.
+#[test]
+fn replay_shows_the_recording_to_its_end() {
+    if !can_trace() {
+        return;
+    }
+    const CONNECTIONS: usize = 30;
+    let ns = Netns::new("topreplay");
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
+    let path = std::env::temp_dir().join(format!("twtrace-it-{}-top-replay.twr", std::process::id()));
+    let recording = support::Recording::start(&ns, &path);
+    let server: SocketAddr = "127.0.0.1:8081".parse().unwrap();
+    ns.run(move || support::client_closes_first(&TcpListener::bind(server).unwrap(), CONNECTIONS));
+    let in_kernel = ns.ports_to("127.0.0.1:8081", (1, 65535)) as u64;
+    std::thread::sleep(Duration::from_millis(300));
+    recording.stop();
+
+    let command = format!("{} top --replay {} --speed max; sleep 30", env!("CARGO_BIN_EXE_twtrace"), path.display());
+    let Some(tmux) = Tmux::start("replay", &command) else { return };
+    let row = "127.0.0.1 -> 127.0.0.1:8081";
+    let screen = tmux.wait_for("the end of the recording", |s| s.contains("(end of recording)"));
+    assert!(screen.contains("REPLAY"), "{screen}");
+    assert_eq!(in_use_on_screen(&screen, row), Some(in_kernel), "the ports ss counted:\n{screen}");
+    assert_eq!(in_kernel, CONNECTIONS as u64);
+    tmux.keys("q");
+    let after = tmux.wait_for("top to exit", |s| s.contains("top ended"));
+    assert!(after.contains("the recording is complete and intact"), "{after}");
+    let _ = std::fs::remove_file(&path);
+}

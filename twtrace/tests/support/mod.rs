@@ -392,3 +392,58 @@ pub fn netns_inode(name: &str) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(format!("/run/netns/{name}")).expect("netns file").ino()
 }
+
+/// Connections that the client closes first: their TIME_WAIT sockets hold the client's
+/// ephemeral ports toward the server.
+pub fn client_closes_first(listener: &TcpListener, count: usize) {
+    for _ in 0..count {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
+        let (mut accepted, _) = listener.accept().expect("accept");
+        drop(client);
+        let mut buf = [0u8; 1];
+        assert_eq!(std::io::Read::read(&mut accepted, &mut buf).expect("read EOF"), 0);
+        drop(accepted);
+    }
+}
+
+/// `twtrace record` running in the background until SIGINT (or SIGKILL).
+pub struct Recording {
+    child: std::process::Child,
+}
+
+impl Recording {
+    pub fn start(ns: &Netns, path: &std::path::Path) -> Self {
+        let _ = std::fs::remove_file(path);
+        let mut args: Vec<String> =
+            vec!["record".into(), "-o".into(), path.display().to_string(), "--netns".into(), ns.name.clone()];
+        if let Some(b) = forced_backend() {
+            args.extend(["--backend".into(), b]);
+        }
+        let mut child =
+            spawn(Command::new(env!("CARGO_BIN_EXE_twtrace")).args(&args).stdout(Stdio::null()).stderr(Stdio::piped()));
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        loop {
+            match stderr.next() {
+                Some(Ok(l)) if l.contains("tracing;") => break,
+                Some(Ok(l)) => eprintln!("[record] {l}"),
+                _ => panic!("twtrace record did not start: {:?}", child.wait()),
+            }
+        }
+        std::thread::spawn(move || stderr.map_while(Result::ok).for_each(|l| eprintln!("[record] {l}")));
+        Self { child }
+    }
+
+    /// Ctrl-C: twtrace finishes the file.
+    pub fn stop(mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "twtrace record exited with {status}");
+    }
+
+    /// `kill -9`: no chance to finish the file.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        let _ = self.child.wait();
+    }
+}
