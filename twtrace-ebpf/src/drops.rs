@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use twtrace_common::{AF_INET, AF_INET6, EventKind, Flow, drops::DropEvent};
 
-use crate::{config, light_header, net_inum, netns_of, netns_wanted, port_wanted, read_at, reserve, submit};
+use crate::{Probed, config, light_header, net_inum, netns_of, netns_wanted, port_wanted, read_at, reserve, submit};
 
 const IPPROTO_TCP: u8 = 6;
 /// `skb->transport_header` when unset.
@@ -104,9 +104,9 @@ fn on_drop(skb: *const u8, reason: u64, rx_sk: *const u8) {
     let o = &config().offsets;
     let dev: u64 = read_at(skb, o.skb_dev);
     let netns = if dev != 0 {
-        net_inum(read_at(dev as *const u8, o.dev_nd_net))
+        net_inum::<Probed>(read_at(dev as *const u8, o.dev_nd_net))
     } else if !rx_sk.is_null() {
-        netns_of(rx_sk)
+        netns_of::<Probed>(rx_sk)
     } else {
         0
     };

@@ -17,7 +17,9 @@ use twtrace_common::{
     portsearch::{PortSearchEvent, SearchOp},
 };
 
-use crate::{config, fill_flow, header, net_inum, netns_of, netns_wanted, port_wanted, read_at, reserve, submit};
+use crate::{
+    Probed, config, fill_flow, header, net_inum, netns_of, netns_wanted, port_wanted, read_at, reserve, submit,
+};
 
 #[derive(Clone, Copy)]
 struct InFlight {
@@ -130,7 +132,7 @@ fn current_netns() -> u32 {
     if nsproxy == 0 {
         return 0;
     }
-    net_inum(read_at(nsproxy as *const u8, o.nsproxy_net_ns))
+    net_inum::<Probed>(read_at(nsproxy as *const u8, o.nsproxy_net_ns))
 }
 
 // fentry/fexit and kprobe/kretprobe backends: the port search itself.
@@ -232,7 +234,7 @@ pub fn get_port_kretprobe(ctx: RetProbeContext) -> u32 {
 
 #[inline(always)]
 fn search_begin(op: SearchOp, sk: *const u8, requested_port: u16) {
-    if !netns_wanted(netns_of(sk)) {
+    if !netns_wanted(netns_of::<Probed>(sk)) {
         return;
     }
     let tid = bpf_get_current_pid_tgid() as u32;
@@ -261,7 +263,7 @@ fn search_end(ret: i32) {
     let Some(mut entry) = reserve::<PortSearchEvent>() else { return };
     // SAFETY: reserved slot, fully written before submit or discarded.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_flow(&mut ev.flow, sk);
+    fill_flow::<Probed>(&mut ev.flow, sk);
     if search.op == SearchOp::Bind as u8 && ret != 0 {
         // A failed bind leaves no port in the socket: report the one asked for.
         ev.flow.sport = search.requested_port;
@@ -282,7 +284,7 @@ fn search_end(ret: i32) {
         0
     };
     ev.candidates = search.candidates;
-    ev.netns = netns_of(sk);
+    ev.netns = netns_of::<Probed>(sk);
     ev.op = search.op;
     ev.approximate = 0;
     ev._pad = [0; 2];

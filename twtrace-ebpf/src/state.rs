@@ -5,28 +5,38 @@
 //! owning process's context) so the TIME_WAIT birth, which runs in softirq, can name the owner.
 
 use aya_ebpf::{
-    macros::{fentry, kprobe, raw_tracepoint},
-    programs::{FEntryContext, ProbeContext, RawTracePointContext},
+    macros::{btf_tracepoint, fentry, kprobe, raw_tracepoint},
+    programs::{BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext},
 };
 use twtrace_common::{
     EventKind, Flow, Owner, OwnerKey,
+    config::OFFSET_UNKNOWN,
     state::{StateEvent, tcp_state},
 };
 
-use crate::{OWNERS, config, fill_flow, header, netns_of, netns_wanted, port_wanted, read_at, reserve, submit};
+use crate::{
+    Direct, KernelRead, OWNERS, Probed, config, fill_flow, header, netns_of, netns_wanted, port_wanted, read_at,
+    reserve, submit,
+};
 
 const IPPROTO_TCP: u16 = 6;
 
+/// tp_btf variant (5.5+, needs BTF): the socket is read with plain loads.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn tcp_state_change_btf(ctx: BtfTracePointContext) -> u32 {
+    on_state::<Direct>(ctx.arg(0), ctx.arg::<u64>(1) as u8, ctx.arg::<u64>(2) as u8)
+}
+
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn tcp_state_change(ctx: RawTracePointContext) -> u32 {
-    on_state(ctx.arg(0), ctx.arg::<u64>(1) as u8, ctx.arg::<u64>(2) as u8)
+    on_state::<Probed>(ctx.arg(0), ctx.arg::<u64>(1) as u8, ctx.arg::<u64>(2) as u8)
 }
 
 /// fentry/kprobe backends: `tcp_set_state(sk, state)`; the old state is still in the socket.
 #[fentry(function = "tcp_set_state")]
 pub fn tcp_set_state_fentry(ctx: FEntryContext) -> u32 {
     let sk: *const u8 = ctx.arg(0);
-    on_state(sk, read_at(sk, config().offsets.skc_state), ctx.arg::<u64>(1) as u8)
+    on_state::<Probed>(sk, read_at(sk, config().offsets.skc_state), ctx.arg::<u64>(1) as u8)
 }
 
 #[kprobe]
@@ -34,11 +44,11 @@ pub fn tcp_set_state_kprobe(ctx: ProbeContext) -> u32 {
     let (Some(sk), Some(state)) = (ctx.arg::<*const u8>(0), ctx.arg::<u64>(1)) else {
         return 0;
     };
-    on_state(sk, read_at(sk, config().offsets.skc_state), state as u8)
+    on_state::<Probed>(sk, read_at(sk, config().offsets.skc_state), state as u8)
 }
 
 #[inline(always)]
-fn on_state(sk: *const u8, old_state: u8, new_state: u8) -> u32 {
+fn on_state<R: KernelRead>(sk: *const u8, old_state: u8, new_state: u8) -> u32 {
     if !(new_state == tcp_state::SYN_SENT
         || old_state == tcp_state::SYN_SENT
         || new_state == tcp_state::FIN_WAIT1
@@ -47,19 +57,23 @@ fn on_state(sk: *const u8, old_state: u8, new_state: u8) -> u32 {
         return 0;
     }
     let o = &config().offsets;
-    // The tracepoint also fires for SCTP and MPTCP sockets.
-    if read_at::<u16>(sk, o.sk_protocol) != IPPROTO_TCP {
+    // The tracepoint also fires for SCTP and MPTCP sockets. (Before 5.6 sk_protocol is a
+    // bitfield whose offset is unknown here: then every socket passes.)
+    if o.sk_protocol != OFFSET_UNKNOWN && R::at::<u16>(sk, o.sk_protocol) != IPPROTO_TCP {
         return 0;
     }
-    let netns = netns_of(sk);
+    let netns = netns_of::<R>(sk);
     if !netns_wanted(netns) {
         return 0;
     }
     // The 4-tuple is read once, for the owner map and the record.
     let mut key = OwnerKey { netns, _pad: 0, flow: Flow::default() };
-    fill_flow(&mut key.flow, sk);
-    // skc_num is already 0 once the socket is unhashed (→ CLOSE); inet_sport is not.
-    key.flow.sport = u16::from_be(read_at(sk, o.inet_sport));
+    fill_flow::<R>(&mut key.flow, sk);
+    // skc_num is already 0 once the socket is unhashed (→ CLOSE); inet_sport is not. It lies
+    // in `inet_sock`, beyond the `struct sock` the tp_btf argument is typed as: probe-read.
+    if new_state == tcp_state::CLOSE {
+        key.flow.sport = u16::from_be(read_at(sk, o.inet_sport));
+    }
     if !port_wanted(&key.flow) {
         return 0;
     }

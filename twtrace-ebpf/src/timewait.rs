@@ -15,31 +15,56 @@
 
 use aya_ebpf::{
     helpers::bpf_jiffies64,
-    macros::{fentry, kprobe, raw_tracepoint},
-    programs::{FEntryContext, ProbeContext, RawTracePointContext},
+    macros::{btf_tracepoint, fentry, kprobe, raw_tracepoint},
+    programs::{BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext},
 };
 use twtrace_common::{
     EventKind, Flow, Owner, OwnerKey,
     timewait::{TimeWaitEvent, TimerPhase},
 };
 
-use crate::{OWNERS, config, fill_flow, light_header, netns_of, netns_wanted, port_wanted, read_at, reserve, submit};
+use crate::{
+    Direct, KernelRead, OWNERS, Probed, config, fill_flow, light_header, netns_of, netns_wanted, port_wanted, read_at,
+    reserve, submit,
+};
+
+// Two variants of the tracepoint backend: tp_btf (5.5+, needs BTF) filters with plain loads
+// from the typed `timer_list *`; raw tracepoints need a probe read for the same test. The
+// filter runs about 16 times per connection, so that read is most of the family's cost.
+
+#[btf_tracepoint(function = "timer_start")]
+pub fn tw_timer_start_btf(ctx: BtfTracePointContext) -> u32 {
+    on_timer::<Direct>(ctx.arg(0), TimerPhase::Start);
+    0
+}
+
+#[btf_tracepoint(function = "timer_cancel")]
+pub fn tw_timer_cancel_btf(ctx: BtfTracePointContext) -> u32 {
+    on_timer::<Direct>(ctx.arg(0), TimerPhase::Cancel);
+    0
+}
+
+#[btf_tracepoint(function = "timer_expire_entry")]
+pub fn tw_timer_expire_btf(ctx: BtfTracePointContext) -> u32 {
+    on_timer::<Direct>(ctx.arg(0), TimerPhase::Expire);
+    0
+}
 
 #[raw_tracepoint(tracepoint = "timer_start")]
 pub fn tw_timer_start(ctx: RawTracePointContext) -> u32 {
-    on_timer(&ctx, TimerPhase::Start);
+    on_timer::<Probed>(ctx.arg(0), TimerPhase::Start);
     0
 }
 
 #[raw_tracepoint(tracepoint = "timer_cancel")]
 pub fn tw_timer_cancel(ctx: RawTracePointContext) -> u32 {
-    on_timer(&ctx, TimerPhase::Cancel);
+    on_timer::<Probed>(ctx.arg(0), TimerPhase::Cancel);
     0
 }
 
 #[raw_tracepoint(tracepoint = "timer_expire_entry")]
 pub fn tw_timer_expire(ctx: RawTracePointContext) -> u32 {
-    on_timer(&ctx, TimerPhase::Expire);
+    on_timer::<Probed>(ctx.arg(0), TimerPhase::Expire);
     0
 }
 
@@ -140,17 +165,20 @@ fn on_schedule(tw: *const u8, timeo: i32, rearm: bool) {
     on_tw(tw, phase, timeo.max(0) as u64);
 }
 
+/// `R` reads the timer itself; the TIME_WAIT socket around it is always probe-read (its
+/// address is computed, not typed).
 #[inline(always)]
-fn on_timer(ctx: &RawTracePointContext, phase: TimerPhase) {
+fn on_timer<R: KernelRead>(timer: *const u8, phase: TimerPhase) {
     let cfg = config();
-    let timer: *const u8 = ctx.arg(0);
-    let function: u64 = read_at(timer, cfg.offsets.timer_function);
+    let function: u64 = R::at(timer, cfg.offsets.timer_function);
     if function != cfg.tw_timer_handler || function == 0 {
         return;
     }
+    // The socket starts before the typed timer pointer, where the verifier allows no plain
+    // load: it is probe-read, like on every other backend.
     let tw = timer.wrapping_sub(cfg.offsets.tw_timer as usize);
     let timeout_jiffies = if phase == TimerPhase::Start {
-        let expires: u64 = read_at(timer, cfg.offsets.timer_expires);
+        let expires: u64 = R::at(timer, cfg.offsets.timer_expires);
         // SAFETY: helper without preconditions (5.5+).
         expires.wrapping_sub(unsafe { bpf_jiffies64() })
     } else {
@@ -164,7 +192,7 @@ fn on_timer(ctx: &RawTracePointContext, phase: TimerPhase) {
 #[inline(always)]
 fn on_tw(tw: *const u8, phase: TimerPhase, timeout_jiffies: u64) {
     let cfg = config();
-    let netns = netns_of(tw);
+    let netns = netns_of::<Probed>(tw);
     if !netns_wanted(netns) {
         return;
     }
@@ -180,7 +208,7 @@ fn on_tw(tw: *const u8, phase: TimerPhase, timeout_jiffies: u64) {
     ev.phase = phase as u8;
     ev._pad = [0; 2];
     if phase == TimerPhase::Start || phase == TimerPhase::Rearm {
-        fill_flow(&mut ev.flow, tw);
+        fill_flow::<Probed>(&mut ev.flow, tw);
         // Only a start carries the 4-tuple (and so can be port-filtered); later phases are
         // matched to it in userspace by socket address, and unmatched ones are dropped there.
         if !port_wanted(&ev.flow) {

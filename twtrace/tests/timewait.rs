@@ -138,3 +138,34 @@ fn natural_expiry_after_sixty_seconds() {
     assert_eq!(born, died);
     assert!(remaining.is_empty(), "ss still shows {remaining:?}");
 }
+
+/// The tracepoint backend's timer filter and state reader use tp_btf where the kernel has BTF
+/// (no helper call per kernel timer) and raw tracepoints otherwise; `twtrace probes` names
+/// the hooks that run. `cargo xtask test` runs this file again with the raw variant forced.
+#[test]
+fn tracepoint_backend_runs_tp_btf_where_btf_exists() {
+    if !can_trace() {
+        return;
+    }
+    if support::forced_backend().is_some_and(|b| b != "tracepoint") {
+        return support::unsupported("timewait", "tests the tracepoint backend only");
+    }
+    let raw_forced = std::env::var_os("TWTRACE_RAW_TRACEPOINTS").is_some_and(|v| !v.is_empty());
+    let btf = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
+    let out = support::output(std::process::Command::new(env!("CARGO_BIN_EXE_twtrace")).args([
+        "probes",
+        "--backend",
+        "tracepoint",
+        "--family",
+        "timewait",
+        "--family",
+        "state",
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let kind = if btf && !raw_forced { "tp_btf" } else { "raw_tp" };
+    for hook in ["timer_start", "timer_cancel", "timer_expire_entry", "inet_sock_set_state"] {
+        assert!(text.contains(&format!("{kind}/{hook}")), "{kind}/{hook} runs:\n{text}");
+    }
+    eprintln!("{text}");
+}

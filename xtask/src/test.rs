@@ -64,6 +64,15 @@ fn host(args: &TestArgs) -> anyhow::Result<()> {
     if !args.cargo_test_args.is_empty() {
         test.push("--");
         test.extend(args.cargo_test_args.iter().map(String::as_str));
+        return cargo(&test);
     }
-    cargo(&test)
+    cargo(&test)?;
+    // Every kernel with BTF runs the tp_btf variant of the tracepoint backend, so its raw
+    // tracepoint variant (kernels without BTF) gets a run of its own here.
+    crate::run_cmd(
+        std::process::Command::new("cargo")
+            .args(["test", "-p", "twtrace", "--test", "timewait", "--test", "state"])
+            .env("TWTRACE_RAW_TRACEPOINTS", "1")
+            .current_dir(crate::workspace_root()),
+    )
 }

@@ -14,7 +14,7 @@ use std::{collections::HashMap, fmt};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
 };
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
@@ -83,6 +83,11 @@ fn families(btf: &kernel::btf::Btf) -> Vec<(Family, Vec<BackendPlan>)> {
 /// One kernel hook of a backend: which program of the object goes where.
 #[derive(Clone, Copy, Debug)]
 pub enum Hook {
+    /// A raw tracepoint whose arguments the verifier types from BTF (`tp_btf`, 5.5+).
+    BtfTracepoint {
+        program: &'static str,
+        tracepoint: &'static str,
+    },
     RawTracepoint {
         program: &'static str,
         tracepoint: &'static str,
@@ -106,6 +111,24 @@ pub enum Hook {
         program: &'static str,
         function: &'static str,
     },
+}
+
+impl Hook {
+    /// `kind/target`, as `bpftool` and libbpf name program sections.
+    pub fn label(&self) -> String {
+        match *self {
+            Hook::BtfTracepoint { tracepoint, .. } => format!("tp_btf/{tracepoint}"),
+            Hook::RawTracepoint { tracepoint, .. } => format!("raw_tp/{tracepoint}"),
+            Hook::Tracepoint { category, name, .. } => format!("tracepoint/{category}/{name}"),
+            Hook::Fentry { function, .. } => format!("fentry/{function}"),
+            Hook::Fexit { function, .. } => format!("fexit/{function}"),
+            Hook::Kprobe { function, program } => {
+                // The program's section says which; its name ends the same way.
+                let kind = if program.ends_with("kretprobe") { "kretprobe" } else { "kprobe" };
+                format!("{kind}/{function}")
+            }
+        }
+    }
 }
 
 /// One backend of a family: its hooks, or why it cannot be offered on this kernel.
@@ -158,13 +181,18 @@ pub struct Attempt {
 pub struct FamilyReport {
     pub family: Family,
     pub running: Option<Backend>,
+    /// The hooks of the running backend, e.g. `tp_btf/timer_start` (empty in recordings made
+    /// before this was kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<String>,
     pub attempts: Vec<Attempt>,
 }
 
 impl fmt::Display for FamilyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.running {
-            Some(b) => write!(f, "{}: {b}", self.family)?,
+            Some(b) if self.hooks.is_empty() => write!(f, "{}: {b}", self.family)?,
+            Some(b) => write!(f, "{}: {b} ({})", self.family, self.hooks.join(", "))?,
             None if self.attempts.is_empty() => write!(f, "{}: off (not selected with --family)", self.family)?,
             None => write!(f, "{}: NOT RUNNING", self.family)?,
         }
@@ -264,7 +292,7 @@ impl LiveProbes {
             .into_iter()
             .map(|(family, plans)| {
                 if options.families.as_ref().is_some_and(|only| !only.contains(&family)) {
-                    return FamilyReport { family, running: None, attempts: Vec::new() };
+                    return FamilyReport { family, running: None, hooks: Vec::new(), attempts: Vec::new() };
                 }
                 attach_family(&mut ebpf, aya_btf.as_ref(), family, &plans, options.backend)
             })
@@ -405,7 +433,7 @@ fn attach_family(
     plans: &[BackendPlan],
     forced: Option<Backend>,
 ) -> FamilyReport {
-    let mut report = FamilyReport { family, running: None, attempts: Vec::new() };
+    let mut report = FamilyReport { family, running: None, hooks: Vec::new(), attempts: Vec::new() };
     for plan in plans {
         if forced.is_some_and(|b| b != plan.backend) {
             continue;
@@ -418,6 +446,7 @@ fn attach_family(
         report.attempts.push(Attempt { backend: plan.backend, error: result.err() });
         if ok {
             report.running = Some(plan.backend);
+            report.hooks = plan.hooks.iter().flatten().map(Hook::label).collect();
             break;
         }
     }
@@ -479,6 +508,18 @@ fn attach_hook(ebpf: &mut Ebpf, btf: Option<&aya::Btf>, hook: &Hook) -> Result<(
                     text
                 })
         }
+        Hook::BtfTracepoint { program, tracepoint } => {
+            // For testing the raw tracepoint variants on kernels that would pick these, and a
+            // way out should a kernel's tp_btf misbehave.
+            if std::env::var_os("TWTRACE_RAW_TRACEPOINTS").is_some_and(|v| !v.is_empty()) {
+                return Err(format!("tp_btf {tracepoint}: skipped (TWTRACE_RAW_TRACEPOINTS is set)"));
+            }
+            let btf = btf()?;
+            with_program(ebpf, program, |p: &mut BtfTracePoint| {
+                p.load(tracepoint, btf).and_then(|()| p.attach().map(drop))
+            })
+            .map_err(|e| format!("tp_btf {tracepoint} ({program}): {}", describe(&e)))
+        }
         Hook::RawTracepoint { program, tracepoint } => {
             with_program(ebpf, program, |p: &mut RawTracePoint| p.load().and_then(|()| p.attach(tracepoint).map(drop)))
                 .map_err(|e| format!("raw tracepoint {tracepoint} ({program}): {}", describe(&e)))
@@ -493,6 +534,7 @@ fn attach_hook(ebpf: &mut Ebpf, btf: Option<&aya::Btf>, hook: &Hook) -> Result<(
 
 fn unload_hook(ebpf: &mut Ebpf, hook: &Hook) {
     let result = match *hook {
+        Hook::BtfTracepoint { program, .. } => with_program(ebpf, program, |p: &mut BtfTracePoint| p.unload()),
         Hook::RawTracepoint { program, .. } => with_program(ebpf, program, |p: &mut RawTracePoint| p.unload()),
         Hook::Tracepoint { program, .. } => with_program(ebpf, program, |p: &mut TracePoint| p.unload()),
         Hook::Fentry { program, .. } => with_program(ebpf, program, |p: &mut FEntry| p.unload()),

@@ -8,6 +8,10 @@ use crate::event::{Event, Process, SocketFlow, StateEvent};
 const TRACEPOINT_HOOKS: &[Hook] =
     &[Hook::RawTracepoint { program: "tcp_state_change", tracepoint: "inet_sock_set_state" }];
 
+/// tp_btf (5.5+, BTF): the same tracepoint, reading the socket without helper calls.
+const BTF_TRACEPOINT_HOOKS: &[Hook] =
+    &[Hook::BtfTracepoint { program: "tcp_state_change_btf", tracepoint: "inet_sock_set_state" }];
+
 pub fn backends() -> Vec<BackendPlan> {
     vec![
         BackendPlan::new(
@@ -18,6 +22,7 @@ pub fn backends() -> Vec<BackendPlan> {
             Backend::Kprobe,
             &[Hook::Kprobe { program: "tcp_set_state_kprobe", function: "tcp_set_state" }],
         ),
+        BackendPlan::new(Backend::Tracepoint, BTF_TRACEPOINT_HOOKS),
         BackendPlan::new(Backend::Tracepoint, TRACEPOINT_HOOKS),
     ]
 }

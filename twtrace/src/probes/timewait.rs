@@ -14,6 +14,14 @@ use crate::{
     kernel::{btf::Btf, kallsyms},
 };
 
+/// tp_btf (5.5+, BTF): the timer is typed, so the filter that runs for every kernel timer
+/// needs no helper call.
+const BTF_TRACEPOINT_HOOKS: &[Hook] = &[
+    Hook::BtfTracepoint { program: "tw_timer_start_btf", tracepoint: "timer_start" },
+    Hook::BtfTracepoint { program: "tw_timer_cancel_btf", tracepoint: "timer_cancel" },
+    Hook::BtfTracepoint { program: "tw_timer_expire_btf", tracepoint: "timer_expire_entry" },
+];
+
 const TRACEPOINT_HOOKS: &[Hook] = &[
     Hook::RawTracepoint { program: "tw_timer_start", tracepoint: "timer_start" },
     Hook::RawTracepoint { program: "tw_timer_cancel", tracepoint: "timer_cancel" },
@@ -54,6 +62,7 @@ pub fn backends() -> Vec<BackendPlan> {
         BackendPlan::new(Backend::Fentry, FENTRY_HOOKS),
         BackendPlan::new(Backend::Kprobe, KPROBE_HOOKS_HASHDANCE),
         BackendPlan::new(Backend::Kprobe, KPROBE_HOOKS),
+        BackendPlan::new(Backend::Tracepoint, BTF_TRACEPOINT_HOOKS),
         BackendPlan::new(Backend::Tracepoint, TRACEPOINT_HOOKS),
     ]
 }

@@ -152,6 +152,7 @@ fn info() -> SourceInfo {
         backends: vec![FamilyReport {
             family: Family::TimeWait,
             running: Some(Backend::Tracepoint),
+            hooks: vec!["tp_btf/timer_start".into()],
             attempts: vec![Attempt { backend: Backend::Fentry, error: Some("no trampolines".into()) }],
         }],
         netns: Some(4026531840),
