@@ -6,8 +6,9 @@ pub mod stats;
 #[cfg(test)]
 mod tests;
 
+use foldhash::{HashMap, HashMapExt, HashSet};
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, VecDeque},
     net::{IpAddr, SocketAddr},
 };
 

@@ -1,7 +1,7 @@
 //! TIME_WAIT family: backends, configuration and the decoder that turns timer phases into
 //! births, re-arms and deaths.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use twtrace_common::{
     Config,

@@ -23,8 +23,8 @@
 //! A flow is (local address ref, local port u16, remote address ref, remote port u16), with
 //! address ref 0 meaning "no flow". References count from 1; 0 is "none".
 
+use foldhash::{HashMap, HashMapExt};
 use std::{
-    collections::HashMap,
     hash::Hash,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };

@@ -67,9 +67,10 @@ pub const SEAL_INTERVAL: Duration = Duration::from_secs(1);
 const SEAL_BYTES: usize = 4 << 20;
 /// Sockets per chunk of the initial picture.
 const SOCKETS_PER_CHUNK: usize = 50_000;
-/// Deflate level: 6 is about twice as slow to write as 1 for about 15 % smaller files; the
-/// writer runs on its own thread, and recordings are read far more often than written.
-const DEFLATE_LEVEL: u32 = 6;
+/// Deflate level 1: a recording runs during an incident, on a host short of CPU. Level 6
+/// made files about 15 % smaller but cost about twice the CPU (at 25k connections/s that was
+/// most of twtrace's own CPU), far below the 16 bytes/event budget either way.
+const DEFLATE_LEVEL: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
