@@ -12,7 +12,9 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        generated::{bpf_get_current_cgroup_id, bpf_get_smp_processor_id},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf, bpf_get_smp_processor_id,
+        },
     },
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
@@ -122,6 +124,9 @@ pub(crate) trait KernelRead {
     /// A `T` at `base + offset`, or `T::default()` when the offset is unknown on this kernel
     /// or the read faults.
     fn at<T: Copy + Default>(base: *const u8, offset: u32) -> T;
+
+    /// The running task, as a pointer this reader can follow.
+    fn current_task() -> *const u8;
 }
 
 /// `bpf_probe_read_kernel`, a helper call per read: for raw tracepoints and kprobes, whose
@@ -132,6 +137,12 @@ impl KernelRead for Probed {
     #[inline(always)]
     fn at<T: Copy + Default>(base: *const u8, offset: u32) -> T {
         read_at(base, offset)
+    }
+
+    #[inline(always)]
+    fn current_task() -> *const u8 {
+        // SAFETY: helper without preconditions.
+        unsafe { bpf_get_current_task() as *const u8 }
     }
 }
 
@@ -152,6 +163,13 @@ impl KernelRead for Direct {
         }
         // SAFETY: checked by the verifier as described above; faults read as 0.
         unsafe { core::ptr::read_volatile(base.wrapping_add(offset as usize).cast::<T>()) }
+    }
+
+    /// `bpf_get_current_task_btf` (5.11+), typed for the verifier.
+    #[inline(always)]
+    fn current_task() -> *const u8 {
+        // SAFETY: helper without preconditions.
+        unsafe { bpf_get_current_task_btf() as *const u8 }
     }
 }
 

@@ -7,7 +7,7 @@
 //! 8, then one 8-byte slot per argument from 16; `ret` at 16 on exit.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_get_current_task},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint},
     maps::HashMap,
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
@@ -18,7 +18,8 @@ use twtrace_common::{
 };
 
 use crate::{
-    Probed, config, fill_flow, header, net_inum, netns_of, netns_wanted, port_wanted, read_at, reserve, submit,
+    Direct, KernelRead, Probed, config, fill_flow, header, net_inum, netns_of, netns_wanted, port_wanted, reserve,
+    submit,
 };
 
 #[derive(Clone, Copy)]
@@ -34,9 +35,24 @@ struct InFlight {
 #[map]
 static IN_FLIGHT: HashMap<u32, InFlight> = HashMap::with_max_entries(16_384, 0);
 
+// The `_btf` variants find the caller's namespace with plain loads from the BTF-typed current
+// task (5.11+); the others with probe reads.
+
+#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
+pub fn connect_enter_btf(ctx: TracePointContext) -> u32 {
+    on_enter::<Direct>(&ctx, SearchOp::Connect);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_bind")]
+pub fn bind_enter_btf(ctx: TracePointContext) -> u32 {
+    on_enter::<Direct>(&ctx, SearchOp::Bind);
+    0
+}
+
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]
 pub fn connect_enter(ctx: TracePointContext) -> u32 {
-    on_enter(&ctx, SearchOp::Connect);
+    on_enter::<Probed>(&ctx, SearchOp::Connect);
     0
 }
 
@@ -48,7 +64,7 @@ pub fn connect_exit(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_bind")]
 pub fn bind_enter(ctx: TracePointContext) -> u32 {
-    on_enter(&ctx, SearchOp::Bind);
+    on_enter::<Probed>(&ctx, SearchOp::Bind);
     0
 }
 
@@ -59,28 +75,25 @@ pub fn bind_exit(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn on_enter(ctx: &TracePointContext, op: SearchOp) {
+fn on_enter<R: KernelRead>(ctx: &TracePointContext, op: SearchOp) {
     // SAFETY: offsets inside the syscall tracepoint record.
     let Ok(sockaddr) = (unsafe { ctx.read_at::<u64>(24) }) else { return };
-    let sockaddr = sockaddr as *const u8;
-    // SAFETY: user memory read through the helper, which tolerates bad pointers.
-    let user = |offset: usize| sockaddr.wrapping_add(offset);
-    let Ok(family) = (unsafe { bpf_probe_read_user(user(0).cast::<u16>()) }) else { return };
+    let Some(user) = read_sockaddr(sockaddr as *const u8) else { return };
+    let family = user.family;
     if family != AF_INET && family != AF_INET6 {
         return;
     }
-    let netns = current_netns();
+    let netns = current_netns::<R>();
     if !netns_wanted(netns) {
         return;
     }
-    let port = u16::from_be(unsafe { bpf_probe_read_user(user(2).cast::<u16>()) }.unwrap_or(0));
+    let port = u16::from_be(user.port_be);
     let mut flow = Flow { family, ..Flow::default() };
     let mut addr = [0u8; 16];
     if family == AF_INET {
-        let v4: [u8; 4] = unsafe { bpf_probe_read_user(user(4).cast()) }.unwrap_or([0; 4]);
-        addr[..4].copy_from_slice(&v4);
+        addr[..4].copy_from_slice(&user.v4_addr);
     } else {
-        addr = unsafe { bpf_probe_read_user(user(8).cast()) }.unwrap_or([0; 16]);
+        addr = user.v6_addr;
     }
     if op == SearchOp::Connect {
         flow.daddr = addr;
@@ -96,6 +109,33 @@ fn on_enter(ctx: &TracePointContext, op: SearchOp) {
     // SAFETY: helper without preconditions.
     let start_ns = unsafe { bpf_ktime_get_ns() };
     let _ = IN_FLIGHT.insert(tid, InFlight { start_ns, netns, op: op as u8, _pad: [0; 3], flow }, 0);
+}
+
+/// The start of a `sockaddr_in` or `sockaddr_in6` (without the v6 scope id).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct UserSockaddr {
+    family: u16,
+    port_be: u16,
+    /// `sin_addr`, or `sin6_flowinfo`.
+    v4_addr: [u8; 4],
+    v6_addr: [u8; 16],
+}
+
+/// One user-memory read for the common case (each read is a helper call with its own
+/// uaccess setup); a `sockaddr_in` (16 bytes) at the very end of a mapping makes the long
+/// read fault, and then the short one is taken.
+#[inline(always)]
+fn read_sockaddr(sockaddr: *const u8) -> Option<UserSockaddr> {
+    // SAFETY: user memory read through the helper, which tolerates bad pointers.
+    if let Ok(whole) = unsafe { bpf_probe_read_user(sockaddr.cast::<UserSockaddr>()) } {
+        return Some(whole);
+    }
+    let short: [u16; 4] = unsafe { bpf_probe_read_user(sockaddr.cast()) }.ok()?;
+    let mut v4_addr = [0u8; 4];
+    v4_addr[..2].copy_from_slice(&short[2].to_ne_bytes());
+    v4_addr[2..].copy_from_slice(&short[3].to_ne_bytes());
+    Some(UserSockaddr { family: short[0], port_be: short[1], v4_addr, v6_addr: [0; 16] })
 }
 
 #[inline(always)]
@@ -124,15 +164,13 @@ fn on_exit(ctx: &TracePointContext) {
 
 /// Network namespace of the current task (`current->nsproxy->net_ns->ns.inum`).
 #[inline(always)]
-fn current_netns() -> u32 {
+fn current_netns<R: KernelRead>() -> u32 {
     let o = &config().offsets;
-    // SAFETY: helper without preconditions.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let nsproxy: u64 = read_at(task, o.task_nsproxy);
+    let nsproxy: u64 = R::at(R::current_task(), o.task_nsproxy);
     if nsproxy == 0 {
         return 0;
     }
-    net_inum::<Probed>(read_at(nsproxy as *const u8, o.nsproxy_net_ns))
+    net_inum::<R>(R::at(nsproxy as *const u8, o.nsproxy_net_ns))
 }
 
 // fentry/fexit and kprobe/kretprobe backends: the port search itself.

@@ -139,18 +139,19 @@ fn natural_expiry_after_sixty_seconds() {
     assert!(remaining.is_empty(), "ss still shows {remaining:?}");
 }
 
-/// The tracepoint backend's timer filter and state reader use tp_btf where the kernel has BTF
-/// (no helper call per kernel timer) and raw tracepoints otherwise; `twtrace probes` names
-/// the hooks that run. `cargo xtask test` runs this file again with the raw variant forced.
+/// The tracepoint backend reads through BTF-typed pointers where the kernel has BTF (tp_btf
+/// for the timers and states: no helper call per kernel timer; the BTF-typed current task for
+/// connect()'s namespace) and with probe reads otherwise; `twtrace probes` names the hooks
+/// that run. `cargo xtask test` runs this file again with the probe-read variants forced.
 #[test]
-fn tracepoint_backend_runs_tp_btf_where_btf_exists() {
+fn tracepoint_backend_reads_through_btf_where_it_exists() {
     if !can_trace() {
         return;
     }
     if support::forced_backend().is_some_and(|b| b != "tracepoint") {
         return support::unsupported("timewait", "tests the tracepoint backend only");
     }
-    let raw_forced = std::env::var_os("TWTRACE_RAW_TRACEPOINTS").is_some_and(|v| !v.is_empty());
+    let raw_forced = std::env::var_os("TWTRACE_NO_BTF_READS").is_some_and(|v| !v.is_empty());
     let btf = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
     let out = support::output(std::process::Command::new(env!("CARGO_BIN_EXE_twtrace")).args([
         "probes",
@@ -160,6 +161,8 @@ fn tracepoint_backend_runs_tp_btf_where_btf_exists() {
         "timewait",
         "--family",
         "state",
+        "--family",
+        "portsearch",
     ]));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
@@ -167,5 +170,18 @@ fn tracepoint_backend_runs_tp_btf_where_btf_exists() {
     for hook in ["timer_start", "timer_cancel", "timer_expire_entry", "inet_sock_set_state"] {
         assert!(text.contains(&format!("{kind}/{hook}")), "{kind}/{hook} runs:\n{text}");
     }
+    // 5.11+ for bpf_get_current_task_btf: the 5.10 guest runs the probe-read variant.
+    let portsearch = text.lines().find(|l| l.starts_with("portsearch: ")).expect("portsearch line");
+    if raw_forced || !btf {
+        assert!(!portsearch.contains("BTF reads"), "{portsearch}");
+    } else if kernel_at_least(5, 11) {
+        assert!(portsearch.contains("BTF reads"), "{portsearch}");
+    }
     eprintln!("{text}");
+}
+
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
 }

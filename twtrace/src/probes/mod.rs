@@ -135,15 +135,22 @@ impl Hook {
 pub struct BackendPlan {
     pub backend: Backend,
     pub hooks: Result<Vec<Hook>, String>,
+    /// The programs read kernel memory through BTF-typed pointers (tp_btf arguments,
+    /// `bpf_get_current_task_btf`) instead of probe reads; a variant without follows.
+    pub btf_reads: bool,
 }
 
 impl BackendPlan {
     pub fn new(backend: Backend, hooks: &[Hook]) -> Self {
-        Self { backend, hooks: Ok(hooks.to_vec()) }
+        Self { backend, hooks: Ok(hooks.to_vec()), btf_reads: false }
+    }
+
+    pub fn with_btf_reads(backend: Backend, hooks: &[Hook]) -> Self {
+        Self { btf_reads: true, ..Self::new(backend, hooks) }
     }
 
     pub fn unavailable(backend: Backend, why: impl Into<String>) -> Self {
-        Self { backend, hooks: Err(why.into()) }
+        Self { backend, hooks: Err(why.into()), btf_reads: false }
     }
 }
 
@@ -440,6 +447,11 @@ fn attach_family(
         }
         let result = match &plan.hooks {
             Err(why) => Err(why.clone()),
+            // For testing the variants without BTF reads on kernels that would not pick them,
+            // and a way out should a kernel's BTF-typed access misbehave.
+            Ok(_) if plan.btf_reads && no_btf_reads() => {
+                Err("the variant with BTF reads is skipped (TWTRACE_NO_BTF_READS is set)".into())
+            }
             Ok(hooks) => attach_hooks(ebpf, btf, hooks),
         };
         let ok = result.is_ok();
@@ -447,6 +459,9 @@ fn attach_family(
         if ok {
             report.running = Some(plan.backend);
             report.hooks = plan.hooks.iter().flatten().map(Hook::label).collect();
+            if plan.btf_reads {
+                report.hooks.push("BTF reads".into());
+            }
             break;
         }
     }
@@ -456,6 +471,10 @@ fn attach_family(
         }
     }
     report
+}
+
+fn no_btf_reads() -> bool {
+    std::env::var_os("TWTRACE_NO_BTF_READS").is_some_and(|v| !v.is_empty())
 }
 
 /// Attaches every hook of one backend, or none: on failure the ones already attached are
@@ -509,11 +528,6 @@ fn attach_hook(ebpf: &mut Ebpf, btf: Option<&aya::Btf>, hook: &Hook) -> Result<(
                 })
         }
         Hook::BtfTracepoint { program, tracepoint } => {
-            // For testing the raw tracepoint variants on kernels that would pick these, and a
-            // way out should a kernel's tp_btf misbehave.
-            if std::env::var_os("TWTRACE_RAW_TRACEPOINTS").is_some_and(|v| !v.is_empty()) {
-                return Err(format!("tp_btf {tracepoint}: skipped (TWTRACE_RAW_TRACEPOINTS is set)"));
-            }
             let btf = btf()?;
             with_program(ebpf, program, |p: &mut BtfTracePoint| {
                 p.load(tracepoint, btf).and_then(|()| p.attach().map(drop))

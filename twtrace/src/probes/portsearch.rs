@@ -11,6 +11,14 @@ use super::{Backend, BackendPlan, Hook};
 use crate::event::{Event, PortSearchEvent, Process, SearchOp};
 use crate::kernel::btf::Btf;
 
+/// 5.11+: the caller's namespace through the BTF-typed current task, without probe reads.
+const TRACEPOINT_BTF_HOOKS: &[Hook] = &[
+    Hook::Tracepoint { program: "connect_enter_btf", category: "syscalls", name: "sys_enter_connect" },
+    Hook::Tracepoint { program: "connect_exit", category: "syscalls", name: "sys_exit_connect" },
+    Hook::Tracepoint { program: "bind_enter_btf", category: "syscalls", name: "sys_enter_bind" },
+    Hook::Tracepoint { program: "bind_exit", category: "syscalls", name: "sys_exit_bind" },
+];
+
 const TRACEPOINT_HOOKS: &[Hook] = &[
     Hook::Tracepoint { program: "connect_enter", category: "syscalls", name: "sys_enter_connect" },
     Hook::Tracepoint { program: "connect_exit", category: "syscalls", name: "sys_exit_connect" },
@@ -54,6 +62,7 @@ pub fn backends(btf: &Btf) -> Vec<BackendPlan> {
     vec![
         fentry,
         BackendPlan::new(Backend::Kprobe, KPROBE_HOOKS),
+        BackendPlan::with_btf_reads(Backend::Tracepoint, TRACEPOINT_BTF_HOOKS),
         BackendPlan::new(Backend::Tracepoint, TRACEPOINT_HOOKS),
     ]
 }

@@ -22,7 +22,7 @@ pub fn backends() -> Vec<BackendPlan> {
             Backend::Kprobe,
             &[Hook::Kprobe { program: "tcp_set_state_kprobe", function: "tcp_set_state" }],
         ),
-        BackendPlan::new(Backend::Tracepoint, BTF_TRACEPOINT_HOOKS),
+        BackendPlan::with_btf_reads(Backend::Tracepoint, BTF_TRACEPOINT_HOOKS),
         BackendPlan::new(Backend::Tracepoint, TRACEPOINT_HOOKS),
     ]
 }

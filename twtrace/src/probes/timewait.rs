@@ -62,7 +62,7 @@ pub fn backends() -> Vec<BackendPlan> {
         BackendPlan::new(Backend::Fentry, FENTRY_HOOKS),
         BackendPlan::new(Backend::Kprobe, KPROBE_HOOKS_HASHDANCE),
         BackendPlan::new(Backend::Kprobe, KPROBE_HOOKS),
-        BackendPlan::new(Backend::Tracepoint, BTF_TRACEPOINT_HOOKS),
+        BackendPlan::with_btf_reads(Backend::Tracepoint, BTF_TRACEPOINT_HOOKS),
         BackendPlan::new(Backend::Tracepoint, TRACEPOINT_HOOKS),
     ]
 }
