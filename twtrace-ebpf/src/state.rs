@@ -33,10 +33,11 @@ pub fn tcp_state_change(ctx: RawTracePointContext) -> u32 {
 }
 
 /// fentry/kprobe backends: `tcp_set_state(sk, state)`; the old state is still in the socket.
+/// fentry's `sk` is BTF-typed: plain loads.
 #[fentry(function = "tcp_set_state")]
 pub fn tcp_set_state_fentry(ctx: FEntryContext) -> u32 {
     let sk: *const u8 = ctx.arg(0);
-    on_state::<Probed>(sk, read_at(sk, config().offsets.skc_state), ctx.arg::<u64>(1) as u8)
+    on_state::<Direct>(sk, Direct::at(sk, config().offsets.skc_state), ctx.arg::<u64>(1) as u8)
 }
 
 #[kprobe]

@@ -24,8 +24,8 @@ use twtrace_common::{
 };
 
 use crate::{
-    Direct, KernelRead, OWNERS, Probed, config, fill_flow, light_header, netns_of, netns_wanted, port_wanted, read_at,
-    reserve, submit,
+    Direct, KernelRead, OWNERS, Probed, config, fill_flow, light_header, netns_of, netns_wanted, port_wanted, reserve,
+    submit,
 };
 
 // Two variants of the tracepoint backend: tp_btf (5.5+, needs BTF) filters with plain loads
@@ -69,7 +69,9 @@ pub fn tw_timer_expire(ctx: RawTracePointContext) -> u32 {
 }
 
 // fentry and kprobe backends: the TIME_WAIT functions themselves, one call per event instead
-// of filtering every kernel timer. `__inet_twsk_schedule(tw, timeo, rearm)` (exported since
+// of filtering every kernel timer. fentry arguments are BTF-typed: those programs read the
+// socket with plain loads (`Direct`), except from a timer, where the socket's address is
+// computed. `__inet_twsk_schedule(tw, timeo, rearm)` (exported since
 // 4.x; `inet_twsk_schedule`/`inet_twsk_reschedule` are inline wrappers) arms it,
 // `tw_timer_handler(timer)` is the expiry, `inet_twsk_deschedule_put(tw)` the early removal
 // (4-tuple reuse, tcp_tw_reuse, namespace teardown).
@@ -81,14 +83,14 @@ pub fn tw_timer_expire(ctx: RawTracePointContext) -> u32 {
 
 #[fentry(function = "inet_twsk_hashdance_schedule")]
 pub fn tw_hashdance_fentry(ctx: FEntryContext) -> u32 {
-    on_schedule(ctx.arg(0), ctx.arg::<u64>(3) as i32, false);
+    on_schedule::<Direct>(ctx.arg(0), ctx.arg::<u64>(3) as i32, false);
     0
 }
 
 #[fentry(function = "__inet_twsk_schedule")]
 pub fn tw_rearm_fentry(ctx: FEntryContext) -> u32 {
     if ctx.arg::<u64>(2) as u8 != 0 {
-        on_schedule(ctx.arg(0), ctx.arg::<u64>(1) as i32, true);
+        on_schedule::<Direct>(ctx.arg(0), ctx.arg::<u64>(1) as i32, true);
     }
     0
 }
@@ -96,7 +98,7 @@ pub fn tw_rearm_fentry(ctx: FEntryContext) -> u32 {
 #[kprobe]
 pub fn tw_hashdance_kprobe(ctx: ProbeContext) -> u32 {
     if let (Some(tw), Some(timeo)) = (ctx.arg::<*const u8>(0), ctx.arg::<u64>(3)) {
-        on_schedule(tw, timeo as i32, false);
+        on_schedule::<Probed>(tw, timeo as i32, false);
     }
     0
 }
@@ -105,7 +107,7 @@ pub fn tw_hashdance_kprobe(ctx: ProbeContext) -> u32 {
 pub fn tw_rearm_kprobe(ctx: ProbeContext) -> u32 {
     if let (Some(tw), Some(timeo), Some(rearm)) = (ctx.arg::<*const u8>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2)) {
         if rearm as u8 != 0 {
-            on_schedule(tw, timeo as i32, true);
+            on_schedule::<Probed>(tw, timeo as i32, true);
         }
     }
     0
@@ -117,20 +119,20 @@ pub fn tw_rearm_kprobe(ctx: ProbeContext) -> u32 {
 
 #[fentry(function = "__inet_twsk_schedule")]
 pub fn tw_schedule_fentry(ctx: FEntryContext) -> u32 {
-    on_schedule(ctx.arg(0), ctx.arg::<u64>(1) as i32, ctx.arg::<u64>(2) as u8 != 0);
+    on_schedule::<Direct>(ctx.arg(0), ctx.arg::<u64>(1) as i32, ctx.arg::<u64>(2) as u8 != 0);
     0
 }
 
 #[fentry(function = "tw_timer_handler")]
 pub fn tw_expire_fentry(ctx: FEntryContext) -> u32 {
     let timer: *const u8 = ctx.arg(0);
-    on_tw(timer.wrapping_sub(config().offsets.tw_timer as usize), TimerPhase::Expire, 0);
+    on_tw::<Probed>(timer.wrapping_sub(config().offsets.tw_timer as usize), TimerPhase::Expire, 0);
     0
 }
 
 #[fentry(function = "inet_twsk_deschedule_put")]
 pub fn tw_kill_fentry(ctx: FEntryContext) -> u32 {
-    on_tw(ctx.arg(0), TimerPhase::Kill, 0);
+    on_tw::<Direct>(ctx.arg(0), TimerPhase::Kill, 0);
     0
 }
 
@@ -139,14 +141,14 @@ pub fn tw_schedule_kprobe(ctx: ProbeContext) -> u32 {
     let (Some(tw), Some(timeo), Some(rearm)) = (ctx.arg::<*const u8>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2)) else {
         return 0;
     };
-    on_schedule(tw, timeo as i32, rearm as u8 != 0);
+    on_schedule::<Probed>(tw, timeo as i32, rearm as u8 != 0);
     0
 }
 
 #[kprobe]
 pub fn tw_expire_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(timer) = ctx.arg::<*const u8>(0) {
-        on_tw(timer.wrapping_sub(config().offsets.tw_timer as usize), TimerPhase::Expire, 0);
+        on_tw::<Probed>(timer.wrapping_sub(config().offsets.tw_timer as usize), TimerPhase::Expire, 0);
     }
     0
 }
@@ -154,15 +156,15 @@ pub fn tw_expire_kprobe(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn tw_kill_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(tw) = ctx.arg::<*const u8>(0) {
-        on_tw(tw, TimerPhase::Kill, 0);
+        on_tw::<Probed>(tw, TimerPhase::Kill, 0);
     }
     0
 }
 
 #[inline(always)]
-fn on_schedule(tw: *const u8, timeo: i32, rearm: bool) {
+fn on_schedule<R: KernelRead>(tw: *const u8, timeo: i32, rearm: bool) {
     let phase = if rearm { TimerPhase::Rearm } else { TimerPhase::Start };
-    on_tw(tw, phase, timeo.max(0) as u64);
+    on_tw::<R>(tw, phase, timeo.max(0) as u64);
 }
 
 /// `R` reads the timer itself; the TIME_WAIT socket around it is always probe-read (its
@@ -184,15 +186,15 @@ fn on_timer<R: KernelRead>(timer: *const u8, phase: TimerPhase) {
     } else {
         0
     };
-    on_tw(tw, phase, timeout_jiffies);
+    on_tw::<Probed>(tw, phase, timeout_jiffies);
 }
 
 /// Reports one phase of a TIME_WAIT socket; `Start` and `Rearm` carry the 4-tuple, substate,
 /// timeout and (for `Start`) the owner.
 #[inline(always)]
-fn on_tw(tw: *const u8, phase: TimerPhase, timeout_jiffies: u64) {
+fn on_tw<R: KernelRead>(tw: *const u8, phase: TimerPhase, timeout_jiffies: u64) {
     let cfg = config();
-    let netns = netns_of::<Probed>(tw);
+    let netns = netns_of::<R>(tw);
     if !netns_wanted(netns) {
         return;
     }
@@ -208,7 +210,7 @@ fn on_tw(tw: *const u8, phase: TimerPhase, timeout_jiffies: u64) {
     ev.phase = phase as u8;
     ev._pad = [0; 2];
     if phase == TimerPhase::Start || phase == TimerPhase::Rearm {
-        fill_flow::<Probed>(&mut ev.flow, tw);
+        fill_flow::<R>(&mut ev.flow, tw);
         // Only a start carries the 4-tuple (and so can be port-filtered); later phases are
         // matched to it in userspace by socket address, and unmatched ones are dropped there.
         if !port_wanted(&ev.flow) {
@@ -216,7 +218,7 @@ fn on_tw(tw: *const u8, phase: TimerPhase, timeout_jiffies: u64) {
             return;
         }
         ev.timeout_jiffies = timeout_jiffies;
-        ev.substate = read_at(tw, cfg.offsets.tw_substate);
+        ev.substate = R::at(tw, cfg.offsets.tw_substate);
         ev.owner = Owner::default();
         if phase == TimerPhase::Start {
             let key = OwnerKey { netns, _pad: 0, flow: ev.flow };
