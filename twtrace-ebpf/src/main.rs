@@ -127,6 +127,10 @@ pub(crate) trait KernelRead {
 
     /// The running task, as a pointer this reader can follow.
     fn current_task() -> *const u8;
+
+    /// Whether plain loads work (the pointer is BTF-typed); otherwise each read is a helper
+    /// call, and copying a socket's first bytes at once is cheaper ([`Snapshot`]).
+    const PLAIN_LOADS: bool;
 }
 
 /// `bpf_probe_read_kernel`, a helper call per read: for raw tracepoints and kprobes, whose
@@ -134,6 +138,8 @@ pub(crate) trait KernelRead {
 pub(crate) struct Probed;
 
 impl KernelRead for Probed {
+    const PLAIN_LOADS: bool = false;
+
     #[inline(always)]
     fn at<T: Copy + Default>(base: *const u8, offset: u32) -> T {
         read_at(base, offset)
@@ -156,6 +162,8 @@ impl KernelRead for Probed {
 pub(crate) struct Direct;
 
 impl KernelRead for Direct {
+    const PLAIN_LOADS: bool = true;
+
     #[inline(always)]
     fn at<T: Copy + Default>(base: *const u8, offset: u32) -> T {
         if offset == twtrace_common::config::OFFSET_UNKNOWN {
@@ -170,6 +178,83 @@ impl KernelRead for Direct {
     fn current_task() -> *const u8 {
         // SAFETY: helper without preconditions.
         unsafe { bpf_get_current_task_btf() as *const u8 }
+    }
+}
+
+/// Where a handler reads a socket's fields from: the socket itself ([`Typed`]) or a copy of
+/// its first bytes ([`Snapshot`]).
+pub(crate) trait Fields {
+    /// How pointers found in the socket (`skc_net`) are followed.
+    type Deref: KernelRead;
+    fn field<T: Copy + Default>(&self, offset: u32) -> T;
+}
+
+/// The socket's fields read in place with `R`.
+pub(crate) struct Typed<R> {
+    sk: *const u8,
+    reader: core::marker::PhantomData<R>,
+}
+
+impl<R> Typed<R> {
+    #[inline(always)]
+    pub(crate) fn new(sk: *const u8) -> Self {
+        Self { sk, reader: core::marker::PhantomData }
+    }
+}
+
+impl<R: KernelRead> Fields for Typed<R> {
+    type Deref = R;
+
+    #[inline(always)]
+    fn field<T: Copy + Default>(&self, offset: u32) -> T {
+        R::at(self.sk, offset)
+    }
+}
+
+/// Bytes copied by [`Snapshot`]: `sock_common` and the `inet_timewait_sock` fields after it
+/// (`tw_substate` is at 140 on 6.18). 8-byte words: the verifier wants stack loads aligned.
+const SNAPSHOT_WORDS: usize = 20;
+const SNAPSHOT_BYTES: usize = SNAPSHOT_WORDS * 8;
+
+/// One `bpf_probe_read_kernel` of a socket's first bytes instead of one per field, for a
+/// socket the verifier cannot type (a TIME_WAIT socket found from its timer): a TIME_WAIT
+/// birth reads eight fields. A field beyond the copy is probe-read on its own.
+pub(crate) struct Snapshot {
+    sk: *const u8,
+    words: [u64; SNAPSHOT_WORDS],
+}
+
+impl Snapshot {
+    #[inline(always)]
+    pub(crate) fn take(sk: *const u8) -> Self {
+        let mut snapshot = Self { sk, words: [0; SNAPSHOT_WORDS] };
+        // SAFETY: the helper writes at most SNAPSHOT_BYTES into the array (and zeroes it if
+        // the read faults).
+        unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                snapshot.words.as_mut_ptr().cast(),
+                SNAPSHOT_BYTES as u32,
+                sk.cast(),
+            );
+        }
+        snapshot
+    }
+}
+
+impl Fields for Snapshot {
+    type Deref = Probed;
+
+    #[inline(always)]
+    fn field<T: Copy + Default>(&self, offset: u32) -> T {
+        if offset == twtrace_common::config::OFFSET_UNKNOWN {
+            return T::default();
+        }
+        if offset as usize + core::mem::size_of::<T>() > SNAPSHOT_BYTES {
+            return read_at(self.sk, offset);
+        }
+        // SAFETY: inside the array (checked above); unaligned reads are lowered to loads the
+        // verifier accepts on the stack.
+        unsafe { core::ptr::read_unaligned(self.words.as_ptr().cast::<u8>().add(offset as usize).cast::<T>()) }
     }
 }
 
@@ -210,7 +295,12 @@ fn net_inum<R: KernelRead>(net: u64) -> u32 {
 /// Network namespace inode of a socket (`sock_common.skc_net->ns.inum`), 0 if unknown.
 #[inline(always)]
 fn netns_of<R: KernelRead>(sk: *const u8) -> u32 {
-    net_inum::<R>(R::at::<u64>(sk, config().offsets.skc_net))
+    netns_in(&Typed::<R>::new(sk))
+}
+
+#[inline(always)]
+fn netns_in<F: Fields>(sk: &F) -> u32 {
+    net_inum::<F::Deref>(sk.field::<u64>(config().offsets.skc_net))
 }
 
 /// Writes the 4-tuple of a socket from its `sock_common` (full and TIME_WAIT sockets alike)
@@ -218,21 +308,26 @@ fn netns_of<R: KernelRead>(sk: *const u8) -> u32 {
 /// stack (512 bytes) cannot hold them and their parts at once.
 #[inline(always)]
 fn fill_flow<R: KernelRead>(flow: &mut Flow, sk: *const u8) {
+    fill_flow_from(flow, &Typed::<R>::new(sk));
+}
+
+#[inline(always)]
+fn fill_flow_from<F: Fields>(flow: &mut Flow, sk: &F) {
     let o = &config().offsets;
-    let family: u16 = R::at(sk, o.skc_family);
+    let family: u16 = sk.field(o.skc_family);
     flow.family = family;
-    flow.sport = R::at(sk, o.skc_num);
-    flow.dport = u16::from_be(R::at(sk, o.skc_dport));
+    flow.sport = sk.field(o.skc_num);
+    flow.dport = u16::from_be(sk.field(o.skc_dport));
     flow._pad = 0;
     if family == AF_INET6 {
-        flow.saddr = R::at(sk, o.skc_v6_rcv_saddr);
-        flow.daddr = R::at(sk, o.skc_v6_daddr);
+        flow.saddr = sk.field(o.skc_v6_rcv_saddr);
+        flow.daddr = sk.field(o.skc_v6_daddr);
     } else {
         flow.saddr = [0; 16];
         flow.daddr = [0; 16];
         if family == AF_INET {
-            let saddr: [u8; 4] = R::at(sk, o.skc_rcv_saddr);
-            let daddr: [u8; 4] = R::at(sk, o.skc_daddr);
+            let saddr: [u8; 4] = sk.field(o.skc_rcv_saddr);
+            let daddr: [u8; 4] = sk.field(o.skc_daddr);
             flow.saddr[..4].copy_from_slice(&saddr);
             flow.daddr[..4].copy_from_slice(&daddr);
         }

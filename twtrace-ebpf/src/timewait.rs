@@ -24,8 +24,8 @@ use twtrace_common::{
 };
 
 use crate::{
-    Direct, KernelRead, OWNERS, Probed, config, fill_flow, light_header, netns_of, netns_wanted, port_wanted, reserve,
-    submit,
+    Direct, Fields, KernelRead, OWNERS, Probed, Snapshot, Typed, config, fill_flow_from, light_header, netns_in,
+    netns_wanted, port_wanted, reserve, submit,
 };
 
 // Two variants of the tracepoint backend: tp_btf (5.5+, needs BTF) filters with plain loads
@@ -193,8 +193,19 @@ fn on_timer<R: KernelRead>(timer: *const u8, phase: TimerPhase) {
 /// timeout and (for `Start`) the owner.
 #[inline(always)]
 fn on_tw<R: KernelRead>(tw: *const u8, phase: TimerPhase, timeout_jiffies: u64) {
+    // A birth reads eight fields: without plain loads, one copy of the socket's head is
+    // cheaper than eight helper calls. A death reads only the namespace.
+    if (phase == TimerPhase::Start || phase == TimerPhase::Rearm) && !R::PLAIN_LOADS {
+        report_tw(tw, &Snapshot::take(tw), phase, timeout_jiffies);
+    } else {
+        report_tw(tw, &Typed::<R>::new(tw), phase, timeout_jiffies);
+    }
+}
+
+#[inline(always)]
+fn report_tw<F: Fields>(tw: *const u8, sk: &F, phase: TimerPhase, timeout_jiffies: u64) {
     let cfg = config();
-    let netns = netns_of::<R>(tw);
+    let netns = netns_in(sk);
     if !netns_wanted(netns) {
         return;
     }
@@ -210,7 +221,7 @@ fn on_tw<R: KernelRead>(tw: *const u8, phase: TimerPhase, timeout_jiffies: u64) 
     ev.phase = phase as u8;
     ev._pad = [0; 2];
     if phase == TimerPhase::Start || phase == TimerPhase::Rearm {
-        fill_flow::<R>(&mut ev.flow, tw);
+        fill_flow_from(&mut ev.flow, sk);
         // Only a start carries the 4-tuple (and so can be port-filtered); later phases are
         // matched to it in userspace by socket address, and unmatched ones are dropped there.
         if !port_wanted(&ev.flow) {
@@ -218,9 +229,9 @@ fn on_tw<R: KernelRead>(tw: *const u8, phase: TimerPhase, timeout_jiffies: u64) 
             return;
         }
         ev.timeout_jiffies = timeout_jiffies;
-        ev.substate = R::at(tw, cfg.offsets.tw_substate);
+        ev.substate = sk.field(cfg.offsets.tw_substate);
         ev.owner = Owner::default();
-        if phase == TimerPhase::Start {
+        if phase == TimerPhase::Start && cfg.owners_recorded != 0 {
             let key = OwnerKey { netns, _pad: 0, flow: ev.flow };
             // SAFETY: the value is copied out before the remove below.
             if let Some(owner) = unsafe { OWNERS.get(key) } {

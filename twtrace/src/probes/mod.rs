@@ -281,6 +281,7 @@ impl LiveProbes {
         config.wakeup_bytes = options.ring_bytes / 4;
         config.netns_filter = options.netns.unwrap_or(0);
         config.port_filter = options.port.unwrap_or(0);
+        config.owners_recorded = u8::from(options.families.as_ref().is_none_or(|only| only.contains(&Family::State)));
         configure_sockets(&btf, &mut config);
         timewait::configure(&btf, &mut config)?;
         let drop_reasons = drops::reason_names(&btf);
