@@ -97,7 +97,7 @@ fn reusing_a_four_tuple_kills_the_time_wait_socket() {
 }
 
 /// TIME_WAIT lasts TCP_TIMEWAIT_LEN (60 s) whatever tcp_fin_timeout says; the timer wheel adds
-/// up to about a second of slack.
+/// up to one bucket of its level (2-5 s, see below).
 #[test]
 fn natural_expiry_after_sixty_seconds() {
     if !can_trace() {
@@ -124,10 +124,13 @@ fn natural_expiry_after_sixty_seconds() {
 
     assert_eq!(deaths.len(), COUNT, "{deaths:?}");
     assert_eq!(lines.iter().filter(|v| v["event"] == "timewait_death").count(), COUNT);
-    // Natively the timer wheel adds up to about a second. In the VM matrix the guest is a
-    // software-emulated CPU shared by three concurrent test runs, and its timer softirq runs
-    // late (62.03 s seen on 6.12): guests get three more seconds, the host none.
-    let latest = if std::env::var_os("TWTRACE_TEST_EMULATED").is_some() { 65.0 } else { 62.0 };
+    // The timer wheel (4.8+) files a timer by its distance and fires it up to one bucket
+    // late: a 60 s timeout lands at level 3 (512 jiffies: 5.12 s at HZ=100, 2.05 s at
+    // HZ=250) or, at HZ=1000, level 4 (4096 jiffies, 4.1 s). 62.04 s was seen on this host
+    // (HZ=250). So up to 65.2 s is the kernel keeping its contract, whatever HZ; the guests
+    // (an emulated CPU shared by three test runs, softirqs run late) get three seconds more.
+    // The claim under test is the lower end: 60 s, not tcp_fin_timeout's 5.
+    let latest = if std::env::var_os("TWTRACE_TEST_EMULATED").is_some() { 68.5 } else { 65.5 };
     for d in &deaths {
         assert_eq!(d["reason"], "expired", "{d}");
         let lifetime = d["lifetime_ns"].as_u64().unwrap() as f64 / 1e9;
