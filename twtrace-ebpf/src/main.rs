@@ -211,14 +211,16 @@ impl<R: KernelRead> Fields for Typed<R> {
     }
 }
 
-/// Bytes copied by [`Snapshot`]: `sock_common` and the `inet_timewait_sock` fields after it
-/// (`tw_substate` is at 140 on 6.18). 8-byte words: the verifier wants stack loads aligned.
-const SNAPSHOT_WORDS: usize = 20;
+/// Bytes copied by [`Snapshot`]: `sock_common` up to the end of `skc_v6_rcv_saddr` (88 on
+/// 5.10 to 6.18); `tw_substate` (140) is read on its own. Going to 160 bytes to cover it too
+/// pushed the programs past the verifier's 512-byte combined stack on 5.10 and 6.1 (544).
+/// 8-byte words: the verifier wants stack loads aligned.
+const SNAPSHOT_WORDS: usize = 11;
 const SNAPSHOT_BYTES: usize = SNAPSHOT_WORDS * 8;
 
 /// One `bpf_probe_read_kernel` of a socket's first bytes instead of one per field, for a
 /// socket the verifier cannot type (a TIME_WAIT socket found from its timer): a TIME_WAIT
-/// birth reads eight fields. A field beyond the copy is probe-read on its own.
+/// birth reads seven fields from it. A field beyond the copy is probe-read on its own.
 pub(crate) struct Snapshot {
     sk: *const u8,
     words: [u64; SNAPSHOT_WORDS],
