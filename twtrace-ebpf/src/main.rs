@@ -248,9 +248,7 @@ impl Fields for Snapshot {
 
     #[inline(always)]
     fn field<T: Copy + Default>(&self, offset: u32) -> T {
-        if offset == twtrace_common::config::OFFSET_UNKNOWN {
-            return T::default();
-        }
+        // An unknown offset (u32::MAX) lies beyond the copy too: read_at answers the default.
         if offset as usize + core::mem::size_of::<T>() > SNAPSHOT_BYTES {
             return read_at(self.sk, offset);
         }

@@ -193,8 +193,9 @@ fn on_timer<R: KernelRead>(timer: *const u8, phase: TimerPhase) {
 /// timeout and (for `Start`) the owner.
 #[inline(always)]
 fn on_tw<R: KernelRead>(tw: *const u8, phase: TimerPhase, timeout_jiffies: u64) {
-    // A birth reads eight fields: without plain loads, one copy of the socket's head is
-    // cheaper than eight helper calls. A death reads only the namespace.
+    // A birth reads the 4-tuple, the namespace pointer and the substate: without plain
+    // loads, one copy of `sock_common` replaces six of those helper calls. A death reads
+    // only the namespace.
     if (phase == TimerPhase::Start || phase == TimerPhase::Rearm) && !R::PLAIN_LOADS {
         report_tw(tw, &Snapshot::take(tw), phase, timeout_jiffies);
     } else {

@@ -244,6 +244,13 @@ pub struct Options {
     pub families: Option<Vec<Family>>,
 }
 
+impl Options {
+    /// Whether `family` is to be loaded (`--family` names it, or none was given).
+    fn selects(&self, family: Family) -> bool {
+        self.families.as_ref().is_none_or(|only| only.contains(&family))
+    }
+}
+
 /// The kernel object, built by build.rs from `twtrace-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/twtrace"));
 
@@ -281,7 +288,7 @@ impl LiveProbes {
         config.wakeup_bytes = options.ring_bytes / 4;
         config.netns_filter = options.netns.unwrap_or(0);
         config.port_filter = options.port.unwrap_or(0);
-        config.owners_recorded = u8::from(options.families.as_ref().is_none_or(|only| only.contains(&Family::State)));
+        config.owners_recorded = u8::from(options.selects(Family::State));
         configure_sockets(&btf, &mut config);
         timewait::configure(&btf, &mut config)?;
         let drop_reasons = drops::reason_names(&btf);
@@ -299,7 +306,7 @@ impl LiveProbes {
         let reports: Vec<FamilyReport> = families(&btf)
             .into_iter()
             .map(|(family, plans)| {
-                if options.families.as_ref().is_some_and(|only| !only.contains(&family)) {
+                if !options.selects(family) {
                     return FamilyReport { family, running: None, hooks: Vec::new(), attempts: Vec::new() };
                 }
                 attach_family(&mut ebpf, aya_btf.as_ref(), family, &plans, options.backend)
