@@ -20,10 +20,7 @@ pub struct Config {
     pub wakeup_bytes: u32,
     /// Only report flows with this local or remote port; 0 = all.
     pub port_filter: u16,
-    /// 1: the state family runs and records who closes each connection, so TIME_WAIT births
-    /// look the owner up; 0: the map stays empty and the lookup is skipped.
-    pub owners_recorded: u8,
-    pub _pad: [u8; 5],
+    pub _pad: [u8; 6],
     /// Bit `n` set: report `kfree_skb` with drop reason `n` (see `drops::MAX_REASONS`).
     pub drop_reasons: [u64; 4],
     pub offsets: Offsets,
@@ -110,8 +107,7 @@ impl Config {
         netns_filter: 0,
         wakeup_bytes: 64 * 1024,
         port_filter: 0,
-        owners_recorded: 1,
-        _pad: [0; 5],
+        _pad: [0; 6],
         drop_reasons: [0; 4],
         offsets: Offsets::UNKNOWN,
     };

@@ -14,7 +14,7 @@ pub mod timewait;
 pub use config::Config;
 
 /// Bumped whenever any record layout changes; userspace refuses records of another version.
-pub const SCHEMA_VERSION: u8 = 1;
+pub const SCHEMA_VERSION: u8 = 2;
 
 /// Which family (and which record type) follows the header.
 #[repr(u16)]
@@ -38,31 +38,13 @@ impl EventKind {
     }
 }
 
-/// The process that owned a socket, captured in process context (at connect() or close()) and
-/// carried over to events raised later in softirq context, where the current task is unrelated.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Owner {
-    /// 0 when unknown.
-    pub pid_tgid: u64,
-    pub cgroup_id: u64,
-    pub comm: [u8; 16],
-}
-
-/// Key of the kernel's socket-owner map: a connection's namespace and 4-tuple.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OwnerKey {
-    pub netns: u32,
-    pub _pad: u32,
-    pub flow: Flow,
-}
-
 /// Common prefix of every ring-buffer record.
 ///
-/// `pid_tgid`, `cgroup_id` and `comm` describe the task that was running when the hook fired.
-/// For events raised in softirq context (most TIME_WAIT transitions) that task is unrelated to
-/// the socket: owner attribution is a separate field of the family's payload.
+/// `pid_tgid`, `cgroup_id` and `comm` describe the task that was running when the hook fired,
+/// and are filled only where that task acted on the socket (connect(), close(), bind()). Events
+/// raised in softirq or timer context (TIME_WAIT timers, drops, most state changes) leave them
+/// 0: the running task there is unrelated, and userspace carries the socket's owner over from
+/// its earlier records instead.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventHeader {
@@ -119,5 +101,3 @@ mod pod {
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 48);
 const _: () = assert!(core::mem::size_of::<Flow>() == 40);
-const _: () = assert!(core::mem::size_of::<Owner>() == 32);
-const _: () = assert!(core::mem::size_of::<OwnerKey>() == 48);

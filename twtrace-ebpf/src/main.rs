@@ -17,11 +17,9 @@ use aya_ebpf::{
         },
     },
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
+    maps::{PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
-use twtrace_common::{
-    AF_INET, AF_INET6, COUNTER_SLOTS, Config, Counter, EventHeader, EventKind, Flow, Owner, OwnerKey, SCHEMA_VERSION,
-};
+use twtrace_common::{AF_INET, AF_INET6, COUNTER_SLOTS, Config, Counter, EventHeader, EventKind, Flow, SCHEMA_VERSION};
 
 /// Written by userspace before load; never written here. Read it only through [`config`].
 #[unsafe(no_mangle)]
@@ -33,12 +31,6 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
-
-/// Who closed each connection (captured at → FIN_WAIT1, in the closing process's context),
-/// taken by the TIME_WAIT birth of the same 4-tuple. LRU: a close that never becomes TIME_WAIT
-/// (RST, or the peer closed first) ages out instead of filling the map.
-#[map]
-static OWNERS: LruHashMap<OwnerKey, Owner> = LruHashMap::with_max_entries(65_536, 0);
 
 /// GPL-compatible, as the GPL-only helpers (probe_read_kernel, ringbuf) require.
 #[unsafe(no_mangle)]
@@ -83,13 +75,18 @@ fn submit<T>(entry: RingBufEntry<T>) {
 /// of the process that acted (connect(), close()).
 #[inline(always)]
 fn header(kind: EventKind) -> EventHeader {
-    let owner = current_owner();
-    EventHeader { pid_tgid: owner.pid_tgid, cgroup_id: owner.cgroup_id, comm: owner.comm, ..light_header(kind) }
+    EventHeader {
+        pid_tgid: bpf_get_current_pid_tgid(),
+        // SAFETY: helper without preconditions.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        ..light_header(kind)
+    }
 }
 
-/// The header without the running task, for records made in softirq context (TIME_WAIT
-/// timers, packet drops), where the task is unrelated: it saves the helper calls on paths
-/// that run for every connection.
+/// The header without the running task, for records made in softirq or timer context
+/// (TIME_WAIT timers, packet drops, most state changes), where the task is unrelated: it saves
+/// three helper calls on paths that run for every connection.
 #[inline(always)]
 fn light_header(kind: EventKind) -> EventHeader {
     EventHeader {
@@ -255,17 +252,6 @@ impl Fields for Snapshot {
         // SAFETY: inside the array (checked above); unaligned reads are lowered to loads the
         // verifier accepts on the stack.
         unsafe { core::ptr::read_unaligned(self.words.as_ptr().cast::<u8>().add(offset as usize).cast::<T>()) }
-    }
-}
-
-/// The running task, as an [`Owner`].
-#[inline(always)]
-fn current_owner() -> Owner {
-    Owner {
-        pid_tgid: bpf_get_current_pid_tgid(),
-        // SAFETY: helper without preconditions.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
     }
 }
 

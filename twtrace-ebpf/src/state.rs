@@ -1,21 +1,23 @@
 //! State family, tracepoint-only backend: the `inet_sock_set_state` raw tracepoint
 //! (`TP_PROTO(const struct sock *sk, int oldstate, int newstate)`, 4.16+).
 //!
-//! Also records who closes each connection (→ FIN_WAIT1 happens in close()/shutdown(), in the
-//! owning process's context) so the TIME_WAIT birth, which runs in softirq, can name the owner.
+//! Only → SYN_SENT (connect()) and → FIN_WAIT1 (close(), shutdown()) run in the owning
+//! process's context; their records carry the task. The other transitions run in softirq or
+//! timers, where the running task is unrelated: userspace carries the owner over by socket
+//! address, and to the TIME_WAIT socket by 4-tuple.
 
 use aya_ebpf::{
     macros::{btf_tracepoint, fentry, kprobe, raw_tracepoint},
     programs::{BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext},
 };
 use twtrace_common::{
-    EventKind, Flow, Owner, OwnerKey,
+    EventKind, Flow,
     config::OFFSET_UNKNOWN,
     state::{StateEvent, tcp_state},
 };
 
 use crate::{
-    Direct, KernelRead, OWNERS, Probed, config, fill_flow, header, netns_of, netns_wanted, port_wanted, read_at,
+    Direct, KernelRead, Probed, config, fill_flow, header, light_header, netns_of, netns_wanted, port_wanted, read_at,
     reserve, submit,
 };
 
@@ -67,30 +69,27 @@ fn on_state<R: KernelRead>(sk: *const u8, old_state: u8, new_state: u8) -> u32 {
     if !netns_wanted(netns) {
         return 0;
     }
-    // The 4-tuple is read once, for the owner map and the record.
-    let mut key = OwnerKey { netns, _pad: 0, flow: Flow::default() };
-    fill_flow::<R>(&mut key.flow, sk);
+    let mut flow = Flow::default();
+    fill_flow::<R>(&mut flow, sk);
     // skc_num is already 0 once the socket is unhashed (→ CLOSE); inet_sport is not. It lies
     // in `inet_sock`, beyond the `struct sock` the tp_btf argument is typed as: probe-read.
     if new_state == tcp_state::CLOSE {
-        key.flow.sport = u16::from_be(read_at(sk, o.inet_sport));
+        flow.sport = u16::from_be(read_at(sk, o.inet_sport));
     }
-    if !port_wanted(&key.flow) {
+    if !port_wanted(&flow) {
         return 0;
-    }
-    let header = header(EventKind::State);
-    // The owner first: it must not depend on ring-buffer space.
-    if new_state == tcp_state::FIN_WAIT1 {
-        let owner = Owner { pid_tgid: header.pid_tgid, cgroup_id: header.cgroup_id, comm: header.comm };
-        let _ = OWNERS.insert(key, owner, 0);
     }
     let Some(mut entry) = reserve::<StateEvent>() else {
         return 0;
     };
     // SAFETY: reserved slot, fully written before submit or discarded.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    ev.flow = key.flow;
-    ev.header = header;
+    ev.flow = flow;
+    ev.header = if new_state == tcp_state::SYN_SENT || new_state == tcp_state::FIN_WAIT1 {
+        header(EventKind::State)
+    } else {
+        light_header(EventKind::State)
+    };
     ev.sk_addr = sk as u64;
     ev.netns = netns;
     ev.old_state = old_state;

@@ -19,12 +19,12 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext},
 };
 use twtrace_common::{
-    EventKind, Flow, Owner, OwnerKey,
+    EventKind, Flow,
     timewait::{TimeWaitEvent, TimerPhase},
 };
 
 use crate::{
-    Direct, Fields, KernelRead, OWNERS, Probed, Snapshot, Typed, config, fill_flow_from, light_header, netns_in,
+    Direct, Fields, KernelRead, Probed, Snapshot, Typed, config, fill_flow_from, light_header, netns_in,
     netns_wanted, port_wanted, reserve, submit,
 };
 
@@ -189,8 +189,8 @@ fn on_timer<R: KernelRead>(timer: *const u8, phase: TimerPhase) {
     on_tw::<Probed>(tw, phase, timeout_jiffies);
 }
 
-/// Reports one phase of a TIME_WAIT socket; `Start` and `Rearm` carry the 4-tuple, substate,
-/// timeout and (for `Start`) the owner.
+/// Reports one phase of a TIME_WAIT socket; `Start` and `Rearm` carry the 4-tuple, substate
+/// and timeout.
 #[inline(always)]
 fn on_tw<R: KernelRead>(tw: *const u8, phase: TimerPhase, timeout_jiffies: u64) {
     // A birth reads the 4-tuple, the namespace pointer and the substate: without plain
@@ -231,20 +231,10 @@ fn report_tw<F: Fields>(tw: *const u8, sk: &F, phase: TimerPhase, timeout_jiffie
         }
         ev.timeout_jiffies = timeout_jiffies;
         ev.substate = sk.field(cfg.offsets.tw_substate);
-        ev.owner = Owner::default();
-        if phase == TimerPhase::Start && cfg.owners_recorded != 0 {
-            let key = OwnerKey { netns, _pad: 0, flow: ev.flow };
-            // SAFETY: the value is copied out before the remove below.
-            if let Some(owner) = unsafe { OWNERS.get(key) } {
-                ev.owner = *owner;
-                let _ = OWNERS.remove(key);
-            }
-        }
     } else {
         ev.flow = Flow::default();
         ev.timeout_jiffies = 0;
         ev.substate = 0;
-        ev.owner = Owner::default();
     }
     submit(entry);
 }

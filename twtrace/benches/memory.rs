@@ -9,7 +9,11 @@ use twtrace::{
     probes::{Decoder, record_bytes},
 };
 use twtrace_common::{
-    AF_INET, EventHeader, EventKind, Flow, Owner, SCHEMA_VERSION,
+    AF_INET, EventHeader, EventKind, Flow, SCHEMA_VERSION,
+    state::{
+        StateEvent as RawState,
+        tcp_state::{CLOSE, ESTABLISHED, FIN_WAIT1, FIN_WAIT2},
+    },
     timewait::{TimeWaitEvent as RawTimeWait, TimerPhase},
 };
 
@@ -34,6 +38,27 @@ fn main() {
         let mut flow = Flow { family: AF_INET, sport: 443, dport: 1024 + (i % 60_000) as u16, ..Flow::default() };
         flow.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
         flow.daddr[..4].copy_from_slice(&[10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+        // The server's close() names the owner (→ FIN_WAIT1); the birth takes it over.
+        let sk_addr = 0xffff_8881_0000_0000 + i * 2048;
+        let state = |pid_tgid: u64, old_state: u8, new_state: u8| RawState {
+            header: EventHeader {
+                kind: EventKind::State as u16,
+                version: SCHEMA_VERSION,
+                cpu: (i % 2) as u32,
+                ts_ns: 1_000_000_000 + i * 1_000,
+                pid_tgid,
+                cgroup_id: 1,
+                comm: if pid_tgid == 0 { [0; 16] } else { comm },
+                ..EventHeader::default()
+            },
+            sk_addr,
+            netns: 4026531840,
+            old_state,
+            new_state,
+            _pad: [0; 2],
+            flow,
+        };
+        decoder.decode(&record_bytes(&state((1234 << 32) | 1234, ESTABLISHED, FIN_WAIT1)), &mut out);
         let raw = RawTimeWait {
             header: EventHeader {
                 kind: EventKind::TimeWait as u16,
@@ -48,11 +73,14 @@ fn main() {
             phase: TimerPhase::Start as u8,
             substate: 6,
             flow,
-            owner: Owner { pid_tgid: (1234 << 32) | 1234, cgroup_id: 1, comm },
             ..RawTimeWait::default()
         };
         decoder.decode(&record_bytes(&raw), &mut out);
+        decoder.decode(&record_bytes(&state(0, FIN_WAIT2, CLOSE)), &mut out);
         for e in out.drain(..) {
+            if let twtrace::event::Event::TimeWait(tw) = &e {
+                assert!(tw.owner.is_some(), "the close names the owner: {tw:?}");
+            }
             aggregator.apply(&e);
         }
     }

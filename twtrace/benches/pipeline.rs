@@ -10,58 +10,66 @@ use twtrace::{
     probes::{Decoder, record_bytes},
 };
 use twtrace_common::{
-    AF_INET, EventHeader, EventKind, Flow, Owner, SCHEMA_VERSION,
-    state::StateEvent as RawState,
+    AF_INET, EventHeader, EventKind, Flow, SCHEMA_VERSION,
+    state::{StateEvent as RawState, tcp_state::*},
     timewait::{TimeWaitEvent as RawTimeWait, TimerPhase},
 };
 
 const CONNECTIONS: u64 = 10_000;
 
-/// Per connection: four state transitions of the client socket and a TIME_WAIT birth on the
-/// server, as the kernel writes them into the ring buffer.
+/// Per connection, the records the kernel writes into the ring buffer when the server closes
+/// first: the client's connect() and ESTABLISHED, the server's close() (FIN_WAIT1), the
+/// server's TIME_WAIT birth, then both sockets' → CLOSE. Only connect() and close() name the
+/// task; the decoder carries it over to the others.
 fn records() -> Vec<Vec<u8>> {
     let mut comm = [0u8; 16];
     comm[..5].copy_from_slice(b"churn");
-    let header = |kind: EventKind, ts: u64| EventHeader {
+    let header = |kind: EventKind, ts: u64, with_task: bool| EventHeader {
         kind: kind as u16,
         version: SCHEMA_VERSION,
         cpu: 0,
         ts_ns: ts,
-        pid_tgid: (4242 << 32) | 4242,
-        cgroup_id: 1,
-        comm,
+        pid_tgid: if with_task { (4242 << 32) | 4242 } else { 0 },
+        cgroup_id: if with_task { 1 } else { 0 },
+        comm: if with_task { comm } else { [0; 16] },
         ..EventHeader::default()
     };
     let mut out = Vec::new();
     for i in 0..CONNECTIONS {
         let ts = 1_000_000_000 + i * 40_000;
-        let mut flow = Flow { family: AF_INET, sport: 32768 + (i % 28_000) as u16, dport: 8080, ..Flow::default() };
-        flow.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        flow.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        for (n, (old, new)) in [(7u8, 2u8), (2, 1), (1, 8), (8, 9)].into_iter().enumerate() {
-            let raw = RawState {
-                header: header(EventKind::State, ts + n as u64 * 1_000),
-                sk_addr: 0xffff_8881_0000_0000 + i * 2048,
+        let mut client = Flow { family: AF_INET, sport: 32768 + (i % 28_000) as u16, dport: 8080, ..Flow::default() };
+        client.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        client.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let server = Flow { sport: client.dport, dport: client.sport, ..client };
+        let client_sk = 0xffff_8881_0000_0000 + i * 4096;
+        let server_sk = client_sk + 2048;
+        let state = |n: u64, sk: u64, flow: Flow, old: u8, new: u8| {
+            let with_task = new == SYN_SENT || new == FIN_WAIT1;
+            record_bytes(&RawState {
+                header: header(EventKind::State, ts + n * 1_000, with_task),
+                sk_addr: sk,
                 netns: 4026532177,
                 old_state: old,
                 new_state: new,
                 flow,
                 ..RawState::default()
-            };
-            out.push(record_bytes(&raw));
-        }
-        let tw = RawTimeWait {
-            header: header(EventKind::TimeWait, ts + 5_000),
+            })
+        };
+        out.push(state(0, client_sk, Flow { sport: 0, ..client }, CLOSE, SYN_SENT));
+        out.push(state(1, client_sk, client, SYN_SENT, ESTABLISHED));
+        out.push(state(2, server_sk, server, ESTABLISHED, FIN_WAIT1));
+        out.push(record_bytes(&RawTimeWait {
+            header: header(EventKind::TimeWait, ts + 3_000, false),
             tw_addr: 0xffff_8882_0000_0000 + i * 256,
             timeout_jiffies: 15_000,
             netns: 4026532177,
             phase: TimerPhase::Start as u8,
             substate: 6,
-            flow: Flow { sport: flow.dport, dport: flow.sport, ..flow },
-            owner: Owner { pid_tgid: (4242 << 32) | 4242, cgroup_id: 1, comm },
+            flow: server,
             ..RawTimeWait::default()
-        };
-        out.push(record_bytes(&tw));
+        }));
+        out.push(state(4, server_sk, server, FIN_WAIT2, CLOSE));
+        out.push(state(5, client_sk, client, LAST_ACK, CLOSE));
     }
     out
 }

@@ -5,6 +5,7 @@
 //! preference), its decoder and its tests. This module holds what they share.
 
 pub mod drops;
+pub mod owners;
 pub mod portsearch;
 pub mod state;
 pub mod timewait;
@@ -288,7 +289,6 @@ impl LiveProbes {
         config.wakeup_bytes = options.ring_bytes / 4;
         config.netns_filter = options.netns.unwrap_or(0);
         config.port_filter = options.port.unwrap_or(0);
-        config.owners_recorded = u8::from(options.selects(Family::State));
         configure_sockets(&btf, &mut config);
         timewait::configure(&btf, &mut config)?;
         let drop_reasons = drops::reason_names(&btf);
@@ -640,13 +640,14 @@ pub struct DecodeStats {
 pub struct Decoder {
     pub stats: DecodeStats,
     pub timewait: timewait::Tracker,
+    owners: owners::Owners,
     /// `skb_drop_reason` names by value on the kernel that produced the records.
     drop_reasons: HashMap<u32, String>,
 }
 
 impl Decoder {
     pub fn new(hz: u64, drop_reasons: HashMap<u32, String>) -> Self {
-        Self { stats: DecodeStats::default(), timewait: timewait::Tracker::new(hz), drop_reasons }
+        Self { stats: DecodeStats::default(), timewait: timewait::Tracker::new(hz), owners: owners::Owners::new(), drop_reasons }
     }
 
     pub fn decode(&mut self, record: &[u8], out: &mut Vec<Event>) {
@@ -665,11 +666,14 @@ impl Decoder {
         }
         match kind {
             Some(EventKind::TimeWait) => match read_record(record) {
-                Some(raw) => self.timewait.on_record(&raw, out),
+                Some(raw) => self.timewait.on_record(&raw, &mut self.owners, out),
                 None => self.stats.malformed += 1,
             },
             Some(EventKind::State) => match read_record(record) {
-                Some(raw) => out.push(state::decode(&raw)),
+                Some(raw) => {
+                    let owner = self.owners.on_state(&raw);
+                    out.push(state::decode(&raw, owner));
+                }
                 None => self.stats.malformed += 1,
             },
             Some(EventKind::Drop) => match read_record(record) {

@@ -2,8 +2,8 @@
 
 use twtrace_common::state::StateEvent as RawState;
 
-use super::{Backend, BackendPlan, Hook};
-use crate::event::{Event, Process, SocketFlow, StateEvent};
+use super::{Backend, BackendPlan, Hook, owners::Task};
+use crate::event::{Event, SocketFlow, StateEvent};
 
 const TRACEPOINT_HOOKS: &[Hook] =
     &[Hook::RawTracepoint { program: "tcp_state_change", tracepoint: "inet_sock_set_state" }];
@@ -27,7 +27,9 @@ pub fn backends() -> Vec<BackendPlan> {
     ]
 }
 
-pub fn decode(raw: &RawState) -> Event {
+/// `owner`: the task the record names, or the one carried over for its socket
+/// (`owners::Owners::on_state`).
+pub fn decode(raw: &RawState, owner: Option<Task>) -> Event {
     Event::State(StateEvent {
         ts_ns: raw.header.ts_ns,
         sk_addr: raw.sk_addr,
@@ -35,6 +37,6 @@ pub fn decode(raw: &RawState) -> Event {
         old_state: raw.old_state,
         new_state: raw.new_state,
         flow: SocketFlow::from_kernel(&raw.flow),
-        task: Process::from_kernel(raw.header.pid_tgid, raw.header.cgroup_id, &raw.header.comm),
+        task: owner.and_then(|t| t.process()),
     })
 }

@@ -8,7 +8,7 @@ use twtrace_common::{
     timewait::{TimeWaitEvent as RawTimeWait, TimerPhase},
 };
 
-use super::{Backend, BackendPlan, Hook, LoadError};
+use super::{Backend, BackendPlan, Hook, LoadError, owners::Owners};
 use crate::{
     event::{DeathReason, Event, Process, SocketFlow, TimeWaitChange, TimeWaitEvent, TimeWaitSubstate},
     kernel::{btf::Btf, kallsyms},
@@ -172,7 +172,8 @@ impl Tracker {
         self.live.len()
     }
 
-    pub fn on_record(&mut self, raw: &RawTimeWait, out: &mut Vec<Event>) {
+    /// `owners` gives a birth the task that closed its connection.
+    pub fn on_record(&mut self, raw: &RawTimeWait, owners: &mut Owners, out: &mut Vec<Event>) {
         let Some(phase) = TimerPhase::from_u8(raw.phase) else { return };
         let cpu = raw.header.cpu;
         let ts = raw.header.ts_ns;
@@ -199,7 +200,7 @@ impl Tracker {
         }
         match phase {
             TimerPhase::Start if self.live.contains_key(&raw.tw_addr) => self.rearm(raw, out),
-            TimerPhase::Start => self.birth(raw, out),
+            TimerPhase::Start => self.birth(raw, owners, out),
             // fentry/kprobe backends say what happened; no inference needed.
             TimerPhase::Rearm => self.rearm(raw, out),
             TimerPhase::Kill => self.die(raw.tw_addr, ts, DeathReason::Killed, out),
@@ -258,11 +259,11 @@ impl Tracker {
         if jiffies > 1 << 40 { 0 } else { jiffies * 1000 / self.hz }
     }
 
-    fn birth(&mut self, raw: &RawTimeWait, out: &mut Vec<Event>) {
+    fn birth(&mut self, raw: &RawTimeWait, owners: &mut Owners, out: &mut Vec<Event>) {
         let tw_id = self.next_id;
         self.next_id += 1;
         let flow = SocketFlow::from_kernel(&raw.flow);
-        let owner = Process::from_kernel(raw.owner.pid_tgid, raw.owner.cgroup_id, &raw.owner.comm);
+        let owner = owners.take_closer(raw.netns, &raw.flow).and_then(|t| t.process());
         let v4 = flow.as_ref().and_then(pack_v4);
         if let (Some(f), None) = (flow, v4) {
             self.v6_flows.insert(raw.tw_addr, f);
@@ -348,8 +349,44 @@ mod tests {
     }
 
     fn run(records: &[RawTimeWait], flush_at: u64) -> (Vec<Event>, Decoder) {
+        run_after_closes(&[], records, flush_at)
+    }
+
+    /// The state family's → FIN_WAIT1 record of the connection `birth` will carry, made by
+    /// `pid_tgid` in close() (the TIME_WAIT owner comes from it).
+    fn closed_by(birth: &RawTimeWait, pid_tgid: u64, comm: &[u8]) -> twtrace_common::state::StateEvent {
+        let mut header = EventHeader {
+            kind: EventKind::State as u16,
+            version: SCHEMA_VERSION,
+            cpu: 7,
+            ts_ns: birth.header.ts_ns - 1000,
+            pid_tgid,
+            ..EventHeader::default()
+        };
+        header.comm[..comm.len()].copy_from_slice(comm);
+        twtrace_common::state::StateEvent {
+            header,
+            sk_addr: 0xffff_0000 | birth.tw_addr,
+            netns: birth.netns,
+            old_state: twtrace_common::state::tcp_state::ESTABLISHED,
+            new_state: twtrace_common::state::tcp_state::FIN_WAIT1,
+            _pad: [0; 2],
+            flow: birth.flow,
+        }
+    }
+
+    /// Decodes the state records `closes` (dropping their events), then `records`.
+    fn run_after_closes(
+        closes: &[twtrace_common::state::StateEvent],
+        records: &[RawTimeWait],
+        flush_at: u64,
+    ) -> (Vec<Event>, Decoder) {
         let mut decoder = Decoder::new(250, Default::default());
         let mut out = Vec::new();
+        for c in closes {
+            decoder.decode(&record_bytes(c), &mut out);
+        }
+        out.clear();
         for r in records {
             decoder.decode(&record_bytes(r), &mut out);
         }
@@ -383,17 +420,18 @@ mod tests {
         v6.flow.family = twtrace_common::AF_INET6;
         v6.flow.saddr = std::net::Ipv6Addr::LOCALHOST.octets();
         v6.flow.daddr = "2001:db8::7".parse::<std::net::Ipv6Addr>().unwrap().octets();
-        let mut v4 = raw(TimerPhase::Start, 1, SEC, 0xa0);
-        v4.owner.pid_tgid = 7 << 32 | 8;
+        let v4 = raw(TimerPhase::Start, 1, SEC, 0xa0);
         let kill =
             |cpu, addr| RawTimeWait { phase: TimerPhase::Kill as u8, ..raw(TimerPhase::Kill, cpu, 2 * SEC, addr) };
-        let (events, d) = run(&[v6, v4, kill(0, 0xb0), kill(1, 0xa0)], 3 * SEC);
+        let (events, d) =
+            run_after_closes(&[closed_by(&v4, 7 << 32 | 8, b"nginx")], &[v6, v4, kill(0, 0xb0), kill(1, 0xa0)], 3 * SEC);
         let [Event::TimeWait(b6), Event::TimeWait(b4), Event::TimeWait(d6), Event::TimeWait(d4)] = &events[..] else {
             panic!("{events:?}")
         };
         assert_eq!((d6.flow, d6.owner.clone(), d6.netns), (b6.flow, b6.owner.clone(), 42));
         assert_eq!((d4.flow, d4.owner.clone()), (b4.flow, b4.owner.clone()));
         assert_eq!(d6.flow.unwrap().remote.to_string(), "[2001:db8::7]:40000");
+        assert_eq!(b6.owner, None, "no close was seen for the IPv6 connection");
         assert_eq!(d4.owner.as_ref().map(|p| p.pid), Some(7));
         assert_eq!(d.timewait.live_count(), 0);
         assert!(d.timewait.v6_flows.is_empty(), "IPv6 4-tuples leave with their sockets");
@@ -527,11 +565,11 @@ mod tests {
     }
 
     #[test]
-    fn owner_is_carried_from_birth_to_death() {
-        let mut birth = raw(TimerPhase::Start, 0, SEC, 0xa0);
-        birth.owner.pid_tgid = (4242 << 32) | 4243;
-        birth.owner.comm[..4].copy_from_slice(b"curl");
-        let (events, _) = run(&[birth, raw(TimerPhase::Kill, 0, 2 * SEC, 0xa0)], u64::MAX);
+    fn owner_is_carried_from_the_close_to_birth_and_death() {
+        let birth = raw(TimerPhase::Start, 0, SEC, 0xa0);
+        let close = closed_by(&birth, (4242 << 32) | 4243, b"curl");
+        let (events, _) = run_after_closes(&[close], &[birth, raw(TimerPhase::Kill, 0, 2 * SEC, 0xa0)], u64::MAX);
+        assert_eq!(events.len(), 2);
         for e in &events {
             let Event::TimeWait(e) = e else { panic!() };
             let owner = e.owner.as_ref().expect("owner");
