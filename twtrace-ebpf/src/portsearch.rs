@@ -7,33 +7,42 @@
 //! 8, then one 8-byte slot per argument from 16; `ret` at 16 on exit.
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint},
-    maps::HashMap,
+    maps::{Array, HashMap},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 use twtrace_common::{
-    AF_INET, AF_INET6, EventKind, Flow,
+    AF_INET, AF_INET6, Counter, EventKind, Flow,
     portsearch::{PortSearchEvent, SearchOp},
 };
 
 use crate::{
-    Direct, KernelRead, Probed, config, fill_flow, header, net_inum, netns_of, netns_wanted, port_wanted, reserve,
+    Direct, KernelRead, Probed, config, count, fill_flow, header, net_inum, netns_of, netns_wanted, port_wanted, reserve,
     submit,
 };
 
 #[derive(Clone, Copy)]
 struct InFlight {
     start_ns: u64,
+    /// The thread in the call; 0: the slot is free.
+    tid: u32,
     netns: u32,
     op: u8,
-    _pad: [u8; 3],
+    _pad: [u8; 7],
     flow: Flow,
 }
 
-/// connect()/bind() calls under way, by thread id.
+const IN_FLIGHT_SLOTS: u32 = 16_384;
+
+/// connect()/bind() calls under way, in slot `tid % IN_FLIGHT_SLOTS`. An array, not a hash
+/// map: the slot is written in place, without the hash map's bucket lock and element
+/// allocation at entry and its lookup and delete at exit (about 0.3 µs per connect() on 6.18).
+/// Two threads whose ids share a slot and that are inside connect() at the same time clash:
+/// the later call takes the slot and the earlier one goes unmeasured, counted as lost.
 #[map]
-static IN_FLIGHT: HashMap<u32, InFlight> = HashMap::with_max_entries(16_384, 0);
+static IN_FLIGHT: Array<InFlight> = Array::with_max_entries(IN_FLIGHT_SLOTS, 0);
 
 // The `_btf` variants find the caller's namespace with plain loads from the BTF-typed current
 // task (5.11+); the others with probe reads.
@@ -76,8 +85,7 @@ pub fn bind_exit(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_enter<R: KernelRead>(ctx: &TracePointContext, op: SearchOp) {
-    // SAFETY: offsets inside the syscall tracepoint record.
-    let Ok(sockaddr) = (unsafe { ctx.read_at::<u64>(24) }) else { return };
+    let sockaddr = record_slot(ctx, 24);
     let Some(user) = read_sockaddr(sockaddr as *const u8) else { return };
     let family = user.family;
     if family != AF_INET && family != AF_INET6 {
@@ -106,9 +114,16 @@ fn on_enter<R: KernelRead>(ctx: &TracePointContext, op: SearchOp) {
         return;
     }
     let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(slot) = IN_FLIGHT.get_ptr_mut(tid % IN_FLIGHT_SLOTS) else { return };
+    // SAFETY: an array slot; the only writers are threads mapping to it, and a clash is
+    // detected by the thread id it holds.
+    let slot = unsafe { &mut *slot };
+    if slot.tid != 0 && slot.tid != tid {
+        count(Counter::Lost);
+    }
     // SAFETY: helper without preconditions.
     let start_ns = unsafe { bpf_ktime_get_ns() };
-    let _ = IN_FLIGHT.insert(tid, InFlight { start_ns, netns, op: op as u8, _pad: [0; 3], flow }, 0);
+    *slot = InFlight { start_ns, tid, netns, op: op as u8, _pad: [0; 7], flow };
 }
 
 /// The start of a `sockaddr_in` or `sockaddr_in6` (without the v6 scope id).
@@ -138,14 +153,30 @@ fn read_sockaddr(sockaddr: *const u8) -> Option<UserSockaddr> {
     Some(UserSockaddr { family: short[0], port_be: short[1], v4_addr, v6_addr: [0; 16] })
 }
 
+/// An 8-byte slot of the syscall tracepoint's record, read with a plain load: the verifier
+/// checks context reads against the record's size, so no helper call is needed (aya's
+/// `read_at` makes one).
+#[inline(always)]
+fn record_slot(ctx: &TracePointContext, offset: usize) -> u64 {
+    // SAFETY: offsets 16 and 24 lie inside both syscall records (8-byte aligned argument
+    // slots); the verifier rejects the program otherwise.
+    unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(offset).cast::<u64>()) }
+}
+
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext) {
     let tid = bpf_get_current_pid_tgid() as u32;
-    // SAFETY: copied out before the remove.
-    let Some(call) = (unsafe { IN_FLIGHT.get(tid) }).copied() else { return };
-    let _ = IN_FLIGHT.remove(tid);
-    // SAFETY: `ret` slot of the exit record.
-    let ret: i64 = unsafe { ctx.read_at(16) }.unwrap_or(0);
+    let Some(slot) = IN_FLIGHT.get_ptr_mut(tid % IN_FLIGHT_SLOTS) else { return };
+    // SAFETY: as in `on_enter`.
+    let slot = unsafe { &mut *slot };
+    // Not ours: a call the entry program filtered out (not AF_INET/AF_INET6, another
+    // namespace or port), or one begun before tracing started, or a clash.
+    if slot.tid != tid {
+        return;
+    }
+    slot.tid = 0;
+    let call = *slot;
+    let ret = record_slot(ctx, 16) as i64;
     let Some(mut entry) = reserve::<PortSearchEvent>() else { return };
     let header = header(EventKind::PortSearch);
     entry.write(PortSearchEvent {
