@@ -93,10 +93,19 @@ pub fn kernel_image(spec: &KernelSpec, refresh: bool) -> anyhow::Result<(PathBuf
     let dir = cache_dir().join("kernels").join(k.name);
     let image = dir.join("vmlinuz");
     let version_file = dir.join("version");
-    if !refresh && image.is_file() {
-        if let Ok(version) = std::fs::read_to_string(&version_file) {
-            return Ok((image, version.trim().to_owned()));
-        }
+    let cached = || -> Option<(PathBuf, String)> {
+        let version = std::fs::read_to_string(&version_file).ok()?;
+        image.is_file().then(|| (image.clone(), version.trim().to_owned()))
+    };
+    if let Some(found) = cached().filter(|_| !refresh) {
+        return Ok(found);
+    }
+    // One fetch at a time, across threads and processes: concurrent `apt-get update`s on the
+    // same lists fail on apt's lock (seen on a fresh machine, where two VM self-tests fetched
+    // the 6.1 kernel at once). Whoever waited finds the image already there.
+    let _lock = FetchLock::take()?;
+    if let Some(found) = cached().filter(|_| !refresh) {
+        return Ok(found);
     }
     let apt = AptGroup::new(k)?;
     apt.update()?;
@@ -125,6 +134,27 @@ pub fn kernel_image(spec: &KernelSpec, refresh: bool) -> anyhow::Result<(PathBuf
         }
     }
     bail!("no vmlinuz in {package} or its linux-binary dependency")
+}
+
+/// An exclusive `flock` on the kernel cache, released when the file closes (on drop, or when
+/// the process dies).
+struct FetchLock {
+    _held: std::fs::File,
+}
+
+impl FetchLock {
+    fn take() -> anyhow::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let dir = cache_dir().join("kernels");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(".fetch.lock");
+        let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        // SAFETY: flock on a descriptor we own; it blocks until the lock is ours.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("locking {}", path.display()));
+        }
+        Ok(Self { _held: file })
+    }
 }
 
 /// Extracts the kernel image of a kernel .deb into `dir`, if it has one.
