@@ -19,8 +19,8 @@ use twtrace_common::{
 };
 
 use crate::{
-    Direct, KernelRead, Probed, config, count, fill_flow, header, net_inum, netns_of, netns_wanted, port_wanted, reserve,
-    submit,
+    Direct, KernelRead, Probed, config, count, fill_flow, header, net_inum, netns_of, netns_wanted, port_wanted,
+    reserve, submit,
 };
 
 #[derive(Clone, Copy)]

@@ -24,8 +24,8 @@ use twtrace_common::{
 };
 
 use crate::{
-    Direct, Fields, KernelRead, Probed, Snapshot, Typed, config, fill_flow_from, light_header, netns_in,
-    netns_wanted, port_wanted, reserve, submit,
+    Direct, Fields, KernelRead, Probed, Snapshot, Typed, config, fill_flow_from, light_header, netns_in, netns_wanted,
+    port_wanted, reserve, submit,
 };
 
 // Two variants of the tracepoint backend: tp_btf (5.5+, needs BTF) filters with plain loads

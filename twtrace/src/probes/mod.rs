@@ -647,7 +647,12 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(hz: u64, drop_reasons: HashMap<u32, String>) -> Self {
-        Self { stats: DecodeStats::default(), timewait: timewait::Tracker::new(hz), owners: owners::Owners::new(), drop_reasons }
+        Self {
+            stats: DecodeStats::default(),
+            timewait: timewait::Tracker::new(hz),
+            owners: owners::Owners::new(),
+            drop_reasons,
+        }
     }
 
     pub fn decode(&mut self, record: &[u8], out: &mut Vec<Event>) {

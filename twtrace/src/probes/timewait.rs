@@ -423,8 +423,11 @@ mod tests {
         let v4 = raw(TimerPhase::Start, 1, SEC, 0xa0);
         let kill =
             |cpu, addr| RawTimeWait { phase: TimerPhase::Kill as u8, ..raw(TimerPhase::Kill, cpu, 2 * SEC, addr) };
-        let (events, d) =
-            run_after_closes(&[closed_by(&v4, 7 << 32 | 8, b"nginx")], &[v6, v4, kill(0, 0xb0), kill(1, 0xa0)], 3 * SEC);
+        let (events, d) = run_after_closes(
+            &[closed_by(&v4, 7 << 32 | 8, b"nginx")],
+            &[v6, v4, kill(0, 0xb0), kill(1, 0xa0)],
+            3 * SEC,
+        );
         let [Event::TimeWait(b6), Event::TimeWait(b4), Event::TimeWait(d6), Event::TimeWait(d4)] = &events[..] else {
             panic!("{events:?}")
         };
