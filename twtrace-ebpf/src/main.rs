@@ -32,6 +32,44 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
+/// The 4-tuple of the last TIME_WAIT birth reported on this CPU. `tcp_time_wait()` arms the
+/// TIME_WAIT timer and then moves the full socket to CLOSE (`tcp_done()`), back to back on the
+/// same CPU (5.10 to 6.18), so the state family finds the birth here and leaves that → CLOSE
+/// out: the birth record stands for it, one ring-buffer record fewer per connection. A birth
+/// that migrated in between (process context, preemptible kernel) only costs a redundant
+/// record.
+#[map]
+static LAST_BIRTH: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
+
+/// Remembers a reported TIME_WAIT birth for [`take_birth_of`].
+#[inline(always)]
+fn note_birth(flow: &Flow) {
+    if let Some(last) = LAST_BIRTH.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; programs do not nest on a CPU for these hooks' contexts.
+        unsafe { *last = *flow };
+    }
+}
+
+/// Whether `flow` is the last TIME_WAIT birth reported on this CPU (then forgotten).
+#[inline(always)]
+fn take_birth_of(flow: &Flow) -> bool {
+    let Some(last) = LAST_BIRTH.get_ptr_mut(0) else { return false };
+    // Compared as words: a derived `==` on byte arrays may become a memcmp call, which BPF
+    // does not have.
+    const WORDS: usize = core::mem::size_of::<Flow>() / 8;
+    // SAFETY: both are 8-byte aligned `Flow`s (40 bytes: 5 words).
+    let (a, b) = unsafe { (&*last.cast::<[u64; WORDS]>(), &*(flow as *const Flow).cast::<[u64; WORDS]>()) };
+    let mut same = true;
+    for i in 0..WORDS {
+        same &= a[i] == b[i];
+    }
+    if same {
+        // SAFETY: as above; family 0 matches no real flow.
+        unsafe { (*last).family = 0 };
+    }
+    same
+}
+
 /// GPL-compatible, as the GPL-only helpers (probe_read_kernel, ringbuf) require.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "license")]

@@ -18,7 +18,7 @@ use twtrace_common::{
 
 use crate::{
     Direct, KernelRead, Probed, config, fill_flow, header, light_header, netns_of, netns_wanted, port_wanted, read_at,
-    reserve, submit,
+    reserve, submit, take_birth_of,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -77,6 +77,10 @@ fn on_state<R: KernelRead>(sk: *const u8, old_state: u8, new_state: u8) -> u32 {
         flow.sport = u16::from_be(read_at(sk, o.inet_sport));
     }
     if !port_wanted(&flow) {
+        return 0;
+    }
+    // The TIME_WAIT birth just reported on this CPU stands for this → CLOSE.
+    if new_state == tcp_state::CLOSE && take_birth_of(&flow) {
         return 0;
     }
     let Some(mut entry) = reserve::<StateEvent>() else {

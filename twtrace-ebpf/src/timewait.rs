@@ -25,7 +25,7 @@ use twtrace_common::{
 
 use crate::{
     Direct, Fields, KernelRead, Probed, Snapshot, Typed, config, fill_flow_from, light_header, netns_in, netns_wanted,
-    port_wanted, reserve, submit,
+    note_birth, port_wanted, reserve, submit,
 };
 
 // Two variants of the tracepoint backend: tp_btf (5.5+, needs BTF) filters with plain loads
@@ -231,6 +231,9 @@ fn report_tw<F: Fields>(tw: *const u8, sk: &F, phase: TimerPhase, timeout_jiffie
         }
         ev.timeout_jiffies = timeout_jiffies;
         ev.substate = sk.field(cfg.offsets.tw_substate);
+        if phase == TimerPhase::Start {
+            note_birth(&ev.flow);
+        }
     } else {
         ev.flow = Flow::default();
         ev.timeout_jiffies = 0;

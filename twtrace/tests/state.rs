@@ -11,13 +11,16 @@ use std::{
 
 use support::{NETNS_THREAD, Netns, addr, can_trace};
 
+/// Two tracers on the same traffic: every family (the client's final → CLOSE is folded into
+/// its TIME_WAIT birth) and the state family alone (where it is reported).
 #[test]
 fn client_socket_transitions_in_order_with_owner() {
     if !can_trace() {
         return;
     }
     let ns = Netns::new("state");
-    let Some(tracer) = support::tracer_for("state", &["--netns", &ns.name]) else { return };
+    let Some(all) = support::tracer_for("state", &["--netns", &ns.name]) else { return };
+    let Some(state_only) = support::tracer_for("state", &["--netns", &ns.name, "--family", "state"]) else { return };
     let (client_addr, server, refused_err) = ns.run(|| {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let server = listener.local_addr().unwrap();
@@ -31,11 +34,32 @@ fn client_socket_transitions_in_order_with_owner() {
         (client_addr, server, refused.raw_os_error())
     });
     assert_eq!(refused_err, Some(libc::ECONNREFUSED));
-    tracer.wait_for("state", Duration::from_secs(10), |events| {
-        events.iter().any(|e| e["old_state"] == "SYN_SENT" && e["remote"] == "127.0.0.1:9")
-    });
-    std::thread::sleep(Duration::from_millis(200));
-    let lines = tracer.stop();
+    let mut runs = Vec::new();
+    for tracer in [all, state_only] {
+        tracer.wait_for("state", Duration::from_secs(10), |events| {
+            events.iter().any(|e| e["old_state"] == "SYN_SENT" && e["remote"] == "127.0.0.1:9")
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        runs.push(tracer.stop());
+    }
+    let births: Vec<_> = runs[0].iter().filter(|v| v["event"] == "timewait_birth").collect();
+    assert_eq!(births.len(), 1, "{births:?}");
+    assert_eq!(addr(births[0], "local"), client_addr);
+    assert_eq!(births[0]["owner_pid"], std::process::id(), "{:?}", births[0]);
+
+    for (lines, last) in [(&runs[0], None), (&runs[1], Some(("FIN_WAIT2", "CLOSE")))] {
+        check_transitions(lines, client_addr, server, last);
+    }
+}
+
+/// The client socket's transitions, each naming the test thread; the accepted socket's, naming
+/// no one; the refused connect.
+fn check_transitions(
+    lines: &[serde_json::Value],
+    client_addr: std::net::SocketAddr,
+    server: std::net::SocketAddr,
+    last: Option<(&str, &str)>,
+) {
     let states: Vec<_> = lines.iter().filter(|v| v["event"] == "state").collect();
 
     // The client socket, by kernel address: its local port is still 0 at SYN_SENT.
@@ -49,11 +73,9 @@ fn client_socket_transitions_in_order_with_owner() {
         .filter(|e| e["sk"] == sk && e["remote"] == server.to_string())
         .map(|e| (e["old_state"].as_str().unwrap(), e["new_state"].as_str().unwrap()))
         .collect();
-    assert_eq!(
-        client,
-        [("CLOSE", "SYN_SENT"), ("SYN_SENT", "ESTABLISHED"), ("ESTABLISHED", "FIN_WAIT1"), ("FIN_WAIT2", "CLOSE")],
-        "{states:?}"
-    );
+    let mut expected = vec![("CLOSE", "SYN_SENT"), ("SYN_SENT", "ESTABLISHED"), ("ESTABLISHED", "FIN_WAIT1")];
+    expected.extend(last);
+    assert_eq!(client, expected, "{states:?}");
     // connect() and close() run in the owner; ESTABLISHED and CLOSE run in softirq, and get
     // the owner carried over by socket address.
     for e in states.iter().filter(|e| e["sk"] == sk) {

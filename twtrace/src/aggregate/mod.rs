@@ -183,9 +183,10 @@ pub struct Aggregator {
     connected: HashMap<u64, Destination>,
     /// ... or, for sockets that existed before start, by destination and local port.
     existing_connected: HashSet<(Destination, u16)>,
-    /// Connections made by connect() since start, by 4-tuple: their TIME_WAIT keeps holding the
-    /// port. A server-side TIME_WAIT socket on an ephemeral-range listening port does not.
-    client_flows: HashSet<SocketFlow>,
+    /// Connections made by connect() since start, by 4-tuple, with their socket's address:
+    /// their TIME_WAIT keeps holding the port. A server-side TIME_WAIT socket on an
+    /// ephemeral-range listening port does not.
+    client_flows: HashMap<SocketFlow, u64>,
     /// Local ports with a listener at start: sockets on them are server side.
     listening_ports: HashSet<u16>,
     searches: HashMap<SocketAddr, SearchStats>,
@@ -271,7 +272,20 @@ impl Aggregator {
         match &e.change {
             TimeWaitChange::Birth { .. } => {
                 self.births.add(e.ts_ns, 1);
-                let holds_port_of = e.flow.filter(|f| self.client_flows.remove(f)).map(|f| Destination::of(&f));
+                // The full socket ends here. Its → CLOSE follows, or is left out by the kernel
+                // when this birth stands for it (the state family's `LAST_BIRTH`): either way
+                // its hold on the port ends now, and a client's TIME_WAIT takes the port over.
+                let handed_over = e.flow.and_then(|f| self.client_flows.remove(&f).map(|sk| (f, sk)));
+                if let Some((_, sk)) = handed_over {
+                    if let Some(dest) = self.connected.remove(&sk) {
+                        self.release(dest, e.ts_ns);
+                    }
+                } else if let Some(f) = e.flow {
+                    if self.existing_connected.remove(&(Destination::of(&f), f.local.port())) {
+                        self.release(Destination::of(&f), e.ts_ns);
+                    }
+                }
+                let holds_port_of = handed_over.map(|(f, _)| Destination::of(&f));
                 if let Some(dest) = holds_port_of {
                     let d = self.destinations.entry(dest).or_default();
                     d.in_use += 1;
@@ -330,15 +344,15 @@ impl Aggregator {
             self.destinations.entry(dest).or_default().connects.add(e.ts_ns, 1);
         }
         if e.old_state == SYN_SENT && e.new_state == ESTABLISHED && self.connected.insert(e.sk_addr, dest).is_none() {
-            self.client_flows.insert(flow);
+            self.client_flows.insert(flow, e.sk_addr);
             let d = self.destinations.entry(dest).or_default();
             d.in_use += 1;
             d.taken.add(e.ts_ns, 1);
         }
         if e.new_state == CLOSE {
+            // A socket that became TIME_WAIT was already ended by the birth; this is one that
+            // closed without.
             if let Some(dest) = self.connected.remove(&e.sk_addr) {
-                // Closed without (or after handing over to) TIME_WAIT; a TIME_WAIT birth for
-                // this 4-tuple has already taken the flow.
                 self.client_flows.remove(&flow);
                 self.release(dest, e.ts_ns);
             } else if self.existing_connected.remove(&(dest, flow.local.port())) {

@@ -53,6 +53,37 @@ fn settings(range: (u16, u16)) -> Settings {
     Settings { port_range: range, max_tw_buckets: Some(262_144), top: 5 }
 }
 
+/// With the TIME_WAIT family on, the kernel leaves out the → CLOSE a birth stands for: port
+/// accounting must come out the same with and without it.
+#[test]
+fn port_accounting_is_the_same_whether_the_close_after_a_birth_is_reported_or_not() {
+    let figures = |with_close: bool| {
+        let mut agg = Aggregator::new(settings((32_768, 32_867)));
+        for i in 0..20u64 {
+            let port = 32_768 + i as u16;
+            let f = flow(&format!("{CLIENT}:{port}"), SERVER);
+            agg.apply(&state(S + i, i, 7, 2, flow(&format!("{CLIENT}:0"), SERVER)));
+            agg.apply(&state(S + i, i, 2, 1, f));
+            agg.apply(&state(S + i, i, 1, 4, f));
+            agg.apply(&tw(S + i, i, f, birth()));
+            if with_close {
+                agg.apply(&state(S + i, i, 5, 7, f));
+            }
+        }
+        // Half of them die.
+        for i in 0..10u64 {
+            let f = flow(&format!("{CLIENT}:{}", 32_768 + i as u16), SERVER);
+            let death = TimeWaitChange::Death { reason: DeathReason::Expired, lifetime_ns: 60 * S };
+            agg.apply(&tw(61 * S, i, f, death));
+        }
+        let snap = agg.snapshot(61 * S);
+        let d = &snap.port_space.destinations[0];
+        (d.in_use, snap.timewait.live, agg.connected.len(), agg.client_flows.len())
+    };
+    assert_eq!(figures(true), (10, 10, 0, 0));
+    assert_eq!(figures(false), (10, 10, 0, 0));
+}
+
 #[test]
 fn single_destination_client_fills_its_range_and_projects_exhaustion() {
     let mut agg = Aggregator::new(settings((32_768, 32_867))); // 100 ports

@@ -50,9 +50,9 @@ const MAX_ENTRIES: usize = 1 << 21;
 pub struct Owners {
     /// Sockets a process acted on, by kernel address, until their → CLOSE.
     by_socket: HashMap<u64, Task>,
-    /// Connections closed first by a process (→ FIN_WAIT1), until their TIME_WAIT birth or
-    /// their → CLOSE without one.
-    closing: HashMap<(u32, Flow), Task>,
+    /// Connections closed first by a process (→ FIN_WAIT1), with their socket's address, until
+    /// their TIME_WAIT birth or their → CLOSE without one.
+    closing: HashMap<(u32, Flow), (Task, u64)>,
     /// Times a table hit `MAX_ENTRIES` and started over.
     pub resets: u64,
 }
@@ -83,7 +83,7 @@ impl Owners {
                         self.closing.clear();
                         self.resets += 1;
                     }
-                    self.closing.insert((raw.netns, raw.flow), task);
+                    self.closing.insert((raw.netns, raw.flow), (task, raw.sk_addr));
                 }
             }
             tcp_state::CLOSE => {
@@ -96,9 +96,12 @@ impl Owners {
     }
 
     /// Who closed the connection whose TIME_WAIT socket is born now (taken: one birth per
-    /// close).
+    /// close). The full socket ends with the birth: its → CLOSE is left out by the kernel when
+    /// the birth stands for it.
     pub fn take_closer(&mut self, netns: u32, flow: &Flow) -> Option<Task> {
-        self.closing.remove(&(netns, *flow))
+        let (task, sk_addr) = self.closing.remove(&(netns, *flow))?;
+        self.by_socket.remove(&sk_addr);
+        Some(task)
     }
 
     #[cfg(test)]
@@ -159,8 +162,9 @@ mod tests {
         let closer = owners.take_closer(4026531840, &flow(40000));
         assert_eq!(pid(closer), Some(43));
         assert_eq!(owners.take_closer(4026531840, &flow(40000)), None, "one birth per close");
-        assert_eq!(pid(owners.on_state(&state(SK, FIN_WAIT2, CLOSE, 0, 40000))), Some(43));
-        assert_eq!(owners.len(), (0, 0), "→ CLOSE ends the socket");
+        assert_eq!(owners.len(), (0, 0), "the birth ends the full socket");
+        // Its → CLOSE, if the kernel reports it, names no one: the socket was ended above.
+        assert_eq!(owners.on_state(&state(SK, FIN_WAIT2, CLOSE, 0, 40000)), None);
         // The address is reused by a socket accepted in softirq: nothing is carried.
         assert_eq!(owners.on_state(&state(SK, CLOSE, ESTABLISHED, 0, 8080)), None);
     }
