@@ -267,6 +267,8 @@ pub struct LiveProbes {
     next_netstat_ns: u64,
     /// The lost count last put into the stream.
     lost_reported: u64,
+    /// Runs of our programs the kernel skipped, as last read (`kernel_skips`).
+    skipped: u64,
     pub reports: Vec<FamilyReport>,
 }
 
@@ -342,6 +344,7 @@ impl LiveProbes {
             netstat: netstat_sampler(options),
             next_netstat_ns: 0,
             lost_reported: 0,
+            skipped: 0,
             reports,
         })
     }
@@ -364,6 +367,7 @@ impl LiveProbes {
         if now >= self.next_netstat_ns {
             self.next_netstat_ns = now + NETSTAT_INTERVAL_NS;
             self.sample_netstat(now, out);
+            self.skipped = self.kernel_skips();
         }
     }
 
@@ -386,6 +390,7 @@ impl LiveProbes {
         self.drain(out);
         self.decoder.flush(u64::MAX, out);
         let now = kernel::monotonic_ns();
+        self.skipped = self.kernel_skips();
         self.report_lost(now, out);
         self.sample_netstat(now, out);
     }
@@ -416,14 +421,37 @@ impl LiveProbes {
         Some(self.ebpf.programs().filter_map(|(_, p)| p.info().ok()).map(|i| i.run_time().as_nanos() as u64).sum())
     }
 
-    /// Records the kernel could not fit in the ring buffer, summed over CPUs.
+    /// Records the kernel could not fit in the ring buffer (summed over CPUs), plus runs of our
+    /// programs the kernel skipped.
     pub fn lost(&self) -> u64 {
-        self.counters.get(&(Counter::Lost as u32), 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
+        let ring: u64 = self.counters.get(&(Counter::Lost as u32), 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0);
+        ring + self.skipped
+    }
+
+    /// Runs of our programs the kernel skipped because another BPF program was running on that
+    /// CPU: a kprobe that fires in an interrupt over a running program (6.7+ counts those),
+    /// or a program re-entered on its CPU (5.12+). Each may have been an event, so they count
+    /// as lost: an upper bound, as a skipped timer filter was most likely another timer's.
+    fn kernel_skips(&self) -> u64 {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        self.ebpf
+            .programs()
+            .filter_map(|(_, p)| p.fd().ok())
+            .filter_map(|fd| {
+                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd())).ok()?;
+                fdinfo_field(&info, "recursion_misses")
+            })
+            .sum()
     }
 
     pub fn stats(&self) -> DecodeStats {
         DecodeStats { untracked_deaths: self.decoder.timewait.untracked_deaths, ..self.decoder.stats }
     }
+}
+
+/// A numeric field of a `/proc/PID/fdinfo/FD` text (`name:\tvalue` lines).
+fn fdinfo_field(info: &str, name: &str) -> Option<u64> {
+    info.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
 }
 
 /// Counters of the traced namespace: ours without `--netns`; the named one with it. An inode
@@ -712,4 +740,22 @@ fn read_record<T: aya::Pod>(record: &[u8]) -> Option<T> {
 pub fn record_bytes<T: aya::Pod>(value: &T) -> Vec<u8> {
     // SAFETY: T is Pod: plain bytes without padding.
     unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fdinfo_field;
+
+    #[test]
+    fn fdinfo_fields_of_a_bpf_program() {
+        // As 6.18 prints it for a program descriptor.
+        let info = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t2063\nprog_type:\t26\nprog_jited:\t1\n\
+                    prog_tag:\t65bdc395b2d7151b\nmemlock:\t4096\nprog_id:\t119\nrun_time_ns:\t27933\n\
+                    run_cnt:\t67\nrecursion_misses:\t3\nverified_insns:\t14\n";
+        assert_eq!(fdinfo_field(info, "recursion_misses"), Some(3));
+        assert_eq!(fdinfo_field(info, "run_cnt"), Some(67));
+        // 5.10 has no such line: nothing is invented.
+        assert_eq!(fdinfo_field("prog_type:\t26\nrun_cnt:\t0\n", "recursion_misses"), None);
+        assert_eq!(fdinfo_field(info, "run"), None, "a prefix of another name does not match");
+    }
 }
