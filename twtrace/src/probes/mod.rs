@@ -267,8 +267,8 @@ pub struct LiveProbes {
     next_netstat_ns: u64,
     /// The lost count last put into the stream.
     lost_reported: u64,
-    /// Runs of our programs the kernel skipped, as last read (`kernel_skips`).
-    skipped: u64,
+    /// Runs of our programs the kernel skipped, as last put into the stream (`kernel_skips`).
+    skipped_reported: u64,
     pub reports: Vec<FamilyReport>,
 }
 
@@ -344,7 +344,7 @@ impl LiveProbes {
             netstat: netstat_sampler(options),
             next_netstat_ns: 0,
             lost_reported: 0,
-            skipped: 0,
+            skipped_reported: 0,
             reports,
         })
     }
@@ -367,7 +367,7 @@ impl LiveProbes {
         if now >= self.next_netstat_ns {
             self.next_netstat_ns = now + NETSTAT_INTERVAL_NS;
             self.sample_netstat(now, out);
-            self.skipped = self.kernel_skips();
+            self.report_skipped(now, out);
         }
     }
 
@@ -390,9 +390,25 @@ impl LiveProbes {
         self.drain(out);
         self.decoder.flush(u64::MAX, out);
         let now = kernel::monotonic_ns();
-        self.skipped = self.kernel_skips();
         self.report_lost(now, out);
         self.sample_netstat(now, out);
+        self.report_skipped(now, out);
+    }
+
+    /// Puts the rise of [`SKIPPED_RUNS`] into the stream as a counter, beside the kernel's
+    /// TCP counters: recorded, summed by `stat`/`top`, and named by `report`.
+    fn report_skipped(&mut self, now: u64, out: &mut Vec<Event>) {
+        let total = self.kernel_skips();
+        if total > self.skipped_reported {
+            let delta = (total - self.skipped_reported) as i64;
+            self.skipped_reported = total;
+            let netns = self.netstat.as_ref().map_or(0, |(_, netns)| *netns);
+            out.push(Event::Netstat(crate::event::NetstatEvent {
+                ts_ns: now,
+                netns,
+                deltas: vec![(SKIPPED_RUNS.to_owned(), delta)],
+            }));
+        }
     }
 
     /// Puts a [`LostEvent`](crate::event::LostEvent) into the stream when the kernel's count rose.
@@ -421,17 +437,16 @@ impl LiveProbes {
         Some(self.ebpf.programs().filter_map(|(_, p)| p.info().ok()).map(|i| i.run_time().as_nanos() as u64).sum())
     }
 
-    /// Records the kernel could not fit in the ring buffer (summed over CPUs), plus runs of our
-    /// programs the kernel skipped.
+    /// Records the kernel could not fit in the ring buffer, summed over CPUs.
     pub fn lost(&self) -> u64 {
-        let ring: u64 = self.counters.get(&(Counter::Lost as u32), 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0);
-        ring + self.skipped
+        self.counters.get(&(Counter::Lost as u32), 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
     }
 
-    /// Runs of our programs the kernel skipped because another BPF program was running on that
-    /// CPU: a kprobe that fires in an interrupt over a running program (6.7+ counts those),
-    /// or a program re-entered on its CPU (5.12+). Each may have been an event, so they count
-    /// as lost: an upper bound, as a skipped timer filter was most likely another timer's.
+    /// Runs of our programs the kernel skipped because a BPF program was already running on
+    /// that CPU: a softirq that arrives while one of our programs runs in process context and
+    /// hits the same hook (tp_btf, raw tracepoints; counted since 5.12), or a kprobe over any
+    /// running program (counted since 6.7). Each may have been an event: an upper bound on
+    /// the events missed, since most skipped timer filter runs were other timers'.
     fn kernel_skips(&self) -> u64 {
         use std::os::fd::{AsFd as _, AsRawFd as _};
         self.ebpf
@@ -448,6 +463,9 @@ impl LiveProbes {
         DecodeStats { untracked_deaths: self.decoder.timewait.untracked_deaths, ..self.decoder.stats }
     }
 }
+
+/// Counter name of [`LiveProbes::kernel_skips`] in the stream's counter events.
+pub const SKIPPED_RUNS: &str = "SkippedRuns";
 
 /// A numeric field of a `/proc/PID/fdinfo/FD` text (`name:\tvalue` lines).
 fn fdinfo_field(info: &str, name: &str) -> Option<u64> {

@@ -381,6 +381,13 @@ fn findings(r: &Report) -> Vec<String> {
             rec.lost
         ));
     }
+    let skipped = r.paws.counters.iter().find(|(name, _)| name == crate::probes::SKIPPED_RUNS).map_or(0, |(_, n)| *n);
+    if skipped > 0 {
+        out.push(format!(
+            "The kernel skipped {skipped} runs of twtrace's programs (a softirq or kprobe hit them while a BPF program \
+             was already running on that CPU): up to {skipped} events may be missing, most likely fewer."
+        ));
+    }
     let (lo, hi) = rec.sysctls.ip_local_port_range;
     for d in r.destinations.iter().filter(|d| d.peak_utilisation >= 0.8) {
         out.push(format!(

@@ -211,10 +211,6 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Starts twtrace with global options (before `trace`, e.g. `-v`) and `trace` options;
     /// `Err(stderr)` if it exits before tracing.
     pub fn try_start(global: &[&str], args: &[&str]) -> Result<Self, String> {
