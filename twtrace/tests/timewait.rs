@@ -188,3 +188,60 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
     let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
 }
+
+/// Churn that reuses ports: each TIME_WAIT socket is killed by the next connection on the same
+/// 4-tuple, and its memory is reused at once, sometimes by a socket born on the other CPU while
+/// the kill is still undecided. Every birth must still count as one: exactly as many as the
+/// kernel counted (`__inet_twsk_schedule` adds each new TIME_WAIT socket to `TW`, or to
+/// `TWKilled` when its timeout is short), less only the program runs the kernel skipped and
+/// said so.
+#[test]
+fn births_under_port_reuse_churn_equal_the_kernels_count() {
+    if !can_trace() {
+        return;
+    }
+    let ns = Netns::new("twchurn");
+    // 500 ports under saturating churn: each 4-tuple comes back within milliseconds.
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40499");
+    let path = std::env::temp_dir().join(format!("twtrace-test-churn-{}.twr", std::process::id()));
+    let counted = |c: &std::collections::HashMap<String, i64>| c["TW"] + c.get("TWKilled").copied().unwrap_or(0);
+    let recording = support::Recording::start(&ns, &path);
+    let before = counted(&ns.netstat());
+    let churn = support::output(std::process::Command::new("ip").args(["netns", "exec", &ns.name]).args([
+        env!("CARGO_BIN_EXE_twtrace"),
+        "churn",
+        "--duration",
+        "3",
+        "--json",
+    ]));
+    assert!(churn.status.success(), "churn: {}", String::from_utf8_lossy(&churn.stderr));
+    let in_kernel = counted(&ns.netstat()) - before;
+    std::thread::sleep(Duration::from_millis(300));
+    recording.stop();
+
+    let replay = support::output(
+        std::process::Command::new(env!("CARGO_BIN_EXE_twtrace")).args(["trace", "--json", "--replay"]).arg(&path),
+    );
+    let _ = std::fs::remove_file(&path);
+    assert!(replay.status.success(), "replay: {}", String::from_utf8_lossy(&replay.stderr));
+    let (mut births, mut rearms, mut lost, mut skipped) = (0i64, 0i64, 0i64, 0i64);
+    for line in String::from_utf8_lossy(&replay.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        match v["event"].as_str() {
+            Some("timewait_birth") => births += 1,
+            Some("timewait_rearm") => rearms += 1,
+            Some("lost") => lost += v["count"].as_i64().unwrap(),
+            Some("netstat") => skipped += v["deltas"]["SkippedRuns"].as_i64().unwrap_or(0),
+            _ => {}
+        }
+    }
+    eprintln!(
+        "churn: {in_kernel} TIME_WAIT births in the kernel; traced {births} births, {rearms} re-arms, {lost} lost, {skipped} skipped runs"
+    );
+    assert!(in_kernel > 1000, "the churn must make TIME_WAIT sockets: {in_kernel}");
+    assert_eq!(lost, 0, "the default buffer holds this churn");
+    assert!(
+        births <= in_kernel && in_kernel - births <= skipped,
+        "births {births} vs kernel {in_kernel} (skipped runs {skipped})"
+    );
+}

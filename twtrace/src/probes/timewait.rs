@@ -198,6 +198,9 @@ impl Tracker {
                 _ => self.die(pending.tw_addr, pending.ts_ns, DeathReason::Killed, out),
             }
         }
+        if phase == TimerPhase::Start && self.live.contains_key(&raw.tw_addr) {
+            self.end_reused(raw, out);
+        }
         match phase {
             TimerPhase::Start if self.live.contains_key(&raw.tw_addr) => self.rearm(raw, out),
             TimerPhase::Start => self.birth(raw, owners, out),
@@ -209,6 +212,32 @@ impl Tracker {
             }
             // An expiry whose cancel we did not see (attached in between): still an expiry.
             TimerPhase::Expire => self.die(raw.tw_addr, ts, DeathReason::Expired, out),
+        }
+    }
+
+    /// A start at the address of a live socket that is not a re-arm of it: the socket there was
+    /// killed and its memory already holds a new TIME_WAIT socket (TIME_WAIT sockets are
+    /// `SLAB_TYPESAFE_BY_RCU`: a freed one can be reused at once, on another CPU).
+    /// - Its cancel is still pending on another CPU (that CPU has reported nothing since): a
+    ///   re-arm's cancel and start come from the same CPU, so it was a kill.
+    /// - Or the 4-tuple differs: a re-arm never changes it. Its cancel went unseen (a skipped
+    ///   run); it died at the latest now.
+    ///
+    /// Measured before this rule: 627 of 373,293 births in 15 s of churn at 25k/s taken for
+    /// re-arms, with births short of the kernel's TW counter by as many.
+    fn end_reused(&mut self, raw: &RawTimeWait, out: &mut Vec<Event>) {
+        let pending_elsewhere = self.pending.iter().find(|(_, p)| p.tw_addr == raw.tw_addr).map(|(cpu, p)| (*cpu, *p));
+        if let Some((cpu, pending)) = pending_elsewhere {
+            self.pending.remove(&cpu);
+            self.die(pending.tw_addr, pending.ts_ns, DeathReason::Killed, out);
+            return;
+        }
+        let moved = self
+            .live
+            .get(&raw.tw_addr)
+            .is_some_and(|live| self.flow(raw.tw_addr, live) != SocketFlow::from_kernel(&raw.flow));
+        if moved {
+            self.die(raw.tw_addr, raw.header.ts_ns, DeathReason::Killed, out);
         }
     }
 
@@ -531,6 +560,36 @@ mod tests {
             matches!(&out[1], Event::TimeWait(e) if e.change == TimeWaitChange::Death { reason: DeathReason::Killed, lifetime_ns: SEC }),
             "{out:?}"
         );
+    }
+
+    #[test]
+    fn a_start_at_an_address_whose_cancel_is_pending_on_another_cpu_is_a_new_socket() {
+        // The kill's cancel on CPU 1, and the freed memory already reused on CPU 0 for the
+        // same 4-tuple (the client reconnected from the same port) before CPU 1 reported
+        // anything else.
+        let (events, d) = run(
+            &[
+                raw(TimerPhase::Start, 0, SEC, 0xa0),
+                raw(TimerPhase::Cancel, 1, 2 * SEC, 0xa0),
+                raw(TimerPhase::Start, 0, 2 * SEC + 50_000, 0xa0),
+            ],
+            2 * SEC + 60_000,
+        );
+        let c = changes(&events);
+        assert_eq!(c[1], (1, TimeWaitChange::Death { reason: DeathReason::Killed, lifetime_ns: SEC }), "{c:?}");
+        assert!(matches!(c[2], (2, TimeWaitChange::Birth { .. })), "{c:?}");
+        assert_eq!(d.timewait.live_count(), 1);
+    }
+
+    #[test]
+    fn a_start_with_another_four_tuple_at_a_live_address_is_a_new_socket() {
+        // The first socket's cancel was never seen (a skipped program run).
+        let mut second = raw(TimerPhase::Start, 0, 3 * SEC, 0xa0);
+        second.flow.dport = 40001;
+        let (events, _) = run(&[raw(TimerPhase::Start, 0, SEC, 0xa0), second], u64::MAX);
+        let c = changes(&events);
+        assert_eq!(c[1], (1, TimeWaitChange::Death { reason: DeathReason::Killed, lifetime_ns: 2 * SEC }), "{c:?}");
+        assert!(matches!(c[2], (2, TimeWaitChange::Birth { .. })), "{c:?}");
     }
 
     #[test]
