@@ -238,10 +238,15 @@ fn births_under_port_reuse_churn_equal_the_kernels_count() {
     eprintln!(
         "churn: {in_kernel} TIME_WAIT births in the kernel; traced {births} births, {rearms} re-arms, {lost} lost, {skipped} skipped runs"
     );
-    assert!(in_kernel > 1000, "the churn must make TIME_WAIT sockets: {in_kernel}");
+    // Under emulation (VM matrix) the churn makes a few hundred; natively tens of thousands.
+    assert!(in_kernel > 100, "the churn must make TIME_WAIT sockets: {in_kernel}");
     assert_eq!(lost, 0, "the default buffer holds this churn");
+    // A kprobe program is skipped while another BPF program runs on its CPU, and kernels
+    // before 6.7 do not count those skips (README, known issues): 1 of 804 births on the
+    // 6.1 guest. There 1 % is allowed; everywhere else the count is exact.
+    let uncounted = if support::forced_backend().as_deref() == Some("kprobe") { in_kernel / 100 } else { 0 };
     assert!(
-        births <= in_kernel && in_kernel - births <= skipped,
-        "births {births} vs kernel {in_kernel} (skipped runs {skipped})"
+        births <= in_kernel && in_kernel - births <= skipped + uncounted,
+        "births {births} vs kernel {in_kernel} (skipped runs {skipped}, allowed uncounted {uncounted})"
     );
 }
