@@ -193,8 +193,8 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
 /// 4-tuple, and its memory is reused at once, sometimes by a socket born on the other CPU while
 /// the kill is still undecided. Every birth must still count as one: exactly as many as the
 /// kernel counted (`__inet_twsk_schedule` adds each new TIME_WAIT socket to `TW`, or to
-/// `TWKilled` when its timeout is short), less only the program runs the kernel skipped and
-/// said so.
+/// `TWKilled` when its timeout is short: 6.1 and later; 5.10 counts at expiry and skips),
+/// less only the program runs the kernel skipped and said so.
 #[test]
 fn births_under_port_reuse_churn_equal_the_kernels_count() {
     if !can_trace() {
@@ -238,8 +238,13 @@ fn births_under_port_reuse_churn_equal_the_kernels_count() {
     eprintln!(
         "churn: {in_kernel} TIME_WAIT births in the kernel; traced {births} births, {rearms} re-arms, {lost} lost, {skipped} skipped runs"
     );
-    // Under emulation (VM matrix) the churn makes a few hundred; natively tens of thousands.
-    assert!(in_kernel > 100, "the churn must make TIME_WAIT sockets: {in_kernel}");
+    assert!(births > 100, "the churn must make TIME_WAIT sockets (emulated guests make hundreds): {births}");
+    if in_kernel == 0 {
+        // 5.10 counts TW/TWKilled when the timer fires, not when the socket is born: none
+        // fire within these 3 s. (6.1, 6.12 and 6.18 count births.)
+        support::unsupported("timewait", "this kernel counts TW at expiry, not at birth: no ground truth for births");
+        return;
+    }
     assert_eq!(lost, 0, "the default buffer holds this churn");
     // A kprobe program is skipped while another BPF program runs on its CPU, and kernels
     // before 6.7 do not count those skips (README, known issues): 1 of 804 births on the
