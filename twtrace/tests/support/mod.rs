@@ -88,9 +88,7 @@ impl Netns {
     }
 
     /// TcpExt counters of /proc/net/netstat as seen inside this namespace, read by a process
-    /// started in it. Read through /proc/thread-self/net from a thread that had setns()ed,
-    /// the 5.10 guest's counters stood still (`TW` +0 while the namespace made 695 TIME_WAIT
-    /// sockets); the cause was not pinned down.
+    /// started in it: nothing depends on how a thread that setns()ed sees /proc.
     pub fn netstat(&self) -> std::collections::HashMap<String, i64> {
         let out = output(Command::new("ip").args(["netns", "exec", &self.name, "cat", "/proc/net/netstat"]));
         assert!(out.status.success(), "netstat: {}", String::from_utf8_lossy(&out.stderr));
