@@ -196,6 +196,20 @@ pub struct FamilyReport {
     pub attempts: Vec<Attempt>,
 }
 
+impl FamilyReport {
+    /// What the running hooks cost beyond the family's own programs, when the user should know.
+    pub fn caveat(&self) -> Option<&'static str> {
+        // A syscall tracepoint (any one) sets SYSCALL_WORK_SYSCALL_TRACEPOINT on every task
+        // (kernel/tracepoint.c, syscall_regfunc, unchanged since 3.x): every system call of every
+        // process then takes the traced entry and exit path, not only connect() and bind().
+        // Measured on 6.18 here: getppid() about 190 → 270 ns (docs/performance.md).
+        self.hooks.iter().any(|h| h.starts_with("tracepoint/syscalls/")).then_some(
+            "its syscall tracepoints slow every system call on the host a little (each one takes the \
+             kernel's traced path while twtrace runs); leave the family out with --family if that matters",
+        )
+    }
+}
+
 impl fmt::Display for FamilyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.running {
@@ -203,6 +217,9 @@ impl fmt::Display for FamilyReport {
             Some(b) => write!(f, "{}: {b} ({})", self.family, self.hooks.join(", "))?,
             None if self.attempts.is_empty() => write!(f, "{}: off (not selected with --family)", self.family)?,
             None => write!(f, "{}: NOT RUNNING", self.family)?,
+        }
+        if let Some(caveat) = self.caveat() {
+            write!(f, "\n    note: {caveat}")?;
         }
         // A variant of the backend that runs (for another kernel version) failing is expected:
         // only backends that do not run are explained. `--json` keeps every attempt.
