@@ -280,8 +280,11 @@ pub struct LiveProbes {
     counters: PerCpuArray<MapData, u64>,
     decoder: Decoder,
     tick: tokio::time::Interval,
-    netstat: Option<(kernel::netstat::Sampler, u32)>,
+    netstat: Option<kernel::netstat::Sampler>,
     next_netstat_ns: u64,
+    /// The namespace the counters (the kernel's and [`SKIPPED_RUNS`]) are labelled with: the
+    /// traced one, or 0 for twtrace's own.
+    counters_netns: u32,
     /// The lost count last put into the stream.
     lost_reported: u64,
     /// Runs of our programs the kernel skipped, as last put into the stream (`kernel_skips`).
@@ -360,6 +363,7 @@ impl LiveProbes {
             tick,
             netstat: netstat_sampler(options),
             next_netstat_ns: 0,
+            counters_netns: options.netns.unwrap_or(0),
             lost_reported: 0,
             skipped_reported: 0,
             reports,
@@ -389,10 +393,10 @@ impl LiveProbes {
     }
 
     fn sample_netstat(&mut self, now: u64, out: &mut Vec<Event>) {
-        let Some((sampler, netns)) = &mut self.netstat else { return };
+        let Some(sampler) = &mut self.netstat else { return };
         match sampler.deltas() {
             Ok(deltas) if !deltas.is_empty() => {
-                out.push(Event::Netstat(crate::event::NetstatEvent { ts_ns: now, netns: *netns, deltas }))
+                out.push(Event::Netstat(crate::event::NetstatEvent { ts_ns: now, netns: self.counters_netns, deltas }))
             }
             Ok(_) => {}
             Err(e) => {
@@ -419,10 +423,9 @@ impl LiveProbes {
         if total > self.skipped_reported {
             let delta = (total - self.skipped_reported) as i64;
             self.skipped_reported = total;
-            let netns = self.netstat.as_ref().map_or(0, |(_, netns)| *netns);
             out.push(Event::Netstat(crate::event::NetstatEvent {
                 ts_ns: now,
-                netns,
+                netns: self.counters_netns,
                 deltas: vec![(SKIPPED_RUNS.to_owned(), delta)],
             }));
         }
@@ -491,17 +494,17 @@ fn fdinfo_field(info: &str, name: &str) -> Option<u64> {
 
 /// Counters of the traced namespace: ours without `--netns`; the named one with it. An inode
 /// alone gives no way in, so then there are no counters (said once).
-fn netstat_sampler(options: &Options) -> Option<(kernel::netstat::Sampler, u32)> {
+fn netstat_sampler(options: &Options) -> Option<kernel::netstat::Sampler> {
     use kernel::netstat::{Sampler, Source};
-    let (source, netns) = match (&options.netns_path, options.netns) {
-        (Some(path), Some(inode)) => (Source::Namespace(path.clone()), inode),
+    let source = match (&options.netns_path, options.netns) {
+        (Some(path), Some(_)) => Source::Namespace(path.clone()),
         (None, Some(_)) => {
             log::warn!("--netns given as an inode: TCP counters need the namespace's name or path");
             return None;
         }
-        _ => (Source::OwnNamespace, 0),
+        _ => Source::OwnNamespace,
     };
-    Sampler::new(source).map(|s| (s, netns)).map_err(|e| log::warn!("no TCP counters: {e}")).ok()
+    Sampler::new(source).map_err(|e| log::warn!("no TCP counters: {e}")).ok()
 }
 
 fn attach_family(
