@@ -53,9 +53,10 @@ pub async fn run(source: &mut Source, filter: &Filter, json: bool, duration: Opt
             printer.summary(&summary)?;
             eprintln!(
                 "twtrace: {events} events, {lost} lost in the kernel (ring buffer full), {} malformed records, \
-                 {} TIME_WAIT deaths of sockets born before tracing started",
+                 {} TIME_WAIT deaths of sockets born before tracing started{}",
                 stats.malformed + stats.wrong_version,
-                stats.untracked_deaths
+                stats.untracked_deaths,
+                owner_resets(&stats)
             );
         }
         Source::Replay(replay) => {
@@ -321,6 +322,14 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Shown only when it happened: the owner tables start over only after lost records.
+pub fn owner_resets(stats: &crate::probes::DecodeStats) -> String {
+    match stats.owner_table_resets {
+        0 => String::new(),
+        n => format!(", owner tables reset {n} times (owners of sockets open then are unknown)"),
+    }
 }
 
 #[cfg(test)]

@@ -480,7 +480,11 @@ impl LiveProbes {
     }
 
     pub fn stats(&self) -> DecodeStats {
-        DecodeStats { untracked_deaths: self.decoder.timewait.untracked_deaths, ..self.decoder.stats }
+        DecodeStats {
+            untracked_deaths: self.decoder.timewait.untracked_deaths,
+            owner_table_resets: self.decoder.owners.resets,
+            ..self.decoder.stats
+        }
     }
 }
 
@@ -700,6 +704,10 @@ pub struct DecodeStats {
     pub wrong_version: u64,
     /// TIME_WAIT sockets that died during the run but were born before it started.
     pub untracked_deaths: u64,
+    /// Times the owner join's tables hit their bound and started over (only lost records
+    /// leave entries behind): owners of sockets open at that moment are unknown afterwards.
+    #[serde(default)]
+    pub owner_table_resets: u64,
 }
 
 /// Turns ring-buffer records into events. Pure: unit-tested on byte records.

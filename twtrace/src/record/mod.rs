@@ -345,10 +345,13 @@ pub async fn run(
     let decoder = source.live_probes().map(|p| p.stats()).unwrap_or_default();
     let trailer = Trailer { events, lost, ended_ns: source.now_ns(), decoder };
     let size = recorder.finish(&trailer).with_context(|| format!("finishing {}", path.display()))?;
+    // The header and sockets alone are a few kB: a per-event figure means nothing without events.
+    let per_event =
+        if events == 0 { String::new() } else { format!(", {:.1} bytes/event", size as f64 / events as f64) };
     eprintln!(
-        "twtrace: recorded {events} events ({lost} lost in the kernel) to {}: {size} bytes, {:.1} bytes/event",
+        "twtrace: recorded {events} events ({lost} lost in the kernel) to {}: {size} bytes{per_event}{}",
         path.display(),
-        size as f64 / events.max(1) as f64
+        crate::output::owner_resets(&trailer.decoder)
     );
     Ok(())
 }
