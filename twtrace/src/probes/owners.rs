@@ -112,7 +112,7 @@ impl Owners {
 
 #[cfg(test)]
 mod tests {
-    use twtrace_common::{AF_INET, EventKind, SCHEMA_VERSION};
+    use twtrace_common::AF_INET;
 
     use super::*;
 
@@ -126,24 +126,8 @@ mod tests {
     }
 
     fn state(sk: u64, old: u8, new: u8, pid: u32, sport: u16) -> RawState {
-        let mut comm = [0u8; 16];
-        comm[..4].copy_from_slice(b"curl");
-        RawState {
-            header: EventHeader {
-                kind: EventKind::State as u16,
-                version: SCHEMA_VERSION,
-                pid_tgid: u64::from(pid) << 32 | u64::from(pid),
-                cgroup_id: if pid == 0 { 0 } else { 9 },
-                comm: if pid == 0 { [0; 16] } else { comm },
-                ..EventHeader::default()
-            },
-            sk_addr: sk,
-            netns: 4026531840,
-            old_state: old,
-            new_state: new,
-            _pad: [0; 2],
-            flow: flow(sport),
-        }
+        let task = (pid != 0).then(|| (u64::from(pid) << 32 | u64::from(pid), &b"curl"[..]));
+        super::super::state::raw_record(0, sk, 4026531840, flow(sport), (old, new), task)
     }
 
     fn pid(task: Option<Task>) -> Option<u32> {

@@ -384,24 +384,16 @@ mod tests {
     /// The state family's → FIN_WAIT1 record of the connection `birth` will carry, made by
     /// `pid_tgid` in close() (the TIME_WAIT owner comes from it).
     fn closed_by(birth: &RawTimeWait, pid_tgid: u64, comm: &[u8]) -> twtrace_common::state::StateEvent {
-        let mut header = EventHeader {
-            kind: EventKind::State as u16,
-            version: SCHEMA_VERSION,
-            cpu: 7,
-            ts_ns: birth.header.ts_ns - 1000,
-            pid_tgid,
-            ..EventHeader::default()
-        };
-        header.comm[..comm.len()].copy_from_slice(comm);
-        twtrace_common::state::StateEvent {
-            header,
-            sk_addr: 0xffff_0000 | birth.tw_addr,
-            netns: birth.netns,
-            old_state: twtrace_common::state::tcp_state::ESTABLISHED,
-            new_state: twtrace_common::state::tcp_state::FIN_WAIT1,
-            _pad: [0; 2],
-            flow: birth.flow,
-        }
+        use twtrace_common::state::tcp_state::{ESTABLISHED, FIN_WAIT1};
+        let (ts_ns, sk_addr) = (birth.header.ts_ns - 1000, 0xffff_0000 | birth.tw_addr);
+        super::super::state::raw_record(
+            ts_ns,
+            sk_addr,
+            birth.netns,
+            birth.flow,
+            (ESTABLISHED, FIN_WAIT1),
+            Some((pid_tgid, comm)),
+        )
     }
 
     /// Decodes the state records `closes` (dropping their events), then `records`.
@@ -545,16 +537,8 @@ mod tests {
         let mut out = Vec::new();
         decoder.decode(&record_bytes(&raw(TimerPhase::Start, 0, SEC, 0xa0)), &mut out);
         decoder.decode(&record_bytes(&raw(TimerPhase::Cancel, 1, 2 * SEC, 0xa0)), &mut out);
-        let state = twtrace_common::state::StateEvent {
-            header: EventHeader {
-                kind: EventKind::State as u16,
-                version: SCHEMA_VERSION,
-                cpu: 1,
-                ts_ns: 2 * SEC + 5,
-                ..EventHeader::default()
-            },
-            ..Default::default()
-        };
+        let mut state = super::super::state::raw_record(2 * SEC + 5, 0, 0, Flow::default(), (0, 0), None);
+        state.header.cpu = 1;
         decoder.decode(&record_bytes(&state), &mut out);
         assert!(
             matches!(&out[1], Event::TimeWait(e) if e.change == TimeWaitChange::Death { reason: DeathReason::Killed, lifetime_ns: SEC }),
