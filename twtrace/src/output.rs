@@ -8,7 +8,7 @@ use crate::{
     event::{Event, Process, SearchOp, SocketFlow, TimeWaitChange, errno_name, tcp_state_name},
     filter::Filter,
     kernel::WallClock,
-    source::{Flow, Signals, Source},
+    source::{Signals, Source},
 };
 
 /// `twtrace trace`: prints the stream until Ctrl-C, SIGTERM, `duration` or the end of a
@@ -24,14 +24,7 @@ pub async fn run(source: &mut Source, filter: &Filter, json: bool, duration: Opt
     let mut lost = 0u64;
     let deadline = duration.map(|d| tokio::time::Instant::now() + d);
     loop {
-        let stop = tokio::select! {
-            () = signals.recv() => true,
-            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => true,
-            flow = source.next_batch(&mut batch) => flow == Flow::Ended,
-        };
-        if stop {
-            source.finish(&mut batch);
-        }
+        let stop = source.next_batch_or_stop(&mut batch, &mut signals, deadline).await;
         for event in batch.drain(..).filter(|e| filter.matches(e)) {
             match &event {
                 Event::Lost(l) => lost = l.total,

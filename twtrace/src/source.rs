@@ -140,6 +140,26 @@ impl Source {
         }
     }
 
+    /// For sinks that run to the end (`trace`, `record`): the next batch, or, at a signal,
+    /// at `deadline` or at the end of a recording, everything still pending. Returns whether
+    /// to stop once this batch is handled.
+    pub async fn next_batch_or_stop(
+        &mut self,
+        out: &mut Vec<Event>,
+        signals: &mut Signals,
+        deadline: Option<tokio::time::Instant>,
+    ) -> bool {
+        let stop = tokio::select! {
+            () = signals.recv() => true,
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => true,
+            flow = self.next_batch(out) => flow == Flow::Ended,
+        };
+        if stop {
+            self.finish(out);
+        }
+        stop
+    }
+
     /// Everything still pending (call once before stopping).
     pub fn finish(&mut self, out: &mut Vec<Event>) {
         match self {

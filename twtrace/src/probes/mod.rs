@@ -199,9 +199,10 @@ pub struct FamilyReport {
 impl FamilyReport {
     /// What the running hooks cost beyond the family's own programs, when the user should know.
     pub fn caveat(&self) -> Option<&'static str> {
-        // A syscall tracepoint (any one) sets SYSCALL_WORK_SYSCALL_TRACEPOINT on every task
-        // (kernel/tracepoint.c, syscall_regfunc, unchanged since 3.x): every system call of every
-        // process then takes the traced entry and exit path, not only connect() and bind().
+        // Attaching any syscall tracepoint marks every thread on the host (kernel/tracepoint.c,
+        // syscall_regfunc: TIF_SYSCALL_TRACEPOINT before 5.11, SYSCALL_WORK_SYSCALL_TRACEPOINT
+        // since): every system call of every process then takes the traced entry and exit
+        // path, not only connect() and bind().
         // Measured on 6.18 here: getppid() about 190 → 270 ns (docs/performance.md).
         self.hooks.iter().any(|h| h.starts_with("tracepoint/syscalls/")).then_some(
             "its syscall tracepoints slow every system call on the host a little (each one takes the \

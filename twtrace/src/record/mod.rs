@@ -42,7 +42,7 @@ use crate::{
     event::Event,
     filter::Filter,
     probes::DecodeStats,
-    source::{Flow, Signals, Source, SourceInfo},
+    source::{Signals, Source, SourceInfo},
 };
 
 pub const FILE_MAGIC: &[u8; 8] = b"TWTRACE\0";
@@ -322,14 +322,7 @@ pub async fn run(
     let mut batch = Vec::new();
     let mut lost = 0;
     loop {
-        let stop = tokio::select! {
-            () = signals.recv() => true,
-            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => true,
-            flow = source.next_batch(&mut batch) => flow == Flow::Ended,
-        };
-        if stop {
-            source.finish(&mut batch);
-        }
+        let stop = source.next_batch_or_stop(&mut batch, &mut signals, deadline).await;
         for event in batch.drain(..).filter(|e| filter.matches(e)) {
             if let Event::Lost(l) = &event {
                 lost = l.total;
