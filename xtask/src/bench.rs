@@ -631,7 +631,7 @@ fn table(
         args.threads, args.threads, args.seconds, args.repetitions
     ));
     line(String::new());
-    line("| configuration | conn/s | ratio to untraced | BPF µs/conn | tracer CPU % | tracer peak RSS MiB | events | lost | getppid() ns |".into());
+    line("| configuration | conn/s | ratio to untraced (rounds' range) | BPF µs/conn | tracer CPU % | tracer peak RSS MiB | events | lost | getppid() ns |".into());
     line("|---|---:|---:|---:|---:|---:|---:|---:|---:|".into());
     let mut summary = BTreeMap::new();
     let mut syscalls = BTreeMap::new();
@@ -640,6 +640,12 @@ fn table(
         let med = |f: &dyn Fn(&Run) -> Option<f64>| median(rs.iter().filter_map(f).collect());
         let cps = med(&|r| Some(r.connections_per_s));
         let ratio = median(ratios[&tracer].clone());
+        // The rounds' spread beside the median: single rounds move by ±10 % on this kind of
+        // machine, and the reader should see how far one figure can be trusted.
+        let spread = |v: &[f64]| {
+            let (lo, hi) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+            if v.len() > 1 && tracer != Tracer::Untraced { format!(" ({lo:.2}-{hi:.2})") } else { String::new() }
+        };
         let bpf = med(&|r| r.bpf_ns_per_connection).map(|v| v / 1e3);
         let cpu = med(&|r| r.cpu_percent);
         let rss = med(&|r| r.peak_rss_kib.map(|k| k as f64 / 1024.0));
@@ -648,10 +654,11 @@ fn table(
         let syscall = med(&|r| r.syscall_ns);
         let f = |v: Option<f64>, d: usize| v.map_or("-".into(), |v| format!("{v:.d$}"));
         line(format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {}{} | {} | {} | {} | {} | {} | {} |",
             tracer.label(),
             f(cps, 0),
             f(ratio, 3),
+            spread(&ratios[&tracer]),
             f(bpf, 2),
             f(cpu, 1),
             f(rss, 1),
