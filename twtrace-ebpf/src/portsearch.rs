@@ -10,7 +10,7 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint},
-    maps::{Array, HashMap},
+    maps::Array,
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 use twtrace_common::{
@@ -215,31 +215,40 @@ fn current_netns<R: KernelRead>() -> u32 {
 struct Search {
     start_ns: u64,
     sk: u64,
+    /// The thread in the search; 0: the slot is free.
+    tid: u32,
+    candidates: u32,
     requested_port: u16,
     op: u8,
-    _pad: u8,
-    candidates: u32,
+    _pad: [u8; 5],
 }
 
-/// Port searches under way, by thread id.
+/// Port searches under way, in slot `tid % IN_FLIGHT_SLOTS`: an array, for the reason
+/// `IN_FLIGHT` is one (no bucket lock, allocation, lookup and delete per connect()). A search
+/// does not nest in another on the same thread; two threads sharing a slot and searching at
+/// the same time clash, and the earlier search is counted as lost.
 #[map]
-static SEARCHES: HashMap<u32, Search> = HashMap::with_max_entries(16_384, 0);
+static SEARCHES: Array<Search> = Array::with_max_entries(IN_FLIGHT_SLOTS, 0);
+
+// fentry/fexit arguments are BTF-typed: the socket is read with plain loads, from the
+// argument itself at exit rather than from the pointer saved at entry (which has lost its
+// type). kretprobes have no arguments: they probe-read the saved one.
 
 #[fentry(function = "__inet_hash_connect")]
 pub fn hash_connect_fentry(ctx: FEntryContext) -> u32 {
-    search_begin(SearchOp::Connect, ctx.arg(1), 0);
+    search_begin::<Direct>(SearchOp::Connect, ctx.arg(1), 0);
     0
 }
 
 #[fexit(function = "__inet_hash_connect")]
 pub fn hash_connect_fexit4(ctx: FExitContext) -> u32 {
-    search_end(ctx.arg::<u64>(4) as i32);
+    search_end::<Direct>(Some(ctx.arg(1)), ctx.arg::<u64>(4) as i32);
     0
 }
 
 #[fexit(function = "__inet_hash_connect")]
 pub fn hash_connect_fexit5(ctx: FExitContext) -> u32 {
-    search_end(ctx.arg::<u64>(5) as i32);
+    search_end::<Direct>(Some(ctx.arg(1)), ctx.arg::<u64>(5) as i32);
     0
 }
 
@@ -257,27 +266,27 @@ pub fn check_established6_fentry(_ctx: FEntryContext) -> u32 {
 
 #[fentry(function = "inet_csk_get_port")]
 pub fn get_port_fentry(ctx: FEntryContext) -> u32 {
-    search_begin(SearchOp::Bind, ctx.arg(0), ctx.arg::<u64>(1) as u16);
+    search_begin::<Direct>(SearchOp::Bind, ctx.arg(0), ctx.arg::<u64>(1) as u16);
     0
 }
 
 #[fexit(function = "inet_csk_get_port")]
 pub fn get_port_fexit(ctx: FExitContext) -> u32 {
-    search_end(ctx.arg::<u64>(2) as i32);
+    search_end::<Direct>(Some(ctx.arg(0)), ctx.arg::<u64>(2) as i32);
     0
 }
 
 #[kprobe]
 pub fn hash_connect_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<*const u8>(1) {
-        search_begin(SearchOp::Connect, sk, 0);
+        search_begin::<Probed>(SearchOp::Connect, sk, 0);
     }
     0
 }
 
 #[kretprobe]
 pub fn hash_connect_kretprobe(ctx: RetProbeContext) -> u32 {
-    search_end(ctx.ret::<u64>() as i32);
+    search_end::<Probed>(None, ctx.ret::<u64>() as i32);
     0
 }
 
@@ -290,49 +299,76 @@ pub fn check_established_kprobe(_ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn get_port_kprobe(ctx: ProbeContext) -> u32 {
     if let (Some(sk), Some(port)) = (ctx.arg::<*const u8>(0), ctx.arg::<u64>(1)) {
-        search_begin(SearchOp::Bind, sk, port as u16);
+        search_begin::<Probed>(SearchOp::Bind, sk, port as u16);
     }
     0
 }
 
 #[kretprobe]
 pub fn get_port_kretprobe(ctx: RetProbeContext) -> u32 {
-    search_end(ctx.ret::<u64>() as i32);
+    search_end::<Probed>(None, ctx.ret::<u64>() as i32);
     0
 }
 
 #[inline(always)]
-fn search_begin(op: SearchOp, sk: *const u8, requested_port: u16) {
-    if !netns_wanted(netns_of::<Probed>(sk)) {
+fn search_begin<R: KernelRead>(op: SearchOp, sk: *const u8, requested_port: u16) {
+    if !netns_wanted(netns_of::<R>(sk)) {
         return;
     }
     let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(slot) = SEARCHES.get_ptr_mut(tid % IN_FLIGHT_SLOTS) else { return };
+    // SAFETY: an array slot; the only writers are threads mapping to it, and a clash is
+    // detected by the thread id it holds.
+    let slot = unsafe { &mut *slot };
+    if slot.tid != 0 && slot.tid != tid {
+        count(Counter::Lost);
+    }
     // SAFETY: helper without preconditions.
     let start_ns = unsafe { bpf_ktime_get_ns() };
-    let search = Search { start_ns, sk: sk as u64, requested_port, op: op as u8, _pad: 0, candidates: 0 };
-    let _ = SEARCHES.insert(tid, search, 0);
+    *slot = Search { start_ns, sk: sk as u64, tid, candidates: 0, requested_port, op: op as u8, _pad: [0; 5] };
 }
 
 #[inline(always)]
 fn count_candidate() {
     let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(search) = SEARCHES.get_ptr_mut(tid) {
-        // SAFETY: our own thread's entry; no other writer.
-        unsafe { (*search).candidates += 1 };
+    if let Some(slot) = SEARCHES.get_ptr_mut(tid % IN_FLIGHT_SLOTS) {
+        // SAFETY: as in `search_begin`; only this thread's own search is counted.
+        unsafe {
+            if (*slot).tid == tid {
+                (*slot).candidates += 1;
+            }
+        }
     }
 }
 
+/// `typed_sk`: the socket as the exit hook's own typed argument (fexit), read with `R`;
+/// `None`: the one saved at entry, probe-read (kretprobe).
 #[inline(always)]
-fn search_end(ret: i32) {
+fn search_end<R: KernelRead>(typed_sk: Option<*const u8>, ret: i32) {
     let tid = bpf_get_current_pid_tgid() as u32;
-    // SAFETY: copied out before the remove.
-    let Some(search) = (unsafe { SEARCHES.get(tid) }).copied() else { return };
-    let _ = SEARCHES.remove(tid);
-    let sk = search.sk as *const u8;
+    let Some(slot) = SEARCHES.get_ptr_mut(tid % IN_FLIGHT_SLOTS) else { return };
+    // SAFETY: as in `search_begin`.
+    let slot = unsafe { &mut *slot };
+    // Not ours: filtered out at entry (another namespace), begun before tracing, or a clash.
+    if slot.tid != tid {
+        return;
+    }
+    slot.tid = 0;
+    let search = *slot;
     let Some(mut entry) = reserve::<PortSearchEvent>() else { return };
     // SAFETY: reserved slot, fully written before submit or discarded.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_flow::<Probed>(&mut ev.flow, sk);
+    match typed_sk {
+        Some(sk) => {
+            fill_flow::<R>(&mut ev.flow, sk);
+            ev.netns = netns_of::<R>(sk);
+        }
+        None => {
+            let sk = search.sk as *const u8;
+            fill_flow::<Probed>(&mut ev.flow, sk);
+            ev.netns = netns_of::<Probed>(sk);
+        }
+    }
     if search.op == SearchOp::Bind as u8 && ret != 0 {
         // A failed bind leaves no port in the socket: report the one asked for.
         ev.flow.sport = search.requested_port;
@@ -353,7 +389,6 @@ fn search_end(ret: i32) {
         0
     };
     ev.candidates = search.candidates;
-    ev.netns = netns_of::<Probed>(sk);
     ev.op = search.op;
     ev.approximate = 0;
     ev._pad = [0; 2];

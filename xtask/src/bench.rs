@@ -96,6 +96,8 @@ fn guest_costs(kernel: &str) -> anyhow::Result<BTreeMap<(String, &'static str), 
     let text = String::from_utf8_lossy(&out.stdout);
     let mut costs = BTreeMap::new();
     for line in text.lines().filter_map(|l| l.split("VMPROG ").nth(1)) {
+        // Per program, for the reader who wants more than the family sums.
+        eprintln!("xtask: bench: guest: {line}");
         let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k).map(str::to_owned));
         if let (Some(b), Some(p), Some(ns)) = (field("backend="), field("prog="), field("ns_per_conn=")) {
             *costs.entry((b, family_of(&p))).or_insert(0.0) += ns.parse::<f64>().unwrap_or(0.0);
