@@ -558,7 +558,9 @@ fn pipeline_figures(root: &Path) -> anyhow::Result<Vec<String>> {
         if line.starts_with("pipeline/") {
             name = line.split_whitespace().next().unwrap_or("").to_owned();
         }
-        if let Some(thrpt) = line.trim().strip_prefix("thrpt:") {
+        // Criterion follows with a `change:` block (another `thrpt:` line, in percent)
+        // against whatever run of this machine came before: not a figure of this run.
+        if let Some(thrpt) = line.trim().strip_prefix("thrpt:").filter(|t| !t.contains('%')) {
             lines.push(format!("{name}: {} (low, median, high)", thrpt.trim()));
         }
     }
