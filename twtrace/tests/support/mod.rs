@@ -118,6 +118,21 @@ impl Netns {
             .collect()
     }
 
+    /// [`Self::time_wait_sockets`] once there are at least `expected`, or after 3 s. The last
+    /// FIN of a burst can still be in the softirq backlog when the sockets' owner returns
+    /// (under emulation ksoftirqd takes it later): the TIME_WAIT socket it makes is then not
+    /// in `ss` yet. A socket killed early never comes, and the caller's count then fails.
+    pub fn time_wait_sockets_settled(&self, expected: usize) -> Vec<(SocketAddr, SocketAddr)> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            let sockets = self.time_wait_sockets();
+            if sockets.len() >= expected || std::time::Instant::now() > deadline {
+                return sockets;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// `ss -Htan dst DEST` in this namespace: sockets toward `dest` whose local port is in
     /// `range` (the ephemeral ports connect() used), any state.
     pub fn ports_to(&self, dest: &str, range: (u16, u16)) -> usize {
