@@ -638,7 +638,6 @@ fn table(
     line("| configuration | conn/s | ratio to untraced (rounds' range) | BPF µs/conn | tracer CPU % | tracer peak RSS MiB | events | lost | getppid() ns |".into());
     line("|---|---:|---:|---:|---:|---:|---:|---:|---:|".into());
     let mut summary = BTreeMap::new();
-    let mut syscalls = BTreeMap::new();
     for tracer in Tracer::ALL {
         let rs = &runs[&tracer];
         let med = |f: &dyn Fn(&Run) -> Option<f64>| median(rs.iter().filter_map(f).collect());
@@ -670,13 +669,13 @@ fn table(
             f(lost, 0),
             f(syscall, 0)
         ));
-        summary.insert(tracer, (ratio, bpf, cpu, events, cps));
-        syscalls.insert(tracer, syscall);
+        summary.insert(tracer, (ratio, bpf, cpu, events, syscall));
     }
     line(String::new());
     line("Targets (issue 7):".into());
-    let (ratio_all, bpf_all, cpu_all, events_all, _) = summary[&Tracer::RecordAll];
-    let (_, bpf_twd, _, _, _) = summary[&Tracer::RecordTimeWaitDrops];
+    let (ratio_all, bpf_all, cpu_all, events_all, syscall_all) = summary[&Tracer::RecordAll];
+    let (_, bpf_twd, _, _, syscall_twd) = summary[&Tracer::RecordTimeWaitDrops];
+    let syscall_untraced = summary[&Tracer::Untraced].4;
     if let Some(r) = ratio_all {
         line(format!(
             "- throughput ratio with `twtrace record` at saturating churn ≥ 0.97: {r:.3} ({})",
@@ -690,9 +689,7 @@ fn table(
         line(format!("- BPF run time per connection, all families ≤ 3.0 µs: {b:.2} µs ({})", target(b <= 3.0)));
     }
     // Not a target of the issue: what every other process on the host pays.
-    if let (Some(Some(base)), Some(Some(all)), Some(Some(twd))) =
-        (syscalls.get(&Tracer::Untraced), syscalls.get(&Tracer::RecordAll), syscalls.get(&Tracer::RecordTimeWaitDrops))
-    {
+    if let (Some(base), Some(all), Some(twd)) = (syscall_untraced, syscall_all, syscall_twd) {
         line(format!(
             "- a null system call elsewhere on the host (getppid): {base:.0} ns untraced, {all:.0} ns under `record` \
              with all families (+{:.0} %: the port search's syscall tracepoints), {twd:.0} ns with timewait+drops",
