@@ -203,7 +203,7 @@ impl FamilyReport {
         // syscall_regfunc: TIF_SYSCALL_TRACEPOINT before 5.11, SYSCALL_WORK_SYSCALL_TRACEPOINT
         // since): every system call of every process then takes the traced entry and exit
         // path, not only connect() and bind().
-        // Measured on 6.18 here: getppid() about 190 → 270 ns (docs/performance.md).
+        // Measured on 6.18 here by `cargo xtask bench`: getppid() 183 → 241 ns (docs/performance.md).
         self.hooks.iter().any(|h| h.starts_with("tracepoint/syscalls/")).then_some(
             "its syscall tracepoints slow every system call on the host a little (each one takes the \
              kernel's traced path while twtrace runs); leave the family out with --family if that matters",
