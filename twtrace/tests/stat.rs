@@ -4,9 +4,11 @@
 mod support;
 
 use std::{
+    collections::BTreeSet,
     io::{BufRead, BufReader},
     net::{SocketAddr, TcpListener, TcpStream},
     process::{Command, Stdio},
+    sync::{Arc, Mutex},
 };
 
 use serde_json::Value;
@@ -86,11 +88,14 @@ fn single_destination_port_use_matches_ss_within_two_percent() {
     ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
     let server: SocketAddr = "127.0.0.1:8080".parse().unwrap();
     let listener = ns.run(move || TcpListener::bind(server).unwrap());
+    let used = Arc::new(Mutex::new(BTreeSet::new()));
+    let ports_used = Arc::clone(&used);
     let reports = stat_reports(&ns, None, || {
         ns.run(move || {
             // Non-keep-alive requests, client closes first: client-side TIME_WAIT holds ports.
             for _ in 0..CONNECTIONS {
                 let client = TcpStream::connect(server).unwrap();
+                ports_used.lock().unwrap().insert(client.local_addr().unwrap());
                 let (accepted, _) = listener.accept().unwrap();
                 drop(client);
                 let mut buf = [0u8; 1];
@@ -99,8 +104,18 @@ fn single_destination_port_use_matches_ss_within_two_percent() {
         })
     })
     .unwrap();
-    let in_kernel = ns.ports_to("127.0.0.1:8080", RANGE);
-    assert_eq!(in_kernel, CONNECTIONS, "each request left a client-side TIME_WAIT socket");
+    let used = std::mem::take(&mut *used.lock().unwrap());
+    let in_ss: BTreeSet<SocketAddr> = ns.ports_to_settled("127.0.0.1:8080", RANGE, CONNECTIONS).into_iter().collect();
+    // 399 of 400 once on a 6.1 guest (kprobe backend): the missing ports and the counters say
+    // whether connect() handed a port out twice or a socket died early.
+    assert_eq!(
+        (used.len(), in_ss.len()),
+        (CONNECTIONS, CONNECTIONS),
+        "each request left a client-side TIME_WAIT socket; not in ss: {:?}; counters {:?}",
+        used.difference(&in_ss).collect::<Vec<_>>(),
+        ns.time_wait_counters()
+    );
+    let in_kernel = in_ss.len();
     let last = reports.last().unwrap();
     let dest = last["port_space"]["destinations"]
         .as_array()

@@ -108,7 +108,9 @@ fn natural_expiry_after_sixty_seconds() {
     ns.sysctl("net.ipv4.tcp_fin_timeout", "5");
     let Some(tracer) = support::tracer_for("timewait", &["--netns", &ns.name]) else { return };
     ns.run(|| {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        // A fixed port: an ephemeral one could be one of the client ports below (bind() takes
+        // odd ones, like 45001, seen on a 5.10 guest).
+        let listener = TcpListener::bind("127.0.0.1:8080").unwrap();
         // A distinct client port each: an ephemeral port the kernel happens to hand out twice
         // would meet its own server-side TIME_WAIT socket and kill it (seen once, 6.1 guest).
         for i in 0..COUNT {

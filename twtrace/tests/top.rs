@@ -113,7 +113,7 @@ fn churning_client_utilisation_rises_and_matches_ss() {
     let first = tmux.wait_for("200 ports in use", |s| in_use_on_screen(s, row).is_some_and(|n| n >= 200));
     let _listener = churn(listener, 300);
     let screen = tmux.wait_for("500 ports in use", |s| in_use_on_screen(s, row).is_some_and(|n| n >= 500));
-    let in_kernel = ns.ports_to("127.0.0.1:8080", RANGE);
+    let in_kernel = ns.ports_to("127.0.0.1:8080", RANGE).len();
     let shown = in_use_on_screen(&screen, row).unwrap();
     assert!(
         (shown as f64 - in_kernel as f64).abs() <= 0.02 * in_kernel as f64,
@@ -193,7 +193,7 @@ fn replay_shows_the_recording_to_its_end() {
     let recording = support::Recording::start(&ns, &path);
     let server: SocketAddr = "127.0.0.1:8081".parse().unwrap();
     ns.run(move || support::client_closes_first(&TcpListener::bind(server).unwrap(), CONNECTIONS));
-    let in_kernel = ns.ports_to("127.0.0.1:8081", (1, 65535)) as u64;
+    let in_kernel = ns.ports_to_settled("127.0.0.1:8081", (1, 65535), CONNECTIONS).len() as u64;
     std::thread::sleep(Duration::from_millis(300));
     recording.stop();
 

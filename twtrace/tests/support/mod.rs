@@ -123,31 +123,32 @@ impl Netns {
     /// (under emulation ksoftirqd takes it later): the TIME_WAIT socket it makes is then not
     /// in `ss` yet. A socket killed early never comes, and the caller's count then fails.
     pub fn time_wait_sockets_settled(&self, expected: usize) -> Vec<(SocketAddr, SocketAddr)> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-        loop {
-            let sockets = self.time_wait_sockets();
-            if sockets.len() >= expected || std::time::Instant::now() > deadline {
-                return sockets;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        settled(expected, "TIME_WAIT sockets", || self.time_wait_sockets())
     }
 
-    /// `ss -Htan dst DEST` in this namespace: sockets toward `dest` whose local port is in
-    /// `range` (the ephemeral ports connect() used), any state.
-    pub fn ports_to(&self, dest: &str, range: (u16, u16)) -> usize {
+    /// `ss -Htan dst DEST` in this namespace: the local addresses of sockets toward `dest`
+    /// whose local port is in `range` (the ephemeral ports connect() used), any state.
+    pub fn ports_to(&self, dest: &str, range: (u16, u16)) -> Vec<SocketAddr> {
         let out = output(Command::new("ip").args(["netns", "exec", &self.name, "ss", "-Htan", "dst", dest]));
         assert!(out.status.success(), "ss failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter(|l| {
-                // Without a state filter ss prints: State Recv-Q Send-Q Local Peer.
-                l.split_whitespace()
-                    .nth(3)
-                    .and_then(|a| a.parse::<SocketAddr>().ok())
-                    .is_some_and(|a| (range.0..=range.1).contains(&a.port()))
-            })
-            .count()
+            // Without a state filter ss prints: State Recv-Q Send-Q Local Peer.
+            .filter_map(|l| l.split_whitespace().nth(3)?.parse::<SocketAddr>().ok())
+            .filter(|a| (range.0..=range.1).contains(&a.port()))
+            .collect()
+    }
+
+    /// [`Self::ports_to`] once there are at least `expected`, or after 3 s (see
+    /// [`Self::time_wait_sockets_settled`]).
+    pub fn ports_to_settled(&self, dest: &str, range: (u16, u16), expected: usize) -> Vec<SocketAddr> {
+        settled(expected, "sockets", || self.ports_to(dest, range))
+    }
+
+    /// The namespace's TIME_WAIT counters (TcpExt TW*, *TimeWait*): what a failed socket count
+    /// prints, so that a socket that died early says how.
+    pub fn time_wait_counters(&self) -> std::collections::BTreeMap<String, i64> {
+        self.netstat().into_iter().filter(|(k, _)| k.starts_with("TW") || k.contains("TimeWait")).collect()
     }
 
     pub fn sysctl(&self, key: &str, value: &str) {
@@ -159,6 +160,26 @@ impl Drop for Netns {
     fn drop(&mut self) {
         let _ = output(Command::new("ip").args(["netns", "del", &self.name]));
     }
+}
+
+/// `list()` once it has at least `expected` items, or after 3 s; says so when it had to wait,
+/// so that a count that only holds late does not pass unnoticed.
+fn settled<T>(expected: usize, what: &str, list: impl Fn() -> Vec<T>) -> Vec<T> {
+    let start = Instant::now();
+    for attempt in 1.. {
+        let items = list();
+        if items.len() >= expected {
+            if attempt > 1 {
+                eprintln!("note: ss showed all {expected} {what} only after {:?}", start.elapsed());
+            }
+            return items;
+        }
+        if start.elapsed() > Duration::from_secs(3) {
+            return items;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unreachable!()
 }
 
 fn parse_ss_addr(s: &str) -> Option<SocketAddr> {
