@@ -12,6 +12,10 @@ pub struct Config {
     /// Address of `tw_timer_handler` (from /proc/kallsyms): the timer callback of every
     /// TIME_WAIT socket, used to pick their timers out of all kernel timers.
     pub tw_timer_handler: u64,
+    /// Address of `tcp_write_timer`, the callback of a TCP socket's retransmit timer. Its first
+    /// arm in connect() (`tcp_connect()`, once the SYN is out) ends a port search on the
+    /// tracepoint backend. 0: unknown, that backend's port search is off.
+    pub tcp_write_timer: u64,
     /// Only report sockets in this network namespace (inode number); 0 = all.
     pub netns_filter: u32,
     /// Ring-buffer fill level (bytes) above which a submit wakes userspace up. Below it records
@@ -63,13 +67,11 @@ pub struct Offsets {
     pub skb_dev: u32,
     /// `net_device.nd_net` (a `possible_net_t`).
     pub dev_nd_net: u32,
-    /// `task_struct.nsproxy` and `nsproxy.net_ns`: the current task's network namespace, for
-    /// events seen at system calls (no socket at hand yet).
-    pub task_nsproxy: u32,
-    pub nsproxy_net_ns: u32,
     /// `sock_common.skc_state`: the old state at fentry/kprobe `tcp_set_state`.
     pub skc_state: u32,
-    pub _pad: u32,
+    /// `inet_connection_sock.icsk_retransmit_timer`: where a socket's retransmit timer lies,
+    /// to tell the connecting socket's timer from others with the same callback.
+    pub icsk_retransmit_timer: u32,
 }
 
 impl Offsets {
@@ -94,16 +96,15 @@ impl Offsets {
         skb_transport_header: OFFSET_UNKNOWN,
         skb_dev: OFFSET_UNKNOWN,
         dev_nd_net: OFFSET_UNKNOWN,
-        task_nsproxy: OFFSET_UNKNOWN,
-        nsproxy_net_ns: OFFSET_UNKNOWN,
         skc_state: OFFSET_UNKNOWN,
-        _pad: 0,
+        icsk_retransmit_timer: OFFSET_UNKNOWN,
     };
 }
 
 impl Config {
     pub const DEFAULT: Self = Self {
         tw_timer_handler: 0,
+        tcp_write_timer: 0,
         netns_filter: 0,
         wakeup_bytes: 64 * 1024,
         port_filter: 0,
@@ -115,5 +116,5 @@ impl Config {
 
 // No implicit padding anywhere (aya::Pod): an even number of offsets keeps Config a multiple
 // of 8 bytes.
-const _: () = assert!(core::mem::size_of::<Offsets>() == 24 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 24 + 32 + 24 * 4);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 22 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 32 + 32 + 22 * 4);

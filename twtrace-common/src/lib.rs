@@ -13,6 +13,23 @@ pub mod timewait;
 
 pub use config::Config;
 
+/// On the tracepoint backend some hooks serve several families: the state change serves the
+/// state family and the start of a connect()'s port search, `timer_start` the TIME_WAIT
+/// family and the search's end. One program runs per hook (a second would double the
+/// dispatch cost, which is most of what these hooks cost), and userspace tells it which
+/// families it serves through the `ROLES` map, once it knows which backend each family got.
+pub mod roles {
+    /// Bits of a hook's roles.
+    pub const TIMEWAIT: u32 = 1;
+    pub const PORTSEARCH: u32 = 2;
+    pub const STATE: u32 = 4;
+
+    /// Indices in `ROLES`: `inet_sock_set_state` (tp_btf or raw) and `timer_start`.
+    pub const STATE_CHANGE_HOOK: u32 = 0;
+    pub const TIMER_START_HOOK: u32 = 1;
+    pub const SHARED_HOOKS: u32 = 2;
+}
+
 /// Bumped whenever any record layout changes; userspace refuses records of another version.
 pub const SCHEMA_VERSION: u8 = 2;
 

@@ -1,8 +1,9 @@
 //! Port-search family: how long finding a local port takes and how it ends.
 //!
-//! The tracepoint-only backend sees the connect()/bind() system calls (latency and errno, with
-//! the destination read from the caller's sockaddr): an approximation of the port search, which
-//! is only part of the syscall.
+//! The tracepoint-only backend cannot see the search itself. It times connect()'s from the
+//! socket's move to SYN_SENT (just before the search) to the first arm of its retransmit timer
+//! (just after the SYN is sent), or to its move back to CLOSE when the search failed: an
+//! approximation that also counts sending the SYN. bind() port searches are invisible there.
 
 use crate::{EventHeader, Flow};
 
@@ -36,7 +37,8 @@ pub struct PortSearchEvent {
     pub candidates: u32,
     pub netns: u32,
     pub op: u8,
-    /// 1 when measured around the syscall rather than the port search itself.
+    /// 1 when measured from the state change before the search to the SYN after it (the
+    /// tracepoint backend), not around the search itself.
     pub approximate: u8,
     pub _pad: [u8; 2],
     /// For connect(): destination in `daddr`/`dport`, chosen local port in `sport` (0 if

@@ -12,14 +12,14 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        generated::{
-            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf, bpf_get_smp_processor_id,
-        },
+        generated::{bpf_get_current_cgroup_id, bpf_get_smp_processor_id},
     },
     macros::map,
-    maps::{PerCpuArray, RingBuf, ring_buf::RingBufEntry},
+    maps::{Array, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
-use twtrace_common::{AF_INET, AF_INET6, COUNTER_SLOTS, Config, Counter, EventHeader, EventKind, Flow, SCHEMA_VERSION};
+use twtrace_common::{
+    AF_INET, AF_INET6, COUNTER_SLOTS, Config, Counter, EventHeader, EventKind, Flow, SCHEMA_VERSION, roles,
+};
 
 /// Written by userspace before load; never written here. Read it only through [`config`].
 #[unsafe(no_mangle)]
@@ -28,6 +28,18 @@ static CONFIG: Config = Config::DEFAULT;
 /// Default size; userspace resizes it before load (`--ring-buffer-size`).
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// The families each shared tracepoint hook serves (`roles`), written by userspace after
+/// attaching. 0 until then: the programs report nothing.
+#[map]
+static ROLES: Array<u32> = Array::with_max_entries(roles::SHARED_HOOKS, 0);
+
+/// The roles of shared hook `hook` (a `roles::*_HOOK` index). An array lookup the verifier
+/// inlines: a few instructions, no helper call.
+#[inline(always)]
+fn roles_of(hook: u32) -> u32 {
+    ROLES.get(hook).copied().unwrap_or(0)
+}
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
@@ -160,9 +172,6 @@ pub(crate) trait KernelRead {
     /// or the read faults.
     fn at<T: Copy + Default>(base: *const u8, offset: u32) -> T;
 
-    /// The running task, as a pointer this reader can follow.
-    fn current_task() -> *const u8;
-
     /// Whether plain loads work (the pointer is BTF-typed); otherwise each read is a helper
     /// call, and copying a socket's first bytes at once is cheaper ([`Snapshot`]).
     const PLAIN_LOADS: bool;
@@ -178,12 +187,6 @@ impl KernelRead for Probed {
     #[inline(always)]
     fn at<T: Copy + Default>(base: *const u8, offset: u32) -> T {
         read_at(base, offset)
-    }
-
-    #[inline(always)]
-    fn current_task() -> *const u8 {
-        // SAFETY: helper without preconditions.
-        unsafe { bpf_get_current_task() as *const u8 }
     }
 }
 
@@ -206,13 +209,6 @@ impl KernelRead for Direct {
         }
         // SAFETY: checked by the verifier as described above; faults read as 0.
         unsafe { core::ptr::read_volatile(base.wrapping_add(offset as usize).cast::<T>()) }
-    }
-
-    /// `bpf_get_current_task_btf` (5.11+), typed for the verifier.
-    #[inline(always)]
-    fn current_task() -> *const u8 {
-        // SAFETY: helper without preconditions.
-        unsafe { bpf_get_current_task_btf() as *const u8 }
     }
 }
 

@@ -1,208 +1,42 @@
-//! Port-search family, tracepoint-only backend: connect() and bind() system calls.
+//! Port-search family: how long finding a local port takes, which port, and how it ends.
 //!
-//! Without kprobes or fentry the port search itself (`__inet_hash_connect`,
-//! `inet_csk_get_port`) is invisible; the syscall around it gives its latency and errno
-//! (EADDRNOTAVAIL when the ephemeral range toward a destination is exhausted, EADDRINUSE on
-//! bind). Events are marked approximate. Syscall tracepoint layouts are fixed: `__syscall_nr` at
-//! 8, then one 8-byte slot per argument from 16; `ret` at 16 on exit.
+//! fentry/fexit and kprobe/kretprobe backends hook the search itself: `__inet_hash_connect`
+//! (connect(); `__inet_check_established` once per candidate port) and `inet_csk_get_port`
+//! (bind(), listen()).
+//!
+//! The tracepoint backend has no hook inside the search. It rides on two hooks other families
+//! already run, so that it costs no extra program run per event (kernel facts, 5.10 to 6.18;
+//! `tcp_v4_connect`, `tcp_v6_connect`):
+//! - the socket's move to SYN_SENT, made by connect() right before `inet_hash_connect()`:
+//!   the start (`connect_begun`, from the state hook);
+//! - the first arm of the socket's retransmit timer (`tcp_write_timer`) by `tcp_connect()`,
+//!   right after the SYN is sent: the end of a search that found a port (`retransmit_armed`,
+//!   from the `timer_start` hook);
+//! - the move back to CLOSE (`connect_failed`, from the state hook): the end of a failed
+//!   connect(). Still without a local port, the search itself failed (EADDRNOTAVAIL when the
+//!   range is exhausted).
+//!
+//! Events are marked approximate: the time includes sending the SYN (on loopback, the peer's
+//! handling of it). bind() searches are not seen on that backend: no tracepoint marks them, and
+//! syscall tracepoints would slow every system call on the host.
 
 use aya_ebpf::{
-    EbpfContext,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
-    macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{fentry, fexit, kprobe, kretprobe, map},
     maps::Array,
-    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use twtrace_common::{
-    AF_INET, AF_INET6, Counter, EventKind, Flow,
+    Counter, EventKind,
     portsearch::{PortSearchEvent, SearchOp},
 };
 
 use crate::{
-    Direct, KernelRead, Probed, config, count, fill_flow, header, net_inum, netns_of, netns_wanted, port_wanted,
-    reserve, submit,
+    Direct, KernelRead, Probed, config, count, fill_flow, header, netns_of, netns_wanted, port_wanted, reserve, submit,
 };
 
-#[derive(Clone, Copy)]
-struct InFlight {
-    start_ns: u64,
-    /// The thread in the call; 0: the slot is free.
-    tid: u32,
-    netns: u32,
-    op: u8,
-    _pad: [u8; 7],
-    flow: Flow,
-}
-
-const IN_FLIGHT_SLOTS: u32 = 16_384;
-
-/// connect()/bind() calls under way, in slot `tid % IN_FLIGHT_SLOTS`. An array, not a hash
-/// map: the slot is written in place, without the hash map's bucket lock and element
-/// allocation at entry and its lookup and delete at exit (about 0.3 µs per connect() on 6.18).
-/// Two threads whose ids share a slot and that are inside connect() at the same time clash:
-/// the later call takes the slot and the earlier one goes unmeasured, counted as lost.
-#[map]
-static IN_FLIGHT: Array<InFlight> = Array::with_max_entries(IN_FLIGHT_SLOTS, 0);
-
-// The `_btf` variants find the caller's namespace with plain loads from the BTF-typed current
-// task (5.11+); the others with probe reads.
-
-#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
-pub fn connect_enter_btf(ctx: TracePointContext) -> u32 {
-    on_enter::<Direct>(&ctx, SearchOp::Connect);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_bind")]
-pub fn bind_enter_btf(ctx: TracePointContext) -> u32 {
-    on_enter::<Direct>(&ctx, SearchOp::Bind);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
-pub fn connect_enter(ctx: TracePointContext) -> u32 {
-    on_enter::<Probed>(&ctx, SearchOp::Connect);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
-pub fn connect_exit(ctx: TracePointContext) -> u32 {
-    on_exit(&ctx);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_bind")]
-pub fn bind_enter(ctx: TracePointContext) -> u32 {
-    on_enter::<Probed>(&ctx, SearchOp::Bind);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_bind")]
-pub fn bind_exit(ctx: TracePointContext) -> u32 {
-    on_exit(&ctx);
-    0
-}
-
-#[inline(always)]
-fn on_enter<R: KernelRead>(ctx: &TracePointContext, op: SearchOp) {
-    let sockaddr = record_slot(ctx, 24);
-    let Some(user) = read_sockaddr(sockaddr as *const u8) else { return };
-    let family = user.family;
-    if family != AF_INET && family != AF_INET6 {
-        return;
-    }
-    let netns = current_netns::<R>();
-    if !netns_wanted(netns) {
-        return;
-    }
-    let port = u16::from_be(user.port_be);
-    let mut flow = Flow { family, ..Flow::default() };
-    let mut addr = [0u8; 16];
-    if family == AF_INET {
-        addr[..4].copy_from_slice(&user.v4_addr);
-    } else {
-        addr = user.v6_addr;
-    }
-    if op == SearchOp::Connect {
-        flow.daddr = addr;
-        flow.dport = port;
-    } else {
-        flow.saddr = addr;
-        flow.sport = port;
-    }
-    if !port_wanted(&flow) {
-        return;
-    }
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(slot) = IN_FLIGHT.get_ptr_mut(tid % IN_FLIGHT_SLOTS) else { return };
-    // SAFETY: an array slot; the only writers are threads mapping to it, and a clash is
-    // detected by the thread id it holds.
-    let slot = unsafe { &mut *slot };
-    if slot.tid != 0 && slot.tid != tid {
-        count(Counter::Lost);
-    }
-    // SAFETY: helper without preconditions.
-    let start_ns = unsafe { bpf_ktime_get_ns() };
-    *slot = InFlight { start_ns, tid, netns, op: op as u8, _pad: [0; 7], flow };
-}
-
-/// The start of a `sockaddr_in` or `sockaddr_in6` (without the v6 scope id).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct UserSockaddr {
-    family: u16,
-    port_be: u16,
-    /// `sin_addr`, or `sin6_flowinfo`.
-    v4_addr: [u8; 4],
-    v6_addr: [u8; 16],
-}
-
-/// One user-memory read for the common case (each read is a helper call with its own
-/// uaccess setup); a `sockaddr_in` (16 bytes) at the very end of a mapping makes the long
-/// read fault, and then the short one is taken.
-#[inline(always)]
-fn read_sockaddr(sockaddr: *const u8) -> Option<UserSockaddr> {
-    // SAFETY: user memory read through the helper, which tolerates bad pointers.
-    if let Ok(whole) = unsafe { bpf_probe_read_user(sockaddr.cast::<UserSockaddr>()) } {
-        return Some(whole);
-    }
-    let short: [u16; 4] = unsafe { bpf_probe_read_user(sockaddr.cast()) }.ok()?;
-    let mut v4_addr = [0u8; 4];
-    v4_addr[..2].copy_from_slice(&short[2].to_ne_bytes());
-    v4_addr[2..].copy_from_slice(&short[3].to_ne_bytes());
-    Some(UserSockaddr { family: short[0], port_be: short[1], v4_addr, v6_addr: [0; 16] })
-}
-
-/// An 8-byte slot of the syscall tracepoint's record, read with a plain load: the verifier
-/// checks context reads against the record's size, so no helper call is needed (aya's
-/// `read_at` makes one).
-#[inline(always)]
-fn record_slot(ctx: &TracePointContext, offset: usize) -> u64 {
-    // SAFETY: offsets 16 and 24 lie inside both syscall records (8-byte aligned argument
-    // slots); the verifier rejects the program otherwise.
-    unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(offset).cast::<u64>()) }
-}
-
-#[inline(always)]
-fn on_exit(ctx: &TracePointContext) {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(slot) = IN_FLIGHT.get_ptr_mut(tid % IN_FLIGHT_SLOTS) else { return };
-    // SAFETY: as in `on_enter`.
-    let slot = unsafe { &mut *slot };
-    // Not ours: a call the entry program filtered out (not AF_INET/AF_INET6, another
-    // namespace or port), or one begun before tracing started, or a clash.
-    if slot.tid != tid {
-        return;
-    }
-    slot.tid = 0;
-    let call = *slot;
-    let ret = record_slot(ctx, 16) as i64;
-    let Some(mut entry) = reserve::<PortSearchEvent>() else { return };
-    let header = header(EventKind::PortSearch);
-    entry.write(PortSearchEvent {
-        duration_ns: header.ts_ns.saturating_sub(call.start_ns),
-        header,
-        errno: if ret < 0 { (-ret) as u32 } else { 0 },
-        candidates: 0,
-        netns: call.netns,
-        op: call.op,
-        approximate: 1,
-        _pad: [0; 2],
-        flow: call.flow,
-    });
-    submit(entry);
-}
-
-/// Network namespace of the current task (`current->nsproxy->net_ns->ns.inum`).
-#[inline(always)]
-fn current_netns<R: KernelRead>() -> u32 {
-    let o = &config().offsets;
-    let nsproxy: u64 = R::at(R::current_task(), o.task_nsproxy);
-    if nsproxy == 0 {
-        return 0;
-    }
-    net_inum::<R>(R::at(nsproxy as *const u8, o.nsproxy_net_ns))
-}
+/// EADDRNOTAVAIL: what a connect() gets when no local port is free toward its destination.
+const EADDRNOTAVAIL: i32 = 99;
 
 // fentry/fexit and kprobe/kretprobe backends: the port search itself.
 // connect(): `__inet_hash_connect(death_row, sk, port_offset, [hash_port0,] check_established)`
@@ -220,15 +54,20 @@ struct Search {
     candidates: u32,
     requested_port: u16,
     op: u8,
-    _pad: [u8; 5],
+    /// 1: timed by the tracepoint backend (SYN_SENT to the SYN), see the module comment.
+    approximate: u8,
+    _pad: [u8; 4],
 }
 
-/// Port searches under way, in slot `tid % IN_FLIGHT_SLOTS`: an array, for the reason
-/// `IN_FLIGHT` is one (no bucket lock, allocation, lookup and delete per connect()). A search
-/// does not nest in another on the same thread; two threads sharing a slot and searching at
-/// the same time clash, and the earlier search is counted as lost.
+const SEARCH_SLOTS: u32 = 16_384;
+
+/// Port searches under way, in slot `tid % SEARCH_SLOTS`. An array, not a hash map: the slot is
+/// written in place, without the hash map's bucket lock and element allocation at the start
+/// and its lookup and delete at the end (about 0.3 µs per connect() on 6.18). A search does
+/// not nest in another on the same thread; two threads sharing a slot and searching at the
+/// same time clash, and the earlier search is counted as lost.
 #[map]
-static SEARCHES: Array<Search> = Array::with_max_entries(IN_FLIGHT_SLOTS, 0);
+static SEARCHES: Array<Search> = Array::with_max_entries(SEARCH_SLOTS, 0);
 
 // fentry/fexit arguments are BTF-typed: the socket is read with plain loads, from the
 // argument itself at exit rather than from the pointer saved at entry (which has lost its
@@ -312,11 +151,16 @@ pub fn get_port_kretprobe(ctx: RetProbeContext) -> u32 {
 
 #[inline(always)]
 fn search_begin<R: KernelRead>(op: SearchOp, sk: *const u8, requested_port: u16) {
-    if !netns_wanted(netns_of::<R>(sk)) {
-        return;
+    if netns_wanted(netns_of::<R>(sk)) {
+        claim_slot(op, sk, requested_port, 0);
     }
+}
+
+/// Starts timing a search by this thread on `sk`.
+#[inline(always)]
+fn claim_slot(op: SearchOp, sk: *const u8, requested_port: u16, approximate: u8) {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(slot) = SEARCHES.get_ptr_mut(tid % IN_FLIGHT_SLOTS) else { return };
+    let Some(slot) = SEARCHES.get_ptr_mut(tid % SEARCH_SLOTS) else { return };
     // SAFETY: an array slot; the only writers are threads mapping to it, and a clash is
     // detected by the thread id it holds.
     let slot = unsafe { &mut *slot };
@@ -325,14 +169,31 @@ fn search_begin<R: KernelRead>(op: SearchOp, sk: *const u8, requested_port: u16)
     }
     // SAFETY: helper without preconditions.
     let start_ns = unsafe { bpf_ktime_get_ns() };
-    *slot = Search { start_ns, sk: sk as u64, tid, candidates: 0, requested_port, op: op as u8, _pad: [0; 5] };
+    *slot =
+        Search { start_ns, sk: sk as u64, tid, candidates: 0, requested_port, op: op as u8, approximate, _pad: [0; 4] };
+}
+
+/// This thread's search, taken out of its slot: `None` if the slot holds none of this
+/// thread's (filtered out at the start, begun before tracing, or a clash), or, with `only_sk`,
+/// a search on another socket.
+#[inline(always)]
+fn take_slot(only_sk: Option<u64>) -> Option<Search> {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let slot = SEARCHES.get_ptr_mut(tid % SEARCH_SLOTS)?;
+    // SAFETY: as in `claim_slot`.
+    let slot = unsafe { &mut *slot };
+    if slot.tid != tid || only_sk.is_some_and(|sk| sk != slot.sk) {
+        return None;
+    }
+    slot.tid = 0;
+    Some(*slot)
 }
 
 #[inline(always)]
 fn count_candidate() {
     let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(slot) = SEARCHES.get_ptr_mut(tid % IN_FLIGHT_SLOTS) {
-        // SAFETY: as in `search_begin`; only this thread's own search is counted.
+    if let Some(slot) = SEARCHES.get_ptr_mut(tid % SEARCH_SLOTS) {
+        // SAFETY: as in `claim_slot`; only this thread's own search is counted.
         unsafe {
             if (*slot).tid == tid {
                 (*slot).candidates += 1;
@@ -345,16 +206,42 @@ fn count_candidate() {
 /// `None`: the one saved at entry, probe-read (kretprobe).
 #[inline(always)]
 fn search_end<R: KernelRead>(typed_sk: Option<*const u8>, ret: i32) {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(slot) = SEARCHES.get_ptr_mut(tid % IN_FLIGHT_SLOTS) else { return };
-    // SAFETY: as in `search_begin`.
-    let slot = unsafe { &mut *slot };
-    // Not ours: filtered out at entry (another namespace), begun before tracing, or a clash.
-    if slot.tid != tid {
-        return;
+    if let Some(search) = take_slot(None) {
+        report::<R>(&search, typed_sk, ret);
     }
-    slot.tid = 0;
-    let search = *slot;
+}
+
+// Tracepoint backend (see the module comment), called from the shared hooks.
+
+/// `sk` moved to SYN_SENT in connect(): its port search starts. The caller checked the
+/// namespace filter.
+#[inline(always)]
+pub(crate) fn connect_begun(sk: *const u8) {
+    claim_slot(SearchOp::Connect, sk, 0, 1);
+}
+
+/// A `tcp_write_timer` timer was armed: if it is the retransmit timer of the socket this
+/// thread is connecting, the SYN is out and the search found a port.
+#[inline(always)]
+pub(crate) fn retransmit_armed(timer: *const u8) {
+    let sk = timer as u64 - u64::from(config().offsets.icsk_retransmit_timer);
+    if let Some(search) = take_slot(Some(sk)) {
+        report::<Probed>(&search, None, 0);
+    }
+}
+
+/// `sk`, connecting on this thread, went from SYN_SENT back to CLOSE before its SYN: the
+/// connect() failed. Without a local port (`sport`), in the search.
+#[inline(always)]
+pub(crate) fn connect_failed<R: KernelRead>(sk: *const u8, sport: u16) {
+    if let Some(search) = take_slot(Some(sk as u64)) {
+        report::<R>(&search, Some(sk), if sport == 0 { -EADDRNOTAVAIL } else { 0 });
+    }
+}
+
+/// Reports a finished search; `typed_sk` as in [`search_end`].
+#[inline(always)]
+fn report<R: KernelRead>(search: &Search, typed_sk: Option<*const u8>, ret: i32) {
     let Some(mut entry) = reserve::<PortSearchEvent>() else { return };
     // SAFETY: reserved slot, fully written before submit or discarded.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
@@ -390,7 +277,7 @@ fn search_end<R: KernelRead>(typed_sk: Option<*const u8>, ret: i32) {
     };
     ev.candidates = search.candidates;
     ev.op = search.op;
-    ev.approximate = 0;
+    ev.approximate = search.approximate;
     ev._pad = [0; 2];
     submit(entry);
 }

@@ -11,7 +11,9 @@
 //!   (later arguments changed in 5.x), so raw tracepoints read only `args[0]`.
 //!
 //! `timer_start`/`timer_cancel` fire for every kernel timer (about 16 per loopback connection):
-//! the callback comparison is the first thing each program does.
+//! the callback comparison is the first thing each program does. On the tracepoint backend
+//! `timer_start` also ends connect()'s port searches (`portsearch`, the first arm of a TCP
+//! retransmit timer), for whichever of the two families userspace gave it (`roles`).
 
 use aya_ebpf::{
     helpers::bpf_jiffies64,
@@ -19,13 +21,13 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext},
 };
 use twtrace_common::{
-    EventKind, Flow,
+    EventKind, Flow, roles,
     timewait::{TimeWaitEvent, TimerPhase},
 };
 
 use crate::{
     Direct, Fields, KernelRead, Probed, Snapshot, Typed, config, fill_flow_from, light_header, netns_in, netns_wanted,
-    note_birth, port_wanted, reserve, submit,
+    note_birth, port_wanted, portsearch, reserve, roles_of, submit,
 };
 
 // Two variants of the tracepoint backend: tp_btf (5.5+, needs BTF) filters with plain loads
@@ -168,12 +170,23 @@ fn on_schedule<R: KernelRead>(tw: *const u8, timeo: i32, rearm: bool) {
 }
 
 /// `R` reads the timer itself; the TIME_WAIT socket around it is always probe-read (its
-/// address is computed, not typed).
+/// address is computed, not typed). Only `timer_start` is shared with the port search: the
+/// cancel and expiry hooks serve the TIME_WAIT family alone.
 #[inline(always)]
 fn on_timer<R: KernelRead>(timer: *const u8, phase: TimerPhase) {
     let cfg = config();
     let function: u64 = R::at(timer, cfg.offsets.timer_function);
-    if function != cfg.tw_timer_handler || function == 0 {
+    if function == 0 {
+        return;
+    }
+    let shared = phase == TimerPhase::Start;
+    if function == cfg.tcp_write_timer {
+        if shared && roles_of(roles::TIMER_START_HOOK) & roles::PORTSEARCH != 0 {
+            portsearch::retransmit_armed(timer);
+        }
+        return;
+    }
+    if function != cfg.tw_timer_handler || (shared && roles_of(roles::TIMER_START_HOOK) & roles::TIMEWAIT == 0) {
         return;
     }
     // The socket starts before the typed timer pointer, where the verifier allows no plain

@@ -264,7 +264,7 @@ pub fn event_text(event: &Event, clock: WallClock) -> String {
                 (SearchOp::Connect, Some(local)) => format!(" from port {}", local.port()),
                 _ => String::new(),
             };
-            let approx = if e.approximate { " (syscall time)" } else { "" };
+            let approx = if e.approximate { " (approximate)" } else { "" };
             let candidates = e.candidates.map(|c| format!(" {c} candidates")).unwrap_or_default();
             (
                 e.ts_ns,

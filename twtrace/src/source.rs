@@ -74,11 +74,6 @@ impl Source {
     /// (sock_diag), which the views and recordings need and `trace` does not.
     pub fn live(options: &Options, with_sockets: bool) -> anyhow::Result<Self> {
         let probes = LiveProbes::load(options).context("cannot start tracing")?;
-        for report in &probes.reports {
-            if let Some(caveat) = report.caveat() {
-                log::warn!("{}: {caveat}", report.family);
-            }
-        }
         let path = options.netns_path.as_deref();
         if with_sockets && options.netns.is_some() && path.is_none() {
             anyhow::bail!("--netns given as an inode: the views need the namespace's name or path to read its sockets");

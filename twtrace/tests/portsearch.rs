@@ -21,6 +21,11 @@ fn exhausted_range_failures_are_attributed_to_process_and_destination() {
     let ns = Netns::new("exhaust");
     ns.sysctl("net.ipv4.ip_local_port_range", &format!("{} {}", RANGE.0, RANGE.1));
     let Some(tracer) = support::tracer_for("portsearch", &["--netns", &ns.name]) else { return };
+    // The family alone: on the tracepoint backend its hooks are the state and TIME_WAIT
+    // families' programs, which must then report nothing of their own.
+    let Some(alone) = support::tracer_for("portsearch", &["--netns", &ns.name, "--family", "portsearch"]) else {
+        return;
+    };
     let (server, connected, failures) = ns.run(|| {
         let listener = TcpListener::bind("127.0.0.1:5000").unwrap();
         let server = listener.local_addr().unwrap();
@@ -51,8 +56,19 @@ fn exhausted_range_failures_are_attributed_to_process_and_destination() {
     tracer.wait_for("port_search", Duration::from_secs(10), |e| {
         e.iter().filter(|v| v["op"] == "connect").count() >= expected_events
     });
+    alone.wait_for("port_search", Duration::from_secs(10), |e| e.len() >= expected_events);
     let approximate = tracer.ready_line.contains("portsearch: tracepoint");
     let lines = tracer.stop();
+    std::thread::sleep(Duration::from_millis(200));
+    let alone = alone.stop();
+    let kinds = |lines: &[serde_json::Value]| -> std::collections::BTreeMap<String, usize> {
+        let mut kinds = std::collections::BTreeMap::new();
+        for v in lines.iter().filter(|v| !matches!(v["event"].as_str(), Some("netstat" | "summary"))) {
+            *kinds.entry(v["event"].as_str().unwrap_or("?").to_owned()).or_insert(0) += 1;
+        }
+        kinds
+    };
+    assert_eq!(kinds(&alone), [("port_search".to_owned(), expected_events)].into(), "--family portsearch alone");
     let connects: Vec<_> = lines.iter().filter(|v| v["event"] == "port_search" && v["op"] == "connect").collect();
     let failed: Vec<_> = connects.iter().filter(|v| v["errno"] != 0).collect();
     assert_eq!(connects.len(), expected_events, "one event per connect()");
@@ -62,19 +78,23 @@ fn exhausted_range_failures_are_attributed_to_process_and_destination() {
         assert_eq!(f["pid"], std::process::id(), "{f}");
         assert_eq!(f["comm"], NETNS_THREAD, "{f}");
         assert_eq!(support::addr(f, "remote"), server, "{f}");
-        assert_eq!(f["approximate"], approximate, "only the tracepoint backend times the syscall instead");
+        assert_eq!(f["approximate"], approximate, "only the tracepoint backend times from SYN_SENT to the SYN");
+        // No port was kept.
+        assert_eq!(support::addr(f, "local").port(), 0, "{f}");
         if !approximate {
-            // fentry/kprobe see the search: every port of the range was tried and none kept.
+            // fentry/kprobe see the search: every port of the range was tried.
             assert_eq!(f["candidates"], u64::from(RANGE.1 - RANGE.0 + 1), "{f}");
-            assert_eq!(support::addr(f, "local").port(), 0, "{f}");
         }
     }
-    if !approximate {
-        for ok in connects.iter().filter(|v| v["errno"] == 0) {
-            let port = support::addr(ok, "local").port();
-            assert!((RANGE.0..=RANGE.1).contains(&port), "chosen port {port} is in the range: {ok}");
-        }
+    let mut chosen = std::collections::BTreeSet::new();
+    for ok in connects.iter().filter(|v| v["errno"] == 0) {
+        assert_eq!(ok["pid"], std::process::id(), "{ok}");
+        assert_eq!(support::addr(ok, "remote"), server, "{ok}");
+        let port = support::addr(ok, "local").port();
+        assert!((RANGE.0..=RANGE.1).contains(&port), "chosen port {port} is in the range: {ok}");
+        chosen.insert(port);
     }
+    assert_eq!(chosen.len(), connected, "each connect() that got a port got its own");
     // The tracepoint-only fingerprint: SYN_SENT -> CLOSE before a local port was chosen.
     let portless: Vec<_> = lines
         .iter()

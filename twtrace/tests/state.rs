@@ -47,6 +47,10 @@ fn client_socket_transitions_in_order_with_owner() {
     assert_eq!(addr(births[0], "local"), client_addr);
     assert_eq!(births[0]["owner_pid"], std::process::id(), "{:?}", births[0]);
 
+    // Every family: the two connect()s' port searches; the state family alone: none (on the
+    // tracepoint backend one program serves both families).
+    let searches = |lines: &[serde_json::Value]| lines.iter().filter(|v| v["event"] == "port_search").count();
+    assert_eq!((searches(&runs[0]), searches(&runs[1])), (2, 0));
     for (lines, last) in [(&runs[0], None), (&runs[1], Some(("FIN_WAIT2", "CLOSE")))] {
         check_transitions(lines, client_addr, server, last);
     }

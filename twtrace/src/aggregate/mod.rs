@@ -80,7 +80,8 @@ struct DestinationStats {
 }
 
 /// connect() port searches toward one remote endpoint. Kept per remote, not per destination:
-/// the tracepoint-only backend times the syscall before any local address is chosen.
+/// a failed search has no local address, and recordings made before 2026-11-24 timed the
+/// tracepoint backend's searches around the syscall, without one.
 #[derive(Default)]
 struct SearchStats {
     search_ns: Histogram,

@@ -19,7 +19,7 @@ use aya::{
 };
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
-use twtrace_common::{Config, Counter, EventHeader, EventKind, SCHEMA_VERSION, config::OFFSET_UNKNOWN};
+use twtrace_common::{Config, Counter, EventHeader, EventKind, SCHEMA_VERSION, config::OFFSET_UNKNOWN, roles};
 
 use crate::{event::Event, kernel};
 
@@ -58,6 +58,18 @@ pub enum Family {
     Drops,
 }
 
+impl Family {
+    /// Its bit in the roles of a shared hook (`twtrace_common::roles`).
+    fn role(self) -> u32 {
+        match self {
+            Self::TimeWait => roles::TIMEWAIT,
+            Self::PortSearch => roles::PORTSEARCH,
+            Self::State => roles::STATE,
+            Self::Drops => 0,
+        }
+    }
+}
+
 impl fmt::Display for Family {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -72,10 +84,10 @@ impl fmt::Display for Family {
 /// Every family with its backend table (built from the running kernel's BTF), in the order
 /// they are attached and reported. Within a table: fentry, kprobe, tracepoint, and where a
 /// backend has variants for different kernels, the newest first.
-fn families(btf: &kernel::btf::Btf) -> Vec<(Family, Vec<BackendPlan>)> {
+fn families(btf: &kernel::btf::Btf, config: &Config) -> Vec<(Family, Vec<BackendPlan>)> {
     vec![
         (Family::TimeWait, timewait::backends()),
-        (Family::PortSearch, portsearch::backends(btf)),
+        (Family::PortSearch, portsearch::backends(btf, config)),
         (Family::State, state::backends()),
         (Family::Drops, drops::backends()),
     ]
@@ -115,6 +127,27 @@ pub enum Hook {
 }
 
 impl Hook {
+    fn program(&self) -> &'static str {
+        match *self {
+            Hook::BtfTracepoint { program, .. }
+            | Hook::RawTracepoint { program, .. }
+            | Hook::Tracepoint { program, .. }
+            | Hook::Fentry { program, .. }
+            | Hook::Fexit { program, .. }
+            | Hook::Kprobe { program, .. } => program,
+        }
+    }
+
+    /// The shared hook (`roles::*_HOOK`) this hook's program serves, if it serves several
+    /// families: both variants of a tracepoint map to the same one.
+    fn shared(&self) -> Option<u32> {
+        match self.program() {
+            "tcp_state_change_btf" | "tcp_state_change" => Some(roles::STATE_CHANGE_HOOK),
+            "tw_timer_start_btf" | "tw_timer_start" => Some(roles::TIMER_START_HOOK),
+            _ => None,
+        }
+    }
+
     /// `kind/target`, as `bpftool` and libbpf name program sections.
     pub fn label(&self) -> String {
         match *self {
@@ -196,21 +229,6 @@ pub struct FamilyReport {
     pub attempts: Vec<Attempt>,
 }
 
-impl FamilyReport {
-    /// What the running hooks cost beyond the family's own programs, when the user should know.
-    pub fn caveat(&self) -> Option<&'static str> {
-        // Attaching any syscall tracepoint marks every thread on the host (kernel/tracepoint.c,
-        // syscall_regfunc: TIF_SYSCALL_TRACEPOINT before 5.11, SYSCALL_WORK_SYSCALL_TRACEPOINT
-        // since): every system call of every process then takes the traced entry and exit
-        // path, not only connect() and bind().
-        // Measured on 6.18 here by `cargo xtask bench`: getppid() 183 → 241 ns (docs/performance.md).
-        self.hooks.iter().any(|h| h.starts_with("tracepoint/syscalls/")).then_some(
-            "its syscall tracepoints slow every system call on the host a little (each one takes the \
-             kernel's traced path while twtrace runs); leave the family out with --family if that matters",
-        )
-    }
-}
-
 impl fmt::Display for FamilyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.running {
@@ -218,9 +236,6 @@ impl fmt::Display for FamilyReport {
             Some(b) => write!(f, "{}: {b} ({})", self.family, self.hooks.join(", "))?,
             None if self.attempts.is_empty() => write!(f, "{}: off (not selected with --family)", self.family)?,
             None => write!(f, "{}: NOT RUNNING", self.family)?,
-        }
-        if let Some(caveat) = self.caveat() {
-            write!(f, "\n    note: {caveat}")?;
         }
         // A variant of the backend that runs (for another kernel version) failing is expected:
         // only backends that do not run are explained. `--json` keeps every attempt.
@@ -314,6 +329,7 @@ impl LiveProbes {
         config.port_filter = options.port.unwrap_or(0);
         configure_sockets(&btf, &mut config);
         timewait::configure(&btf, &mut config)?;
+        portsearch::configure(&btf, &mut config);
         let drop_reasons = drops::reason_names(&btf);
         if drops::configure(&drop_reasons, &mut config) == 0 {
             log::warn!("this kernel names no PAWS drop reasons (kfree_skb reasons need 5.17+)");
@@ -326,19 +342,21 @@ impl LiveProbes {
 
         // aya's own BTF handle, for fentry/fexit attach targets.
         let aya_btf = aya::Btf::from_sys_fs().ok();
-        let reports: Vec<FamilyReport> = families(&btf)
+        let mut shared = SharedHooks::default();
+        let reports: Vec<FamilyReport> = families(&btf, &config)
             .into_iter()
             .map(|(family, plans)| {
                 if !options.selects(family) {
                     return FamilyReport { family, running: None, hooks: Vec::new(), attempts: Vec::new() };
                 }
-                attach_family(&mut ebpf, aya_btf.as_ref(), family, &plans, options.backend)
+                attach_family(&mut ebpf, aya_btf.as_ref(), family, &plans, options.backend, &mut shared)
             })
             .collect();
         if reports.iter().all(|r| r.running.is_none()) {
             let why = reports.iter().map(|r| format!("  {r}")).collect::<Vec<_>>().join("\n");
             return Err(LoadError::NothingAttached(why));
         }
+        shared.publish(&mut ebpf)?;
 
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(LoadError::MissingMap("EVENTS"))?)
             .map_err(|e| LoadError::Map("EVENTS", e))?;
@@ -512,12 +530,34 @@ fn netstat_sampler(options: &Options) -> Option<kernel::netstat::Sampler> {
     Sampler::new(source).map_err(|e| log::warn!("no TCP counters: {e}")).ok()
 }
 
+/// The programs on hooks that serve several families, and which families each serves.
+#[derive(Default)]
+struct SharedHooks {
+    /// Indexed by `roles::*_HOOK`: the program attached there, by whichever family came first.
+    programs: [Option<&'static str>; roles::SHARED_HOOKS as usize],
+    roles: [u32; roles::SHARED_HOOKS as usize],
+}
+
+impl SharedHooks {
+    /// Gives the programs their roles. Until then they report nothing.
+    fn publish(&self, ebpf: &mut Ebpf) -> Result<(), LoadError> {
+        let map = ebpf.map_mut("ROLES").ok_or(LoadError::MissingMap("ROLES"))?;
+        let mut array: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(map).map_err(|e| LoadError::Map("ROLES", e))?;
+        for (hook, roles) in self.roles.iter().enumerate() {
+            array.set(hook as u32, roles, 0).map_err(|e| LoadError::Map("ROLES", e))?;
+        }
+        Ok(())
+    }
+}
+
 fn attach_family(
     ebpf: &mut Ebpf,
     btf: Option<&aya::Btf>,
     family: Family,
     plans: &[BackendPlan],
     forced: Option<Backend>,
+    shared: &mut SharedHooks,
 ) -> FamilyReport {
     let mut report = FamilyReport { family, running: None, hooks: Vec::new(), attempts: Vec::new() };
     for plan in plans {
@@ -531,12 +571,17 @@ fn attach_family(
             Ok(_) if plan.btf_reads && no_btf_reads() => {
                 Err("the variant with BTF reads is skipped (TWTRACE_NO_BTF_READS is set)".into())
             }
-            Ok(hooks) => attach_hooks(ebpf, btf, hooks),
+            Ok(hooks) => attach_hooks(ebpf, btf, hooks, shared),
         };
         let ok = result.is_ok();
         report.attempts.push(Attempt { backend: plan.backend, error: result.err() });
         if ok {
             report.running = Some(plan.backend);
+            for hook in plan.hooks.iter().flatten() {
+                if let Some(index) = hook.shared() {
+                    shared.roles[index as usize] |= family.role();
+                }
+            }
             report.hooks = plan.hooks.iter().flatten().map(Hook::label).collect();
             if plan.btf_reads {
                 report.hooks.push("BTF reads".into());
@@ -558,14 +603,33 @@ fn no_btf_reads() -> bool {
 
 /// Attaches every hook of one backend, or none: on failure the ones already attached are
 /// unloaded again so the next backend starts clean.
-fn attach_hooks(ebpf: &mut Ebpf, btf: Option<&aya::Btf>, hooks: &[Hook]) -> Result<(), String> {
-    for (i, hook) in hooks.iter().enumerate() {
+/// Attaches `hooks`, or none of them. A shared hook that already has a program (another
+/// family's, either variant) keeps it: one program serves both, as `roles` says.
+fn attach_hooks(
+    ebpf: &mut Ebpf,
+    btf: Option<&aya::Btf>,
+    hooks: &[Hook],
+    shared: &mut SharedHooks,
+) -> Result<(), String> {
+    let mut attached: Vec<&Hook> = Vec::new();
+    for hook in hooks {
+        let index = hook.shared();
+        if index.is_some_and(|i| shared.programs[i as usize].is_some()) {
+            continue;
+        }
         if let Err(e) = attach_hook(ebpf, btf, hook) {
-            for attached in &hooks[..i] {
-                unload_hook(ebpf, attached);
+            for done in attached {
+                unload_hook(ebpf, done);
+                if let Some(i) = done.shared() {
+                    shared.programs[i as usize] = None;
+                }
             }
             return Err(e);
         }
+        if let Some(i) = index {
+            shared.programs[i as usize] = Some(hook.program());
+        }
+        attached.push(hook);
     }
     Ok(())
 }
@@ -662,8 +726,6 @@ fn configure_sockets(btf: &kernel::btf::Btf, config: &mut Config) {
     o.skb_transport_header = optional_offset(btf, "sk_buff", "transport_header");
     o.skb_dev = optional_offset(btf, "sk_buff", "dev");
     o.dev_nd_net = optional_offset(btf, "net_device", "nd_net");
-    o.task_nsproxy = optional_offset(btf, "task_struct", "nsproxy");
-    o.nsproxy_net_ns = optional_offset(btf, "nsproxy", "net_ns");
     o.skc_state = optional_offset(btf, "sock_common", "skc_state");
 }
 

@@ -7,23 +7,31 @@ use twtrace_common::{
     portsearch::{PortSearchEvent as RawSearch, SearchOp as RawOp},
 };
 
+use twtrace_common::{Config, config::OFFSET_UNKNOWN};
+
 use super::{Backend, BackendPlan, Hook};
 use crate::event::{Event, PortSearchEvent, Process, SearchOp};
-use crate::kernel::btf::Btf;
+use crate::kernel::{btf::Btf, kallsyms};
 
-/// 5.11+: the caller's namespace through the BTF-typed current task, without probe reads.
+/// What the tracepoint backend needs to know a connecting socket's retransmit timer; left
+/// unset (and that backend unavailable) where the kernel lacks either.
+pub fn configure(btf: &Btf, config: &mut Config) {
+    config.offsets.icsk_retransmit_timer =
+        btf.member_offset("inet_connection_sock", "icsk_retransmit_timer").unwrap_or(OFFSET_UNKNOWN);
+    config.tcp_write_timer = kallsyms::lookup(&["tcp_write_timer"]).map(|a| a[0]).unwrap_or(0);
+}
+
+/// The tracepoint backend rides on the state family's and the TIME_WAIT family's tracepoints
+/// (see twtrace-ebpf/src/portsearch.rs): when those families run on that backend too, the
+/// same programs serve all three, at no extra program run.
 const TRACEPOINT_BTF_HOOKS: &[Hook] = &[
-    Hook::Tracepoint { program: "connect_enter_btf", category: "syscalls", name: "sys_enter_connect" },
-    Hook::Tracepoint { program: "connect_exit", category: "syscalls", name: "sys_exit_connect" },
-    Hook::Tracepoint { program: "bind_enter_btf", category: "syscalls", name: "sys_enter_bind" },
-    Hook::Tracepoint { program: "bind_exit", category: "syscalls", name: "sys_exit_bind" },
+    Hook::BtfTracepoint { program: "tcp_state_change_btf", tracepoint: "inet_sock_set_state" },
+    Hook::BtfTracepoint { program: "tw_timer_start_btf", tracepoint: "timer_start" },
 ];
 
 const TRACEPOINT_HOOKS: &[Hook] = &[
-    Hook::Tracepoint { program: "connect_enter", category: "syscalls", name: "sys_enter_connect" },
-    Hook::Tracepoint { program: "connect_exit", category: "syscalls", name: "sys_exit_connect" },
-    Hook::Tracepoint { program: "bind_enter", category: "syscalls", name: "sys_enter_bind" },
-    Hook::Tracepoint { program: "bind_exit", category: "syscalls", name: "sys_exit_bind" },
+    Hook::RawTracepoint { program: "tcp_state_change", tracepoint: "inet_sock_set_state" },
+    Hook::RawTracepoint { program: "tw_timer_start", tracepoint: "timer_start" },
 ];
 
 const KPROBE_HOOKS: &[Hook] = &[
@@ -36,7 +44,7 @@ const KPROBE_HOOKS: &[Hook] = &[
 
 /// fexit reads the return value after the last argument, so the program must match the
 /// running kernel's `__inet_hash_connect` arity (4 until 2025, then 5 with `hash_port0`).
-pub fn backends(btf: &Btf) -> Vec<BackendPlan> {
+pub fn backends(btf: &Btf, config: &Config) -> Vec<BackendPlan> {
     let fentry = match btf.func_params("__inet_hash_connect") {
         Some(arity @ (4 | 5)) => {
             let exit = if arity == 4 { "hash_connect_fexit4" } else { "hash_connect_fexit5" };
@@ -59,12 +67,18 @@ pub fn backends(btf: &Btf) -> Vec<BackendPlan> {
         ),
         None => BackendPlan::unavailable(Backend::Fentry, "the kernel's BTF does not describe __inet_hash_connect"),
     };
-    vec![
-        fentry,
-        BackendPlan::new(Backend::Kprobe, KPROBE_HOOKS),
-        BackendPlan::with_btf_reads(Backend::Tracepoint, TRACEPOINT_BTF_HOOKS),
-        BackendPlan::new(Backend::Tracepoint, TRACEPOINT_HOOKS),
-    ]
+    let mut plans = vec![fentry, BackendPlan::new(Backend::Kprobe, KPROBE_HOOKS)];
+    if config.tcp_write_timer == 0 || config.offsets.icsk_retransmit_timer == OFFSET_UNKNOWN {
+        plans.push(BackendPlan::unavailable(
+            Backend::Tracepoint,
+            "tcp_write_timer (kallsyms) or inet_connection_sock.icsk_retransmit_timer (BTF) not found: \
+             the end of a search cannot be recognised",
+        ));
+    } else {
+        plans.push(BackendPlan::with_btf_reads(Backend::Tracepoint, TRACEPOINT_BTF_HOOKS));
+        plans.push(BackendPlan::new(Backend::Tracepoint, TRACEPOINT_HOOKS));
+    }
+    plans
 }
 
 pub fn decode(raw: &RawSearch) -> Option<Event> {
@@ -81,12 +95,11 @@ pub fn decode(raw: &RawSearch) -> Option<Event> {
         }
     };
     let local = ip(f.saddr).map(|a| SocketAddr::new(a, f.sport));
-    let remote = ip(f.daddr).map(|a| SocketAddr::new(a, f.dport));
-    let approximate = raw.approximate != 0;
-    let (remote, local) = match op {
-        SearchOp::Connect => (remote, if approximate { None } else { local }),
-        SearchOp::Bind => (None, local),
+    let remote = match op {
+        SearchOp::Connect => ip(f.daddr).map(|a| SocketAddr::new(a, f.dport)),
+        SearchOp::Bind => None,
     };
+    let approximate = raw.approximate != 0;
     Some(Event::PortSearch(PortSearchEvent {
         ts_ns: raw.header.ts_ns,
         op,

@@ -76,7 +76,6 @@ pub async fn run(mut source: Source, filter: Filter, top: usize) -> anyhow::Resu
             .iter()
             .map(|r| (r.family.to_string(), r.running.map(|b| b.to_string()).unwrap_or_else(|| "OFF".into())))
             .collect(),
-        syscalls_traced: source.is_live() && info.backends.iter().any(|r| r.caveat().is_some()),
         ..render::Header::default()
     };
 

@@ -26,9 +26,6 @@ pub struct Header {
     pub bpf_us_per_s: Option<f64>,
     /// Replaying a recording: where the replay stands (shown instead of twtrace's own costs).
     pub replay: Option<String>,
-    /// A family runs on syscall tracepoints, which slow every process's system calls while
-    /// attached: a cost beside twtrace's own, so it is shown with them.
-    pub syscalls_traced: bool,
 }
 
 fn bold() -> Style {
@@ -93,9 +90,6 @@ fn draw_header(frame: &mut Frame, area: Rect, snap: &Snapshot, h: &Header, ui: &
         None => Span::raw(format!("  cpu {}  {bpf}  up {:.0}s", opt(h.cpu_percent, "%", 1.0, 1), snap.seconds)),
     };
     let mut second = vec![Span::raw(format!("events {:.0}/s  ", h.events_per_s)), lost, costs];
-    if h.syscalls_traced && h.replay.is_none() {
-        second.push(Span::styled("  syscalls traced host-wide", bold()));
-    }
     if ui.paused {
         second.push(Span::styled("  PAUSED", bold().add_modifier(Modifier::REVERSED)));
     }

@@ -101,7 +101,6 @@ fn header() -> Header {
         cpu_percent: Some(2.5),
         bpf_us_per_s: None,
         replay: None,
-        syscalls_traced: false,
     }
 }
 
@@ -129,16 +128,6 @@ fn check(name: &str, frame: &str) {
     let expected = std::fs::read_to_string(&path)
         .unwrap_or_else(|_| panic!("no snapshot {}: run with UPDATE_SNAPSHOTS=1 and review it", path.display()));
     assert_eq!(frame, expected, "frame {name} changed:\n{frame}");
-}
-
-#[test]
-fn the_header_says_when_every_processs_syscalls_are_traced() {
-    let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
-    let snap = incident();
-    let header = Header { syscalls_traced: true, ..header() };
-    terminal.draw(|f| draw(f, &snap, &header, &UiState::default())).unwrap();
-    let second: String = (0..80).map(|x| terminal.backend().buffer()[(x, 1)].symbol().to_string()).collect();
-    assert_eq!(second.trim_end(), "events 3550/s  lost 0  cpu 2.5%  bpf n/a  up 10s  syscalls traced host-wide");
 }
 
 #[test]
