@@ -32,7 +32,8 @@ use twtrace_common::{
 };
 
 use crate::{
-    Direct, KernelRead, Probed, config, count, fill_flow, header, netns_of, netns_wanted, port_wanted, reserve, submit,
+    Direct, Fields, KernelRead, Probed, Snapshot, Typed, config, count, fill_flow_from, header, netns_in, netns_of,
+    netns_wanted, port_wanted, reserve, submit,
 };
 
 /// EADDRNOTAVAIL: what a connect() gets when no local port is free toward its destination.
@@ -239,22 +240,24 @@ pub(crate) fn connect_failed<R: KernelRead>(sk: *const u8, sport: u16) {
     }
 }
 
+#[inline(always)]
+fn fill_socket<F: Fields>(ev: &mut PortSearchEvent, sk: &F) {
+    fill_flow_from(&mut ev.flow, sk);
+    ev.netns = netns_in(sk);
+}
+
 /// Reports a finished search; `typed_sk` as in [`search_end`].
 #[inline(always)]
 fn report<R: KernelRead>(search: &Search, typed_sk: Option<*const u8>, ret: i32) {
     let Some(mut entry) = reserve::<PortSearchEvent>() else { return };
     // SAFETY: reserved slot, fully written before submit or discarded.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
+    // Plain loads where the socket is typed; otherwise one copy of its `sock_common` instead
+    // of a probe read per field (nine of them).
     match typed_sk {
-        Some(sk) => {
-            fill_flow::<R>(&mut ev.flow, sk);
-            ev.netns = netns_of::<R>(sk);
-        }
-        None => {
-            let sk = search.sk as *const u8;
-            fill_flow::<Probed>(&mut ev.flow, sk);
-            ev.netns = netns_of::<Probed>(sk);
-        }
+        Some(sk) if R::PLAIN_LOADS => fill_socket(ev, &Typed::<R>::new(sk)),
+        Some(sk) => fill_socket(ev, &Snapshot::take(sk)),
+        None => fill_socket(ev, &Snapshot::take(search.sk as *const u8)),
     }
     if search.op == SearchOp::Bind as u8 && ret != 0 {
         // A failed bind leaves no port in the socket: report the one asked for.
