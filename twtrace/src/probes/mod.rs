@@ -229,6 +229,20 @@ pub struct FamilyReport {
     pub attempts: Vec<Attempt>,
 }
 
+impl FamilyReport {
+    /// What the family does not see on the backend it runs on, where that is less than on the
+    /// others.
+    pub fn limits(&self) -> Option<&'static str> {
+        match (self.family, self.running) {
+            (Family::PortSearch, Some(Backend::Tracepoint)) => Some(
+                "connect() only, timed from the socket's SYN_SENT to its SYN (approximate, no candidate \
+                 count); bind() and listen() searches are not seen",
+            ),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for FamilyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.running {
@@ -236,6 +250,9 @@ impl fmt::Display for FamilyReport {
             Some(b) => write!(f, "{}: {b} ({})", self.family, self.hooks.join(", "))?,
             None if self.attempts.is_empty() => write!(f, "{}: off (not selected with --family)", self.family)?,
             None => write!(f, "{}: NOT RUNNING", self.family)?,
+        }
+        if let Some(limits) = self.limits() {
+            write!(f, "\n    sees: {limits}")?;
         }
         // A variant of the backend that runs (for another kernel version) failing is expected:
         // only backends that do not run are explained. `--json` keeps every attempt.
@@ -853,7 +870,28 @@ pub fn record_bytes<T: aya::Pod>(value: &T) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::fdinfo_field;
+    use super::{Backend, Family, FamilyReport, fdinfo_field};
+
+    #[test]
+    fn probes_says_what_the_tracepoint_port_search_does_not_see() {
+        let report = |family, backend| FamilyReport {
+            family,
+            running: Some(backend),
+            hooks: vec!["tp_btf/inet_sock_set_state".into(), "tp_btf/timer_start".into()],
+            attempts: Vec::new(),
+        };
+        let text = report(Family::PortSearch, Backend::Tracepoint).to_string();
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            [
+                "portsearch: tracepoint (tp_btf/inet_sock_set_state, tp_btf/timer_start)",
+                "    sees: connect() only, timed from the socket's SYN_SENT to its SYN (approximate, no candidate \
+                 count); bind() and listen() searches are not seen",
+            ]
+        );
+        assert!(report(Family::PortSearch, Backend::Fentry).limits().is_none());
+        assert!(report(Family::State, Backend::Tracepoint).limits().is_none());
+    }
 
     #[test]
     fn fdinfo_fields_of_a_bpf_program() {
