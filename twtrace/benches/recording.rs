@@ -36,7 +36,7 @@ fn synthetic(connections: u64) -> Vec<Event> {
                 old_state: old,
                 new_state: new,
                 flow: Some(flow),
-                task: process.clone(),
+                task: process,
             })
         };
         events.push(state(0, sk, 7, 2, client));
@@ -52,7 +52,7 @@ fn synthetic(connections: u64) -> Vec<Event> {
             netns: 4026532177,
             remote: Some(client.remote),
             local: None,
-            process: process.clone(),
+            process,
         }));
         events.push(state(5_000, sk + 1024, 1, 4, server));
         events.push(state(6_000, sk, 1, 8, client));
@@ -65,7 +65,7 @@ fn synthetic(connections: u64) -> Vec<Event> {
                 tw_id: i + 1,
                 flow: Some(server),
                 netns: 4026532177,
-                owner: process.clone(),
+                owner: process,
                 change,
             })
         };

@@ -118,7 +118,7 @@ impl Filter {
         }
         let process_ok = |pred: &dyn Fn(&Process) -> bool| process.is_some_and(pred);
         (self.pids.is_empty() || process_ok(&|p| self.pids.contains(&p.pid)))
-            && (self.comms.is_empty() || process_ok(&|p| self.comms.contains(&p.comm)))
+            && (self.comms.is_empty() || process_ok(&|p| self.comms.iter().any(|c| c == p.comm.as_str())))
             && (self.cgroups.is_empty() || process_ok(&|p| self.cgroups.contains(&p.cgroup_id)))
             && (self.addrs.is_empty()
                 || flow

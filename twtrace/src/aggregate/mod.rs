@@ -16,7 +16,7 @@ use serde::Serialize;
 use stats::{Histogram, Rate};
 
 use crate::event::{
-    DeathReason, DropEvent, Event, PortSearchEvent, Process, SearchOp, SocketFlow, StateEvent, TimeWaitChange,
+    Comm, DeathReason, DropEvent, Event, PortSearchEvent, Process, SearchOp, SocketFlow, StateEvent, TimeWaitChange,
     TimeWaitEvent, errno_name,
 };
 
@@ -191,7 +191,7 @@ pub struct Aggregator {
     /// Local ports with a listener at start: sockets on them are server side.
     listening_ports: HashSet<u16>,
     searches: HashMap<SocketAddr, SearchStats>,
-    failures: HashMap<(String, u32, String), u64>,
+    failures: HashMap<(Comm, u32, String), u64>,
     bind_search_ns: Histogram,
     bind_failures: u64,
     // PAWS
@@ -365,7 +365,7 @@ impl Aggregator {
     fn port_search(&mut self, e: &PortSearchEvent) {
         let failed = e.errno != 0 && e.errno != crate::event::EINPROGRESS;
         if failed {
-            let who = e.process.as_ref().map(|p| (p.comm.clone(), p.pid)).unwrap_or_else(|| ("?".into(), 0));
+            let who = e.process.as_ref().map(|p| (p.comm, p.pid)).unwrap_or_else(|| (Comm::from("?"), 0));
             *self.failures.entry((who.0, who.1, errno_name(e.errno))).or_default() += 1;
         }
         match e.op {

@@ -297,7 +297,7 @@ impl Tracker {
         if let (Some(f), None) = (flow, v4) {
             self.v6_flows.insert(raw.tw_addr, f);
         }
-        let origin = self.origin_id(Origin { netns: raw.netns, owner: owner.clone(), v4: flow.map(|_| v4.is_some()) });
+        let origin = self.origin_id(Origin { netns: raw.netns, owner, v4: flow.map(|_| v4.is_some()) });
         self.live.insert(raw.tw_addr, Live { tw_id, birth_ns: raw.header.ts_ns, v4: v4.unwrap_or_default(), origin });
         out.push(Event::TimeWait(TimeWaitEvent {
             ts_ns: raw.header.ts_ns,
@@ -320,7 +320,7 @@ impl Tracker {
             tw_id: live.tw_id,
             flow: self.flow(raw.tw_addr, live),
             netns: self.origins[live.origin as usize].netns,
-            owner: self.origins[live.origin as usize].owner.clone(),
+            owner: self.origins[live.origin as usize].owner,
             change: TimeWaitChange::Rearm {
                 substate: TimeWaitSubstate::from_kernel(raw.substate),
                 timeout_ms: self.timeout_ms(raw.timeout_jiffies),
@@ -340,7 +340,7 @@ impl Tracker {
             tw_id: live.tw_id,
             flow,
             netns: self.origins[live.origin as usize].netns,
-            owner: self.origins[live.origin as usize].owner.clone(),
+            owner: self.origins[live.origin as usize].owner,
             change: TimeWaitChange::Death { reason, lifetime_ns: ts_ns.saturating_sub(live.birth_ns) },
         }));
     }
@@ -452,8 +452,8 @@ mod tests {
         let [Event::TimeWait(b6), Event::TimeWait(b4), Event::TimeWait(d6), Event::TimeWait(d4)] = &events[..] else {
             panic!("{events:?}")
         };
-        assert_eq!((d6.flow, d6.owner.clone(), d6.netns), (b6.flow, b6.owner.clone(), 42));
-        assert_eq!((d4.flow, d4.owner.clone()), (b4.flow, b4.owner.clone()));
+        assert_eq!((d6.flow, d6.owner, d6.netns), (b6.flow, b6.owner, 42));
+        assert_eq!((d4.flow, d4.owner), (b4.flow, b4.owner));
         assert_eq!(d6.flow.unwrap().remote.to_string(), "[2001:db8::7]:40000");
         assert_eq!(b6.owner, None, "no close was seen for the IPv6 connection");
         assert_eq!(d4.owner.as_ref().map(|p| p.pid), Some(7));

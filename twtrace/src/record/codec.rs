@@ -628,7 +628,7 @@ impl ChunkDecoder<'_> {
                 let tid = self.varint32()?;
                 let cgroup_id = self.varint()?;
                 let comm = self.short_string()?;
-                self.processes.push(Process { pid, tid, comm, cgroup_id });
+                self.processes.push(Process { pid, tid, comm: comm.as_str().into(), cgroup_id });
             }
             DEF_NAME => {
                 let name = self.short_string()?;

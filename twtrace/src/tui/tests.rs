@@ -36,7 +36,7 @@ fn incident() -> Snapshot {
                 old_state: old,
                 new_state: new,
                 flow: Some(f),
-                task: app.clone(),
+                task: app,
             })
         };
         for (old, new, f) in [(7, 2, connecting), (2, 1, flow), (1, 4, flow)] {
@@ -49,7 +49,7 @@ fn incident() -> Snapshot {
             tw_id: i,
             flow: Some(flow),
             netns: 1,
-            owner: app.clone(),
+            owner: app,
             change: TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000 },
         }));
         agg.apply(&state(5, 7, flow));
@@ -63,7 +63,7 @@ fn incident() -> Snapshot {
             netns: 1,
             remote: Some(flow.remote),
             local: Some(flow.local),
-            process: app.clone(),
+            process: app,
         }));
     }
     for port in 40_000..40_006u16 {
