@@ -345,8 +345,9 @@ impl LiveProbes {
         config.netns_filter = options.netns.unwrap_or(0);
         config.port_filter = options.port.unwrap_or(0);
         configure_sockets(&btf, &mut config);
-        timewait::configure(&btf, &mut config)?;
-        portsearch::configure(&btf, &mut config);
+        let symbols = kernel::kallsyms::Symbols::read(&[timewait::KERNEL_SYMBOL, portsearch::KERNEL_SYMBOL])?;
+        timewait::configure(&btf, &symbols, &mut config)?;
+        portsearch::configure(&btf, &symbols, &mut config);
         let drop_reasons = drops::reason_names(&btf);
         if drops::configure(&drop_reasons, &mut config) == 0 {
             log::warn!("this kernel names no PAWS drop reasons (kfree_skb reasons need 5.17+)");

@@ -13,12 +13,15 @@ use super::{Backend, BackendPlan, Hook};
 use crate::event::{Event, PortSearchEvent, Process, SearchOp};
 use crate::kernel::{btf::Btf, kallsyms};
 
+/// The retransmit timer's callback, whose first arm ends a search on the tracepoint backend.
+pub const KERNEL_SYMBOL: &str = "tcp_write_timer";
+
 /// What the tracepoint backend needs to know a connecting socket's retransmit timer; left
 /// unset (and that backend unavailable) where the kernel lacks either.
-pub fn configure(btf: &Btf, config: &mut Config) {
+pub fn configure(btf: &Btf, symbols: &kallsyms::Symbols, config: &mut Config) {
     config.offsets.icsk_retransmit_timer =
         btf.member_offset("inet_connection_sock", "icsk_retransmit_timer").unwrap_or(OFFSET_UNKNOWN);
-    config.tcp_write_timer = kallsyms::lookup(&["tcp_write_timer"]).map(|a| a[0]).unwrap_or(0);
+    config.tcp_write_timer = symbols.address(KERNEL_SYMBOL).unwrap_or(0);
 }
 
 /// The tracepoint backend rides on the state family's and the TIME_WAIT family's tracepoints

@@ -67,14 +67,17 @@ pub fn backends() -> Vec<BackendPlan> {
     ]
 }
 
+/// The timer callback that marks TIME_WAIT sockets' timers.
+pub const KERNEL_SYMBOL: &str = "tw_timer_handler";
+
 /// Fills in the symbol address and timer offsets the TIME_WAIT programs need (socket offsets
 /// are shared: `super::configure_sockets`).
-pub fn configure(btf: &Btf, config: &mut Config) -> Result<(), LoadError> {
+pub fn configure(btf: &Btf, symbols: &kallsyms::Symbols, config: &mut Config) -> Result<(), LoadError> {
     let o = &mut config.offsets;
     // Required: without them no TIME_WAIT timer can be recognised.
     o.timer_function = btf.member_offset("timer_list", "function")?;
     o.tw_timer = btf.member_offset("inet_timewait_sock", "tw_timer")?;
-    config.tw_timer_handler = kallsyms::lookup(&["tw_timer_handler"])?[0];
+    config.tw_timer_handler = symbols.address(KERNEL_SYMBOL)?;
     o.timer_expires = super::optional_offset(btf, "timer_list", "expires");
     o.tw_substate = super::optional_offset(btf, "inet_timewait_sock", "tw_substate");
     Ok(())
