@@ -141,10 +141,13 @@ impl Hook {
     /// The shared hook (`roles::*_HOOK`) this hook's program serves, if it serves several
     /// families: both variants of a tracepoint map to the same one.
     fn shared(&self) -> Option<u32> {
-        match self.program() {
-            "tcp_state_change_btf" | "tcp_state_change" => Some(roles::STATE_CHANGE_HOOK),
-            "tw_timer_start_btf" | "tw_timer_start" => Some(roles::TIMER_START_HOOK),
-            _ => None,
+        let is = |variants: [Hook; 2]| variants.iter().any(|v| v.program() == self.program());
+        if is([state::STATE_CHANGE_BTF, state::STATE_CHANGE_RAW]) {
+            Some(roles::STATE_CHANGE_HOOK)
+        } else if is([timewait::TIMER_START_BTF, timewait::TIMER_START_RAW]) {
+            Some(roles::TIMER_START_HOOK)
+        } else {
+            None
         }
     }
 

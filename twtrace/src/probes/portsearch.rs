@@ -27,15 +27,9 @@ pub fn configure(btf: &Btf, symbols: &kallsyms::Symbols, config: &mut Config) {
 /// The tracepoint backend rides on the state family's and the TIME_WAIT family's tracepoints
 /// (see twtrace-ebpf/src/portsearch.rs): when those families run on that backend too, the
 /// same programs serve all three, at no extra program run.
-const TRACEPOINT_BTF_HOOKS: &[Hook] = &[
-    Hook::BtfTracepoint { program: "tcp_state_change_btf", tracepoint: "inet_sock_set_state" },
-    Hook::BtfTracepoint { program: "tw_timer_start_btf", tracepoint: "timer_start" },
-];
+const TRACEPOINT_BTF_HOOKS: &[Hook] = &[super::state::STATE_CHANGE_BTF, super::timewait::TIMER_START_BTF];
 
-const TRACEPOINT_HOOKS: &[Hook] = &[
-    Hook::RawTracepoint { program: "tcp_state_change", tracepoint: "inet_sock_set_state" },
-    Hook::RawTracepoint { program: "tw_timer_start", tracepoint: "timer_start" },
-];
+const TRACEPOINT_HOOKS: &[Hook] = &[super::state::STATE_CHANGE_RAW, super::timewait::TIMER_START_RAW];
 
 const KPROBE_HOOKS: &[Hook] = &[
     Hook::Kprobe { program: "hash_connect_kprobe", function: "__inet_hash_connect" },

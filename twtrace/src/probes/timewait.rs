@@ -14,16 +14,21 @@ use crate::{
     kernel::{btf::Btf, kallsyms},
 };
 
+/// `timer_start`, in both variants: shared with the port search's tracepoint backend.
+pub(super) const TIMER_START_BTF: Hook =
+    Hook::BtfTracepoint { program: "tw_timer_start_btf", tracepoint: "timer_start" };
+pub(super) const TIMER_START_RAW: Hook = Hook::RawTracepoint { program: "tw_timer_start", tracepoint: "timer_start" };
+
 /// tp_btf (5.5+, BTF): the timer is typed, so the filter that runs for every kernel timer
 /// needs no helper call.
 const BTF_TRACEPOINT_HOOKS: &[Hook] = &[
-    Hook::BtfTracepoint { program: "tw_timer_start_btf", tracepoint: "timer_start" },
+    TIMER_START_BTF,
     Hook::BtfTracepoint { program: "tw_timer_cancel_btf", tracepoint: "timer_cancel" },
     Hook::BtfTracepoint { program: "tw_timer_expire_btf", tracepoint: "timer_expire_entry" },
 ];
 
 const TRACEPOINT_HOOKS: &[Hook] = &[
-    Hook::RawTracepoint { program: "tw_timer_start", tracepoint: "timer_start" },
+    TIMER_START_RAW,
     Hook::RawTracepoint { program: "tw_timer_cancel", tracepoint: "timer_cancel" },
     Hook::RawTracepoint { program: "tw_timer_expire", tracepoint: "timer_expire_entry" },
 ];
