@@ -448,10 +448,19 @@ pub struct Recording {
 }
 
 impl Recording {
+    /// Every family.
     pub fn start(ns: &Netns, path: &std::path::Path) -> Self {
+        Self::start_families(ns, path, &[])
+    }
+
+    /// Only `families` (all when empty).
+    pub fn start_families(ns: &Netns, path: &std::path::Path, families: &[&str]) -> Self {
         let _ = std::fs::remove_file(path);
         let mut args: Vec<String> =
             vec!["record".into(), "-o".into(), path.display().to_string(), "--netns".into(), ns.name.clone()];
+        for family in families {
+            args.extend(["--family".into(), (*family).into()]);
+        }
         if let Some(b) = forced_backend() {
             args.extend(["--backend".into(), b]);
         }
