@@ -10,9 +10,10 @@ use twtrace::{
         DeathReason, Event, PortSearchEvent, Process, SearchOp, SocketFlow, StateEvent, TimeWaitChange, TimeWaitEvent,
         TimeWaitSubstate,
     },
-    kernel::{WallClock, netns::Sysctls},
+    kernel::netns::Sysctls,
     record::{Reader, Recorder, Trailer},
-    source::SourceInfo,
+    source_info::SourceInfo,
+    time::WallClock,
 };
 
 /// Per connection, what twtrace sees of a server-closes-first churn on loopback.

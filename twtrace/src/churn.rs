@@ -36,7 +36,7 @@ pub struct ChurnArgs {
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
     /// How long (seconds, or with s, m, h).
-    #[arg(long, default_value = "10s", value_parser = crate::record::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::cmd::parse_duration)]
     pub duration: Duration,
     /// Which side closes first.
     #[arg(long, value_enum, default_value_t = Closer::Server)]

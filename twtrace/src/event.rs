@@ -4,6 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::Serialize;
+pub use twtrace_common::state::tcp_state;
 
 /// A TCP connection's two endpoints, from the point of view of the socket's owner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -44,10 +45,9 @@ pub enum TimeWaitSubstate {
 
 impl TimeWaitSubstate {
     pub fn from_kernel(value: u8) -> Self {
-        // include/net/tcp_states.h: TCP_FIN_WAIT2 = 5, TCP_TIME_WAIT = 6 (stable since 2.6).
         match value {
-            5 => Self::FinWait2,
-            6 => Self::TimeWait,
+            tcp_state::FIN_WAIT2 => Self::FinWait2,
+            tcp_state::TIME_WAIT => Self::TimeWait,
             other => Self::Other(other),
         }
     }
@@ -82,6 +82,9 @@ pub enum Event {
     /// The kernel found the ring buffer full and dropped records: part of the stream, so every
     /// sink (and every recording) shows the loss.
     Lost(LostEvent),
+    /// The kernel skipped runs of twtrace's programs (one was already running on that CPU):
+    /// each may have been an event. In the stream for the same reason as [`Event::Lost`].
+    Skipped(SkippedEvent),
 }
 
 impl Event {
@@ -94,6 +97,7 @@ impl Event {
             Event::PortSearch(e) => e.ts_ns,
             Event::Netstat(e) => e.ts_ns,
             Event::Lost(e) => e.ts_ns,
+            Event::Skipped(e) => e.ts_ns,
         }
     }
 }
@@ -106,6 +110,16 @@ pub struct LostEvent {
     pub new: u64,
     /// Records lost since tracing started.
     pub total: u64,
+}
+
+/// Runs of twtrace's programs the kernel skipped since the previous report (the programs'
+/// `recursion_misses`: a softirq hitting a hook while the program runs in process context,
+/// counted since 5.12; a kprobe over any running BPF program, counted since 6.7).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedEvent {
+    /// When userspace read the programs' statistics.
+    pub ts_ns: u64,
+    pub new: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -266,20 +280,31 @@ impl Serialize for Comm {
 /// `include/net/tcp_states.h` names.
 pub fn tcp_state_name(state: u8) -> &'static str {
     match state {
-        1 => "ESTABLISHED",
-        2 => "SYN_SENT",
-        3 => "SYN_RECV",
-        4 => "FIN_WAIT1",
-        5 => "FIN_WAIT2",
-        6 => "TIME_WAIT",
-        7 => "CLOSE",
-        8 => "CLOSE_WAIT",
-        9 => "LAST_ACK",
-        10 => "LISTEN",
-        11 => "CLOSING",
-        12 => "NEW_SYN_RECV",
+        tcp_state::ESTABLISHED => "ESTABLISHED",
+        tcp_state::SYN_SENT => "SYN_SENT",
+        tcp_state::SYN_RECV => "SYN_RECV",
+        tcp_state::FIN_WAIT1 => "FIN_WAIT1",
+        tcp_state::FIN_WAIT2 => "FIN_WAIT2",
+        tcp_state::TIME_WAIT => "TIME_WAIT",
+        tcp_state::CLOSE => "CLOSE",
+        tcp_state::CLOSE_WAIT => "CLOSE_WAIT",
+        tcp_state::LAST_ACK => "LAST_ACK",
+        tcp_state::LISTEN => "LISTEN",
+        tcp_state::CLOSING => "CLOSING",
+        tcp_state::NEW_SYN_RECV => "NEW_SYN_RECV",
         _ => "UNKNOWN",
     }
+}
+
+/// A socket that existed before tracing started (from sock_diag, as `ss` reads them): the
+/// picture a source starts from, and a recording's first chunks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExistingSocket {
+    pub flow: SocketFlow,
+    /// `include/net/tcp_states.h` state ([`tcp_state`]).
+    pub state: u8,
+    /// For TIME_WAIT: milliseconds left on its timer.
+    pub expires_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]

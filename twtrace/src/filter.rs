@@ -93,7 +93,7 @@ impl Filter {
 
     /// Every given criterion must hold (each may list alternatives). An event that lacks the
     /// field a criterion needs (a drop has no process) does not match it. Counter samples are
-    /// namespace-wide and always pass.
+    /// namespace-wide, and loss and skipped runs twtrace's own: they always pass.
     pub fn matches(&self, event: &Event) -> bool {
         if self.is_empty() {
             return true;
@@ -106,7 +106,7 @@ impl Filter {
                 let flow = e.remote.or(e.local).map(|a| SocketFlow { local: e.local.unwrap_or(a), remote: a });
                 (e.process.as_ref(), flow, e.netns)
             }
-            Event::Netstat(_) | Event::Lost(_) => return true,
+            Event::Netstat(_) | Event::Lost(_) | Event::Skipped(_) => return true,
         };
         if !self.netns.is_empty() && !self.netns.contains(&netns) {
             return false;

@@ -1,6 +1,7 @@
-//! The aggregator: a pure model of what the event stream says, for `top`, `stat` and later
-//! the exporter. Feed it events (and an initial socket picture), ask it for a [`Snapshot`] at
-//! a given time. No BPF, no clocks of its own: unit-tested with made-up streams.
+//! The aggregator: a pure model of what the event stream says, for `top`, `stat`, `report`
+//! and later the exporter. Feed it events (and an initial socket picture), move its clock with
+//! [`Aggregator::advance`], and read a [`Snapshot`] at that time; reading never changes it.
+//! No BPF, no clocks of its own: unit-tested with made-up streams.
 
 pub mod stats;
 #[cfg(test)]
@@ -16,8 +17,8 @@ use serde::Serialize;
 use stats::{Histogram, Rate};
 
 use crate::event::{
-    Comm, DeathReason, DropEvent, Event, PortSearchEvent, Process, SearchOp, SocketFlow, StateEvent, TimeWaitChange,
-    TimeWaitEvent, errno_name,
+    Comm, DeathReason, DropEvent, Event, ExistingSocket, PortSearchEvent, Process, SearchOp, SocketFlow, StateEvent,
+    TimeWaitChange, TimeWaitEvent, errno_name, tcp_state,
 };
 
 /// What the aggregator needs to know about the traced namespace.
@@ -47,27 +48,22 @@ impl Settings {
     }
 }
 
-/// A socket that existed before tracing started (from sock_diag, as `ss` reads them).
-#[derive(Clone, Debug, PartialEq)]
-pub struct ExistingSocket {
-    pub flow: SocketFlow,
-    /// `include/net/tcp_states.h` state.
-    pub state: u8,
-    /// For TIME_WAIT: milliseconds left on its timer.
-    pub expires_ms: u64,
-}
-
 /// Toward one destination from one local address: connect() can use each port of the range
 /// once per (local address, remote address and port).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Destination {
     pub local: IpAddr,
     pub remote: SocketAddr,
 }
 
 impl Destination {
-    fn of(flow: &SocketFlow) -> Self {
+    pub fn of(flow: &SocketFlow) -> Self {
         Self { local: flow.local.ip(), remote: flow.remote }
+    }
+
+    /// `10.0.0.5 → 10.0.0.9:8080`, as charts name it.
+    pub fn label(&self) -> String {
+        format!("{} → {}", self.local, self.remote)
     }
 }
 
@@ -156,8 +152,9 @@ impl DestinationIds {
     }
 }
 
+/// One address PAWS drops came from.
 #[derive(Default)]
-struct Source {
+struct PawsSource {
     drops: u64,
     flows: HashSet<(u16, u16)>,
 }
@@ -168,6 +165,7 @@ pub struct Aggregator {
     started_ns: Option<u64>,
     events: u64,
     lost: u64,
+    skipped_runs: u64,
     // TIME_WAIT
     live: HashMap<u64, LiveTimeWait>,
     names: Names,
@@ -197,7 +195,7 @@ pub struct Aggregator {
     // PAWS
     drops: Rate,
     drops_by_reason: BTreeMap<String, (u64, Rate)>,
-    sources: HashMap<IpAddr, Source>,
+    sources: HashMap<IpAddr, PawsSource>,
     recent_drops: VecDeque<DropEvent>,
     counters: BTreeMap<String, i64>,
 }
@@ -212,7 +210,8 @@ impl Aggregator {
     /// Sockets found at start, so the first frame is right, not only what is born after.
     pub fn seed(&mut self, now_ns: u64, sockets: &[ExistingSocket]) {
         self.started_ns.get_or_insert(now_ns);
-        self.listening_ports.extend(sockets.iter().filter(|s| s.state == 10).map(|s| s.flow.local.port()));
+        self.listening_ports
+            .extend(sockets.iter().filter(|s| s.state == tcp_state::LISTEN).map(|s| s.flow.local.port()));
         for s in sockets {
             // Before start we did not see who connected: a socket on an ephemeral port that is
             // not a listener's is taken to be a client's.
@@ -220,14 +219,14 @@ impl Aggregator {
             let holds = self.settings.ephemeral(port) && !self.listening_ports.contains(&port);
             let dest = Destination::of(&s.flow);
             match s.state {
-                6 => {
+                tcp_state::TIME_WAIT => {
                     self.existing_tw.push((now_ns + s.expires_ms * 1_000_000, s.flow, holds));
                     if holds {
                         self.destinations.entry(dest).or_default().in_use += 1;
                     }
                 }
                 // LISTEN and CLOSE hold no connection's port.
-                10 | 7 => {}
+                tcp_state::LISTEN | tcp_state::CLOSE => {}
                 _ if holds && self.existing_connected.insert((dest, s.flow.local.port())) => {
                     self.destinations.entry(dest).or_default().in_use += 1;
                 }
@@ -266,6 +265,7 @@ impl Aggregator {
                 }
             }
             Event::Lost(e) => self.lost = self.lost.max(e.total),
+            Event::Skipped(e) => self.skipped_runs += e.new,
         }
     }
 
@@ -338,9 +338,7 @@ impl Aggregator {
     fn state(&mut self, e: &StateEvent) {
         let Some(flow) = e.flow else { return };
         let dest = Destination::of(&flow);
-        const SYN_SENT: u8 = 2;
-        const ESTABLISHED: u8 = 1;
-        const CLOSE: u8 = 7;
+        use tcp_state::{CLOSE, ESTABLISHED, SYN_SENT};
         if e.new_state == SYN_SENT {
             self.destinations.entry(dest).or_default().connects.add(e.ts_ns, 1);
         }
@@ -405,8 +403,10 @@ impl Aggregator {
         self.recent_drops.push_back(e.clone());
     }
 
-    /// Removes pre-existing TIME_WAIT sockets whose timer has run out by `now_ns`.
-    fn expire_existing(&mut self, now_ns: u64) {
+    /// Moves the model's clock to `now_ns`: pre-existing TIME_WAIT sockets whose timer has
+    /// run out by then leave (their deaths are not in the stream). Call before reading
+    /// [`Self::sample`] or [`Self::snapshot`] at `now_ns`.
+    pub fn advance(&mut self, now_ns: u64) {
         let mut freed = Vec::new();
         self.existing_tw.retain(|(expires, flow, holds)| {
             let alive = *expires > now_ns;
@@ -422,8 +422,7 @@ impl Aggregator {
 
     /// A few running totals at `now_ns`, cheap enough to take every second of a long
     /// recording (the report's timelines); [`Self::snapshot`] has everything.
-    pub fn sample(&mut self, now_ns: u64) -> Sample {
-        self.expire_existing(now_ns);
+    pub fn sample(&self, now_ns: u64) -> Sample {
         Sample {
             mono_ns: now_ns,
             timewait_live: (self.live.len() + self.existing_tw.len()) as u64,
@@ -441,9 +440,9 @@ impl Aggregator {
         self.settings.range_size()
     }
 
-    /// The views at `now_ns` (CLOCK_MONOTONIC, the events' clock).
-    pub fn snapshot(&mut self, now_ns: u64) -> Snapshot {
-        self.expire_existing(now_ns);
+    /// The views at `now_ns` (CLOCK_MONOTONIC, the events' clock), as of the last
+    /// [`Self::advance`].
+    pub fn snapshot(&self, now_ns: u64) -> Snapshot {
         let since = self.started_ns.unwrap_or(now_ns);
         let top = self.settings.top;
         let range = self.settings.range_size();
@@ -523,8 +522,7 @@ impl Aggregator {
                 let free = range.saturating_sub(d.in_use) as f64;
                 let search = self.searches.get(&dest.remote).unwrap_or(&no_search);
                 DestinationView {
-                    local: dest.local,
-                    remote: dest.remote,
+                    destination: *dest,
                     in_use: d.in_use,
                     range,
                     utilisation: d.in_use as f64 / range as f64,
@@ -541,7 +539,10 @@ impl Aggregator {
             .filter(|d| d.in_use > 0 || d.failures > 0 || d.connects_per_s > 0.0)
             .collect();
         destinations.sort_by(|a, b| {
-            b.utilisation.total_cmp(&a.utilisation).then(b.failures.cmp(&a.failures)).then(a.remote.cmp(&b.remote))
+            b.utilisation
+                .total_cmp(&a.utilisation)
+                .then(b.failures.cmp(&a.failures))
+                .then(a.destination.remote.cmp(&b.destination.remote))
         });
         destinations.truncate(top);
         let mut failures: Vec<FailureView> = self
@@ -594,6 +595,7 @@ impl Aggregator {
             seconds: (now_ns.saturating_sub(since)) as f64 / 1e9,
             events: self.events,
             lost: self.lost,
+            skipped_runs: self.skipped_runs,
             timewait,
             port_space: PortSpaceView {
                 range: self.settings.port_range,
@@ -649,8 +651,9 @@ pub struct TimeWaitView {
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct DestinationView {
-    pub local: IpAddr,
-    pub remote: SocketAddr,
+    /// `local` and `remote` in the JSON.
+    #[serde(flatten)]
+    pub destination: Destination,
     pub in_use: u64,
     pub range: u64,
     pub utilisation: f64,
@@ -736,6 +739,8 @@ pub struct Snapshot {
     pub seconds: f64,
     pub events: u64,
     pub lost: u64,
+    /// Runs of twtrace's programs the kernel skipped (each may have been an event).
+    pub skipped_runs: u64,
     pub timewait: TimeWaitView,
     pub port_space: PortSpaceView,
     pub paws: PawsView,

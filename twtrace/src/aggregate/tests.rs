@@ -76,7 +76,7 @@ fn port_accounting_is_the_same_whether_the_close_after_a_birth_is_reported_or_no
             let death = TimeWaitChange::Death { reason: DeathReason::Expired, lifetime_ns: 60 * S };
             agg.apply(&tw(61 * S, i, f, death));
         }
-        let snap = agg.snapshot(61 * S);
+        let snap = snap(&mut agg, 61 * S);
         let d = &snap.port_space.destinations[0];
         (d.in_use, snap.timewait.live, agg.connected.len(), agg.client_flows.len())
     };
@@ -91,11 +91,14 @@ fn single_destination_client_fills_its_range_and_projects_exhaustion() {
     for i in 0..50u64 {
         request(&mut agg, 100 * S + i * S / 10, i, 32_768 + i as u16);
     }
-    let snap = agg.snapshot(105 * S);
+    let snap = snap(&mut agg, 105 * S);
     assert_eq!(snap.timewait.live, 50);
     assert_eq!(snap.timewait.births_total, 50);
     let d = &snap.port_space.destinations[0];
-    assert_eq!((d.local.to_string(), d.remote.to_string()), (CLIENT.to_string(), SERVER.to_string()));
+    assert_eq!(
+        (d.destination.local.to_string(), d.destination.remote.to_string()),
+        (CLIENT.to_string(), SERVER.to_string())
+    );
     assert_eq!(d.in_use, 50, "TIME_WAIT sockets hold their ports; closed sockets were released");
     assert_eq!(d.range, 100);
     assert!((d.utilisation - 0.5).abs() < 1e-9);
@@ -120,7 +123,7 @@ fn deaths_release_ports_and_feed_lifetimes() {
         let reason = if i == 9 { DeathReason::Killed } else { DeathReason::Expired };
         agg.apply(&tw(100 * S + lifetime, i, f, TimeWaitChange::Death { reason, lifetime_ns: lifetime }));
     }
-    let snap = agg.snapshot(161 * S);
+    let snap = snap(&mut agg, 161 * S);
     assert_eq!(snap.timewait.live, 0);
     assert_eq!((snap.timewait.expired_total, snap.timewait.killed_total), (9, 1));
     let p50 = snap.timewait.lifetime_p50_ms.unwrap();
@@ -135,7 +138,7 @@ fn server_side_time_wait_on_an_ephemeral_listening_port_holds_no_connect_port() 
     agg.seed(S, &[ExistingSocket { flow: flow("127.0.0.1:41234", "0.0.0.0:0"), state: 10, expires_ms: 0 }]);
     // The server (listening on 41234, inside the range) closes first.
     agg.apply(&tw(2 * S, 1, flow("127.0.0.1:41234", "127.0.0.2:43001"), birth()));
-    let snap = agg.snapshot(3 * S);
+    let snap = snap(&mut agg, 3 * S);
     assert_eq!(snap.timewait.live, 1);
     assert!(snap.port_space.destinations.is_empty(), "{:?}", snap.port_space.destinations);
 }
@@ -144,7 +147,7 @@ fn server_side_time_wait_on_an_ephemeral_listening_port_holds_no_connect_port() 
 fn server_side_time_wait_holds_no_ephemeral_port() {
     let mut agg = Aggregator::new(settings((32_768, 60_999)));
     agg.apply(&tw(S, 1, flow("10.0.0.2:80", "10.0.0.1:40000"), birth()));
-    let snap = agg.snapshot(2 * S);
+    let snap = snap(&mut agg, 2 * S);
     assert_eq!(snap.timewait.live, 1);
     assert!(snap.port_space.destinations.is_empty(), "{:?}", snap.port_space.destinations);
 }
@@ -161,13 +164,13 @@ fn existing_sockets_count_from_the_first_frame_and_leave_on_their_timer() {
         .chain([ExistingSocket { flow: flow(&format!("{CLIENT}:41000"), SERVER), state: 1, expires_ms: 0 }])
         .collect();
     agg.seed(100 * S, &existing);
-    let first = agg.snapshot(100 * S);
+    let first = snap(&mut agg, 100 * S);
     assert_eq!(first.timewait.live, 3);
     assert_eq!(first.port_space.destinations[0].in_use, 4);
     assert_eq!(first.timewait.by_owner[0].key, "(before start)");
     // The established one closes (seen by flow), the TIME_WAIT ones expire after 10 s.
     agg.apply(&state(105 * S, 77, 1, 7, flow(&format!("{CLIENT}:41000"), SERVER)));
-    let later = agg.snapshot(111 * S);
+    let later = snap(&mut agg, 111 * S);
     assert_eq!(later.timewait.live, 0);
     assert_eq!(later.port_space.destinations.len(), 0, "nothing in use any more");
 }
@@ -190,7 +193,7 @@ fn failures_by_process_and_search_cost() {
             process: curl(),
         }));
     }
-    let snap = agg.snapshot(2 * S);
+    let snap = snap(&mut agg, 2 * S);
     assert_eq!(
         snap.port_space.failures,
         vec![FailureView { process: "curl[4242]".into(), error: "EADDRNOTAVAIL".into(), count: 3 }]
@@ -224,10 +227,16 @@ fn paws_sources_show_the_nat_signature() {
     }
     agg.apply(&drop(S, "203.0.113.9:40000"));
     agg.apply(&drop(S, "203.0.113.9:40000"));
-    let snap = agg.snapshot(2 * S);
+    let snap = snap(&mut agg, 2 * S);
     assert_eq!(snap.paws.drops_total, 14);
     assert_eq!(snap.paws.sources[0], SourceView { source: "198.51.100.7".parse().unwrap(), drops: 12, flows: 12 });
     assert_eq!(snap.paws.sources[1], SourceView { source: "203.0.113.9".parse().unwrap(), drops: 2, flows: 1 });
     assert_eq!(snap.paws.by_reason[0].reason, "TCP_RFC7323_PAWS");
     assert_eq!(snap.paws.recent.len(), 8, "bounded");
+}
+
+/// The views at `now`, the model's clock moved there first.
+fn snap(agg: &mut Aggregator, now: u64) -> Snapshot {
+    agg.advance(now);
+    agg.snapshot(now)
 }

@@ -67,34 +67,19 @@ pub fn hz() -> u64 {
     if ok && tick_ns > 0 { (1_000_000_000 + tick_ns / 2) / tick_ns } else { 250 }
 }
 
-fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+/// utime + stime of this process so far, in clock ticks (/proc/self/stat fields 14 and 15).
+pub fn own_cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces: count after it.
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
-/// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC)
-}
-
-/// Maps kernel monotonic timestamps to wall-clock time, measured once at start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct WallClock {
-    pub realtime_ns: u64,
-    pub monotonic_ns: u64,
-}
-
-impl WallClock {
-    pub fn now() -> Self {
-        Self { realtime_ns: clock_ns(libc::CLOCK_REALTIME), monotonic_ns: monotonic_ns() }
-    }
-
-    /// Unix nanoseconds of a monotonic timestamp.
-    pub fn to_unix_ns(self, mono_ns: u64) -> u64 {
-        (self.realtime_ns as i128 + mono_ns as i128 - self.monotonic_ns as i128).max(0) as u64
-    }
+/// The unit of [`own_cpu_ticks`] (USER_HZ, 100 on every common build).
+pub fn clock_ticks_per_s() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
 }
 
 const TRACEFS: &str = "/sys/kernel/tracing";

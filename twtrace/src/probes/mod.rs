@@ -318,8 +318,8 @@ pub struct LiveProbes {
     tick: tokio::time::Interval,
     netstat: Option<kernel::netstat::Sampler>,
     next_netstat_ns: u64,
-    /// The namespace the counters (the kernel's and [`SKIPPED_RUNS`]) are labelled with: the
-    /// traced one, or 0 for twtrace's own.
+    /// The namespace the kernel's counters are labelled with: the traced one, or 0 for
+    /// twtrace's own.
     counters_netns: u32,
     /// The lost count last put into the stream.
     lost_reported: u64,
@@ -422,7 +422,7 @@ impl LiveProbes {
             _ = self.tick.tick() => {}
         }
         self.drain(out);
-        let now = kernel::monotonic_ns();
+        let now = crate::time::monotonic_ns();
         self.decoder.flush(now, out);
         self.report_lost(now, out);
         if now >= self.next_netstat_ns {
@@ -450,25 +450,30 @@ impl LiveProbes {
     pub fn finish(&mut self, out: &mut Vec<Event>) {
         self.drain(out);
         self.decoder.flush(u64::MAX, out);
-        let now = kernel::monotonic_ns();
+        let now = crate::time::monotonic_ns();
         self.report_lost(now, out);
         self.sample_netstat(now, out);
         self.report_skipped(now, out);
     }
 
-    /// Puts the rise of [`SKIPPED_RUNS`] into the stream as a counter, beside the kernel's
-    /// TCP counters: recorded, summed by `stat`/`top`, and named by `report`.
+    /// Puts the rise of the kernel's skip count into the stream: recorded, summed by
+    /// `stat`/`top`, and named by `report`.
     fn report_skipped(&mut self, now: u64, out: &mut Vec<Event>) {
         let total = self.kernel_skips();
         if total > self.skipped_reported {
-            let delta = (total - self.skipped_reported) as i64;
+            out.push(Event::Skipped(crate::event::SkippedEvent { ts_ns: now, new: total - self.skipped_reported }));
             self.skipped_reported = total;
-            out.push(Event::Netstat(crate::event::NetstatEvent {
-                ts_ns: now,
-                netns: self.counters_netns,
-                deltas: vec![(SKIPPED_RUNS.to_owned(), delta)],
-            }));
         }
+    }
+
+    /// Records lost, as far as the stream has been told ([`Event::Lost`]).
+    pub fn lost_reported(&self) -> u64 {
+        self.lost_reported
+    }
+
+    /// Skipped runs, as far as the stream has been told ([`Event::Skipped`]).
+    pub fn skipped_reported(&self) -> u64 {
+        self.skipped_reported
     }
 
     /// Puts a [`LostEvent`](crate::event::LostEvent) into the stream when the kernel's count rose.
@@ -527,9 +532,6 @@ impl LiveProbes {
         }
     }
 }
-
-/// Counter name of [`LiveProbes::kernel_skips`] in the stream's counter events.
-pub const SKIPPED_RUNS: &str = "SkippedRuns";
 
 /// A numeric field of a `/proc/PID/fdinfo/FD` text (`name:\tvalue` lines).
 fn fdinfo_field(info: &str, name: &str) -> Option<u64> {
@@ -792,6 +794,17 @@ pub struct DecodeStats {
     /// leave entries behind): owners of sockets open at that moment are unknown afterwards.
     #[serde(default)]
     pub owner_table_resets: u64,
+}
+
+impl DecodeStats {
+    /// `, owner tables reset N times (...)` when that happened (only after lost records), or
+    /// nothing: for the end-of-run sentences.
+    pub fn owner_resets_note(&self) -> String {
+        match self.owner_table_resets {
+            0 => String::new(),
+            n => format!(", owner tables reset {n} times (owners of sockets open then are unknown)"),
+        }
+    }
 }
 
 /// Turns ring-buffer records into events. Pure: unit-tested on byte records.

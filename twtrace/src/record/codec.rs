@@ -15,7 +15,7 @@
 //! | 4   | state      | ts, sk, netns, old u8, new u8, flow, task |
 //! | 5   | drop       | ts, reason name, reason code, netns, flow, flags u8, seq u32, ack u32 |
 //! | 6   | port search| ts, bits u8, duration_ns, errno, [candidates], netns, [remote], [local], process |
-//! | 7   | counters   | ts, netns, n, n × (name, zigzag delta) |
+//! | 7   | counters   | ts, netns, n, n × (name, zigzag delta); skipped runs are a counter named `SkippedRuns` |
 //! | 8   | lost       | ts, new, total |
 //! | 9   | socket     | (initial picture only) flow, state u8, expires_ms |
 //! | 0x80.. | definitions | IPv4 (4 bytes), IPv6 (16), process (pid, tid, cgroup, comm), name, netns, sk (u64) |
@@ -30,10 +30,10 @@ use std::{
 };
 
 use crate::{
-    aggregate::ExistingSocket,
+    event::ExistingSocket,
     event::{
-        DeathReason, DropEvent, Event, LostEvent, NetstatEvent, PortSearchEvent, Process, SearchOp, SocketFlow,
-        StateEvent, TimeWaitChange, TimeWaitEvent, TimeWaitSubstate,
+        DeathReason, DropEvent, Event, LostEvent, NetstatEvent, PortSearchEvent, Process, SearchOp, SkippedEvent,
+        SocketFlow, StateEvent, TimeWaitChange, TimeWaitEvent, TimeWaitSubstate,
     },
 };
 
@@ -58,6 +58,11 @@ const SEARCH_APPROXIMATE: u8 = 2;
 const SEARCH_CANDIDATES: u8 = 4;
 const SEARCH_REMOTE: u8 = 8;
 const SEARCH_LOCAL: u8 = 16;
+
+/// Skipped runs ([`Event::Skipped`]) are stored as a counter record of this name in namespace
+/// 0, as the stream carried them before they had an event of their own: recordings of either
+/// form read the same, and older readers still read new recordings.
+const SKIPPED_RUNS_COUNTER: &str = "SkippedRuns";
 
 /// Longest name (drop reason, counter) and command a reader accepts.
 const MAX_NAME: usize = 256;
@@ -248,19 +253,28 @@ impl ChunkEncoder {
             Event::Netstat(e) => {
                 let netns = self.netns_ref(e.netns);
                 let names: Vec<u32> = e.deltas.iter().map(|(name, _)| self.name_ref(name)).collect();
-                self.tag_and_ts(COUNTERS, ts);
-                put_varint(&mut self.buf, netns.into());
-                put_varint(&mut self.buf, e.deltas.len() as u64);
-                for (name, (_, delta)) in names.into_iter().zip(&e.deltas) {
-                    put_varint(&mut self.buf, name.into());
-                    put_varint(&mut self.buf, zigzag(*delta));
-                }
+                self.counters(ts, netns, names.into_iter().zip(e.deltas.iter().map(|(_, d)| *d)));
+            }
+            Event::Skipped(e) => {
+                let netns = self.netns_ref(0);
+                let name = self.name_ref(SKIPPED_RUNS_COUNTER);
+                self.counters(ts, netns, [(name, e.new as i64)].into_iter());
             }
             Event::Lost(e) => {
                 self.tag_and_ts(LOST, ts);
                 put_varint(&mut self.buf, e.new);
                 put_varint(&mut self.buf, e.total);
             }
+        }
+    }
+
+    fn counters(&mut self, ts: u64, netns: u32, deltas: impl ExactSizeIterator<Item = (u32, i64)>) {
+        self.tag_and_ts(COUNTERS, ts);
+        put_varint(&mut self.buf, netns.into());
+        put_varint(&mut self.buf, deltas.len() as u64);
+        for (name, delta) in deltas {
+            put_varint(&mut self.buf, name.into());
+            put_varint(&mut self.buf, zigzag(delta));
         }
     }
 
@@ -595,7 +609,12 @@ impl ChunkDecoder<'_> {
                     let name = self.name()?;
                     deltas.push((name, unzigzag(self.varint()?)));
                 }
-                Event::Netstat(NetstatEvent { ts_ns, netns, deltas })
+                match deltas.as_slice() {
+                    [(name, new)] if name == SKIPPED_RUNS_COUNTER => {
+                        Event::Skipped(SkippedEvent { ts_ns, new: (*new).max(0) as u64 })
+                    }
+                    _ => Event::Netstat(NetstatEvent { ts_ns, netns, deltas }),
+                }
             }
             LOST => {
                 let ts_ns = self.ts()?;

@@ -19,7 +19,6 @@
 
 pub mod codec;
 mod reader;
-mod replay;
 #[cfg(test)]
 mod tests;
 
@@ -33,17 +32,9 @@ use std::{
 };
 
 pub use reader::{Damage, Reader};
-pub use replay::Replay;
 use serde::{Deserialize, Serialize};
 
-use anyhow::Context as _;
-
-use crate::{
-    event::Event,
-    filter::Filter,
-    probes::DecodeStats,
-    source::{Signals, Source, SourceInfo},
-};
+use crate::{event::Event, probes::DecodeStats, source_info::SourceInfo};
 
 pub const FILE_MAGIC: &[u8; 8] = b"TWTRACE\0";
 pub const CHUNK_MAGIC: &[u8; 4] = b"TWCK";
@@ -288,63 +279,4 @@ fn write_chunks(mut file: File, rx: mpsc::Receiver<Sealed>) -> std::io::Result<u
         size += bytes.len() as u64;
     }
     Ok(size)
-}
-
-/// Parses a `--duration` value: seconds, or a number with s, m or h.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, scale) = match text.char_indices().last() {
-        Some((i, 's')) => (&text[..i], 1.0),
-        Some((i, 'm')) => (&text[..i], 60.0),
-        Some((i, 'h')) => (&text[..i], 3600.0),
-        _ => (text, 1.0),
-    };
-    match number.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(Duration::from_secs_f64(v * scale)),
-        _ => Err(format!("`{text}` is not a duration: use seconds, or a number with s, m or h (90, 90s, 5m, 1h)")),
-    }
-}
-
-/// `twtrace record`: the stream, filtered, into `path` until Ctrl-C, SIGTERM or `duration`.
-pub async fn run(
-    source: &mut Source,
-    filter: &Filter,
-    path: &Path,
-    force: bool,
-    duration: Option<Duration>,
-) -> anyhow::Result<()> {
-    let mut signals = Signals::new()?;
-    let mut info = source.info().clone();
-    info.filter = filter.describe();
-    let mut recorder = Recorder::create(path, &info, force).with_context(|| format!("{}", path.display()))?;
-    eprintln!("twtrace: recording to {}; {}", path.display(), source.describe());
-    let deadline = duration.map(|d| tokio::time::Instant::now() + d);
-    let mut batch = Vec::new();
-    let mut lost = 0;
-    loop {
-        let stop = source.next_batch_or_stop(&mut batch, &mut signals, deadline).await;
-        for event in batch.drain(..).filter(|e| filter.matches(e)) {
-            if let Event::Lost(l) = &event {
-                lost = l.total;
-            }
-            recorder.write(&event).with_context(|| format!("writing {}", path.display()))?;
-        }
-        recorder.tick().with_context(|| format!("writing {}", path.display()))?;
-        if stop {
-            break;
-        }
-    }
-    let events = recorder.events();
-    let decoder = source.live_probes().map(|p| p.stats()).unwrap_or_default();
-    let trailer = Trailer { events, lost, ended_ns: source.now_ns(), decoder };
-    let size = recorder.finish(&trailer).with_context(|| format!("finishing {}", path.display()))?;
-    // The header and sockets alone are a few kB: a per-event figure means nothing without events.
-    let per_event =
-        if events == 0 { String::new() } else { format!(", {:.1} bytes/event", size as f64 / events as f64) };
-    eprintln!(
-        "twtrace: recorded {events} events ({lost} lost in the kernel) to {}: {size} bytes{per_event}{}",
-        path.display(),
-        crate::output::owner_resets(&trailer.decoder)
-    );
-    Ok(())
 }

@@ -9,7 +9,7 @@ use super::{
     MAX_HEADER_JSON, MAX_RAW, MAX_STORED, RecordError, Trailer,
     codec::{self, Decoded},
 };
-use crate::source::SourceInfo;
+use crate::source_info::SourceInfo;
 
 /// Something wrong with a recording, and what it cost.
 #[derive(Clone, Debug, PartialEq, Eq)]

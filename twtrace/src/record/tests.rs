@@ -5,13 +5,16 @@ use std::path::PathBuf;
 
 use super::*;
 use crate::{
-    aggregate::ExistingSocket,
+    event::ExistingSocket,
+    event::SkippedEvent,
     event::{
         DeathReason, DropEvent, LostEvent, NetstatEvent, PortSearchEvent, Process, SearchOp, SocketFlow, StateEvent,
         TimeWaitChange, TimeWaitEvent, TimeWaitSubstate,
     },
-    kernel::{WallClock, netns::Sysctls},
+    kernel::netns::Sysctls,
     probes::{Attempt, Backend, Family, FamilyReport},
+    source_info::SourceInfo,
+    time::WallClock,
 };
 
 fn flow(local: &str, remote: &str) -> Option<SocketFlow> {
@@ -133,6 +136,7 @@ fn every_kind(base: u64) -> Vec<Event> {
         }),
         Event::Netstat(NetstatEvent { ts_ns: base + 14, netns: 0, deltas: vec![] }),
         Event::Lost(LostEvent { ts_ns: base + 15, new: 5, total: u64::MAX }),
+        Event::Skipped(SkippedEvent { ts_ns: base + 16, new: 61 }),
     ]
 }
 
@@ -332,16 +336,6 @@ fn no_damage_panics() {
             assert!(!reader.damage().is_empty() || events == all, "byte {at}: damage must be reported");
         }
     }
-}
-
-#[test]
-fn durations_parse_with_units() {
-    assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-    assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-    assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-    assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-    assert!(parse_duration("soon").is_err());
-    assert!(parse_duration("-1").is_err());
 }
 
 /// Seeds for `cargo xtask fuzz`: a valid recording with every kind (for `read_recording`) and

@@ -3,8 +3,11 @@
 
 use std::fmt::Write as _;
 
-use super::Report;
-use crate::output::rfc3339;
+use super::{
+    Report,
+    text::{ms_text, us_text},
+};
+use crate::time::WallTime;
 
 /// Colours of the chart series, in order (distinct in print and for common colour blindness).
 const COLOURS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
@@ -93,13 +96,13 @@ fn line_chart(
     }
     for i in 0..=5 {
         let ti = t0 + span * f64::from(i) / 5.0;
-        let label = rfc3339((ti * 1e9) as u64);
+        let label = WallTime::from_unix_secs(ti).time_of_day();
         let _ = write!(
             svg,
             r#"<text x="{:.1}" y="{}" class="axis" text-anchor="middle">{}</text>"#,
             x(ti),
             H - B + 18.0,
-            &label[11..19]
+            label
         );
     }
     let _ = write!(svg, r##"<line x1="{L}" x2="{L}" y1="{T}" y2="{}" stroke="#888"/>"##, H - B);
@@ -192,15 +195,15 @@ li{{margin:4px 0}} figure{{margin:8px 0}}
 </style></head><body>
 "#,
         host = esc(&rec.host),
-        started = esc(&rec.started)
+        started = esc(&rec.started.rfc3339())
     );
     let _ = writeln!(
         h,
         "<h1>twtrace report: {} ({})</h1><p>{} to {} ({:.0} s) &middot; {} events &middot; {} lost &middot; {} chunks{}</p>",
         esc(&rec.host),
         esc(&rec.kernel),
-        esc(&rec.started),
-        esc(&rec.ended),
+        esc(&rec.started.rfc3339()),
+        esc(&rec.ended.rfc3339()),
         rec.seconds,
         rec.events,
         rec.lost,
@@ -241,15 +244,15 @@ li{{margin:4px 0}} figure{{margin:8px 0}}
         &["peak", "peak at", "at start", "at end", "born", "expired", "killed", "lifetime p50", "p99", "max"],
         &[vec![
             tw.peak.to_string(),
-            opt(tw.peak_at.clone()),
+            opt(tw.peak_at),
             tw.at_start.to_string(),
             tw.at_end.to_string(),
             tw.births.to_string(),
             tw.expired.to_string(),
             tw.killed.to_string(),
-            super::ms_text(tw.lifetime_p50_ms),
-            super::ms_text(tw.lifetime_p99_ms),
-            super::ms_text(tw.lifetime_max_ms),
+            ms_text(tw.lifetime_p50_ms),
+            ms_text(tw.lifetime_p99_ms),
+            ms_text(tw.lifetime_max_ms),
         ]],
     ));
     h.push_str("<h3>At the peak, by remote address and by owner</h3>");
@@ -259,8 +262,9 @@ li{{margin:4px 0}} figure{{margin:8px 0}}
     h.push_str(&table(&["owner", "sockets"], &groups(&tw.by_owner_at_peak)));
 
     h.push_str("<h2>Port space per destination</h2>\n");
+    let labels: Vec<String> = tl.destinations.iter().map(|s| s.destination.label()).collect();
     let dest_series: Vec<Series> =
-        tl.destinations.iter().map(|(name, v)| Series { name, values: v }).collect::<Vec<_>>();
+        tl.destinations.iter().zip(&labels).map(|(s, name)| Series { name, values: &s.utilisation }).collect();
     let percent: Vec<Vec<f64>> = dest_series.iter().map(|s| s.values.iter().map(|v| v * 100.0).collect()).collect();
     let percent_series: Vec<Series> =
         dest_series.iter().zip(&percent).map(|(s, v)| Series { name: s.name, values: v }).collect();
@@ -285,13 +289,13 @@ li{{margin:4px 0}} figure{{margin:8px 0}}
         .iter()
         .map(|d| {
             vec![
-                d.local.clone(),
-                d.remote.clone(),
+                d.destination.local.to_string(),
+                d.destination.remote.to_string(),
                 format!("{} ({:.1}%)", d.peak_in_use, d.peak_utilisation * 100.0),
-                d.peak_at.clone(),
+                d.peak_at.rfc3339(),
                 d.in_use_at_end.to_string(),
-                super::us_text(d.search_p50_us),
-                super::us_text(d.search_p99_us),
+                us_text(d.search_p50_us),
+                us_text(d.search_p99_us),
                 opt(d.candidates_p99),
                 d.failures.to_string(),
             ]

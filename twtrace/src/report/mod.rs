@@ -1,50 +1,39 @@
-//! `twtrace report`: a postmortem of a recording. The recording is replayed through the same
-//! aggregator `top` uses, sampled every second of recorded time for the timelines; the
-//! [`Report`] model is then rendered as text, JSON or a self-contained HTML page.
+//! The postmortem model of a recording, and its renderers (text here, HTML in `html`). The
+//! stream goes through the same aggregator `top` uses ([`ReportBuilder`], fed by the `report`
+//! command's sink), sampled every second of recorded time for the timelines.
 
 mod html;
-#[cfg(test)]
-mod tests;
+mod text;
 
-use std::{collections::HashMap, path::PathBuf};
+use std::collections::HashMap;
 
-use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::{
-    aggregate::{Destination, FailureView, Group, Sample, Snapshot, SourceView},
-    filter::Filter,
-    kernel::netns::Sysctls,
-    output::rfc3339,
-    record::Reader,
-    source::SourceInfo,
-};
+pub use html::render as html;
+pub use text::text;
 
-#[derive(clap::Args)]
-pub struct ReportArgs {
-    /// The recording (`twtrace record -o FILE`).
-    file: PathBuf,
-    /// JSON on stdout instead of text.
-    #[arg(long)]
-    json: bool,
-    /// Also write a self-contained HTML page with charts (no network needed to view it).
-    #[arg(long, value_name = "OUT")]
-    html: Option<PathBuf>,
-    /// Rows per ranking.
-    #[arg(long, default_value_t = 10)]
-    top: usize,
-}
+use crate::{
+    aggregate::{Aggregator, Destination, FailureView, Group, Sample, Snapshot, SourceView},
+    event::Event,
+    kernel::netns::Sysctls,
+    source::Health,
+    source_info::SourceInfo,
+    time::WallTime,
+};
 
 /// Timeline resolution while reading; charts merge points down to at most [`CHART_POINTS`].
 const SAMPLE_NS: u64 = 1_000_000_000;
 const CHART_POINTS: usize = 600;
 /// Destinations drawn in the port-space chart.
 const CHART_DESTINATIONS: usize = 6;
+/// A new TIME_WAIT peak is kept in full (its breakdown by remote and owner) once it exceeds
+/// the previous one by this factor: peaks are rare, so this stays cheap.
+const PEAK_STEP: f64 = 1.05;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub recording: RecordingSummary,
-    /// Conclusions in plain words, most important first.
+    /// Conclusions in plain words, most important first (`crate::findings`).
     pub findings: Vec<String>,
     pub timewait: TimeWaitSummary,
     pub destinations: Vec<DestinationSummary>,
@@ -58,11 +47,13 @@ pub struct RecordingSummary {
     pub file: String,
     pub host: String,
     pub kernel: String,
-    pub started: String,
-    pub ended: String,
+    pub started: WallTime,
+    pub ended: WallTime,
     pub seconds: f64,
     pub events: u64,
     pub lost: u64,
+    /// Runs of twtrace's programs the kernel skipped while recording.
+    pub skipped_runs: u64,
     pub chunks: u64,
     /// The end marker was found: `twtrace record` finished normally.
     pub complete: bool,
@@ -78,7 +69,7 @@ pub struct RecordingSummary {
 #[derive(Clone, Debug, Serialize)]
 pub struct TimeWaitSummary {
     pub peak: u64,
-    pub peak_at: Option<String>,
+    pub peak_at: Option<WallTime>,
     pub at_start: u64,
     pub at_end: u64,
     pub max_buckets: Option<u64>,
@@ -95,12 +86,13 @@ pub struct TimeWaitSummary {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct DestinationSummary {
-    pub local: String,
-    pub remote: String,
+    /// `local` and `remote` in the JSON.
+    #[serde(flatten)]
+    pub destination: Destination,
     pub range: u64,
     pub peak_in_use: u64,
     pub peak_utilisation: f64,
-    pub peak_at: String,
+    pub peak_at: WallTime,
     pub in_use_at_end: u64,
     pub search_p50_us: Option<f64>,
     pub search_p99_us: Option<f64>,
@@ -114,7 +106,7 @@ pub struct PawsSummary {
     pub by_reason: Vec<(String, u64)>,
     pub sources: Vec<SourceView>,
     pub peak_per_s: f64,
-    pub peak_at: Option<String>,
+    pub peak_at: Option<WallTime>,
     /// Kernel counters over the recording (/proc/net/netstat deltas).
     pub counters: Vec<(String, i64)>,
 }
@@ -132,97 +124,114 @@ pub struct Timeline {
     pub drops_per_s: Vec<f64>,
     pub connect_failures_per_s: Vec<f64>,
     /// Port utilisation (0–1) of the busiest destinations.
-    pub destinations: Vec<(String, Vec<f64>)>,
+    pub destinations: Vec<DestinationSeries>,
 }
 
-pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
-    let report = build(&args.file, args.top)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", text(&report));
-    }
-    if let Some(out) = &args.html {
-        std::fs::write(out, html::render(&report)).with_context(|| format!("writing {}", out.display()))?;
-        eprintln!("twtrace: wrote {}", out.display());
-    }
-    for d in &report.recording.damage {
-        eprintln!("twtrace: damage: {d}");
-    }
-    Ok(())
+/// One destination's utilisation over time; in JSON `["local → remote", [values]]`.
+#[derive(Clone, Debug)]
+pub struct DestinationSeries {
+    pub destination: Destination,
+    pub utilisation: Vec<f64>,
 }
 
-/// Reads the whole recording into a [`Report`].
-pub fn build(path: &std::path::Path, top: usize) -> anyhow::Result<Report> {
-    let mut reader = Reader::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let info = reader.info.clone();
-    let filter = Filter::default();
-    let mut aggregator = info.aggregator(top);
-    let mut samples: Vec<Sample> = vec![aggregator.sample(info.started_ns)];
-    let mut next_sample = info.started_ns + SAMPLE_NS;
-    let mut peak_snapshot: Option<Snapshot> = None;
-    let mut last_ts = info.started_ns;
-    let mut events = 0u64;
-    let mut lost = 0u64;
-    // A full snapshot whenever TIME_WAIT reaches a new peak (by at least 5 %), for the
-    // breakdown at the peak: cheap, because peaks are rare.
-    let mut take_sample = |aggregator: &mut crate::aggregate::Aggregator, at: u64, samples: &mut Vec<Sample>| {
-        let sample = aggregator.sample(at);
-        let peak = peak_snapshot.as_ref().map_or(0, |s| s.timewait.live);
-        if sample.timewait_live > 0 && sample.timewait_live as f64 > peak as f64 * 1.05 {
-            peak_snapshot = Some(aggregator.snapshot(at));
-        }
-        samples.push(sample);
-    };
-    while let Some(chunk) = reader.next_chunk() {
-        for event in chunk.decoded.events.iter().filter(|e| filter.matches(e)) {
-            let ts = event.ts_ns();
-            while ts >= next_sample {
-                take_sample(&mut aggregator, next_sample, &mut samples);
-                next_sample += SAMPLE_NS;
-            }
-            if let crate::event::Event::Lost(l) = event {
-                lost = l.total;
-            } else {
-                events += 1;
-            }
-            last_ts = last_ts.max(ts);
-            aggregator.apply(event);
+impl Serialize for DestinationSeries {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (self.destination.label(), &self.utilisation).serialize(serializer)
+    }
+}
+
+/// Reads the stream into a [`Report`]: applies every event to the aggregator, sampling it
+/// every second of recorded time.
+pub struct ReportBuilder {
+    aggregator: Aggregator,
+    samples: Vec<Sample>,
+    next_sample: u64,
+    /// The full picture at the highest TIME_WAIT peak so far.
+    peak_snapshot: Option<Snapshot>,
+    last_ts: u64,
+    events: u64,
+}
+
+impl ReportBuilder {
+    /// `aggregator`: seeded with the sockets at the start, `started_ns`.
+    pub fn new(mut aggregator: Aggregator, started_ns: u64) -> Self {
+        aggregator.advance(started_ns);
+        let samples = vec![aggregator.sample(started_ns)];
+        Self {
+            aggregator,
+            samples,
+            next_sample: started_ns + SAMPLE_NS,
+            peak_snapshot: None,
+            last_ts: started_ns,
+            events: 0,
         }
     }
-    let ended_ns = reader.trailer().map_or(last_ts, |t| t.ended_ns.max(last_ts));
-    take_sample(&mut aggregator, ended_ns, &mut samples);
-    let end = aggregator.snapshot(ended_ns);
-    let mut damage: Vec<String> = reader.damage().iter().map(ToString::to_string).collect();
-    if let Some(t) = reader.trailer() {
-        if t.events != events && damage.is_empty() {
-            damage.push(format!("the end marker counts {} events, {events} were read", t.events));
+
+    pub fn event(&mut self, event: &Event) {
+        let ts = event.ts_ns();
+        while ts >= self.next_sample {
+            self.take_sample(self.next_sample);
+            self.next_sample += SAMPLE_NS;
         }
+        if !matches!(event, Event::Lost(_)) {
+            self.events += 1;
+        }
+        self.last_ts = self.last_ts.max(ts);
+        self.aggregator.apply(event);
     }
-    let recording = RecordingSummary {
-        file: path.display().to_string(),
-        host: info.host.clone(),
-        kernel: info.kernel.clone(),
-        started: rfc3339(info.clock.to_unix_ns(info.started_ns)),
-        ended: rfc3339(info.clock.to_unix_ns(ended_ns)),
-        seconds: ended_ns.saturating_sub(info.started_ns) as f64 / 1e9,
-        events,
-        lost,
-        chunks: reader.chunks(),
-        complete: reader.trailer().is_some(),
-        damage,
-        backends: info
-            .backends
-            .iter()
-            .map(|r| (r.family.to_string(), r.running.map_or("OFF".into(), |b| b.to_string())))
-            .collect(),
-        sysctls: info.sysctls.clone(),
-        netns: info.netns,
-        port: info.port,
-        filter: info.filter.clone(),
-        sockets_at_start: info.sockets.len(),
-    };
-    Ok(assemble(recording, &info, &samples, peak_snapshot, &end, aggregator.port_range_size()))
+
+    fn take_sample(&mut self, at: u64) {
+        self.aggregator.advance(at);
+        let sample = self.aggregator.sample(at);
+        let peak = self.peak_snapshot.as_ref().map_or(0, |s| s.timewait.live);
+        if sample.timewait_live > 0 && sample.timewait_live as f64 > peak as f64 * PEAK_STEP {
+            self.peak_snapshot = Some(self.aggregator.snapshot(at));
+        }
+        self.samples.push(sample);
+    }
+
+    /// The report of everything read; `file` names the recording, `health` is the source's
+    /// at the end (its end marker, chunks and damage).
+    pub fn finish(mut self, file: String, info: &SourceInfo, health: &Health) -> Report {
+        let replay = health.replay.as_ref();
+        let trailer = replay.and_then(|r| r.trailer.as_ref());
+        let ended_ns = trailer.map_or(self.last_ts, |t| t.ended_ns.max(self.last_ts));
+        self.take_sample(ended_ns);
+        let end = self.aggregator.snapshot(ended_ns);
+        let mut damage: Vec<String> =
+            replay.map(|r| r.damage.iter().map(ToString::to_string).collect()).unwrap_or_default();
+        if let Some(t) = trailer {
+            if t.events != self.events && damage.is_empty() {
+                damage.push(format!("the end marker counts {} events, {} were read", t.events, self.events));
+            }
+        }
+        let recording = RecordingSummary {
+            file,
+            host: info.host.clone(),
+            kernel: info.kernel.clone(),
+            started: info.clock.at(info.started_ns),
+            ended: info.clock.at(ended_ns),
+            seconds: ended_ns.saturating_sub(info.started_ns) as f64 / 1e9,
+            events: self.events,
+            lost: health.lost,
+            skipped_runs: health.skipped_runs,
+            chunks: replay.map_or(0, |r| r.chunks),
+            complete: trailer.is_some(),
+            damage,
+            backends: info
+                .backends
+                .iter()
+                .map(|r| (r.family.to_string(), r.running.map_or("OFF".into(), |b| b.to_string())))
+                .collect(),
+            sysctls: info.sysctls.clone(),
+            netns: info.netns,
+            port: info.port,
+            filter: info.filter.clone(),
+            sockets_at_start: info.sockets.len(),
+        };
+        let range = self.aggregator.port_range_size();
+        assemble(recording, info, &self.samples, self.peak_snapshot, &end, range)
+    }
 }
 
 fn assemble(
@@ -233,7 +242,7 @@ fn assemble(
     end: &Snapshot,
     range: u64,
 ) -> Report {
-    let wall = |mono: u64| rfc3339(info.clock.to_unix_ns(mono));
+    let wall = |mono: u64| info.clock.at(mono);
     let first = samples.first().expect("at least the start sample");
     let peak_tw = samples.iter().max_by_key(|s| (s.timewait_live, std::cmp::Reverse(s.mono_ns))).unwrap_or(first);
     let tw = &end.timewait;
@@ -266,10 +275,9 @@ fn assemble(
     let mut destinations: Vec<DestinationSummary> = peaks
         .iter()
         .map(|(dest, (peak_in_use, at))| {
-            let view = end.port_space.destinations.iter().find(|d| d.local == dest.local && d.remote == dest.remote);
+            let view = end.port_space.destinations.iter().find(|d| d.destination == *dest);
             DestinationSummary {
-                local: dest.local.to_string(),
-                remote: dest.remote.to_string(),
+                destination: *dest,
                 range,
                 peak_in_use: *peak_in_use,
                 peak_utilisation: *peak_in_use as f64 / range.max(1) as f64,
@@ -284,10 +292,9 @@ fn assemble(
         .collect();
     // Remotes every connect() to which failed hold no ports, but belong in the table.
     for v in &end.port_space.destinations {
-        if !destinations.iter().any(|d| d.local == v.local.to_string() && d.remote == v.remote.to_string()) {
+        if !destinations.iter().any(|d| d.destination == v.destination) {
             destinations.push(DestinationSummary {
-                local: v.local.to_string(),
-                remote: v.remote.to_string(),
+                destination: v.destination,
                 range,
                 peak_in_use: v.in_use,
                 peak_utilisation: v.utilisation,
@@ -301,7 +308,10 @@ fn assemble(
         }
     }
     destinations.sort_by(|a, b| {
-        b.peak_in_use.cmp(&a.peak_in_use).then(b.failures.cmp(&a.failures)).then(a.remote.cmp(&b.remote))
+        b.peak_in_use
+            .cmp(&a.peak_in_use)
+            .then(b.failures.cmp(&a.failures))
+            .then(a.destination.remote.cmp(&b.destination.remote))
     });
     destinations.truncate(end.port_space.destinations.len().max(10));
 
@@ -316,10 +326,10 @@ fn assemble(
         by_reason: end.paws.by_reason.iter().map(|r| (r.reason.clone(), r.total)).collect(),
         sources: end.paws.sources.clone(),
         peak_per_s: peak_drops,
-        peak_at: peak_drops_at.map(|t| rfc3339((t * 1e9) as u64)),
+        peak_at: peak_drops_at.map(WallTime::from_unix_secs),
         counters: end.paws.counters.clone(),
     };
-    let mut report = Report {
+    Report {
         recording,
         findings: Vec::new(),
         timewait,
@@ -327,9 +337,7 @@ fn assemble(
         failures: end.port_space.failures.clone(),
         paws,
         timeline,
-    };
-    report.findings = findings(&report);
-    report
+    }
 }
 
 fn timeline(info: &SourceInfo, samples: &[Sample], destinations: &[DestinationSummary], range: u64) -> Timeline {
@@ -353,7 +361,7 @@ fn timeline(info: &SourceInfo, samples: &[Sample], destinations: &[DestinationSu
             let max = group
                 .iter()
                 .flat_map(|s| &s.ports_in_use)
-                .filter(|(k, _)| k.local.to_string() == d.local && k.remote.to_string() == d.remote)
+                .filter(|(k, _)| *k == d.destination)
                 .map(|(_, v)| *v)
                 .max()
                 .unwrap_or(0);
@@ -361,242 +369,10 @@ fn timeline(info: &SourceInfo, samples: &[Sample], destinations: &[DestinationSu
         }
         prev = last;
     }
-    t.destinations = charted.iter().map(|d| format!("{} → {}", d.local, d.remote)).zip(dest_series).collect();
+    t.destinations = charted
+        .iter()
+        .zip(dest_series)
+        .map(|(d, utilisation)| DestinationSeries { destination: d.destination, utilisation })
+        .collect();
     t
-}
-
-/// The conclusions a postmortem should start with.
-fn findings(r: &Report) -> Vec<String> {
-    let mut out = Vec::new();
-    let rec = &r.recording;
-    if !rec.complete || !rec.damage.is_empty() {
-        out.push(format!(
-            "The recording is incomplete or damaged ({} problem(s), listed below): figures cover only what could be read.",
-            rec.damage.len()
-        ));
-    }
-    if rec.lost > 0 {
-        out.push(format!(
-            "{} events were lost in the kernel (ring buffer full): counts below are lower bounds. Record with a larger --ring-buffer-size.",
-            rec.lost
-        ));
-    }
-    let skipped = r.paws.counters.iter().find(|(name, _)| name == crate::probes::SKIPPED_RUNS).map_or(0, |(_, n)| *n);
-    if skipped > 0 {
-        out.push(format!(
-            "The kernel skipped {skipped} runs of twtrace's programs (a softirq or kprobe hit them while a BPF program \
-             was already running on that CPU): up to {skipped} events may be missing, most likely fewer."
-        ));
-    }
-    let (lo, hi) = rec.sysctls.ip_local_port_range;
-    for d in r.destinations.iter().filter(|d| d.peak_utilisation >= 0.8) {
-        out.push(format!(
-            "Port space toward {} from {} peaked at {:.0}% ({} of {} ports) at {}: connect() to it fails with \
-             EADDRNOTAVAIL when full. Reuse connections (keep-alive or pooling), widen ip_local_port_range (now \
-             {lo}-{hi}), or spread load over more destination addresses or ports.",
-            d.remote,
-            d.local,
-            d.peak_utilisation * 100.0,
-            d.peak_in_use,
-            d.range,
-            &d.peak_at[11..19]
-        ));
-    }
-    let failed: u64 = r.failures.iter().filter(|f| f.error == "EADDRNOTAVAIL").map(|f| f.count).sum();
-    if failed > 0 {
-        let who: Vec<String> = r.failures.iter().take(3).map(|f| format!("{} x{}", f.process, f.count)).collect();
-        out.push(format!("{failed} connect() calls found no free local port (EADDRNOTAVAIL): {}.", who.join(", ")));
-    }
-    if let Some(p50) = r.timewait.lifetime_p50_ms {
-        if (55_000.0..=65_000.0).contains(&p50) {
-            let fin = rec.sysctls.tcp_fin_timeout.map(|f| format!(" (tcp_fin_timeout is {f} s)")).unwrap_or_default();
-            out.push(format!(
-                "TIME_WAIT sockets lived {:.1} s (median): that is the kernel's fixed TCP_TIMEWAIT_LEN of 60 s; \
-                 tcp_fin_timeout{fin} does not shorten it, it only bounds orphaned FIN_WAIT2 sockets.",
-                p50 / 1e3
-            ));
-        }
-    }
-    if let (Some(max), peak) = (r.timewait.max_buckets, r.timewait.peak) {
-        if max > 0 && peak as f64 >= 0.9 * max as f64 {
-            out.push(format!(
-                "TIME_WAIT peaked at {peak}, {:.0}% of tcp_max_tw_buckets ({max}): beyond it the kernel skips \
-                 TIME_WAIT and counts TCPTimeWaitOverflow.",
-                peak as f64 / max as f64 * 100.0
-            ));
-        }
-    }
-    if r.timewait.peak > 0 {
-        if let Some(top) = r.timewait.by_remote_at_peak.first() {
-            out.push(format!(
-                "At the TIME_WAIT peak ({}) the largest group was toward {} ({} sockets); by owner: {}.",
-                r.timewait.peak,
-                top.key,
-                top.count,
-                r.timewait
-                    .by_owner_at_peak
-                    .iter()
-                    .take(3)
-                    .map(|g| format!("{} {}", g.key, g.count))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-    }
-    if r.paws.drops > 0 {
-        let nat: Vec<&SourceView> = r.paws.sources.iter().filter(|s| s.flows >= 2).collect();
-        let reasons: Vec<String> = r.paws.by_reason.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        out.push(format!(
-            "{} segments were dropped by PAWS ({}) from {} source(s){}. tcp_timestamps is {}.",
-            r.paws.drops,
-            reasons.join(", "),
-            r.paws.sources.len(),
-            if nat.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; {} source(s) with several flows each ({}), the signature of clients behind NAT whose \
-                     timestamp clocks differ",
-                    nat.len(),
-                    nat.iter().take(3).map(|s| s.source.to_string()).collect::<Vec<_>>().join(", ")
-                )
-            },
-            rec.sysctls.tcp_timestamps.map_or("unknown".into(), |v| v.to_string())
-        ));
-    }
-    if out.is_empty() {
-        out.push("Nothing stands out: no port-space pressure, no PAWS drops, no loss.".into());
-    }
-    out
-}
-
-/// A line of block characters for a series (the text report's timelines).
-fn sparkline(values: &[f64], width: usize) -> String {
-    const BLOCKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-    if values.is_empty() {
-        return String::new();
-    }
-    let per = values.len().div_ceil(width).max(1);
-    let points: Vec<f64> = values.chunks(per).map(|c| c.iter().copied().fold(0.0, f64::max)).collect();
-    let max = points.iter().copied().fold(0.0, f64::max);
-    points.iter().map(|v| if max <= 0.0 { BLOCKS[0] } else { BLOCKS[((v / max) * 7.0).round() as usize] }).collect()
-}
-
-fn ms_text(v: Option<f64>) -> String {
-    v.map_or("-".into(), |v| format!("{:.1}s", v / 1e3))
-}
-
-fn us_text(v: Option<f64>) -> String {
-    v.map_or("-".into(), |v| format!("{v:.1}us"))
-}
-
-pub fn text(r: &Report) -> String {
-    let rec = &r.recording;
-    let mut o = String::new();
-    let mut line = |s: String| {
-        o.push_str(&s);
-        o.push('\n');
-    };
-    line(format!("twtrace report: {}", rec.file));
-    line(format!(
-        "  host {} kernel {}  {} .. {} ({:.0} s)  {} events, {} lost, {} chunks{}",
-        rec.host,
-        rec.kernel,
-        rec.started,
-        rec.ended,
-        rec.seconds,
-        rec.events,
-        rec.lost,
-        rec.chunks,
-        if rec.complete { "" } else { ", NOT FINISHED" }
-    ));
-    let s = &rec.sysctls;
-    let opt = |v: Option<u64>| v.map_or("?".into(), |v| v.to_string());
-    line(format!(
-        "  ip_local_port_range {}-{}  tcp_tw_reuse {}  tcp_timestamps {}  tcp_max_tw_buckets {}  tcp_fin_timeout {}",
-        s.ip_local_port_range.0,
-        s.ip_local_port_range.1,
-        opt(s.tcp_tw_reuse),
-        opt(s.tcp_timestamps),
-        opt(s.tcp_max_tw_buckets),
-        opt(s.tcp_fin_timeout)
-    ));
-    let backends: Vec<String> = rec.backends.iter().map(|(f, b)| format!("{f}:{b}")).collect();
-    line(format!(
-        "  backends {}{}",
-        backends.join(" "),
-        if rec.filter.is_empty() { String::new() } else { format!("  filter {}", rec.filter) }
-    ));
-    for d in &rec.damage {
-        line(format!("  DAMAGE: {d}"));
-    }
-    line(String::new());
-    line("Findings".into());
-    for f in &r.findings {
-        line(format!("  - {f}"));
-    }
-    line(String::new());
-    let tw = &r.timewait;
-    line(format!(
-        "TIME_WAIT  peak {}{} at {}  start {} end {}  born {} expired {} killed {}  lifetime p50 {} p99 {} max {}",
-        tw.peak,
-        tw.max_buckets.map(|m| format!("/{m}")).unwrap_or_default(),
-        tw.peak_at.as_deref().map_or("-", |t| &t[11..19]),
-        tw.at_start,
-        tw.at_end,
-        tw.births,
-        tw.expired,
-        tw.killed,
-        ms_text(tw.lifetime_p50_ms),
-        ms_text(tw.lifetime_p99_ms),
-        ms_text(tw.lifetime_max_ms)
-    ));
-    line(format!("  population  {}", sparkline(&r.timeline.timewait_live, 60)));
-    for g in tw.by_remote_at_peak.iter().take(5) {
-        line(format!("  at peak toward {} x{}", g.key, g.count));
-    }
-    for g in tw.by_owner_at_peak.iter().take(5) {
-        line(format!("  at peak owned by {} x{}", g.key, g.count));
-    }
-    line(String::new());
-    line(format!("Port space per destination (range {} ports)", r.destinations.first().map_or(0, |d| d.range)));
-    for d in &r.destinations {
-        let label = format!("{} → {}", d.local, d.remote);
-        let series = r.timeline.destinations.iter().find(|(l, _)| *l == label).map_or(&[][..], |(_, s)| s.as_slice());
-        line(format!(
-            "  {} -> {}  peak {} ({:.1}%) at {}  end {}  search p50 {} p99 {}  candidates p99 {}  failures {}  {}",
-            d.local,
-            d.remote,
-            d.peak_in_use,
-            d.peak_utilisation * 100.0,
-            &d.peak_at[11..19],
-            d.in_use_at_end,
-            us_text(d.search_p50_us),
-            us_text(d.search_p99_us),
-            d.candidates_p99.map_or("-".into(), |c| c.to_string()),
-            d.failures,
-            sparkline(series, 30)
-        ));
-    }
-    for f in &r.failures {
-        line(format!("  failed {} {} x{}", f.process, f.error, f.count));
-    }
-    line(String::new());
-    let p = &r.paws;
-    let reasons: Vec<String> = p.by_reason.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    line(format!(
-        "PAWS drops {}  {}  peak {:.1}/s{}",
-        p.drops,
-        reasons.join(", "),
-        p.peak_per_s,
-        p.peak_at.as_deref().map(|t| format!(" at {}", &t[11..19])).unwrap_or_default()
-    ));
-    for s in &p.sources {
-        line(format!("  from {} drops {} flows {}", s.source, s.drops, s.flows));
-    }
-    if !p.counters.is_empty() {
-        let c: Vec<String> = p.counters.iter().map(|(k, v)| format!("{k} {v:+}")).collect();
-        line(format!("  counters {}", c.join(", ")));
-    }
-    o
 }

@@ -156,7 +156,11 @@ fn draw_ports(frame: &mut Frame, area: Rect, snap: &Snapshot, ui: &UiState) {
     let header = Row::new([first, "in use", "util", "conn/s", "full in", "srch p99", "cand", "fail"]).style(bold());
     let rows = sorted(&p.destinations, ui.sort_by).into_iter().map(|d| {
         Row::new(vec![
-            if wide { format!("{} -> {}", d.local, d.remote) } else { d.remote.to_string() },
+            if wide {
+                format!("{} -> {}", d.destination.local, d.destination.remote)
+            } else {
+                d.destination.remote.to_string()
+            },
             d.in_use.to_string(),
             format!("{:.1}%", d.utilisation * 100.0),
             format!("{:.1}", d.connects_per_s),

@@ -86,6 +86,7 @@ fn incident() -> Snapshot {
         netns: 1,
         deltas: vec![("PAWSActive".into(), 6), ("TW".into(), 7100)],
     }));
+    agg.advance(110 * S);
     agg.snapshot(110 * S)
 }
 

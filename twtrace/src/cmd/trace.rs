@@ -1,65 +1,83 @@
-//! The `trace` sink: one line per event, for people or (with `--json`) for tools.
+//! `twtrace trace`: one line per event, for people or (with `--json`) for tools.
 
-use std::{io::Write, time::Duration};
+use std::io::Write;
 
 use serde_json::{Value, json};
 
+use super::SourceArgs;
 use crate::{
+    drive::{self, Control, Limits, Sink, Status},
     event::{Event, Process, SearchOp, SocketFlow, TimeWaitChange, errno_name, tcp_state_name},
-    filter::Filter,
-    kernel::WallClock,
-    source::{Signals, Source},
+    time::WallClock,
 };
 
-/// `twtrace trace`: prints the stream until Ctrl-C, SIGTERM, `duration` or the end of a
-/// recording, then a summary (a JSON line with `--json`, a sentence on stderr).
-pub async fn run(source: &mut Source, filter: &Filter, json: bool, duration: Option<Duration>) -> anyhow::Result<()> {
-    let mut signals = Signals::new()?;
-    // Tools and tests wait for this line: live, everything after it is traced.
-    eprintln!("twtrace: {}", source.describe());
-    let clock = source.info().clock;
-    let mut printer = Printer::new(std::io::BufWriter::new(std::io::stdout().lock()), json, clock);
-    let mut batch = Vec::new();
-    let mut events = 0u64;
-    let mut lost = 0u64;
-    let deadline = duration.map(|d| tokio::time::Instant::now() + d);
-    loop {
-        let stop = source.next_batch_or_stop(&mut batch, &mut signals, deadline).await;
-        for event in batch.drain(..).filter(|e| filter.matches(e)) {
-            match &event {
-                Event::Lost(l) => lost = l.total,
-                _ => events += 1,
-            }
-            printer.event(&event)?;
+#[derive(clap::Args)]
+pub struct TraceArgs {
+    /// JSON Lines on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Stop after this long (seconds, or with s, m, h).
+    #[arg(long, value_name = "DURATION", value_parser = super::parse_duration)]
+    duration: Option<std::time::Duration>,
+    #[command(flatten)]
+    source: SourceArgs,
+}
+
+/// Prints the stream until Ctrl-C, SIGTERM, `--duration` or the end of a recording, then a
+/// summary (a JSON line with `--json`, a sentence on stderr).
+pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
+    let (mut source, filter) = args.source.open(false, None)?;
+    let printer = Printer::new(std::io::BufWriter::new(std::io::stdout().lock()), args.json, source.info().clock);
+    let mut sink = TraceSink { printer, events: 0 };
+    drive::drive(&mut source, filter, &mut sink, Limits { duration: args.duration }).await
+}
+
+/// The `trace` sink: the printer, and the count for the summary.
+struct TraceSink<W: Write> {
+    printer: Printer<W>,
+    events: u64,
+}
+
+impl<W: Write> Sink for TraceSink<W> {
+    type Wake = ();
+
+    fn event(&mut self, event: &Event, _status: &Status) -> anyhow::Result<()> {
+        if !matches!(event, Event::Lost(_)) {
+            self.events += 1;
         }
-        // Once per batch, so pipes (jq, tests) see events within a drain interval.
-        printer.flush()?;
-        if stop {
-            break;
-        }
+        Ok(self.printer.event(event)?)
     }
-    let mut summary = json!({"event": "summary", "events": events, "lost": lost, "backends": source.info().backends});
-    match source {
-        Source::Live(live) => {
-            let stats = live.probes.stats();
+
+    /// Once per batch, so pipes (jq, tests) see events within a drain interval.
+    fn batch_done(&mut self, _status: &Status) -> anyhow::Result<Control> {
+        self.printer.flush()?;
+        Ok(Control::Continue)
+    }
+
+    fn finish(&mut self, status: &Status) -> anyhow::Result<()> {
+        let health = status.health();
+        let events = self.events;
+        let lost = health.lost;
+        let mut summary =
+            json!({"event": "summary", "events": events, "lost": lost, "backends": status.info().backends});
+        if let Some(replay) = &health.replay {
+            let damage: Vec<String> = replay.damage.iter().map(ToString::to_string).collect();
+            summary["damage"] = json!(damage);
+            self.printer.summary(&summary)?;
+            eprintln!("twtrace: {}", replay.summary());
+        } else if let Some(stats) = health.decoder {
             summary["decoder"] = json!(stats);
-            printer.summary(&summary)?;
+            self.printer.summary(&summary)?;
             eprintln!(
                 "twtrace: {events} events, {lost} lost in the kernel (ring buffer full), {} malformed records, \
                  {} TIME_WAIT deaths of sockets born before tracing started{}",
                 stats.malformed + stats.wrong_version,
                 stats.untracked_deaths,
-                owner_resets(&stats)
+                stats.owner_resets_note()
             );
         }
-        Source::Replay(replay) => {
-            let damage: Vec<String> = replay.reader().damage().iter().map(ToString::to_string).collect();
-            summary["damage"] = json!(damage);
-            printer.summary(&summary)?;
-            eprintln!("twtrace: {}", replay.summary());
-        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The `trace` sink.
@@ -98,7 +116,7 @@ impl<W: Write> Printer<W> {
 
 pub fn event_json(event: &Event, clock: WallClock) -> Value {
     let ts_ns = event.ts_ns();
-    let mut v = json!({"ts": rfc3339(clock.to_unix_ns(ts_ns)), "mono_ns": ts_ns});
+    let mut v = json!({"ts": clock.at(ts_ns), "mono_ns": ts_ns});
     let m = v.as_object_mut().expect("object");
     let mut put = |key: &str, value: Value| {
         m.insert(key.into(), value);
@@ -171,6 +189,13 @@ pub fn event_json(event: &Event, clock: WallClock) -> Value {
             put("count", json!(e.new));
             put("total", json!(e.total));
         }
+        // In the JSON Lines as before it had an event of its own: a counter sample beside the
+        // kernel's TCP counters (tools and the recording format read it so).
+        Event::Skipped(e) => {
+            put("event", json!("netstat"));
+            put("netns", json!(0));
+            put("deltas", json!({SKIPPED_RUNS: e.new}));
+        }
     }
     v
 }
@@ -207,6 +232,9 @@ fn process_text(p: Option<&Process>) -> String {
 fn flow_text(flow: Option<SocketFlow>) -> String {
     flow.map(|f| format!("{} <- {}", f.local, f.remote)).unwrap_or_else(|| "?".into())
 }
+
+/// The name skipped runs go by in `trace` output, as a counter.
+const SKIPPED_RUNS: &str = "SkippedRuns";
 
 pub fn event_text(event: &Event, clock: WallClock) -> String {
     let (ts_ns, netns, what) = match event {
@@ -257,6 +285,7 @@ pub fn event_text(event: &Event, clock: WallClock) -> String {
             (e.ts_ns, e.netns, format!("COUNTERS  {}", deltas.join(", ")))
         }
         Event::Lost(e) => (e.ts_ns, 0, format!("LOST      {} events (ring buffer full; {} so far)", e.new, e.total)),
+        Event::Skipped(e) => (e.ts_ns, 0, format!("COUNTERS  {SKIPPED_RUNS} {:+}", e.new)),
         Event::PortSearch(e) => {
             let op = if e.op == SearchOp::Connect { "connect()" } else { "bind()" };
             let addr = e.remote.or(e.local).map(|a| a.to_string()).unwrap_or_else(|| "?".into());
@@ -278,7 +307,7 @@ pub fn event_text(event: &Event, clock: WallClock) -> String {
             )
         }
     };
-    format!("{} {what}  netns {netns}", clock_time(clock.to_unix_ns(ts_ns)))
+    format!("{} {what}  netns {netns}", clock.at(ts_ns).time_of_day_micros())
 }
 
 fn micros(ns: u64) -> String {
@@ -287,42 +316,6 @@ fn micros(ns: u64) -> String {
 
 fn seconds(ns: u64) -> String {
     format!("{:.3}s", ns as f64 / 1e9)
-}
-
-/// `HH:MM:SS.ffffff` (UTC), for the human format.
-fn clock_time(unix_ns: u64) -> String {
-    let secs = unix_ns / 1_000_000_000;
-    let micros = (unix_ns % 1_000_000_000) / 1_000;
-    let day_secs = secs % 86_400;
-    format!("{:02}:{:02}:{:02}.{micros:06}", day_secs / 3600, day_secs / 60 % 60, day_secs % 60)
-}
-
-/// RFC 3339 UTC with microseconds, e.g. `2026-11-22T22:13:19.123456Z`.
-pub fn rfc3339(unix_ns: u64) -> String {
-    let secs = unix_ns / 1_000_000_000;
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    format!("{y:04}-{m:02}-{d:02}T{}Z", clock_time(unix_ns))
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's method).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-/// Shown only when it happened: the owner tables start over only after lost records.
-pub fn owner_resets(stats: &crate::probes::DecodeStats) -> String {
-    match stats.owner_table_resets {
-        0 => String::new(),
-        n => format!(", owner tables reset {n} times (owners of sockets open then are unknown)"),
-    }
 }
 
 #[cfg(test)]
@@ -346,13 +339,6 @@ mod tests {
             owner: None,
             change: TimeWaitChange::Death { reason: DeathReason::Expired, lifetime_ns: 60_750_000_000 },
         })
-    }
-
-    #[test]
-    fn rfc3339_known_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(rfc3339(951_782_400_000_001_000), "2000-02-29T00:00:00.000001Z");
-        assert_eq!(rfc3339(1_795_385_599_000_000_000), "2026-11-22T22:13:19.000000Z");
     }
 
     #[test]

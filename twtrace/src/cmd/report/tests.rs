@@ -3,15 +3,18 @@
 
 use std::net::SocketAddr;
 
-use super::*;
+use super::build_blocking as build;
 use crate::{
-    aggregate::ExistingSocket,
+    event::ExistingSocket,
     event::{
         DeathReason, DropEvent, Event, PortSearchEvent, Process, SearchOp, SocketFlow, TimeWaitChange, TimeWaitEvent,
         TimeWaitSubstate,
     },
-    kernel::WallClock,
+    kernel::netns::Sysctls,
     record::{Recorder, Trailer},
+    report::{html, text},
+    source_info::SourceInfo,
+    time::WallClock,
 };
 
 const S: u64 = 1_000_000_000;
@@ -125,7 +128,10 @@ fn an_exhausted_port_range_and_nat_paws_drops_are_the_findings() {
     assert_eq!((r.timewait.peak, r.timewait.at_start, r.timewait.births, r.timewait.expired), (10, 9, 1, 1));
     assert_eq!(r.timewait.lifetime_p50_ms.map(|v| v.round()), Some(60_000.0));
     let d = &r.destinations[0];
-    assert_eq!((d.remote.as_str(), d.peak_in_use, d.range, d.failures), ("10.0.0.2:80", 9, 10, 3));
+    assert_eq!(
+        (d.destination.remote.to_string().as_str(), d.peak_in_use, d.range, d.failures),
+        ("10.0.0.2:80", 9, 10, 3)
+    );
     assert_eq!(r.failures[0].count, 3);
     assert_eq!((r.paws.drops, r.paws.sources[0].flows), (4, 3));
     let findings = r.findings.join("\n");
@@ -163,7 +169,7 @@ fn an_unfinished_recording_is_reported_as_such() {
 #[test]
 fn the_page_is_self_contained_and_escapes_names() {
     let path = incident("html", true);
-    let page = html::render(&build(&path, 10).unwrap());
+    let page = html(&build(&path, 10).unwrap());
     assert_eq!(page.matches("<svg class=\"chart\"").count(), 5);
     assert!(page.contains("cu&lt;r&gt;l[4242]") && !page.contains("cu<r>l"), "process names are escaped");
     for outside in ["http://", "https://", "<script", "<link", "@import", "url("] {

@@ -3,8 +3,12 @@
 
 use std::{collections::VecDeque, path::Path, time::Duration};
 
-use super::{Reader, RecordError};
-use crate::{event::Event, source::Flow, source::SourceInfo};
+use super::{Flow, Health, ReplayHealth};
+use crate::{
+    event::Event,
+    record::{Reader, RecordError},
+    source_info::SourceInfo,
+};
 
 /// Longest a paced replay sleeps before looking again (keys and frames stay responsive).
 const MAX_SLEEP: Duration = Duration::from_millis(100);
@@ -19,44 +23,53 @@ pub struct Replay {
     now_ns: u64,
     ended: bool,
     replayed: u64,
+    /// Loss and skipped runs as the replayed stream has told them so far.
+    lost: u64,
+    skipped_runs: u64,
 }
 
 impl Replay {
     pub fn open(path: &Path, speed: Option<f64>) -> Result<Self, RecordError> {
         let reader = Reader::open(path)?;
         let now_ns = reader.info.started_ns;
-        Ok(Self { reader, speed, pending: VecDeque::new(), origin: None, now_ns, ended: false, replayed: 0 })
+        Ok(Self {
+            reader,
+            speed,
+            pending: VecDeque::new(),
+            origin: None,
+            now_ns,
+            ended: false,
+            replayed: 0,
+            lost: 0,
+            skipped_runs: 0,
+        })
     }
 
     pub fn info(&self) -> &SourceInfo {
         &self.reader.info
     }
 
-    pub fn reader(&self) -> &Reader<std::io::BufReader<std::fs::File>> {
-        &self.reader
+    pub(super) fn info_mut(&mut self) -> &mut SourceInfo {
+        &mut self.reader.info
     }
 
-    pub fn speed(&self) -> Option<f64> {
-        self.speed
-    }
-
-    /// What was replayed and, when the recording is damaged, what was lost.
-    pub fn summary(&self) -> String {
-        let mut out = format!("{} events replayed from {} chunks", self.replayed, self.reader.chunks());
-        if self.ended {
-            let damage = self.reader.damage();
-            if damage.is_empty() {
-                out.push_str("; the recording is complete and intact");
-            }
-            for d in damage {
-                out.push_str(&format!("\n  damage: {d}"));
-            }
+    pub fn health(&self) -> Health {
+        let trailer = self.reader.trailer().cloned();
+        Health {
+            lost: self.lost,
+            skipped_runs: self.skipped_runs,
+            decoder: trailer.as_ref().map(|t| t.decoder),
+            bpf_run_time_ns: None,
+            replay: Some(ReplayHealth {
+                position_ns: self.now_ns,
+                speed: self.speed,
+                ended: self.ended,
+                replayed: self.replayed,
+                chunks: self.reader.chunks(),
+                damage: self.reader.damage().to_vec(),
+                trailer,
+            }),
         }
-        out
-    }
-
-    pub fn replayed(&self) -> u64 {
-        self.replayed
     }
 
     /// The recorded time the replay has reached.
@@ -112,6 +125,11 @@ impl Replay {
             let e = self.pending.pop_front().expect("front exists");
             self.now_ns = self.now_ns.max(e.ts_ns());
             self.replayed += 1;
+            match &e {
+                Event::Lost(l) => self.lost = self.lost.max(l.total),
+                Event::Skipped(s) => self.skipped_runs += s.new,
+                _ => {}
+            }
             out.push(e);
         }
     }
@@ -124,7 +142,7 @@ impl Replay {
     }
 
     /// Stopping a replay (Ctrl-C) leaves the rest of the recording unread.
-    pub fn finish(&mut self, _out: &mut [Event]) {
+    pub fn finish(&mut self) {
         self.end();
     }
 }

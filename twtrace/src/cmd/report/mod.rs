@@ -1,0 +1,96 @@
+//! `twtrace report`: a postmortem of a recording as text, JSON, or a self-contained HTML page.
+//! The recording is driven through a sink like any source; the model is `crate::report`, the
+//! conclusions `crate::findings`.
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use crate::{
+    drive::{self, Limits, Sink, Status},
+    event::Event,
+    filter::Filter,
+    findings,
+    report::{self, Report, ReportBuilder},
+    source::Source,
+};
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// The recording (`twtrace record -o FILE`).
+    file: PathBuf,
+    /// JSON on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Also write a self-contained HTML page with charts (no network needed to view it).
+    #[arg(long, value_name = "OUT")]
+    html: Option<PathBuf>,
+    /// Rows per ranking.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+}
+
+pub async fn run(args: &ReportArgs) -> anyhow::Result<()> {
+    let report = build(&args.file, args.top).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report::text(&report));
+    }
+    if let Some(out) = &args.html {
+        std::fs::write(out, report::html(&report)).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("twtrace: wrote {}", out.display());
+    }
+    for d in &report.recording.damage {
+        eprintln!("twtrace: damage: {d}");
+    }
+    Ok(())
+}
+
+/// Reads the whole recording into a [`Report`], findings included.
+pub async fn build(path: &Path, top: usize) -> anyhow::Result<Report> {
+    let mut source = Source::replay(path, None)?;
+    let info = source.info();
+    let builder = ReportBuilder::new(super::aggregator_for(info, top), info.started_ns);
+    let mut sink = ReportSink { file: path.display().to_string(), builder: Some(builder), report: None };
+    drive::drive(&mut source, Filter::default(), &mut sink, Limits::default()).await?;
+    let mut report = sink.report.expect("finish builds the report");
+    report.findings = findings::of(&report).into_iter().map(|f| f.text).collect();
+    Ok(report)
+}
+
+struct ReportSink {
+    file: String,
+    /// Taken by `finish`, which leaves the report.
+    builder: Option<ReportBuilder>,
+    report: Option<Report>,
+}
+
+impl Sink for ReportSink {
+    type Wake = ();
+
+    /// Silent: the report is the output.
+    fn start(&mut self, _status: &Status) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn event(&mut self, event: &Event, _status: &Status) -> anyhow::Result<()> {
+        self.builder.as_mut().expect("until finish").event(event);
+        Ok(())
+    }
+
+    fn finish(&mut self, status: &Status) -> anyhow::Result<()> {
+        let builder = self.builder.take().expect("finish runs once");
+        self.report = Some(builder.finish(std::mem::take(&mut self.file), status.info(), &status.health()));
+        Ok(())
+    }
+}
+
+/// [`build`] on a runtime of its own, for tests.
+#[cfg(test)]
+fn build_blocking(path: &Path, top: usize) -> anyhow::Result<Report> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(build(path, top))
+}

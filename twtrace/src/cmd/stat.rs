@@ -1,0 +1,207 @@
+//! `twtrace stat`: the aggregator's views as periodic text blocks or JSON lines, for scripts,
+//! pipes and logs (and what `top` falls back to without a terminal).
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::ViewArgs;
+use crate::{
+    aggregate::{Aggregator, Snapshot},
+    drive::{self, Control, Limits, Sink, Status},
+    event::Event,
+    filter::Filter,
+    probes,
+    source::Source,
+    time::WallClock,
+};
+
+#[derive(clap::Args)]
+pub struct StatArgs {
+    /// Seconds between reports (of recorded time, with --replay).
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    interval: f64,
+    /// Stop after this many reports.
+    #[arg(long)]
+    count: Option<u64>,
+    /// JSON Lines instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    view: ViewArgs,
+}
+
+pub struct StatOptions {
+    pub interval: Duration,
+    pub count: Option<u64>,
+    pub json: bool,
+    pub top: usize,
+}
+
+pub async fn run(args: StatArgs) -> anyhow::Result<()> {
+    if !(args.interval > 0.0 && args.interval.is_finite()) {
+        anyhow::bail!("--interval must be a positive number of seconds");
+    }
+    let options = StatOptions {
+        interval: Duration::from_secs_f64(args.interval),
+        count: args.count,
+        json: args.json,
+        top: args.view.top,
+    };
+    let (mut source, filter) = args.view.source.open(true, None)?;
+    stat(&mut source, filter, &options).await
+}
+
+/// Reports on `source` every interval (also `top`'s fallback without a terminal).
+pub async fn stat(source: &mut Source, filter: Filter, options: &StatOptions) -> anyhow::Result<()> {
+    let info = source.info();
+    let interval_ns = options.interval.as_nanos() as u64;
+    let mut sink = StatSink {
+        aggregator: super::aggregator_for(info, options.top),
+        clock: info.clock,
+        backends: info.backends.clone(),
+        json: options.json,
+        count: options.count,
+        interval_ns,
+        next_report_ns: info.started_ns + interval_ns,
+        printed: 0,
+    };
+    drive::drive(source, filter, &mut sink, Limits::default()).await
+}
+
+/// Reports each interval of the source's time (wall time live, recorded time in a replay),
+/// cut exactly between events: a replayed recording gives the timeline it gave live.
+struct StatSink {
+    aggregator: Aggregator,
+    clock: WallClock,
+    backends: Vec<probes::FamilyReport>,
+    json: bool,
+    count: Option<u64>,
+    interval_ns: u64,
+    next_report_ns: u64,
+    printed: u64,
+}
+
+impl StatSink {
+    fn done(&self) -> bool {
+        self.count.is_some_and(|c| self.printed >= c)
+    }
+
+    fn print(&mut self, at_ns: u64) {
+        if self.done() {
+            return;
+        }
+        self.aggregator.advance(at_ns);
+        let snapshot = self.aggregator.snapshot(at_ns);
+        if self.json {
+            println!("{}", snapshot_json(&snapshot, self.clock, &self.backends));
+        } else {
+            println!("{}", snapshot_text(&snapshot, self.clock));
+        }
+        self.printed += 1;
+    }
+
+    /// Every report due before `now_ns`.
+    fn reports_until(&mut self, now_ns: u64) {
+        while now_ns >= self.next_report_ns && !self.done() {
+            self.print(self.next_report_ns);
+            self.next_report_ns += self.interval_ns;
+        }
+    }
+}
+
+impl Sink for StatSink {
+    type Wake = ();
+
+    fn event(&mut self, event: &Event, _status: &Status) -> anyhow::Result<()> {
+        self.reports_until(event.ts_ns());
+        self.aggregator.apply(event);
+        Ok(())
+    }
+
+    fn batch_done(&mut self, status: &Status) -> anyhow::Result<Control> {
+        self.reports_until(status.now_ns());
+        Ok(if self.done() { Control::Stop } else { Control::Continue })
+    }
+
+    /// A stop prints one last report: what happened since the previous one is not lost.
+    fn finish(&mut self, status: &Status) -> anyhow::Result<()> {
+        self.print(status.now_ns());
+        Ok(())
+    }
+}
+
+pub fn snapshot_json(s: &Snapshot, clock: WallClock, backends: &[probes::FamilyReport]) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).unwrap_or_default();
+    if let Some(m) = v.as_object_mut() {
+        m.insert("ts".into(), json!(clock.at(s.mono_ns)));
+        m.insert(
+            "backends".into(),
+            json!(
+                backends
+                    .iter()
+                    .map(|r| (r.family.to_string(), r.running.map(|b| b.to_string())))
+                    .collect::<std::collections::BTreeMap<_, _>>()
+            ),
+        );
+    }
+    v
+}
+
+fn opt(v: Option<f64>, unit: &str, scale: f64) -> String {
+    v.map(|v| format!("{:.1}{unit}", v / scale)).unwrap_or_else(|| "-".into())
+}
+
+/// A few lines per interval; the same numbers as the JSON and the TUI.
+pub fn snapshot_text(s: &Snapshot, clock: WallClock) -> String {
+    let tw = &s.timewait;
+    let mut out = format!(
+        "{} TIME_WAIT {}{}  born {:.1}/s  died {:.1}/s expired + {:.1}/s killed  lifetime p50 {} p99 {} max {}  lost {}",
+        clock.at(s.mono_ns).time_of_day(),
+        tw.live,
+        tw.max_buckets.map(|m| format!("/{m}")).unwrap_or_default(),
+        tw.births_per_s,
+        tw.expired_per_s,
+        tw.killed_per_s,
+        opt(tw.lifetime_p50_ms, "s", 1e3),
+        opt(tw.lifetime_p99_ms, "s", 1e3),
+        opt(tw.lifetime_max_ms, "s", 1e3),
+        s.lost,
+    );
+    for g in tw.by_remote.iter().take(3) {
+        out.push_str(&format!("\n  tw remote {} x{}", g.key, g.count));
+    }
+    for d in &s.port_space.destinations {
+        out.push_str(&format!(
+            "\n  ports {} -> {}  in use {}/{} ({:.1}%)  connects {:.1}/s  exhausted in {}  search p50 {} p99 {}  candidates p99 {}  failures {}",
+            d.destination.local,
+            d.destination.remote,
+            d.in_use,
+            d.range,
+            d.utilisation * 100.0,
+            d.connects_per_s,
+            d.seconds_to_exhaustion.map(|e| format!("{e:.0}s")).unwrap_or_else(|| "-".into()),
+            opt(d.search_p50_us, "us", 1.0),
+            opt(d.search_p99_us, "us", 1.0),
+            d.candidates_p99.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            d.failures
+        ));
+    }
+    for f in &s.port_space.failures {
+        out.push_str(&format!("\n  failed {} {} x{}", f.process, f.error, f.count));
+    }
+    if s.paws.drops_total > 0 || !s.paws.counters.is_empty() {
+        let reasons: Vec<String> = s.paws.by_reason.iter().map(|r| format!("{} {}", r.reason, r.total)).collect();
+        let counters: Vec<String> = s.paws.counters.iter().map(|(k, v)| format!("{k} {v:+}")).collect();
+        out.push_str(&format!(
+            "\n  paws {:.1}/s  {}  counters {}",
+            s.paws.drops_per_s,
+            reasons.join(", "),
+            counters.join(", ")
+        ));
+        for src in s.paws.sources.iter().take(3) {
+            out.push_str(&format!("\n  paws source {} drops {} flows {}", src.source, src.drops, src.flows));
+        }
+    }
+    out
+}

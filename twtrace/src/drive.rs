@@ -1,0 +1,178 @@
+//! The one loop between a source and a sink: signals, the next batch, the filter, the sink,
+//! and the stop. Every command (`trace`, `record`, `stat`, `top`, `report`) is a [`Sink`]
+//! driven by [`drive`]; none of them reads a source itself, and none knows whether its events
+//! come from the kernel or from a recording.
+
+use std::{future::Future, time::Duration};
+
+use crate::{
+    event::{Event, ExistingSocket},
+    filter::Filter,
+    source::{Flow, Health, Source},
+    source_info::SourceInfo,
+};
+
+/// What a sink asks of the loop after a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    /// Stop now: the source's pending events are drained into the sink first, then
+    /// [`Sink::finish`] runs.
+    Stop,
+    /// Filter from now on with this (the TUI's `/`): the sink is restarted with the sockets
+    /// that exist now ([`Sink::restart`]).
+    Refilter(Filter),
+}
+
+/// Where the run stands, for sinks: the source's description, its present and its health.
+/// Sinks see the source only through this.
+pub struct Status<'a> {
+    source: &'a Source,
+}
+
+impl Status<'_> {
+    pub fn info(&self) -> &SourceInfo {
+        self.source.info()
+    }
+
+    /// The source's present (CLOCK_MONOTONIC ns): now when live, the position in a replay.
+    pub fn now_ns(&self) -> u64 {
+        self.source.now_ns()
+    }
+
+    /// Loss, skipped runs, decoder counts, BPF run time, replay position and damage. Computed
+    /// when asked (BPF run time reads every program's statistics): call it per frame or at
+    /// the end, not per event.
+    pub fn health(&self) -> Health {
+        self.source.health()
+    }
+
+    /// The line tools and tests wait for: everything after it is traced.
+    pub fn describe(&self) -> String {
+        self.source.describe()
+    }
+}
+
+/// A consumer of the event stream.
+pub trait Sink {
+    /// What [`Sink::wait`] yields.
+    type Wake;
+
+    /// Called once, after SIGINT/SIGTERM handling is in place and before the first event.
+    /// By default announces the source on stderr (tools and tests wait for that line).
+    fn start(&mut self, status: &Status) -> anyhow::Result<()> {
+        eprintln!("twtrace: {}", status.describe());
+        Ok(())
+    }
+
+    /// One event that passed the filter, in stream order.
+    fn event(&mut self, event: &Event, status: &Status) -> anyhow::Result<()>;
+
+    /// After every batch (a live source delivers one at least every drain interval, empty or
+    /// not, so this is also the sink's clock).
+    fn batch_done(&mut self, _status: &Status) -> anyhow::Result<Control> {
+        Ok(Control::Continue)
+    }
+
+    /// Something besides the stream the sink waits for (the TUI's keys and frames). Never,
+    /// by default.
+    fn wait(&mut self) -> impl Future<Output = Self::Wake> {
+        std::future::pending()
+    }
+
+    fn on_wake(&mut self, _wake: Self::Wake, _status: &Status) -> anyhow::Result<Control> {
+        Ok(Control::Continue)
+    }
+
+    /// While true, a source that can wait (a replay) is not read; a live source is read
+    /// regardless, or the kernel would drop records.
+    fn holding(&self) -> bool {
+        false
+    }
+
+    /// Whether the end of a recording ends the run (the TUI keeps showing the last frame).
+    fn stops_at_end(&self) -> bool {
+        true
+    }
+
+    /// Start over from the sockets that exist now (after [`Control::Refilter`]).
+    fn restart(&mut self, _sockets: &[ExistingSocket], _status: &Status) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// The run is over (signal, deadline, end of the recording, or the sink's own stop).
+    fn finish(&mut self, status: &Status) -> anyhow::Result<()>;
+}
+
+/// How long a run may last, besides signals and the end of a recording.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Limits {
+    /// Stop this long after the start (`--duration`).
+    pub duration: Option<Duration>,
+}
+
+/// Feeds `source`, through `filter`, into `sink` until a signal, the limits, the end of a
+/// recording or the sink stops it. The sink sees every pending event before it finishes.
+pub async fn drive<S: Sink>(source: &mut Source, filter: Filter, sink: &mut S, limits: Limits) -> anyhow::Result<()> {
+    // Before anything is announced: a Ctrl-C right after start must still end cleanly.
+    let mut signals = Signals::new()?;
+    let mut filter = filter;
+    sink.start(&Status { source })?;
+    let deadline = limits.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut batch = Vec::new();
+    loop {
+        let read = !(sink.holding() && source.can_wait());
+        let mut stop = false;
+        let mut ended = false;
+        let mut woke = None;
+        tokio::select! {
+            () = signals.recv() => stop = true,
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => stop = true,
+            wake = sink.wait() => woke = Some(wake),
+            flow = source.next_batch(&mut batch), if read => ended = flow == Flow::Ended,
+        }
+        if let Some(wake) = woke {
+            match sink.on_wake(wake, &Status { source })? {
+                Control::Continue => {}
+                Control::Stop => stop = true,
+                Control::Refilter(new) => {
+                    filter = new;
+                    let sockets = source.sockets_now()?;
+                    sink.restart(&sockets, &Status { source })?;
+                }
+            }
+        }
+        let stop_now = stop || (ended && sink.stops_at_end());
+        if stop_now {
+            source.finish(&mut batch);
+        }
+        for event in batch.drain(..).filter(|e| filter.matches(e)) {
+            sink.event(&event, &Status { source })?;
+        }
+        if sink.batch_done(&Status { source })? == Control::Stop || stop_now {
+            break;
+        }
+    }
+    sink.finish(&Status { source })
+}
+
+/// SIGINT and SIGTERM.
+pub struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
+    }
+
+    /// The next SIGINT or SIGTERM.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! What every sink may know about where its events come from besides the events: the host,
+//! the kernel, the clock mapping, the namespace's settings, the backends, the filters and the
+//! sockets at start. A recording's header is exactly this (its sockets go in chunks of their
+//! own), so a replay describes itself as the live run did.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{event::ExistingSocket, kernel::netns::Sysctls, probes::FamilyReport, time::WallClock};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SourceInfo {
+    pub host: String,
+    pub kernel: String,
+    /// Kernel timestamps are CLOCK_MONOTONIC: this maps them to wall-clock time.
+    pub clock: WallClock,
+    /// When tracing started (monotonic ns).
+    pub started_ns: u64,
+    /// The traced namespace's settings.
+    pub sysctls: Sysctls,
+    /// Which backend each probe family runs on, and why others could not.
+    pub backends: Vec<FamilyReport>,
+    /// The in-kernel filters: namespace inode and port.
+    pub netns: Option<u32>,
+    pub port: Option<u16>,
+    /// The userspace filter events passed (`--pid`, `--comm`, ...), in command-line terms.
+    #[serde(default)]
+    pub filter: String,
+    /// TCP sockets of the traced namespace when tracing started (empty when not read).
+    #[serde(skip)]
+    pub sockets: Vec<ExistingSocket>,
+}
