@@ -19,7 +19,7 @@ enum Command {
     /// Stream events, one line each (live, or from a recording with --replay).
     Trace(cmd::trace::TraceArgs),
     /// Show, per probe family, which backends were tried, which one runs and why others failed.
-    Probes(cmd::ProbeArgs),
+    Probes(cmd::probes::ProbesArgs),
     /// Print the aggregated views periodically (text or JSON lines), for scripts and logs.
     Stat(cmd::stat::StatArgs),
     /// The live view: TIME_WAIT, port space per destination, PAWS drops (falls back to `stat`

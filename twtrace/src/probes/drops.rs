@@ -14,9 +14,10 @@ use crate::{
 };
 
 /// 6.11+: `kfree_skb(skb, location, reason, rx_sk)`; reading `rx_sk` fails the attach before.
-const TRACEPOINT_RX_SK_HOOKS: &[Hook] = &[Hook::RawTracepoint { program: "skb_drop_rx_sk", tracepoint: "kfree_skb" }];
+const TRACEPOINT_RX_SK_HOOKS: &[Hook] =
+    &[Hook::RawTracepoint { program: "skb_drop_rx_sk", tracepoint: "kfree_skb", shared: None }];
 /// 5.17+: `kfree_skb(skb, location, reason)`; before 5.17 there is no reason and this fails too.
-const TRACEPOINT_HOOKS: &[Hook] = &[Hook::RawTracepoint { program: "skb_drop", tracepoint: "kfree_skb" }];
+const TRACEPOINT_HOOKS: &[Hook] = &[Hook::RawTracepoint { program: "skb_drop", tracepoint: "kfree_skb", shared: None }];
 
 /// The function that fires `kfree_skb`: `sk_skb_reason_drop(sk, skb, reason)` from 6.11,
 /// `kfree_skb_reason(skb, reason)` from 5.17 to 6.10 (an inline wrapper afterwards).

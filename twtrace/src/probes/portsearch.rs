@@ -43,21 +43,10 @@ const KPROBE_HOOKS: &[Hook] = &[
 /// running kernel's `__inet_hash_connect` arity (4 until 2025, then 5 with `hash_port0`).
 pub fn backends(btf: &Btf, config: &Config) -> Vec<BackendPlan> {
     let fentry = match btf.func_params("__inet_hash_connect") {
-        Some(arity @ (4 | 5)) => {
-            let exit = if arity == 4 { "hash_connect_fexit4" } else { "hash_connect_fexit5" };
-            let mut hooks = vec![
-                Hook::Fentry { program: "hash_connect_fentry", function: "__inet_hash_connect" },
-                Hook::Fexit { program: exit, function: "__inet_hash_connect" },
-                Hook::Fentry { program: "check_established_fentry", function: "__inet_check_established" },
-                Hook::Fentry { program: "get_port_fentry", function: "inet_csk_get_port" },
-                Hook::Fexit { program: "get_port_fexit", function: "inet_csk_get_port" },
-            ];
-            if btf.func_params("__inet6_check_established").is_some() {
-                hooks
-                    .push(Hook::Fentry { program: "check_established6_fentry", function: "__inet6_check_established" });
-            }
-            BackendPlan::new(Backend::Fentry, &hooks)
-        }
+        Some(arity @ (4 | 5)) => BackendPlan::new(
+            Backend::Fentry,
+            &fentry_hooks(arity, btf.func_params("__inet6_check_established").is_some()),
+        ),
         Some(other) => BackendPlan::unavailable(
             Backend::Fentry,
             format!("__inet_hash_connect has {other} parameters; twtrace knows 4 and 5"),
@@ -65,17 +54,57 @@ pub fn backends(btf: &Btf, config: &Config) -> Vec<BackendPlan> {
         None => BackendPlan::unavailable(Backend::Fentry, "the kernel's BTF does not describe __inet_hash_connect"),
     };
     let mut plans = vec![fentry, BackendPlan::new(Backend::Kprobe, KPROBE_HOOKS)];
+    plans.extend(tracepoint_backends(config));
+    plans
+}
+
+/// The fentry backend's hooks for an `__inet_hash_connect` of `arity` (4 or 5) parameters;
+/// `ipv6`: the kernel has `__inet6_check_established` (IPv6 built in).
+fn fentry_hooks(arity: u32, ipv6: bool) -> Vec<Hook> {
+    let exit = if arity == 4 { "hash_connect_fexit4" } else { "hash_connect_fexit5" };
+    let mut hooks = vec![
+        Hook::Fentry { program: "hash_connect_fentry", function: "__inet_hash_connect" },
+        Hook::Fexit { program: exit, function: "__inet_hash_connect" },
+        Hook::Fentry { program: "check_established_fentry", function: "__inet_check_established" },
+        Hook::Fentry { program: "get_port_fentry", function: "inet_csk_get_port" },
+        Hook::Fexit { program: "get_port_fexit", function: "inet_csk_get_port" },
+    ];
+    if ipv6 {
+        hooks.push(Hook::Fentry { program: "check_established6_fentry", function: "__inet6_check_established" });
+    }
+    hooks
+}
+
+/// Every backend variant this family may attach, whatever the running kernel: for listing
+/// and for checking the kernel object (`super::catalogue`).
+pub fn every_backend() -> Vec<BackendPlan> {
+    let mut config = Config::DEFAULT;
+    // Any known address and offset: they only decide whether the tracepoint backend is offered.
+    config.tcp_write_timer = 1;
+    config.offsets.icsk_retransmit_timer = 0;
+    let mut plans: Vec<BackendPlan> =
+        [4, 5].iter().map(|&arity| BackendPlan::new(Backend::Fentry, &fentry_hooks(arity, true))).collect();
+    plans.push(BackendPlan::new(Backend::Kprobe, KPROBE_HOOKS));
+    plans.extend(tracepoint_backends(&config));
+    plans
+}
+
+/// What the tracepoint backend does not see: it has no hook inside the search.
+pub const TRACEPOINT_BLIND_SPOTS: &str = "connect() only, timed from the socket's SYN_SENT to its SYN (approximate, \
+     no candidate count); bind() and listen() searches are not seen";
+
+fn tracepoint_backends(config: &Config) -> Vec<BackendPlan> {
     if config.tcp_write_timer == 0 || config.offsets.icsk_retransmit_timer == OFFSET_UNKNOWN {
-        plans.push(BackendPlan::unavailable(
+        return vec![BackendPlan::unavailable(
             Backend::Tracepoint,
             "tcp_write_timer (kallsyms) or inet_connection_sock.icsk_retransmit_timer (BTF) not found: \
              the end of a search cannot be recognised",
-        ));
-    } else {
-        plans.push(BackendPlan::with_btf_reads(Backend::Tracepoint, TRACEPOINT_BTF_HOOKS));
-        plans.push(BackendPlan::new(Backend::Tracepoint, TRACEPOINT_HOOKS));
+        )];
     }
-    plans
+    vec![
+        BackendPlan::with_btf_reads(Backend::Tracepoint, TRACEPOINT_BTF_HOOKS).blind_to(TRACEPOINT_BLIND_SPOTS),
+        BackendPlan::new(Backend::Tracepoint, TRACEPOINT_HOOKS).blind_to(TRACEPOINT_BLIND_SPOTS),
+    ]
 }
 
 pub fn decode(raw: &RawSearch) -> Option<Event> {
@@ -109,4 +138,24 @@ pub fn decode(raw: &RawSearch) -> Option<Event> {
         local,
         process: Process::from_kernel(raw.header.pid_tgid, raw.header.cgroup_id, &raw.header.comm),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tracepoint_backend_says_what_it_does_not_see() {
+        let mut config = Config::DEFAULT;
+        config.tcp_write_timer = 0xffff_ffff_8100_0000;
+        config.offsets.icsk_retransmit_timer = 960;
+        let plans = tracepoint_backends(&config);
+        assert_eq!(plans.len(), 2);
+        assert!(
+            plans.iter().all(|p| p.backend == Backend::Tracepoint && p.blind_spots == Some(TRACEPOINT_BLIND_SPOTS))
+        );
+        // Without the timer, the backend is unavailable and says why.
+        let unavailable = tracepoint_backends(&Config::DEFAULT);
+        assert!(unavailable[0].hooks.as_ref().is_err_and(|why| why.contains("tcp_write_timer")));
+    }
 }

@@ -2,15 +2,21 @@
 
 use twtrace_common::state::StateEvent as RawState;
 
-use super::{Backend, BackendPlan, Hook, owners::Task};
+use super::{Backend, BackendPlan, Hook, SharedHook, owners::Task};
 use crate::event::{Event, SocketFlow, StateEvent};
 
 /// The state change, in both variants: shared with the port search's tracepoint backend.
-pub(super) const STATE_CHANGE_RAW: Hook =
-    Hook::RawTracepoint { program: "tcp_state_change", tracepoint: "inet_sock_set_state" };
+pub(super) const STATE_CHANGE_RAW: Hook = Hook::RawTracepoint {
+    program: "tcp_state_change",
+    tracepoint: "inet_sock_set_state",
+    shared: Some(SharedHook::STATE_CHANGE),
+};
 /// tp_btf (5.5+, BTF): the same tracepoint, reading the socket without helper calls.
-pub(super) const STATE_CHANGE_BTF: Hook =
-    Hook::BtfTracepoint { program: "tcp_state_change_btf", tracepoint: "inet_sock_set_state" };
+pub(super) const STATE_CHANGE_BTF: Hook = Hook::BtfTracepoint {
+    program: "tcp_state_change_btf",
+    tracepoint: "inet_sock_set_state",
+    shared: Some(SharedHook::STATE_CHANGE),
+};
 
 const TRACEPOINT_HOOKS: &[Hook] = &[STATE_CHANGE_RAW];
 const BTF_TRACEPOINT_HOOKS: &[Hook] = &[STATE_CHANGE_BTF];

@@ -8,29 +8,33 @@ use twtrace_common::{
     timewait::{TimeWaitEvent as RawTimeWait, TimerPhase},
 };
 
-use super::{Backend, BackendPlan, Hook, LoadError, owners::Owners};
+use super::{Backend, BackendPlan, Hook, LoadError, SharedHook, owners::Owners};
 use crate::{
     event::{DeathReason, Event, Process, SocketFlow, TimeWaitChange, TimeWaitEvent, TimeWaitSubstate},
     kernel::{btf::Btf, kallsyms},
 };
 
 /// `timer_start`, in both variants: shared with the port search's tracepoint backend.
-pub(super) const TIMER_START_BTF: Hook =
-    Hook::BtfTracepoint { program: "tw_timer_start_btf", tracepoint: "timer_start" };
-pub(super) const TIMER_START_RAW: Hook = Hook::RawTracepoint { program: "tw_timer_start", tracepoint: "timer_start" };
+pub(super) const TIMER_START_BTF: Hook = Hook::BtfTracepoint {
+    program: "tw_timer_start_btf",
+    tracepoint: "timer_start",
+    shared: Some(SharedHook::TIMER_START),
+};
+pub(super) const TIMER_START_RAW: Hook =
+    Hook::RawTracepoint { program: "tw_timer_start", tracepoint: "timer_start", shared: Some(SharedHook::TIMER_START) };
 
 /// tp_btf (5.5+, BTF): the timer is typed, so the filter that runs for every kernel timer
 /// needs no helper call.
 const BTF_TRACEPOINT_HOOKS: &[Hook] = &[
     TIMER_START_BTF,
-    Hook::BtfTracepoint { program: "tw_timer_cancel_btf", tracepoint: "timer_cancel" },
-    Hook::BtfTracepoint { program: "tw_timer_expire_btf", tracepoint: "timer_expire_entry" },
+    Hook::BtfTracepoint { program: "tw_timer_cancel_btf", tracepoint: "timer_cancel", shared: None },
+    Hook::BtfTracepoint { program: "tw_timer_expire_btf", tracepoint: "timer_expire_entry", shared: None },
 ];
 
 const TRACEPOINT_HOOKS: &[Hook] = &[
     TIMER_START_RAW,
-    Hook::RawTracepoint { program: "tw_timer_cancel", tracepoint: "timer_cancel" },
-    Hook::RawTracepoint { program: "tw_timer_expire", tracepoint: "timer_expire_entry" },
+    Hook::RawTracepoint { program: "tw_timer_cancel", tracepoint: "timer_cancel", shared: None },
+    Hook::RawTracepoint { program: "tw_timer_expire", tracepoint: "timer_expire_entry", shared: None },
 ];
 
 /// 6.9+ (`inet_twsk_hashdance_schedule` exists): births there, re-arms at __inet_twsk_schedule.
@@ -83,8 +87,8 @@ pub fn configure(btf: &Btf, symbols: &kallsyms::Symbols, config: &mut Config) ->
     o.timer_function = btf.member_offset("timer_list", "function")?;
     o.tw_timer = btf.member_offset("inet_timewait_sock", "tw_timer")?;
     config.tw_timer_handler = symbols.address(KERNEL_SYMBOL)?;
-    o.timer_expires = super::optional_offset(btf, "timer_list", "expires");
-    o.tw_substate = super::optional_offset(btf, "inet_timewait_sock", "tw_substate");
+    o.timer_expires = super::offsets::optional_offset(btf, "timer_list", "expires");
+    o.tw_substate = super::offsets::optional_offset(btf, "inet_timewait_sock", "tw_substate");
     Ok(())
 }
 

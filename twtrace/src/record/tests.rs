@@ -158,6 +158,7 @@ fn info() -> SourceInfo {
             running: Some(Backend::Tracepoint),
             hooks: vec!["tp_btf/timer_start".into()],
             attempts: vec![Attempt { backend: Backend::Fentry, error: Some("no trampolines".into()) }],
+            blind_spots: None,
         }],
         netns: Some(4026531840),
         port: None,

@@ -1,0 +1,302 @@
+//! The live source: loading the kernel object, attaching the plan, and turning the ring
+//! buffer (and the kernel's counters) into the event stream.
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+};
+use tokio::io::unix::AsyncFd;
+use twtrace_common::{Config, Counter};
+
+use super::{
+    attach,
+    decode::{DecodeStats, Decoder},
+    drops, offsets,
+    plan::{FamilyReport, Options},
+    portsearch, timewait,
+};
+use crate::{event::Event, kernel};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Privileges(#[from] kernel::PrivilegeError),
+    #[error(transparent)]
+    Btf(#[from] kernel::btf::BtfError),
+    #[error(transparent)]
+    Kallsyms(#[from] kernel::kallsyms::KallsymsError),
+    #[error("loading the kernel object failed: {0}")]
+    Object(#[from] aya::EbpfError),
+    #[error("ring buffer size {0} must be a power of two and at least 4096 bytes")]
+    RingSize(u32),
+    #[error("map `{0}` is missing from the kernel object")]
+    MissingMap(&'static str),
+    #[error("map `{0}`: {1}")]
+    Map(&'static str, aya::maps::MapError),
+    #[error("no probe family could attach:\n{0}")]
+    NothingAttached(String),
+    #[error("cannot watch the ring buffer: {0}")]
+    Poll(std::io::Error),
+}
+
+/// The kernel object, built by build.rs from `twtrace-ebpf`.
+pub(super) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/twtrace"));
+
+/// A loaded, attached set of probes: the live source of the event stream.
+pub struct LiveProbes {
+    // Dropping the `Ebpf` detaches every program: keep it for the source's lifetime.
+    ebpf: Ebpf,
+    ring: AsyncFd<RingBuf<MapData>>,
+    counters: PerCpuArray<MapData, u64>,
+    decoder: Decoder,
+    tick: tokio::time::Interval,
+    netstat: Option<kernel::netstat::Sampler>,
+    next_netstat_ns: u64,
+    /// The namespace the kernel's counters are labelled with: the traced one, or 0 for
+    /// twtrace's own.
+    counters_netns: u32,
+    /// The lost count last put into the stream.
+    lost_reported: u64,
+    /// Runs of our programs the kernel skipped, as last put into the stream (`kernel_skips`).
+    skipped_reported: u64,
+    pub reports: Vec<FamilyReport>,
+}
+
+/// How often the kernel's TCP counters are sampled.
+const NETSTAT_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// How often userspace drains the ring buffer when no wake-up came (records are submitted
+/// without wake-ups until the buffer is a quarter full).
+const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl LiveProbes {
+    pub fn load(options: &Options) -> Result<Self, LoadError> {
+        kernel::check_privileges()?;
+        kernel::raise_memlock_limit();
+        if options.ring_bytes < 4096 || !options.ring_bytes.is_power_of_two() {
+            return Err(LoadError::RingSize(options.ring_bytes));
+        }
+        let btf = kernel::btf::Btf::from_file(kernel::btf::Btf::VMLINUX)?;
+        let mut config = Config::DEFAULT;
+        config.wakeup_bytes = options.ring_bytes / 4;
+        config.netns_filter = options.netns.unwrap_or(0);
+        config.port_filter = options.port.unwrap_or(0);
+        offsets::configure_sockets(&btf, &mut config);
+        let symbols = kernel::kallsyms::Symbols::read(&[timewait::KERNEL_SYMBOL, portsearch::KERNEL_SYMBOL])?;
+        timewait::configure(&btf, &symbols, &mut config)?;
+        portsearch::configure(&btf, &symbols, &mut config);
+        let drop_reasons = drops::reason_names(&btf);
+        if drops::configure(&drop_reasons, &mut config) == 0 {
+            log::warn!("this kernel names no PAWS drop reasons (kfree_skb reasons need 5.17+)");
+        }
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &config, true)
+            .map_max_entries("EVENTS", options.ring_bytes)
+            .load(OBJECT)?;
+
+        // aya's own BTF handle, for fentry/fexit attach targets.
+        let aya_btf = aya::Btf::from_sys_fs().ok();
+        let mut shared = attach::SharedHooks::default();
+        let reports: Vec<FamilyReport> = super::families(&btf, &config)
+            .iter()
+            .map(|plan| {
+                if !options.selects(plan.family) {
+                    return FamilyReport::off(plan.family);
+                }
+                attach::attach_family(&mut ebpf, aya_btf.as_ref(), plan, options.backend, &mut shared)
+            })
+            .collect();
+        if reports.iter().all(|r| r.running.is_none()) {
+            let why = reports.iter().map(|r| format!("  {r}")).collect::<Vec<_>>().join("\n");
+            return Err(LoadError::NothingAttached(why));
+        }
+        shared.publish(&mut ebpf)?;
+
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(LoadError::MissingMap("EVENTS"))?)
+            .map_err(|e| LoadError::Map("EVENTS", e))?;
+        // SAFETY: the RingBuf owns its fd and keeps it open, unchanged, for as long as the
+        // AsyncFd (which owns the RingBuf) lives.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| LoadError::Poll(e.into()))?;
+        let counters_map = ebpf.take_map("COUNTERS").ok_or(LoadError::MissingMap("COUNTERS"))?;
+        if let aya::maps::Map::PerCpuArray(data) = &counters_map {
+            // Tests read the kernel's own count through this id (bpftool) to check ours.
+            if let Ok(info) = data.info() {
+                log::debug!("COUNTERS map id {}", info.id());
+            }
+        }
+        let counters = PerCpuArray::try_from(counters_map).map_err(|e| LoadError::Map("COUNTERS", e))?;
+        let mut tick = tokio::time::interval(DRAIN_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(Self {
+            ebpf,
+            ring,
+            counters,
+            decoder: Decoder::new(kernel::hz(), drop_reasons),
+            tick,
+            netstat: netstat_sampler(options),
+            next_netstat_ns: 0,
+            counters_netns: options.netns.unwrap_or(0),
+            lost_reported: 0,
+            skipped_reported: 0,
+            reports,
+        })
+    }
+
+    /// Waits for a wake-up or the drain timer, then appends every decoded event to `out`.
+    /// Cancel-safe: nothing is consumed before the await completes.
+    pub async fn next_batch(&mut self, out: &mut Vec<Event>) {
+        tokio::select! {
+            guard = self.ring.readable_mut() => {
+                if let Ok(mut guard) = guard {
+                    guard.clear_ready();
+                }
+            }
+            _ = self.tick.tick() => {}
+        }
+        self.drain(out);
+        let now = crate::time::monotonic_ns();
+        self.decoder.flush(now, out);
+        self.report_lost(now, out);
+        if now >= self.next_netstat_ns {
+            self.next_netstat_ns = now + NETSTAT_INTERVAL_NS;
+            self.sample_netstat(now, out);
+            self.report_skipped(now, out);
+        }
+    }
+
+    fn sample_netstat(&mut self, now: u64, out: &mut Vec<Event>) {
+        let Some(sampler) = &mut self.netstat else { return };
+        match sampler.deltas() {
+            Ok(deltas) if !deltas.is_empty() => {
+                out.push(Event::Netstat(crate::event::NetstatEvent { ts_ns: now, netns: self.counters_netns, deltas }))
+            }
+            Ok(_) => {}
+            Err(e) => {
+                log::warn!("reading /proc/net/netstat failed, counters stop: {e}");
+                self.netstat = None;
+            }
+        }
+    }
+
+    /// Drains what is left and resolves every pending decision; call once before exiting.
+    pub fn finish(&mut self, out: &mut Vec<Event>) {
+        self.drain(out);
+        self.decoder.flush(u64::MAX, out);
+        let now = crate::time::monotonic_ns();
+        self.report_lost(now, out);
+        self.sample_netstat(now, out);
+        self.report_skipped(now, out);
+    }
+
+    /// Puts the rise of the kernel's skip count into the stream: recorded, summed by
+    /// `stat`/`top`, and named by `report`.
+    fn report_skipped(&mut self, now: u64, out: &mut Vec<Event>) {
+        let total = self.kernel_skips();
+        if total > self.skipped_reported {
+            out.push(Event::Skipped(crate::event::SkippedEvent { ts_ns: now, new: total - self.skipped_reported }));
+            self.skipped_reported = total;
+        }
+    }
+
+    /// Records lost, as far as the stream has been told ([`Event::Lost`]).
+    pub fn lost_reported(&self) -> u64 {
+        self.lost_reported
+    }
+
+    /// Skipped runs, as far as the stream has been told ([`Event::Skipped`]).
+    pub fn skipped_reported(&self) -> u64 {
+        self.skipped_reported
+    }
+
+    /// Puts a [`LostEvent`](crate::event::LostEvent) into the stream when the kernel's count rose.
+    fn report_lost(&mut self, now: u64, out: &mut Vec<Event>) {
+        let total = self.lost();
+        if total > self.lost_reported {
+            out.push(Event::Lost(crate::event::LostEvent { ts_ns: now, new: total - self.lost_reported, total }));
+            self.lost_reported = total;
+        }
+    }
+
+    fn drain(&mut self, out: &mut Vec<Event>) {
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            self.decoder.decode(&item, out);
+        }
+    }
+
+    /// Kernel-side run time of twtrace's attached programs so far, or `None` while the kernel
+    /// does not account it (`sysctl kernel.bpf_stats_enabled=1` turns it on, at a small cost).
+    pub fn bpf_run_time_ns(&self) -> Option<u64> {
+        let enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1");
+        if !enabled {
+            return None;
+        }
+        Some(self.ebpf.programs().filter_map(|(_, p)| p.info().ok()).map(|i| i.run_time().as_nanos() as u64).sum())
+    }
+
+    /// Records the kernel could not fit in the ring buffer, summed over CPUs.
+    pub fn lost(&self) -> u64 {
+        self.counters.get(&(Counter::Lost as u32), 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
+    }
+
+    /// Runs of our programs the kernel skipped because a BPF program was already running on
+    /// that CPU: a softirq that arrives while one of our programs runs in process context and
+    /// hits the same hook (tp_btf, raw tracepoints; counted since 5.12), or a kprobe over any
+    /// running program (counted since 6.7). Each may have been an event: an upper bound on
+    /// the events missed, since most skipped timer filter runs were other timers'.
+    fn kernel_skips(&self) -> u64 {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        self.ebpf
+            .programs()
+            .filter_map(|(_, p)| p.fd().ok())
+            .filter_map(|fd| {
+                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd())).ok()?;
+                fdinfo_field(&info, "recursion_misses")
+            })
+            .sum()
+    }
+
+    pub fn stats(&self) -> DecodeStats {
+        self.decoder.stats()
+    }
+}
+
+/// A numeric field of a `/proc/PID/fdinfo/FD` text (`name:\tvalue` lines).
+fn fdinfo_field(info: &str, name: &str) -> Option<u64> {
+    info.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+}
+
+/// Counters of the traced namespace: ours without `--netns`; the named one with it. An inode
+/// alone gives no way in, so then there are no counters (said once).
+fn netstat_sampler(options: &Options) -> Option<kernel::netstat::Sampler> {
+    use kernel::netstat::{Sampler, Source};
+    let source = match (&options.netns_path, options.netns) {
+        (Some(path), Some(_)) => Source::Namespace(path.clone()),
+        (None, Some(_)) => {
+            log::warn!("--netns given as an inode: TCP counters need the namespace's name or path");
+            return None;
+        }
+        _ => Source::OwnNamespace,
+    };
+    Sampler::new(source).map_err(|e| log::warn!("no TCP counters: {e}")).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fdinfo_field;
+
+    #[test]
+    fn fdinfo_fields_of_a_bpf_program() {
+        // As 6.18 prints it for a program descriptor.
+        let info = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t2063\nprog_type:\t26\nprog_jited:\t1\n\
+                    prog_tag:\t65bdc395b2d7151b\nmemlock:\t4096\nprog_id:\t119\nrun_time_ns:\t27933\n\
+                    run_cnt:\t67\nrecursion_misses:\t3\nverified_insns:\t14\n";
+        assert_eq!(fdinfo_field(info, "recursion_misses"), Some(3));
+        assert_eq!(fdinfo_field(info, "run_cnt"), Some(67));
+        // 5.10 has no such line: nothing is invented.
+        assert_eq!(fdinfo_field("prog_type:\t26\nrun_cnt:\t0\n", "recursion_misses"), None);
+        assert_eq!(fdinfo_field(info, "run"), None, "a prefix of another name does not match");
+    }
+}
