@@ -1,6 +1,7 @@
 //! Facts about the running kernel and this process: privileges, clocks, namespaces.
 
 pub mod btf;
+pub mod cgroup;
 pub mod kallsyms;
 pub mod netns;
 pub mod netstat;
