@@ -105,6 +105,11 @@ impl ContainerId {
         (hex && long_enough).then(|| Self(text.to_owned()))
     }
 
+    /// An ID given by a person or another tool: at least 12 lowercase hex digits.
+    pub fn new(text: &str) -> Option<Self> {
+        Self::parse(text, false)
+    }
+
     /// The full ID.
     pub fn full(&self) -> &str {
         &self.0
