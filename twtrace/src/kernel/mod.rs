@@ -1,7 +1,9 @@
 //! Facts about the running kernel and this process: privileges, clocks, namespaces.
 
 pub mod btf;
+pub mod cgroup;
 pub mod kallsyms;
+pub mod namespaces;
 pub mod netns;
 pub mod netstat;
 pub mod sockdiag;
