@@ -6,11 +6,11 @@
 use std::time::Instant;
 
 use twtrace::{
+    event::Sysctls,
     event::{
         DeathReason, Event, PortSearchEvent, Process, SearchOp, SocketFlow, StateEvent, TimeWaitChange, TimeWaitEvent,
         TimeWaitSubstate,
     },
-    kernel::netns::Sysctls,
     record::{Reader, Recorder, Trailer},
     source_info::SourceInfo,
     time::WallClock,
@@ -86,6 +86,7 @@ fn info() -> SourceInfo {
         started_ns: 0,
         sysctls: Sysctls::default(),
         backends: Vec::new(),
+        namespaces: Vec::new(),
         netns: None,
         port: None,
         filter: String::new(),

@@ -116,7 +116,10 @@ pub struct Limits {
 pub async fn drive<S: Sink>(source: &mut Source, filter: Filter, sink: &mut S, limits: Limits) -> anyhow::Result<()> {
     // Before anything is announced: a Ctrl-C right after start must still end cleanly.
     let mut signals = Signals::new()?;
+    // Every namespace described so far, for filters by name (the TUI's may come later).
+    let mut namespaces = source.info().namespaces.clone();
     let mut filter = filter;
+    namespaces.iter().for_each(|n| filter.learn(n));
     sink.start(&Status { source })?;
     let deadline = limits.duration.map(|d| tokio::time::Instant::now() + d);
     let mut batch = Vec::new();
@@ -137,6 +140,7 @@ pub async fn drive<S: Sink>(source: &mut Source, filter: Filter, sink: &mut S, l
                 Control::Stop => stop = true,
                 Control::Refilter(new) => {
                     filter = new;
+                    namespaces.iter().for_each(|n| filter.learn(n));
                     let sockets = source.sockets_now()?;
                     sink.restart(&sockets, &Status { source })?;
                 }
@@ -146,8 +150,15 @@ pub async fn drive<S: Sink>(source: &mut Source, filter: Filter, sink: &mut S, l
         if stop_now {
             source.finish(&mut batch);
         }
-        for event in batch.drain(..).filter(|e| filter.matches(e)) {
-            sink.event(&event, &Status { source })?;
+        for event in batch.drain(..) {
+            if let Event::Namespace(e) = &event {
+                filter.learn(&e.namespace);
+                namespaces.retain(|n| n.netns != e.namespace.netns);
+                namespaces.push(e.namespace.clone());
+            }
+            if filter.matches(&event) {
+                sink.event(&event, &Status { source })?;
+            }
         }
         if sink.batch_done(&Status { source })? == Control::Stop || stop_now {
             break;

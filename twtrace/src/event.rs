@@ -85,6 +85,8 @@ pub enum Event {
     /// The kernel skipped runs of twtrace's programs (one was already running on that CPU):
     /// each may have been an event. In the stream for the same reason as [`Event::Lost`].
     Skipped(SkippedEvent),
+    /// A namespace described (new, or gone): before the first event that names it.
+    Namespace(NamespaceEvent),
 }
 
 impl Event {
@@ -98,7 +100,23 @@ impl Event {
             Event::Netstat(e) => e.ts_ns,
             Event::Lost(e) => e.ts_ns,
             Event::Skipped(e) => e.ts_ns,
+            Event::Namespace(e) => e.ts_ns,
         }
+    }
+
+    /// The network namespace the event happened in; `None` where it names none (or 0: a
+    /// drop before 6.11, seen before the socket lookup).
+    pub fn netns(&self) -> Option<u32> {
+        let netns = match self {
+            Event::TimeWait(e) => e.netns,
+            Event::State(e) => e.netns,
+            Event::Drop(e) => e.netns,
+            Event::PortSearch(e) => e.netns,
+            Event::Netstat(e) => e.netns,
+            Event::Namespace(e) => e.namespace.netns,
+            Event::Lost(_) | Event::Skipped(_) => 0,
+        };
+        (netns != 0).then_some(netns)
     }
 }
 
@@ -300,6 +318,8 @@ pub fn tcp_state_name(state: u8) -> &'static str {
 /// picture a source starts from, and a recording's first chunks.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExistingSocket {
+    /// The network namespace it was read in (0: unknown, in recordings before namespaces).
+    pub netns: u32,
     pub flow: SocketFlow,
     /// `include/net/tcp_states.h` state ([`tcp_state`]).
     pub state: u8,
@@ -424,4 +444,39 @@ mod tests {
         assert_eq!(format!("{:?}", Comm::from("curl")), "\"curl\"");
         assert!(Comm::from("b") > Comm::from("abc"), "ordered by name, not length");
     }
+}
+
+/// The namespace's settings that decide TIME_WAIT and port-space behaviour; recorded with
+/// every recording, because a postmortem needs them as much as the events.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Sysctls {
+    /// `net.ipv4.ip_local_port_range`: ports connect() may choose.
+    pub ip_local_port_range: (u16, u16),
+    pub tcp_max_tw_buckets: Option<u64>,
+    pub tcp_tw_reuse: Option<u64>,
+    pub tcp_timestamps: Option<u64>,
+    /// Seconds an orphaned FIN_WAIT2 socket lives (not TIME_WAIT's 60 s).
+    pub tcp_fin_timeout: Option<u64>,
+}
+
+/// A network namespace as a person knows it: described once when a source starts (for every
+/// namespace present), when one is first seen in an event, and when it is gone. Its settings
+/// were read inside it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct NamespaceDescription {
+    /// nsfs inode (`ns.inum`): the `netns` of every event.
+    pub netns: u32,
+    /// `ip netns` name, container or pod, `pid N (comm)`, or the inode when nothing better is
+    /// known.
+    pub name: String,
+    /// Read inside the namespace; `None` when that failed (it vanished, or no way in).
+    pub sysctls: Option<Sysctls>,
+    /// False once the namespace is gone (deleted, its last process exited).
+    pub live: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamespaceEvent {
+    pub ts_ns: u64,
+    pub namespace: NamespaceDescription,
 }

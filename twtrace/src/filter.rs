@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use crate::event::{Event, Process, SocketFlow};
+use crate::event::{Event, NamespaceDescription, Process, SocketFlow};
 
 /// An address prefix, `10.0.0.0/8` or `2001:db8::/32` (a bare address means /32 or /128).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +67,9 @@ pub struct Filter {
     pub ports: Vec<u16>,
     /// Namespace inodes (the TUI's filter; `--netns` is in the kernel).
     pub netns: Vec<u32>,
+    /// Namespace names (`ip netns` name, container, pod): matched as namespaces are described,
+    /// each adding its inode to `netns`.
+    pub netns_names: Vec<String>,
 }
 
 impl Filter {
@@ -79,7 +82,15 @@ impl Filter {
         parts.extend(self.addrs.iter().map(|a| format!("--addr {a}")));
         parts.extend(self.ports.iter().map(|p| format!("--port {p}")));
         parts.extend(self.netns.iter().map(|n| format!("--netns {n}")));
+        parts.extend(self.netns_names.iter().map(|n| format!("--netns {n}")));
         parts.join(" ")
+    }
+
+    /// Takes note of a namespace's description: if its name is asked for, its inode is.
+    pub fn learn(&mut self, namespace: &NamespaceDescription) {
+        if self.netns_names.contains(&namespace.name) && !self.netns.contains(&namespace.netns) {
+            self.netns.push(namespace.netns);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -89,6 +100,12 @@ impl Filter {
             && self.addrs.is_empty()
             && self.ports.is_empty()
             && self.netns.is_empty()
+            && self.netns_names.is_empty()
+    }
+
+    /// No namespace criterion, or `netns` is one asked for (by inode, or by a name learnt).
+    fn wants_netns(&self, netns: u32) -> bool {
+        (self.netns.is_empty() && self.netns_names.is_empty()) || self.netns.contains(&netns)
     }
 
     /// Every given criterion must hold (each may list alternatives). An event that lacks the
@@ -107,8 +124,9 @@ impl Filter {
                 (e.process.as_ref(), flow, e.netns)
             }
             Event::Netstat(_) | Event::Lost(_) | Event::Skipped(_) => return true,
+            Event::Namespace(e) => return self.wants_netns(e.namespace.netns),
         };
-        if !self.netns.is_empty() && !self.netns.contains(&netns) {
+        if !self.wants_netns(netns) {
             return false;
         }
         if !self.ports.is_empty()

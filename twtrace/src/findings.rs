@@ -81,16 +81,17 @@ pub fn of(r: &Report) -> Vec<Finding> {
             ),
         ));
     }
-    let (lo, hi) = rec.sysctls.ip_local_port_range;
     for d in r.destinations.iter().filter(|d| d.peak_utilisation >= PORT_SPACE_PEAK) {
+        let (lo, hi) = d.port_range;
         out.push(Finding::new(
             Kind::PortSpace,
             format!(
-                "Port space toward {} from {} peaked at {:.0}% ({} of {} ports) at {}: connect() to it fails with \
-                 EADDRNOTAVAIL when full. Reuse connections (keep-alive or pooling), widen ip_local_port_range (now \
-                 {lo}-{hi}), or spread load over more destination addresses or ports.",
+                "Port space toward {} from {} in namespace {} peaked at {:.0}% ({} of {} ports) at {}: connect() to it \
+                 fails with EADDRNOTAVAIL when full. Reuse connections (keep-alive or pooling), widen that namespace's \
+                 ip_local_port_range (now {lo}-{hi}), or spread load over more destination addresses or ports.",
                 d.destination.remote,
                 d.destination.local,
+                d.namespace,
                 d.peak_utilisation * 100.0,
                 d.peak_in_use,
                 d.range,

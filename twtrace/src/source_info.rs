@@ -5,7 +5,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{event::ExistingSocket, kernel::netns::Sysctls, probes::FamilyReport, time::WallClock};
+use crate::{
+    event::{ExistingSocket, NamespaceDescription, Sysctls},
+    probes::FamilyReport,
+    time::WallClock,
+};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SourceInfo {
@@ -15,8 +19,13 @@ pub struct SourceInfo {
     pub clock: WallClock,
     /// When tracing started (monotonic ns).
     pub started_ns: u64,
-    /// The traced namespace's settings.
+    /// The settings of twtrace's own namespace, or of the one `--netns` named: the assumption
+    /// for namespaces not described (recordings made before namespaces were).
     pub sysctls: Sysctls,
+    /// Every namespace present at the start, described (its settings read inside it).
+    /// Namespaces that appear later are described in the stream ([`crate::event::Event::Namespace`]).
+    #[serde(default)]
+    pub namespaces: Vec<NamespaceDescription>,
     /// Which backend each probe family runs on, and why others could not.
     pub backends: Vec<FamilyReport>,
     /// The in-kernel filters: namespace inode and port.
@@ -25,7 +34,7 @@ pub struct SourceInfo {
     /// The userspace filter events passed (`--pid`, `--comm`, ...), in command-line terms.
     #[serde(default)]
     pub filter: String,
-    /// TCP sockets of the traced namespace when tracing started (empty when not read).
+    /// TCP sockets of every described namespace when tracing started (empty when not read).
     #[serde(skip)]
     pub sockets: Vec<ExistingSocket>,
 }

@@ -20,10 +20,12 @@ use std::{
 };
 
 use support::Netns;
-use twtrace::kernel::{
-    cgroup::Workload,
-    namespaces::{NetnsError, NetnsId, NetnsName, NetnsRegistry, NetnsState},
-    netns::Sysctls,
+use twtrace::{
+    event::Sysctls,
+    kernel::{
+        cgroup::Workload,
+        namespaces::{NetnsError, NetnsId, NetnsName, NetnsRegistry, NetnsState},
+    },
 };
 
 /// Namespaces and setns need root (CAP_SYS_ADMIN).

@@ -2,26 +2,37 @@
 //! and later the exporter. Feed it events (and an initial socket picture), move its clock with
 //! [`Aggregator::advance`], and read a [`Snapshot`] at that time; reading never changes it.
 //! No BPF, no clocks of its own: unit-tested with made-up streams.
+//!
+//! Everything is keyed by network namespace first: each namespace has its own port range,
+//! TIME_WAIT bucket limit and counters (described by [`Event::Namespace`], read inside it),
+//! and a destination's ports count against its own namespace's range. Host-wide figures are
+//! sums over namespaces, never a merge of unrelated rows.
 
+mod snapshot;
 pub mod stats;
 #[cfg(test)]
 mod tests;
 
-use foldhash::{HashMap, HashMapExt, HashSet};
+use foldhash::{HashMap, HashSet};
 use std::{
     collections::{BTreeMap, VecDeque},
     net::{IpAddr, SocketAddr},
 };
 
 use serde::Serialize;
+pub use snapshot::{
+    CommandGroup, DestinationView, FailureView, Group, NamespaceView, PawsView, PortSpaceView, ReasonView, RecentDrop,
+    Sample, Snapshot, SourceView, TimeWaitView,
+};
 use stats::{Histogram, Rate};
 
 use crate::event::{
-    Comm, DeathReason, DropEvent, Event, ExistingSocket, PortSearchEvent, Process, SearchOp, SocketFlow, StateEvent,
-    TimeWaitChange, TimeWaitEvent, errno_name, tcp_state,
+    Comm, DeathReason, DropEvent, Event, ExistingSocket, NamespaceDescription, PortSearchEvent, Process, SearchOp,
+    SocketFlow, StateEvent, TimeWaitChange, TimeWaitEvent, errno_name, tcp_state,
 };
 
-/// What the aggregator needs to know about the traced namespace.
+/// The settings of namespaces nothing described (recordings made before namespaces were,
+/// unit tests), and the size of the rankings.
 #[derive(Clone, Debug, Serialize)]
 pub struct Settings {
     /// `net.ipv4.ip_local_port_range`: ports connect() may choose.
@@ -38,33 +49,43 @@ impl Default for Settings {
     }
 }
 
-impl Settings {
-    fn range_size(&self) -> u64 {
-        u64::from(self.port_range.1.saturating_sub(self.port_range.0)) + 1
-    }
-
-    fn ephemeral(&self, port: u16) -> bool {
-        (self.port_range.0..=self.port_range.1).contains(&port)
-    }
+/// Ports in `ip_local_port_range` (both ends included).
+pub fn range_size(range: (u16, u16)) -> u64 {
+    u64::from(range.1.saturating_sub(range.0)) + 1
 }
 
-/// Toward one destination from one local address: connect() can use each port of the range
-/// once per (local address, remote address and port).
+/// Toward one destination from one local address, in one namespace: connect() can use each
+/// port of that namespace's range once per (local address, remote address and port).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Destination {
+    pub netns: u32,
     pub local: IpAddr,
     pub remote: SocketAddr,
 }
 
 impl Destination {
-    pub fn of(flow: &SocketFlow) -> Self {
-        Self { local: flow.local.ip(), remote: flow.remote }
+    pub fn of(netns: u32, flow: &SocketFlow) -> Self {
+        Self { netns, local: flow.local.ip(), remote: flow.remote }
     }
 
-    /// `10.0.0.5 → 10.0.0.9:8080`, as charts name it.
+    /// `10.0.0.5 → 10.0.0.9:8080`, as charts name it (the namespace is named beside it).
     pub fn label(&self) -> String {
         format!("{} → {}", self.local, self.remote)
     }
+}
+
+/// What is known of one namespace.
+#[derive(Clone, Debug)]
+struct Namespace {
+    name: String,
+    port_range: (u16, u16),
+    max_tw_buckets: Option<u64>,
+    /// As read inside it; `None` when it was not described (its range and limit above are
+    /// then assumed from [`Settings`]).
+    sysctls: Option<crate::event::Sysctls>,
+    live: bool,
+    /// Its own kernel counters since start (netstat deltas).
+    counters: BTreeMap<String, i64>,
 }
 
 #[derive(Default)]
@@ -75,9 +96,9 @@ struct DestinationStats {
     connects: Rate,
 }
 
-/// connect() port searches toward one remote endpoint. Kept per remote, not per destination:
-/// a failed search has no local address, and recordings made before 2026-11-24 timed the
-/// tracepoint backend's searches around the syscall, without one.
+/// connect() port searches toward one remote endpoint of one namespace. Kept per remote, not
+/// per destination: a failed search has no local address, and recordings made before
+/// 2026-11-24 timed the tracepoint backend's searches around the syscall, without one.
 #[derive(Default)]
 struct SearchStats {
     search_ns: Histogram,
@@ -85,14 +106,17 @@ struct SearchStats {
     failures: u64,
 }
 
-/// 16 bytes per live TIME_WAIT socket (a busy host has a million): names and destinations
+/// 24 bytes per live TIME_WAIT socket (a busy host has a million): names and destinations
 /// are numbers in the aggregator's tables.
 struct LiveTimeWait {
     /// Counted toward this destination's ports (client-side TIME_WAIT in the ephemeral range).
     holds_port_of: Option<DestinationId>,
     remote: RemoteKey,
     local: NameId,
+    /// `comm[pid]`, and `comm` alone: a service's workers are one command, many owners.
     owner: NameId,
+    command: NameId,
+    netns: u32,
 }
 
 /// The remote address of a TIME_WAIT socket. Servers see a million distinct clients: IPv4
@@ -159,6 +183,15 @@ struct PawsSource {
     flows: HashSet<(u16, u16)>,
 }
 
+/// A TIME_WAIT socket that existed at start: its death is not in the stream, so it leaves at
+/// its timer.
+struct ExistingTimeWait {
+    expires_ns: u64,
+    netns: u32,
+    flow: SocketFlow,
+    holds_port: bool,
+}
+
 #[derive(Default)]
 pub struct Aggregator {
     settings: Settings,
@@ -166,12 +199,12 @@ pub struct Aggregator {
     events: u64,
     lost: u64,
     skipped_runs: u64,
+    namespaces: HashMap<u32, Namespace>,
     // TIME_WAIT
     live: HashMap<u64, LiveTimeWait>,
     names: Names,
     destination_ids: DestinationIds,
-    /// Pre-existing TIME_WAIT sockets: their deaths are not seen, so they leave at their timer.
-    existing_tw: Vec<(u64, SocketFlow, bool)>,
+    existing_tw: Vec<ExistingTimeWait>,
     births: Rate,
     expired: Rate,
     killed: Rate,
@@ -182,21 +215,22 @@ pub struct Aggregator {
     connected: HashMap<u64, Destination>,
     /// ... or, for sockets that existed before start, by destination and local port.
     existing_connected: HashSet<(Destination, u16)>,
-    /// Connections made by connect() since start, by 4-tuple, with their socket's address:
-    /// their TIME_WAIT keeps holding the port. A server-side TIME_WAIT socket on an
-    /// ephemeral-range listening port does not.
-    client_flows: HashMap<SocketFlow, u64>,
-    /// Local ports with a listener at start: sockets on them are server side.
-    listening_ports: HashSet<u16>,
-    searches: HashMap<SocketAddr, SearchStats>,
-    failures: HashMap<(Comm, u32, String), u64>,
+    /// Connections made by connect() since start, by namespace and 4-tuple, with their
+    /// socket's address: their TIME_WAIT keeps holding the port. A server-side TIME_WAIT
+    /// socket on an ephemeral-range listening port does not.
+    client_flows: HashMap<(u32, SocketFlow), u64>,
+    /// Local ports with a listener at start, per namespace: sockets on them are server side.
+    listening_ports: HashSet<(u32, u16)>,
+    searches: HashMap<(u32, SocketAddr), SearchStats>,
+    failures: HashMap<(u32, Comm, u32, String), u64>,
     bind_search_ns: Histogram,
     bind_failures: u64,
     // PAWS
     drops: Rate,
     drops_by_reason: BTreeMap<String, (u64, Rate)>,
-    sources: HashMap<IpAddr, PawsSource>,
+    sources: HashMap<(u32, IpAddr), PawsSource>,
     recent_drops: VecDeque<DropEvent>,
+    /// Kernel counters summed over namespaces.
     counters: BTreeMap<String, i64>,
 }
 
@@ -207,27 +241,78 @@ impl Aggregator {
         Self { settings, ..Self::default() }
     }
 
+    /// A namespace's name and settings (from [`Event::Namespace`], or a source's start).
+    pub fn describe(&mut self, ns: &NamespaceDescription) {
+        let previous = self.namespaces.get(&ns.netns);
+        let (port_range, max_tw_buckets) = match (&ns.sysctls, previous) {
+            (Some(s), _) => (s.ip_local_port_range, s.tcp_max_tw_buckets),
+            // Gone before its settings could be read again: keep what was known.
+            (None, Some(p)) => (p.port_range, p.max_tw_buckets),
+            (None, None) => (self.settings.port_range, self.settings.max_tw_buckets),
+        };
+        let counters = previous.map(|p| p.counters.clone()).unwrap_or_default();
+        let sysctls = ns.sysctls.clone().or_else(|| previous.and_then(|p| p.sysctls.clone()));
+        self.namespaces.insert(
+            ns.netns,
+            Namespace { name: ns.name.clone(), port_range, max_tw_buckets, sysctls, live: ns.live, counters },
+        );
+    }
+
+    /// The namespace, as described, or assumed from the settings when it was not.
+    fn namespace(&mut self, netns: u32) -> &mut Namespace {
+        let settings = &self.settings;
+        self.namespaces.entry(netns).or_insert_with(|| Namespace {
+            name: netns.to_string(),
+            port_range: settings.port_range,
+            max_tw_buckets: settings.max_tw_buckets,
+            sysctls: None,
+            live: true,
+            counters: BTreeMap::new(),
+        })
+    }
+
+    /// A namespace's `ip_local_port_range` (the settings' when it was not described).
+    pub fn port_range(&self, netns: u32) -> (u16, u16) {
+        self.namespaces.get(&netns).map_or(self.settings.port_range, |n| n.port_range)
+    }
+
+    /// The size of a namespace's ephemeral port range.
+    pub fn range_size(&self, netns: u32) -> u64 {
+        range_size(self.port_range(netns))
+    }
+
+    fn ephemeral(&self, netns: u32, port: u16) -> bool {
+        let (lo, hi) = self.port_range(netns);
+        (lo..=hi).contains(&port)
+    }
+
     /// Sockets found at start, so the first frame is right, not only what is born after.
     pub fn seed(&mut self, now_ns: u64, sockets: &[ExistingSocket]) {
         self.started_ns.get_or_insert(now_ns);
         self.listening_ports
-            .extend(sockets.iter().filter(|s| s.state == tcp_state::LISTEN).map(|s| s.flow.local.port()));
+            .extend(sockets.iter().filter(|s| s.state == tcp_state::LISTEN).map(|s| (s.netns, s.flow.local.port())));
         for s in sockets {
+            self.namespace(s.netns);
             // Before start we did not see who connected: a socket on an ephemeral port that is
             // not a listener's is taken to be a client's.
             let port = s.flow.local.port();
-            let holds = self.settings.ephemeral(port) && !self.listening_ports.contains(&port);
-            let dest = Destination::of(&s.flow);
+            let holds = self.ephemeral(s.netns, port) && !self.listening_ports.contains(&(s.netns, port));
+            let dest = Destination::of(s.netns, &s.flow);
             match s.state {
                 tcp_state::TIME_WAIT => {
-                    self.existing_tw.push((now_ns + s.expires_ms * 1_000_000, s.flow, holds));
+                    self.existing_tw.push(ExistingTimeWait {
+                        expires_ns: now_ns + s.expires_ms * 1_000_000,
+                        netns: s.netns,
+                        flow: s.flow,
+                        holds_port: holds,
+                    });
                     if holds {
                         self.destinations.entry(dest).or_default().in_use += 1;
                     }
                 }
                 // LISTEN and CLOSE hold no connection's port.
                 tcp_state::LISTEN | tcp_state::CLOSE => {}
-                _ if holds && self.existing_connected.insert((dest, s.flow.local.port())) => {
+                _ if holds && self.existing_connected.insert((dest, port)) => {
                     self.destinations.entry(dest).or_default().in_use += 1;
                 }
                 _ => {}
@@ -260,33 +345,41 @@ impl Aggregator {
                 self.drop_event(e);
             }
             Event::Netstat(e) => {
+                let own = &mut self.namespace(e.netns).counters;
+                for (name, delta) in &e.deltas {
+                    *own.entry(name.clone()).or_default() += delta;
+                }
                 for (name, delta) in &e.deltas {
                     *self.counters.entry(name.clone()).or_default() += delta;
                 }
             }
             Event::Lost(e) => self.lost = self.lost.max(e.total),
             Event::Skipped(e) => self.skipped_runs += e.new,
+            Event::Namespace(e) => self.describe(&e.namespace),
         }
     }
 
     fn time_wait(&mut self, e: &TimeWaitEvent) {
+        let netns = e.netns;
         match &e.change {
             TimeWaitChange::Birth { .. } => {
                 self.births.add(e.ts_ns, 1);
+                self.namespace(netns);
                 // The full socket ends here. Its → CLOSE follows, or is left out by the kernel
                 // when this birth stands for it (the state family's `LAST_BIRTH`): either way
                 // its hold on the port ends now, and a client's TIME_WAIT takes the port over.
-                let handed_over = e.flow.and_then(|f| self.client_flows.remove(&f).map(|sk| (f, sk)));
+                let handed_over = e.flow.and_then(|f| self.client_flows.remove(&(netns, f)).map(|sk| (f, sk)));
                 if let Some((_, sk)) = handed_over {
                     if let Some(dest) = self.connected.remove(&sk) {
                         self.release(dest, e.ts_ns);
                     }
                 } else if let Some(f) = e.flow {
-                    if self.existing_connected.remove(&(Destination::of(&f), f.local.port())) {
-                        self.release(Destination::of(&f), e.ts_ns);
+                    let dest = Destination::of(netns, &f);
+                    if self.existing_connected.remove(&(dest, f.local.port())) {
+                        self.release(dest, e.ts_ns);
                     }
                 }
-                let holds_port_of = handed_over.map(|(f, _)| Destination::of(&f));
+                let holds_port_of = handed_over.map(|(f, _)| Destination::of(netns, &f));
                 if let Some(dest) = holds_port_of {
                     let d = self.destinations.entry(dest).or_default();
                     d.in_use += 1;
@@ -309,6 +402,8 @@ impl Aggregator {
                     remote,
                     local: self.names.id(local),
                     owner: self.names.id(owner_name(e.owner.as_ref())),
+                    command: self.names.id(e.owner.map_or_else(|| "(unknown)".into(), |p| p.comm.to_string())),
+                    netns,
                 };
                 self.live.insert(e.tw_id, live);
             }
@@ -337,13 +432,14 @@ impl Aggregator {
 
     fn state(&mut self, e: &StateEvent) {
         let Some(flow) = e.flow else { return };
-        let dest = Destination::of(&flow);
+        let dest = Destination::of(e.netns, &flow);
         use tcp_state::{CLOSE, ESTABLISHED, SYN_SENT};
         if e.new_state == SYN_SENT {
+            self.namespace(e.netns);
             self.destinations.entry(dest).or_default().connects.add(e.ts_ns, 1);
         }
         if e.old_state == SYN_SENT && e.new_state == ESTABLISHED && self.connected.insert(e.sk_addr, dest).is_none() {
-            self.client_flows.insert(flow, e.sk_addr);
+            self.client_flows.insert((e.netns, flow), e.sk_addr);
             let d = self.destinations.entry(dest).or_default();
             d.in_use += 1;
             d.taken.add(e.ts_ns, 1);
@@ -352,7 +448,7 @@ impl Aggregator {
             // A socket that became TIME_WAIT was already ended by the birth; this is one that
             // closed without.
             if let Some(dest) = self.connected.remove(&e.sk_addr) {
-                self.client_flows.remove(&flow);
+                self.client_flows.remove(&(e.netns, flow));
                 self.release(dest, e.ts_ns);
             } else if self.existing_connected.remove(&(dest, flow.local.port())) {
                 self.release(dest, e.ts_ns);
@@ -364,12 +460,13 @@ impl Aggregator {
         let failed = e.errno != 0 && e.errno != crate::event::EINPROGRESS;
         if failed {
             let who = e.process.as_ref().map(|p| (p.comm, p.pid)).unwrap_or_else(|| (Comm::from("?"), 0));
-            *self.failures.entry((who.0, who.1, errno_name(e.errno))).or_default() += 1;
+            *self.failures.entry((e.netns, who.0, who.1, errno_name(e.errno))).or_default() += 1;
         }
         match e.op {
             SearchOp::Connect => {
                 let Some(remote) = e.remote else { return };
-                let d = self.searches.entry(remote).or_default();
+                self.namespace(e.netns);
+                let d = self.searches.entry((e.netns, remote)).or_default();
                 d.search_ns.record(e.duration_ns);
                 if let Some(c) = e.candidates {
                     d.candidates.record(u64::from(c));
@@ -393,7 +490,7 @@ impl Aggregator {
         entry.0 += 1;
         entry.1.add(e.ts_ns, 1);
         if let Some(flow) = e.flow {
-            let source = self.sources.entry(flow.remote.ip()).or_default();
+            let source = self.sources.entry((e.netns, flow.remote.ip())).or_default();
             source.drops += 1;
             source.flows.insert((flow.remote.port(), flow.local.port()));
         }
@@ -408,10 +505,10 @@ impl Aggregator {
     /// [`Self::sample`] or [`Self::snapshot`] at `now_ns`.
     pub fn advance(&mut self, now_ns: u64) {
         let mut freed = Vec::new();
-        self.existing_tw.retain(|(expires, flow, holds)| {
-            let alive = *expires > now_ns;
-            if !alive && *holds {
-                freed.push(Destination::of(flow));
+        self.existing_tw.retain(|tw| {
+            let alive = tw.expires_ns > now_ns;
+            if !alive && tw.holds_port {
+                freed.push(Destination::of(tw.netns, &tw.flow));
             }
             alive
         });
@@ -435,313 +532,28 @@ impl Aggregator {
         }
     }
 
-    /// The size of the ephemeral port range.
-    pub fn port_range_size(&self) -> u64 {
-        self.settings.range_size()
+    /// A namespace's name as described (its inode when it was not).
+    pub fn namespace_name(&self, netns: u32) -> String {
+        self.namespaces.get(&netns).map_or_else(|| netns.to_string(), |n| n.name.clone())
     }
 
-    /// The views at `now_ns` (CLOCK_MONOTONIC, the events' clock), as of the last
-    /// [`Self::advance`].
-    pub fn snapshot(&self, now_ns: u64) -> Snapshot {
-        let since = self.started_ns.unwrap_or(now_ns);
-        let top = self.settings.top;
-        let range = self.settings.range_size();
-
-        let mut by_remote: HashMap<&str, u64> = HashMap::new();
-        let mut by_local: HashMap<&str, u64> = HashMap::new();
-        let mut by_owner: HashMap<&str, u64> = HashMap::new();
-        let mut remotes: HashMap<RemoteKey, u64> = HashMap::new();
-        let mut by_id: [HashMap<NameId, u64>; 2] = Default::default();
-        for tw in self.live.values() {
-            *remotes.entry(tw.remote).or_default() += 1;
-            *by_id[0].entry(tw.local).or_default() += 1;
-            *by_id[1].entry(tw.owner).or_default() += 1;
-        }
-        for (counts, by_name) in by_id.iter().zip([&mut by_local, &mut by_owner]) {
-            for (id, n) in counts {
-                *by_name.entry(self.names.name(*id)).or_default() += n;
-            }
-        }
-        // Only the leaders get names: formatting a million addresses per frame would not do.
-        let mut remotes: Vec<(RemoteKey, u64)> = remotes.into_iter().collect();
-        remotes.sort_unstable_by_key(|r| std::cmp::Reverse(r.1));
-        let remote_names: Vec<(String, u64)> = remotes
+    /// Every namespace described or seen, with its settings as known.
+    pub fn namespaces(&self) -> Vec<NamespaceDescription> {
+        let mut out: Vec<NamespaceDescription> = self
+            .namespaces
             .iter()
-            .take(top * 4 + 16)
-            .map(|(key, n)| {
-                let name = match key {
-                    RemoteKey::V4(o) => std::net::Ipv4Addr::from(*o).to_string(),
-                    RemoteKey::Named(id) => self.names.name(*id).to_owned(),
-                };
-                (name, *n)
+            .map(|(netns, n)| NamespaceDescription {
+                netns: *netns,
+                name: n.name.clone(),
+                sysctls: n.sysctls.clone(),
+                live: n.live,
             })
             .collect();
-        for (name, n) in &remote_names {
-            *by_remote.entry(name).or_default() += n;
-        }
-        let existing: Vec<(String, String)> =
-            self.existing_tw.iter().map(|(_, f, _)| (f.remote.ip().to_string(), f.local.to_string())).collect();
-        for (remote, local) in &existing {
-            *by_remote.entry(remote).or_default() += 1;
-            *by_local.entry(local).or_default() += 1;
-            *by_owner.entry("(before start)").or_default() += 1;
-        }
-        let ms = |ns: Option<u64>| ns.map(|v| v as f64 / 1e6);
-        let timewait = TimeWaitView {
-            live: (self.live.len() + self.existing_tw.len()) as u64,
-            max_buckets: self.settings.max_tw_buckets,
-            births_per_s: self.births.per_second(now_ns, since),
-            expired_per_s: self.expired.per_second(now_ns, since),
-            killed_per_s: self.killed.per_second(now_ns, since),
-            births_total: self.births.total(),
-            expired_total: self.expired.total(),
-            killed_total: self.killed.total(),
-            lifetime_p50_ms: ms(self.lifetimes.quantile(0.5)),
-            lifetime_p99_ms: ms(self.lifetimes.quantile(0.99)),
-            lifetime_max_ms: ms(self.lifetimes.max()),
-            by_remote: ranked(by_remote, top),
-            by_local: ranked(by_local, top),
-            by_owner: ranked(by_owner, top),
-        };
-
-        let us = |ns: Option<u64>| ns.map(|v| v as f64 / 1e3);
-        // Remote endpoints searched for but with no destination (every connect failed, or all
-        // closed): shown under the unspecified local address.
-        let orphan_remotes: Vec<Destination> = self
-            .searches
-            .keys()
-            .filter(|r| !self.destinations.keys().any(|d| d.remote == **r))
-            .map(|r| Destination { local: unspecified_like(r.ip()), remote: *r })
-            .collect();
-        let idle = DestinationStats::default();
-        let no_search = SearchStats::default();
-        let rows = self.destinations.iter().chain(orphan_remotes.iter().map(|d| (d, &idle)));
-        let mut destinations: Vec<DestinationView> = rows
-            .map(|(dest, d)| {
-                let growth = d.taken.per_second(now_ns, since) - d.freed.per_second(now_ns, since);
-                let free = range.saturating_sub(d.in_use) as f64;
-                let search = self.searches.get(&dest.remote).unwrap_or(&no_search);
-                DestinationView {
-                    destination: *dest,
-                    in_use: d.in_use,
-                    range,
-                    utilisation: d.in_use as f64 / range as f64,
-                    connects_per_s: d.connects.per_second(now_ns, since),
-                    net_growth_per_s: growth,
-                    seconds_to_exhaustion: (growth > 0.01).then(|| free / growth),
-                    search_p50_us: us(search.search_ns.quantile(0.5)),
-                    search_p99_us: us(search.search_ns.quantile(0.99)),
-                    candidates_p50: search.candidates.quantile(0.5),
-                    candidates_p99: search.candidates.quantile(0.99),
-                    failures: search.failures,
-                }
-            })
-            .filter(|d| d.in_use > 0 || d.failures > 0 || d.connects_per_s > 0.0)
-            .collect();
-        destinations.sort_by(|a, b| {
-            b.utilisation
-                .total_cmp(&a.utilisation)
-                .then(b.failures.cmp(&a.failures))
-                .then(a.destination.remote.cmp(&b.destination.remote))
-        });
-        destinations.truncate(top);
-        let mut failures: Vec<FailureView> = self
-            .failures
-            .iter()
-            .map(|((comm, pid, errno), count)| FailureView {
-                process: format!("{comm}[{pid}]"),
-                error: errno.clone(),
-                count: *count,
-            })
-            .collect();
-        failures.sort_by(|a, b| b.count.cmp(&a.count).then(a.process.cmp(&b.process)));
-        failures.truncate(top);
-
-        let mut sources: Vec<SourceView> = self
-            .sources
-            .iter()
-            .map(|(ip, s)| SourceView { source: *ip, drops: s.drops, flows: s.flows.len() as u64 })
-            .collect();
-        sources.sort_by(|a, b| b.drops.cmp(&a.drops).then(a.source.cmp(&b.source)));
-        sources.truncate(top);
-        let paws = PawsView {
-            drops_per_s: self.drops.per_second(now_ns, since),
-            drops_total: self.drops.total(),
-            by_reason: self
-                .drops_by_reason
-                .iter()
-                .map(|(reason, (total, rate))| ReasonView {
-                    reason: reason.clone(),
-                    total: *total,
-                    per_s: rate.per_second(now_ns, since),
-                })
-                .collect(),
-            sources,
-            recent: self
-                .recent_drops
-                .iter()
-                .rev()
-                .map(|d| RecentDrop {
-                    mono_ns: d.ts_ns,
-                    reason: d.reason.clone(),
-                    local: d.flow.map(|f| f.local),
-                    remote: d.flow.map(|f| f.remote),
-                })
-                .collect(),
-            counters: self.counters.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-        };
-        Snapshot {
-            mono_ns: now_ns,
-            seconds: (now_ns.saturating_sub(since)) as f64 / 1e9,
-            events: self.events,
-            lost: self.lost,
-            skipped_runs: self.skipped_runs,
-            timewait,
-            port_space: PortSpaceView {
-                range: self.settings.port_range,
-                destinations,
-                failures,
-                bind_search_p50_us: us(self.bind_search_ns.quantile(0.5)),
-                bind_search_p99_us: us(self.bind_search_ns.quantile(0.99)),
-                bind_failures: self.bind_failures,
-            },
-            paws,
-        }
+        out.sort_by_key(|n| n.netns);
+        out
     }
-}
-
-fn unspecified_like(ip: IpAddr) -> IpAddr {
-    if ip.is_ipv4() { IpAddr::from([0, 0, 0, 0]) } else { IpAddr::from([0u16; 8]) }
 }
 
 fn owner_name(owner: Option<&Process>) -> String {
     owner.map(|p| format!("{}[{}]", p.comm, p.pid)).unwrap_or_else(|| "(unknown)".into())
-}
-
-fn ranked(counts: HashMap<&str, u64>, top: usize) -> Vec<Group> {
-    let mut groups: Vec<Group> = counts.into_iter().map(|(key, count)| Group { key: key.to_owned(), count }).collect();
-    groups.sort_by(|a, b| b.count.cmp(&a.count).then(a.key.cmp(&b.key)));
-    groups.truncate(top);
-    groups
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct Group {
-    pub key: String,
-    pub count: u64,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct TimeWaitView {
-    pub live: u64,
-    pub max_buckets: Option<u64>,
-    pub births_per_s: f64,
-    pub expired_per_s: f64,
-    pub killed_per_s: f64,
-    pub births_total: u64,
-    pub expired_total: u64,
-    pub killed_total: u64,
-    pub lifetime_p50_ms: Option<f64>,
-    pub lifetime_p99_ms: Option<f64>,
-    pub lifetime_max_ms: Option<f64>,
-    pub by_remote: Vec<Group>,
-    pub by_local: Vec<Group>,
-    pub by_owner: Vec<Group>,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct DestinationView {
-    /// `local` and `remote` in the JSON.
-    #[serde(flatten)]
-    pub destination: Destination,
-    pub in_use: u64,
-    pub range: u64,
-    pub utilisation: f64,
-    pub connects_per_s: f64,
-    pub net_growth_per_s: f64,
-    pub seconds_to_exhaustion: Option<f64>,
-    pub search_p50_us: Option<f64>,
-    pub search_p99_us: Option<f64>,
-    pub candidates_p50: Option<u64>,
-    pub candidates_p99: Option<u64>,
-    pub failures: u64,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct FailureView {
-    pub process: String,
-    pub error: String,
-    pub count: u64,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct PortSpaceView {
-    pub range: (u16, u16),
-    pub destinations: Vec<DestinationView>,
-    pub failures: Vec<FailureView>,
-    pub bind_search_p50_us: Option<f64>,
-    pub bind_search_p99_us: Option<f64>,
-    pub bind_failures: u64,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct ReasonView {
-    pub reason: String,
-    pub total: u64,
-    pub per_s: f64,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct SourceView {
-    pub source: IpAddr,
-    pub drops: u64,
-    /// Distinct (remote port, local port) pairs: many flows from one address is the NAT
-    /// signature (hosts behind one address with unsynchronised timestamp clocks).
-    pub flows: u64,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct RecentDrop {
-    pub mono_ns: u64,
-    pub reason: String,
-    pub local: Option<SocketAddr>,
-    pub remote: Option<SocketAddr>,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct PawsView {
-    pub drops_per_s: f64,
-    pub drops_total: u64,
-    pub by_reason: Vec<ReasonView>,
-    pub sources: Vec<SourceView>,
-    pub recent: Vec<RecentDrop>,
-    /// Kernel counter totals since start (netstat deltas).
-    pub counters: Vec<(String, i64)>,
-}
-
-/// See [`Aggregator::sample`].
-#[derive(Clone, Debug, PartialEq)]
-pub struct Sample {
-    pub mono_ns: u64,
-    pub timewait_live: u64,
-    pub births_total: u64,
-    pub expired_total: u64,
-    pub killed_total: u64,
-    pub drops_total: u64,
-    pub connect_failures_total: u64,
-    /// Ports held per destination (destinations holding none are left out).
-    pub ports_in_use: Vec<(Destination, u64)>,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct Snapshot {
-    pub mono_ns: u64,
-    pub seconds: f64,
-    pub events: u64,
-    pub lost: u64,
-    /// Runs of twtrace's programs the kernel skipped (each may have been an event).
-    pub skipped_runs: u64,
-    pub timewait: TimeWaitView,
-    pub port_space: PortSpaceView,
-    pub paws: PawsView,
 }

@@ -135,7 +135,7 @@ fn deaths_release_ports_and_feed_lifetimes() {
 #[test]
 fn server_side_time_wait_on_an_ephemeral_listening_port_holds_no_connect_port() {
     let mut agg = Aggregator::new(settings((32_768, 60_999)));
-    agg.seed(S, &[ExistingSocket { flow: flow("127.0.0.1:41234", "0.0.0.0:0"), state: 10, expires_ms: 0 }]);
+    agg.seed(S, &[ExistingSocket { netns: 1, flow: flow("127.0.0.1:41234", "0.0.0.0:0"), state: 10, expires_ms: 0 }]);
     // The server (listening on 41234, inside the range) closes first.
     agg.apply(&tw(2 * S, 1, flow("127.0.0.1:41234", "127.0.0.2:43001"), birth()));
     let snap = snap(&mut agg, 3 * S);
@@ -157,11 +157,12 @@ fn existing_sockets_count_from_the_first_frame_and_leave_on_their_timer() {
     let mut agg = Aggregator::new(settings((32_768, 60_999)));
     let existing: Vec<ExistingSocket> = (0..3)
         .map(|i| ExistingSocket {
+            netns: 1,
             flow: flow(&format!("{CLIENT}:{}", 40_000 + i), SERVER),
             state: 6,
             expires_ms: 10_000,
         })
-        .chain([ExistingSocket { flow: flow(&format!("{CLIENT}:41000"), SERVER), state: 1, expires_ms: 0 }])
+        .chain([ExistingSocket { netns: 1, flow: flow(&format!("{CLIENT}:41000"), SERVER), state: 1, expires_ms: 0 }])
         .collect();
     agg.seed(100 * S, &existing);
     let first = snap(&mut agg, 100 * S);
@@ -196,7 +197,13 @@ fn failures_by_process_and_search_cost() {
     let snap = snap(&mut agg, 2 * S);
     assert_eq!(
         snap.port_space.failures,
-        vec![FailureView { process: "curl[4242]".into(), error: "EADDRNOTAVAIL".into(), count: 3 }]
+        vec![FailureView {
+            netns: 1,
+            namespace: "1".into(),
+            process: "curl[4242]".into(),
+            error: "EADDRNOTAVAIL".into(),
+            count: 3
+        }]
     );
     let d = &snap.port_space.destinations[0];
     assert_eq!(d.failures, 3);
@@ -229,8 +236,14 @@ fn paws_sources_show_the_nat_signature() {
     agg.apply(&drop(S, "203.0.113.9:40000"));
     let snap = snap(&mut agg, 2 * S);
     assert_eq!(snap.paws.drops_total, 14);
-    assert_eq!(snap.paws.sources[0], SourceView { source: "198.51.100.7".parse().unwrap(), drops: 12, flows: 12 });
-    assert_eq!(snap.paws.sources[1], SourceView { source: "203.0.113.9".parse().unwrap(), drops: 2, flows: 1 });
+    assert_eq!(
+        snap.paws.sources[0],
+        SourceView { netns: 1, source: "198.51.100.7".parse().unwrap(), drops: 12, flows: 12 }
+    );
+    assert_eq!(
+        snap.paws.sources[1],
+        SourceView { netns: 1, source: "203.0.113.9".parse().unwrap(), drops: 2, flows: 1 }
+    );
     assert_eq!(snap.paws.by_reason[0].reason, "TCP_RFC7323_PAWS");
     assert_eq!(snap.paws.recent.len(), 8, "bounded");
 }

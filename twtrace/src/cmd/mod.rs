@@ -139,6 +139,9 @@ impl FilterArgs {
 /// existed when the source started. What `stat`, `top` and `report` all start from.
 pub fn aggregator_for(info: &SourceInfo, top: usize) -> Aggregator {
     let mut aggregator = Aggregator::new(settings_for(info, top));
+    for namespace in &info.namespaces {
+        aggregator.describe(namespace);
+    }
     aggregator.seed(info.started_ns, &info.sockets);
     aggregator
 }

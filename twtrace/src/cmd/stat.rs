@@ -156,7 +156,7 @@ fn opt(v: Option<f64>, unit: &str, scale: f64) -> String {
 pub fn snapshot_text(s: &Snapshot, clock: WallClock) -> String {
     let tw = &s.timewait;
     let mut out = format!(
-        "{} TIME_WAIT {}{}  born {:.1}/s  died {:.1}/s expired + {:.1}/s killed  lifetime p50 {} p99 {} max {}  lost {}",
+        "{} TIME_WAIT {}{}  born {:.1}/s  died: expired {:.1}/s killed {:.1}/s  lifetime p50 {} p99 {} max {}  lost {}  namespaces {}",
         clock.at(s.mono_ns).time_of_day(),
         tw.live,
         tw.max_buckets.map(|m| format!("/{m}")).unwrap_or_default(),
@@ -167,13 +167,29 @@ pub fn snapshot_text(s: &Snapshot, clock: WallClock) -> String {
         opt(tw.lifetime_p99_ms, "s", 1e3),
         opt(tw.lifetime_max_ms, "s", 1e3),
         s.lost,
+        s.namespaces_seen,
     );
     for g in tw.by_remote.iter().take(3) {
         out.push_str(&format!("\n  tw remote {} x{}", g.key, g.count));
     }
+    for n in &s.namespaces {
+        out.push_str(&format!(
+            "\n  netns {} ({})  range {}-{}  ports in use {} (worst {:.1}%)  TIME_WAIT {}{}  connect failures {}",
+            n.name,
+            n.netns,
+            n.port_range.0,
+            n.port_range.1,
+            n.ports_in_use,
+            n.worst_utilisation * 100.0,
+            n.timewait_live,
+            n.max_tw_buckets.map(|m| format!("/{m}")).unwrap_or_default(),
+            n.connect_failures
+        ));
+    }
     for d in &s.port_space.destinations {
         out.push_str(&format!(
-            "\n  ports {} -> {}  in use {}/{} ({:.1}%)  connects {:.1}/s  exhausted in {}  search p50 {} p99 {}  candidates p99 {}  failures {}",
+            "\n  ports [{}] {} -> {}  in use {}/{} ({:.1}%)  connects {:.1}/s  exhausted in {}  search p50 {} p99 {}  candidates p99 {}  failures {}",
+            d.namespace,
             d.destination.local,
             d.destination.remote,
             d.in_use,
@@ -188,7 +204,7 @@ pub fn snapshot_text(s: &Snapshot, clock: WallClock) -> String {
         ));
     }
     for f in &s.port_space.failures {
-        out.push_str(&format!("\n  failed {} {} x{}", f.process, f.error, f.count));
+        out.push_str(&format!("\n  failed [{}] {} {} x{}", f.namespace, f.process, f.error, f.count));
     }
     if s.paws.drops_total > 0 || !s.paws.counters.is_empty() {
         let reasons: Vec<String> = s.paws.by_reason.iter().map(|r| format!("{} {}", r.reason, r.total)).collect();

@@ -182,7 +182,11 @@ impl Sink for TopSink {
     }
 
     fn restart(&mut self, sockets: &[ExistingSocket], status: &Status) -> anyhow::Result<()> {
+        let known = self.aggregator.namespaces();
         self.aggregator = Aggregator::new(super::settings_for(status.info(), self.top));
+        for namespace in &known {
+            self.aggregator.describe(namespace);
+        }
         self.aggregator.seed(status.now_ns(), sockets);
         Ok(())
     }

@@ -196,6 +196,14 @@ pub fn event_json(event: &Event, clock: WallClock) -> Value {
             put("netns", json!(0));
             put("deltas", json!({SKIPPED_RUNS: e.new}));
         }
+        Event::Namespace(e) => {
+            let ns = &e.namespace;
+            put("event", json!("namespace"));
+            put("netns", json!(ns.netns));
+            put("name", json!(ns.name));
+            put("live", json!(ns.live));
+            put("settings", json!(ns.sysctls));
+        }
     }
     v
 }
@@ -285,6 +293,20 @@ pub fn event_text(event: &Event, clock: WallClock) -> String {
             (e.ts_ns, e.netns, format!("COUNTERS  {}", deltas.join(", ")))
         }
         Event::Lost(e) => (e.ts_ns, 0, format!("LOST      {} events (ring buffer full; {} so far)", e.new, e.total)),
+        Event::Namespace(e) => {
+            let ns = &e.namespace;
+            let settings = match &ns.sysctls {
+                Some(s) => format!(
+                    "ip_local_port_range {}-{}  tcp_max_tw_buckets {}",
+                    s.ip_local_port_range.0,
+                    s.ip_local_port_range.1,
+                    s.tcp_max_tw_buckets.map_or("?".into(), |v| v.to_string())
+                ),
+                None => "settings unreadable".into(),
+            };
+            let state = if ns.live { "" } else { "  (gone)" };
+            (e.ts_ns, ns.netns, format!("NETNS     {}  {settings}{state}", ns.name))
+        }
         Event::Skipped(e) => (e.ts_ns, 0, format!("COUNTERS  {SKIPPED_RUNS} {:+}", e.new)),
         Event::PortSearch(e) => {
             let op = if e.op == SearchOp::Connect { "connect()" } else { "bind()" };

@@ -46,10 +46,8 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use super::{
-    cgroup::{self, Workload},
-    netns::Sysctls,
-};
+use super::cgroup::{self, Workload};
+use crate::event::Sysctls;
 
 /// A network namespace: its nsfs inode number (`ns.inum`, the `netns` of events).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -367,7 +365,7 @@ impl NetnsRegistry {
         let started = Instant::now();
         let mut seen = self.scan_mounts();
         let (processes, unreadable) = self.scan_proc(None, &mut seen)?;
-        let host = netns_of(&self.config.proc_root.join("1")).ok();
+        let host = self.host_netns();
         let mut report = RefreshReport { processes, unreadable, ..RefreshReport::default() };
         let mut new = Vec::new();
         for (id, sighting) in seen.iter() {
@@ -412,7 +410,7 @@ impl NetnsRegistry {
         match seen.get(&id) {
             Some(sighting) => {
                 self.misses.remove(&id);
-                let host = netns_of(&self.config.proc_root.join("1")).ok();
+                let host = self.host_netns();
                 self.describe(vec![(id, sighting)], host);
             }
             None => {
@@ -450,7 +448,7 @@ impl NetnsRegistry {
             }
             return Err(NetnsError::Gone { id });
         };
-        let host = netns_of(&self.config.proc_root.join("1")).ok();
+        let host = self.host_netns();
         self.update(id, sighting, host);
         let path = self.way_in(id)?;
         match enter_and_run(id, &path, self.nsfs_dev, f) {
@@ -483,7 +481,18 @@ impl NetnsRegistry {
 
     /// The namespace's TCP sockets (sock_diag, as `ss` inside it).
     pub fn tcp_sockets(&mut self, id: NetnsId) -> Result<Vec<crate::event::ExistingSocket>, NetnsError> {
-        self.run_in(id, super::sockdiag::tcp_sockets)
+        let mut sockets = self.run_in(id, super::sockdiag::tcp_sockets)?;
+        for socket in &mut sockets {
+            socket.netns = id.0;
+        }
+        Ok(sockets)
+    }
+
+    /// The initial namespace: PID 1's, or, where its link cannot be read (a hardened PID 1
+    /// refuses even root without the same capabilities), kthreadd's (PID 2): kernel threads
+    /// always run in `init_net`.
+    fn host_netns(&self) -> Option<NetnsId> {
+        ["1", "2"].iter().find_map(|pid| netns_of(&self.config.proc_root.join(pid)).ok())
     }
 
     fn way_in(&self, id: NetnsId) -> Result<PathBuf, NetnsError> {

@@ -4,6 +4,8 @@
 
 use std::{os::fd::AsRawFd, path::Path};
 
+use crate::event::Sysctls;
+
 /// Runs `f` in the namespace at `path` (`/run/netns/NAME`, `/proc/PID/ns/net`), or right here
 /// when `path` is `None`.
 pub fn run_in<T: Send + 'static>(
@@ -22,19 +24,6 @@ pub fn run_in<T: Send + 'static>(
     })
     .join()
     .map_err(|_| std::io::Error::other("namespace thread panicked"))?
-}
-
-/// The namespace's settings that decide TIME_WAIT and port-space behaviour; recorded with
-/// every recording, because a postmortem needs them as much as the events.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Sysctls {
-    /// `net.ipv4.ip_local_port_range`: ports connect() may choose.
-    pub ip_local_port_range: (u16, u16),
-    pub tcp_max_tw_buckets: Option<u64>,
-    pub tcp_tw_reuse: Option<u64>,
-    pub tcp_timestamps: Option<u64>,
-    /// Seconds an orphaned FIN_WAIT2 socket lives (not TIME_WAIT's 60 s).
-    pub tcp_fin_timeout: Option<u64>,
 }
 
 /// Reads [`Sysctls`] inside the namespace at `path` (here when `None`).

@@ -18,7 +18,8 @@ const INET_DIAG_MSG_LEN: usize = 72;
 
 /// Every TCP socket of the calling thread's namespace (IPv4 and IPv6), any state. Falls back
 /// to /proc/net/tcp{,6} (as `ss` does) when sock_diag is missing: kernels that build
-/// inet_diag as a module without it loaded answer ENOENT.
+/// inet_diag as a module without it loaded answer ENOENT. `netns` is left 0: the caller knows
+/// which namespace the thread is in.
 pub fn tcp_sockets() -> std::io::Result<Vec<ExistingSocket>> {
     let mut sockets = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
@@ -68,7 +69,7 @@ fn parse_proc_line(line: &str, v6: bool) -> Option<ExistingSocket> {
     let flow = SocketFlow { local: endpoint(cols.get(1)?)?, remote: endpoint(cols.get(2)?)? };
     let state = u8::from_str_radix(cols.get(3)?, 16).ok()?;
     let when = cols.get(5)?.split_once(':').and_then(|(_, w)| u64::from_str_radix(w, 16).ok()).unwrap_or(0);
-    Some(ExistingSocket { flow, state, expires_ms: when * 10 })
+    Some(ExistingSocket { netns: 0, flow, state, expires_ms: when * 10 })
 }
 
 fn dump(family: u8, out: &mut Vec<ExistingSocket>) -> std::io::Result<()> {
@@ -160,7 +161,7 @@ fn parse_inet_diag_msg(m: &[u8]) -> Option<ExistingSocket> {
         }
     };
     let flow = SocketFlow { local: SocketAddr::new(ip(src)?, sport), remote: SocketAddr::new(ip(dst)?, dport) };
-    Some(ExistingSocket { flow, state, expires_ms })
+    Some(ExistingSocket { netns: 0, flow, state, expires_ms })
 }
 
 #[cfg(test)]

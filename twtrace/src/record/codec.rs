@@ -17,11 +17,14 @@
 //! | 6   | port search| ts, bits u8, duration_ns, errno, [candidates], netns, [remote], [local], process |
 //! | 7   | counters   | ts, netns, n, n × (name, zigzag delta); skipped runs are a counter named `SkippedRuns` |
 //! | 8   | lost       | ts, new, total |
-//! | 9   | socket     | (initial picture only) flow, state u8, expires_ms |
+//! | 9   | socket     | (initial picture only, format 1) flow, state u8, expires_ms |
+//! | 10  | namespace  | ts, netns, name, bits u8 (1 live, 2 settings), [lo, hi, 4 × optional number] |
+//! | 11  | socket     | (initial picture only, format 2) netns, flow, state u8, expires_ms |
 //! | 0x80.. | definitions | IPv4 (4 bytes), IPv6 (16), process (pid, tid, cgroup, comm), name, netns, sk (u64) |
 //!
 //! A flow is (local address ref, local port u16, remote address ref, remote port u16), with
-//! address ref 0 meaning "no flow". References count from 1; 0 is "none".
+//! address ref 0 meaning "no flow". References count from 1; 0 is "none". An optional number
+//! is a varint of the value plus one, 0 for "none".
 
 use foldhash::{HashMap, HashMapExt};
 use std::{
@@ -32,8 +35,9 @@ use std::{
 use crate::{
     event::ExistingSocket,
     event::{
-        DeathReason, DropEvent, Event, LostEvent, NetstatEvent, PortSearchEvent, Process, SearchOp, SkippedEvent,
-        SocketFlow, StateEvent, TimeWaitChange, TimeWaitEvent, TimeWaitSubstate,
+        DeathReason, DropEvent, Event, LostEvent, NamespaceDescription, NamespaceEvent, NetstatEvent, PortSearchEvent,
+        Process, SearchOp, SkippedEvent, SocketFlow, StateEvent, Sysctls, TimeWaitChange, TimeWaitEvent,
+        TimeWaitSubstate,
     },
 };
 
@@ -46,6 +50,8 @@ const SEARCH: u8 = 6;
 const COUNTERS: u8 = 7;
 const LOST: u8 = 8;
 const SOCKET: u8 = 9;
+const NAMESPACE: u8 = 10;
+const SOCKET_NS: u8 = 11;
 const DEF_IPV4: u8 = 0x80;
 const DEF_IPV6: u8 = 0x81;
 const DEF_PROCESS: u8 = 0x82;
@@ -58,6 +64,9 @@ const SEARCH_APPROXIMATE: u8 = 2;
 const SEARCH_CANDIDATES: u8 = 4;
 const SEARCH_REMOTE: u8 = 8;
 const SEARCH_LOCAL: u8 = 16;
+
+const NAMESPACE_LIVE: u8 = 1;
+const NAMESPACE_SETTINGS: u8 = 2;
 
 /// Skipped runs ([`Event::Skipped`]) are stored as a counter record of this name in namespace
 /// 0, as the stream carried them before they had an event of their own: recordings of either
@@ -145,8 +154,10 @@ impl ChunkEncoder {
 
     pub fn socket(&mut self, socket: &ExistingSocket) {
         self.records += 1;
+        let netns = self.netns_ref(socket.netns);
         self.define_flow_ips(Some(socket.flow));
-        self.buf.push(SOCKET);
+        self.buf.push(SOCKET_NS);
+        put_varint(&mut self.buf, netns.into());
         self.flow(Some(socket.flow));
         self.buf.push(socket.state);
         put_varint(&mut self.buf, socket.expires_ms);
@@ -259,6 +270,24 @@ impl ChunkEncoder {
                 let netns = self.netns_ref(0);
                 let name = self.name_ref(SKIPPED_RUNS_COUNTER);
                 self.counters(ts, netns, [(name, e.new as i64)].into_iter());
+            }
+            Event::Namespace(e) => {
+                let ns = &e.namespace;
+                let netns = self.netns_ref(ns.netns);
+                let name = self.name_ref(&ns.name);
+                self.tag_and_ts(NAMESPACE, ts);
+                put_varint(&mut self.buf, netns.into());
+                put_varint(&mut self.buf, name.into());
+                let bits = if ns.live { NAMESPACE_LIVE } else { 0 }
+                    | if ns.sysctls.is_some() { NAMESPACE_SETTINGS } else { 0 };
+                self.buf.push(bits);
+                if let Some(s) = &ns.sysctls {
+                    put_varint(&mut self.buf, s.ip_local_port_range.0.into());
+                    put_varint(&mut self.buf, s.ip_local_port_range.1.into());
+                    for v in [s.tcp_max_tw_buckets, s.tcp_tw_reuse, s.tcp_timestamps, s.tcp_fin_timeout] {
+                        put_varint(&mut self.buf, v.map_or(0, |v| v.saturating_add(1)));
+                    }
+                }
             }
             Event::Lost(e) => {
                 self.tag_and_ts(LOST, ts);
@@ -620,11 +649,38 @@ impl ChunkDecoder<'_> {
                 let ts_ns = self.ts()?;
                 Event::Lost(LostEvent { ts_ns, new: self.varint()?, total: self.varint()? })
             }
-            SOCKET => {
+            SOCKET | SOCKET_NS => {
+                // Format 1 did not say which namespace a socket was in.
+                let netns = if tag == SOCKET_NS { self.netns()? } else { 0 };
                 let flow = self.flow()?.ok_or("socket without a flow")?;
                 let state = self.byte()?;
-                out.sockets.push(ExistingSocket { flow, state, expires_ms: self.varint()? });
+                out.sockets.push(ExistingSocket { netns, flow, state, expires_ms: self.varint()? });
                 return Ok(());
+            }
+            NAMESPACE => {
+                let ts_ns = self.ts()?;
+                let netns = self.netns()?;
+                let name = self.name()?;
+                let bits = self.byte()?;
+                let sysctls = if bits & NAMESPACE_SETTINGS != 0 {
+                    let lo = u16::try_from(self.varint()?).map_err(|_| "port out of range")?;
+                    let hi = u16::try_from(self.varint()?).map_err(|_| "port out of range")?;
+                    let mut optional = || self.varint().map(|v| v.checked_sub(1));
+                    Some(Sysctls {
+                        ip_local_port_range: (lo, hi),
+                        tcp_max_tw_buckets: optional()?,
+                        tcp_tw_reuse: optional()?,
+                        tcp_timestamps: optional()?,
+                        tcp_fin_timeout: optional()?,
+                    })
+                } else {
+                    None
+                };
+                let live = bits & NAMESPACE_LIVE != 0;
+                Event::Namespace(NamespaceEvent {
+                    ts_ns,
+                    namespace: NamespaceDescription { netns, name, sysctls, live },
+                })
             }
             other => return Err(format!("unknown record tag {other:#04x}")),
         };

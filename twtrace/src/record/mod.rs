@@ -38,8 +38,10 @@ use crate::{event::Event, probes::DecodeStats, source_info::SourceInfo};
 
 pub const FILE_MAGIC: &[u8; 8] = b"TWTRACE\0";
 pub const CHUNK_MAGIC: &[u8; 4] = b"TWCK";
-/// Version 1: this layout. A reader refuses newer versions rather than misreading them.
-pub const FORMAT_VERSION: u16 = 1;
+/// Version 2: namespace records, and sockets with their namespace (2026-11-27). Version 1
+/// files read as before (their sockets in namespace 0, their one namespace described by the
+/// header). A reader refuses newer versions rather than misreading them.
+pub const FORMAT_VERSION: u16 = 2;
 pub const FILE_HEADER_LEN: usize = 20;
 pub const CHUNK_HEADER_LEN: usize = 36;
 /// Limits a reader enforces, so damaged lengths cannot make it allocate without bound. The

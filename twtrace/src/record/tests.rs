@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use super::*;
 use crate::{
     event::ExistingSocket,
-    event::SkippedEvent,
+    event::Sysctls,
     event::{
         DeathReason, DropEvent, LostEvent, NetstatEvent, PortSearchEvent, Process, SearchOp, SocketFlow, StateEvent,
         TimeWaitChange, TimeWaitEvent, TimeWaitSubstate,
     },
-    kernel::netns::Sysctls,
+    event::{NamespaceDescription, NamespaceEvent, SkippedEvent},
     probes::{Attempt, Backend, Family, FamilyReport},
     source_info::SourceInfo,
     time::WallClock,
@@ -137,6 +137,30 @@ fn every_kind(base: u64) -> Vec<Event> {
         Event::Netstat(NetstatEvent { ts_ns: base + 14, netns: 0, deltas: vec![] }),
         Event::Lost(LostEvent { ts_ns: base + 15, new: 5, total: u64::MAX }),
         Event::Skipped(SkippedEvent { ts_ns: base + 16, new: 61 }),
+        Event::Namespace(NamespaceEvent {
+            ts_ns: base + 17,
+            namespace: NamespaceDescription {
+                netns: 4026532999,
+                name: "docker:3f2a1b9c0d1e".into(),
+                sysctls: Some(Sysctls {
+                    ip_local_port_range: (40000, 40099),
+                    tcp_max_tw_buckets: Some(0),
+                    tcp_tw_reuse: None,
+                    tcp_timestamps: Some(1),
+                    tcp_fin_timeout: Some(u64::MAX - 1),
+                }),
+                live: true,
+            },
+        }),
+        Event::Namespace(NamespaceEvent {
+            ts_ns: base + 18,
+            namespace: NamespaceDescription {
+                netns: 4026532999,
+                name: "4026532999".into(),
+                sysctls: None,
+                live: false,
+            },
+        }),
     ]
 }
 
@@ -160,12 +184,28 @@ fn info() -> SourceInfo {
             attempts: vec![Attempt { backend: Backend::Fentry, error: Some("no trampolines".into()) }],
             blind_spots: None,
         }],
+        namespaces: vec![NamespaceDescription {
+            netns: 4026531840,
+            name: "host".into(),
+            sysctls: Some(Sysctls { ip_local_port_range: (32768, 60999), ..Sysctls::default() }),
+            live: true,
+        }],
         netns: Some(4026531840),
         port: None,
         filter: "--pid 42".into(),
         sockets: vec![
-            ExistingSocket { flow: flow("10.0.0.1:50000", "10.0.0.2:80").unwrap(), state: 6, expires_ms: 30_000 },
-            ExistingSocket { flow: flow("[::1]:8080", "[::1]:50001").unwrap(), state: 1, expires_ms: 0 },
+            ExistingSocket {
+                netns: 7,
+                flow: flow("10.0.0.1:50000", "10.0.0.2:80").unwrap(),
+                state: 6,
+                expires_ms: 30_000,
+            },
+            ExistingSocket {
+                netns: 4026531840,
+                flow: flow("[::1]:8080", "[::1]:50001").unwrap(),
+                state: 1,
+                expires_ms: 0,
+            },
         ],
     }
 }
@@ -297,10 +337,10 @@ fn header_problems_are_named() {
     assert_eq!(error(&[]), "empty file (0 bytes): nothing was recorded");
     assert!(error(b"GIF89a\x01\x00 and more bytes here").starts_with("not a twtrace recording"));
     let mut future = bytes.clone();
-    future[8] = 2;
+    future[8] = 3;
     assert_eq!(
         error(&future),
-        "recording format version 2 is newer than this twtrace reads (up to 1): upgrade twtrace"
+        "recording format version 3 is newer than this twtrace reads (up to 2): upgrade twtrace"
     );
     let mut flipped = bytes.clone();
     flipped[FILE_HEADER_LEN + 3] ^= 1;

@@ -289,8 +289,10 @@ li{{margin:4px 0}} figure{{margin:8px 0}}
         .iter()
         .map(|d| {
             vec![
+                d.namespace.clone(),
                 d.destination.local.to_string(),
                 d.destination.remote.to_string(),
+                format!("{}-{} ({})", d.port_range.0, d.port_range.1, d.range),
                 format!("{} ({:.1}%)", d.peak_in_use, d.peak_utilisation * 100.0),
                 d.peak_at.rfc3339(),
                 d.in_use_at_end.to_string(),
@@ -303,8 +305,10 @@ li{{margin:4px 0}} figure{{margin:8px 0}}
         .collect();
     h.push_str(&table(
         &[
+            "namespace",
             "local",
             "remote",
+            "port range",
             "peak in use",
             "peak at",
             "at end",
@@ -316,9 +320,12 @@ li{{margin:4px 0}} figure{{margin:8px 0}}
         &rows,
     ));
     h.push_str("<h3>Failures by process</h3>");
-    let rows: Vec<Vec<String>> =
-        r.failures.iter().map(|f| vec![f.process.clone(), f.error.clone(), f.count.to_string()]).collect();
-    h.push_str(&table(&["process", "error", "count"], &rows));
+    let rows: Vec<Vec<String>> = r
+        .failures
+        .iter()
+        .map(|f| vec![f.namespace.clone(), f.process.clone(), f.error.clone(), f.count.to_string()])
+        .collect();
+    h.push_str(&table(&["namespace", "process", "error", "count"], &rows));
 
     h.push_str("<h2>PAWS drops</h2>\n");
     h.push_str(&line_chart(

@@ -14,8 +14,7 @@ pub use text::text;
 
 use crate::{
     aggregate::{Aggregator, Destination, FailureView, Group, Sample, Snapshot, SourceView},
-    event::Event,
-    kernel::netns::Sysctls,
+    event::{Event, NamespaceDescription, Sysctls},
     source::Health,
     source_info::SourceInfo,
     time::WallTime,
@@ -64,6 +63,8 @@ pub struct RecordingSummary {
     pub port: Option<u16>,
     pub filter: String,
     pub sockets_at_start: usize,
+    /// Every namespace described or seen, with its own settings.
+    pub namespaces: Vec<NamespaceDescription>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -86,9 +87,12 @@ pub struct TimeWaitSummary {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct DestinationSummary {
-    /// `local` and `remote` in the JSON.
+    /// `netns`, `local` and `remote` in the JSON.
     #[serde(flatten)]
     pub destination: Destination,
+    /// Its namespace's name, and that namespace's `ip_local_port_range` and its size.
+    pub namespace: String,
+    pub port_range: (u16, u16),
     pub range: u64,
     pub peak_in_use: u64,
     pub peak_utilisation: f64,
@@ -228,9 +232,9 @@ impl ReportBuilder {
             port: info.port,
             filter: info.filter.clone(),
             sockets_at_start: info.sockets.len(),
+            namespaces: self.aggregator.namespaces(),
         };
-        let range = self.aggregator.port_range_size();
-        assemble(recording, info, &self.samples, self.peak_snapshot, &end, range)
+        assemble(recording, info, &self.samples, self.peak_snapshot, &end, &self.aggregator)
     }
 }
 
@@ -240,7 +244,7 @@ fn assemble(
     samples: &[Sample],
     peak: Option<Snapshot>,
     end: &Snapshot,
-    range: u64,
+    model: &Aggregator,
 ) -> Report {
     let wall = |mono: u64| info.clock.at(mono);
     let first = samples.first().expect("at least the start sample");
@@ -276,8 +280,11 @@ fn assemble(
         .iter()
         .map(|(dest, (peak_in_use, at))| {
             let view = end.port_space.destinations.iter().find(|d| d.destination == *dest);
+            let range = model.range_size(dest.netns);
             DestinationSummary {
                 destination: *dest,
+                namespace: model.namespace_name(dest.netns),
+                port_range: model.port_range(dest.netns),
                 range,
                 peak_in_use: *peak_in_use,
                 peak_utilisation: *peak_in_use as f64 / range.max(1) as f64,
@@ -295,7 +302,9 @@ fn assemble(
         if !destinations.iter().any(|d| d.destination == v.destination) {
             destinations.push(DestinationSummary {
                 destination: v.destination,
-                range,
+                namespace: v.namespace.clone(),
+                port_range: model.port_range(v.destination.netns),
+                range: v.range,
                 peak_in_use: v.in_use,
                 peak_utilisation: v.utilisation,
                 peak_at: wall(end.mono_ns),
@@ -315,7 +324,7 @@ fn assemble(
     });
     destinations.truncate(end.port_space.destinations.len().max(10));
 
-    let timeline = timeline(info, samples, &destinations, range);
+    let timeline = timeline(info, samples, &destinations);
     let (peak_drops, peak_drops_at) = timeline
         .drops_per_s
         .iter()
@@ -340,7 +349,7 @@ fn assemble(
     }
 }
 
-fn timeline(info: &SourceInfo, samples: &[Sample], destinations: &[DestinationSummary], range: u64) -> Timeline {
+fn timeline(info: &SourceInfo, samples: &[Sample], destinations: &[DestinationSummary]) -> Timeline {
     let per = samples.len().div_ceil(CHART_POINTS).max(1);
     let mut t = Timeline { step_s: per as f64 * SAMPLE_NS as f64 / 1e9, ..Timeline::default() };
     let charted: Vec<&DestinationSummary> =
@@ -365,7 +374,7 @@ fn timeline(info: &SourceInfo, samples: &[Sample], destinations: &[DestinationSu
                 .map(|(_, v)| *v)
                 .max()
                 .unwrap_or(0);
-            series.push(max as f64 / range.max(1) as f64);
+            series.push(max as f64 / d.range.max(1) as f64);
         }
         prev = last;
     }

@@ -91,7 +91,7 @@ pub fn text(r: &Report) -> String {
         line(format!("  at peak owned by {} x{}", g.key, g.count));
     }
     line(String::new());
-    line(format!("Port space per destination (range {} ports)", r.destinations.first().map_or(0, |d| d.range)));
+    line("Port space per destination (each against its namespace's range)".into());
     for d in &r.destinations {
         let series = r
             .timeline
@@ -100,9 +100,12 @@ pub fn text(r: &Report) -> String {
             .find(|s| s.destination == d.destination)
             .map_or(&[][..], |s| s.utilisation.as_slice());
         line(format!(
-            "  {} -> {}  peak {} ({:.1}%) at {}  end {}  search p50 {} p99 {}  candidates p99 {}  failures {}  {}",
+            "  [{}] {} -> {}  range {}-{}  peak {} ({:.1}%) at {}  end {}  search p50 {} p99 {}  candidates p99 {}  failures {}  {}",
+            d.namespace,
             d.destination.local,
             d.destination.remote,
+            d.port_range.0,
+            d.port_range.1,
             d.peak_in_use,
             d.peak_utilisation * 100.0,
             d.peak_at.time_of_day(),
@@ -115,7 +118,7 @@ pub fn text(r: &Report) -> String {
         ));
     }
     for f in &r.failures {
-        line(format!("  failed {} {} x{}", f.process, f.error, f.count));
+        line(format!("  failed [{}] {} {} x{}", f.namespace, f.process, f.error, f.count));
     }
     line(String::new());
     let p = &r.paws;

@@ -1,6 +1,7 @@
 //! Where the event stream comes from: the live probes or a recording. Sinks never see which:
 //! they get events through [`crate::drive`], and the source's state through [`Health`].
 
+mod namespaces;
 mod replay;
 
 use anyhow::Context as _;
@@ -82,6 +83,7 @@ pub struct LiveSource {
     probes: LiveProbes,
     options: Options,
     info: SourceInfo,
+    namespaces: namespaces::NamespaceTracker,
 }
 
 impl Source {
@@ -95,7 +97,9 @@ impl Source {
         }
         let sysctls = kernel::netns::sysctls(path).context("reading the namespace's TCP settings")?;
         let started_ns = crate::time::monotonic_ns();
-        let sockets = if with_sockets { current_sockets(options)? } else { Vec::new() };
+        let mut tracker = namespaces::NamespaceTracker::new(options.netns);
+        let namespaces = tracker.start(started_ns);
+        let sockets = if with_sockets { current_sockets(options, &mut tracker)? } else { Vec::new() };
         let info = SourceInfo {
             host: read_trimmed("/proc/sys/kernel/hostname"),
             kernel: read_trimmed("/proc/sys/kernel/osrelease"),
@@ -103,12 +107,13 @@ impl Source {
             started_ns,
             sysctls,
             backends: probes.reports.clone(),
+            namespaces,
             netns: options.netns,
             port: options.port,
             filter: String::new(),
             sockets,
         };
-        Ok(Self::Live(Box::new(LiveSource { probes, options: options.clone(), info })))
+        Ok(Self::Live(Box::new(LiveSource { probes, options: options.clone(), info, namespaces: tracker })))
     }
 
     /// A recording, paced at `speed` times the recorded pace (`None`: as fast as it reads).
@@ -160,6 +165,7 @@ impl Source {
         match self {
             Self::Live(live) => {
                 live.probes.next_batch(out).await;
+                live.namespaces.observe(out, crate::time::monotonic_ns());
                 Flow::More
             }
             Self::Replay(r) => r.next_batch(out).await,
@@ -169,7 +175,10 @@ impl Source {
     /// Everything still pending (call once before stopping).
     pub fn finish(&mut self, out: &mut Vec<Event>) {
         match self {
-            Self::Live(live) => live.probes.finish(out),
+            Self::Live(live) => {
+                live.probes.finish(out);
+                live.namespaces.observe(out, crate::time::monotonic_ns());
+            }
             Self::Replay(r) => r.finish(),
         }
     }
@@ -183,9 +192,9 @@ impl Source {
     }
 
     /// Sockets that exist now, for restarting the views (a recording has only its start).
-    pub fn sockets_now(&self) -> anyhow::Result<Vec<ExistingSocket>> {
+    pub fn sockets_now(&mut self) -> anyhow::Result<Vec<ExistingSocket>> {
         match self {
-            Self::Live(live) => current_sockets(&live.options),
+            Self::Live(live) => current_sockets(&live.options, &mut live.namespaces),
             Self::Replay(_) => Ok(Vec::new()),
         }
     }
@@ -204,9 +213,21 @@ impl Source {
     }
 }
 
-fn current_sockets(options: &Options) -> anyhow::Result<Vec<ExistingSocket>> {
-    kernel::netns::run_in(options.netns_path.as_deref(), kernel::sockdiag::tcp_sockets)
-        .context("listing sockets (sock_diag)")
+/// The sockets of the namespace `--netns` names (read through the path given), or of every
+/// namespace described.
+fn current_sockets(
+    options: &Options,
+    namespaces: &mut namespaces::NamespaceTracker,
+) -> anyhow::Result<Vec<ExistingSocket>> {
+    let (Some(netns), Some(path)) = (options.netns, options.netns_path.as_deref()) else {
+        return Ok(namespaces.sockets());
+    };
+    let mut sockets =
+        kernel::netns::run_in(Some(path), kernel::sockdiag::tcp_sockets).context("listing sockets (sock_diag)")?;
+    for socket in &mut sockets {
+        socket.netns = netns;
+    }
+    Ok(sockets)
 }
 
 fn read_trimmed(path: &str) -> String {

@@ -9,7 +9,7 @@ use ratatui::{
 };
 
 use super::state::{GroupBy, Mode, SortBy, UiState};
-use crate::aggregate::{DestinationView, Snapshot};
+use crate::aggregate::{DestinationView, Group, Snapshot};
 
 /// Facts about the run shown in the header (not part of the aggregated model).
 #[derive(Clone, Debug, Default)]
@@ -89,7 +89,8 @@ fn draw_header(frame: &mut Frame, area: Rect, snap: &Snapshot, h: &Header, ui: &
         Some(replay) => Span::styled(format!("  {replay}  up {:.0}s", snap.seconds), bold()),
         None => Span::raw(format!("  cpu {}  {bpf}  up {:.0}s", opt(h.cpu_percent, "%", 1.0, 1), snap.seconds)),
     };
-    let mut second = vec![Span::raw(format!("events {:.0}/s  ", h.events_per_s)), lost, costs];
+    let mut second =
+        vec![Span::raw(format!("events {:.0}/s  namespaces {}  ", h.events_per_s, snap.namespaces_seen)), lost, costs];
     if ui.paused {
         second.push(Span::styled("  PAUSED", bold().add_modifier(Modifier::REVERSED)));
     }
@@ -108,7 +109,7 @@ fn draw_timewait(frame: &mut Frame, area: Rect, snap: &Snapshot, ui: &UiState) {
     frame.render_widget(block, area);
     let [stats, table] = Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(inner);
     let line = format!(
-        "born {:.1}/s  died {:.1}/s expired {:.1}/s killed  life p50 {} p99 {} max {}",
+        "born {:.1}/s  died: expired {:.1}/s killed {:.1}/s  life p50 {} p99 {} max {}",
         tw.births_per_s,
         tw.expired_per_s,
         tw.killed_per_s,
@@ -117,10 +118,40 @@ fn draw_timewait(frame: &mut Frame, area: Rect, snap: &Snapshot, ui: &UiState) {
         opt(tw.lifetime_max_ms, "s", 1e3, 1),
     );
     frame.render_widget(Paragraph::new(line), stats);
+    let relabelled: Vec<Group>;
     let groups = match ui.group_by {
         GroupBy::Remote => &tw.by_remote,
         GroupBy::Local => &tw.by_local,
         GroupBy::Owner => &tw.by_owner,
+        // Each namespace against its own tcp_max_tw_buckets.
+        GroupBy::Namespace => {
+            relabelled = tw
+                .by_namespace
+                .iter()
+                .map(|g| {
+                    let limit = snap.namespaces.iter().find(|n| n.name == g.key).and_then(|n| n.max_tw_buckets);
+                    Group {
+                        key: limit.map_or_else(|| g.key.clone(), |l| format!("{} (of {l})", g.key)),
+                        count: g.count,
+                    }
+                })
+                .collect();
+            &relabelled
+        }
+        GroupBy::Command => {
+            relabelled = tw
+                .by_command
+                .iter()
+                .map(|c| Group {
+                    key: match c.processes {
+                        0 | 1 => c.command.clone(),
+                        n => format!("{} ({n} processes)", c.command),
+                    },
+                    count: c.count,
+                })
+                .collect();
+            &relabelled
+        }
     };
     let rows = groups.iter().map(|g| {
         let share = if tw.live > 0 { g.count as f64 * 100.0 / tw.live as f64 } else { 0.0 };
@@ -144,42 +175,59 @@ fn sorted(destinations: &[DestinationView], by: SortBy) -> Vec<&DestinationView>
 
 fn draw_ports(frame: &mut Frame, area: Rect, snap: &Snapshot, ui: &UiState) {
     let p = &snap.port_space;
-    let title = format!(" Port space  range {}-{}  sort {} (s) ", p.range.0, p.range.1, ui.sort_by.label());
+    // Each namespace has its own range: one is named in the title, several in the rows.
+    let range = match snap.namespaces.as_slice() {
+        [] => format!("range {}-{}", p.range.0, p.range.1),
+        [one] => format!("range {}-{}", one.port_range.0, one.port_range.1),
+        many => format!("{} namespaces, each its own range", many.len()),
+    };
+    let title = format!(" Port space  {range}  sort {} (s) ", ui.sort_by.label());
     let block = Block::default().borders(Borders::ALL).title(Span::styled(title, bold()));
     let inner = block.inner(area);
     frame.render_widget(block, area);
-    let failures: Vec<String> = p.failures.iter().map(|f| format!("{} {} x{}", f.process, f.error, f.count)).collect();
+    let failures: Vec<String> =
+        p.failures.iter().map(|f| format!("[{}] {} {} x{}", f.namespace, f.process, f.error, f.count)).collect();
     let [table, fails] = Layout::vertical([Constraint::Min(0), Constraint::Length(1)]).areas(inner);
-    // Narrow terminals show the remote endpoint only (one local address is the common case).
+    // Narrow terminals show the remote endpoint only (one local address is the common case),
+    // no range column, and the namespace only when there are several.
     let wide = area.width >= 100;
+    let show_netns = wide || snap.namespaces.len() > 1;
     let first = if wide { "local -> destination" } else { "destination" };
-    let header = Row::new([first, "in use", "util", "conn/s", "full in", "srch p99", "cand", "fail"]).style(bold());
+    let columns: [(&str, Constraint, bool); 10] = [
+        ("netns", Constraint::Length(if wide { 20 } else { 12 }), show_netns),
+        (first, Constraint::Min(24), true),
+        ("in use", Constraint::Length(7), true),
+        ("range", Constraint::Length(6), wide),
+        ("util", Constraint::Length(6), true),
+        ("conn/s", Constraint::Length(7), true),
+        ("full in", Constraint::Length(7), true),
+        ("srch p99", Constraint::Length(8), true),
+        ("cand", Constraint::Length(6), true),
+        ("fail", Constraint::Length(5), true),
+    ];
+    let shown = |cells: [String; 10]| -> Vec<String> {
+        cells.into_iter().zip(&columns).filter(|(_, c)| c.2).map(|(cell, _)| cell).collect()
+    };
+    let header = Row::new(shown(columns.map(|c| c.0.to_owned()))).style(bold());
     let rows = sorted(&p.destinations, ui.sort_by).into_iter().map(|d| {
-        Row::new(vec![
+        Row::new(shown([
+            d.namespace.clone(),
             if wide {
                 format!("{} -> {}", d.destination.local, d.destination.remote)
             } else {
                 d.destination.remote.to_string()
             },
             d.in_use.to_string(),
+            d.range.to_string(),
             format!("{:.1}%", d.utilisation * 100.0),
             format!("{:.1}", d.connects_per_s),
             duration(d.seconds_to_exhaustion),
             opt(d.search_p99_us, "us", 1.0, 0),
             d.candidates_p99.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
             d.failures.to_string(),
-        ])
+        ]))
     });
-    let widths = [
-        Constraint::Min(24),
-        Constraint::Length(7),
-        Constraint::Length(6),
-        Constraint::Length(7),
-        Constraint::Length(7),
-        Constraint::Length(8),
-        Constraint::Length(6),
-        Constraint::Length(5),
-    ];
+    let widths: Vec<Constraint> = columns.iter().filter(|c| c.2).map(|c| c.1).collect();
     frame.render_widget(Table::new(rows, widths).header(header), table);
     let text =
         if failures.is_empty() { "failures: none".to_owned() } else { format!("failures: {}", failures.join(", ")) };
@@ -240,9 +288,9 @@ fn draw_help(frame: &mut Frame, area: Rect) {
     let lines = [
         "q, Esc   quit (Ctrl-C too)",
         "p, Space pause / resume the view",
-        "g        group TIME_WAIT by remote, local, owner",
+        "g        group TIME_WAIT by remote, local, owner, command, netns",
         "s        sort destinations by util, failures, conn/s",
-        "/, f     filter: pid=N port=N addr=CIDR comm=NAME netns=N",
+        "/, f     filter: pid= port= addr=CIDR comm= netns=INODE|NAME",
         "?, h     this help (any key closes)",
         "",
         "full in: time until the destination's ports run out",

@@ -6,7 +6,12 @@ use crate::filter::{Cidr, Filter};
 pub enum GroupBy {
     Remote,
     Local,
+    /// A process (`comm[pid]`).
     Owner,
+    /// A command, all its processes together (a service's workers are one row).
+    Command,
+    /// A network namespace (container, pod).
+    Namespace,
 }
 
 impl GroupBy {
@@ -14,7 +19,9 @@ impl GroupBy {
         match self {
             Self::Remote => Self::Local,
             Self::Local => Self::Owner,
-            Self::Owner => Self::Remote,
+            Self::Owner => Self::Command,
+            Self::Command => Self::Namespace,
+            Self::Namespace => Self::Remote,
         }
     }
 
@@ -23,6 +30,8 @@ impl GroupBy {
             Self::Remote => "remote",
             Self::Local => "local",
             Self::Owner => "owner",
+            Self::Command => "command",
+            Self::Namespace => "namespace",
         }
     }
 }
@@ -149,7 +158,7 @@ impl UiState {
     }
 }
 
-/// `pid=123 port=80 addr=10.0.0.0/8 comm=nginx netns=4026531840`, space separated; empty
+/// `pid=123 port=80 addr=10.0.0.0/8 comm=nginx netns=4026531840` (or `netns=NAME`), space separated; empty
 /// clears. Each key may repeat (alternatives); different keys must all hold.
 pub fn parse_filter(text: &str) -> Result<Filter, String> {
     let mut f = Filter::default();
@@ -161,7 +170,11 @@ pub fn parse_filter(text: &str) -> Result<Filter, String> {
             "port" => f.ports.push(value.parse().map_err(|_| bad("not a port"))?),
             "addr" => f.addrs.push(value.parse::<Cidr>().map_err(|e| bad(&e))?),
             "comm" => f.comms.push(value.to_owned()),
-            "netns" => f.netns.push(value.parse().map_err(|_| bad("not a namespace inode"))?),
+            // An inode, or a name as the views show it.
+            "netns" => match value.parse() {
+                Ok(inode) => f.netns.push(inode),
+                Err(_) => f.netns_names.push(value.to_owned()),
+            },
             "cgroup" => f.cgroups.push(value.parse().map_err(|_| bad("not a cgroup id"))?),
             _ => return Err(format!("`{key}`: filter keys are pid, port, addr, comm, netns, cgroup")),
         }
@@ -218,6 +231,7 @@ mod tests {
         let f = parse_filter("addr=10.0.0.0/8 comm=nginx comm=curl netns=7").unwrap();
         assert_eq!(f.comms, ["nginx", "curl"]);
         assert_eq!(f.netns, [7]);
+        assert_eq!(parse_filter("netns=pod-a").unwrap().netns_names, ["pod-a"]);
         assert!(parse_filter("pid").is_err());
         assert!(parse_filter("colour=red").unwrap_err().contains("filter keys"));
     }

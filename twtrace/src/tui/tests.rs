@@ -10,8 +10,8 @@ use super::{
 use crate::{
     aggregate::{Aggregator, Settings, Snapshot},
     event::{
-        DropEvent, Event, PortSearchEvent, Process, SearchOp, SocketFlow, StateEvent, TimeWaitChange, TimeWaitEvent,
-        TimeWaitSubstate,
+        DropEvent, Event, NamespaceDescription, PortSearchEvent, Process, SearchOp, SocketFlow, StateEvent, Sysctls,
+        TimeWaitChange, TimeWaitEvent, TimeWaitSubstate,
     },
 };
 
@@ -90,6 +90,77 @@ fn incident() -> Snapshot {
     agg.snapshot(110 * S)
 }
 
+/// The incident's host, and beside it a pod whose own 100-port range two workers of one
+/// command have filled: the pod is what fails, and must be on top.
+fn pods() -> Snapshot {
+    let mut agg = Aggregator::new(Settings { port_range: (32_768, 60_999), max_tw_buckets: Some(262_144), top: 5 });
+    let describe = |netns: u32, name: &str, range: (u16, u16), buckets: u64| NamespaceDescription {
+        netns,
+        name: name.into(),
+        sysctls: Some(Sysctls { ip_local_port_range: range, tcp_max_tw_buckets: Some(buckets), ..Sysctls::default() }),
+        live: true,
+    };
+    agg.describe(&describe(1, "host", (32_768, 60_999), 262_144));
+    agg.describe(&describe(2, "pod checkout-7d9f", (40_000, 40_099), 4_096));
+    let worker = |pid: u32| Some(Process { pid, tid: pid, comm: "worker".into(), cgroup_id: 77 });
+    let server: std::net::SocketAddr = "10.96.0.10:5432".parse().unwrap();
+    for i in 0..130u64 {
+        let ts = 100 * S + i * S / 20;
+        let owner = worker(51 + (i % 2) as u32);
+        if i >= 100 {
+            agg.apply(&Event::PortSearch(PortSearchEvent {
+                ts_ns: ts,
+                op: SearchOp::Connect,
+                duration_ns: 90_000,
+                errno: 99,
+                candidates: Some(100),
+                approximate: false,
+                netns: 2,
+                remote: Some(server),
+                local: Some("10.1.4.7:0".parse().unwrap()),
+                process: owner,
+            }));
+            continue;
+        }
+        let flow = SocketFlow { local: format!("10.1.4.7:{}", 40_000 + i).parse().unwrap(), remote: server };
+        for (old, new) in [(7, 2), (2, 1), (1, 4)] {
+            agg.apply(&Event::State(StateEvent {
+                ts_ns: ts,
+                sk_addr: 1_000 + i,
+                netns: 2,
+                old_state: old,
+                new_state: new,
+                flow: Some(flow),
+                task: owner,
+            }));
+        }
+        agg.apply(&Event::TimeWait(TimeWaitEvent {
+            ts_ns: ts,
+            tw_id: 1_000 + i,
+            flow: Some(flow),
+            netns: 2,
+            owner,
+            change: TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000 },
+        }));
+    }
+    // The host: a few TIME_WAIT sockets of a server, far from any limit.
+    for i in 0..20u64 {
+        agg.apply(&Event::TimeWait(TimeWaitEvent {
+            ts_ns: 105 * S,
+            tw_id: i,
+            flow: Some(SocketFlow {
+                local: "10.0.0.5:443".parse().unwrap(),
+                remote: format!("203.0.113.{}:50000", i + 1).parse().unwrap(),
+            }),
+            netns: 1,
+            owner: Some(Process { pid: 900, tid: 900, comm: "nginx".into(), cgroup_id: 1 }),
+            change: TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000 },
+        }));
+    }
+    agg.advance(110 * S);
+    agg.snapshot(110 * S)
+}
+
 fn header() -> Header {
     Header {
         host: "web-7".into(),
@@ -106,9 +177,12 @@ fn header() -> Header {
 }
 
 fn render(width: u16, height: u16, ui: &UiState) -> String {
+    render_snapshot(&incident(), width, height, ui)
+}
+
+fn render_snapshot(snap: &Snapshot, width: u16, height: u16, ui: &UiState) -> String {
     let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
-    let snap = incident();
-    terminal.draw(|f| draw(f, &snap, &header(), ui)).unwrap();
+    terminal.draw(|f| draw(f, snap, &header(), ui)).unwrap();
     let buffer = terminal.backend().buffer();
     let mut out = String::new();
     for y in 0..height {
@@ -143,6 +217,25 @@ fn incident_at_120x36_grouped_by_owner_paused() {
     ui.on_key(Key::Char('g'));
     ui.on_key(Key::Char('p'));
     check("incident_120x36_owner_paused", &render(120, 36, &ui));
+}
+
+#[test]
+fn pods_at_120x36_grouped_by_command() {
+    let mut ui = UiState::default();
+    for _ in 0..3 {
+        ui.on_key(Key::Char('g'));
+    }
+    assert_eq!(ui.group_by, crate::tui::state::GroupBy::Command);
+    let frame = render_snapshot(&pods(), 120, 36, &ui);
+    check("pods_120x36_command", &frame);
+    // The pod at 100 % of its own range is the first row, ahead of the idle host.
+    let first_row = frame.lines().find(|l| l.contains("-> 10.96.0.10:5432")).expect("the pod's row");
+    assert!(first_row.contains("pod checkout-7d9f") && first_row.contains("100.0%"), "{frame}");
+    assert!(frame.contains("worker (2 processes)"), "one row for both workers:\n{frame}");
+    assert!(frame.contains("[pod checkout-7d9f] worker[51] EADDRNOTAVAIL x15"), "{frame}");
+    ui.on_key(Key::Char('g'));
+    let by_namespace = render_snapshot(&pods(), 120, 36, &ui);
+    assert!(by_namespace.contains("pod checkout-7d9f (of 4096)"), "{by_namespace}");
 }
 
 #[test]

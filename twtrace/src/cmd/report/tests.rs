@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use super::build_blocking as build;
 use crate::{
     event::ExistingSocket,
+    event::Sysctls,
     event::{
         DeathReason, DropEvent, Event, PortSearchEvent, Process, SearchOp, SocketFlow, TimeWaitChange, TimeWaitEvent,
         TimeWaitSubstate,
     },
-    kernel::netns::Sysctls,
     record::{Recorder, Trailer},
     report::{html, text},
     source_info::SourceInfo,
@@ -44,11 +44,13 @@ fn incident(name: &str, finish: bool) -> std::path::PathBuf {
             tcp_fin_timeout: Some(30),
         },
         backends: Vec::new(),
+        namespaces: Vec::new(),
         netns: None,
         port: None,
         filter: String::new(),
         sockets: (0..9)
             .map(|i| ExistingSocket {
+                netns: 1,
                 flow: flow(&format!("10.0.0.1:{}", 32768 + i), "10.0.0.2:80"),
                 state: 6,
                 expires_ms: 50_000,
@@ -136,7 +138,7 @@ fn an_exhausted_port_range_and_nat_paws_drops_are_the_findings() {
     assert_eq!((r.paws.drops, r.paws.sources[0].flows), (4, 3));
     let findings = r.findings.join("\n");
     for expected in [
-        "Port space toward 10.0.0.2:80 from 10.0.0.1 peaked at 90% (9 of 10 ports)",
+        "Port space toward 10.0.0.2:80 from 10.0.0.1 in namespace 1 peaked at 90% (9 of 10 ports)",
         "3 connect() calls found no free local port (EADDRNOTAVAIL): cu<r>l[4242] x3",
         "TIME_WAIT sockets lived 60.0 s (median)",
         "tcp_fin_timeout (tcp_fin_timeout is 30 s) does not shorten it",
