@@ -317,10 +317,12 @@ fn assemble(
         }
     }
     destinations.sort_by(|a, b| {
-        b.peak_in_use
-            .cmp(&a.peak_in_use)
+        // The fullest against its own namespace's range first, as in the live views.
+        b.peak_utilisation
+            .total_cmp(&a.peak_utilisation)
             .then(b.failures.cmp(&a.failures))
-            .then(a.destination.remote.cmp(&b.destination.remote))
+            .then(b.peak_in_use.cmp(&a.peak_in_use))
+            .then(a.destination.cmp(&b.destination))
     });
     destinations.truncate(end.port_space.destinations.len().max(10));
 

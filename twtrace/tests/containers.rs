@@ -1,0 +1,226 @@
+//! A container host in small: several network namespaces, each with its own port range and
+//! TIME_WAIT bucket limit, churning at once, and twtrace in the root namespace watching all
+//! of them. Each namespace's rows must match `ss` run inside it, against its own range; the
+//! exhausted one comes first with the EADDRNOTAVAIL count its client saw. Namespaces that
+//! appear or go away mid-run are picked up and retired without error.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    net::TcpListener,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use support::{Netns, can_trace};
+
+/// The churn's server, in every namespace: outside every ephemeral range used here.
+const SERVER: &str = "127.0.0.1:7000";
+/// A second destination, for the sockets that exist before twtrace starts.
+const EARLIER: &str = "127.0.0.1:7001";
+const EARLIER_CONNECTIONS: usize = 5;
+
+struct Pod {
+    ns: Netns,
+    range: (u16, u16),
+    buckets: u64,
+}
+
+impl Pod {
+    fn new(tag: &str, range: (u16, u16), buckets: u64) -> Self {
+        let ns = Netns::new(tag);
+        ns.sysctl("net.ipv4.ip_local_port_range", &format!("{} {}", range.0, range.1));
+        ns.sysctl("net.ipv4.tcp_max_tw_buckets", &buckets.to_string());
+        // Every closed connection keeps its port for 60 s (the 5.10 default; 2 on loopback
+        // since 5.11 would reuse them).
+        ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
+        Self { ns, range, buckets }
+    }
+
+    fn size(&self) -> u64 {
+        u64::from(self.range.1 - self.range.0) + 1
+    }
+
+    /// Ports of the range held toward `dest`, as `ss` in the namespace counts them.
+    fn ports_to(&self, dest: &str) -> u64 {
+        self.ns.ports_to(dest, self.range).len() as u64
+    }
+
+    /// `twtrace churn` inside the namespace, client closing first; its JSON summary.
+    fn churn(&self, seconds: u32) -> std::thread::JoinHandle<Value> {
+        let name = self.ns.name.clone();
+        std::thread::spawn(move || {
+            let out = support::output(Command::new("ip").args(["netns", "exec", &name]).args([
+                env!("CARGO_BIN_EXE_twtrace"),
+                "churn",
+                "--closer",
+                "client",
+                "--rate",
+                "60",
+                "--duration",
+                &seconds.to_string(),
+                "--listen",
+                SERVER,
+                "--json",
+            ]));
+            assert!(out.status.success(), "churn in {name}: {}", String::from_utf8_lossy(&out.stderr));
+            serde_json::from_slice(&out.stdout).expect("churn's JSON summary")
+        })
+    }
+}
+
+/// `twtrace` with `args` in the root namespace, started (its first stderr line read).
+fn start(args: &[&str]) -> std::process::Child {
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    if let Some(b) = support::forced_backend() {
+        args.extend(["--backend".into(), b]);
+    }
+    let mut child = support::spawn(
+        Command::new(env!("CARGO_BIN_EXE_twtrace")).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()),
+    );
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        match stderr.next() {
+            Some(Ok(l)) if l.contains("tracing;") => break,
+            Some(Ok(l)) => eprintln!("[twtrace {}] {l}", args[0]),
+            _ => panic!("twtrace {args:?} did not start: {:?}", child.wait()),
+        }
+    }
+    // Anything it says from now on is kept: a namespace that vanished must not make it complain.
+    let first = args[0].clone();
+    let said = std::thread::spawn(move || {
+        let lines: Vec<String> = stderr.map_while(Result::ok).collect();
+        for l in &lines {
+            eprintln!("[twtrace {first}] {l}");
+        }
+        lines
+    });
+    STDERR.with(|s| s.borrow_mut().push(said));
+    child
+}
+
+thread_local! {
+    static STDERR: std::cell::RefCell<Vec<std::thread::JoinHandle<Vec<String>>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn interrupt(child: &std::process::Child) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+}
+
+/// The row of `dest` in namespace `netns` among a report's destinations.
+fn row<'a>(rows: &'a [Value], netns: u64, dest: &str) -> Option<&'a Value> {
+    rows.iter().find(|d| d["netns"] == netns && d["remote"] == dest)
+}
+
+fn within_two_percent(shown: u64, truth: u64) -> bool {
+    (shown as f64 - truth as f64).abs() <= 0.02 * truth as f64
+}
+
+#[test]
+fn each_namespace_against_its_own_range_and_the_exhausted_one_first() {
+    if !can_trace() {
+        return;
+    }
+    // 100 ports, 1,000 ports and the default range, each with its own bucket limit.
+    let pods = [
+        Pod::new("pod100", (40_000, 40_099), 5_000),
+        Pod::new("pod1000", (41_000, 41_999), 20_000),
+        Pod::new("podwide", (32_768, 60_999), 100_000),
+    ];
+    // Sockets that exist before twtrace starts: client-side TIME_WAIT toward another port.
+    for pod in &pods {
+        pod.ns.run(|| support::client_closes_first(&TcpListener::bind(EARLIER).unwrap(), EARLIER_CONNECTIONS));
+    }
+    let doomed = Netns::new("poddoomed");
+    doomed.run(|| support::client_closes_first(&TcpListener::bind(EARLIER).unwrap(), 3));
+    let inodes: Vec<u64> = pods.iter().map(|p| support::netns_inode(&p.ns.name)).collect();
+
+    let path = std::env::temp_dir().join(format!("twtrace-it-{}-containers.twr", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let stat = start(&["stat", "--json", "--interval", "1", "--top", "50"]);
+    let record = start(&["record", "-o", path.to_str().unwrap()]);
+
+    // A namespace made after the start, and one deleted while traced.
+    let late = Pod::new("podlate", (42_000, 42_099), 7_000);
+    drop(doomed);
+    let churns: Vec<_> = pods.iter().map(|p| p.churn(4)).chain([late.churn(2)]).collect();
+    let summaries: Vec<Value> = churns.into_iter().map(|c| c.join().unwrap()).collect();
+    let truth: Vec<u64> = pods.iter().map(|p| p.ports_to(SERVER)).collect();
+    let late_inode = support::netns_inode(&late.ns.name);
+    let late_truth = late.ports_to(SERVER);
+    // Let the last events be drained, then the final report.
+    std::thread::sleep(Duration::from_millis(1500));
+    interrupt(&stat);
+    interrupt(&record);
+    let stat = stat.wait_with_output().unwrap();
+    let record = record.wait_with_output().unwrap();
+    assert!(stat.status.success() && record.status.success(), "{stat:?} {record:?}");
+    let said: Vec<String> = STDERR.with(|s| s.borrow_mut().drain(..).flat_map(|h| h.join().unwrap()).collect());
+    assert!(
+        !said.iter().any(|l| l.contains("error") || l.contains("WARN")),
+        "a namespace that came or went made twtrace complain: {said:#?}"
+    );
+
+    let reports: Vec<Value> =
+        String::from_utf8_lossy(&stat.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (first, last) = (&reports[0], reports.last().unwrap());
+
+    // The first report already has each namespace's sockets from before the start.
+    for (pod, inode) in pods.iter().zip(&inodes) {
+        let earlier = row(first["port_space"]["destinations"].as_array().unwrap(), *inode, EARLIER)
+            .unwrap_or_else(|| panic!("{}: no row toward {EARLIER} in the first report: {first}", pod.ns.name));
+        assert_eq!(earlier["in_use"], pod.ports_to(EARLIER), "{}: {earlier}", pod.ns.name);
+        assert_eq!(earlier["namespace"], pod.ns.name.as_str());
+    }
+
+    let rows = last["port_space"]["destinations"].as_array().unwrap();
+    for ((pod, inode), (summary, in_ss)) in pods.iter().zip(&inodes).zip(summaries.iter().zip(&truth)) {
+        let d = row(rows, *inode, SERVER).unwrap_or_else(|| panic!("{}: no row toward {SERVER}: {last}", pod.ns.name));
+        let shown = d["in_use"].as_u64().unwrap();
+        eprintln!("{}: twtrace {shown} of {} ports, ss {in_ss}; churn {summary}; row {d}", pod.ns.name, d["range"]);
+        assert_eq!(d["namespace"], pod.ns.name.as_str());
+        assert_eq!(d["range"], pod.size(), "{}: counted against its own range", pod.ns.name);
+        assert!(within_two_percent(shown, *in_ss), "{}: twtrace {shown} vs ss {in_ss}", pod.ns.name);
+        let utilisation = d["utilisation"].as_f64().unwrap();
+        assert!((utilisation - *in_ss as f64 / pod.size() as f64).abs() <= 0.02 * *in_ss as f64 / pod.size() as f64);
+        let refused = summary["failures"]["EADDRNOTAVAIL"].as_u64().unwrap_or(0);
+        assert_eq!(d["failures"], refused, "{}: EADDRNOTAVAIL as churn counted them", pod.ns.name);
+        let view = last["namespaces"].as_array().unwrap().iter().find(|n| n["netns"] == *inode).expect("its view");
+        assert_eq!(view["max_tw_buckets"], pod.buckets);
+        assert_eq!(view["port_range"], serde_json::json!([pod.range.0, pod.range.1]));
+    }
+    // The 100-port namespace ran out: it is the host's worst, first whatever else is there.
+    assert_eq!(truth[0], pods[0].size(), "the small range was exhausted");
+    assert!(summaries[0]["failures"]["EADDRNOTAVAIL"].as_u64().unwrap_or(0) > 0);
+    assert_eq!(rows[0]["netns"], inodes[0], "the exhausted namespace first: {}", rows[0]);
+    assert_eq!(last["namespaces"][0]["netns"], inodes[0]);
+
+    // The namespace made after the start: named, its own range, its ports counted.
+    let late_row = row(rows, late_inode, SERVER).unwrap_or_else(|| panic!("the late namespace is missing: {last}"));
+    assert_eq!(late_row["namespace"], late.ns.name.as_str());
+    assert_eq!(late_row["range"], late.size());
+    assert!(within_two_percent(late_row["in_use"].as_u64().unwrap(), late_truth), "{late_row} vs ss {late_truth}");
+
+    // The recording says the same, namespace by namespace.
+    let report = support::output(Command::new(env!("CARGO_BIN_EXE_twtrace")).args(["report", "--json"]).arg(&path));
+    let _ = std::fs::remove_file(&path);
+    assert!(report.status.success(), "report: {}", String::from_utf8_lossy(&report.stderr));
+    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
+    let rows = report["destinations"].as_array().unwrap();
+    for ((pod, inode), (summary, in_ss)) in pods.iter().zip(&inodes).zip(summaries.iter().zip(&truth)) {
+        let d = row(rows, *inode, SERVER).unwrap_or_else(|| panic!("{}: not in the report: {report}", pod.ns.name));
+        assert_eq!(d["namespace"], pod.ns.name.as_str());
+        assert_eq!(d["range"], pod.size());
+        assert!(within_two_percent(d["in_use_at_end"].as_u64().unwrap(), *in_ss), "{}: {d} vs ss {in_ss}", pod.ns.name);
+        assert_eq!(d["failures"], summary["failures"]["EADDRNOTAVAIL"].as_u64().unwrap_or(0));
+    }
+    assert_eq!(rows[0]["netns"], inodes[0], "the exhausted namespace first in the report");
+    let findings = report["findings"].as_array().unwrap();
+    assert!(
+        findings.iter().any(|f| f.as_str().unwrap().contains(&format!("in namespace {}", pods[0].ns.name))),
+        "{findings:#?}"
+    );
+}
