@@ -18,6 +18,8 @@ pub mod event;
 pub mod filter;
 pub mod findings;
 pub mod kernel;
+#[cfg(test)]
+mod module_graph;
 pub mod probes;
 pub mod record;
 pub mod report;

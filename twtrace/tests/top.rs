@@ -209,3 +209,70 @@ fn replay_shows_the_recording_to_its_end() {
     assert!(after.contains("the recording is complete and intact"), "{after}");
     let _ = std::fs::remove_file(&path);
 }
+
+/// `twtrace churn` in `ns`, client closing first toward 127.0.0.1:7000; its JSON summary.
+fn churn_in(ns: &Netns, seconds: u32) -> std::thread::JoinHandle<serde_json::Value> {
+    let name = ns.name.clone();
+    std::thread::spawn(move || {
+        let out = support::output(Command::new("ip").args(["netns", "exec", &name]).args([
+            env!("CARGO_BIN_EXE_twtrace"),
+            "churn",
+            "--closer",
+            "client",
+            "--rate",
+            "60",
+            "--duration",
+            &seconds.to_string(),
+            "--listen",
+            "127.0.0.1:7000",
+            "--json",
+        ]));
+        assert!(out.status.success(), "churn: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    })
+}
+
+/// A container host: top in the root namespace, two namespaces churning, each with its own
+/// range. The one that ran out is the first row, counted against its own 100 ports, with its
+/// EADDRNOTAVAIL; the other is counted against its own 1,000.
+#[test]
+fn namespaces_each_against_their_own_range_the_full_one_on_top() {
+    if !can_trace() {
+        return;
+    }
+    let small = Netns::new("topsmall");
+    let large = Netns::new("toplarge");
+    for (ns, range) in [(&small, "40000 40099"), (&large, "41000 41999")] {
+        ns.sysctl("net.ipv4.ip_local_port_range", range);
+        ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
+    }
+    let backend = support::forced_backend().map(|b| format!(" --backend {b}")).unwrap_or_default();
+    let command = format!("{} top{backend}; sleep 30", env!("CARGO_BIN_EXE_twtrace"));
+    let Some(tmux) = Tmux::start("pods", &command) else { return };
+    tmux.wait_for("the TIME_WAIT panel", |s| s.contains("TIME_WAIT"));
+    let (a, b) = (churn_in(&small, 3), churn_in(&large, 3));
+    let (small_churn, _) = (a.join().unwrap(), b.join().unwrap());
+    let refused = small_churn["failures"]["EADDRNOTAVAIL"].as_u64().unwrap();
+    assert!(refused > 0, "the 100 ports ran out: {small_churn}");
+    let in_ss = large.ports_to("127.0.0.1:7000", (41_000, 41_999)).len() as u64;
+    let row = |s: &str, ns: &Netns| {
+        s.lines().find(|l| l.contains(&ns.name) && l.contains("-> 127.0.0.1:7000")).map(str::to_owned)
+    };
+    let screen = tmux.wait_for("both namespaces' rows, final", |s| {
+        row(s, &small).is_some_and(|r| r.contains("100.0%"))
+            && row(s, &large).is_some_and(|r| in_use_on_screen(&r, "-> 127.0.0.1:7000") == Some(in_ss))
+            && s.contains(&format!("EADDRNOTAVAIL x{refused}"))
+    });
+    // The first row of the port table is the namespace that ran out, against its own range.
+    let first = screen.lines().skip_while(|l| !l.contains("local -> destination")).nth(1).unwrap();
+    assert!(first.contains(&small.name), "the full namespace on top:\n{screen}");
+    let numbers = |r: &str| -> Vec<String> {
+        r.split("-> 127.0.0.1:7000").nth(1).unwrap().split_whitespace().take(3).map(str::to_owned).collect()
+    };
+    assert_eq!(numbers(first), ["100", "100", "100.0%"], "in use, range, util:\n{screen}");
+    let large_row = row(&screen, &large).unwrap();
+    assert_eq!(numbers(&large_row)[1], "1000", "its own range:\n{screen}");
+    assert!(screen.contains(&format!("[{}] twtrace[", small.name)), "the failures name the namespace:\n{screen}");
+    tmux.keys("q");
+    tmux.wait_for("top to exit", |s| s.contains("top ended"));
+}

@@ -70,7 +70,8 @@ impl Sampler {
     }
 }
 
-fn delta(before: &BTreeMap<String, i64>, after: &BTreeMap<String, i64>) -> Vec<(String, i64)> {
+/// Non-zero changes of the watched counters from `before` to `after`.
+pub fn delta(before: &BTreeMap<String, i64>, after: &BTreeMap<String, i64>) -> Vec<(String, i64)> {
     WATCHED
         .iter()
         .filter_map(|name| {

@@ -50,11 +50,7 @@ pub struct LiveProbes {
     counters: PerCpuArray<MapData, u64>,
     decoder: Decoder,
     tick: tokio::time::Interval,
-    netstat: Option<kernel::netstat::Sampler>,
-    next_netstat_ns: u64,
-    /// The namespace the kernel's counters are labelled with: the traced one, or 0 for
-    /// twtrace's own.
-    counters_netns: u32,
+    next_skips_ns: u64,
     /// The lost count last put into the stream.
     lost_reported: u64,
     /// Runs of our programs the kernel skipped, as last put into the stream (`kernel_skips`).
@@ -62,8 +58,8 @@ pub struct LiveProbes {
     pub reports: Vec<FamilyReport>,
 }
 
-/// How often the kernel's TCP counters are sampled.
-const NETSTAT_INTERVAL_NS: u64 = 1_000_000_000;
+/// How often the programs' skip counts are read.
+const SKIPS_INTERVAL_NS: u64 = 1_000_000_000;
 
 /// How often userspace drains the ring buffer when no wake-up came (records are submitted
 /// without wake-ups until the buffer is a quarter full).
@@ -135,9 +131,7 @@ impl LiveProbes {
             counters,
             decoder: Decoder::new(kernel::hz(), drop_reasons),
             tick,
-            netstat: netstat_sampler(options),
-            next_netstat_ns: 0,
-            counters_netns: options.netns.unwrap_or(0),
+            next_skips_ns: 0,
             lost_reported: 0,
             skipped_reported: 0,
             reports,
@@ -159,24 +153,9 @@ impl LiveProbes {
         let now = crate::time::monotonic_ns();
         self.decoder.flush(now, out);
         self.report_lost(now, out);
-        if now >= self.next_netstat_ns {
-            self.next_netstat_ns = now + NETSTAT_INTERVAL_NS;
-            self.sample_netstat(now, out);
+        if now >= self.next_skips_ns {
+            self.next_skips_ns = now + SKIPS_INTERVAL_NS;
             self.report_skipped(now, out);
-        }
-    }
-
-    fn sample_netstat(&mut self, now: u64, out: &mut Vec<Event>) {
-        let Some(sampler) = &mut self.netstat else { return };
-        match sampler.deltas() {
-            Ok(deltas) if !deltas.is_empty() => {
-                out.push(Event::Netstat(crate::event::NetstatEvent { ts_ns: now, netns: self.counters_netns, deltas }))
-            }
-            Ok(_) => {}
-            Err(e) => {
-                log::warn!("reading /proc/net/netstat failed, counters stop: {e}");
-                self.netstat = None;
-            }
         }
     }
 
@@ -186,7 +165,6 @@ impl LiveProbes {
         self.decoder.flush(u64::MAX, out);
         let now = crate::time::monotonic_ns();
         self.report_lost(now, out);
-        self.sample_netstat(now, out);
         self.report_skipped(now, out);
     }
 
@@ -266,21 +244,6 @@ impl LiveProbes {
 /// A numeric field of a `/proc/PID/fdinfo/FD` text (`name:\tvalue` lines).
 fn fdinfo_field(info: &str, name: &str) -> Option<u64> {
     info.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
-}
-
-/// Counters of the traced namespace: ours without `--netns`; the named one with it. An inode
-/// alone gives no way in, so then there are no counters (said once).
-fn netstat_sampler(options: &Options) -> Option<kernel::netstat::Sampler> {
-    use kernel::netstat::{Sampler, Source};
-    let source = match (&options.netns_path, options.netns) {
-        (Some(path), Some(_)) => Source::Namespace(path.clone()),
-        (None, Some(_)) => {
-            log::warn!("--netns given as an inode: TCP counters need the namespace's name or path");
-            return None;
-        }
-        _ => Source::OwnNamespace,
-    };
-    Sampler::new(source).map_err(|e| log::warn!("no TCP counters: {e}")).ok()
 }
 
 #[cfg(test)]

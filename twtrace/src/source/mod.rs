@@ -165,7 +165,9 @@ impl Source {
         match self {
             Self::Live(live) => {
                 live.probes.next_batch(out).await;
-                live.namespaces.observe(out, crate::time::monotonic_ns());
+                let now = crate::time::monotonic_ns();
+                live.namespaces.observe(out, now);
+                live.namespaces.sample_counters(now, out, false);
                 Flow::More
             }
             Self::Replay(r) => r.next_batch(out).await,
@@ -177,7 +179,9 @@ impl Source {
         match self {
             Self::Live(live) => {
                 live.probes.finish(out);
-                live.namespaces.observe(out, crate::time::monotonic_ns());
+                let now = crate::time::monotonic_ns();
+                live.namespaces.observe(out, now);
+                live.namespaces.sample_counters(now, out, true);
             }
             Self::Replay(r) => r.finish(),
         }

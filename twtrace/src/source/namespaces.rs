@@ -3,13 +3,23 @@
 //! described in the stream just before that event; one that appears or goes away is
 //! described again on the next look. The registry doing the looking is `kernel::namespaces`.
 
+use std::collections::{BTreeMap, HashMap};
+
 use crate::{
-    event::{Event, ExistingSocket, NamespaceDescription, NamespaceEvent},
-    kernel::namespaces::{NetnsId, NetnsInfo, NetnsRegistry},
+    event::{Event, ExistingSocket, NamespaceDescription, NamespaceEvent, NetstatEvent},
+    kernel::{
+        namespaces::{NetnsId, NetnsInfo, NetnsRegistry},
+        netstat,
+    },
 };
 
 /// How often the host is looked over for namespaces that appeared or went away.
 const REFRESH_NS: u64 = 2_000_000_000;
+/// How often each namespace's TCP counters (/proc/net/netstat, read inside it) are sampled.
+const COUNTERS_NS: u64 = 1_000_000_000;
+/// Namespaces whose counters are read per interval, at most (each read enters the namespace
+/// on a short-lived thread, about 0.1 ms): with more, they take turns.
+pub const MAX_COUNTER_READS: usize = 256;
 /// Namespaces whose sockets are read at the start, at most: each costs a thread that enters
 /// it and a sock_diag dump. Beyond this their first frame misses what existed before.
 pub const MAX_SOCKET_READS: usize = 1024;
@@ -19,13 +29,27 @@ pub struct NamespaceTracker {
     /// Only this namespace (`--netns`): the probes see no other.
     only: Option<u32>,
     /// Described in the stream (or at the start), and whether as live.
-    announced: std::collections::HashMap<u32, bool>,
+    announced: HashMap<u32, bool>,
     next_refresh_ns: u64,
+    /// Each namespace's counters when last read: the stream carries their changes.
+    counters: HashMap<u32, BTreeMap<String, i64>>,
+    next_counters_ns: u64,
+    /// Where the last round of counter reads stopped, when there are more namespaces than
+    /// [`MAX_COUNTER_READS`].
+    counters_cursor: usize,
 }
 
 impl NamespaceTracker {
     pub fn new(only: Option<u32>) -> Self {
-        Self { registry: NetnsRegistry::new(), only, announced: Default::default(), next_refresh_ns: 0 }
+        Self {
+            registry: NetnsRegistry::new(),
+            only,
+            announced: HashMap::new(),
+            next_refresh_ns: 0,
+            counters: HashMap::new(),
+            next_counters_ns: 0,
+            counters_cursor: 0,
+        }
     }
 
     /// Every namespace there now (or only the one asked for), described.
@@ -40,7 +64,42 @@ impl NamespaceTracker {
         };
         let mut out: Vec<NamespaceDescription> = ids.into_iter().map(|id| self.describe(id)).collect();
         out.sort_by_key(|n| n.netns);
+        // The counters' starting values: what changes from now on is reported.
+        self.sample_counters(now_ns, &mut Vec::new(), false);
         out
+    }
+
+    /// Every interval (or now, when `force`d at the end), the changes of each live
+    /// namespace's TCP counters since its last read, as counter events of that namespace.
+    /// A namespace that cannot be entered (gone, no permission) is skipped.
+    pub fn sample_counters(&mut self, now_ns: u64, out: &mut Vec<Event>, force: bool) {
+        if !force && now_ns < self.next_counters_ns {
+            return;
+        }
+        self.next_counters_ns = now_ns + COUNTERS_NS;
+        let mut ids: Vec<u32> = self.announced.iter().filter(|(_, live)| **live).map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        let turn = ids.len().min(MAX_COUNTER_READS);
+        if ids.len() > turn {
+            let start = self.counters_cursor % ids.len();
+            ids.rotate_left(start);
+            self.counters_cursor += turn;
+        }
+        for netns in ids.into_iter().take(turn) {
+            let now = match self.registry.netstat(NetnsId(netns)) {
+                Ok(now) => now,
+                Err(e) => {
+                    log::debug!("counters of namespace {netns}: {e}");
+                    continue;
+                }
+            };
+            if let Some(before) = self.counters.insert(netns, now) {
+                let deltas = netstat::delta(&before, &self.counters[&netns]);
+                if !deltas.is_empty() {
+                    out.push(Event::Netstat(NetstatEvent { ts_ns: now_ns, netns, deltas }));
+                }
+            }
+        }
     }
 
     /// The sockets of every described live namespace (bounded by [`MAX_SOCKET_READS`]). A
