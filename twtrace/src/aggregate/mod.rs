@@ -203,6 +203,8 @@ pub struct Aggregator {
     // TIME_WAIT
     live: HashMap<u64, LiveTimeWait>,
     names: Names,
+    /// (command, pid) of an owner → its name ids (`None`: owner unknown).
+    owner_ids: HashMap<Option<(Comm, u32)>, (NameId, NameId)>,
     destination_ids: DestinationIds,
     existing_tw: Vec<ExistingTimeWait>,
     births: Rate,
@@ -397,12 +399,13 @@ impl Aggregator {
                     Some(other) => RemoteKey::Named(self.names.id(other.to_string())),
                     None => RemoteKey::Named(self.names.id("?".into())),
                 };
+                let (owner, command) = self.owner_ids(e.owner.as_ref());
                 let live = LiveTimeWait {
                     holds_port_of: holds_port_of.map(|d| self.destination_ids.id(d)),
                     remote,
                     local: self.names.id(local),
-                    owner: self.names.id(owner_name(e.owner.as_ref())),
-                    command: self.names.id(e.owner.map_or_else(|| "(unknown)".into(), |p| p.comm.to_string())),
+                    owner,
+                    command,
                     netns,
                 };
                 self.live.insert(e.tw_id, live);
@@ -421,6 +424,21 @@ impl Aggregator {
                 }
             }
         }
+    }
+
+    /// The name ids of an owner (`comm[pid]`) and its command, formatted only the first time
+    /// the owner is seen: a birth per connection must not format two strings.
+    fn owner_ids(&mut self, owner: Option<&Process>) -> (NameId, NameId) {
+        let key = owner.map(|p| (p.comm, p.pid));
+        if let Some(ids) = self.owner_ids.get(&key) {
+            return *ids;
+        }
+        let ids = (
+            self.names.id(owner_name(owner)),
+            self.names.id(owner.map_or_else(|| "(unknown)".into(), |p| p.comm.to_string())),
+        );
+        self.owner_ids.insert(key, ids);
+        ids
     }
 
     fn release(&mut self, dest: Destination, ts_ns: u64) {
