@@ -1,8 +1,14 @@
-//! Findings: the conclusions a person paged about an incident should read first, each with
-//! its evidence in the text. Rules over the report model with named thresholds; `report`
-//! prints them first, and `doctor` will grow from here.
+//! Findings: what is wrong, where, the evidence as measured figures, what to do about it (in
+//! order of preference, with the trade-offs and the kernels each remedy needs) and the
+//! command that shows it fixed. Rules over the report model with named thresholds; `report`
+//! prints their headlines first and `doctor` prints them whole, so the two never disagree.
 
-use crate::report::Report;
+use serde::Serialize;
+
+use crate::{
+    aggregate::NamespaceView,
+    report::{DestinationSummary, Report},
+};
 
 /// A destination whose port space peaked at this share of the range is reported: connect()
 /// to it fails with EADDRNOTAVAIL once it is full.
@@ -20,60 +26,171 @@ pub const BUCKETS_NEAR_LIMIT: f64 = 0.9;
 pub const NAT_FLOWS: u64 = 2;
 /// How many processes, sources or groups a finding names.
 const NAMED: usize = 3;
+/// `tcp_tw_recycle` was removed in 4.12 (it broke clients behind NAT).
+const TW_RECYCLE_REMOVED: (u32, u32) = (4, 12);
+
+/// How bad, worst last (the order sorts findings and sets `doctor`'s exit status).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Nothing wrong.
+    Ok,
+    /// Worth knowing; nothing to fix (which backend runs, a setting that does nothing).
+    Info,
+    /// Will hurt if it goes on, or harms some traffic now.
+    Warning,
+    /// Failing now: connections refused, records lost.
+    Critical,
+}
 
 /// What a finding is about; its text says the rest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     Damage,
     Loss,
     SkippedRuns,
+    ApproximateSearch,
     PortSpace,
     ConnectFailures,
     TimeWaitLifetime,
+    FinTimeoutLowered,
     TimeWaitBuckets,
     TimeWaitPeak,
     Paws,
+    ListenOverflow,
+    TimestampsOff,
+    ReuseOnlyAccepting,
     Nothing,
 }
 
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+/// Where it happens, as far as it is known.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Where {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Remedy {
+    pub action: String,
+    pub tradeoff: String,
+    /// The kernel or condition it needs, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub needs: Option<String>,
+}
+
+fn remedy(action: impl Into<String>, tradeoff: impl Into<String>, needs: Option<&str>) -> Remedy {
+    Remedy { action: action.into(), tradeoff: tradeoff.into(), needs: needs.map(str::to_owned) }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Finding {
+    pub severity: Severity,
     pub kind: Kind,
+    /// One paragraph: what, where and the main figure (what `report` prints).
     pub text: String,
+    pub place: Where,
+    /// The measured figures behind it.
+    pub evidence: Vec<String>,
+    /// Most preferable first.
+    pub remedies: Vec<Remedy>,
+    /// A command that shows it fixed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<String>,
 }
 
 impl Finding {
-    fn new(kind: Kind, text: String) -> Self {
-        Self { kind, text }
+    fn new(severity: Severity, kind: Kind, text: String) -> Self {
+        Self { severity, kind, text, place: Where::default(), evidence: Vec::new(), remedies: Vec::new(), verify: None }
     }
 }
 
-/// The findings of a report, most important first.
+/// The worst severity among `findings` (`Ok` for none).
+pub fn worst(findings: &[Finding]) -> Severity {
+    findings.iter().map(|f| f.severity).max().unwrap_or(Severity::Ok)
+}
+
+/// `ip netns exec NAME ` for a namespace known by an `ip netns` name; empty for the host's.
+fn in_namespace(name: &str) -> String {
+    match name {
+        "host" => String::new(),
+        n if !n.contains(' ') && !n.contains(':') && n.parse::<u32>().is_err() => format!("ip netns exec {n} "),
+        _ => String::new(),
+    }
+}
+
+/// The findings of a report: what qualifies every figure (a damaged recording, lost records)
+/// first, then the worst first (in the order found within a severity).
 pub fn of(r: &Report) -> Vec<Finding> {
     let mut out = Vec::new();
+    recording_health(r, &mut out);
+    port_space(r, &mut out);
+    time_wait(r, &mut out);
+    paws(r, &mut out);
+    settings(r, &mut out);
+    if out.iter().all(|f| f.severity <= Severity::Info) && !out.iter().any(|f| f.kind != Kind::ApproximateSearch) {
+        let mut ok = Finding::new(
+            Severity::Ok,
+            Kind::Nothing,
+            "Nothing stands out: no port-space pressure, no PAWS drops, no loss.".into(),
+        );
+        ok.evidence = vec![
+            format!("{} events over {:.0} s", r.recording.events, r.recording.seconds),
+            format!(
+                "busiest destination at {:.0}% of its range",
+                r.destinations.first().map_or(0.0, |d| d.peak_utilisation * 100.0)
+            ),
+            format!("TIME_WAIT peak {}", r.timewait.peak),
+            format!("{} PAWS drops, {} records lost", r.paws.drops, r.recording.lost),
+        ];
+        out.push(ok);
+    }
+    // What qualifies every figure (damage, loss) first, then the worst first.
+    out.sort_by_key(|f| (!matches!(f.kind, Kind::Damage | Kind::Loss), std::cmp::Reverse(f.severity)));
+    out
+}
+
+fn recording_health(r: &Report, out: &mut Vec<Finding>) {
     let rec = &r.recording;
     if !rec.complete || !rec.damage.is_empty() {
-        out.push(Finding::new(
+        let mut f = Finding::new(
+            Severity::Warning,
             Kind::Damage,
             format!(
                 "The recording is incomplete or damaged ({} problem(s), listed below): figures cover only what could be read.",
                 rec.damage.len()
             ),
-        ));
+        );
+        f.evidence = rec.damage.clone();
+        out.push(f);
     }
     if rec.lost > 0 {
-        out.push(Finding::new(
+        let mut f = Finding::new(
+            Severity::Critical,
             Kind::Loss,
             format!(
                 "{} events were lost in the kernel (ring buffer full): counts below are lower bounds. Record with a larger --ring-buffer-size.",
                 rec.lost
             ),
+        );
+        f.remedies.push(remedy(
+            "run twtrace with a larger --ring-buffer-size (a power of two, e.g. 33554432)",
+            "more locked kernel memory",
+            None,
         ));
+        out.push(f);
     }
     let skipped = rec.skipped_runs;
     if skipped > 0 {
         out.push(Finding::new(
+            Severity::Info,
             Kind::SkippedRuns,
             format!(
                 "The kernel skipped {skipped} runs of twtrace's programs (a softirq or kprobe hit them while a BPF program \
@@ -81,60 +198,179 @@ pub fn of(r: &Report) -> Vec<Finding> {
             ),
         ));
     }
-    for d in r.destinations.iter().filter(|d| d.peak_utilisation >= PORT_SPACE_PEAK) {
-        let (lo, hi) = d.port_range;
+    let approximate = rec.backends.iter().any(|(family, backend)| family == "portsearch" && backend == "tracepoint");
+    if approximate && !r.destinations.is_empty() {
         out.push(Finding::new(
-            Kind::PortSpace,
-            format!(
-                "Port space toward {} from {} in namespace {} peaked at {:.0}% ({} of {} ports) at {}: connect() to it \
-                 fails with EADDRNOTAVAIL when full. Reuse connections (keep-alive or pooling), widen that namespace's \
-                 ip_local_port_range (now {lo}-{hi}), or spread load over more destination addresses or ports.",
-                d.destination.remote,
-                d.destination.local,
-                d.namespace,
-                d.peak_utilisation * 100.0,
-                d.peak_in_use,
-                d.range,
-                d.peak_at.time_of_day()
-            ),
+            Severity::Info,
+            Kind::ApproximateSearch,
+            "Port searches were timed on the tracepoint backend: from the socket's SYN_SENT to its SYN \
+             (approximate, no candidate counts; bind() searches unseen). fentry or kprobe see the search itself."
+                .into(),
         ));
     }
-    let failed: u64 = r.failures.iter().filter(|f| f.error == "EADDRNOTAVAIL").map(|f| f.count).sum();
+}
+
+fn port_space(r: &Report, out: &mut Vec<Finding>) {
+    for d in r.destinations.iter().filter(|d| d.peak_utilisation >= PORT_SPACE_PEAK) {
+        out.push(port_space_finding(r, d));
+    }
+    let failed: u64 = r.failures_total.iter().filter(|(e, _)| e == "EADDRNOTAVAIL").map(|(_, n)| *n).sum();
     if failed > 0 {
-        let who: Vec<String> = r.failures.iter().take(NAMED).map(|f| format!("{} x{}", f.process, f.count)).collect();
-        out.push(Finding::new(
+        let listed: Vec<_> = r.failures.iter().filter(|f| f.error == "EADDRNOTAVAIL").take(NAMED).collect();
+        let who: Vec<String> = listed.iter().map(|f| format!("{} x{}", f.process, f.count)).collect();
+        let mut f = Finding::new(
+            Severity::Critical,
             Kind::ConnectFailures,
             format!("{failed} connect() calls found no free local port (EADDRNOTAVAIL): {}.", who.join(", ")),
-        ));
+        );
+        f.place.processes = listed.iter().map(|f| format!("[{}] {}", f.namespace, f.process)).collect();
+        f.evidence = listed
+            .iter()
+            .map(|f| format!("{} in namespace {}: {} EADDRNOTAVAIL", f.process, f.namespace, f.count))
+            .collect();
+        out.push(f);
     }
+}
+
+fn port_space_finding(r: &Report, d: &DestinationSummary) -> Finding {
+    let (lo, hi) = d.port_range;
+    let full = d.peak_in_use >= d.range || d.failures > 0;
+    let mut f = Finding::new(
+        if full { Severity::Critical } else { Severity::Warning },
+        Kind::PortSpace,
+        format!(
+            "Port space toward {} from {} in namespace {} peaked at {:.0}% ({} of {} ports) at {}: connect() to it \
+             fails with EADDRNOTAVAIL when full. Reuse connections (keep-alive or pooling), widen that namespace's \
+             ip_local_port_range (now {lo}-{hi}), or spread load over more destination addresses or ports.",
+            d.destination.remote,
+            d.destination.local,
+            d.namespace,
+            d.peak_utilisation * 100.0,
+            d.peak_in_use,
+            d.range,
+            d.peak_at.time_of_day()
+        ),
+    );
+    f.place = Where {
+        namespace: Some(d.namespace.clone()),
+        local: Some(d.destination.local.to_string()),
+        destination: Some(d.destination.remote.to_string()),
+        processes: r
+            .failures
+            .iter()
+            .filter(|x| x.netns == d.destination.netns)
+            .take(NAMED)
+            .map(|x| x.process.clone())
+            .collect(),
+    };
+    f.evidence = vec![
+        format!("peak {} of {} ports ({:.1}%) at {}", d.peak_in_use, d.range, d.peak_utilisation * 100.0, d.peak_at),
+        format!("{} in use at the end", d.in_use_at_end),
+        format!("{} connect() calls failed toward it", d.failures),
+    ];
+    if let Some(p99) = d.search_p99_us {
+        f.evidence.push(format!("port search p99 {p99:.1} us"));
+    }
+    let sysctls =
+        r.recording.namespaces.iter().find(|n| n.netns == d.destination.netns).and_then(|n| n.sysctls.as_ref());
+    let reuse = sysctls.and_then(|s| s.tcp_tw_reuse);
+    let timestamps = sysctls.and_then(|s| s.tcp_timestamps);
+    f.evidence.push(format!(
+        "namespace settings: tcp_tw_reuse {}, tcp_timestamps {}",
+        reuse.map_or("?".into(), |v| v.to_string()),
+        timestamps.map_or("?".into(), |v| v.to_string())
+    ));
+    f.remedies = vec![
+        remedy(
+            "reuse connections: HTTP keep-alive or a connection pool toward this destination",
+            "none in the kernel; needs the client (and the server's keep-alive timeout) to allow it",
+            None,
+        ),
+        remedy(
+            format!("widen ip_local_port_range in namespace {} (now {lo}-{hi}, e.g. 1024-65535)", d.namespace),
+            "the range must not cover ports that services listen on (reserve them with ip_local_reserved_ports)",
+            None,
+        ),
+        remedy(
+            "spread connections over more destination addresses or ports (each adds a whole range of 4-tuples)",
+            "more backends or listeners to run",
+            None,
+        ),
+        remedy(
+            "set net.ipv4.tcp_tw_reuse=1 in that namespace: connect() may take a port still in TIME_WAIT toward \
+             this destination",
+            "only for outgoing connections, and only when both sides negotiated TCP timestamps (tcp_timestamps on \
+             here and at the peer; a load balancer with timestamps off defeats it); twtrace does not yet see per \
+             destination whether they were negotiated",
+            Some("any kernel; 2 (loopback only) is the default since 4.19"),
+        ),
+        remedy(
+            "if the client bind()s before connect(): set IP_BIND_ADDRESS_NO_PORT on the socket, so the port is \
+             chosen per destination at connect()",
+            "a code change in the client",
+            Some("Linux 4.2+"),
+        ),
+        remedy(
+            "give the client's sockets their own range with the IP_LOCAL_PORT_RANGE socket option",
+            "a code change; does not add ports to the namespace",
+            Some("Linux 6.3+"),
+        ),
+    ];
+    f.verify = Some(format!(
+        "{}ss -Htan dst {} | wc -l   # ports held toward it; or twtrace top --netns {}",
+        in_namespace(&d.namespace),
+        d.destination.remote,
+        d.namespace
+    ));
+    f
+}
+
+fn time_wait(r: &Report, out: &mut Vec<Finding>) {
+    let rec = &r.recording;
     if let Some(p50) = r.timewait.lifetime_p50_ms {
         if (p50 - TIMEWAIT_LEN_MS).abs() <= TIMEWAIT_LEN_SLACK_MS {
             let fin = rec.sysctls.tcp_fin_timeout.map(|f| format!(" (tcp_fin_timeout is {f} s)")).unwrap_or_default();
-            out.push(Finding::new(
+            let mut f = Finding::new(
+                Severity::Info,
                 Kind::TimeWaitLifetime,
                 format!(
                     "TIME_WAIT sockets lived {:.1} s (median): that is the kernel's fixed TCP_TIMEWAIT_LEN of 60 s; \
                      tcp_fin_timeout{fin} does not shorten it, it only bounds orphaned FIN_WAIT2 sockets.",
                     p50 / 1e3
                 ),
-            ));
+            );
+            f.evidence = vec![format!(
+                "lifetime p50 {:.1} s, p99 {}, max {}",
+                p50 / 1e3,
+                r.timewait.lifetime_p99_ms.map_or("-".into(), |v| format!("{:.1} s", v / 1e3)),
+                r.timewait.lifetime_max_ms.map_or("-".into(), |v| format!("{:.1} s", v / 1e3))
+            )];
+            out.push(f);
         }
     }
-    if let (Some(max), peak) = (r.timewait.max_buckets, r.timewait.peak) {
-        if max > 0 && peak as f64 >= BUCKETS_NEAR_LIMIT * max as f64 {
-            out.push(Finding::new(
-                Kind::TimeWaitBuckets,
+    // A lowered tcp_fin_timeout, wherever it is, taken for a TIME_WAIT fix.
+    for ns in &rec.namespaces {
+        let Some(fin) = ns.sysctls.as_ref().and_then(|s| s.tcp_fin_timeout) else { continue };
+        let busy = r.namespaces.iter().any(|v| v.netns == ns.netns && v.timewait_live > 0);
+        if fin < 60 && busy {
+            let mut f = Finding::new(
+                Severity::Info,
+                Kind::FinTimeoutLowered,
                 format!(
-                    "TIME_WAIT peaked at {peak}, {:.0}% of tcp_max_tw_buckets ({max}): beyond it the kernel skips \
-                     TIME_WAIT and counts TCPTimeWaitOverflow.",
-                    peak as f64 / max as f64 * 100.0
+                    "Namespace {} has tcp_fin_timeout {fin} s: that shortens only orphaned FIN_WAIT2 sockets, not \
+                     TIME_WAIT (always 60 s); it fixes nothing about TIME_WAIT sockets.",
+                    ns.name
                 ),
-            ));
+            );
+            f.place.namespace = Some(ns.name.clone());
+            out.push(f);
         }
     }
+    buckets(r, out);
     if r.timewait.peak > 0 {
         if let Some(top) = r.timewait.by_remote_at_peak.first() {
             out.push(Finding::new(
+                Severity::Info,
                 Kind::TimeWaitPeak,
                 format!(
                     "At the TIME_WAIT peak ({}) the largest group was toward {} ({} sockets); by owner: {}.",
@@ -152,35 +388,217 @@ pub fn of(r: &Report) -> Vec<Finding> {
             ));
         }
     }
-    if r.paws.drops > 0 {
-        let nat: Vec<_> = r.paws.sources.iter().filter(|s| s.flows >= NAT_FLOWS).collect();
-        let reasons: Vec<String> = r.paws.by_reason.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        out.push(Finding::new(
-            Kind::Paws,
+}
+
+fn counter(ns: &NamespaceView, name: &str) -> i64 {
+    ns.counters.iter().find(|(k, _)| k == name).map_or(0, |(_, v)| *v)
+}
+
+fn buckets(r: &Report, out: &mut Vec<Finding>) {
+    let mut reported = false;
+    for ns in &r.namespaces {
+        let overflow = counter(ns, "TCPTimeWaitOverflow");
+        let near =
+            ns.max_tw_buckets.is_some_and(|max| max > 0 && ns.timewait_live as f64 >= BUCKETS_NEAR_LIMIT * max as f64);
+        if overflow <= 0 && !near {
+            continue;
+        }
+        reported = true;
+        let max = ns.max_tw_buckets.map_or("?".into(), |m| m.to_string());
+        let mut f = Finding::new(
+            if overflow > 0 { Severity::Critical } else { Severity::Warning },
+            Kind::TimeWaitBuckets,
             format!(
-                "{} segments were dropped by PAWS ({}) from {} source(s){}. tcp_timestamps is {}.",
-                r.paws.drops,
-                reasons.join(", "),
-                r.paws.sources.len(),
-                if nat.is_empty() {
-                    String::new()
+                "Namespace {} holds {} TIME_WAIT sockets against tcp_max_tw_buckets {max}{}: beyond it the kernel \
+                 skips TIME_WAIT (a late segment of an old connection can then corrupt a new one).",
+                ns.name,
+                ns.timewait_live,
+                if overflow > 0 {
+                    format!(", and skipped it {overflow} times (TCPTimeWaitOverflow)")
                 } else {
-                    format!(
-                        "; {} source(s) with several flows each ({}), the signature of clients behind NAT whose \
-                         timestamp clocks differ",
-                        nat.len(),
-                        nat.iter().take(NAMED).map(|s| s.source.to_string()).collect::<Vec<_>>().join(", ")
-                    )
-                },
-                rec.sysctls.tcp_timestamps.map_or("unknown".into(), |v| v.to_string())
+                    String::new()
+                }
             ),
-        ));
+        );
+        f.place.namespace = Some(ns.name.clone());
+        f.evidence =
+            vec![format!("TIME_WAIT {} of {max}", ns.timewait_live), format!("TCPTimeWaitOverflow +{overflow}")];
+        f.remedies = vec![
+            remedy("make fewer connections: keep-alive or pooling", "none in the kernel", None),
+            remedy(
+                format!("raise tcp_max_tw_buckets in namespace {}", ns.name),
+                "about 200 bytes of kernel memory per TIME_WAIT socket",
+                Some("per namespace since 4.20 (5.x for all settings)"),
+            ),
+        ];
+        f.verify = Some(format!("{}nstat -az TcpExtTCPTimeWaitOverflow", in_namespace(&ns.name)));
+        out.push(f);
     }
-    if out.is_empty() {
-        out.push(Finding::new(
-            Kind::Nothing,
-            "Nothing stands out: no port-space pressure, no PAWS drops, no loss.".into(),
-        ));
+    // Recordings without namespace views: the one traced namespace.
+    if let (false, Some(max), peak) = (reported, r.timewait.max_buckets, r.timewait.peak) {
+        if max > 0 && peak as f64 >= BUCKETS_NEAR_LIMIT * max as f64 {
+            out.push(Finding::new(
+                Severity::Warning,
+                Kind::TimeWaitBuckets,
+                format!(
+                    "TIME_WAIT peaked at {peak}, {:.0}% of tcp_max_tw_buckets ({max}): beyond it the kernel skips \
+                     TIME_WAIT and counts TCPTimeWaitOverflow.",
+                    peak as f64 / max as f64 * 100.0
+                ),
+            ));
+        }
     }
-    out
+}
+
+fn paws(r: &Report, out: &mut Vec<Finding>) {
+    if r.paws.drops == 0 {
+        return;
+    }
+    let rec = &r.recording;
+    let nat: Vec<_> = r.paws.sources.iter().filter(|s| s.flows >= NAT_FLOWS).collect();
+    let reasons: Vec<String> = r.paws.by_reason.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let mut f = Finding::new(
+        Severity::Warning,
+        Kind::Paws,
+        format!(
+            "{} segments were dropped by PAWS ({}) from {} source(s){}. tcp_timestamps is {}.",
+            r.paws.drops,
+            reasons.join(", "),
+            r.paws.sources.len(),
+            if nat.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} source(s) with several flows each ({}), the signature of clients behind NAT whose \
+                     timestamp clocks differ",
+                    nat.len(),
+                    nat.iter().take(NAMED).map(|s| s.source.to_string()).collect::<Vec<_>>().join(", ")
+                )
+            },
+            rec.sysctls.tcp_timestamps.map_or("unknown".into(), |v| v.to_string())
+        ),
+    );
+    f.evidence = r
+        .paws
+        .sources
+        .iter()
+        .take(NAMED)
+        .map(|s| format!("{}: {} drops, {} flows", s.source, s.drops, s.flows))
+        .collect();
+    f.evidence.extend(r.paws.counters.iter().filter(|(k, _)| k.starts_with("PAWS")).map(|(k, v)| format!("{k} {v:+}")));
+    let recycle_gone = kernel_at_least(&rec.kernel, TW_RECYCLE_REMOVED);
+    f.evidence.push(if recycle_gone {
+        format!("tcp_tw_recycle does not exist on {} (removed in 4.12): it is not the cause", rec.kernel)
+    } else {
+        format!("kernel {}: check that net.ipv4.tcp_tw_recycle is 0 (it breaks clients behind NAT)", rec.kernel)
+    });
+    f.remedies = vec![
+        remedy(
+            "make the clients behind one address not reuse 4-tuples quickly (keep-alive, fewer new connections)",
+            "client-side change",
+            None,
+        ),
+        remedy(
+            "on the server, avoid being the side that closes first for these clients (no server-side TIME_WAIT)",
+            "application change",
+            None,
+        ),
+    ];
+    f.verify = Some("nstat -az TcpExtPAWSActive TcpExtPAWSEstab TcpExtPAWSTimewait".into());
+    out.push(f);
+}
+
+/// Whether `release` (e.g. `6.12.57+deb13-cloud-amd64`) is at least `major.minor`.
+fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    match (parts.next(), parts.next()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
+    }
+}
+
+fn settings(r: &Report, out: &mut Vec<Finding>) {
+    for ns in &r.namespaces {
+        let overflows = counter(ns, "ListenOverflows");
+        let drops = counter(ns, "ListenDrops");
+        if overflows > 0 || drops > 0 {
+            let mut f = Finding::new(
+                Severity::Critical,
+                Kind::ListenOverflow,
+                format!(
+                    "A listener's accept queue overflowed in namespace {}: {overflows} overflows, {drops} SYNs or \
+                     handshakes dropped. New connections stall for a SYN retransmit (1 s, then 3 s).",
+                    ns.name
+                ),
+            );
+            f.place.namespace = Some(ns.name.clone());
+            f.evidence = vec![format!("ListenOverflows +{overflows}"), format!("ListenDrops +{drops}")];
+            f.remedies = vec![
+                remedy("accept faster: more accepting threads or workers", "application change", None),
+                remedy(
+                    "raise the listen() backlog and net.core.somaxconn",
+                    "a longer queue hides a slow acceptor for longer",
+                    None,
+                ),
+            ];
+            f.verify = Some(format!("{}ss -Hltn   # Recv-Q against Send-Q (the backlog)", in_namespace(&ns.name)));
+            out.push(f);
+        }
+    }
+    for desc in &r.recording.namespaces {
+        let Some(s) = &desc.sysctls else { continue };
+        let view = r.namespaces.iter().find(|v| v.netns == desc.netns);
+        let connects = r.destinations.iter().any(|d| d.destination.netns == desc.netns);
+        if s.tcp_timestamps == Some(0) && (connects || view.is_some_and(|v| v.timewait_live > 0)) {
+            let mut f = Finding::new(
+                Severity::Warning,
+                Kind::TimestampsOff,
+                format!(
+                    "TCP timestamps are off in namespace {}: PAWS cannot protect reused 4-tuples, and tcp_tw_reuse \
+                     cannot reuse a TIME_WAIT port (it needs timestamps on both sides).",
+                    desc.name
+                ),
+            );
+            f.place.namespace = Some(desc.name.clone());
+            f.remedies = vec![remedy(
+                format!("set net.ipv4.tcp_timestamps=1 in namespace {}", desc.name),
+                "12 bytes of options per segment",
+                None,
+            )];
+            out.push(f);
+        }
+        let accepts_only = !connects && view.is_some_and(|v| v.timewait_live > 0 && v.ports_in_use == 0);
+        if s.tcp_tw_reuse == Some(1) && accepts_only {
+            let mut f = Finding::new(
+                Severity::Info,
+                Kind::ReuseOnlyAccepting,
+                format!(
+                    "tcp_tw_reuse is 1 in namespace {}, which only accepted connections here: reuse applies to \
+                     outgoing connect()s only, so it does nothing for these TIME_WAIT sockets.",
+                    desc.name
+                ),
+            );
+            f.place.namespace = Some(desc.name.clone());
+            out.push(f);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_releases_compare_by_major_and_minor() {
+        assert!(kernel_at_least("6.12.57+deb13-cloud-amd64", (4, 12)));
+        assert!(kernel_at_least("4.12.0", (4, 12)));
+        assert!(!kernel_at_least("4.9.337", (4, 12)));
+        assert!(!kernel_at_least("?", (4, 12)));
+    }
+
+    #[test]
+    fn severities_order_worst_last() {
+        assert!(Severity::Critical > Severity::Warning && Severity::Warning > Severity::Info);
+        assert_eq!(worst(&[]), Severity::Ok);
+    }
 }

@@ -29,6 +29,9 @@ enum Command {
     Record(cmd::record::RecordArgs),
     /// A postmortem summary of a recording: text, JSON, or a self-contained HTML page.
     Report(cmd::report::ReportArgs),
+    /// What is wrong, where, the evidence and what to do about it: watches every namespace for
+    /// a while (or reads a recording). Exit status 0 fine, 1 warning, 2 critical, 3 could not run.
+    Doctor(cmd::doctor::DoctorArgs),
     /// Generate connection churn on loopback: reproduce TIME_WAIT and port-space pressure, or
     /// measure tracing overhead (no root needed).
     Churn(churn::ChurnArgs),
@@ -52,6 +55,16 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    // doctor's exit status says how bad things are, and that it could not tell.
+    if let Command::Doctor(args) = &cli.command {
+        return match runtime.block_on(cmd::doctor::run(args)) {
+            Ok(severity) => std::process::ExitCode::from(cmd::doctor::exit_code(severity)),
+            Err(e) => {
+                eprintln!("twtrace: error: {e:#}");
+                std::process::ExitCode::from(cmd::doctor::EXIT_UNKNOWN)
+            }
+        };
+    }
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -69,6 +82,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stat(args) => cmd::stat::run(args).await,
         Command::Record(args) => cmd::record::run(args).await,
         Command::Report(args) => cmd::report::run(&args).await,
+        Command::Doctor(_) => unreachable!("run by main for its exit status"),
         Command::Churn(args) => churn::run(&args),
     }
 }

@@ -62,18 +62,40 @@ impl Aggregator {
         let mut destinations = all_destinations;
         destinations.truncate(top);
 
-        let mut failures: Vec<FailureView> = self
-            .failures
-            .iter()
-            .map(|((netns, comm, pid, errno), count)| FailureView {
-                netns: *netns,
-                namespace: self.namespace_name(*netns),
-                process: format!("{comm}[{pid}]"),
-                error: errno.clone(),
-                count: *count,
+        // By command: one-shot clients (a curl per request) are one row, not one per pid.
+        let mut by_command: HashMap<(u32, crate::event::Comm, &str), (u64, HashSet<u32>)> = HashMap::new();
+        for ((netns, comm, pid, errno), count) in &self.failures {
+            let entry = by_command.entry((*netns, *comm, errno.as_str())).or_default();
+            entry.0 += count;
+            entry.1.insert(*pid);
+        }
+        let mut failures: Vec<FailureView> = by_command
+            .into_iter()
+            .map(|((netns, comm, errno), (count, pids))| {
+                let example_pid = pids.iter().copied().min().unwrap_or(0);
+                FailureView {
+                    netns,
+                    namespace: self.namespace_name(netns),
+                    process: match pids.len() {
+                        1 => format!("{comm}[{example_pid}]"),
+                        n => format!("{comm} ({n} processes, e.g. {example_pid})"),
+                    },
+                    command: comm.to_string(),
+                    processes: pids.len() as u64,
+                    example_pid,
+                    error: errno.to_owned(),
+                    count,
+                }
             })
             .collect();
         failures.sort_by(|a, b| b.count.cmp(&a.count).then(a.process.cmp(&b.process)).then(a.netns.cmp(&b.netns)));
+        let failures_total = failures.iter().map(|f| (f.error.clone(), f.count)).fold(
+            std::collections::BTreeMap::<String, u64>::new(),
+            |mut totals, (error, count)| {
+                *totals.entry(error).or_default() += count;
+                totals
+            },
+        );
         failures.truncate(top);
 
         let mut sources: Vec<SourceView> = self
@@ -127,6 +149,7 @@ impl Aggregator {
                 range: self.settings.port_range,
                 destinations,
                 failures,
+                failures_total: failures_total.into_iter().collect(),
                 bind_search_p50_us: us(self.bind_search_ns.quantile(0.5)),
                 bind_search_p99_us: us(self.bind_search_ns.quantile(0.99)),
                 bind_failures: self.bind_failures,
@@ -368,11 +391,16 @@ pub struct DestinationView {
     pub failures: u64,
 }
 
+/// Failed port searches of one command in one namespace, by error.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct FailureView {
     pub netns: u32,
     pub namespace: String,
+    /// `comm[pid]`, or `comm (N processes, e.g. PID)`.
     pub process: String,
+    pub command: String,
+    pub processes: u64,
+    pub example_pid: u32,
     pub error: String,
     pub count: u64,
 }
@@ -382,7 +410,10 @@ pub struct PortSpaceView {
     /// The range of namespaces nothing described (each destination has its own `range`).
     pub range: (u16, u16),
     pub destinations: Vec<DestinationView>,
+    /// The top rows; `failures_total` counts every failure.
     pub failures: Vec<FailureView>,
+    /// Every failed search by error (EADDRNOTAVAIL, ...), whatever the rows show.
+    pub failures_total: Vec<(String, u64)>,
     pub bind_search_p50_us: Option<f64>,
     pub bind_search_p99_us: Option<f64>,
     pub bind_failures: u64,

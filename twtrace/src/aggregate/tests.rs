@@ -201,10 +201,14 @@ fn failures_by_process_and_search_cost() {
             netns: 1,
             namespace: "1".into(),
             process: "curl[4242]".into(),
+            command: "curl".into(),
+            processes: 1,
+            example_pid: 4242,
             error: "EADDRNOTAVAIL".into(),
             count: 3
         }]
     );
+    assert_eq!(snap.port_space.failures_total, [("EADDRNOTAVAIL".to_owned(), 3)]);
     let d = &snap.port_space.destinations[0];
     assert_eq!(d.failures, 3);
     // Histogram precision: within 1/32 below the true value.

@@ -1,6 +1,7 @@
 //! The commands. Each is a sink driven by [`crate::drive`] (or, for `probes` and `churn`, no
 //! stream at all); what they share on the command line is here.
 
+pub mod doctor;
 pub mod probes;
 pub mod record;
 pub mod report;
@@ -56,6 +57,11 @@ impl SourceArgs {
         }
         filter.ports.extend(p.port);
         Ok((Source::replay(path, speed)?, filter))
+    }
+
+    /// The recording to replay, if one was given.
+    pub fn replay_path(&self) -> Option<String> {
+        self.replay.as_ref().map(|p| p.display().to_string())
     }
 }
 

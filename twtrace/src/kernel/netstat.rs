@@ -5,8 +5,19 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 /// Counters twtrace follows. Not every kernel has all: PAWSOldAck appeared around 6.14,
 /// PAWSTimewait around 6.16 (before that, TIME_WAIT PAWS rejects counted as PAWSEstab).
-pub const WATCHED: &[&str] =
-    &["PAWSActive", "PAWSEstab", "PAWSOldAck", "PAWSTimewait", "TW", "TWKilled", "TWRecycled", "TCPTimeWaitOverflow"];
+/// ListenOverflows and ListenDrops: a full accept queue (every kernel twtrace runs on).
+pub const WATCHED: &[&str] = &[
+    "PAWSActive",
+    "PAWSEstab",
+    "PAWSOldAck",
+    "PAWSTimewait",
+    "TW",
+    "TWKilled",
+    "TWRecycled",
+    "TCPTimeWaitOverflow",
+    "ListenOverflows",
+    "ListenDrops",
+];
 
 /// `TcpExt: name name ...` / `TcpExt: value value ...` line pairs into name → value.
 pub fn parse(text: &str) -> BTreeMap<String, i64> {

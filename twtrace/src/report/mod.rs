@@ -13,7 +13,7 @@ pub use html::render as html;
 pub use text::text;
 
 use crate::{
-    aggregate::{Aggregator, Destination, FailureView, Group, Sample, Snapshot, SourceView},
+    aggregate::{Aggregator, Destination, FailureView, Group, NamespaceView, Sample, Snapshot, SourceView},
     event::{Event, NamespaceDescription, Sysctls},
     source::Health,
     source_info::SourceInfo,
@@ -36,7 +36,11 @@ pub struct Report {
     pub findings: Vec<String>,
     pub timewait: TimeWaitSummary,
     pub destinations: Vec<DestinationSummary>,
+    /// The top failing commands; `failures_total` counts every failure by error.
     pub failures: Vec<FailureView>,
+    pub failures_total: Vec<(String, u64)>,
+    /// Each namespace at the end: its settings, TIME_WAIT, ports and counters.
+    pub namespaces: Vec<NamespaceView>,
     pub paws: PawsSummary,
     pub timeline: Timeline,
 }
@@ -54,7 +58,7 @@ pub struct RecordingSummary {
     /// Runs of twtrace's programs the kernel skipped while recording.
     pub skipped_runs: u64,
     pub chunks: u64,
-    /// The end marker was found: `twtrace record` finished normally.
+    /// The end marker was found (`twtrace record` finished normally); always, for a live source.
     pub complete: bool,
     pub damage: Vec<String>,
     pub backends: Vec<(String, String)>,
@@ -220,7 +224,8 @@ impl ReportBuilder {
             lost: health.lost,
             skipped_runs: health.skipped_runs,
             chunks: replay.map_or(0, |r| r.chunks),
-            complete: trailer.is_some(),
+            // A live run ends when it is stopped: complete. A recording is when its end marker is there.
+            complete: replay.is_none() || trailer.is_some(),
             damage,
             backends: info
                 .backends
@@ -346,6 +351,8 @@ fn assemble(
         timewait,
         destinations,
         failures: end.port_space.failures.clone(),
+        failures_total: end.port_space.failures_total.clone(),
+        namespaces: end.namespaces.clone(),
         paws,
         timeline,
     }

@@ -232,7 +232,7 @@ fn pods_at_120x36_grouped_by_command() {
     let first_row = frame.lines().find(|l| l.contains("-> 10.96.0.10:5432")).expect("the pod's row");
     assert!(first_row.contains("pod checkout-7d9f") && first_row.contains("100.0%"), "{frame}");
     assert!(frame.contains("worker (2 processes)"), "one row for both workers:\n{frame}");
-    assert!(frame.contains("[pod checkout-7d9f] worker[51] EADDRNOTAVAIL x15"), "{frame}");
+    assert!(frame.contains("[pod checkout-7d9f] worker (2 processes, e.g. 51) EADDRNOTAVAIL x30"), "{frame}");
     ui.on_key(Key::Char('g'));
     let by_namespace = render_snapshot(&pods(), 120, 36, &ui);
     assert!(by_namespace.contains("pod checkout-7d9f (of 4096)"), "{by_namespace}");

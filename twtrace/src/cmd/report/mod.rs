@@ -53,13 +53,27 @@ pub async fn run(args: &ReportArgs) -> anyhow::Result<()> {
 /// Reads the whole recording into a [`Report`], findings included.
 pub async fn build(path: &Path, top: usize) -> anyhow::Result<Report> {
     let mut source = Source::replay(path, None)?;
+    let report = build_from(&mut source, Filter::default(), top, Limits::default(), path.display().to_string()).await?;
+    Ok(report.0)
+}
+
+/// Any source, live or replayed, into a [`Report`] with its findings' headlines, and the
+/// findings whole (`doctor` prints them). `file` names the source in the report.
+pub async fn build_from(
+    source: &mut Source,
+    filter: Filter,
+    top: usize,
+    limits: Limits,
+    file: String,
+) -> anyhow::Result<(Report, Vec<findings::Finding>)> {
     let info = source.info();
     let builder = ReportBuilder::new(super::aggregator_for(info, top), info.started_ns);
-    let mut sink = ReportSink { file: path.display().to_string(), builder: Some(builder), report: None };
-    drive::drive(&mut source, Filter::default(), &mut sink, Limits::default()).await?;
+    let mut sink = ReportSink { file, builder: Some(builder), report: None };
+    drive::drive(source, filter, &mut sink, limits).await?;
     let mut report = sink.report.expect("finish builds the report");
-    report.findings = findings::of(&report).into_iter().map(|f| f.text).collect();
-    Ok(report)
+    let found = findings::of(&report);
+    report.findings = found.iter().map(|f| f.text.clone()).collect();
+    Ok((report, found))
 }
 
 struct ReportSink {
