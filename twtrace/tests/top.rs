@@ -18,7 +18,7 @@ struct Tmux {
 impl Tmux {
     fn start(name: &str, command: &str) -> Option<Self> {
         if std::env::var_os("PATH").is_none_or(|p| !std::env::split_paths(&p).any(|d| d.join("tmux").is_file())) {
-            support::unsupported("top", "tmux is not installed here");
+            support::skip("top", "tmux is not installed here");
             return None;
         }
         let session = format!("twt-{}-{name}", std::process::id());

@@ -375,7 +375,8 @@ mod tests {
         let mut collector = Collector::default();
         out.lines().for_each(|l| collector.line(l));
         for b in BACKENDS {
-            let o = collector.outcomes.get(&("drops".to_owned(), b.to_string())).unwrap_or_else(|| panic!("{b}: {out}"));
+            let o =
+                collector.outcomes.get(&("drops".to_owned(), b.to_string())).unwrap_or_else(|| panic!("{b}: {out}"));
             assert_eq!((o.rc, o.passed), (if *b == "kprobe" { 101 } else { 0 }, 4), "{b}: {out}");
             assert_eq!(o.skips.len(), 1, "{out}");
             assert_eq!(o.skips[0].test, "t_one");
