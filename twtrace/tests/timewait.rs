@@ -237,7 +237,9 @@ fn births_under_port_reuse_churn_equal_the_kernels_count() {
     eprintln!(
         "churn: {in_kernel} TIME_WAIT births in the kernel; traced {births} births, {rearms} re-arms, {lost} lost, {skipped} skipped runs"
     );
-    assert!(births > 100, "the churn must make TIME_WAIT sockets (emulated guests make hundreds): {births}");
+    // A floor, not the check (that is the equality with the kernel's count below): a 6.12 guest
+    // made only 70 in 3 s while another guest shared the host's two cores.
+    assert!(births > 20, "the churn must make TIME_WAIT sockets (emulated guests make 70 to hundreds): {births}");
     if in_kernel == 0 {
         // 5.10 counts TW/TWKilled when the timer fires, not when the socket is born: none
         // fire within these 3 s. (6.1, 6.12 and 6.18 count births.)

@@ -137,6 +137,11 @@ fn paws_drops_are_attributed_to_their_source() {
     if !can_trace() {
         return;
     }
+    // The crafted segments are TIME_WAIT PAWS rejects: a drop event only where the kernel
+    // gives them a reason (before 6.16 only the counter PAWSEstab rises).
+    if !support::kernel_has_drop_reason("TCP_RFC7323_TW_PAWS") {
+        return support::skip("top", "TIME_WAIT PAWS rejects have no drop reason (TCP_RFC7323_TW_PAWS, 6.16+)");
+    }
     let ns = Netns::new("toppaws");
     let Some(tmux) = Tmux::start("paws", &top_command(&ns)) else { return };
     tmux.wait_for("the PAWS panel", |s| s.contains("PAWS drops"));

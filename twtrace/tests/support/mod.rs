@@ -235,6 +235,15 @@ pub fn skip(family: &str, reason: &str) {
     }
 }
 
+/// Whether the running kernel names this drop reason (reasons appear over versions: the
+/// RFC 7323 ones after 5.17's drop reasons, `TCP_RFC7323_TW_PAWS` in 6.16).
+pub fn kernel_has_drop_reason(name: &str) -> bool {
+    let full = format!("SKB_DROP_REASON_{name}");
+    std::fs::read("/sys/kernel/btf/vmlinux")
+        .map(|b| b.windows(full.len()).any(|w| w == full.as_bytes()))
+        .unwrap_or(false)
+}
+
 /// The backend the VM matrix forces (`TWTRACE_TEST_BACKEND`), if any.
 pub fn forced_backend() -> Option<String> {
     std::env::var(protocol::BACKEND_ENV).ok().filter(|b| !b.is_empty())
