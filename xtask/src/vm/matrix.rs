@@ -55,16 +55,17 @@ impl Cell {
 
 impl std::fmt::Display for Cell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Pass => write!(f, "pass"),
-            Self::PassWithGaps(_) => write!(f, "pass*"),
-            Self::Unsupported(_) => write!(f, "unsupported*"),
-            Self::Changed(_) => write!(f, "CHANGED"),
-            Self::Fail(..) => write!(f, "FAIL"),
-            Self::NoResult(_) => write!(f, "NO RESULT"),
-            Self::Unjudged(n) if n.is_empty() => write!(f, "pass?"),
-            Self::Unjudged(_) => write!(f, "pass?*"),
-        }
+        // `pad`, so that the table's column widths apply.
+        f.pad(match self {
+            Self::Pass => "pass",
+            Self::PassWithGaps(_) => "pass*",
+            Self::Unsupported(_) => "unsupported*",
+            Self::Changed(_) => "CHANGED",
+            Self::Fail(..) => "FAIL",
+            Self::NoResult(_) => "NO RESULT",
+            Self::Unjudged(n) if n.is_empty() => "pass?",
+            Self::Unjudged(_) => "pass?*",
+        })
     }
 }
 

@@ -227,8 +227,9 @@ pub fn boot_with(
                 on_line(&line);
                 if let Some(rc) = line.strip_prefix(protocol::EXIT) {
                     verdict = Some(Verdict::Exited(rc.trim().parse().unwrap_or(-1)));
-                } else if let Some(uname) = line.strip_prefix(protocol::BOOTED) {
-                    build = Some(uname.trim().to_owned());
+                } else if let Some(at) = line.find(protocol::BOOTED) {
+                    // Anywhere in the line: early in boot a kernel message can share it.
+                    build = Some(line[at + protocol::BOOTED.len()..].trim().to_owned());
                 } else if line.contains("Kernel panic") && panic_line.is_none() {
                     panic_line = Some(line.clone());
                 }
