@@ -235,7 +235,9 @@ pub fn run(
         BTF_UNIT_TESTS.iter().map(|(name, test)| format!("{name} {} {test}\n", build.unit.display())).collect();
     files.write(Path::new("/matrix/unit"), unit);
     files.write(Path::new("/matrix/backends"), format!("{}\n", BACKENDS.join(" ")));
-    let work = kernels::cache_dir().join("matrix");
+    // One initramfs per run: a second matrix run (another checkout) must not replace it while
+    // this run's guests still boot from it.
+    let work = kernels::cache_dir().join(format!("matrix-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let initramfs: PathBuf = work.join("initramfs.cpio.gz");
     build_initramfs(&files, GUEST_SCRIPT, &initramfs)?;
@@ -254,6 +256,7 @@ pub fn run(
             });
         }
     });
+    let _ = std::fs::remove_dir_all(&work);
     let mut runs = runs.into_inner().unwrap();
     runs.sort_by_key(|(i, _)| *i);
     let runs: Vec<KernelRun> = runs.into_iter().map(|(_, r)| r).collect();
