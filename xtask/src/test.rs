@@ -33,6 +33,9 @@ pub struct TestArgs {
 }
 
 pub fn run(args: &TestArgs) -> anyhow::Result<()> {
+    if !args.vm_only {
+        require_root_or_unprivileged()?;
+    }
     setup::ensure()?;
     if !args.vm_only {
         host(args)?;
@@ -69,16 +72,6 @@ fn host(args: &TestArgs) -> anyhow::Result<()> {
             "-Zpanic_abort_tests",
         ])?;
     }
-    // Integration tests load BPF programs: without root they fail (each says why), unless the
-    // run is explicitly unprivileged; say so before minutes of building.
-    let unprivileged = std::env::var_os(protocol::UNPRIVILEGED_ENV).is_some_and(|v| !v.is_empty());
-    if !setup::is_root() && !unprivileged {
-        bail!(
-            "the integration tests need root (CAP_BPF, CAP_PERFMON, CAP_SYSLOG, CAP_NET_ADMIN): run as root, or set \
-             {}=1 to run them as recorded skips (every one then skips, and the summary says so)",
-            protocol::UNPRIVILEGED_ENV
-        );
-    }
     // Every skip is recorded here by the tests (tests/support) and summarised at the end.
     let skip_log = crate::workspace_root().join("target/test-skips.log");
     std::fs::create_dir_all(skip_log.parent().expect("target"))?;
@@ -103,6 +96,20 @@ fn host(args: &TestArgs) -> anyhow::Result<()> {
     });
     summarise_skips(&skip_log)?;
     result
+}
+
+fn require_root_or_unprivileged() -> anyhow::Result<()> {
+    // Integration tests load BPF programs: without root they fail (each says why), unless the
+    // run is explicitly unprivileged; say so before minutes of building.
+    let unprivileged = std::env::var_os(protocol::UNPRIVILEGED_ENV).is_some_and(|v| !v.is_empty());
+    if !setup::is_root() && !unprivileged {
+        bail!(
+            "the integration tests need root (CAP_BPF, CAP_PERFMON, CAP_SYSLOG, CAP_NET_ADMIN): run as root, or set \
+             {}=1 to run them as recorded skips (every one then skips, and the summary says so)",
+            protocol::UNPRIVILEGED_ENV
+        );
+    }
+    Ok(())
 }
 
 fn cargo_test(args: &[&str], skip_log: &Path, env: &[(&str, &str)]) -> anyhow::Result<()> {
