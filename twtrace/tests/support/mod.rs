@@ -133,10 +133,10 @@ impl Netns {
             .collect()
     }
 
-    /// [`Self::time_wait_sockets`] once there are at least `expected`, or after 3 s (10 s emulated). The last
-    /// FIN of a burst can still be in the softirq backlog when the sockets' owner returns
-    /// (under emulation ksoftirqd takes it later): the TIME_WAIT socket it makes is then not
-    /// in `ss` yet. A socket killed early never comes, and the caller's count then fails.
+    /// [`Self::time_wait_sockets`] once there are at least `expected`, or after 3 s (10 s
+    /// emulated). The last FIN of a burst can still be in the softirq backlog when the sockets'
+    /// owner returns (under emulation ksoftirqd takes it later): the TIME_WAIT socket it makes
+    /// is then not in `ss` yet. A socket killed early never comes, and the caller's count then fails.
     pub fn time_wait_sockets_settled(&self, expected: usize) -> Vec<(SocketAddr, SocketAddr)> {
         settled(expected, "TIME_WAIT sockets", || self.time_wait_sockets())
     }
