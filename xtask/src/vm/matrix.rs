@@ -142,6 +142,8 @@ struct KernelRun {
     /// The guest's own `uname -r | uname -v`.
     booted: Option<String>,
     verdict: String,
+    /// What is wrong with the run as a whole (crash, hang, another build than fetched).
+    problems: Vec<String>,
     took: Duration,
     cells: BTreeMap<(String, String), Cell>,
 }
@@ -160,6 +162,7 @@ fn run_kernel(
         build: String::new(),
         booted: None,
         verdict: String::new(),
+        problems: Vec::new(),
         took: Duration::ZERO,
         cells: BTreeMap::new(),
     };
@@ -191,9 +194,19 @@ fn run_kernel(
     });
     run.took = started.elapsed();
     let (verdict, booted) = match outcome {
-        Ok(b) => (b.verdict.to_string(), b.build),
-        Err(e) => (format!("{e:#}"), None),
+        Ok(b) => {
+            // Results that came before a panic or a hang are judged, but the run still fails.
+            if !matches!(b.verdict, super::Verdict::Exited(_)) {
+                run.problems.push(format!("the guest {}", b.verdict));
+            }
+            (b.verdict.to_string(), b.build)
+        }
+        Err(e) => {
+            run.problems.push(format!("QEMU: {e:#}"));
+            (format!("{e:#}"), None)
+        }
     };
+    run.problems.extend(build_mismatch(&run.build, booted.as_deref()));
     eprintln!("xtask: matrix: {spec_text}: guest {verdict} in {:.0}s", run.took.as_secs_f64());
     run.verdict = verdict;
     run.booted = booted;
@@ -207,6 +220,20 @@ fn run_kernel(
         run.cells.insert((b, backend), cell);
     }
     run
+}
+
+/// Debian's `uname -v` names the package version (`... Debian 6.18.15-1~bpo13+1 (date)`): a
+/// guest that booted another build than the one fetched (a stale cache) is a failed run.
+fn build_mismatch(build: &str, booted: Option<&str>) -> Option<String> {
+    let (package, version) = build.split_once(' ')?;
+    if !package.starts_with("linux-") {
+        return None; // a local image
+    }
+    match booted {
+        Some(uname) if uname.contains(&format!("Debian {version} ")) => None,
+        Some(uname) => Some(format!("fetched {build} but the guest booted `{uname}`")),
+        None => Some(format!("the guest never printed its build (fetched {build})")),
+    }
 }
 
 /// Every cell of a kernel: each integration test binary under each backend, and each BTF unit
@@ -333,13 +360,16 @@ fn report(runs: &[KernelRun], binaries: &[String]) -> bool {
             println!("  {g}");
         }
     }
+    for run in runs {
+        problems.extend(run.problems.iter().map(|p| format!("{}: {p}", run.spec)));
+    }
     if !problems.is_empty() {
         println!("\nDifferences from the table and failures:");
         for p in &problems {
             println!("  {p}");
         }
     }
-    runs.iter().any(|r| r.cells.values().any(Cell::failed))
+    runs.iter().any(|r| !r.problems.is_empty() || r.cells.values().any(Cell::failed))
 }
 
 #[cfg(test)]
@@ -390,6 +420,17 @@ mod tests {
         let unit = &collector.outcomes[&("unit-x".to_owned(), ANY_BACKEND.to_owned())];
         assert_eq!((unit.rc, unit.passed, unit.skips.len()), (0, 4, 1), "{out}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_booted_build_must_be_the_fetched_one() {
+        let build = "linux-image-6.18.15+deb13-cloud-amd64 6.18.15-1~bpo13+1";
+        let uname = "6.18.15+deb13-cloud-amd64 | #1 SMP PREEMPT_DYNAMIC Debian 6.18.15-1~bpo13+1 (2026-03-12)";
+        assert_eq!(build_mismatch(build, Some(uname)), None);
+        let other = uname.replace("6.18.15-1~bpo13+1", "6.18.15-1~bpo13+2");
+        assert!(build_mismatch(build, Some(&other)).is_some_and(|m| m.contains("booted")));
+        assert!(build_mismatch(build, None).is_some());
+        assert_eq!(build_mismatch("/tmp/bzImage", None), None);
     }
 
     #[test]
