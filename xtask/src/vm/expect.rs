@@ -62,7 +62,7 @@ pub const EVERY_GUEST: &[Gap] = &[
 // - 5.17 added `kfree_skb_reason` and the `reason` field of `skb:kfree_skb`; the RFC 7323
 //   reasons (`TCP_RFC7323_PAWS`) came with the TCP drop reasons after that, and 6.16 split
 //   `TCP_RFC7323_TW_PAWS` (and the `PAWSTimewait` counter) off for TIME_WAIT sockets.
-const PAWS_ESTABLISHED: &str = "no TCP_RFC7323_PAWS drop reason (5.17+ drop reasons)";
+const PAWS_ESTABLISHED: &str = "no TCP_RFC7323_PAWS drop reason (drop reasons are 5.17+; 6.1 has this one)";
 const PAWS_TIME_WAIT: &str = "no TCP_RFC7323_TW_PAWS drop reason / PAWSTimewait counter (6.16+)";
 
 /// The tests that need TIME_WAIT PAWS drops with their own reason (6.16+).
@@ -107,7 +107,9 @@ pub const KERNELS: &[KernelRow] = &[
             tw_paws("top", "paws_drops_are_attributed_to_their_source"),
         ],
     },
-    // Everything of 6.16+: the TIME_WAIT PAWS tests run on all three backends here.
+    // Everything of 6.16+: the TIME_WAIT PAWS tests (drops, top) run on all three backends
+    // here, and the port search hooks `__inet_hash_connect` with its 2025 `hash_port0`
+    // argument (fexit chosen by the function's arity in BTF).
     KernelRow { kernel: "6.18", btf: true, gaps: &[] },
     // The newest Debian kernel (on demand, not pinned): the table expects everything.
     KernelRow { kernel: "sid", btf: true, gaps: &[] },
