@@ -18,14 +18,6 @@ use support::{
 /// Older than anything the peer sent: TSval is a millisecond clock, so 100 s in the past.
 const OLDER: u32 = 100_000;
 
-/// Whether the running kernel names this drop reason (reasons appear over versions).
-fn kernel_has_reason(name: &str) -> bool {
-    let full = format!("SKB_DROP_REASON_{name}");
-    std::fs::read("/sys/kernel/btf/vmlinux")
-        .map(|b| b.windows(full.len()).any(|w| w == full.as_bytes()))
-        .unwrap_or(false)
-}
-
 /// What twtrace's counter samples add up to for `counter`.
 fn netstat_total(lines: &[serde_json::Value], counter: &str) -> i64 {
     lines.iter().filter(|v| v["event"] == "netstat").filter_map(|v| v["deltas"][counter].as_i64()).sum()
@@ -48,11 +40,8 @@ fn time_wait_paws(tag: &str, server: &'static str, client_ip: &'static str) {
     if !can_trace() {
         return;
     }
-    if !kernel_has_reason("TCP_RFC7323_TW_PAWS") {
-        support::unsupported(
-            "drops",
-            "this kernel gives TIME_WAIT PAWS rejects no drop reason (TCP_RFC7323_TW_PAWS, 6.16+)",
-        );
+    if !support::kernel_has_drop_reason("TCP_RFC7323_TW_PAWS") {
+        support::skip("drops", "this kernel gives TIME_WAIT PAWS rejects no drop reason (TCP_RFC7323_TW_PAWS, 6.16+)");
         return;
     }
     const TUPLES: u16 = 3;
@@ -124,8 +113,8 @@ fn established_paws(tag: &str, server: &'static str) {
     if !can_trace() {
         return;
     }
-    if !kernel_has_reason("TCP_RFC7323_PAWS") {
-        support::unsupported("drops", "this kernel has no TCP_RFC7323_PAWS drop reason (5.17+)");
+    if !support::kernel_has_drop_reason("TCP_RFC7323_PAWS") {
+        support::skip("drops", "this kernel has no TCP_RFC7323_PAWS drop reason (5.17+)");
         return;
     }
     const SEGMENTS: usize = 3;

@@ -210,7 +210,7 @@ fn html_report_renders_with_charts_in_a_browser() {
         return;
     }
     if which("chromium").is_none() {
-        support::unsupported("record", "chromium is not installed here (cargo xtask setup installs it on the host)");
+        support::skip("record", "chromium is not installed here (cargo xtask setup installs it on the host)");
         return;
     }
     let ns = Netns::new("html");
@@ -283,7 +283,9 @@ fn a_killed_recording_keeps_all_but_the_last_second() {
         server_closes_first(&listener, SERVER_CLOSES, None);
     });
     // Chunks are sealed every second once a batch arrives: two seconds cover the last births.
-    std::thread::sleep(Duration::from_secs(2));
+    // An emulated guest gets five: on a 6.18 guest sharing the host with another, the file
+    // held none of the 40 births after two.
+    std::thread::sleep(Duration::from_secs(if support::emulated() { 5 } else { 2 }));
     recording.kill();
     let report = twtrace(&["report", "--json", path.to_str().unwrap()]);
     let report: Value = serde_json::from_slice(&report.stdout).unwrap();

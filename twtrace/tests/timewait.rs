@@ -154,7 +154,7 @@ fn tracepoint_backend_reads_through_btf_where_it_exists() {
         return;
     }
     if support::forced_backend().is_some_and(|b| b != "tracepoint") {
-        return support::unsupported("timewait", "tests the tracepoint backend only");
+        return support::skip("timewait", "tests the tracepoint backend only");
     }
     let raw_forced = std::env::var_os("TWTRACE_NO_BTF_READS").is_some_and(|v| !v.is_empty());
     let btf = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
@@ -237,11 +237,13 @@ fn births_under_port_reuse_churn_equal_the_kernels_count() {
     eprintln!(
         "churn: {in_kernel} TIME_WAIT births in the kernel; traced {births} births, {rearms} re-arms, {lost} lost, {skipped} skipped runs"
     );
-    assert!(births > 100, "the churn must make TIME_WAIT sockets (emulated guests make hundreds): {births}");
+    // A floor, not the check (that is the equality with the kernel's count below): a 6.12 guest
+    // made only 70 in 3 s while another guest shared the host's two cores.
+    assert!(births > 20, "the churn must make TIME_WAIT sockets (emulated guests make 70 to hundreds): {births}");
     if in_kernel == 0 {
         // 5.10 counts TW/TWKilled when the timer fires, not when the socket is born: none
         // fire within these 3 s. (6.1, 6.12 and 6.18 count births.)
-        support::unsupported("timewait", "this kernel counts TW at expiry, not at birth: no ground truth for births");
+        support::skip("timewait", "this kernel counts TW at expiry, not at birth: no ground truth for births");
         return;
     }
     assert_eq!(lost, 0, "the default buffer holds this churn");

@@ -18,7 +18,7 @@ struct Tmux {
 impl Tmux {
     fn start(name: &str, command: &str) -> Option<Self> {
         if std::env::var_os("PATH").is_none_or(|p| !std::env::split_paths(&p).any(|d| d.join("tmux").is_file())) {
-            support::unsupported("top", "tmux is not installed here");
+            support::skip("top", "tmux is not installed here");
             return None;
         }
         let session = format!("twt-{}-{name}", std::process::id());
@@ -109,10 +109,13 @@ fn churning_client_utilisation_rises_and_matches_ss() {
         })
     };
     let row = "127.0.0.1 -> 127.0.0.1:8080";
+    // Wait for the screen to come within the 2 % the comparison with ss allows, not for every
+    // port: the kernel skips a kprobe program while another BPF program runs on its CPU (README,
+    // known issues), and a 6.12 guest under --backend kprobe showed 499 of 500 (TW +500).
     let listener = churn(listener, 200);
-    let first = tmux.wait_for("200 ports in use", |s| in_use_on_screen(s, row).is_some_and(|n| n >= 200));
+    let first = tmux.wait_for("200 ports in use", |s| in_use_on_screen(s, row).is_some_and(|n| n >= 196));
     let _listener = churn(listener, 300);
-    let screen = tmux.wait_for("500 ports in use", |s| in_use_on_screen(s, row).is_some_and(|n| n >= 500));
+    let screen = tmux.wait_for("500 ports in use", |s| in_use_on_screen(s, row).is_some_and(|n| n >= 490));
     let in_kernel = ns.ports_to("127.0.0.1:8080", RANGE).len();
     let shown = in_use_on_screen(&screen, row).unwrap();
     assert!(
@@ -136,6 +139,11 @@ fn churning_client_utilisation_rises_and_matches_ss() {
 fn paws_drops_are_attributed_to_their_source() {
     if !can_trace() {
         return;
+    }
+    // The crafted segments are TIME_WAIT PAWS rejects: a drop event only where the kernel
+    // gives them a reason (before 6.16 only the counter PAWSEstab rises).
+    if !support::kernel_has_drop_reason("TCP_RFC7323_TW_PAWS") {
+        return support::skip("top", "TIME_WAIT PAWS rejects have no drop reason (TCP_RFC7323_TW_PAWS, 6.16+)");
     }
     let ns = Netns::new("toppaws");
     let Some(tmux) = Tmux::start("paws", &top_command(&ns)) else { return };

@@ -1,6 +1,10 @@
 //! `cargo xtask test`: everything CI runs, in the order that fails fastest.
 
-use crate::{cargo, setup, vm};
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::{cargo, run_cmd, setup, vm, vm::protocol};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -13,9 +17,13 @@ pub struct TestArgs {
     /// Only the VM matrix.
     #[arg(long, conflicts_with = "no_vm")]
     pub vm_only: bool,
-    /// Kernels for the VM matrix (default: 5.10, 6.1, 6.12; `sid` on demand). Repeatable.
+    /// Kernels for the VM matrix (default: 5.10, 6.1, 6.12, 6.18; `sid` on demand). Repeatable.
     #[arg(long = "kernel")]
     pub kernels: Vec<String>,
+    /// Guests booted at once (each takes one host core under software emulation; default:
+    /// the host's cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
     /// Show every guest console line, not only failures and results.
     #[arg(long)]
     pub verbose: bool,
@@ -25,6 +33,9 @@ pub struct TestArgs {
 }
 
 pub fn run(args: &TestArgs) -> anyhow::Result<()> {
+    if !args.vm_only {
+        require_root_or_unprivileged()?;
+    }
     setup::ensure()?;
     if !args.vm_only {
         host(args)?;
@@ -35,8 +46,9 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         } else {
             args.kernels.clone()
         };
+        let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
         // Under software emulation one kernel's run takes a few minutes; a hang is cut off.
-        vm::matrix::run(&kernels, std::time::Duration::from_secs(900), false, args.verbose)?;
+        vm::matrix::run(&kernels, std::time::Duration::from_secs(900), false, args.verbose, jobs)?;
     }
     Ok(())
 }
@@ -60,20 +72,76 @@ fn host(args: &TestArgs) -> anyhow::Result<()> {
             "-Zpanic_abort_tests",
         ])?;
     }
+    // Every skip is recorded here by the tests (tests/support) and summarised at the end.
+    let skip_log = crate::workspace_root().join("target/test-skips.log");
+    std::fs::create_dir_all(skip_log.parent().expect("target"))?;
+    std::fs::write(&skip_log, "")?;
     let mut test = vec!["test", "--workspace", "--exclude", "twtrace-ebpf"];
     if !args.cargo_test_args.is_empty() {
         test.push("--");
         test.extend(args.cargo_test_args.iter().map(String::as_str));
-        return cargo(&test);
     }
-    cargo(&test)?;
-    // Every kernel with BTF runs the tracepoint backend's variants that read through
-    // BTF-typed pointers, so the variants without (kernels without BTF, before 5.11) get a
-    // run of their own here.
-    crate::run_cmd(
-        std::process::Command::new("cargo")
-            .args(["test", "-p", "twtrace", "--test", "timewait", "--test", "state", "--test", "portsearch"])
-            .env("TWTRACE_NO_BTF_READS", "1")
+    let result = cargo_test(&test, &skip_log, &[]).and_then(|()| {
+        if !args.cargo_test_args.is_empty() {
+            return Ok(());
+        }
+        // Every kernel with BTF runs the tracepoint backend's variants that read through
+        // BTF-typed pointers, so the variants without (kernels without BTF, before 5.11) get a
+        // run of their own here.
+        cargo_test(
+            &["test", "-p", "twtrace", "--test", "timewait", "--test", "state", "--test", "portsearch"],
+            &skip_log,
+            &[("TWTRACE_NO_BTF_READS", "1")],
+        )
+    });
+    summarise_skips(&skip_log)?;
+    result
+}
+
+fn require_root_or_unprivileged() -> anyhow::Result<()> {
+    // Integration tests load BPF programs: without root they fail (each says why), unless the
+    // run is explicitly unprivileged; say so before minutes of building.
+    let unprivileged = std::env::var_os(protocol::UNPRIVILEGED_ENV).is_some_and(|v| !v.is_empty());
+    if !setup::is_root() && !unprivileged {
+        bail!(
+            "the integration tests need root (CAP_BPF, CAP_PERFMON, CAP_SYSLOG, CAP_NET_ADMIN): run as root, or set \
+             {}=1 to run them as recorded skips (every one then skips, and the summary says so)",
+            protocol::UNPRIVILEGED_ENV
+        );
+    }
+    Ok(())
+}
+
+fn cargo_test(args: &[&str], skip_log: &Path, env: &[(&str, &str)]) -> anyhow::Result<()> {
+    run_cmd(
+        Command::new("cargo")
+            .args(args)
+            .env(protocol::SKIP_LOG_ENV, skip_log)
+            .envs(env.iter().copied())
             .current_dir(crate::workspace_root()),
     )
+}
+
+/// Prints how many tests skipped on this host and why (never silent: a skip names its reason).
+fn summarise_skips(skip_log: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(skip_log).with_context(|| format!("reading {}", skip_log.display()))?;
+    let skips: Vec<protocol::Skip> = text.lines().filter_map(protocol::Skip::parse).collect();
+    if skips.is_empty() {
+        eprintln!("xtask: host tests: no test skipped");
+        return Ok(());
+    }
+    let mut by_reason: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+    for s in &skips {
+        by_reason.entry(s.reason.as_str()).or_default().push(s.test.as_str());
+    }
+    eprintln!(
+        "xtask: host tests: {} skipped ({} distinct reasons; list in {}):",
+        skips.len(),
+        by_reason.len(),
+        skip_log.display()
+    );
+    for (reason, tests) in by_reason {
+        eprintln!("  {} x {reason}  (e.g. {})", tests.len(), tests[0]);
+    }
+    Ok(())
 }

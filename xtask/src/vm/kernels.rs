@@ -22,13 +22,24 @@ pub enum KernelSpec {
 
 #[derive(Debug)]
 pub struct DebianKernel {
-    /// What the user types: `5.10`, `6.1`, `6.12`, `sid`.
+    /// What the user types: `5.10`, `6.1`, `6.12`, `6.18`, `sid`.
     pub name: &'static str,
-    /// Suites whose lists resolve the meta package; each group gets its own APT state.
+    /// Suites whose lists resolve the package; each group gets its own APT state.
     pub suites: &'static [(&'static str, &'static str)],
     pub group: &'static str,
-    /// Meta package that depends on the current concrete image (ABI numbers change).
-    pub meta: &'static str,
+    pub image: Image,
+}
+
+/// Which package carries the kernel.
+#[derive(Debug)]
+pub enum Image {
+    /// A meta package that depends on the current concrete image: ABI numbers change under
+    /// security updates and the old image leaves the security archive, so these follow it.
+    /// The build used is printed by every run (package, version and the guest's `uname -v`).
+    Meta(&'static str),
+    /// Exactly this package at exactly this version. If the archive no longer has it, fetching
+    /// fails and names what it has instead: a pin never falls back to another build.
+    Pinned { package: &'static str, version: &'static str },
 }
 
 pub const DEBIAN_KERNELS: &[DebianKernel] = &[
@@ -36,21 +47,36 @@ pub const DEBIAN_KERNELS: &[DebianKernel] = &[
         name: "5.10",
         suites: &[("debian", "bullseye"), ("debian-security", "bullseye-security")],
         group: "bullseye",
-        meta: "linux-image-cloud-amd64",
+        image: Image::Meta("linux-image-cloud-amd64"),
     },
     DebianKernel {
         name: "6.1",
         suites: &[("debian", "bookworm"), ("debian-security", "bookworm-security")],
         group: "bookworm",
-        meta: "linux-image-cloud-amd64",
+        image: Image::Meta("linux-image-cloud-amd64"),
     },
     DebianKernel {
         name: "6.12",
         suites: &[("debian", "bookworm"), ("debian-security", "bookworm-security")],
         group: "bookworm",
-        meta: "linux-image-6.12-cloud-amd64",
+        image: Image::Meta("linux-image-6.12-cloud-amd64"),
     },
-    DebianKernel { name: "sid", suites: &[("debian", "sid")], group: "sid", meta: "linux-image-cloud-amd64" },
+    // The TCP of 6.16+: `__inet_hash_connect` with `hash_port0`, the TCP_RFC7323_TW_PAWS drop
+    // reason and the PAWSTimewait counter. trixie-backports keeps older builds under exact
+    // package names (6.16.3 to 7.3.4 when this was pinned), so this one can be pinned; 6.18 is
+    // also the development host's kernel line (KERNEL-NOTES).
+    DebianKernel {
+        name: "6.18",
+        suites: &[("debian", "trixie-backports")],
+        group: "trixie-backports",
+        image: Image::Pinned { package: "linux-image-6.18.15+deb13-cloud-amd64", version: "6.18.15-1~bpo13+1" },
+    },
+    DebianKernel {
+        name: "sid",
+        suites: &[("debian", "sid")],
+        group: "sid",
+        image: Image::Meta("linux-image-cloud-amd64"),
+    },
 ];
 
 impl KernelSpec {
@@ -84,7 +110,8 @@ pub fn cache_dir() -> PathBuf {
     base.join("twtrace").join("vm")
 }
 
-/// The kernel image for `spec`, fetched once and cached (`refresh` re-resolves the newest).
+/// The kernel image for `spec` and the build it is (`<package> <Debian version>`), fetched once
+/// and cached (`refresh` re-resolves a meta package to its newest build).
 pub fn kernel_image(spec: &KernelSpec, refresh: bool) -> anyhow::Result<(PathBuf, String)> {
     let k = match spec {
         KernelSpec::Local(path) => return Ok((path.clone(), path.display().to_string())),
@@ -94,8 +121,16 @@ pub fn kernel_image(spec: &KernelSpec, refresh: bool) -> anyhow::Result<(PathBuf
     let image = dir.join("vmlinuz");
     let version_file = dir.join("version");
     let cached = || -> Option<(PathBuf, String)> {
-        let version = std::fs::read_to_string(&version_file).ok()?;
-        image.is_file().then(|| (image.clone(), version.trim().to_owned()))
+        let version = std::fs::read_to_string(&version_file).ok()?.trim().to_owned();
+        // `<package> <version>`; a cache from before builds were recorded so is fetched anew.
+        version.contains(' ').then_some(())?;
+        // A pinned kernel's cache counts only if it is that pin (the pin may have moved).
+        if let Image::Pinned { package, version: pinned } = k.image {
+            if version != format!("{package} {pinned}") {
+                return None;
+            }
+        }
+        image.is_file().then(|| (image.clone(), version))
     };
     if let Some(found) = cached().filter(|_| !refresh) {
         return Ok(found);
@@ -109,28 +144,38 @@ pub fn kernel_image(spec: &KernelSpec, refresh: bool) -> anyhow::Result<(PathBuf
     }
     let apt = AptGroup::new(k)?;
     apt.update()?;
-    let (package, version) = apt.resolve_image(k.meta)?;
+    let (package, version) = match k.image {
+        Image::Meta(meta) => apt.resolve_image(meta)?,
+        Image::Pinned { package, version } => {
+            apt.require(package, version)?;
+            (package.to_owned(), version.to_owned())
+        }
+    };
     let work = dir.join("download");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
     // The image package carries vmlinuz itself (<= 6.x) or depends on a linux-binary-*
     // package that does (sid, 7.x): try the package, then its linux-binary dependency.
-    let mut candidates = vec![package.clone()];
+    let mut candidates = vec![format!("{package}={version}")];
     candidates.extend(
-        apt.depends(&package)?.into_iter().filter(|d| d.starts_with("linux-binary-") && !d.contains("unsigned")),
+        apt.depends(&format!("{package}={version}"))?
+            .into_iter()
+            .filter(|d| d.starts_with("linux-binary-") && !d.contains("unsigned")),
     );
     for candidate in candidates {
         run_cmd(apt.command("apt-get").args(["download", "-q", &candidate]).current_dir(&work))?;
+        let name = candidate.split('=').next().unwrap_or(&candidate);
         let deb = std::fs::read_dir(&work)?
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{candidate}_"))))
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}_"))))
             .with_context(|| format!("downloaded {candidate} but found no .deb"))?;
         if let Some(found) = extract_vmlinuz(&deb, &work)? {
             std::fs::rename(found, &image)?;
-            std::fs::write(&version_file, format!("{version}\n"))?;
+            let build = format!("{package} {version}");
+            std::fs::write(&version_file, format!("{build}\n"))?;
             let _ = std::fs::remove_dir_all(&work);
-            return Ok((image, version));
+            return Ok((image, build));
         }
     }
     bail!("no vmlinuz in {package} or its linux-binary dependency")
@@ -224,14 +269,56 @@ impl AptGroup {
             .collect())
     }
 
-    /// Meta package → the concrete `linux-image-<version>-...` it depends on, with version.
+    /// Meta package → the concrete `linux-image-<abi>-...` it depends on, and that package's
+    /// candidate version.
     fn resolve_image(&self, meta: &str) -> anyhow::Result<(String, String)> {
         let image = self
             .depends(meta)?
             .into_iter()
             .find(|d| d.starts_with("linux-image-") && d.as_bytes().get(12).is_some_and(u8::is_ascii_digit))
             .with_context(|| format!("{meta} depends on no concrete linux-image package (is the suite reachable?)"))?;
-        let version = image.trim_start_matches("linux-image-").to_owned();
+        let version = self
+            .versions(&image)?
+            .into_iter()
+            .next()
+            .with_context(|| format!("{image} has no version in the lists"))?;
         Ok((image, version))
+    }
+
+    /// The versions of `package` the lists hold (newest first).
+    fn versions(&self, package: &str) -> anyhow::Result<Vec<String>> {
+        let mut cmd = self.command("apt-cache");
+        cmd.args(["madison", package]);
+        let out = cmd.output().with_context(|| describe(&cmd))?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split('|').nth(1))
+            .map(|v| v.trim().to_owned())
+            .collect())
+    }
+
+    /// Fails unless the archive has exactly `package` at `version`, and then says what it has
+    /// instead: a pinned kernel never falls back to another build.
+    fn require(&self, package: &str, version: &str) -> anyhow::Result<()> {
+        let versions = self.versions(package)?;
+        if versions.iter().any(|v| v == version) {
+            return Ok(());
+        }
+        let mut cmd = self.command("apt-cache");
+        cmd.args(["pkgnames", "linux-image-"]);
+        let out = cmd.output().with_context(|| describe(&cmd))?;
+        let mut others: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|n| n.ends_with("-cloud-amd64") && n.as_bytes().get(12).is_some_and(u8::is_ascii_digit))
+            .map(str::to_owned)
+            .collect();
+        others.sort();
+        bail!(
+            "the pinned kernel {package}={version} is gone from the archive (versions of that package there: {}); \
+             pin another build in xtask/src/vm/kernels.rs and update the table in xtask/src/vm/expect.rs. \
+             Cloud images there now: {}",
+            if versions.is_empty() { "none".to_owned() } else { versions.join(", ") },
+            others.join(", ")
+        )
     }
 }

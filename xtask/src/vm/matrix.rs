@@ -1,214 +1,481 @@
 //! The VM test matrix: every integration test binary, once per forced backend, inside each
-//! kernel; one table of kernel x family x backend -> pass / FAIL / unsupported (with reason).
+//! kernel; one table of kernel x test binary x backend, each cell judged against what
+//! `expect.rs` says that kernel must support.
 
-use std::{collections::BTreeMap, io::Write, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use anyhow::bail;
 
-use super::{Verdict, boot, build_initramfs, kernels};
+pub use super::expect::BACKENDS;
+use super::{
+    boot_with, build_initramfs,
+    expect::{self, ANY_BACKEND, BTF_UNIT_TESTS},
+    kernels,
+    protocol::{self, Skip},
+};
 
-pub const BACKENDS: &[&str] = &["fentry", "kprobe", "tracepoint"];
-/// What `cargo xtask test` (and so CI) runs. `sid` is on demand (`--kernel sid`): its
-/// packages change under us, and on 7.2 two failures are still unexplained (see README).
-pub const DEFAULT_KERNELS: &[&str] = &["5.10", "6.1", "6.12"];
-const RESULT: &str = "TWTRACE-RESULT ";
-const NOTE: &str = "TWTRACE-NOTE ";
+/// What `cargo xtask test` (and so CI) runs. 6.18 is pinned to one exact build (kernels.rs);
+/// the others follow their Debian meta packages, and every run prints the builds it used.
+/// `sid` is on demand (`--kernel sid`): its packages change under us.
+pub const DEFAULT_KERNELS: &[&str] = &["5.10", "6.1", "6.12", "6.18"];
 
-#[derive(Clone, Debug)]
-enum Cell {
+/// The guest side of the matrix (runs as /command.sh).
+const GUEST_SCRIPT: &str = include_str!("guest/matrix.sh");
+
+/// One cell: a test binary under one forced backend on one kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cell {
+    /// Every test ran and passed, as the table says.
     Pass,
-    /// Passed, but some of its tests could not run on this kernel (the reason is noted).
-    PartialPass(String),
-    Fail,
-    Unsupported(String),
+    /// Passed; the tests the table says cannot run here skipped, and only those.
+    PassWithGaps(Vec<String>),
+    /// Every test skipped, as the table says.
+    Unsupported(Vec<String>),
+    /// The tests passed but what ran differs from the table: a failure.
+    Changed(Vec<String>),
+    /// A test failed (exit status of the binary); differences from the table, if any.
+    Fail(i32, Vec<String>),
+    /// The binary never reported (the guest crashed, hung, or the kernel was not fetched).
     NoResult(String),
+    /// A kernel the table does not know (a local image): skips are listed, not judged.
+    Unjudged(Vec<String>),
+}
+
+impl Cell {
+    pub fn failed(&self) -> bool {
+        matches!(self, Self::Changed(_) | Self::Fail(..) | Self::NoResult(_))
+    }
 }
 
 impl std::fmt::Display for Cell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Pass => write!(f, "pass"),
-            Self::PartialPass(_) => write!(f, "pass*"),
-            Self::Fail => write!(f, "FAIL"),
-            Self::Unsupported(_) => write!(f, "unsupported*"),
-            Self::NoResult(_) => write!(f, "NO RESULT"),
+        // `pad`, so that the table's column widths apply.
+        f.pad(match self {
+            Self::Pass => "pass",
+            Self::PassWithGaps(_) => "pass*",
+            Self::Unsupported(_) => "unsupported*",
+            Self::Changed(_) => "CHANGED",
+            Self::Fail(..) => "FAIL",
+            Self::NoResult(_) => "NO RESULT",
+            Self::Unjudged(n) if n.is_empty() => "pass?",
+            Self::Unjudged(_) => "pass?*",
+        })
+    }
+}
+
+/// What one binary reported under one backend.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    pub rc: i32,
+    /// Tests libtest counted as passed (skipped ones included: they return early).
+    pub passed: u64,
+    pub skips: Vec<Skip>,
+}
+
+/// Judges one cell against the table (`expected`: `None` for a kernel it does not know).
+pub fn judge(expected: Option<&BTreeMap<&str, &str>>, outcome: Option<&Outcome>, verdict: &str) -> Cell {
+    let Some(outcome) = outcome else { return Cell::NoResult(verdict.to_owned()) };
+    let skipped: std::collections::BTreeSet<&str> = outcome.skips.iter().map(|s| s.test.as_str()).collect();
+    let Some(expected) = expected else {
+        let notes = outcome.skips.iter().map(|s| format!("{}: {}", s.test, s.reason)).collect();
+        return if outcome.rc == 0 { Cell::Unjudged(notes) } else { Cell::Fail(outcome.rc, notes) };
+    };
+    let changes = expect::compare(expected, &outcome.skips);
+    if outcome.rc != 0 {
+        return Cell::Fail(outcome.rc, changes);
+    }
+    if !changes.is_empty() {
+        return Cell::Changed(changes);
+    }
+    let gaps: Vec<String> = expected.iter().map(|(t, why)| format!("{t}: {why}")).collect();
+    if gaps.is_empty() {
+        Cell::Pass
+    } else if skipped.len() as u64 >= outcome.passed {
+        Cell::Unsupported(gaps)
+    } else {
+        Cell::PassWithGaps(gaps)
+    }
+}
+
+/// Reads the guest's result and skip lines into outcomes per (binary, backend).
+#[derive(Default)]
+struct Collector {
+    outcomes: BTreeMap<(String, String), Outcome>,
+    skips: BTreeMap<(String, String), Vec<Skip>>,
+}
+
+impl Collector {
+    fn line(&mut self, line: &str) {
+        if let Some(rest) = line.strip_prefix(protocol::RESULT) {
+            let (Some(binary), Some(backend), Some(rc)) =
+                (protocol::field(rest, "binary"), protocol::field(rest, "backend"), protocol::field(rest, "rc"))
+            else {
+                return;
+            };
+            let passed = protocol::field(rest, "passed").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let key = (binary.to_owned(), backend.to_owned());
+            let skips = self.skips.remove(&key).unwrap_or_default();
+            self.outcomes.insert(key, Outcome { rc: rc.parse().unwrap_or(-1), passed, skips });
+        } else if let Some(rest) = line.strip_prefix(protocol::SKIP) {
+            // The script's own `binary=` and `backend=` come first (the record's backend is
+            // the one the test saw).
+            if let (Some(binary), Some(backend), Some(skip)) =
+                (protocol::field(rest, "binary"), protocol::field(rest, "backend"), Skip::parse(rest))
+            {
+                self.skips.entry((binary.to_owned(), backend.to_owned())).or_default().push(skip);
+            }
         }
     }
 }
 
-/// The guest script: three concurrent runs (one per backend), each running every test binary
-/// in turn. Failing runs print their log; skips print why.
-fn guest_script(tests: &[(String, std::path::PathBuf)]) -> String {
-    let mut script = String::from("run_backend() {\n  b=$1\n");
-    for (name, path) in tests {
-        script.push_str(&format!(
-            "  TWTRACE_TEST_BACKEND=$b TWTRACE_TEST_EMULATED=1 {path} --test-threads=8 --nocapture > /tmp/$b-{name}.log 2>&1; rc=$?\n  \
-             grep -h 'TWTRACE-UNSUPPORTED' /tmp/$b-{name}.log | sort -u | sed \"s/^/{NOTE}test={name} backend=$b /\"\n  \
-             skipped=$(grep -c 'TWTRACE-UNSUPPORTED' /tmp/$b-{name}.log)\n  \
-             passed=$(sed -n 's/^test result: [a-zA-Z]*\\. \\([0-9]*\\) passed.*/\\1/p' /tmp/$b-{name}.log | head -n 1)\n  \
-             echo \"{RESULT}test={name} backend=$b rc=$rc passed=${{passed:-0}} skipped=$skipped\"\n  \
-             if [ $rc -ne 0 ]; then tail -n 80 /tmp/$b-{name}.log | sed \"s/^/[$b {name}] /\"; fi\n",
-            path = path.display()
-        ));
-    }
-    script.push_str("}\n");
-    for b in BACKENDS {
-        script.push_str(&format!("run_backend {b} &\n"));
-    }
-    script.push_str("wait\n");
-    script
+/// One kernel's run.
+struct KernelRun {
+    spec: String,
+    /// `<package> <version>` (or the image's path), or why it could not be had.
+    build: String,
+    /// The guest's own `uname -r | uname -v`.
+    booted: Option<String>,
+    verdict: String,
+    /// What is wrong with the run as a whole (crash, hang, another build than fetched).
+    problems: Vec<String>,
+    took: Duration,
+    cells: BTreeMap<(String, String), Cell>,
 }
 
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+fn run_kernel(
+    spec_text: &str,
+    initramfs: &Path,
+    binaries: &[String],
+    timeout: Duration,
+    refresh: bool,
+    verbose: bool,
+) -> KernelRun {
+    let started = Instant::now();
+    let mut run = KernelRun {
+        spec: spec_text.to_owned(),
+        build: String::new(),
+        booted: None,
+        verdict: String::new(),
+        problems: Vec::new(),
+        took: Duration::ZERO,
+        cells: BTreeMap::new(),
+    };
+    let image = kernels::KernelSpec::parse(spec_text).and_then(|spec| kernels::kernel_image(&spec, refresh));
+    let (image, build) = match image {
+        Ok(found) => found,
+        Err(e) => {
+            // A failed run, never a skip: a kernel the matrix cannot get (a vanished pin
+            // included) fails the matrix with apt's reason.
+            eprintln!("xtask: matrix: kernel {spec_text} could not be fetched: {e:#}");
+            run.build = format!("NOT FETCHED: {e:#}");
+            run.verdict = "kernel not fetched".into();
+            for (b, backend) in cell_keys(binaries) {
+                run.cells.insert((b, backend), Cell::NoResult(run.verdict.clone()));
+            }
+            return run;
+        }
+    };
+    run.build = build;
+    eprintln!("xtask: matrix: booting {spec_text} ({})", run.build);
+    let mut collector = Collector::default();
+    let stdout = std::io::stdout();
+    let outcome = boot_with(&image, initramfs, &expect::guest_env(spec_text), timeout, |line| {
+        collector.line(line);
+        let show = verbose || line.starts_with('[') && !line.starts_with("[    ") || line.contains("Kernel panic");
+        if show {
+            let _ = writeln!(stdout.lock(), "[{spec_text}] {line}");
+        }
+    });
+    run.took = started.elapsed();
+    let (verdict, booted) = match outcome {
+        Ok(b) => {
+            // Results that came before a panic or a hang are judged, but the run still fails.
+            if !matches!(b.verdict, super::Verdict::Exited(_)) {
+                run.problems.push(format!("the guest {}", b.verdict));
+            }
+            (b.verdict.to_string(), b.build)
+        }
+        Err(e) => {
+            run.problems.push(format!("QEMU: {e:#}"));
+            (format!("{e:#}"), None)
+        }
+    };
+    run.problems.extend(build_mismatch(&run.build, booted.as_deref()));
+    eprintln!("xtask: matrix: {spec_text}: guest {verdict} in {:.0}s", run.took.as_secs_f64());
+    run.verdict = verdict;
+    run.booted = booted;
+    for (b, backend) in cell_keys(binaries) {
+        let expected = match BTF_UNIT_TESTS.iter().find(|(name, _)| *name == b) {
+            Some((_, test)) => expect::expected_unit_gaps(spec_text, test),
+            None => expect::expected_gaps(spec_text, &b, &backend),
+        };
+        let outcome = collector.outcomes.get(&(b.clone(), backend.clone()));
+        let cell = judge(expected.as_ref(), outcome, &run.verdict);
+        run.cells.insert((b, backend), cell);
+    }
+    run
 }
 
-pub fn run(kernel_specs: &[String], timeout: Duration, refresh: bool, verbose: bool) -> anyhow::Result<()> {
-    let (files, tests) = super::guest_files()?;
-    let work = kernels::cache_dir().join("matrix");
+/// Debian's `uname -v` names the package version (`... Debian 6.18.15-1~bpo13+1 (date)`): a
+/// guest that booted another build than the one fetched (a stale cache) is a failed run.
+fn build_mismatch(build: &str, booted: Option<&str>) -> Option<String> {
+    let (package, version) = build.split_once(' ')?;
+    if !package.starts_with("linux-") {
+        return None; // a local image
+    }
+    match booted {
+        Some(uname) if uname.contains(&format!("Debian {version} ")) => None,
+        Some(uname) => Some(format!("fetched {build} but the guest booted `{uname}`")),
+        None => Some(format!("the guest never printed its build (fetched {build})")),
+    }
+}
+
+/// Every cell of a kernel: each integration test binary under each backend, and each BTF unit
+/// test row once (backend `any`).
+fn cell_keys(binaries: &[String]) -> Vec<(String, String)> {
+    let mut keys: Vec<(String, String)> =
+        binaries.iter().flat_map(|b| BACKENDS.iter().map(move |backend| (b.clone(), backend.to_string()))).collect();
+    keys.extend(BTF_UNIT_TESTS.iter().map(|(name, _)| (name.to_string(), ANY_BACKEND.to_owned())));
+    keys
+}
+
+/// Runs the matrix on `kernel_specs`, `jobs` guests at a time.
+pub fn run(
+    kernel_specs: &[String],
+    timeout: Duration,
+    refresh: bool,
+    verbose: bool,
+    jobs: usize,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let (mut files, build) = super::guest_files()?;
+    let binaries: Vec<String> = build.tests.iter().map(|(name, _)| name.clone()).collect();
+    let list: String = build.tests.iter().map(|(name, path)| format!("{name} {}\n", path.display())).collect();
+    files.write(Path::new("/matrix/tests"), list);
+    let unit: String =
+        BTF_UNIT_TESTS.iter().map(|(name, test)| format!("{name} {} {test}\n", build.unit.display())).collect();
+    files.write(Path::new("/matrix/unit"), unit);
+    files.write(Path::new("/matrix/backends"), format!("{}\n", BACKENDS.join(" ")));
+    // One initramfs per run: a second matrix run (another checkout) must not replace it while
+    // this run's guests still boot from it.
+    let work = kernels::cache_dir().join(format!("matrix-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let initramfs = work.join("initramfs.cpio.gz");
-    build_initramfs(&files, &guest_script(&tests), &initramfs)?;
+    let initramfs: PathBuf = work.join("initramfs.cpio.gz");
+    build_initramfs(&files, GUEST_SCRIPT, &initramfs)?;
 
-    let families: Vec<&str> = tests.iter().map(|(name, _)| name.as_str()).collect();
-    let mut table: BTreeMap<(String, String, String), Cell> = BTreeMap::new();
-    let mut kernel_rows: Vec<(String, String)> = Vec::new();
-    let mut failed = false;
-    for spec_text in kernel_specs {
-        let started = std::time::Instant::now();
-        let fill = |table: &mut BTreeMap<_, _>, cell: Cell| {
-            for f in &families {
-                for b in BACKENDS {
-                    table.entry((spec_text.clone(), f.to_string(), b.to_string())).or_insert_with(|| cell.clone());
+    // Each guest is one host thread (single-threaded TCG), so up to one guest per host core.
+    let queue = Mutex::new(kernel_specs.iter().enumerate());
+    let runs = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, kernel_specs.len().max(1)) {
+            s.spawn(|| {
+                loop {
+                    let Some((i, spec)) = queue.lock().unwrap().next() else { break };
+                    let run = run_kernel(spec, &initramfs, &binaries, timeout, refresh, verbose);
+                    runs.lock().unwrap().push((i, run));
                 }
-            }
-        };
-        let image = kernels::KernelSpec::parse(spec_text).and_then(|spec| kernels::kernel_image(&spec, refresh));
-        let (image, version) = match image {
-            Ok(found) => found,
-            Err(e) => {
-                // Reported, not skipped: a kernel the matrix cannot get is a failed run.
-                eprintln!("xtask: matrix: kernel {spec_text} could not be fetched: {e:#}");
-                kernel_rows.push((spec_text.clone(), format!("NOT FETCHED: {e}")));
-                fill(&mut table, Cell::NoResult("kernel not fetched".into()));
-                failed = true;
-                continue;
-            }
-        };
-        eprintln!("xtask: matrix: booting {spec_text} ({version})");
-        // Distinct skip reasons per (test binary, backend).
-        let mut notes: BTreeMap<(String, String), String> = BTreeMap::new();
-        // (rc, tests passed, tests that skipped as unsupported)
-        let mut results: BTreeMap<(String, String), (i32, u64, u64)> = BTreeMap::new();
-        let stdout = std::io::stdout();
-        let verdict = boot(&image, &initramfs, timeout, |line| {
-            if let Some(rest) = line.strip_prefix(RESULT) {
-                if let (Some(t), Some(b), Some(rc)) = (field(rest, "test"), field(rest, "backend"), field(rest, "rc")) {
-                    let count = |key| field(rest, key).and_then(|v| v.parse().ok()).unwrap_or(0);
-                    results.insert((t.into(), b.into()), (rc.parse().unwrap_or(-1), count("passed"), count("skipped")));
-                }
-            } else if let Some(rest) = line.strip_prefix(NOTE) {
-                if let (Some(t), Some(b)) = (field(rest, "test"), field(rest, "backend")) {
-                    let reason = rest.split("reason=").nth(1).unwrap_or("?").to_owned();
-                    let note = notes.entry((t.into(), b.into())).or_default();
-                    if !note.split("; ").any(|r| r == reason) {
-                        if !note.is_empty() {
-                            note.push_str("; ");
-                        }
-                        note.push_str(&reason);
-                    }
-                }
-            }
-            let show = verbose || line.starts_with('[') && !line.starts_with("[    ") || line.contains("Kernel panic");
-            if show {
-                let _ = writeln!(stdout.lock(), "[{spec_text}] {line}");
-            }
-        })?;
-        eprintln!("xtask: matrix: {spec_text}: guest {verdict} in {:.0}s", started.elapsed().as_secs_f64());
-        kernel_rows.push((spec_text.clone(), version));
-        for f in &families {
-            for b in BACKENDS {
-                let key = (f.to_string(), b.to_string());
-                // Skipping tests still "pass" in libtest: a family counts as supported when
-                // at least one of its tests really ran.
-                let cell = match (results.get(&key), notes.get(&key)) {
-                    (Some((0, _, 0)), _) => Cell::Pass,
-                    (Some((0, passed, skipped)), reason) if skipped < passed => {
-                        Cell::PartialPass(format!("{skipped} of {passed} tests skipped: {}", reason.map_or("?", |r| r)))
-                    }
-                    (Some((0, _, _)), reason) => Cell::Unsupported(reason.cloned().unwrap_or_default()),
-                    (Some(_), _) => Cell::Fail,
-                    (None, _) => Cell::NoResult(verdict.to_string()),
-                };
-                failed |= matches!(cell, Cell::Fail | Cell::NoResult(_));
-                table.insert((spec_text.clone(), f.to_string(), b.to_string()), cell);
-            }
+            });
         }
-        failed |= !matches!(verdict, Verdict::Exited(_));
-    }
-
-    println!("\nVM matrix (kernel x family x backend)");
+    });
+    let _ = std::fs::remove_dir_all(&work);
+    let mut runs = runs.into_inner().unwrap();
+    runs.sort_by_key(|(i, _)| *i);
+    let runs: Vec<KernelRun> = runs.into_iter().map(|(_, r)| r).collect();
+    let failed = report(&runs, &binaries);
     println!(
-        "{:<8} {:<28} {:<12} {:<14} {:<14} {:<14}",
-        "kernel", "version", "family", "fentry", "kprobe", "tracepoint"
+        "\nVM matrix: {} kernels, {} at a time, {:.0}s wall time (guests: {})",
+        runs.len(),
+        jobs.clamp(1, kernel_specs.len().max(1)),
+        started.elapsed().as_secs_f64(),
+        runs.iter().map(|r| format!("{} {:.0}s", r.spec, r.took.as_secs_f64())).collect::<Vec<_>>().join(", ")
     );
-    let mut footnotes = Vec::new();
-    for (spec, version) in &kernel_rows {
-        for f in &families {
-            let cells: Vec<String> = BACKENDS
-                .iter()
-                .map(|b| {
-                    let cell = &table[&(spec.clone(), f.to_string(), b.to_string())];
-                    if let Cell::Unsupported(why) | Cell::NoResult(why) | Cell::PartialPass(why) = cell {
-                        footnotes.push(format!("{spec} {f} {b}: {why}"));
-                    }
-                    cell.to_string()
-                })
-                .collect();
-            let version: String = version.chars().take(28).collect();
-            println!("{spec:<8} {version:<28} {f:<12} {:<14} {:<14} {:<14}", cells[0], cells[1], cells[2]);
-        }
-    }
-    if !footnotes.is_empty() {
-        println!("\n* why:");
-        footnotes.sort();
-        footnotes.dedup();
-        for n in footnotes {
-            println!("  {n}");
-        }
-    }
     if failed {
-        bail!("the VM matrix has failures");
+        bail!("the VM matrix differs from its table or has failures (see CHANGED / FAIL / NO RESULT above)");
     }
     Ok(())
+}
+
+/// Prints the table, the builds, the gaps and every difference; true if anything failed.
+fn report(runs: &[KernelRun], binaries: &[String]) -> bool {
+    println!("\nVM matrix (kernel x test binary x backend), judged against xtask/src/vm/expect.rs");
+    println!("{:<8} {:<12} {:<14} {:<14} {:<14}", "kernel", "binary", "fentry", "kprobe", "tracepoint");
+    let mut gaps = Vec::new();
+    let mut problems = Vec::new();
+    let mut skips = 0;
+    for run in runs {
+        let rows = binaries
+            .iter()
+            .map(|b| (b.as_str(), BACKENDS))
+            .chain(BTF_UNIT_TESTS.iter().map(|(name, _)| (*name, &[ANY_BACKEND][..])));
+        for (b, backends) in rows {
+            let cells: Vec<&Cell> =
+                backends.iter().map(|backend| &run.cells[&(b.to_owned(), backend.to_string())]).collect();
+            match &cells[..] {
+                [one] => println!("{:<8} {:<12} {:<44}", run.spec, b, format!("{one} (once, any backend)")),
+                _ => println!("{:<8} {:<12} {:<14} {:<14} {:<14}", run.spec, b, cells[0], cells[1], cells[2]),
+            }
+            for (backend, cell) in backends.iter().zip(&cells) {
+                let at = format!("{} {b} {backend}", run.spec);
+                match cell {
+                    Cell::PassWithGaps(n) | Cell::Unsupported(n) | Cell::Unjudged(n) => {
+                        skips += n.len();
+                        gaps.extend(n.iter().map(|n| format!("{at}: {n}")));
+                    }
+                    Cell::Changed(n) => problems.extend(n.iter().map(|n| format!("{at}: CHANGED: {n}"))),
+                    Cell::Fail(rc, n) => {
+                        problems.push(format!("{at}: FAIL: the test binary exited with {rc} (its log is above)"));
+                        problems.extend(n.iter().map(|n| format!("{at}: CHANGED: {n}")));
+                    }
+                    Cell::NoResult(why) => problems.push(format!("{at}: NO RESULT: {why}")),
+                    Cell::Pass => {}
+                }
+            }
+        }
+    }
+    println!("\nKernel builds:");
+    for run in runs {
+        let pinned = matches!(
+            kernels::KernelSpec::parse(&run.spec),
+            Ok(kernels::KernelSpec::Debian(kernels::DebianKernel { image: kernels::Image::Pinned { .. }, .. }))
+        );
+        println!(
+            "  {:<6} {}{}\n         booted: {}",
+            run.spec,
+            run.build,
+            if pinned { " (pinned)" } else { "" },
+            run.booted.as_deref().unwrap_or("never (no booted line)")
+        );
+    }
+    if !gaps.is_empty() {
+        println!("\n* {skips} skips, each one the table expects:");
+        gaps.sort();
+        gaps.dedup();
+        for g in &gaps {
+            println!("  {g}");
+        }
+    }
+    for run in runs {
+        problems.extend(run.problems.iter().map(|p| format!("{}: {p}", run.spec)));
+    }
+    if !problems.is_empty() {
+        println!("\nDifferences from the table and failures:");
+        for p in &problems {
+            println!("  {p}");
+        }
+    }
+    runs.iter().any(|r| !r.problems.is_empty() || r.cells.values().any(Cell::failed))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The guest script, run on this host with a fake test binary: the result lines carry the
-    /// exit status and the passed / skipped counts the matrix needs.
+    /// The guest script, run on this host with a fake test binary: skip lines with the binary,
+    /// then one result line per backend with the status and the passed count.
     #[test]
-    fn guest_script_reports_counts() {
+    fn guest_script_reports_skips_and_results() {
         let dir = std::env::temp_dir().join(format!("twtrace-matrix-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let fake = dir.join("fake-test");
+        // Writes one skip record to the log the script names, as tests/support does.
         std::fs::write(
             &fake,
-            "#!/bin/sh\necho 'TWTRACE-UNSUPPORTED family=drops backend=x reason=old kernel'\n\
-             echo 'TWTRACE-UNSUPPORTED family=drops backend=x reason=old kernel'\n\
-             echo 'test result: ok. 4 passed; 0 failed; 0 ignored'\nexit 0\n",
+            format!(
+                "#!/bin/sh\necho \"test=t_one family=drops backend=${b} reason=old kernel (5.17+)\" >> \"${log}\"\n\
+                 echo 'test result: ok. 4 passed; 0 failed; 0 ignored'\n[ \"${b}\" = kprobe ] && exit 101\nexit 0\n",
+                b = protocol::BACKEND_ENV,
+                log = protocol::SKIP_LOG_ENV
+            ),
         )
         .unwrap();
         std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let script = guest_script(&[("drops".into(), fake)]);
+        // The guest's files, at a path of our own: /matrix and /etc are the guest's.
+        let script = GUEST_SCRIPT
+            .replace("/tmp/", &format!("{}/", dir.display()))
+            .replace("/etc/twtrace-protocol", &dir.join("protocol").display().to_string())
+            .replace("/matrix/", &format!("{}/", dir.display()));
+        std::fs::write(dir.join("protocol"), protocol::shell_definitions()).unwrap();
+        std::fs::write(dir.join("tests"), format!("drops {}\n", fake.display())).unwrap();
+        std::fs::write(dir.join("backends"), BACKENDS.join(" ")).unwrap();
+        std::fs::write(dir.join("unit"), format!("unit-x {} some::test\n", fake.display())).unwrap();
         let out = std::process::Command::new("sh").arg("-c").arg(&script).current_dir(&dir).output().unwrap();
-        let out = String::from_utf8_lossy(&out.stdout);
+        let out = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let mut collector = Collector::default();
+        out.lines().for_each(|l| collector.line(l));
         for b in BACKENDS {
-            assert!(out.contains(&format!("{RESULT}test=drops backend={b} rc=0 passed=4 skipped=2")), "{out}");
-            assert!(out.contains(&format!("{NOTE}test=drops backend={b} TWTRACE-UNSUPPORTED")), "{out}");
+            let o =
+                collector.outcomes.get(&("drops".to_owned(), b.to_string())).unwrap_or_else(|| panic!("{b}: {out}"));
+            assert_eq!((o.rc, o.passed), (if *b == "kprobe" { 101 } else { 0 }, 4), "{b}: {out}");
+            assert_eq!(o.skips.len(), 1, "{out}");
+            assert_eq!(o.skips[0].test, "t_one");
+            assert_eq!(o.skips[0].backend, *b);
+            assert_eq!(o.skips[0].reason, "old kernel (5.17+)");
         }
+        let unit = &collector.outcomes[&("unit-x".to_owned(), ANY_BACKEND.to_owned())];
+        assert_eq!((unit.rc, unit.passed, unit.skips.len()), (0, 4, 1), "{out}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_booted_build_must_be_the_fetched_one() {
+        let build = "linux-image-6.18.15+deb13-cloud-amd64 6.18.15-1~bpo13+1";
+        let uname = "6.18.15+deb13-cloud-amd64 | #1 SMP PREEMPT_DYNAMIC Debian 6.18.15-1~bpo13+1 (2026-03-12)";
+        assert_eq!(build_mismatch(build, Some(uname)), None);
+        let other = uname.replace("6.18.15-1~bpo13+1", "6.18.15-1~bpo13+2");
+        assert!(build_mismatch(build, Some(&other)).is_some_and(|m| m.contains("booted")));
+        assert!(build_mismatch(build, None).is_some());
+        assert_eq!(build_mismatch("/tmp/bzImage", None), None);
+    }
+
+    #[test]
+    fn skip_records_round_trip() {
+        let s = Skip {
+            test: "a_test".into(),
+            family: "timewait".into(),
+            backend: "fentry".into(),
+            reason: "timewait: OFF (fentry: __inet_twsk_schedule: no such function\nin BTF)".into(),
+        };
+        let line = format!("{} binary=timewait {}", protocol::SKIP, s.to_line());
+        let back = Skip::parse(&line).unwrap();
+        assert_eq!(back.reason, "timewait: OFF (fentry: __inet_twsk_schedule: no such function in BTF)");
+        assert_eq!((back.test.as_str(), back.family.as_str(), back.backend.as_str()), ("a_test", "timewait", "fentry"));
+        assert_eq!(protocol::field(&line, "binary"), Some("timewait"));
+    }
+
+    fn outcome(rc: i32, passed: u64, skipped: &[&str]) -> Outcome {
+        let skips = skipped
+            .iter()
+            .map(|t| Skip { test: t.to_string(), family: "f".into(), backend: "fentry".into(), reason: "why".into() })
+            .collect();
+        Outcome { rc, passed, skips }
+    }
+
+    #[test]
+    fn cells_are_judged_against_the_table() {
+        let none = BTreeMap::new();
+        let one: BTreeMap<&str, &str> = [("t1", "6.16+")].into();
+        assert_eq!(judge(Some(&none), Some(&outcome(0, 3, &[])), ""), Cell::Pass);
+        assert_eq!(judge(Some(&one), Some(&outcome(0, 3, &["t1"])), ""), Cell::PassWithGaps(vec!["t1: 6.16+".into()]));
+        assert_eq!(judge(Some(&one), Some(&outcome(0, 1, &["t1"])), ""), Cell::Unsupported(vec!["t1: 6.16+".into()]));
+        // Lost: a test skipped that must run.
+        assert!(matches!(judge(Some(&none), Some(&outcome(0, 3, &["t2"])), ""), Cell::Changed(c) if c.len() == 1));
+        // Gained: a test ran that the table says cannot.
+        assert!(
+            matches!(judge(Some(&one), Some(&outcome(0, 3, &[])), ""), Cell::Changed(c) if c[0].contains("t1 ran"))
+        );
+        assert!(matches!(judge(Some(&one), Some(&outcome(101, 3, &["t1"])), ""), Cell::Fail(101, c) if c.is_empty()));
+        assert_eq!(judge(Some(&one), None, "timed out"), Cell::NoResult("timed out".into()));
+        // A local image: listed, not judged; still fails on a failing test.
+        assert!(!judge(None, Some(&outcome(0, 3, &["t1"])), "").failed());
+        assert!(judge(None, Some(&outcome(1, 3, &[])), "").failed());
+        for cell in [Cell::Changed(vec![]), Cell::Fail(1, vec![]), Cell::NoResult(String::new())] {
+            assert!(cell.failed(), "{cell:?}");
+        }
     }
 }

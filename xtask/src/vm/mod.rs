@@ -1,8 +1,10 @@
 //! The VM lab: boots kernels under QEMU with a tiny busybox init that runs one command and
 //! prints one verdict line on the serial console.
 
+pub mod expect;
 pub mod kernels;
 pub mod matrix;
+pub mod protocol;
 
 use std::{
     collections::BTreeSet,
@@ -18,11 +20,25 @@ use anyhow::{Context as _, bail};
 
 use crate::{run_cmd, workspace_root};
 
-/// Printed by the guest's init: `TWTRACE-VM-EXIT <status>` ends every run that did not crash.
-pub const EXIT_MARKER: &str = "TWTRACE-VM-EXIT ";
+/// Host tools the integration tests run inside the guest, copied with their libraries. tmux
+/// drives `twtrace top` in a real terminal (tests/top.rs).
+const GUEST_TOOLS: &[&str] = &["/usr/sbin/ip", "/usr/bin/ss", "/usr/sbin/sysctl", "/usr/sbin/bpftool", "/usr/bin/tmux"];
 
-/// Host tools the integration tests run inside the guest, copied with their libraries.
-const GUEST_TOOLS: &[&str] = &["/usr/sbin/ip", "/usr/bin/ss", "/usr/sbin/sysctl", "/usr/sbin/bpftool"];
+/// Data files the guest tools need, copied when the host has them: tmux wants a UTF-8 locale
+/// (glibc's C.UTF-8, from libc-bin) and the terminfo entries of its own terminal and of the
+/// outer one (ncurses-base). Debian 12 paths.
+const GUEST_DATA: &[&str] = &[
+    "/usr/lib/locale/C.utf8",
+    "/lib/terminfo/t/tmux",
+    "/lib/terminfo/t/tmux-256color",
+    "/lib/terminfo/s/screen",
+    "/lib/terminfo/s/screen-256color",
+    "/lib/terminfo/x/xterm",
+    "/lib/terminfo/x/xterm-256color",
+];
+
+/// The guest's init (busybox sh): one booted line, one exit line, power off.
+const INIT: &str = include_str!("guest/init.sh");
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -49,6 +65,8 @@ impl std::fmt::Display for Verdict {
 #[derive(Default)]
 pub struct GuestFiles {
     files: Vec<(PathBuf, PathBuf)>,
+    /// Generated files: guest path → contents.
+    contents: Vec<(PathBuf, String)>,
 }
 
 impl GuestFiles {
@@ -60,6 +78,11 @@ impl GuestFiles {
 
     pub fn at(&mut self, host: &Path, guest: &Path) {
         self.files.push((host.to_owned(), guest.to_owned()));
+    }
+
+    /// A file made here, with these contents.
+    pub fn write(&mut self, guest: &Path, contents: impl Into<String>) {
+        self.contents.push((guest.to_owned(), contents.into()));
     }
 }
 
@@ -80,10 +103,19 @@ pub fn build_initramfs(files: &GuestFiles, script: &str, out: &Path) -> anyhow::
     for lib in &libraries {
         copy(lib, &root.join(lib.strip_prefix("/").unwrap_or(lib)))?;
     }
+    for data in GUEST_DATA.iter().map(Path::new).filter(|p| p.exists()) {
+        copy_tree(data, &root.join(data.strip_prefix("/").unwrap_or(data)))?;
+    }
     for (host, guest) in &files.files {
         copy(host, &root.join(guest.strip_prefix("/").unwrap_or(guest)))?;
     }
+    for (guest, contents) in &files.contents {
+        let path = root.join(guest.strip_prefix("/").unwrap_or(guest));
+        std::fs::create_dir_all(path.parent().expect("guest paths are absolute"))?;
+        std::fs::write(path, contents)?;
+    }
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;
+    std::fs::write(root.join("etc/twtrace-protocol"), protocol::shell_definitions())?;
     std::fs::write(root.join("command.sh"), script)?;
     let init = root.join("init");
     std::fs::write(&init, INIT)?;
@@ -98,25 +130,19 @@ pub fn build_initramfs(files: &GuestFiles, script: &str, out: &Path) -> anyhow::
     Ok(())
 }
 
-/// The guest's init (busybox sh). One verdict line, then power off; `panic=-1` in the
-/// command line turns a kernel panic into an immediate exit of QEMU (`-no-reboot`). Nothing is
-/// mounted over /tmp: the initramfs root is writable already, and a checkout under /tmp (where
-/// a CI clone may live) holds the test binaries at their host paths.
-const INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/ TMPDIR=/tmp
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-mount -t tmpfs run /run
-mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
-ip link set lo up
-echo "TWTRACE-VM-BOOTED $(uname -r)"
-cd /tmp
-sh /command.sh
-echo "TWTRACE-VM-EXIT $?"
-poweroff -f
-"#;
+/// A file, or a directory with everything under it.
+fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    if from.is_dir() {
+        std::fs::create_dir_all(to)?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        Ok(())
+    } else {
+        copy(from, to)
+    }
+}
 
 fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
     if let Some(parent) = to.parent() {
@@ -137,14 +163,34 @@ fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .collect())
 }
 
+/// What one boot ended with.
+#[derive(Debug)]
+pub struct Boot {
+    pub verdict: Verdict,
+    /// The build that ran, as the guest saw it (`uname -r | uname -v`: Debian's `uname -v`
+    /// names the package version), or `None` if init never started.
+    pub build: Option<String>,
+}
+
 /// Boots `kernel` with `initramfs`, streams the console (each line passed to `on_line`), and
 /// returns the verdict. QEMU is killed at `timeout`.
-pub fn boot(
+pub fn boot(kernel: &Path, initramfs: &Path, timeout: Duration, on_line: impl FnMut(&str)) -> anyhow::Result<Boot> {
+    boot_with(kernel, initramfs, &[], timeout, on_line)
+}
+
+/// [`boot`] with `NAME=value` pairs on the kernel command line: the kernel hands those it does
+/// not know to init as environment variables (values without spaces).
+pub fn boot_with(
     kernel: &Path,
     initramfs: &Path,
+    env: &[(&str, &str)],
     timeout: Duration,
     mut on_line: impl FnMut(&str),
-) -> anyhow::Result<Verdict> {
+) -> anyhow::Result<Boot> {
+    let mut append = "console=ttyS0 panic=-1 oops=panic quiet loglevel=4".to_owned();
+    for (name, value) in env {
+        append.push_str(&format!(" {name}={}", value.replace(char::is_whitespace, "_")));
+    }
     let mut qemu = Command::new("qemu-system-x86_64");
     // KVM does not work on this machine kind (KERNEL-NOTES): software emulation, always.
     // Single-threaded TCG: with multi-threaded TCG a 7.2 guest intermittently took an int3
@@ -155,7 +201,8 @@ pub fn boot(
         .arg(kernel)
         .arg("-initrd")
         .arg(initramfs)
-        .args(["-append", "console=ttyS0 panic=-1 oops=panic quiet loglevel=4"])
+        .arg("-append")
+        .arg(&append)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -170,6 +217,7 @@ pub fn boot(
     });
     let deadline = Instant::now() + timeout;
     let mut verdict = None;
+    let mut build = None;
     let mut panic_line = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -177,8 +225,11 @@ pub fn boot(
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_owned();
                 on_line(&line);
-                if let Some(rc) = line.strip_prefix(EXIT_MARKER) {
+                if let Some(rc) = line.strip_prefix(protocol::EXIT) {
                     verdict = Some(Verdict::Exited(rc.trim().parse().unwrap_or(-1)));
+                } else if let Some(at) = line.find(protocol::BOOTED) {
+                    // Anywhere in the line: early in boot a kernel message can share it.
+                    build = Some(line[at + protocol::BOOTED.len()..].trim().to_owned());
                 } else if line.contains("Kernel panic") && panic_line.is_none() {
                     panic_line = Some(line.clone());
                 }
@@ -188,19 +239,28 @@ pub fn boot(
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Ok(verdict.unwrap_or(Verdict::TimedOut));
+                return Ok(Boot { verdict: verdict.unwrap_or(Verdict::TimedOut), build });
             }
         }
     }
     let status = child.wait()?;
-    Ok(verdict.unwrap_or_else(|| {
+    let verdict = verdict.unwrap_or_else(|| {
         Verdict::Crashed(panic_line.unwrap_or_else(|| format!("QEMU exited ({status}) without a verdict")))
-    }))
+    });
+    Ok(Boot { verdict, build })
 }
 
-/// Static builds of twtrace and of the integration test binaries, for guests (no shared
-/// libraries there but the tools'). Returns (twtrace, [(test name, binary)]).
-pub fn build_static() -> anyhow::Result<(PathBuf, Vec<(String, PathBuf)>)> {
+/// Static builds for guests (no shared libraries there but the tools').
+pub struct StaticBuild {
+    pub twtrace: PathBuf,
+    /// Integration test binaries: (name, binary).
+    pub tests: Vec<(String, PathBuf)>,
+    /// twtrace's unit tests (the library's test binary), built by the same `cargo test`.
+    pub unit: PathBuf,
+}
+
+/// Static builds of twtrace, of the integration test binaries and of the library's unit tests.
+pub fn build_static() -> anyhow::Result<StaticBuild> {
     const TARGET: &str = "x86_64-unknown-linux-gnu";
     let envs = [("RUSTFLAGS", "-C target-feature=+crt-static"), ("CARGO_PROFILE_RELEASE_DEBUG", "false")];
     let root = workspace_root();
@@ -231,32 +291,38 @@ pub fn build_static() -> anyhow::Result<(PathBuf, Vec<(String, PathBuf)>)> {
         bail!("building the static test binaries failed");
     }
     let mut tests = Vec::new();
+    let mut unit = None;
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        if msg["reason"] != "compiler-artifact" || msg["target"]["kind"][0] != "test" {
+        if msg["reason"] != "compiler-artifact" {
             continue;
         }
         let (Some(name), Some(exe)) = (msg["target"]["name"].as_str(), msg["executable"].as_str()) else { continue };
-        if msg["target"]["src_path"].as_str().is_some_and(|p| p.contains("/tests/")) {
+        let kind = &msg["target"]["kind"][0];
+        if kind == "test" && msg["target"]["src_path"].as_str().is_some_and(|p| p.contains("/tests/")) {
             tests.push((name.to_owned(), PathBuf::from(exe)));
+        } else if kind == "lib" && msg["profile"]["test"] == true {
+            unit = Some(PathBuf::from(exe));
         }
     }
     tests.sort();
     let twtrace = root.join("target").join(TARGET).join("release/twtrace");
-    Ok((twtrace, tests))
+    let unit = unit.context("cargo built no unit-test binary for twtrace's library")?;
+    Ok(StaticBuild { twtrace, tests, unit })
 }
 
 /// Static twtrace (at its host path, where the tests look, and on PATH) and the test binaries,
-/// as guest files; also returns the tests by name.
-pub fn guest_files() -> anyhow::Result<(GuestFiles, Vec<(String, PathBuf)>)> {
-    let (twtrace, tests) = build_static()?;
+/// as guest files; also returns what was built.
+pub fn guest_files() -> anyhow::Result<(GuestFiles, StaticBuild)> {
+    let build = build_static()?;
     let mut files = GuestFiles::default();
-    files.same_path(&twtrace);
-    files.at(&twtrace, Path::new("/usr/bin/twtrace"));
-    for (_, test) in &tests {
+    files.same_path(&build.twtrace);
+    files.at(&build.twtrace, Path::new("/usr/bin/twtrace"));
+    for (_, test) in &build.tests {
         files.same_path(test);
     }
-    Ok((files, tests))
+    files.same_path(&build.unit);
+    Ok((files, build))
 }
 
 /// `cargo xtask vm --kernel K -- command`: boot each kernel and run the command in it.
@@ -277,11 +343,11 @@ pub fn run(kernels: &[String], command: &[String], timeout: Duration, refresh: b
         let (image, version) = kernels::kernel_image(&spec, refresh)?;
         eprintln!("xtask: vm: booting {} ({version})", spec.label());
         let stdout = std::io::stdout();
-        let verdict = boot(&image, &initramfs, timeout, |line| {
+        let outcome = boot(&image, &initramfs, timeout, |line| {
             let _ = writeln!(stdout.lock(), "[{}] {line}", spec.label());
         })?;
-        eprintln!("xtask: vm: {}: {verdict}", spec.label());
-        failed |= verdict != Verdict::Exited(0);
+        eprintln!("xtask: vm: {}: {}", spec.label(), outcome.verdict);
+        failed |= outcome.verdict != Verdict::Exited(0);
     }
     if failed {
         bail!("a guest did not pass");
@@ -315,15 +381,18 @@ mod tests {
 
     fn timed_boot(kernel: &Path, initramfs: &Path, timeout: Duration) -> (Verdict, Duration) {
         let started = Instant::now();
-        let verdict = boot(kernel, initramfs, timeout, |_| {}).unwrap();
+        let verdict = boot(kernel, initramfs, timeout, |_| {}).unwrap().verdict;
         (verdict, started.elapsed())
     }
 
     #[test]
-    fn a_failing_command_reports_its_status() {
+    fn a_failing_command_reports_its_status_and_the_build_that_ran() {
         let (kernel, initramfs) = guest("exit7", "exit 7\n");
-        let (verdict, _) = timed_boot(&kernel, &initramfs, Duration::from_secs(120));
-        assert_eq!(verdict, Verdict::Exited(7));
+        let outcome = boot(&kernel, &initramfs, Duration::from_secs(120), |_| {}).unwrap();
+        assert_eq!(outcome.verdict, Verdict::Exited(7));
+        // `6.1.0-NN-cloud-amd64 | #1 SMP PREEMPT_DYNAMIC Debian 6.1.x-y (date)`
+        let build = outcome.build.expect("the booted line");
+        assert!(build.starts_with("6.1.") && build.contains(" | #1 ") && build.contains("Debian 6.1."), "{build}");
     }
 
     #[test]

@@ -1,0 +1,41 @@
+# The VM matrix inside one guest: every integration test binary once per forced backend. The
+# backends run concurrently (one sequence of test binaries each), which keeps both vCPUs busy.
+# Per binary and backend: the tests' skip records, then one result line; a failing binary's
+# log tail follows it. The host compares all of it with the table in xtask/src/vm/expect.rs.
+#
+# /matrix/tests holds `name path` lines, /matrix/backends the backends, /matrix/unit
+# `name path test` lines: unit tests that depend on the kernel (its BTF), run once per kernel
+# under the backend `any`.
+. /etc/twtrace-protocol
+
+# Runs one test binary and reports it: run_one <name> <backend> <binary> [libtest args].
+run_one() {
+  name=$1 b=$2 path=$3
+  shift 3
+  log=/tmp/$b-$name.log
+  skips=/tmp/$b-$name.skips
+  : > "$skips"
+  env "$BACKEND_ENV=$b" "$SKIP_LOG_ENV=$skips" TWTRACE_TEST_EMULATED=1 \
+    "$path" --nocapture "$@" < /dev/null > "$log" 2>&1
+  rc=$?
+  sed "s/^/$MARK_SKIP binary=$name backend=$b /" "$skips"
+  passed=$(sed -n 's/^test result: [a-zA-Z]*\. \([0-9]*\) passed.*/\1/p' "$log" | head -n 1)
+  echo "$MARK_RESULT binary=$name backend=$b rc=$rc passed=${passed:-0}"
+  if [ "$rc" -ne 0 ]; then tail -n 80 "$log" | sed "s/^/[$b $name] /"; fi
+}
+
+run_backend() {
+  b=$1
+  while read -r name path; do
+    run_one "$name" "$b" "$path" --test-threads=8
+  done < /matrix/tests
+}
+
+while read -r name path test; do
+  run_one "$name" any "$path" --exact "$test"
+done < /matrix/unit
+
+for b in $(cat /matrix/backends); do
+  run_backend "$b" &
+done
+wait
