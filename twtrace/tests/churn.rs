@@ -18,16 +18,6 @@ use std::{
 use serde_json::Value;
 use support::Netns;
 
-/// Namespaces need root (CAP_SYS_ADMIN for `ip netns add`, CAP_NET_ADMIN for their sysctls).
-fn is_root() -> bool {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root to create network namespaces (`ip netns add`); run `cargo xtask test` as root");
-        return false;
-    }
-    true
-}
-
 /// A namespace whose client runs out of ports: `ports` ephemeral ports from 40000, and
 /// TIME_WAIT sockets never reused (`tcp_tw_reuse=0`; loopback's default 2 would reuse them).
 fn small_range(tag: &str, ports: u16) -> (Netns, (u16, u16)) {
@@ -99,7 +89,7 @@ fn client_time_wait(ns: &Netns, range: (u16, u16)) -> usize {
 
 #[test]
 fn exhausted_ranges_in_two_namespaces_end_on_time_and_count_every_failure() {
-    if !is_root() {
+    if !support::can_trace() {
         return;
     }
     // The report's shape: two namespaces at once, each exhausting its own range (100 and 50
@@ -141,7 +131,7 @@ fn exhausted_ranges_in_two_namespaces_end_on_time_and_count_every_failure() {
 
 #[test]
 fn sigterm_mid_run_prints_the_summary() {
-    if !is_root() {
+    if !support::can_trace() {
         return;
     }
     let (ns, range) = small_range("churn-term", 100);
@@ -169,7 +159,7 @@ fn sigterm_mid_run_prints_the_summary() {
 
 #[test]
 fn sigint_prints_the_text_summary() {
-    if !is_root() {
+    if !support::can_trace() {
         return;
     }
     let (ns, _) = small_range("churn-int", 20);
@@ -191,7 +181,7 @@ fn sigint_prints_the_text_summary() {
 /// leave the host's ports alone) it still works.
 #[test]
 fn runs_without_root() {
-    if !is_root() {
+    if !support::can_trace() {
         return;
     }
     let ns = Netns::new("churn-nobody");

@@ -19,6 +19,9 @@ mkdir -p /dev/pts
 mount -t devpts devpts /dev/pts
 mount -t tmpfs run /run
 mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
+# cgroup v2 (4.5+): twtrace names a namespace after its container's cgroup, and a test makes
+# container-shaped cgroups to check it.
+mount -t cgroup2 none /sys/fs/cgroup
 ip link set lo up
 echo "$MARK_BOOTED $(uname -r) | $(uname -v)"
 cd /tmp
