@@ -17,7 +17,7 @@ use serde_json::Value;
 use support::{Netns, can_trace};
 
 /// The churn's server, in every namespace: outside every ephemeral range used here.
-const SERVER: &str = "127.0.0.1:7000";
+const SERVER: &str = support::CHURN_SERVER;
 /// A second destination, for the sockets that exist before twtrace starts.
 const EARLIER: &str = "127.0.0.1:7001";
 const EARLIER_CONNECTIONS: usize = 5;
@@ -46,28 +46,6 @@ impl Pod {
     /// Ports of the range held toward `dest`, as `ss` in the namespace counts them.
     fn ports_to(&self, dest: &str) -> u64 {
         self.ns.ports_to(dest, self.range).len() as u64
-    }
-
-    /// `twtrace churn` inside the namespace, client closing first; its JSON summary.
-    fn churn(&self, seconds: u32) -> std::thread::JoinHandle<Value> {
-        let name = self.ns.name.clone();
-        std::thread::spawn(move || {
-            let out = support::output(Command::new("ip").args(["netns", "exec", &name]).args([
-                env!("CARGO_BIN_EXE_twtrace"),
-                "churn",
-                "--closer",
-                "client",
-                "--rate",
-                "60",
-                "--duration",
-                &seconds.to_string(),
-                "--listen",
-                SERVER,
-                "--json",
-            ]));
-            assert!(out.status.success(), "churn in {name}: {}", String::from_utf8_lossy(&out.stderr));
-            serde_json::from_slice(&out.stdout).expect("churn's JSON summary")
-        })
     }
 }
 
@@ -117,13 +95,15 @@ fn row<'a>(rows: &'a [Value], netns: u64, dest: &str) -> Option<&'a Value> {
 
 /// The exhausted namespace's row is at the top: nothing on the host is fuller, and it comes
 /// before the other namespaces' rows. (The VM matrix runs this test once per backend at the
-/// same time: another run's exhausted namespace may tie with ours, so ties are allowed.)
-fn assert_exhausted_first(rows: &[Value], inodes: &[u64], what: &str) {
+/// same time: another run's exhausted namespace may tie with ours, so ties are allowed; and
+/// `blind` events may have been missed.)
+fn assert_exhausted_first(rows: &[Value], inodes: &[u64], blind: u64, what: &str) {
     let utilisation = |d: &Value| d["utilisation"].as_f64().or(d["peak_utilisation"].as_f64()).unwrap();
     let at = |inode: u64| rows.iter().position(|d| d["netns"] == inode && d["remote"] == SERVER).unwrap();
     let top = &rows[at(inodes[0])];
-    assert_eq!(utilisation(top), 1.0, "{what}: {top}");
-    assert_eq!(utilisation(&rows[0]), 1.0, "{what}: nothing is fuller: {}", rows[0]);
+    assert!(utilisation(top) >= 1.0 - blind as f64 / 100.0, "{what}: full ({blind} events may be missed): {top}");
+    // Sorted by utilisation: only rows as full come before it (another run's full namespace).
+    assert!(rows[..at(inodes[0])].iter().all(|d| utilisation(d) >= utilisation(top)), "{what}: {rows:#?}");
     assert!(at(inodes[0]) < at(inodes[1]) && at(inodes[0]) < at(inodes[2]), "{what}: {rows:#?}");
 }
 
@@ -152,13 +132,14 @@ fn each_namespace_against_its_own_range_and_the_exhausted_one_first() {
 
     let path = std::env::temp_dir().join(format!("twtrace-it-{}-containers.twr", std::process::id()));
     let _ = std::fs::remove_file(&path);
-    let stat = start(&["stat", "--json", "--interval", "1", "--top", "50"]);
+    let stat = start(&["stat", "--json", "--interval", "1", "--top", "200"]);
     let record = start(&["record", "-o", path.to_str().unwrap()]);
 
     // A namespace made after the start, and one deleted while traced.
     let late = Pod::new("podlate", (42_000, 42_099), 7_000);
     drop(doomed);
-    let churns: Vec<_> = pods.iter().map(|p| p.churn(4)).chain([late.churn(2)]).collect();
+    let churn = |pod: &Pod, seconds| support::churn_in(&pod.ns, "client", seconds, Duration::ZERO);
+    let churns: Vec<_> = pods.iter().map(|p| churn(p, 4)).chain([churn(&late, 2)]).collect();
     let summaries: Vec<Value> = churns.into_iter().map(|c| c.join().unwrap()).collect();
     let truth: Vec<u64> = pods.iter().map(|p| p.ports_to(SERVER)).collect();
     let late_inode = support::netns_inode(&late.ns.name);
@@ -189,17 +170,28 @@ fn each_namespace_against_its_own_range_and_the_exhausted_one_first() {
     }
 
     let rows = last["port_space"]["destinations"].as_array().unwrap();
+    // What the tracer may have missed (records lost, program runs skipped: under emulation,
+    // with three tracers at once, a few runs are): counts may be off by that much, no more.
+    let blind = last["lost"].as_u64().unwrap() + last["skipped_runs"].as_u64().unwrap();
+    if blind > 0 {
+        eprintln!("NOTE: the tracer missed up to {blind} events: counts are compared within that");
+    }
+    let close = |shown: u64, truth: u64| within_two_percent(shown, truth) || shown.abs_diff(truth) <= blind;
     for ((pod, inode), (summary, in_ss)) in pods.iter().zip(&inodes).zip(summaries.iter().zip(&truth)) {
         let d = row(rows, *inode, SERVER).unwrap_or_else(|| panic!("{}: no row toward {SERVER}: {last}", pod.ns.name));
         let shown = d["in_use"].as_u64().unwrap();
         eprintln!("{}: twtrace {shown} of {} ports, ss {in_ss}; churn {summary}; row {d}", pod.ns.name, d["range"]);
         assert_eq!(d["namespace"], pod.ns.name.as_str());
         assert_eq!(d["range"], pod.size(), "{}: counted against its own range", pod.ns.name);
-        assert!(within_two_percent(shown, *in_ss), "{}: twtrace {shown} vs ss {in_ss}", pod.ns.name);
+        assert!(close(shown, *in_ss), "{}: twtrace {shown} vs ss {in_ss}", pod.ns.name);
         let utilisation = d["utilisation"].as_f64().unwrap();
-        assert!((utilisation - *in_ss as f64 / pod.size() as f64).abs() <= 0.02 * *in_ss as f64 / pod.size() as f64);
+        assert_eq!(utilisation, shown as f64 / pod.size() as f64, "against its own range");
         let refused = summary["failures"]["EADDRNOTAVAIL"].as_u64().unwrap_or(0);
-        assert_eq!(d["failures"], refused, "{}: EADDRNOTAVAIL as churn counted them", pod.ns.name);
+        assert!(
+            close(d["failures"].as_u64().unwrap(), refused),
+            "{}: EADDRNOTAVAIL as churn counted: {d}",
+            pod.ns.name
+        );
         let view = last["namespaces"].as_array().unwrap().iter().find(|n| n["netns"] == *inode).expect("its view");
         assert_eq!(view["max_tw_buckets"], pod.buckets);
         assert_eq!(view["port_range"], serde_json::json!([pod.range.0, pod.range.1]));
@@ -207,7 +199,7 @@ fn each_namespace_against_its_own_range_and_the_exhausted_one_first() {
     // The 100-port namespace ran out: it is the host's worst, first whatever else is there.
     assert_eq!(truth[0], pods[0].size(), "the small range was exhausted");
     assert!(summaries[0]["failures"]["EADDRNOTAVAIL"].as_u64().unwrap_or(0) > 0);
-    assert_exhausted_first(rows, &inodes, "stat");
+    assert_exhausted_first(rows, &inodes, blind, "stat");
     let views = last["namespaces"].as_array().unwrap();
     let at = |inode: u64| views.iter().position(|n| n["netns"] == inode).expect("each namespace has a view");
     assert!(at(inodes[0]) < at(inodes[1]) && at(inodes[0]) < at(inodes[2]), "{views:#?}");
@@ -216,10 +208,14 @@ fn each_namespace_against_its_own_range_and_the_exhausted_one_first() {
     let late_row = row(rows, late_inode, SERVER).unwrap_or_else(|| panic!("the late namespace is missing: {last}"));
     assert_eq!(late_row["namespace"], late.ns.name.as_str());
     assert_eq!(late_row["range"], late.size());
-    assert!(within_two_percent(late_row["in_use"].as_u64().unwrap(), late_truth), "{late_row} vs ss {late_truth}");
+    assert!(close(late_row["in_use"].as_u64().unwrap(), late_truth), "{late_row} vs ss {late_truth}");
 
     // The recording says the same, namespace by namespace.
-    let report = support::output(Command::new(env!("CARGO_BIN_EXE_twtrace")).args(["report", "--json"]).arg(&path));
+    // Every row: the VM matrix runs this test once per backend at the same time, and each
+    // tracer sees the others' namespaces too.
+    let report = support::output(
+        Command::new(env!("CARGO_BIN_EXE_twtrace")).args(["report", "--json", "--top", "200"]).arg(&path),
+    );
     let _ = std::fs::remove_file(&path);
     assert!(report.status.success(), "report: {}", String::from_utf8_lossy(&report.stderr));
     let report: Value = serde_json::from_slice(&report.stdout).unwrap();
@@ -228,10 +224,11 @@ fn each_namespace_against_its_own_range_and_the_exhausted_one_first() {
         let d = row(rows, *inode, SERVER).unwrap_or_else(|| panic!("{}: not in the report: {report}", pod.ns.name));
         assert_eq!(d["namespace"], pod.ns.name.as_str());
         assert_eq!(d["range"], pod.size());
-        assert!(within_two_percent(d["in_use_at_end"].as_u64().unwrap(), *in_ss), "{}: {d} vs ss {in_ss}", pod.ns.name);
-        assert_eq!(d["failures"], summary["failures"]["EADDRNOTAVAIL"].as_u64().unwrap_or(0));
+        assert!(close(d["in_use_at_end"].as_u64().unwrap(), *in_ss), "{}: {d} vs ss {in_ss}", pod.ns.name);
+        let refused = summary["failures"]["EADDRNOTAVAIL"].as_u64().unwrap_or(0);
+        assert!(close(d["failures"].as_u64().unwrap(), refused), "{d}");
     }
-    assert_exhausted_first(rows, &inodes, "report");
+    assert_exhausted_first(rows, &inodes, blind, "report");
     let findings = report["findings"].as_array().unwrap();
     assert!(
         findings.iter().any(|f| f.as_str().unwrap().contains(&format!("in namespace {}", pods[0].ns.name))),

@@ -10,41 +10,62 @@ use std::process::Command;
 use serde_json::Value;
 use support::{Netns, can_trace};
 
-fn doctor(args: &[&str]) -> (i32, Value) {
+fn doctor_args(args: &[&str]) -> Vec<String> {
     let mut all: Vec<String> = vec!["doctor".into(), "--json".into()];
     all.extend(args.iter().map(|a| a.to_string()));
     if let Some(b) = support::forced_backend().filter(|_| !args.contains(&"--replay")) {
         all.extend(["--backend".into(), b]);
     }
+    all
+}
+
+/// `twtrace doctor --json ARGS` to its end: its exit status and report.
+fn doctor(args: &[&str]) -> (i32, Value) {
+    let all = doctor_args(args);
     let out = support::output(Command::new(env!("CARGO_BIN_EXE_twtrace")).args(&all));
+    parse(&all, out)
+}
+
+fn parse(all: &[String], out: std::process::Output) -> (i32, Value) {
     let json = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("doctor {all:?}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
     (out.status.code().expect("an exit status"), json)
 }
 
-/// `twtrace churn` in the namespace toward 127.0.0.1:7000; its JSON summary.
-fn churn(ns: &Netns, closer: &str, seconds: u32) -> std::thread::JoinHandle<Value> {
-    let name = ns.name.clone();
-    let closer = closer.to_owned();
-    std::thread::spawn(move || {
-        // Once doctor (or the recording) is tracing.
-        std::thread::sleep(std::time::Duration::from_secs(3));
-        let out = support::output(Command::new("ip").args(["netns", "exec", &name]).args([
-            env!("CARGO_BIN_EXE_twtrace"),
-            "churn",
-            "--closer",
-            &closer,
-            "--rate",
-            "60",
-            "--duration",
-            &seconds.to_string(),
-            "--listen",
-            "127.0.0.1:7000",
-            "--json",
-        ]));
-        assert!(out.status.success(), "churn: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
-    })
+/// `twtrace doctor` live: `during` runs once it is watching (its probes loaded, which takes
+/// seconds in an emulated guest), then its report.
+fn doctor_during(args: &[&str], during: impl FnOnce()) -> (i32, Value) {
+    use std::io::{BufRead, BufReader, Read};
+    let all = doctor_args(args);
+    let mut child = support::spawn(
+        Command::new(env!("CARGO_BIN_EXE_twtrace"))
+            .args(&all)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("watching") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "doctor did not start: {:?}", child.wait());
+    }
+    during();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    parse(&all, std::process::Output { stderr: rest.into_bytes(), ..out })
+}
+
+/// What the tracer may have missed: records lost and program runs the kernel skipped. Under
+/// emulation (the VM matrix, three backends at once) interrupts land inside programs often
+/// enough that a few runs are skipped; each may be a missed event, so figures may be off by
+/// that much and no more.
+fn blind(report: &Value) -> u64 {
+    report["observed"]["lost"].as_u64().unwrap() + report["observed"]["skipped_runs"].as_u64().unwrap()
+}
+
+fn churn(ns: &Netns, closer: &str, seconds: u32) -> Value {
+    support::churn_in(ns, closer, seconds, std::time::Duration::ZERO).join().unwrap()
 }
 
 fn kinds(report: &Value) -> Vec<String> {
@@ -70,9 +91,8 @@ fn a_namespace_out_of_ports_is_named_with_the_clients_own_count() {
     ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
     let path = std::env::temp_dir().join(format!("twtrace-it-{}-doctor.twr", std::process::id()));
     let recording = support::Recording::start(&ns, &path);
-    let client = churn(&ns, "client", 3);
-    let (status, live) = doctor(&["--duration", "8", "--netns", &ns.name]);
-    let summary = client.join().unwrap();
+    let mut summary = Value::Null;
+    let (status, live) = doctor_during(&["--duration", "8", "--netns", &ns.name], || summary = churn(&ns, "client", 3));
     recording.stop();
     let refused = summary["failures"]["EADDRNOTAVAIL"].as_u64().unwrap();
     assert!(refused > 0, "the range ran out: {summary}");
@@ -82,12 +102,17 @@ fn a_namespace_out_of_ports_is_named_with_the_clients_own_count() {
     assert_eq!(ports["place"]["namespace"], ns.name.as_str());
     assert_eq!(ports["place"]["destination"], "127.0.0.1:7000");
     let text = ports["text"].as_str().unwrap();
-    assert!(text.contains("(100 of 100 ports)") && text.contains("now 40000-40099"), "{text}");
+    assert!(text.contains("now 40000-40099"), "{text}");
+    let blind = blind(&live);
+    // "... peaked at 100% (100 of 100 ports) ..."
+    let held = text.split('(').nth(1).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok()).unwrap();
+    assert!(held.abs_diff(100) <= blind, "100 of 100 ports held ({blind} events may be missed): {text}");
     let failures = finding(&live, "connect_failures");
-    assert!(
-        failures["text"].as_str().unwrap().starts_with(&format!("{refused} connect() calls found no free local port")),
-        "churn saw {refused}: {failures:#}"
-    );
+    let counted = failures["text"].as_str().unwrap().split_whitespace().next().unwrap().parse::<u64>().unwrap();
+    assert!(counted.abs_diff(refused) <= blind, "churn saw {refused} ({blind} events may be missed): {failures:#}");
+    if blind > 0 {
+        eprintln!("NOTE: the tracer missed up to {blind} events (lost, skipped runs): counts within that");
+    }
     // From the recording: the same findings (blind spots of the live run aside).
     let (replayed_status, replayed) = doctor(&["--replay", path.to_str().unwrap()]);
     let _ = std::fs::remove_file(&path);
@@ -108,12 +133,25 @@ fn a_healthy_churn_needs_nothing_fixed() {
         return;
     }
     let ns = Netns::new("dochealthy");
-    let server = churn(&ns, "server", 2);
-    let (status, report) = doctor(&["--duration", "7", "--netns", &ns.name]);
-    let summary = server.join().unwrap();
+    let mut summary = Value::Null;
+    let (status, report) =
+        doctor_during(&["--duration", "6", "--netns", &ns.name], || summary = churn(&ns, "server", 2));
     assert!(summary["connections"].as_u64().unwrap() > 50, "{summary}");
-    assert_eq!(status, 0, "{report:#}");
+    // Before 6.11 a drop seen before the socket lookup carries no namespace and passes every
+    // --netns filter (README, known issues): other tests' crafted PAWS drops can show here.
+    let drops_unlabelled = !kernel_at_least(6, 11);
     for f in report["findings"].as_array().unwrap() {
+        if drops_unlabelled && f["kind"] == "paws" {
+            eprintln!("NOTE: PAWS drops without a namespace (before 6.11), not this namespace's: {}", f["text"]);
+            continue;
+        }
         assert!(["info", "ok"].contains(&f["severity"].as_str().unwrap()), "only notes: {f:#}");
     }
+    assert!(status == 0 || (drops_unlabelled && status == 1), "{status}: {report:#}");
+}
+
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    (parts.next().unwrap(), parts.next().unwrap()) >= (major, minor)
 }

@@ -161,7 +161,10 @@ fn three_namespaces_are_found_by_name_with_their_own_settings() {
     let id = id_of(first);
     let counters = registry.netstat(id).expect("netstat inside");
     let truth = first.netstat();
-    assert!(truth["TW"] >= 3, "three TIME_WAIT births: {truth:?}");
+    // Its own traffic, not another namespace's. (TW is no witness: 5.10 counts it when a
+    // TIME_WAIT socket expires, later kernels when it is born.)
+    assert!(truth["TCPOrigDataSent"] > 0, "the three connections' segments: {truth:?}");
+    assert_eq!(counters["TCPOrigDataSent"], truth["TCPOrigDataSent"]);
     assert_eq!(counters["TW"], truth["TW"]);
     assert_eq!(counters["TWKilled"], truth["TWKilled"]);
     let sockets = registry.tcp_sockets(id).expect("sockets inside");
@@ -211,6 +214,7 @@ fn new_namespaces_are_picked_up_and_deleted_ones_retired() {
     assert_eq!(info.name.to_string(), late.name);
     assert_eq!(info.sysctls.as_ref().unwrap().ip_local_port_range, (50000, 50009));
 
+    let doomed_name = doomed.name.clone();
     drop(doomed); // ip netns del
     let report = registry.refresh().expect("a deleted namespace is no error");
     assert!(report.retired.contains(&doomed_id), "{report:?}");
@@ -220,9 +224,12 @@ fn new_namespaces_are_picked_up_and_deleted_ones_retired() {
     assert!(registry.get(kept_id).unwrap().is_live());
     assert!(registry.get(late_id).unwrap().is_live());
     assert!(matches!(registry.sysctls(doomed_id), Err(NetnsError::Gone { .. })));
-    // Refreshing again changes nothing about it.
+    // Refreshing again changes nothing about it, unless the kernel has meanwhile given its
+    // inode to a new namespace (another test's): then that one is described.
     let report = registry.refresh().unwrap();
-    assert!(!report.retired.contains(&doomed_id) && !report.added.contains(&doomed_id));
+    assert!(!report.retired.contains(&doomed_id));
+    let reused = registry.get(doomed_id).is_some_and(|i| i.is_live() && i.name.to_string() != doomed_name);
+    assert!(!report.added.contains(&doomed_id) || reused, "{report:?}");
 }
 
 #[test]

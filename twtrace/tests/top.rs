@@ -218,28 +218,6 @@ fn replay_shows_the_recording_to_its_end() {
     let _ = std::fs::remove_file(&path);
 }
 
-/// `twtrace churn` in `ns`, client closing first toward 127.0.0.1:7000; its JSON summary.
-fn churn_in(ns: &Netns, seconds: u32) -> std::thread::JoinHandle<serde_json::Value> {
-    let name = ns.name.clone();
-    std::thread::spawn(move || {
-        let out = support::output(Command::new("ip").args(["netns", "exec", &name]).args([
-            env!("CARGO_BIN_EXE_twtrace"),
-            "churn",
-            "--closer",
-            "client",
-            "--rate",
-            "60",
-            "--duration",
-            &seconds.to_string(),
-            "--listen",
-            "127.0.0.1:7000",
-            "--json",
-        ]));
-        assert!(out.status.success(), "churn: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
-    })
-}
-
 /// A container host: top in the root namespace, two namespaces churning, each with its own
 /// range. The one that ran out is the first row, counted against its own 100 ports, with its
 /// EADDRNOTAVAIL; the other is counted against its own 1,000.
@@ -258,7 +236,8 @@ fn namespaces_each_against_their_own_range_the_full_one_on_top() {
     let command = format!("{} top{backend}; sleep 30", env!("CARGO_BIN_EXE_twtrace"));
     let Some(tmux) = Tmux::start("pods", &command) else { return };
     tmux.wait_for("the TIME_WAIT panel", |s| s.contains("TIME_WAIT"));
-    let (a, b) = (churn_in(&small, 3), churn_in(&large, 3));
+    let churn = |ns| support::churn_in(ns, "client", 3, Duration::ZERO);
+    let (a, b) = (churn(&small), churn(&large));
     let (small_churn, _) = (a.join().unwrap(), b.join().unwrap());
     let refused = small_churn["failures"]["EADDRNOTAVAIL"].as_u64().unwrap();
     assert!(refused > 0, "the 100 ports ran out: {small_churn}");

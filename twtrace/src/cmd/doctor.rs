@@ -65,6 +65,7 @@ fn json(r: &Report, found: &[Finding]) -> serde_json::Value {
             "seconds": r.recording.seconds,
             "events": r.recording.events,
             "lost": r.recording.lost,
+            "skipped_runs": r.recording.skipped_runs,
             "namespaces": r.recording.namespaces.len(),
         },
         "findings": found,

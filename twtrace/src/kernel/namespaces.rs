@@ -369,10 +369,11 @@ impl NetnsRegistry {
         let mut report = RefreshReport { processes, unreadable, ..RefreshReport::default() };
         let mut new = Vec::new();
         for (id, sighting) in seen.iter() {
-            if self.entries.get(id).is_some_and(NetnsInfo::is_live) {
-                self.update(*id, sighting, host);
-            } else {
-                new.push((*id, sighting));
+            match self.entries.get(id) {
+                Some(entry) if entry.is_live() && !reused(entry, sighting) => self.update(*id, sighting, host),
+                // Unknown, retired, or an inode the kernel gave to a new namespace since the
+                // last look: described (anew, as the next generation).
+                _ => new.push((*id, sighting)),
             }
         }
         report.added = self.describe(new, host);
@@ -625,6 +626,15 @@ impl NetnsRegistry {
     }
 }
 
+/// Whether a live entry's inode now belongs to another namespace. The kernel hands a freed
+/// nsfs inode number to the next namespace made (the lowest free one), so on a host where pods
+/// come and go an inode is reused within seconds. Every bind mount that held the old namespace
+/// gone and others holding this one is the sign (`ip netns del` then `ip netns add`, a pod's
+/// sandbox replaced); a namespace known only by its processes cannot be told apart this way.
+fn reused(entry: &NetnsInfo, sighting: &Sighting) -> bool {
+    !entry.mounts.is_empty() && !sighting.mounts.is_empty() && !entry.mounts.iter().any(|m| sighting.mounts.contains(m))
+}
+
 fn retire(entry: &mut NetnsInfo) {
     if entry.is_live() {
         entry.state = NetnsState::Retired;
@@ -770,6 +780,32 @@ fn read_in_each<T: Send + 'static>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_inode_held_by_other_mounts_only_is_a_new_namespace() {
+        let info = |mounts: &[&str]| NetnsInfo {
+            id: NetnsId(4026532314),
+            generation: 0,
+            name: NetnsName::IpNetns { name: "old".into() },
+            enter: PathBuf::from("/run/netns/old"),
+            mounts: mounts.iter().map(PathBuf::from).collect(),
+            member: None,
+            sysctls: None,
+            sysctls_error: None,
+            state: NetnsState::Live,
+            first_seen: SystemTime::UNIX_EPOCH,
+            retired_at: None,
+        };
+        let seen = |mounts: &[&str]| Sighting { mounts: mounts.iter().map(PathBuf::from).collect(), first_pid: None };
+        // `ip netns del old; ip netns add new`, and the kernel gave `new` the freed inode.
+        assert!(reused(&info(&["/run/netns/old"]), &seen(&["/run/netns/new"])));
+        // A second name for the same namespace, or one of its names removed: the same one.
+        assert!(!reused(&info(&["/run/netns/old"]), &seen(&["/run/netns/old", "/run/netns/alias"])));
+        assert!(!reused(&info(&["/run/netns/old", "/run/netns/alias"]), &seen(&["/run/netns/alias"])));
+        // Known by processes only, before or now: nothing to tell them apart by.
+        assert!(!reused(&info(&[]), &seen(&["/run/netns/new"])));
+        assert!(!reused(&info(&["/run/netns/old"]), &seen(&[])));
+    }
+
     use super::*;
     use crate::kernel::cgroup::{Container, ContainerId, QosClass, Runtime};
 

@@ -28,8 +28,9 @@ pub struct NamespaceTracker {
     registry: NetnsRegistry,
     /// Only this namespace (`--netns`): the probes see no other.
     only: Option<u32>,
-    /// Described in the stream (or at the start), and whether as live.
-    announced: HashMap<u32, bool>,
+    /// Described in the stream (or at the start): whether as live, and which generation of
+    /// the inode (the kernel reuses inode numbers for new namespaces).
+    announced: HashMap<u32, (bool, u32)>,
     next_refresh_ns: u64,
     /// Each namespace's counters when last read: the stream carries their changes.
     counters: HashMap<u32, BTreeMap<String, i64>>,
@@ -77,7 +78,7 @@ impl NamespaceTracker {
             return;
         }
         self.next_counters_ns = now_ns + COUNTERS_NS;
-        let mut ids: Vec<u32> = self.announced.iter().filter(|(_, live)| **live).map(|(id, _)| *id).collect();
+        let mut ids: Vec<u32> = self.announced.iter().filter(|(_, (live, _))| *live).map(|(id, _)| *id).collect();
         ids.sort_unstable();
         let turn = ids.len().min(MAX_COUNTER_READS);
         if ids.len() > turn {
@@ -105,7 +106,7 @@ impl NamespaceTracker {
     /// The sockets of every described live namespace (bounded by [`MAX_SOCKET_READS`]). A
     /// namespace that vanishes meanwhile has none; that is not an error.
     pub fn sockets(&mut self) -> Vec<ExistingSocket> {
-        let ids: Vec<u32> = self.announced.iter().filter(|(_, live)| **live).map(|(id, _)| *id).collect();
+        let ids: Vec<u32> = self.announced.iter().filter(|(_, (live, _))| *live).map(|(id, _)| *id).collect();
         if ids.len() > MAX_SOCKET_READS {
             log::warn!(
                 "{} namespaces: the sockets of only {MAX_SOCKET_READS} are read at start; the others' first frame \
@@ -163,12 +164,16 @@ impl NamespaceTracker {
         };
         let mut out = Vec::new();
         for id in report.added {
-            if self.only.is_none_or(|only| only == id.0) && self.announced.get(&id.0) != Some(&true) {
+            let generation = self.registry.get(id).map_or(0, |info| info.generation);
+            let known = self.announced.get(&id.0) == Some(&(true, generation));
+            if self.only.is_none_or(|only| only == id.0) && !known {
+                // A new namespace, or a new one on a reused inode: its counters start afresh.
+                self.counters.remove(&id.0);
                 out.push(self.describe(id));
             }
         }
         for id in report.retired {
-            if self.announced.get(&id.0) == Some(&true) {
+            if self.announced.get(&id.0).is_some_and(|(live, _)| *live) {
                 out.push(self.describe(id));
             }
         }
@@ -183,13 +188,13 @@ impl NamespaceTracker {
     }
 
     fn describe(&mut self, id: NetnsId) -> NamespaceDescription {
-        let description = match self.registry.get(id) {
-            Some(info) => description(info),
+        let (description, generation) = match self.registry.get(id) {
+            Some(info) => (description(info), info.generation),
             // No process or mount holds it any more (or none that this process may see): its
             // events still count, under its inode and the settings assumed for it.
-            None => NamespaceDescription { netns: id.0, name: id.0.to_string(), sysctls: None, live: true },
+            None => (NamespaceDescription { netns: id.0, name: id.0.to_string(), sysctls: None, live: true }, 0),
         };
-        self.announced.insert(id.0, description.live);
+        self.announced.insert(id.0, (description.live, generation));
         description
     }
 }

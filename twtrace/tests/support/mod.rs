@@ -487,6 +487,35 @@ pub fn netns_inode(name: &str) -> u64 {
     std::fs::metadata(format!("/run/netns/{name}")).expect("netns file").ino()
 }
 
+/// `twtrace churn` inside `ns` at 60 connections/s toward its own listener on
+/// 127.0.0.1:7000 (outside every port range the tests set), `closer` (`client` or `server`)
+/// closing first, started after `delay`; its JSON summary (`attempts`, `connections`,
+/// `failures` by errno name).
+pub fn churn_in(ns: &Netns, closer: &str, seconds: u32, delay: Duration) -> std::thread::JoinHandle<serde_json::Value> {
+    let (name, closer) = (ns.name.clone(), closer.to_owned());
+    std::thread::spawn(move || {
+        std::thread::sleep(delay);
+        let out = output(Command::new("ip").args(["netns", "exec", &name]).args([
+            env!("CARGO_BIN_EXE_twtrace"),
+            "churn",
+            "--closer",
+            &closer,
+            "--rate",
+            "60",
+            "--duration",
+            &seconds.to_string(),
+            "--listen",
+            CHURN_SERVER,
+            "--json",
+        ]));
+        assert!(out.status.success(), "churn in {name}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("churn's JSON summary")
+    })
+}
+
+/// Where [`churn_in`]'s server listens, in every namespace.
+pub const CHURN_SERVER: &str = "127.0.0.1:7000";
+
 /// Connections that the client closes first: their TIME_WAIT sockets hold the client's
 /// ephemeral ports toward the server.
 pub fn client_closes_first(listener: &TcpListener, count: usize) {
