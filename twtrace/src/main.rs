@@ -29,6 +29,8 @@ enum Command {
     Record(cmd::record::RecordArgs),
     /// A postmortem summary of a recording: text, JSON, or a self-contained HTML page.
     Report(cmd::report::ReportArgs),
+    /// Serve the model to Prometheus (/metrics, /healthz) while tracing, until SIGTERM.
+    Serve(cmd::serve::ServeArgs),
     /// Generate connection churn on loopback: reproduce TIME_WAIT and port-space pressure, or
     /// measure tracing overhead (no root needed).
     Churn(churn::ChurnArgs),
@@ -69,6 +71,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stat(args) => cmd::stat::run(args).await,
         Command::Record(args) => cmd::record::run(args).await,
         Command::Report(args) => cmd::report::run(&args).await,
+        Command::Serve(args) => cmd::serve::run(args).await,
         Command::Churn(args) => churn::run(&args),
     }
 }
