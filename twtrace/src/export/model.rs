@@ -469,8 +469,17 @@ impl Builder {
             Kind::Counter,
             "Segments the kernel dropped for PAWS and other RFC 7323 timestamp checks, by drop reason.",
         );
+        // The usual reasons start at 0, so rate() and alerts see the first drop.
+        let usual = ["TCP_RFC7323_PAWS", "TCP_RFC7323_PAWS_ACK", "TCP_RFC7323_TW_PAWS", "TCP_RFC7323_TSECR"];
+        let mut reasons: Vec<(String, u64)> = usual.iter().map(|r| (r.to_string(), 0)).collect();
         for r in &p.by_reason {
-            drops.push(vec![("reason", r.reason.clone())], Value::Int(r.total));
+            match reasons.iter_mut().find(|(name, _)| *name == r.reason) {
+                Some(known) => known.1 = r.total,
+                None => reasons.push((r.reason.clone(), r.total)),
+            }
+        }
+        for (reason, total) in reasons {
+            drops.push(vec![("reason", reason)], Value::Int(total));
         }
         let mut by_source = Family::new(
             "twtrace_paws_source_drops",
