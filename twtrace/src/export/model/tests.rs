@@ -185,3 +185,61 @@ fn namespace_names_give_pod_and_container_labels() {
     assert_eq!(workload("docker:3f2a1b9c0d1e"), (String::new(), "docker:3f2a1b9c0d1e".into()));
     assert_eq!(workload("twt-1-pod100"), (String::new(), String::new()));
 }
+
+/// Samples as Prometheus stores them: a histogram is its buckets, sum and count.
+fn samples(e: &Exposition) -> usize {
+    e.families
+        .iter()
+        .flat_map(|f| &f.series)
+        .map(|s| match &s.value {
+            Value::Histogram { buckets, .. } => buckets.len() + 2,
+            _ => 1,
+        })
+        .sum()
+}
+
+#[test]
+fn many_rows_stay_within_the_readme_worst_case() {
+    let mut agg = aggregator();
+    let mut sk = 0;
+    for d in 0..200u16 {
+        let remote = format!("10.0.{}.{}:80", d / 250, d % 250);
+        sk += 1;
+        request(&mut agg, S, sk, 40_000 + d % 100, &remote);
+        failed_search(&mut agg, S, &remote);
+        agg.apply(&Event::Drop(crate::event::DropEvent {
+            ts_ns: S,
+            reason: "TCP_RFC7323_PAWS".into(),
+            reason_code: 36,
+            netns: 1,
+            flow: Some(SocketFlow {
+                local: "10.0.0.1:443".parse().unwrap(),
+                remote: format!("10.9.{}.{}:5000", d / 250, d % 250).parse().unwrap(),
+            }),
+            tcp_flags: 0x02,
+            seq: 1,
+            ack_seq: 0,
+        }));
+    }
+    agg.advance(2 * S);
+    let k = 20;
+    let e = Builder::new(Limits { top_k: k, idle_after: Duration::from_secs(600) }).build(
+        &agg,
+        2 * S,
+        &Health::default(),
+        &[],
+    );
+    // README, "Cardinality": 18 + (6K + 3) + 32 (K + 1) + 17 + (R + 2K + 1) + 13 + N (12 + E),
+    // here with one namespace, one errno, four reasons.
+    let (n, errnos, reasons) = (1, 1, 4);
+    let bound = 18 + (6 * k + 3) + 32 * (k + 1) + 17 + (reasons + 2 * k + 1) + 13 + n * (12 + errnos);
+    let got = samples(&e);
+    assert!(got <= bound, "{got} samples, the README says at most {bound}");
+    // Folding did happen for each kind, and nothing of 200 rows leaked past K.
+    for kind in ["destination", "connect_search", "paws_source"] {
+        assert_eq!(value(&e, "twtrace_series_folded", ("kind", kind)), Some(&Value::Int(180)), "{kind}");
+    }
+    assert_eq!(e.family("twtrace_destination_ports_in_use").unwrap().series.len(), k + 1);
+    assert_eq!(e.family("twtrace_paws_source_drops_total").unwrap().series.len(), k + 1);
+    assert_eq!(value(&e, "twtrace_paws_source_drops_total", ("source", "other")), Some(&Value::Int(180)));
+}
