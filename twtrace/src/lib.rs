@@ -15,6 +15,7 @@ pub mod churn;
 pub mod cmd;
 pub mod drive;
 pub mod event;
+pub mod export;
 pub mod filter;
 pub mod findings;
 pub mod kernel;

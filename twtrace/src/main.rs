@@ -32,6 +32,8 @@ enum Command {
     /// What is wrong, where, the evidence and what to do about it: watches every namespace for
     /// a while (or reads a recording). Exit status 0 fine, 1 warning, 2 critical, 3 could not run.
     Doctor(cmd::doctor::DoctorArgs),
+    /// Serve the model to Prometheus (/metrics, /healthz) while tracing, until SIGTERM.
+    Serve(cmd::serve::ServeArgs),
     /// Generate connection churn on loopback: reproduce TIME_WAIT and port-space pressure, or
     /// measure tracing overhead (no root needed).
     Churn(churn::ChurnArgs),
@@ -83,6 +85,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Record(args) => cmd::record::run(args).await,
         Command::Report(args) => cmd::report::run(&args).await,
         Command::Doctor(_) => unreachable!("run by main for its exit status"),
+        Command::Serve(args) => cmd::serve::run(args).await,
         Command::Churn(args) => churn::run(&args),
     }
 }

@@ -132,16 +132,19 @@ enum Tracer {
     RecordAll,
     RecordTimeWaitDrops,
     TopHeadless,
+    /// `twtrace serve`, scraped once a second as Prometheus would.
+    Serve,
     BpftracePrint,
     BpftraceAggregate,
 }
 
 impl Tracer {
-    const ALL: [Tracer; 6] = [
+    const ALL: [Tracer; 7] = [
         Tracer::Untraced,
         Tracer::RecordAll,
         Tracer::RecordTimeWaitDrops,
         Tracer::TopHeadless,
+        Tracer::Serve,
         Tracer::BpftracePrint,
         Tracer::BpftraceAggregate,
     ];
@@ -152,6 +155,7 @@ impl Tracer {
             Tracer::RecordAll => "twtrace record, all families",
             Tracer::RecordTimeWaitDrops => "twtrace record, timewait+drops",
             Tracer::TopHeadless => "twtrace top (headless: stat)",
+            Tracer::Serve => "twtrace serve, scraped every second",
             Tracer::BpftracePrint => "bpftrace, prints each event",
             Tracer::BpftraceAggregate => "bpftrace, aggregates in maps",
         }
@@ -355,6 +359,9 @@ fn measure(
         Tracer::TopHeadless => {
             Some(start_twtrace(Command::new(twtrace).args(["stat", "--netns", NETNS, "--interval", "1"]))?)
         }
+        Tracer::Serve => {
+            Some(start_twtrace(Command::new(twtrace).args(["serve", "--netns", NETNS, "--listen", SERVE_ADDR]))?)
+        }
         Tracer::BpftracePrint | Tracer::BpftraceAggregate => {
             let (script, text) = if tracer == Tracer::BpftracePrint {
                 ("print.bt", BPFTRACE_PRINT)
@@ -398,6 +405,16 @@ fn measure(
     let cpu_before = pid.and_then(cpu_ticks);
     let bpf_before = bpf_run_time_ns()?;
     let started = Instant::now();
+    let scraping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(tracer == Tracer::Serve));
+    let scraper = scraping.clone();
+    let scrapes = std::thread::spawn(move || {
+        let mut ok = 0u64;
+        while scraper.load(std::sync::atomic::Ordering::Relaxed) {
+            ok += u64::from(scrape(SERVE_ADDR));
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        ok
+    });
     let mut churn = Command::new("ip");
     churn.args(["netns", "exec", NETNS]).arg(twtrace).args([
         "churn",
@@ -411,6 +428,11 @@ fn measure(
         churn.args(["--rate", &rate.to_string()]);
     }
     let out = churn.output().context("running twtrace churn")?;
+    scraping.store(false, std::sync::atomic::Ordering::Relaxed);
+    let scraped = scrapes.join().unwrap_or(0);
+    if tracer == Tracer::Serve && scraped == 0 {
+        bail!("no scrape of twtrace serve on {SERVE_ADDR} succeeded");
+    }
     if !out.status.success() {
         bail!("twtrace churn failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -450,8 +472,29 @@ fn measure(
             run.lost = words.get(4).and_then(|w| w.trim_start_matches('(').parse().ok());
             run.bytes = line.split(": ").nth(2).and_then(|s| s.split_whitespace().next()).and_then(|b| b.parse().ok());
         }
+        // `twtrace: serve ended; N events, M lost in the kernel`
+        if let Some(line) = stderr.iter().flatten().find(|l| l.starts_with("twtrace: serve ended; ")) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            run.events = words.get(3).and_then(|w| w.parse().ok());
+            run.lost = words.get(5).and_then(|w| w.parse().ok());
+        }
     }
     Ok(run)
+}
+
+/// Where the bench's `twtrace serve` listens.
+const SERVE_ADDR: &str = "127.0.0.1:19977";
+
+/// One GET of /metrics, as a scraper does; whether it came back 200 with the whole exposition.
+fn scrape(addr: &str) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    if stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut body = String::new();
+    stream.read_to_string(&mut body).is_ok() && body.starts_with("HTTP/1.1 200") && body.ends_with("# EOF\n")
 }
 
 type Lines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;

@@ -23,6 +23,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("tmux", "drives twtrace top in a real terminal in the tests"),
     ("chromium", "renders twtrace report's HTML page in the tests (headless)"),
     ("bpftrace", "the reference tracer `cargo xtask bench` compares twtrace with"),
+    ("prometheus", "the real Prometheus server (and promtool) the serve test scrapes with"),
+    ("python3-prometheus-client", "the strict OpenMetrics parser the serve test checks the exposition with"),
+    ("openssl", "makes the serve test's TLS certificate"),
+    ("curl", "the serve test's HTTP(S) client"),
 ];
 
 pub fn ensure() -> anyhow::Result<()> {

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
-use super::{Aggregator, Destination, DestinationStats, NameId, RemoteKey, SearchStats, range_size};
+use super::{Aggregator, Destination, DestinationStats, NameId, RemoteKey, SearchStats, range_size, stats::Histogram};
 
 impl Aggregator {
     /// The views at `now_ns` (CLOCK_MONOTONIC, the events' clock), as of the last
@@ -292,6 +292,30 @@ impl Aggregator {
         });
         views.truncate(self.settings.top);
         views
+    }
+}
+
+/// Read-only access to the distributions and running totals behind the views, for the
+/// exporter's histograms and counters.
+impl Aggregator {
+    /// TIME_WAIT lifetimes (ns) of the deaths seen.
+    pub fn lifetimes(&self) -> &Histogram {
+        &self.lifetimes
+    }
+
+    /// bind()/listen() port search durations (ns).
+    pub fn bind_searches(&self) -> &Histogram {
+        &self.bind_search_ns
+    }
+
+    /// connect() port searches per (namespace, remote endpoint): durations (ns), candidates.
+    pub fn connect_searches(&self) -> impl Iterator<Item = ((u32, SocketAddr), &Histogram, &Histogram)> {
+        self.searches.iter().map(|(k, s)| (*k, &s.search_ns, &s.candidates))
+    }
+
+    /// connect() attempts toward a destination since start (0 for one never seen).
+    pub fn connects_total(&self, dest: &Destination) -> u64 {
+        self.destinations.get(dest).map_or(0, |d| d.connects.total())
     }
 }
 

@@ -11,6 +11,8 @@ pub struct Histogram {
     total: u64,
     min: u64,
     max: u64,
+    /// Of every value recorded (the exporter's histograms carry it).
+    sum: u128,
 }
 
 impl Histogram {
@@ -44,11 +46,28 @@ impl Histogram {
         self.min = if self.total == 0 { value } else { self.min.min(value) };
         self.total += 1;
         self.max = self.max.max(value);
+        self.sum += u128::from(value);
     }
 
-    #[cfg(test)]
     pub fn count(&self) -> u64 {
         self.total
+    }
+
+    pub fn sum(&self) -> u128 {
+        self.sum
+    }
+
+    /// How many values fall at or below each of `bounds` (ascending), to bucket precision: a
+    /// bucket counts where its middle (as [`Self::quantile`] reports it) falls. Cumulative.
+    pub fn at_or_below(&self, bounds: &[u64]) -> Vec<u64> {
+        let mut out = vec![0; bounds.len()];
+        for (bucket, &count) in self.counts.iter().enumerate().filter(|(_, c)| **c > 0) {
+            let middle =
+                ((Self::low_of(bucket) + Self::low_of(bucket + 1).saturating_sub(1)) / 2).clamp(self.min, self.max);
+            let first = bounds.partition_point(|b| *b < middle);
+            out[first..].iter_mut().for_each(|n| *n += count);
+        }
+        out
     }
 
     pub fn max(&self) -> Option<u64> {
@@ -147,6 +166,17 @@ mod tests {
         assert!((p99 - 60.99).abs() / 60.99 < 1.0 / 32.0, "p99 {p99}");
         assert_eq!(h.max(), Some(62_000_000_000));
         assert_eq!(h.count(), 1001);
+        assert_eq!(h.sum(), (60_000..61_000u128).sum::<u128>() * 1_000_000 + 62_000_000_000);
+    }
+
+    #[test]
+    fn counts_at_or_below_bounds_are_cumulative() {
+        let mut h = Histogram::default();
+        for v in [1, 5, 5, 20, 1000, 60_000] {
+            h.record(v);
+        }
+        assert_eq!(h.at_or_below(&[0, 1, 5, 100, 1000, 100_000]), [0, 1, 3, 4, 5, 6]);
+        assert_eq!(Histogram::default().at_or_below(&[1, 2]), [0, 0]);
     }
 
     #[test]

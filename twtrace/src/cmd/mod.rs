@@ -5,6 +5,7 @@ pub mod doctor;
 pub mod probes;
 pub mod record;
 pub mod report;
+pub mod serve;
 pub mod stat;
 pub mod top;
 pub mod trace;

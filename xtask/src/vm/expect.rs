@@ -56,7 +56,15 @@ pub const EVERY_GUEST: &[Gap] = &[
         ALL,
         "no browser in the guest (chromium with its libraries is hundreds of MB; the host runs this test)",
     ),
+    gap("serve", "prometheus_sees_each_namespace_as_ss_does", ALL, NO_PROMETHEUS),
+    gap("serve", "tls_and_basic_auth_from_the_web_config_file", ALL, NO_PROMETHEUS),
+    gap("serve", "slow_clients_and_sigterm_during_scrapes", ALL, NO_PROMETHEUS),
 ];
+
+/// The exporter's tests run a real Prometheus (and curl, openssl, Python's strict OpenMetrics
+/// parser): Debian packages the host installs, not in the guests' initramfs.
+const NO_PROMETHEUS: &str =
+    "no Prometheus, promtool, curl, openssl or Python prometheus-client in the guest; the host runs these tests";
 
 // Kernel facts behind the gaps below (Linux versions):
 // - 5.17 added `kfree_skb_reason` and the `reason` field of `skb:kfree_skb`; the RFC 7323

@@ -1,0 +1,144 @@
+//! `twtrace serve`: the probes and the aggregator, continuously, behind a Prometheus
+//! endpoint. The sink applies events as every view does and, once per `--publish-interval`,
+//! builds an [`Exposition`] and hands it to the HTTP server through a watch channel: a scrape
+//! never touches the model, never waits for the loop, and the loop never waits for a scrape.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::sync::watch;
+
+use super::{FilterArgs, ProbeArgs};
+use crate::{
+    aggregate::Aggregator,
+    drive::{self, Control, Limits, Sink, Status},
+    event::Event,
+    export::{
+        http::{self, Published},
+        model::{self, Builder, Exposition},
+        webconfig::WebConfig,
+    },
+    probes::FamilyReport,
+    source::Source,
+};
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Address to serve on. Loopback by default: give another address (e.g. 0.0.0.0:9977)
+    /// only with --web-config-file protecting it, or a network policy.
+    #[arg(long, default_value = "127.0.0.1:9977", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// TLS and basic auth, in the web configuration format of node_exporter and the
+    /// Prometheus exporter toolkit (tls_server_config, basic_auth_users).
+    #[arg(long, value_name = "FILE")]
+    web_config_file: Option<PathBuf>,
+    /// Series of their own per kind of row (destinations, connect searches, PAWS sources);
+    /// the rest are summed into `other`.
+    #[arg(long, default_value_t = 20, value_name = "K")]
+    top_k: usize,
+    /// Leave out a destination that holds no port and whose counters stood still this long.
+    #[arg(long, default_value = "10m", value_parser = super::parse_duration, value_name = "DURATION")]
+    idle_after: Duration,
+    /// How often the model is turned into what scrapes return.
+    #[arg(long, default_value = "1s", value_parser = super::parse_duration, value_name = "DURATION")]
+    publish_interval: Duration,
+    #[command(flatten)]
+    probes: ProbeArgs,
+    #[command(flatten)]
+    filters: FilterArgs,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if args.top_k == 0 {
+        anyhow::bail!("--top-k must be at least 1");
+    }
+    if args.publish_interval < Duration::from_millis(100) || args.publish_interval > Duration::from_secs(60) {
+        anyhow::bail!("--publish-interval must be between 100ms and 60s");
+    }
+    let web = match &args.web_config_file {
+        Some(path) => WebConfig::load(path)?,
+        None => WebConfig::default(),
+    };
+    if !args.listen.ip().is_loopback() && web.auth.is_none() {
+        log::warn!("serving on {} without basic auth: anyone who reaches it can read the metrics", args.listen);
+    }
+    // Bound before the probes load: a taken port is reported at once.
+    let listener = http::bind(args.listen).await?;
+    let source = Source::live(&args.probes.options()?, true)?;
+    let limits = model::Limits { top_k: args.top_k, idle_after: args.idle_after };
+    serve(source, args.filters.filter(), listener, web, limits, args.publish_interval).await
+}
+
+/// Serves `source`'s model on `listener` until SIGINT/SIGTERM, then publishes the last
+/// events, finishes the scrapes in flight and returns.
+pub async fn serve(
+    mut source: Source,
+    filter: crate::filter::Filter,
+    listener: tokio::net::TcpListener,
+    web: WebConfig,
+    limits: model::Limits,
+    publish_interval: Duration,
+) -> anyhow::Result<()> {
+    let info = source.info();
+    let aggregator = super::aggregator_for(info, model::MODEL_ROWS);
+    let mut builder = Builder::new(limits);
+    let backends = info.backends.clone();
+    let now = source.now_ns();
+    let first = builder.build(&aggregator, now, &source.health(), &backends);
+    let (publish, published) = watch::channel(Published { exposition: Arc::new(first), at: std::time::Instant::now() });
+    let scheme = if web.tls.is_some() { "https" } else { "http" };
+    let auth = if web.auth.is_some() { " (basic auth)" } else { "" };
+    let server = http::spawn(listener, web, published);
+    eprintln!("twtrace: serving metrics on {scheme}://{}/metrics{auth}", server.local_addr);
+    let interval_ns = publish_interval.as_nanos() as u64;
+    let mut sink =
+        ServeSink { aggregator, builder, backends, publish, interval_ns, next_ns: now + interval_ns, events: 0 };
+    let result = drive::drive(&mut source, filter, &mut sink, Limits::default()).await;
+    server.stop().await;
+    result
+}
+
+struct ServeSink {
+    aggregator: Aggregator,
+    builder: Builder,
+    backends: Vec<FamilyReport>,
+    publish: watch::Sender<Published>,
+    interval_ns: u64,
+    next_ns: u64,
+    events: u64,
+}
+
+impl ServeSink {
+    fn publish(&mut self, status: &Status) {
+        let now = status.now_ns();
+        self.aggregator.advance(now);
+        let exposition: Exposition = self.builder.build(&self.aggregator, now, &status.health(), &self.backends);
+        self.publish.send_replace(Published { exposition: Arc::new(exposition), at: std::time::Instant::now() });
+    }
+}
+
+impl Sink for ServeSink {
+    type Wake = ();
+
+    fn event(&mut self, event: &Event, _status: &Status) -> anyhow::Result<()> {
+        self.events += 1;
+        self.aggregator.apply(event);
+        Ok(())
+    }
+
+    fn batch_done(&mut self, status: &Status) -> anyhow::Result<Control> {
+        let now = status.now_ns();
+        if now >= self.next_ns {
+            self.publish(status);
+            // After a stall, the next tick is an interval from now, not a burst of catch-ups.
+            self.next_ns = (self.next_ns + self.interval_ns).max(now + self.interval_ns / 2);
+        }
+        Ok(Control::Continue)
+    }
+
+    /// The events drained at the stop are published for the scrapes still in flight.
+    fn finish(&mut self, status: &Status) -> anyhow::Result<()> {
+        self.publish(status);
+        eprintln!("twtrace: serve ended; {} events, {} lost in the kernel", self.events, status.health().lost);
+        Ok(())
+    }
+}

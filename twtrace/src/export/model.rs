@@ -1,0 +1,637 @@
+//! What a scrape returns: an [`Exposition`] built from the aggregator on the drive loop's tick,
+//! and the `prometheus-client` collector that encodes it when `/metrics` is asked for.
+//!
+//! Building reads the model (on the drive loop, once per tick, whatever the number of
+//! scrapers); encoding reads only the immutable [`Exposition`] (on the HTTP side, once per
+//! tick however many scrapers ask). Neither waits for the other.
+//!
+//! Cardinality is bounded by [`Limits::top_k`]: per kind of row (destinations, connect
+//! searches, PAWS sources) the K most important get their own series and the rest are summed
+//! into one `other` series, with `twtrace_series_folded{kind}` saying how many were. A
+//! destination that holds no port and whose counters have not moved for
+//! [`Limits::idle_after`] is left out (`twtrace_series_aged_out{kind="destination"}`).
+//! Namespaces are not folded: each has its own few series (see the README for the sum).
+
+use std::{fmt::Write as _, net::SocketAddr, sync::Arc, time::Duration};
+
+use foldhash::{HashMap, HashMapExt};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, NoLabelSet},
+    metrics::MetricType,
+    registry::{Registry, Unit},
+};
+
+use crate::{
+    aggregate::{Aggregator, Destination, Snapshot, stats::Histogram},
+    probes::FamilyReport,
+    source::Health,
+};
+
+/// How much of the model a scrape shows.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Series of their own per kind of row; the rest are folded into `other`.
+    pub top_k: usize,
+    /// A destination holding no port whose counters stood still this long is left out.
+    pub idle_after: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { top_k: 20, idle_after: Duration::from_secs(600) }
+    }
+}
+
+/// Rows the aggregator ranks for the exporter before it folds (what `--top` is for `stat`):
+/// beyond this many destinations or sources a snapshot is cut, so `other` then counts only
+/// the first ones. Large enough for any host the README's sizing covers.
+pub const MODEL_ROWS: usize = 1000;
+
+/// TIME_WAIT lifetime bounds (s): the 60 s timer and its timer-wheel slack, and early kills.
+const LIFETIME_BOUNDS: [f64; 12] = [1.0, 10.0, 30.0, 59.0, 60.0, 60.5, 61.0, 61.5, 62.0, 65.0, 120.0, 300.0];
+/// Port search duration bounds (s): a few microseconds when ports are free, milliseconds when
+/// the kernel walks a nearly full range.
+const SEARCH_BOUNDS: [f64; 14] =
+    [1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1, 1.0];
+/// Candidate ports examined per search.
+const CANDIDATE_BOUNDS: [f64; 12] = [1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 32768.0, 65536.0];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Gauge,
+    Counter,
+    Info,
+    Histogram,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Int(u64),
+    Float(f64),
+    /// An info series: its labels are the information, its value 1.
+    Info,
+    /// Cumulative counts at each bound, `+Inf` last.
+    Histogram {
+        sum: f64,
+        count: u64,
+        buckets: Vec<(f64, u64)>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    pub labels: Vec<(&'static str, String)>,
+    pub value: Value,
+}
+
+/// One metric family. `name` is without the unit and type suffixes the encoder adds
+/// (`_seconds`, `_total`, `_info`, `_bucket`...).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Family {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub seconds: bool,
+    pub kind: Kind,
+    pub series: Vec<Series>,
+}
+
+impl Family {
+    fn new(name: &'static str, kind: Kind, help: &'static str) -> Self {
+        Self { name, help, seconds: false, kind, series: Vec::new() }
+    }
+
+    fn in_seconds(mut self) -> Self {
+        self.seconds = true;
+        self
+    }
+
+    fn push(&mut self, labels: Vec<(&'static str, String)>, value: Value) {
+        self.series.push(Series { labels, value });
+    }
+
+    /// The full name of its samples' stem, as Prometheus sees it.
+    pub fn full_name(&self) -> String {
+        let mut name = self.name.to_owned();
+        if self.seconds {
+            name.push_str("_seconds");
+        }
+        match self.kind {
+            Kind::Counter => name.push_str("_total"),
+            Kind::Info => name.push_str("_info"),
+            _ => {}
+        }
+        name
+    }
+}
+
+/// Everything one scrape shows.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Exposition {
+    /// Counts builds: scrapes of the same generation share one encoding.
+    pub generation: u64,
+    /// CLOCK_MONOTONIC of the model's state.
+    pub mono_ns: u64,
+    pub families: Vec<Family>,
+}
+
+impl Exposition {
+    pub fn family(&self, full_name: &str) -> Option<&Family> {
+        self.families.iter().find(|f| f.full_name() == full_name)
+    }
+
+    /// Series in the exposition (a histogram counts once).
+    pub fn series_count(&self) -> usize {
+        self.families.iter().map(|f| f.series.len()).sum()
+    }
+}
+
+/// Builds [`Exposition`]s, remembering when each destination last moved (for ageing).
+pub struct Builder {
+    limits: Limits,
+    generation: u64,
+    /// Per destination: (in use, connects, failures) as last seen, and since when unchanged.
+    activity: HashMap<Destination, ((u64, u64, u64), u64)>,
+}
+
+/// The namespace labels every per-namespace series carries.
+fn ns(netns: u32, name: &str) -> Vec<(&'static str, String)> {
+    vec![("netns", netns.to_string()), ("namespace", name.to_owned())]
+}
+
+/// The pod UID or the container a namespace's name says, for the info series.
+fn workload(name: &str) -> (String, String) {
+    if let Some(uid) = name.strip_prefix("pod ") {
+        let uid = uid.split(' ').next().unwrap_or(uid);
+        return (uid.to_owned(), String::new());
+    }
+    let runtimes = ["docker:", "podman:", "containerd:", "cri-o:"];
+    if runtimes.iter().any(|r| name.starts_with(r)) {
+        return (String::new(), name.to_owned());
+    }
+    (String::new(), String::new())
+}
+
+fn histogram(h: &Histogram, bounds: &[f64], scale: f64) -> Value {
+    let raw: Vec<u64> = bounds.iter().map(|b| (b * scale).round() as u64).collect();
+    let mut buckets: Vec<(f64, u64)> = bounds.iter().copied().zip(h.at_or_below(&raw)).collect();
+    buckets.push((f64::INFINITY, h.count()));
+    Value::Histogram { sum: h.sum() as f64 / scale, count: h.count(), buckets }
+}
+
+/// Sums histograms of the same bounds (for `other`).
+fn add_histogram(into: &mut Option<Value>, more: Value) {
+    match (into.as_mut(), more) {
+        (None, more) => *into = Some(more),
+        (Some(Value::Histogram { sum, count, buckets }), Value::Histogram { sum: s2, count: c2, buckets: b2 }) => {
+            *sum += s2;
+            *count += c2;
+            buckets.iter_mut().zip(b2).for_each(|(a, b)| a.1 += b.1);
+        }
+        _ => {}
+    }
+}
+
+impl Builder {
+    pub fn new(limits: Limits) -> Self {
+        Self { limits, generation: 0, activity: HashMap::new() }
+    }
+
+    /// The exposition of `aggregator` at `now_ns` (advance it first). `health` and `backends`
+    /// describe the source.
+    pub fn build(
+        &mut self,
+        aggregator: &Aggregator,
+        now_ns: u64,
+        health: &Health,
+        backends: &[FamilyReport],
+    ) -> Exposition {
+        self.generation += 1;
+        let snapshot = aggregator.snapshot(now_ns);
+        let mut families = Vec::new();
+        self.namespaces(aggregator, &snapshot, &mut families);
+        self.timewait(aggregator, &snapshot, &mut families);
+        self.destinations(aggregator, &snapshot, now_ns, &mut families);
+        self.searches(aggregator, &mut families);
+        self.paws(&snapshot, &mut families);
+        self_metrics(&snapshot, health, backends, &mut families);
+        // Folding counts were pushed as they were found: keep them in one family, last.
+        let mut folded = Family::new(
+            "twtrace_series_folded",
+            Kind::Gauge,
+            "Rows beyond --top-k summed into the `other` series of their kind.",
+        );
+        let mut aged = Family::new(
+            "twtrace_series_aged_out",
+            Kind::Gauge,
+            "Idle rows left out of the exposition (no port held, no counter moved for --idle-after).",
+        );
+        for f in &mut families {
+            if f.name == "twtrace_series_folded" {
+                folded.series.append(&mut f.series);
+            } else if f.name == "twtrace_series_aged_out" {
+                aged.series.append(&mut f.series);
+            }
+        }
+        families.retain(|f| {
+            !f.series.is_empty() && f.name != "twtrace_series_folded" && f.name != "twtrace_series_aged_out"
+        });
+        families.push(folded);
+        families.push(aged);
+        Exposition { generation: self.generation, mono_ns: now_ns, families }
+    }
+
+    fn namespaces(&self, aggregator: &Aggregator, snapshot: &Snapshot, out: &mut Vec<Family>) {
+        let views: HashMap<u32, &crate::aggregate::NamespaceView> =
+            snapshot.namespaces.iter().map(|v| (v.netns, v)).collect();
+        let mut info = Family::new(
+            "twtrace_namespace",
+            Kind::Info,
+            "A network namespace twtrace sees: its inode, name, and the pod or container it belongs to when known.",
+        );
+        let mut tw = Family::new("twtrace_timewait_sockets", Kind::Gauge, "TIME_WAIT sockets in the namespace now.");
+        let mut buckets = Family::new(
+            "twtrace_timewait_max_buckets",
+            Kind::Gauge,
+            "The namespace's net.ipv4.tcp_max_tw_buckets: TIME_WAIT sockets beyond it are not made.",
+        );
+        let mut range = Family::new(
+            "twtrace_local_port_range_size",
+            Kind::Gauge,
+            "Ports in the namespace's net.ipv4.ip_local_port_range.",
+        );
+        let mut counters = Family::new(
+            "twtrace_tcpext",
+            Kind::Counter,
+            "The namespace's TcpExt counters from /proc/net/netstat (TIME_WAIT and PAWS ones), increase since twtrace started.",
+        );
+        for description in aggregator.namespaces() {
+            let view = views.get(&description.netns);
+            if !description.live && view.is_none() {
+                continue;
+            }
+            let labels = ns(description.netns, &description.name);
+            let (pod, container) = workload(&description.name);
+            let mut info_labels = labels.clone();
+            info_labels.push(("pod", pod));
+            info_labels.push(("container", container));
+            info.push(info_labels, Value::Info);
+            tw.push(labels.clone(), Value::Int(view.map_or(0, |v| v.timewait_live)));
+            if let Some(limit) = description.sysctls.as_ref().and_then(|s| s.tcp_max_tw_buckets) {
+                buckets.push(labels.clone(), Value::Int(limit));
+            }
+            range.push(labels.clone(), Value::Int(aggregator.range_size(description.netns)));
+            for (name, delta) in view.map(|v| v.counters.as_slice()).unwrap_or_default() {
+                let mut l = labels.clone();
+                l.push(("counter", name.clone()));
+                counters.push(l, Value::Int((*delta).max(0) as u64));
+            }
+        }
+        out.extend([info, tw, buckets, range, counters]);
+    }
+
+    fn timewait(&self, aggregator: &Aggregator, snapshot: &Snapshot, out: &mut Vec<Family>) {
+        let t = &snapshot.timewait;
+        let mut births = Family::new("twtrace_timewait_births", Kind::Counter, "TIME_WAIT sockets born since start.");
+        births.push(vec![], Value::Int(t.births_total));
+        let mut deaths = Family::new(
+            "twtrace_timewait_deaths",
+            Kind::Counter,
+            "TIME_WAIT sockets gone since start, by reason: expired (the timer ran out) or killed (reused early).",
+        );
+        deaths.push(vec![("reason", "expired".into())], Value::Int(t.expired_total));
+        deaths.push(vec![("reason", "killed".into())], Value::Int(t.killed_total));
+        let mut lifetime = Family::new(
+            "twtrace_timewait_lifetime",
+            Kind::Histogram,
+            "Lifetime of TIME_WAIT sockets at their death (to about 3%).",
+        )
+        .in_seconds();
+        lifetime.push(vec![], histogram(aggregator.lifetimes(), &LIFETIME_BOUNDS, 1e9));
+        out.extend([births, deaths, lifetime]);
+    }
+
+    fn destinations(&mut self, aggregator: &Aggregator, snapshot: &Snapshot, now_ns: u64, out: &mut Vec<Family>) {
+        let mut in_use = Family::new(
+            "twtrace_destination_ports_in_use",
+            Kind::Gauge,
+            "Local ports held toward a destination (local address -> remote endpoint) by connected and client-side TIME_WAIT sockets.",
+        );
+        let mut range = Family::new(
+            "twtrace_destination_port_range_size",
+            Kind::Gauge,
+            "Ports connect() may use toward the destination: its namespace's ip_local_port_range.",
+        );
+        let mut ratio = Family::new(
+            "twtrace_destination_port_utilisation_ratio",
+            Kind::Gauge,
+            "Ports in use over the range size (0-1).",
+        );
+        let mut connects =
+            Family::new("twtrace_destination_connects", Kind::Counter, "connect() attempts toward the destination.");
+        let mut failures = Family::new(
+            "twtrace_destination_connect_failures",
+            Kind::Counter,
+            "Failed connect() port searches toward the destination's remote endpoint (any errno).",
+        );
+        let mut exhaustion = Family::new(
+            "twtrace_destination_exhaustion",
+            Kind::Gauge,
+            "Time until the range is full toward the destination at the current net growth (absent when not growing).",
+        )
+        .in_seconds();
+        let mut folded = Family::new("twtrace_series_folded", Kind::Gauge, "");
+        let mut aged = Family::new("twtrace_series_aged_out", Kind::Gauge, "");
+
+        let mut seen = HashMap::with_capacity(snapshot.port_space.destinations.len());
+        let mut shown = 0;
+        let (mut n_folded, mut n_aged) = (0u64, 0u64);
+        let mut other = (0u64, 0u64, 0u64);
+        for d in &snapshot.port_space.destinations {
+            let total_connects = aggregator.connects_total(&d.destination);
+            let signature = (d.in_use, total_connects, d.failures);
+            let since = match self.activity.get(&d.destination) {
+                Some((s, since)) if *s == signature => *since,
+                _ => now_ns,
+            };
+            seen.insert(d.destination, (signature, since));
+            if d.in_use == 0 && now_ns.saturating_sub(since) >= self.limits.idle_after.as_nanos() as u64 {
+                n_aged += 1;
+                continue;
+            }
+            if shown >= self.limits.top_k {
+                n_folded += 1;
+                other.0 += d.in_use;
+                other.1 += total_connects;
+                other.2 += d.failures;
+                continue;
+            }
+            shown += 1;
+            let mut labels = ns(d.destination.netns, &d.namespace);
+            labels.push(("local", d.destination.local.to_string()));
+            labels.push(("remote", d.destination.remote.to_string()));
+            in_use.push(labels.clone(), Value::Int(d.in_use));
+            range.push(labels.clone(), Value::Int(d.range));
+            ratio.push(labels.clone(), Value::Float(d.utilisation));
+            connects.push(labels.clone(), Value::Int(total_connects));
+            failures.push(labels.clone(), Value::Int(d.failures));
+            if let Some(s) = d.seconds_to_exhaustion {
+                exhaustion.push(labels, Value::Float(s));
+            }
+        }
+        self.activity = seen;
+        if n_folded > 0 {
+            let labels = || {
+                ["netns", "namespace", "local", "remote"]
+                    .into_iter()
+                    .map(|k| (k, "other".to_owned()))
+                    .collect::<Vec<_>>()
+            };
+            in_use.push(labels(), Value::Int(other.0));
+            connects.push(labels(), Value::Int(other.1));
+            failures.push(labels(), Value::Int(other.2));
+        }
+        folded.push(vec![("kind", "destination".into())], Value::Int(n_folded));
+        aged.push(vec![("kind", "destination".into())], Value::Int(n_aged));
+
+        let mut by_errno = Family::new(
+            "twtrace_port_search_failures",
+            Kind::Counter,
+            "Failed connect() and bind() port searches in the namespace, by errno (EADDRNOTAVAIL: no free port).",
+        );
+        let mut sums: HashMap<(u32, &str, &str), u64> = HashMap::new();
+        for f in &snapshot.port_space.failures {
+            *sums.entry((f.netns, f.namespace.as_str(), f.error.as_str())).or_default() += f.count;
+        }
+        let mut sums: Vec<_> = sums.into_iter().collect();
+        sums.sort();
+        for ((netns, name, errno), count) in sums {
+            let mut labels = ns(netns, name);
+            labels.push(("errno", errno.to_owned()));
+            by_errno.push(labels, Value::Int(count));
+        }
+        out.extend([in_use, range, ratio, connects, failures, exhaustion, by_errno, folded, aged]);
+    }
+
+    fn searches(&self, aggregator: &Aggregator, out: &mut Vec<Family>) {
+        let mut duration = Family::new(
+            "twtrace_connect_search_duration",
+            Kind::Histogram,
+            "connect() ephemeral port search duration per remote endpoint (tracepoint backend: SYN_SENT to the SYN, approximate).",
+        )
+        .in_seconds();
+        let mut candidates = Family::new(
+            "twtrace_connect_search_candidates",
+            Kind::Histogram,
+            "Candidate ports connect() examined per search (fentry and kprobe backends only).",
+        );
+        let mut rows: Vec<((u32, SocketAddr), &Histogram, &Histogram)> = aggregator.connect_searches().collect();
+        rows.sort_by(|a, b| b.1.count().cmp(&a.1.count()).then(a.0.cmp(&b.0)));
+        let (mut other_d, mut other_c, mut n_folded) = (None, None, 0u64);
+        for (i, ((netns, remote), d, c)) in rows.into_iter().enumerate() {
+            if i >= self.limits.top_k {
+                n_folded += 1;
+                add_histogram(&mut other_d, histogram(d, &SEARCH_BOUNDS, 1e9));
+                add_histogram(&mut other_c, histogram(c, &CANDIDATE_BOUNDS, 1.0));
+                continue;
+            }
+            let mut labels = ns(netns, &aggregator.namespace_name(netns));
+            labels.push(("remote", remote.to_string()));
+            duration.push(labels.clone(), histogram(d, &SEARCH_BOUNDS, 1e9));
+            if c.count() > 0 {
+                candidates.push(labels, histogram(c, &CANDIDATE_BOUNDS, 1.0));
+            }
+        }
+        let other =
+            || ["netns", "namespace", "remote"].into_iter().map(|k| (k, "other".to_owned())).collect::<Vec<_>>();
+        if let Some(v) = other_d {
+            duration.push(other(), v);
+        }
+        if let Some(v @ Value::Histogram { count: 1.., .. }) = other_c {
+            candidates.push(other(), v);
+        }
+        let mut bind = Family::new(
+            "twtrace_bind_search_duration",
+            Kind::Histogram,
+            "bind()/listen() port search duration, host-wide (fentry and kprobe backends only).",
+        )
+        .in_seconds();
+        bind.push(vec![], histogram(aggregator.bind_searches(), &SEARCH_BOUNDS, 1e9));
+        let mut folded = Family::new("twtrace_series_folded", Kind::Gauge, "");
+        folded.push(vec![("kind", "connect_search".into())], Value::Int(n_folded));
+        out.extend([duration, candidates, bind, folded]);
+    }
+
+    fn paws(&self, snapshot: &Snapshot, out: &mut Vec<Family>) {
+        let p = &snapshot.paws;
+        let mut drops = Family::new(
+            "twtrace_paws_drops",
+            Kind::Counter,
+            "Segments the kernel dropped for PAWS and other RFC 7323 timestamp checks, by drop reason.",
+        );
+        // The usual reasons start at 0, so rate() and alerts see the first drop.
+        let usual = ["TCP_RFC7323_PAWS", "TCP_RFC7323_PAWS_ACK", "TCP_RFC7323_TW_PAWS", "TCP_RFC7323_TSECR"];
+        let mut reasons: Vec<(String, u64)> = usual.iter().map(|r| (r.to_string(), 0)).collect();
+        for r in &p.by_reason {
+            match reasons.iter_mut().find(|(name, _)| *name == r.reason) {
+                Some(known) => known.1 = r.total,
+                None => reasons.push((r.reason.clone(), r.total)),
+            }
+        }
+        for (reason, total) in reasons {
+            drops.push(vec![("reason", reason)], Value::Int(total));
+        }
+        let mut by_source = Family::new(
+            "twtrace_paws_source_drops",
+            Kind::Counter,
+            "PAWS drops by source address (many flows from one source: hosts behind NAT).",
+        );
+        let mut flows = Family::new(
+            "twtrace_paws_source_flows",
+            Kind::Gauge,
+            "Distinct flows (remote port, local port) dropped from the source.",
+        );
+        let (mut other, mut n_folded) = (0u64, 0u64);
+        for (i, s) in p.sources.iter().enumerate() {
+            if i >= self.limits.top_k {
+                other += s.drops;
+                n_folded += 1;
+                continue;
+            }
+            let name = snapshot
+                .namespaces
+                .iter()
+                .find(|n| n.netns == s.netns)
+                .map_or_else(|| s.netns.to_string(), |n| n.name.clone());
+            let mut labels = ns(s.netns, &name);
+            labels.push(("source", s.source.to_string()));
+            by_source.push(labels.clone(), Value::Int(s.drops));
+            flows.push(labels, Value::Int(s.flows));
+        }
+        if n_folded > 0 {
+            by_source.push(
+                ["netns", "namespace", "source"].into_iter().map(|k| (k, "other".to_owned())).collect(),
+                Value::Int(other),
+            );
+        }
+        let mut folded = Family::new("twtrace_series_folded", Kind::Gauge, "");
+        folded.push(vec![("kind", "paws_source".into())], Value::Int(n_folded));
+        out.extend([drops, by_source, flows, folded]);
+    }
+}
+
+fn self_metrics(snapshot: &Snapshot, health: &Health, backends: &[FamilyReport], out: &mut Vec<Family>) {
+    let counter = |name, help, v: u64| {
+        let mut f = Family::new(name, Kind::Counter, help);
+        f.push(vec![], Value::Int(v));
+        f
+    };
+    out.push(counter("twtrace_events", "Events twtrace decoded and aggregated (after the filters).", snapshot.events));
+    out.push(counter(
+        "twtrace_lost_records",
+        "Records the kernel could not put in the ring buffer (each was an event twtrace did not see).",
+        health.lost.max(snapshot.lost),
+    ));
+    out.push(counter(
+        "twtrace_skipped_runs",
+        "Runs of twtrace's BPF programs the kernel skipped (another BPF program was running on the CPU).",
+        health.skipped_runs.max(snapshot.skipped_runs),
+    ));
+    if let Some(d) = &health.decoder {
+        out.push(counter(
+            "twtrace_decoder_malformed_records",
+            "Records the decoder could not read.",
+            d.malformed + d.wrong_version,
+        ));
+    }
+    if let Some(ns) = health.bpf_run_time_ns {
+        let mut f = Family::new(
+            "twtrace_bpf_run",
+            Kind::Counter,
+            "Kernel time spent in twtrace's BPF programs, all families (needs kernel.bpf_stats_enabled=1).",
+        )
+        .in_seconds();
+        f.push(vec![], Value::Float(ns as f64 / 1e9));
+        out.push(f);
+    }
+    let mut info = Family::new(
+        "twtrace_probe",
+        Kind::Info,
+        "Per probe family: the backend it runs on (off: not attached) and its kernel hooks.",
+    );
+    for r in backends {
+        info.push(
+            vec![
+                ("family", r.family.to_string()),
+                ("backend", r.running.map_or_else(|| "off".to_owned(), |b| b.to_string())),
+                ("hooks", r.hooks.join(",")),
+            ],
+            Value::Info,
+        );
+    }
+    out.push(info);
+}
+
+/// Encodes an [`Exposition`] through `prometheus-client` when a registry asks.
+#[derive(Debug)]
+struct ExpositionCollector(Arc<Exposition>);
+
+impl Collector for ExpositionCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let seconds = Unit::Seconds;
+        for f in &self.0.families {
+            let kind = match f.kind {
+                Kind::Gauge => MetricType::Gauge,
+                Kind::Counter => MetricType::Counter,
+                Kind::Info => MetricType::Info,
+                Kind::Histogram => MetricType::Histogram,
+            };
+            let mut metric = encoder.encode_descriptor(f.name, f.help, f.seconds.then_some(&seconds), kind)?;
+            for s in &f.series {
+                let labels: Vec<(&str, &str)> = s.labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                if s.value == Value::Info {
+                    metric.encode_info(&labels)?;
+                    continue;
+                }
+                let mut m = metric.encode_family(&labels)?;
+                match (&s.value, f.kind) {
+                    (Value::Int(v), Kind::Counter) => m.encode_counter::<NoLabelSet, _, u64>(v, None)?,
+                    (Value::Float(v), Kind::Counter) => m.encode_counter::<NoLabelSet, _, u64>(v, None)?,
+                    (Value::Int(v), _) => m.encode_gauge(v)?,
+                    (Value::Float(v), _) => m.encode_gauge(v)?,
+                    (Value::Histogram { sum, count, buckets }, _) => {
+                        // The encoder wants each bucket's own count; ours are cumulative.
+                        let mut previous = 0;
+                        let own: Vec<(f64, u64)> = buckets
+                            .iter()
+                            .map(|(le, n)| {
+                                let own = n - previous;
+                                previous = *n;
+                                (*le, own)
+                            })
+                            .collect();
+                        m.encode_histogram::<NoLabelSet>(*sum, *count, &own, None)?;
+                    }
+                    (Value::Info, _) => unreachable!("handled above"),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The OpenMetrics text of an exposition (`# EOF` included).
+pub fn encode(exposition: Arc<Exposition>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ExpositionCollector(exposition)));
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+        // Writing to a String cannot fail; an encoder refusal would be a bug here.
+        out.clear();
+        let _ = writeln!(out, "# EOF");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,245 @@
+use std::net::SocketAddr;
+
+use super::*;
+use crate::{
+    aggregate::Settings,
+    event::{
+        DeathReason, Event, PortSearchEvent, Process, SearchOp, SocketFlow, StateEvent, TimeWaitChange, TimeWaitEvent,
+        TimeWaitSubstate,
+    },
+};
+
+const S: u64 = 1_000_000_000;
+
+fn curl() -> Option<Process> {
+    Some(Process { pid: 4242, tid: 4242, comm: "curl".into(), cgroup_id: 9 })
+}
+
+/// Client connects from `local_port` toward `remote` and closes first: one port held.
+fn request(agg: &mut Aggregator, ts: u64, sk: u64, local_port: u16, remote: &str) {
+    let f = SocketFlow { local: format!("10.0.0.1:{local_port}").parse().unwrap(), remote: remote.parse().unwrap() };
+    let zero = SocketFlow { local: "10.0.0.1:0".parse().unwrap(), remote: f.remote };
+    let state = |old, new, flow| {
+        Event::State(StateEvent {
+            ts_ns: ts,
+            sk_addr: sk,
+            netns: 1,
+            old_state: old,
+            new_state: new,
+            flow: Some(flow),
+            task: curl(),
+        })
+    };
+    agg.apply(&state(7, 2, zero));
+    agg.apply(&state(2, 1, f));
+    agg.apply(&state(1, 4, f));
+    let birth = TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000 };
+    agg.apply(&Event::TimeWait(TimeWaitEvent {
+        ts_ns: ts,
+        tw_id: sk,
+        flow: Some(f),
+        netns: 1,
+        owner: curl(),
+        change: birth,
+    }));
+}
+
+fn failed_search(agg: &mut Aggregator, ts: u64, remote: &str) {
+    agg.apply(&Event::PortSearch(PortSearchEvent {
+        ts_ns: ts,
+        op: SearchOp::Connect,
+        duration_ns: 20_000,
+        errno: 99,
+        candidates: None,
+        approximate: true,
+        netns: 1,
+        remote: Some(remote.parse::<SocketAddr>().unwrap()),
+        local: None,
+        process: curl(),
+    }));
+}
+
+fn aggregator() -> Aggregator {
+    Aggregator::new(Settings { port_range: (40_000, 40_099), max_tw_buckets: Some(5_000), top: MODEL_ROWS })
+}
+
+fn value<'a>(e: &'a Exposition, family: &str, label: (&str, &str)) -> Option<&'a Value> {
+    let f = e.family(family)?;
+    f.series.iter().find(|s| s.labels.iter().any(|(k, v)| *k == label.0 && v == label.1)).map(|s| &s.value)
+}
+
+#[test]
+fn destinations_beyond_top_k_are_folded_into_other_with_their_count() {
+    let mut agg = aggregator();
+    // Five destinations; destination i holds i + 1 ports.
+    let mut sk = 0;
+    for d in 0..5u16 {
+        for p in 0..=d {
+            sk += 1;
+            request(&mut agg, S, sk, 40_000 + d * 10 + p, &format!("10.0.0.9:{}", 80 + d));
+        }
+    }
+    let mut builder = Builder::new(Limits { top_k: 2, idle_after: Duration::from_secs(600) });
+    agg.advance(2 * S);
+    let e = builder.build(&agg, 2 * S, &Health::default(), &[]);
+    let in_use = e.family("twtrace_destination_ports_in_use").unwrap();
+    // The two fullest keep their own series; three are summed into `other`.
+    assert_eq!(in_use.series.len(), 3, "{in_use:#?}");
+    assert_eq!(value(&e, "twtrace_destination_ports_in_use", ("remote", "10.0.0.9:84")), Some(&Value::Int(5)));
+    assert_eq!(value(&e, "twtrace_destination_ports_in_use", ("remote", "10.0.0.9:83")), Some(&Value::Int(4)));
+    assert_eq!(value(&e, "twtrace_destination_ports_in_use", ("remote", "other")), Some(&Value::Int(1 + 2 + 3)));
+    assert_eq!(value(&e, "twtrace_destination_connects_total", ("remote", "other")), Some(&Value::Int(6)));
+    assert_eq!(value(&e, "twtrace_series_folded", ("kind", "destination")), Some(&Value::Int(3)));
+    let ratio = value(&e, "twtrace_destination_port_utilisation_ratio", ("remote", "10.0.0.9:84"));
+    assert_eq!(ratio, Some(&Value::Float(0.05)));
+    // Namespace-level figures are not folded.
+    assert_eq!(value(&e, "twtrace_timewait_sockets", ("netns", "1")), Some(&Value::Int(15)));
+}
+
+#[test]
+fn idle_destinations_age_out_and_come_back_when_they_move() {
+    let mut agg = aggregator();
+    let idle = Duration::from_secs(60);
+    let mut builder = Builder::new(Limits { top_k: 10, idle_after: idle });
+    failed_search(&mut agg, S, "10.0.0.7:443");
+    let has_row =
+        |e: &Exposition| value(e, "twtrace_destination_connect_failures_total", ("remote", "10.0.0.7:443")).is_some();
+    let build = |b: &mut Builder, agg: &mut Aggregator, at: u64| {
+        agg.advance(at);
+        b.build(agg, at, &Health::default(), &[])
+    };
+    assert!(has_row(&build(&mut builder, &mut agg, 2 * S)));
+    assert!(has_row(&build(&mut builder, &mut agg, 30 * S)), "not idle long enough yet");
+    let later = build(&mut builder, &mut agg, 63 * S);
+    assert!(!has_row(&later), "idle for 61 s: aged out");
+    assert_eq!(value(&later, "twtrace_series_aged_out", ("kind", "destination")), Some(&Value::Int(1)));
+    // The per-namespace errno counter stays: it is not a destination series.
+    let errno = value(&later, "twtrace_port_search_failures_total", ("errno", "EADDRNOTAVAIL"));
+    assert_eq!(errno, Some(&Value::Int(1)));
+    failed_search(&mut agg, 64 * S, "10.0.0.7:443");
+    assert!(has_row(&build(&mut builder, &mut agg, 65 * S)), "moved again: back");
+}
+
+#[test]
+fn histograms_are_cumulative_with_sum_count_and_inf() {
+    let mut agg = aggregator();
+    request(&mut agg, S, 1, 40_000, "10.0.0.9:80");
+    let death = TimeWaitChange::Death { reason: DeathReason::Expired, lifetime_ns: 60_700_000_000 };
+    let f = SocketFlow { local: "10.0.0.1:40000".parse().unwrap(), remote: "10.0.0.9:80".parse().unwrap() };
+    agg.apply(&Event::TimeWait(TimeWaitEvent {
+        ts_ns: 62 * S,
+        tw_id: 1,
+        flow: Some(f),
+        netns: 1,
+        owner: None,
+        change: death,
+    }));
+    agg.advance(63 * S);
+    let e = Builder::new(Limits::default()).build(&agg, 63 * S, &Health::default(), &[]);
+    let Some(Value::Histogram { sum, count, buckets }) =
+        e.family("twtrace_timewait_lifetime_seconds").map(|f| &f.series[0].value)
+    else {
+        panic!("no lifetime histogram: {e:#?}")
+    };
+    assert_eq!(*count, 1);
+    assert!((sum - 60.7).abs() < 1e-9, "{sum}");
+    assert_eq!(buckets.last(), Some(&(f64::INFINITY, 1)));
+    // Below 60 s: none; from 62 s up: the one (bucket precision is about 3%).
+    let at = |le: f64| buckets.iter().find(|b| b.0 == le).unwrap().1;
+    assert_eq!(at(59.0), 0);
+    assert_eq!(at(62.0), 1);
+    assert_eq!(value(&e, "twtrace_timewait_deaths_total", ("reason", "expired")), Some(&Value::Int(1)));
+}
+
+#[test]
+fn the_encoding_is_openmetrics_with_units_and_suffixes() {
+    let mut agg = aggregator();
+    request(&mut agg, S, 1, 40_000, "10.0.0.9:80");
+    failed_search(&mut agg, S, "10.0.0.9:80");
+    agg.advance(2 * S);
+    let backends = [FamilyReport::off(crate::probes::Family::Drops)];
+    let e = Builder::new(Limits::default()).build(&agg, 2 * S, &Health { lost: 3, ..Health::default() }, &backends);
+    let text = encode(Arc::new(e));
+    for line in [
+        "# TYPE twtrace_timewait_lifetime_seconds histogram",
+        "# UNIT twtrace_timewait_lifetime_seconds seconds",
+        "twtrace_timewait_lifetime_seconds_bucket{le=\"+Inf\"} 0",
+        "twtrace_lost_records_total 3",
+        "twtrace_probe_info{family=\"drops\",backend=\"off\",hooks=\"\"} 1",
+        "twtrace_timewait_sockets{netns=\"1\",namespace=\"1\"} 1",
+        "twtrace_port_search_failures_total{netns=\"1\",namespace=\"1\",errno=\"EADDRNOTAVAIL\"} 1",
+        "twtrace_destination_ports_in_use{netns=\"1\",namespace=\"1\",local=\"10.0.0.1\",remote=\"10.0.0.9:80\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+    }
+    assert!(text.ends_with("# EOF\n"));
+    // Every family once.
+    let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+    let unique: std::collections::BTreeSet<&&str> = types.iter().collect();
+    assert_eq!(types.len(), unique.len());
+}
+
+#[test]
+fn namespace_names_give_pod_and_container_labels() {
+    assert_eq!(workload("pod 1234-abcd"), ("1234-abcd".into(), String::new()));
+    assert_eq!(workload("docker:3f2a1b9c0d1e"), (String::new(), "docker:3f2a1b9c0d1e".into()));
+    assert_eq!(workload("twt-1-pod100"), (String::new(), String::new()));
+}
+
+/// Samples as Prometheus stores them: a histogram is its buckets, sum and count.
+fn samples(e: &Exposition) -> usize {
+    e.families
+        .iter()
+        .flat_map(|f| &f.series)
+        .map(|s| match &s.value {
+            Value::Histogram { buckets, .. } => buckets.len() + 2,
+            _ => 1,
+        })
+        .sum()
+}
+
+#[test]
+fn many_rows_stay_within_the_readme_worst_case() {
+    let mut agg = aggregator();
+    let mut sk = 0;
+    for d in 0..200u16 {
+        let remote = format!("10.0.{}.{}:80", d / 250, d % 250);
+        sk += 1;
+        request(&mut agg, S, sk, 40_000 + d % 100, &remote);
+        failed_search(&mut agg, S, &remote);
+        agg.apply(&Event::Drop(crate::event::DropEvent {
+            ts_ns: S,
+            reason: "TCP_RFC7323_PAWS".into(),
+            reason_code: 36,
+            netns: 1,
+            flow: Some(SocketFlow {
+                local: "10.0.0.1:443".parse().unwrap(),
+                remote: format!("10.9.{}.{}:5000", d / 250, d % 250).parse().unwrap(),
+            }),
+            tcp_flags: 0x02,
+            seq: 1,
+            ack_seq: 0,
+        }));
+    }
+    agg.advance(2 * S);
+    let k = 20;
+    let e = Builder::new(Limits { top_k: k, idle_after: Duration::from_secs(600) }).build(
+        &agg,
+        2 * S,
+        &Health::default(),
+        &[],
+    );
+    // README, "Cardinality": 18 + (6K + 3) + 32 (K + 1) + 17 + (R + 2K + 1) + 13 + N (12 + E),
+    // here with one namespace, one errno, four reasons.
+    let (n, errnos, reasons) = (1, 1, 4);
+    let bound = 18 + (6 * k + 3) + 32 * (k + 1) + 17 + (reasons + 2 * k + 1) + 13 + n * (12 + errnos);
+    let got = samples(&e);
+    assert!(got <= bound, "{got} samples, the README says at most {bound}");
+    // Folding did happen for each kind, and nothing of 200 rows leaked past K.
+    for kind in ["destination", "connect_search", "paws_source"] {
+        assert_eq!(value(&e, "twtrace_series_folded", ("kind", kind)), Some(&Value::Int(180)), "{kind}");
+    }
+    assert_eq!(e.family("twtrace_destination_ports_in_use").unwrap().series.len(), k + 1);
+    assert_eq!(e.family("twtrace_paws_source_drops_total").unwrap().series.len(), k + 1);
+    assert_eq!(value(&e, "twtrace_paws_source_drops_total", ("source", "other")), Some(&Value::Int(180)));
+}
