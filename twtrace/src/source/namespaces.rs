@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::{
-    event::{Event, ExistingSocket, NamespaceDescription, NamespaceEvent, NetstatEvent},
+    event::{Event, ExistingSocket, NamespaceDescription, NamespaceEvent, NetstatEvent, Sysctls},
     kernel::{
         namespaces::{NetnsId, NetnsInfo, NetnsRegistry},
         netstat,
@@ -15,6 +15,11 @@ use crate::{
 
 /// How often the host is looked over for namespaces that appeared or went away.
 const REFRESH_NS: u64 = 2_000_000_000;
+/// A namespace's settings are read again at every look while it is younger than this, then
+/// every [`SETTINGS_OLD_NS`].
+const SETTINGS_YOUNG_NS: u64 = 10_000_000_000;
+const SETTINGS_OLD_NS: u64 = 30_000_000_000;
+
 /// How often each namespace's TCP counters (/proc/net/netstat, read inside it) are sampled.
 const COUNTERS_NS: u64 = 1_000_000_000;
 /// Namespaces whose counters are read per interval, at most (each read enters the namespace
@@ -31,6 +36,10 @@ pub struct NamespaceTracker {
     /// Described in the stream (or at the start): whether as live, and which generation of
     /// the inode (the kernel reuses inode numbers for new namespaces).
     announced: HashMap<u32, (bool, u32)>,
+    /// What each namespace's settings were last read as, and when: a namespace's settings
+    /// are often set just after it is made (by a runtime or CNI plugin, or a person during an
+    /// incident), so they are read again.
+    settings: HashMap<u32, (Option<Sysctls>, u64)>,
     next_refresh_ns: u64,
     /// Each namespace's counters when last read: the stream carries their changes.
     counters: HashMap<u32, BTreeMap<String, i64>>,
@@ -46,6 +55,7 @@ impl NamespaceTracker {
             registry: NetnsRegistry::new(),
             only,
             announced: HashMap::new(),
+            settings: HashMap::new(),
             next_refresh_ns: 0,
             counters: HashMap::new(),
             next_counters_ns: 0,
@@ -145,9 +155,10 @@ impl NamespaceTracker {
         }
         if refresh {
             self.next_refresh_ns = now_ns + REFRESH_NS;
-            described.extend(
-                self.refresh().into_iter().map(|namespace| Event::Namespace(NamespaceEvent { ts_ns, namespace })),
-            );
+            let mut changed = self.refresh();
+            changed.extend(self.reread_settings(now_ns));
+            described
+                .extend(changed.into_iter().map(|namespace| Event::Namespace(NamespaceEvent { ts_ns, namespace })));
         }
         batch.splice(0..0, described);
     }
@@ -180,6 +191,36 @@ impl NamespaceTracker {
         out
     }
 
+    /// Namespaces whose settings changed since they were read: young ones at every look, the
+    /// others every [`SETTINGS_OLD_NS`] (at most [`MAX_COUNTER_READS`] reads per look).
+    fn reread_settings(&mut self, now_ns: u64) -> Vec<NamespaceDescription> {
+        let due: Vec<u32> = self
+            .announced
+            .iter()
+            .filter(|(_, (live, _))| *live)
+            .map(|(id, _)| *id)
+            .filter(|id| {
+                self.settings.get(id).is_some_and(|(_, first_ns)| {
+                    let age = now_ns.saturating_sub(*first_ns);
+                    age < SETTINGS_YOUNG_NS || (age / REFRESH_NS).is_multiple_of(SETTINGS_OLD_NS / REFRESH_NS)
+                })
+            })
+            .take(MAX_COUNTER_READS)
+            .collect();
+        let mut out = Vec::new();
+        for netns in due {
+            let Ok(now) = self.registry.sysctls(NetnsId(netns)) else { continue };
+            let entry = self.settings.get_mut(&netns).expect("due ones are known");
+            if entry.0.as_ref() != Some(&now) {
+                entry.0 = Some(now.clone());
+                if let Some(info) = self.registry.get(NetnsId(netns)) {
+                    out.push(NamespaceDescription { sysctls: Some(now), ..description(info) });
+                }
+            }
+        }
+        out
+    }
+
     /// A namespace first seen in an event: looked for (a bounded scan of /proc), and
     /// described as well as it can be.
     fn discover(&mut self, id: NetnsId) -> NamespaceDescription {
@@ -195,6 +236,9 @@ impl NamespaceTracker {
             None => (NamespaceDescription { netns: id.0, name: id.0.to_string(), sysctls: None, live: true }, 0),
         };
         self.announced.insert(id.0, (description.live, generation));
+        let first_ns = crate::time::monotonic_ns();
+        let first = self.settings.get(&id.0).map_or(first_ns, |(_, at)| *at);
+        self.settings.insert(id.0, (description.sysctls.clone(), if generation == 0 { first } else { first_ns }));
         description
     }
 }
