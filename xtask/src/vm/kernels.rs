@@ -322,3 +322,35 @@ impl AptGroup {
         )
     }
 }
+
+/// Against Debian's archive (as the VM self-tests are): a pin the archive does not have fails,
+/// naming it and what the archive has, and downloads nothing.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vanished_pin_fails_loudly_and_names_what_the_archive_has() {
+        static GONE: DebianKernel = DebianKernel {
+            name: "selftest-vanished-pin",
+            suites: &[("debian", "trixie-backports")],
+            group: "trixie-backports",
+            image: Image::Pinned { package: "linux-image-6.18.15+deb13-cloud-amd64", version: "6.18.15-0~gone" },
+        };
+        let err = kernel_image(&KernelSpec::Debian(&GONE), false).expect_err("a vanished pin must fail");
+        let text = format!("{err:#}");
+        eprintln!("{text}");
+        assert!(
+            text.contains("linux-image-6.18.15+deb13-cloud-amd64=6.18.15-0~gone is gone from the archive"),
+            "{text}"
+        );
+        // The real pin's version is what the archive has for that package.
+        let DebianKernel { image: Image::Pinned { version, .. }, .. } =
+            DEBIAN_KERNELS.iter().find(|k| k.name == "6.18").unwrap()
+        else {
+            panic!("6.18 is pinned")
+        };
+        assert!(text.contains(&format!("versions of that package there: {version}")), "{text}");
+        assert!(!cache_dir().join("kernels").join(GONE.name).join("vmlinuz").exists());
+    }
+}

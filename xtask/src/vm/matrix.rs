@@ -255,6 +255,7 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let (mut files, build) = super::guest_files()?;
+    let built = started.elapsed();
     let binaries: Vec<String> = build.tests.iter().map(|(name, _)| name.clone()).collect();
     let list: String = build.tests.iter().map(|(name, path)| format!("{name} {}\n", path.display())).collect();
     files.write(Path::new("/matrix/tests"), list);
@@ -289,10 +290,11 @@ pub fn run(
     let runs: Vec<KernelRun> = runs.into_iter().map(|(_, r)| r).collect();
     let failed = report(&runs, &binaries);
     println!(
-        "\nVM matrix: {} kernels, {} at a time, {:.0}s wall time (guests: {})",
+        "\nVM matrix: {} kernels, {} at a time: {:.0}s wall time, of which {:.0}s building (guests: {})",
         runs.len(),
         jobs.clamp(1, kernel_specs.len().max(1)),
         started.elapsed().as_secs_f64(),
+        built.as_secs_f64(),
         runs.iter().map(|r| format!("{} {:.0}s", r.spec, r.took.as_secs_f64())).collect::<Vec<_>>().join(", ")
     );
     if failed {
