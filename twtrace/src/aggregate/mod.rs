@@ -245,6 +245,9 @@ impl Aggregator {
 
     /// A namespace's name and settings (from [`Event::Namespace`], or a source's start).
     pub fn describe(&mut self, ns: &NamespaceDescription) {
+        if !ns.live {
+            self.forget_existing(ns.netns);
+        }
         let previous = self.namespaces.get(&ns.netns);
         let (port_range, max_tw_buckets) = match (&ns.sysctls, previous) {
             (Some(s), _) => (s.ip_local_port_range, s.tcp_max_tw_buckets),
@@ -258,6 +261,30 @@ impl Aggregator {
             ns.netns,
             Namespace { name: ns.name.clone(), port_range, max_tw_buckets, sysctls, live: ns.live, counters },
         );
+    }
+
+    /// A namespace is gone: the kernel destroyed its sockets with it. Those seen born are told
+    /// dead by the stream; those that existed at start are not, so they go now.
+    fn forget_existing(&mut self, netns: u32) {
+        let mut freed = Vec::new();
+        self.existing_tw.retain(|tw| {
+            let gone = tw.netns == netns;
+            if gone && tw.holds_port {
+                freed.push(Destination::of(tw.netns, &tw.flow));
+            }
+            !gone
+        });
+        self.existing_connected.retain(|(dest, _)| {
+            if dest.netns == netns {
+                freed.push(*dest);
+            }
+            dest.netns != netns
+        });
+        for dest in freed {
+            if let Some(d) = self.destinations.get_mut(&dest) {
+                d.in_use = d.in_use.saturating_sub(1);
+            }
+        }
     }
 
     /// The namespace, as described, or assumed from the settings when it was not.

@@ -281,7 +281,11 @@ impl Aggregator {
                     counters: n.counters.iter().map(|(k, v)| (k.clone(), *v)).collect(),
                 }
             })
-            .filter(|v| v.timewait_live > 0 || v.ports_in_use > 0 || v.connect_failures > 0 || !v.counters.is_empty())
+            // What is there now: a namespace that is gone has nothing left to show.
+            .filter(|v| {
+                v.live
+                    && (v.timewait_live > 0 || v.ports_in_use > 0 || v.connect_failures > 0 || !v.counters.is_empty())
+            })
             .collect();
         views.sort_by(|a, b| {
             b.worst_utilisation

@@ -257,3 +257,30 @@ fn snap(agg: &mut Aggregator, now: u64) -> Snapshot {
     agg.advance(now);
     agg.snapshot(now)
 }
+
+#[test]
+fn a_namespace_that_goes_takes_its_sockets_from_before_start_with_it() {
+    use crate::event::NamespaceDescription;
+    let mut agg = Aggregator::new(Settings::default());
+    let described = |live| NamespaceDescription { netns: 7, name: "pod-a".into(), sysctls: None, live };
+    agg.describe(&described(true));
+    let existing: Vec<ExistingSocket> = (0..3)
+        .map(|i| ExistingSocket {
+            netns: 7,
+            flow: flow(&format!("10.0.0.1:{}", 40_000 + i), "10.0.0.2:80"),
+            state: 6,
+            expires_ms: 50_000,
+        })
+        .collect();
+    agg.seed(S, &existing);
+    let before = snap(&mut agg, 2 * S);
+    assert_eq!((before.timewait.live, before.namespaces.len()), (3, 1));
+    assert_eq!(before.port_space.destinations[0].in_use, 3);
+    // `ip netns del`: the kernel destroys its TIME_WAIT sockets; no death is traced for
+    // those born before start.
+    agg.describe(&described(false));
+    let after = snap(&mut agg, 3 * S);
+    assert_eq!(after.timewait.live, 0);
+    assert!(after.namespaces.is_empty(), "a gone namespace has no view now: {:?}", after.namespaces);
+    assert!(after.port_space.destinations.iter().all(|d| d.in_use == 0));
+}
