@@ -117,9 +117,14 @@ fn a_namespace_out_of_ports_is_named_with_the_clients_own_count() {
     let (replayed_status, replayed) = doctor(&["--replay", path.to_str().unwrap()]);
     let _ = std::fs::remove_file(&path);
     assert_eq!(replayed_status, status);
+    // Notes that depend on the moment aside; and before 6.11 a drop seen before the socket
+    // lookup carries no namespace and passes every --netns filter (README, known issues): the
+    // two tracers may see other tests' crafted PAWS drops at different moments.
+    let drops_unlabelled = !kernel_at_least(6, 11);
     let substantive = |k: &Vec<String>| -> Vec<String> {
         k.iter()
             .filter(|k| !["skipped_runs", "approximate_search", "time_wait_peak"].contains(&k.as_str()))
+            .filter(|k| !(drops_unlabelled && k.as_str() == "paws"))
             .cloned()
             .collect()
     };

@@ -106,12 +106,22 @@ fn single_destination_port_use_matches_ss_within_two_percent() {
     .unwrap();
     let used = std::mem::take(&mut *used.lock().unwrap());
     let in_ss: BTreeSet<SocketAddr> = ns.ports_to_settled("127.0.0.1:8080", RANGE, CONNECTIONS).into_iter().collect();
-    // 399 of 400 once on a 6.1 guest (kprobe backend): the missing ports and the counters say
-    // whether connect() handed a port out twice or a socket died early.
+    // Every port connect() handed out holds a TIME_WAIT socket in ss. On 6.1 guests connect()
+    // once handed out a port twice in 400 requests with tcp_tw_reuse=0 (399 distinct, TW 400,
+    // TWKilled 0; also seen by the churn test): a kernel's doing, not twtrace's, so the
+    // workload is judged by the distinct ports, and the NOTE keeps it visible.
+    if used.len() < CONNECTIONS {
+        eprintln!(
+            "NOTE: connect() handed out {} distinct ports for {CONNECTIONS} requests; counters {:?}",
+            used.len(),
+            ns.time_wait_counters()
+        );
+    }
+    assert!(used.len() >= CONNECTIONS - CONNECTIONS / 100, "ports handed out: {}", used.len());
     assert_eq!(
-        (used.len(), in_ss.len()),
-        (CONNECTIONS, CONNECTIONS),
-        "each request left a client-side TIME_WAIT socket; not in ss: {:?}; counters {:?}",
+        in_ss,
+        used,
+        "each port handed out holds a client-side TIME_WAIT socket; not in ss: {:?}; counters {:?}",
         used.difference(&in_ss).collect::<Vec<_>>(),
         ns.time_wait_counters()
     );
