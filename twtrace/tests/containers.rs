@@ -101,7 +101,8 @@ fn assert_exhausted_first(rows: &[Value], inodes: &[u64], blind: u64, what: &str
     let utilisation = |d: &Value| d["utilisation"].as_f64().or(d["peak_utilisation"].as_f64()).unwrap();
     let at = |inode: u64| rows.iter().position(|d| d["netns"] == inode && d["remote"] == SERVER).unwrap();
     let top = &rows[at(inodes[0])];
-    assert!(utilisation(top) >= 1.0 - blind as f64 / 100.0, "{what}: full ({blind} events may be missed): {top}");
+    // Full: within 2 % like every count here, or what twtrace says it may have missed.
+    assert!(utilisation(top) >= 0.98 - blind as f64 / 100.0, "{what}: full ({blind} events may be missed): {top}");
     // Sorted by utilisation: only rows as full come before it (another run's full namespace).
     assert!(rows[..at(inodes[0])].iter().all(|d| utilisation(d) >= utilisation(top)), "{what}: {rows:#?}");
     assert!(at(inodes[0]) < at(inodes[1]) && at(inodes[0]) < at(inodes[2]), "{what}: {rows:#?}");
