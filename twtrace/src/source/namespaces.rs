@@ -188,6 +188,18 @@ impl NamespaceTracker {
                 out.push(self.describe(id));
             }
         }
+        // Reading a namespace's counters or settings retires it when it is gone (its way in
+        // went with it): those are gone too, though this refresh did not see them go.
+        let retired_meanwhile: Vec<NetnsId> = self
+            .announced
+            .iter()
+            .filter(|(_, (live, _))| *live)
+            .map(|(id, _)| NetnsId(*id))
+            .filter(|id| self.registry.get(*id).is_some_and(|info| !info.is_live()))
+            .collect();
+        for id in retired_meanwhile {
+            out.push(self.describe(id));
+        }
         out
     }
 
