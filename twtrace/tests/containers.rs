@@ -97,19 +97,15 @@ fn row<'a>(rows: &'a [Value], netns: u64, dest: &str) -> Option<&'a Value> {
 /// before the other namespaces' rows. (The VM matrix runs this test once per backend at the
 /// same time: another run's exhausted namespace may tie with ours, so ties are allowed; and
 /// `blind` events may have been missed.)
-fn assert_exhausted_first(rows: &[Value], inodes: &[u64], blind: u64, what: &str) {
+fn assert_exhausted_first(rows: &[Value], inodes: &[u64], blind: u64, percent: f64, what: &str) {
     let utilisation = |d: &Value| d["utilisation"].as_f64().or(d["peak_utilisation"].as_f64()).unwrap();
     let at = |inode: u64| rows.iter().position(|d| d["netns"] == inode && d["remote"] == SERVER).unwrap();
     let top = &rows[at(inodes[0])];
-    // Full: within 2 % like every count here, or what twtrace says it may have missed.
-    assert!(utilisation(top) >= 0.98 - blind as f64 / 100.0, "{what}: full ({blind} events may be missed): {top}");
+    // Full: within the tolerance of every count here, or what twtrace says it may have missed.
+    assert!(utilisation(top) >= 1.0 - percent - blind as f64 / 100.0, "{what}: full ({blind} missed?): {top}");
     // Sorted by utilisation: only rows as full come before it (another run's full namespace).
     assert!(rows[..at(inodes[0])].iter().all(|d| utilisation(d) >= utilisation(top)), "{what}: {rows:#?}");
     assert!(at(inodes[0]) < at(inodes[1]) && at(inodes[0]) < at(inodes[2]), "{what}: {rows:#?}");
-}
-
-fn within_two_percent(shown: u64, truth: u64) -> bool {
-    (shown as f64 - truth as f64).abs() <= 0.02 * truth as f64
 }
 
 #[test]
@@ -177,7 +173,14 @@ fn each_namespace_against_its_own_range_and_the_exhausted_one_first() {
     if blind > 0 {
         eprintln!("NOTE: the tracer missed up to {blind} events: counts are compared within that");
     }
-    let close = |shown: u64, truth: u64| within_two_percent(shown, truth) || shown.abs_diff(truth) <= blind;
+    // A kprobe program is skipped while another BPF program runs on its CPU, and in an
+    // emulated guest running three tracers at once not every such skip shows in the count
+    // (6.18: 97 of 100 with fewer counted): there, 5 %.
+    let kprobe_emulated = support::emulated() && support::forced_backend().as_deref() == Some("kprobe");
+    let percent = if kprobe_emulated { 0.05 } else { 0.02 };
+    let close = |shown: u64, truth: u64| {
+        shown.abs_diff(truth) as f64 <= percent * truth as f64 || shown.abs_diff(truth) <= blind
+    };
     for ((pod, inode), (summary, in_ss)) in pods.iter().zip(&inodes).zip(summaries.iter().zip(&truth)) {
         let d = row(rows, *inode, SERVER).unwrap_or_else(|| panic!("{}: no row toward {SERVER}: {last}", pod.ns.name));
         let shown = d["in_use"].as_u64().unwrap();
@@ -200,7 +203,7 @@ fn each_namespace_against_its_own_range_and_the_exhausted_one_first() {
     // The 100-port namespace ran out: it is the host's worst, first whatever else is there.
     assert_eq!(truth[0], pods[0].size(), "the small range was exhausted");
     assert!(summaries[0]["failures"]["EADDRNOTAVAIL"].as_u64().unwrap_or(0) > 0);
-    assert_exhausted_first(rows, &inodes, blind, "stat");
+    assert_exhausted_first(rows, &inodes, blind, percent, "stat");
     let views = last["namespaces"].as_array().unwrap();
     let at = |inode: u64| views.iter().position(|n| n["netns"] == inode).expect("each namespace has a view");
     assert!(at(inodes[0]) < at(inodes[1]) && at(inodes[0]) < at(inodes[2]), "{views:#?}");
@@ -229,7 +232,7 @@ fn each_namespace_against_its_own_range_and_the_exhausted_one_first() {
         let refused = summary["failures"]["EADDRNOTAVAIL"].as_u64().unwrap_or(0);
         assert!(close(d["failures"].as_u64().unwrap(), refused), "{d}");
     }
-    assert_exhausted_first(rows, &inodes, blind, "report");
+    assert_exhausted_first(rows, &inodes, blind, percent, "report");
     let findings = report["findings"].as_array().unwrap();
     assert!(
         findings.iter().any(|f| f.as_str().unwrap().contains(&format!("in namespace {}", pods[0].ns.name))),
