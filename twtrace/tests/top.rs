@@ -45,7 +45,8 @@ impl Tmux {
     }
 
     fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Under emulation top loads its programs and reads every namespace first: slower.
+        let deadline = Instant::now() + Duration::from_secs(if support::emulated() { 60 } else { 20 });
         loop {
             let screen = self.screen();
             if pred(&screen) {
