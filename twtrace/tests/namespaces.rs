@@ -237,6 +237,46 @@ fn new_namespaces_are_picked_up_and_deleted_ones_retired() {
     }
 }
 
+/// `ip netns del A; ip netns add B` between two reads, and the kernel gives B the inode A had
+/// (the lowest free one: seen in CI's guests within seconds). A read of "A" must not find its
+/// way into B (B's settings under A's name): A is gone, and the next refresh describes B as
+/// that inode's next generation.
+///
+/// The kernel's choice of inode cannot be forced (tests running beside this one take freed
+/// inodes first), so the test makes what the registry sees in that case: the inode held only
+/// by a mount it did not know and no longer by A's. (The registry tells a reused inode by its
+/// mounts, so a namespace moved to another mount is taken for a new one too: by design.)
+#[test]
+fn an_inode_given_to_a_new_namespace_between_reads_is_not_the_old_one() {
+    if !support::can_trace() {
+        return;
+    }
+    let old = Netns::new("reuse-old");
+    old.sysctl("net.ipv4.ip_local_port_range", "50000 50009");
+    let id = id_of(&old);
+    let mut registry = NetnsRegistry::new();
+    registry.refresh().expect("refresh");
+    assert_eq!(registry.sysctls(id).expect("read inside").ip_local_port_range, (50000, 50009));
+
+    // `ip netns del reuse-old; ip netns add reuse-new`, the new one on the old one's inode.
+    let new = Netns { name: format!("twt-{}-reuse-new", std::process::id()) };
+    let (old_path, new_path) = (format!("/run/netns/{}", old.name), format!("/run/netns/{}", new.name));
+    std::fs::File::create(&new_path).expect("mount point");
+    support::run(Command::new("mount").args(["--bind", &old_path, &new_path]));
+    support::run(Command::new("umount").arg(&old_path));
+    std::fs::remove_file(&old_path).expect("old mount point");
+    assert_eq!(id_of(&new), id);
+
+    let read = registry.sysctls(id);
+    assert!(matches!(read, Err(NetnsError::Gone { .. })), "read through to the new namespace: {read:?}");
+    assert_eq!(registry.get(id).unwrap().state, NetnsState::Retired);
+    let report = registry.refresh().expect("refresh");
+    assert!(report.added.contains(&id), "{report:?}");
+    let info = registry.get(id).unwrap();
+    assert_eq!((info.generation, info.name.to_string(), info.is_live()), (1, new.name.clone(), true));
+    assert!(info.sysctls.is_some(), "read inside the new one");
+}
+
 #[test]
 fn a_namespace_known_only_by_inode_is_found_through_a_process() {
     if !support::can_trace() {

@@ -443,7 +443,12 @@ impl NetnsRegistry {
         if !seen.contains_key(&id) {
             let _ = self.scan_proc(Some(id), &mut seen);
         }
-        let Some(sighting) = seen.get(&id) else {
+        // Found again, but only through mounts none of which held it: the kernel gave the
+        // inode to a new namespace (`ip netns del A; ip netns add B` between two reads). That
+        // one is not this entry (its name and settings are A's): this one is gone, and the
+        // next refresh describes the new one as the inode's next generation.
+        let reused_meanwhile = self.entries.get(&id).zip(seen.get(&id)).is_some_and(|(e, s)| reused(e, s));
+        let (Some(sighting), false) = (seen.get(&id), reused_meanwhile) else {
             if let Some(entry) = self.entries.get_mut(&id) {
                 retire(entry);
             }

@@ -29,13 +29,21 @@ pub const MAX_COUNTER_READS: usize = 256;
 /// it and a sock_diag dump. Beyond this their first frame misses what existed before.
 pub const MAX_SOCKET_READS: usize = 1024;
 
+/// What the stream was last told of a namespace inode.
+struct Announced {
+    live: bool,
+    /// Which namespace to hold this inode (the kernel gives a freed inode number to the next
+    /// namespace made).
+    generation: u32,
+    name: String,
+}
+
 pub struct NamespaceTracker {
     registry: NetnsRegistry,
     /// Only this namespace (`--netns`): the probes see no other.
     only: Option<u32>,
-    /// Described in the stream (or at the start): whether as live, and which generation of
-    /// the inode (the kernel reuses inode numbers for new namespaces).
-    announced: HashMap<u32, (bool, u32)>,
+    /// Described in the stream (or at the start): as what (see [`Announced`]).
+    announced: HashMap<u32, Announced>,
     /// What each namespace's settings were last read as, and when: a namespace's settings
     /// are often set just after it is made (by a runtime or CNI plugin, or a person during an
     /// incident), so they are read again.
@@ -88,7 +96,7 @@ impl NamespaceTracker {
             return;
         }
         self.next_counters_ns = now_ns + COUNTERS_NS;
-        let mut ids: Vec<u32> = self.announced.iter().filter(|(_, (live, _))| *live).map(|(id, _)| *id).collect();
+        let mut ids: Vec<u32> = self.live_announced().collect();
         ids.sort_unstable();
         let turn = ids.len().min(MAX_COUNTER_READS);
         if ids.len() > turn {
@@ -116,7 +124,7 @@ impl NamespaceTracker {
     /// The sockets of every described live namespace (bounded by [`MAX_SOCKET_READS`]). A
     /// namespace that vanishes meanwhile has none; that is not an error.
     pub fn sockets(&mut self) -> Vec<ExistingSocket> {
-        let ids: Vec<u32> = self.announced.iter().filter(|(_, (live, _))| *live).map(|(id, _)| *id).collect();
+        let ids: Vec<u32> = self.live_announced().collect();
         if ids.len() > MAX_SOCKET_READS {
             log::warn!(
                 "{} namespaces: the sockets of only {MAX_SOCKET_READS} are read at start; the others' first frame \
@@ -176,25 +184,29 @@ impl NamespaceTracker {
         let mut out = Vec::new();
         for id in report.added {
             let generation = self.registry.get(id).map_or(0, |info| info.generation);
-            let known = self.announced.get(&id.0) == Some(&(true, generation));
+            let before = self.announced.get(&id.0);
+            let known = before.is_some_and(|a| a.live && a.generation == generation);
             if self.only.is_none_or(|only| only == id.0) && !known {
-                // A new namespace, or a new one on a reused inode: its counters start afresh.
+                // A new namespace on a reused inode: the one the stream knows by it is gone
+                // first (a sink forgets its sockets), then the new one is described.
+                if let Some(old) = before.filter(|a| a.live) {
+                    out.push(NamespaceDescription { netns: id.0, name: old.name.clone(), sysctls: None, live: false });
+                }
+                // Its counters start afresh.
                 self.counters.remove(&id.0);
                 out.push(self.describe(id));
             }
         }
         for id in report.retired {
-            if self.announced.get(&id.0).is_some_and(|(live, _)| *live) {
+            if self.announced.get(&id.0).is_some_and(|a| a.live) {
                 out.push(self.describe(id));
             }
         }
         // Reading a namespace's counters or settings retires it when it is gone (its way in
         // went with it): those are gone too, though this refresh did not see them go.
         let retired_meanwhile: Vec<NetnsId> = self
-            .announced
-            .iter()
-            .filter(|(_, (live, _))| *live)
-            .map(|(id, _)| NetnsId(*id))
+            .live_announced()
+            .map(NetnsId)
             .filter(|id| self.registry.get(*id).is_some_and(|info| !info.is_live()))
             .collect();
         for id in retired_meanwhile {
@@ -207,10 +219,7 @@ impl NamespaceTracker {
     /// others every [`SETTINGS_OLD_NS`] (at most [`MAX_COUNTER_READS`] reads per look).
     fn reread_settings(&mut self, now_ns: u64) -> Vec<NamespaceDescription> {
         let due: Vec<u32> = self
-            .announced
-            .iter()
-            .filter(|(_, (live, _))| *live)
-            .map(|(id, _)| *id)
+            .live_announced()
             .filter(|id| {
                 self.settings.get(id).is_some_and(|(_, first_ns)| {
                     let age = now_ns.saturating_sub(*first_ns);
@@ -240,6 +249,10 @@ impl NamespaceTracker {
         self.describe(id)
     }
 
+    fn live_announced(&self) -> impl Iterator<Item = u32> + '_ {
+        self.announced.iter().filter(|(_, a)| a.live).map(|(id, _)| *id)
+    }
+
     fn describe(&mut self, id: NetnsId) -> NamespaceDescription {
         let (description, generation) = match self.registry.get(id) {
             Some(info) => (description(info), info.generation),
@@ -247,7 +260,7 @@ impl NamespaceTracker {
             // events still count, under its inode and the settings assumed for it.
             None => (NamespaceDescription { netns: id.0, name: id.0.to_string(), sysctls: None, live: true }, 0),
         };
-        self.announced.insert(id.0, (description.live, generation));
+        self.announced.insert(id.0, Announced { live: description.live, generation, name: description.name.clone() });
         let first_ns = crate::time::monotonic_ns();
         let first = self.settings.get(&id.0).map_or(first_ns, |(_, at)| *at);
         self.settings.insert(id.0, (description.sysctls.clone(), if generation == 0 { first } else { first_ns }));

@@ -205,7 +205,7 @@ fn parse_ss_addr(s: &str) -> Option<SocketAddr> {
     s.parse().ok()
 }
 
-fn run(cmd: &mut Command) {
+pub fn run(cmd: &mut Command) {
     let out = output(cmd);
     assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
