@@ -206,7 +206,8 @@ pub struct Aggregator {
     /// (command, pid) of an owner → its name ids (`None`: owner unknown).
     owner_ids: HashMap<Option<(Comm, u32)>, (NameId, NameId)>,
     destination_ids: DestinationIds,
-    existing_tw: Vec<ExistingTimeWait>,
+    /// TIME_WAIT sockets read at start, by namespace and 4-tuple.
+    existing_tw: HashMap<(u32, SocketFlow), ExistingTimeWait>,
     births: Rate,
     expired: Rate,
     killed: Rate,
@@ -267,7 +268,7 @@ impl Aggregator {
     /// dead by the stream; those that existed at start are not, so they go now.
     fn forget_existing(&mut self, netns: u32) {
         let mut freed = Vec::new();
-        self.existing_tw.retain(|tw| {
+        self.existing_tw.retain(|_, tw| {
             let gone = tw.netns == netns;
             if gone && tw.holds_port {
                 freed.push(Destination::of(tw.netns, &tw.flow));
@@ -329,13 +330,14 @@ impl Aggregator {
             let dest = Destination::of(s.netns, &s.flow);
             match s.state {
                 tcp_state::TIME_WAIT => {
-                    self.existing_tw.push(ExistingTimeWait {
+                    let tw = ExistingTimeWait {
                         expires_ns: now_ns + s.expires_ms * 1_000_000,
                         netns: s.netns,
                         flow: s.flow,
                         holds_port: holds,
-                    });
-                    if holds {
+                    };
+                    // (A 4-tuple is one socket: a second read of it counts nothing more.)
+                    if self.existing_tw.insert((s.netns, s.flow), tw).is_none() && holds {
                         self.destinations.entry(dest).or_default().in_use += 1;
                     }
                 }
@@ -398,22 +400,30 @@ impl Aggregator {
                 // when this birth stands for it (the state family's `LAST_BIRTH`): either way
                 // its hold on the port ends now, and a client's TIME_WAIT takes the port over.
                 let handed_over = e.flow.and_then(|f| self.client_flows.remove(&(netns, f)).map(|sk| (f, sk)));
-                if let Some((_, sk)) = handed_over {
+                if let Some((f, sk)) = handed_over {
                     if let Some(dest) = self.connected.remove(&sk) {
                         self.release(dest, e.ts_ns);
                     }
-                } else if let Some(f) = e.flow {
-                    let dest = Destination::of(netns, &f);
-                    if self.existing_connected.remove(&(dest, f.local.port())) {
-                        self.release(dest, e.ts_ns);
-                    }
+                    // Read at start as TIME_WAIT already, though born before the read: one
+                    // socket, counted once.
+                    self.forget_existing_time_wait(netns, &f);
                 }
+                // A client connection that existed at start and closes first: its TIME_WAIT
+                // keeps the port it held (counted once, at start).
+                let existing_client = match (handed_over, e.flow) {
+                    (None, Some(f)) => {
+                        let dest = Destination::of(netns, &f);
+                        self.existing_connected.remove(&(dest, f.local.port())).then_some(dest)
+                    }
+                    _ => None,
+                };
                 let holds_port_of = handed_over.map(|(f, _)| Destination::of(netns, &f));
                 if let Some(dest) = holds_port_of {
                     let d = self.destinations.entry(dest).or_default();
                     d.in_use += 1;
                     d.taken.add(e.ts_ns, 1);
                 }
+                let holds_port_of = holds_port_of.or(existing_client);
                 // A client's local port is one of thousands of ephemeral ports: its address is
                 // the useful group (and keeps the name table small).
                 let (remote, local) = match e.flow {
@@ -468,6 +478,17 @@ impl Aggregator {
         ids
     }
 
+    /// A TIME_WAIT socket read at start that the stream also tells of (born between the
+    /// probes' attach and the read) leaves the start picture: the stream has it.
+    fn forget_existing_time_wait(&mut self, netns: u32, flow: &SocketFlow) {
+        let Some(tw) = self.existing_tw.remove(&(netns, *flow)) else { return };
+        if tw.holds_port {
+            if let Some(d) = self.destinations.get_mut(&Destination::of(netns, flow)) {
+                d.in_use = d.in_use.saturating_sub(1);
+            }
+        }
+    }
+
     fn release(&mut self, dest: Destination, ts_ns: u64) {
         if let Some(d) = self.destinations.get_mut(&dest) {
             d.in_use = d.in_use.saturating_sub(1);
@@ -485,8 +506,13 @@ impl Aggregator {
         }
         if e.old_state == SYN_SENT && e.new_state == ESTABLISHED && self.connected.insert(e.sk_addr, dest).is_none() {
             self.client_flows.insert((e.netns, flow), e.sk_addr);
+            // Connected before the sockets were read at start, but told after: the read
+            // counted it already. (One port toward one destination is held once at a time.)
+            let counted = self.existing_connected.remove(&(dest, flow.local.port()));
             let d = self.destinations.entry(dest).or_default();
-            d.in_use += 1;
+            if !counted {
+                d.in_use += 1;
+            }
             d.taken.add(e.ts_ns, 1);
         }
         if e.new_state == CLOSE {
@@ -550,7 +576,7 @@ impl Aggregator {
     /// [`Self::sample`] or [`Self::snapshot`] at `now_ns`.
     pub fn advance(&mut self, now_ns: u64) {
         let mut freed = Vec::new();
-        self.existing_tw.retain(|tw| {
+        self.existing_tw.retain(|_, tw| {
             let alive = tw.expires_ns > now_ns;
             if !alive && tw.holds_port {
                 freed.push(Destination::of(tw.netns, &tw.flow));

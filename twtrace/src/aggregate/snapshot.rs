@@ -200,9 +200,9 @@ impl Aggregator {
             *by_remote.entry(name).or_default() += n;
         }
         let existing: Vec<(String, String)> =
-            self.existing_tw.iter().map(|tw| (tw.flow.remote.ip().to_string(), tw.flow.local.to_string())).collect();
+            self.existing_tw.values().map(|tw| (tw.flow.remote.ip().to_string(), tw.flow.local.to_string())).collect();
         let mut before_start = 0;
-        for ((remote, local), tw) in existing.iter().zip(&self.existing_tw) {
+        for ((remote, local), tw) in existing.iter().zip(self.existing_tw.values()) {
             *by_remote.entry(remote).or_default() += 1;
             *by_local.entry(local).or_default() += 1;
             *by_owner.entry("(before start)").or_default() += 1;

@@ -284,3 +284,40 @@ fn a_namespace_that_goes_takes_its_sockets_from_before_start_with_it() {
     assert!(after.namespaces.is_empty(), "a gone namespace has no view now: {:?}", after.namespaces);
     assert!(after.port_space.destinations.iter().all(|d| d.in_use == 0));
 }
+
+/// The probes attach before the sockets are read at start, so a socket made in between is
+/// both in the read and in the stream (told after the read): it holds one port, not two.
+#[test]
+fn a_socket_both_read_at_start_and_told_by_the_stream_counts_once() {
+    let in_use = |agg: &mut Aggregator, at: u64| {
+        snap(agg, at).port_space.destinations.first().map_or(0, |d: &DestinationView| d.in_use)
+    };
+    let mut agg = Aggregator::new(settings((32_768, 60_999)));
+    let (a, b, c) = (
+        flow(&format!("{CLIENT}:40001"), SERVER),
+        flow(&format!("{CLIENT}:40002"), SERVER),
+        flow(&format!("{CLIENT}:40003"), SERVER),
+    );
+    agg.seed(
+        S,
+        &[
+            // Connected just before the read: its connect is in the ring buffer.
+            ExistingSocket { netns: 1, flow: a, state: tcp_state::ESTABLISHED, expires_ms: 0 },
+            // Connected and closed first just before the read: its birth too.
+            ExistingSocket { netns: 1, flow: b, state: tcp_state::TIME_WAIT, expires_ms: 60_000 },
+            // Connected long before the start; it closes first later.
+            ExistingSocket { netns: 1, flow: c, state: tcp_state::ESTABLISHED, expires_ms: 0 },
+        ],
+    );
+    assert_eq!(in_use(&mut agg, S), 3);
+    agg.apply(&state(S / 2, 1, tcp_state::SYN_SENT, tcp_state::ESTABLISHED, a));
+    assert_eq!(in_use(&mut agg, S), 3, "a: read and connected: one port");
+    agg.apply(&state(S / 2, 2, tcp_state::SYN_SENT, tcp_state::ESTABLISHED, b));
+    agg.apply(&tw(S / 2, 2, b, birth()));
+    assert_eq!(in_use(&mut agg, S), 3, "b: read as TIME_WAIT and born: one port");
+    agg.apply(&tw(2 * S, 3, c, birth()));
+    assert_eq!(in_use(&mut agg, 2 * S), 3, "c: its TIME_WAIT keeps the port it held");
+    assert_eq!(snap(&mut agg, 2 * S).timewait.live, 2, "b and c, each once");
+    agg.apply(&tw(62 * S, 3, c, TimeWaitChange::Death { reason: DeathReason::Expired, lifetime_ns: 60 * S }));
+    assert_eq!(in_use(&mut agg, 62 * S), 2, "c's port is free when its TIME_WAIT ends");
+}
