@@ -26,6 +26,10 @@ pub const BUCKETS_NEAR_LIMIT: f64 = 0.9;
 pub const NAT_FLOWS: u64 = 2;
 /// How many processes, sources or groups a finding names.
 const NAMED: usize = 3;
+/// PAWS drops below this, none from a NAT-like source, are worth knowing, no more: on a healthy host a
+/// retransmitted FIN or ACK that reaches a TIME_WAIT socket late is dropped now and then
+/// (seen: one `TCP_RFC7323_TW_PAWS` in a 10 s loopback churn on 6.18) and nobody is hurt.
+pub const PAWS_WARN_DROPS: u64 = 10;
 /// `tcp_tw_recycle` was removed in 4.12 (it broke clients behind NAT).
 const TW_RECYCLE_REMOVED: (u32, u32) = (4, 12);
 
@@ -457,8 +461,9 @@ fn paws(r: &Report, out: &mut Vec<Finding>) {
     let rec = &r.recording;
     let nat: Vec<_> = r.paws.sources.iter().filter(|s| s.flows >= NAT_FLOWS).collect();
     let reasons: Vec<String> = r.paws.by_reason.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let severity = if nat.is_empty() && r.paws.drops < PAWS_WARN_DROPS { Severity::Info } else { Severity::Warning };
     let mut f = Finding::new(
-        Severity::Warning,
+        severity,
         Kind::Paws,
         format!(
             "{} segments were dropped by PAWS ({}) from {} source(s){}. tcp_timestamps is {}.",
