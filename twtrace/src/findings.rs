@@ -30,6 +30,9 @@ const NAMED: usize = 3;
 /// retransmitted FIN or ACK that reaches a TIME_WAIT socket late is dropped now and then
 /// (seen: one `TCP_RFC7323_TW_PAWS` in a 10 s loopback churn on 6.18) and nobody is hurt.
 pub const PAWS_WARN_DROPS: u64 = 10;
+/// A conntrack table this full is a warning: at the limit, new connections' first packets
+/// are dropped.
+pub const CONNTRACK_NEAR_LIMIT: f64 = 0.9;
 /// `tcp_tw_recycle` was removed in 4.12 (it broke clients behind NAT).
 const TW_RECYCLE_REMOVED: (u32, u32) = (4, 12);
 
@@ -63,6 +66,7 @@ pub enum Kind {
     TimeWaitPeak,
     Paws,
     ListenOverflow,
+    Conntrack,
     TimestampsOff,
     ReuseOnlyAccepting,
     Nothing,
@@ -138,6 +142,7 @@ pub fn of(r: &Report) -> Vec<Finding> {
     port_space(r, &mut out);
     time_wait(r, &mut out);
     paws(r, &mut out);
+    conntrack(r, &mut out);
     settings(r, &mut out);
     if out.iter().all(|f| f.severity <= Severity::Info) && !out.iter().any(|f| f.kind != Kind::ApproximateSearch) {
         let mut ok = Finding::new(
@@ -451,6 +456,67 @@ fn buckets(r: &Report, out: &mut Vec<Finding>) {
                 ),
             ));
         }
+    }
+}
+
+/// A namespace whose connection tracking table is full (or nearly): netfilter drops the first
+/// packet of new connections, which stall for the client's SYN retries (1 s, then 3 s...) and
+/// go through at the rate entries expire. A tracked TCP connection keeps its entry for
+/// `nf_conntrack_tcp_timeout_time_wait` (120 s) after it closes, so non-keep-alive churn fills
+/// the table as it fills the port range.
+fn conntrack(r: &Report, out: &mut Vec<Finding>) {
+    use crate::kernel::netstat::{CONNTRACK_COUNT, CONNTRACK_DROP, CONNTRACK_INSERT_FAILED, CONNTRACK_MAX};
+    for ns in &r.namespaces {
+        let (count, max) = (counter(ns, CONNTRACK_COUNT), counter(ns, CONNTRACK_MAX));
+        let dropped = counter(ns, CONNTRACK_DROP) + counter(ns, CONNTRACK_INSERT_FAILED);
+        let near = max > 0 && count as f64 >= CONNTRACK_NEAR_LIMIT * max as f64;
+        if dropped <= 0 && !near {
+            continue;
+        }
+        let mut f = Finding::new(
+            if dropped > 0 { Severity::Critical } else { Severity::Warning },
+            Kind::Conntrack,
+            format!(
+                "Namespace {}'s connection tracking table holds {count} of {max} entries{}: at the limit the first \
+                 packet of each new connection is dropped, and connections stall for SYN retries (1 s, 3 s, ...).",
+                ns.name,
+                if dropped > 0 { format!(" and dropped {dropped} packets for want of room") } else { String::new() }
+            ),
+        );
+        f.place.namespace = Some(ns.name.clone());
+        f.evidence = vec![
+            format!("nf_conntrack_count {count}, nf_conntrack_max {max}"),
+            format!("conntrack drop +{}", counter(ns, CONNTRACK_DROP)),
+            format!("conntrack insert_failed +{}", counter(ns, CONNTRACK_INSERT_FAILED)),
+        ];
+        f.remedies = vec![
+            remedy(
+                "keep connections alive (pooling): each closed connection keeps its entry 120 s \
+                 (nf_conntrack_tcp_timeout_time_wait)",
+                "application change",
+                None,
+            ),
+            remedy(
+                "raise net.netfilter.nf_conntrack_max in the initial namespace",
+                "about 300 bytes of kernel memory per entry; one limit for every namespace",
+                None,
+            ),
+            remedy(
+                "lower net.netfilter.nf_conntrack_tcp_timeout_time_wait",
+                "a late segment of a closed connection may then pass as INVALID or NEW",
+                None,
+            ),
+            remedy(
+                "do not track traffic that needs no NAT or stateful rule (nftables `notrack` in a raw-priority chain)",
+                "rules that match on ct state stop seeing it",
+                None,
+            ),
+        ];
+        f.verify = Some(format!(
+            "{}cat /proc/sys/net/netfilter/nf_conntrack_count /proc/sys/net/netfilter/nf_conntrack_max",
+            in_namespace(&ns.name)
+        ));
+        out.push(f);
     }
 }
 

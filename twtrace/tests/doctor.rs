@@ -1,7 +1,8 @@
 //! `twtrace doctor` against scenarios whose ground truth the test knows: a namespace whose 100
 //! ports run out (the finding names it, with churn's own count of EADDRNOTAVAIL, and the exit
-//! status says critical), and a healthy churn (nothing to fix: exit 0). The same findings
-//! come from a recording of the scenario (`--replay`).
+//! status says critical), a healthy churn (nothing to fix: exit 0), and a namespace whose
+//! connection tracking table is full (the finding has the table's own count, limit and drops).
+//! The same findings come from a recording of the scenario (`--replay`).
 
 mod support;
 
@@ -35,6 +36,15 @@ fn parse(all: &[String], out: std::process::Output) -> (i32, Value) {
 /// `twtrace doctor` live: `during` runs once it is watching (its probes loaded, which takes
 /// seconds in an emulated guest), then its report.
 fn doctor_during(args: &[&str], during: impl FnOnce()) -> (i32, Value) {
+    doctor_watching(args, during, false)
+}
+
+/// The same, stopped by Ctrl-C once `during` is done rather than by its `--duration`.
+fn doctor_while(args: &[&str], during: impl FnOnce()) -> (i32, Value) {
+    doctor_watching(args, during, true)
+}
+
+fn doctor_watching(args: &[&str], during: impl FnOnce(), interrupt: bool) -> (i32, Value) {
     use std::io::{BufRead, BufReader, Read};
     let all = doctor_args(args);
     let mut child = support::spawn(
@@ -50,6 +60,10 @@ fn doctor_during(args: &[&str], during: impl FnOnce()) -> (i32, Value) {
         assert!(stderr.read_line(&mut line).unwrap() > 0, "doctor did not start: {:?}", child.wait());
     }
     during();
+    if interrupt {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    }
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).unwrap();
     let out = child.wait_with_output().unwrap();
@@ -159,4 +173,116 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
     (parts.next().unwrap(), parts.next().unwrap()) >= (major, minor)
+}
+
+/// The limit every namespace's conntrack table is held to (set in the initial namespace),
+/// lowered for a test and put back when dropped. Taken under a lock: the VM matrix runs this
+/// test once per backend at the same time, and each would otherwise save the other's value.
+struct ConntrackLimit {
+    old: String,
+    _lock: std::fs::File,
+}
+
+const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+
+impl ConntrackLimit {
+    fn set(max: u32) -> Self {
+        use std::os::fd::AsRawFd as _;
+        let lock = std::fs::File::create("/run/twtrace-test-conntrack.lock").expect("lock file");
+        // SAFETY: a valid descriptor; the lock goes with it.
+        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let old = std::fs::read_to_string(CONNTRACK_MAX).expect("nf_conntrack_max");
+        std::fs::write(CONNTRACK_MAX, max.to_string()).expect("lower nf_conntrack_max");
+        Self { old, _lock: lock }
+    }
+}
+
+impl Drop for ConntrackLimit {
+    fn drop(&mut self) {
+        let _ = std::fs::write(CONNTRACK_MAX, self.old.trim());
+    }
+}
+
+/// The namespace's conntrack drops (`drop` + `insert_failed` of /proc/net/stat/nf_conntrack,
+/// summed over CPUs) and its table's count, read inside it.
+fn conntrack_truth(ns: &Netns) -> (u64, u64) {
+    ns.run(|| {
+        let stat = std::fs::read_to_string("/proc/thread-self/net/stat/nf_conntrack").unwrap();
+        let mut lines = stat.lines();
+        let columns: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        let at = |name: &str| columns.iter().position(|c| *c == name).unwrap();
+        let (drop, failed) = (at("drop"), at("insert_failed"));
+        let drops: u64 = lines
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                u64::from_str_radix(f[drop], 16).unwrap() + u64::from_str_radix(f[failed], 16).unwrap()
+            })
+            .sum();
+        let count = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count").unwrap();
+        (drops, count.trim().parse().unwrap())
+    })
+}
+
+/// "Why do new connections stall at 1,000/s?": the namespace's conntrack table is full. A
+/// namespace tracks connections (an nftables rule on ct state), the shared limit is lowered to
+/// 50, and 80 connections are made: the first 50 take the entries (each closed connection keeps
+/// its entry 120 s), the other 30 have their SYNs dropped and time out. Doctor names the
+/// namespace with the table's count, limit and drops as the kernel counts them.
+#[test]
+fn a_full_conntrack_table_is_named_with_its_own_counts() {
+    const LIMIT: u32 = 50;
+    const CONNECTIONS: usize = 80;
+    if !can_trace() {
+        return;
+    }
+    if !std::path::Path::new(CONNTRACK_MAX).exists() {
+        return support::skip("doctor", "this kernel has no connection tracking (nf_conntrack)");
+    }
+    if Command::new("nft").arg("--version").output().is_err() {
+        return support::skip("doctor", "nft (nftables) is missing: `cargo xtask setup` installs it");
+    }
+    let ns = Netns::new("docconntrack");
+    support::run(Command::new("ip").args(["netns", "exec", &ns.name, "nft"]).arg(
+        "add table inet twt; add chain inet twt in { type filter hook input priority 0 ; }; \
+         add rule inet twt in ct state new accept",
+    ));
+    let _limit = ConntrackLimit::set(LIMIT);
+    // The limit is shared: a host that tracks its own connections would lose them meanwhile.
+    let host_count: u64 =
+        std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count").unwrap().trim().parse().unwrap();
+    if host_count > 0 {
+        return support::skip(
+            "doctor",
+            "the host tracks connections itself: lowering the shared limit would drop them",
+        );
+    }
+    let (mut made, mut refused) = (0, 0);
+    let (status, report) = doctor_while(&["--duration", "5m", "--netns", &ns.name], || {
+        (made, refused) = ns.run(|| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:7000").unwrap();
+            let server: std::net::SocketAddr = "127.0.0.1:7000".parse().unwrap();
+            let (mut made, mut refused) = (0, 0);
+            for _ in 0..CONNECTIONS {
+                match std::net::TcpStream::connect_timeout(&server, std::time::Duration::from_millis(300)) {
+                    Ok(client) => {
+                        drop(listener.accept().unwrap());
+                        drop(client);
+                        made += 1;
+                    }
+                    Err(_) => refused += 1,
+                }
+            }
+            (made, refused)
+        });
+    });
+    let (drops, count) = conntrack_truth(&ns);
+    assert_eq!((made, refused, count), (LIMIT as usize, CONNECTIONS - LIMIT as usize, u64::from(LIMIT)));
+    assert!(drops >= refused as u64, "each refused connection lost at least its SYN: {drops}");
+    assert_eq!(status, 2, "critical: {report:#}");
+    let f = finding(&report, "conntrack");
+    assert_eq!(f["severity"], "critical");
+    assert_eq!(f["place"]["namespace"], ns.name.as_str());
+    let text = f["text"].as_str().unwrap();
+    assert!(text.contains(&format!("holds {LIMIT} of {LIMIT} entries")), "{text}");
+    assert!(text.contains(&format!("dropped {drops} packets")), "the kernel counted {drops}: {text}");
 }

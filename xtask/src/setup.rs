@@ -27,6 +27,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("python3-prometheus-client", "the strict OpenMetrics parser the serve test checks the exposition with"),
     ("openssl", "makes the serve test's TLS certificate"),
     ("curl", "the serve test's HTTP(S) client"),
+    ("nftables", "turns on connection tracking in a test namespace (the conntrack-full scenario)"),
 ];
 
 pub fn ensure() -> anyhow::Result<()> {

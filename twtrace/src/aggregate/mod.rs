@@ -30,6 +30,7 @@ use crate::event::{
     Comm, DeathReason, DropEvent, Event, ExistingSocket, NamespaceDescription, PortSearchEvent, Process, SearchOp,
     SocketFlow, StateEvent, TimeWaitChange, TimeWaitEvent, errno_name, tcp_state,
 };
+use crate::kernel::netstat;
 
 /// The settings of namespaces nothing described (recordings made before namespaces were,
 /// unit tests), and the size of the rankings.
@@ -256,7 +257,9 @@ impl Aggregator {
             (None, Some(p)) => (p.port_range, p.max_tw_buckets),
             (None, None) => (self.settings.port_range, self.settings.max_tw_buckets),
         };
-        let counters = previous.map(|p| p.counters.clone()).unwrap_or_default();
+        // A live namespace after a gone one on the same inode is a new namespace: its
+        // counters (levels above all) start from nothing.
+        let counters = previous.filter(|p| p.live || !ns.live).map(|p| p.counters.clone()).unwrap_or_default();
         let sysctls = ns.sysctls.clone().or_else(|| previous.and_then(|p| p.sysctls.clone()));
         self.namespaces.insert(
             ns.netns,
@@ -380,7 +383,9 @@ impl Aggregator {
                 for (name, delta) in &e.deltas {
                     *own.entry(name.clone()).or_default() += delta;
                 }
-                for (name, delta) in &e.deltas {
+                // Host-wide totals; a level (a table's size, its limit) summed over namespaces
+                // means nothing.
+                for (name, delta) in e.deltas.iter().filter(|(name, _)| !netstat::is_level(name)) {
                     *self.counters.entry(name.clone()).or_default() += delta;
                 }
             }

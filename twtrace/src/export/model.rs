@@ -24,6 +24,7 @@ use prometheus_client::{
 
 use crate::{
     aggregate::{Aggregator, Destination, Snapshot, stats::Histogram},
+    kernel::netstat,
     probes::FamilyReport,
     source::Health,
 };
@@ -265,6 +266,21 @@ impl Builder {
             Kind::Counter,
             "The namespace's TcpExt counters from /proc/net/netstat (TIME_WAIT and PAWS ones), increase since twtrace started.",
         );
+        let mut conntrack_entries = Family::new(
+            "twtrace_conntrack_entries",
+            Kind::Gauge,
+            "Entries in the namespace's connection tracking table (net.netfilter.nf_conntrack_count), where netfilter tracks connections.",
+        );
+        let mut conntrack_max = Family::new(
+            "twtrace_conntrack_max_entries",
+            Kind::Gauge,
+            "The limit of each namespace's connection tracking table (net.netfilter.nf_conntrack_max).",
+        );
+        let mut conntrack_drops = Family::new(
+            "twtrace_conntrack_dropped_packets",
+            Kind::Counter,
+            "Packets connection tracking dropped since twtrace started: `full` (no room in the table), `insert_failed` (lost an insert race); `early_drop` counts entries evicted to make room.",
+        );
         for description in aggregator.namespaces() {
             let view = views.get(&description.netns);
             if !description.live && view.is_none() {
@@ -281,13 +297,33 @@ impl Builder {
                 buckets.push(labels.clone(), Value::Int(limit));
             }
             range.push(labels.clone(), Value::Int(aggregator.range_size(description.netns)));
-            for (name, delta) in view.map(|v| v.counters.as_slice()).unwrap_or_default() {
+            for (name, value) in view.map(|v| v.counters.as_slice()).unwrap_or_default() {
+                let value = Value::Int((*value).max(0) as u64);
+                let reason = match name.as_str() {
+                    netstat::CONNTRACK_COUNT => {
+                        conntrack_entries.push(labels.clone(), value);
+                        continue;
+                    }
+                    netstat::CONNTRACK_MAX => {
+                        conntrack_max.push(labels.clone(), value);
+                        continue;
+                    }
+                    netstat::CONNTRACK_DROP => "full",
+                    netstat::CONNTRACK_INSERT_FAILED => "insert_failed",
+                    netstat::CONNTRACK_EARLY_DROP => "early_drop",
+                    _ => {
+                        let mut l = labels.clone();
+                        l.push(("counter", name.clone()));
+                        counters.push(l, value);
+                        continue;
+                    }
+                };
                 let mut l = labels.clone();
-                l.push(("counter", name.clone()));
-                counters.push(l, Value::Int((*delta).max(0) as u64));
+                l.push(("reason", reason.into()));
+                conntrack_drops.push(l, value);
             }
         }
-        out.extend([info, tw, buckets, range, counters]);
+        out.extend([info, tw, buckets, range, counters, conntrack_entries, conntrack_max, conntrack_drops]);
     }
 
     fn timewait(&self, aggregator: &Aggregator, snapshot: &Snapshot, out: &mut Vec<Family>) {

@@ -482,7 +482,7 @@ impl NetnsRegistry {
 
     /// The namespace's TcpExt counters (`/proc/net/netstat` as seen inside it).
     pub fn netstat(&mut self, id: NetnsId) -> Result<std::collections::BTreeMap<String, i64>, NetnsError> {
-        self.run_in(id, || super::netstat::Source::OwnNamespace.read())
+        self.run_in(id, super::netstat::read_here)
     }
 
     /// The namespace's TCP sockets (sock_diag, as `ss` inside it).

@@ -55,6 +55,8 @@ pub struct NamespaceTracker {
     /// Where the last round of counter reads stopped, when there are more namespaces than
     /// [`MAX_COUNTER_READS`].
     counters_cursor: usize,
+    /// The levels read at the start, carried by the first round of the stream.
+    pending: Vec<Event>,
 }
 
 impl NamespaceTracker {
@@ -68,6 +70,7 @@ impl NamespaceTracker {
             counters: HashMap::new(),
             next_counters_ns: 0,
             counters_cursor: 0,
+            pending: Vec::new(),
         }
     }
 
@@ -83,8 +86,11 @@ impl NamespaceTracker {
         };
         let mut out: Vec<NamespaceDescription> = ids.into_iter().map(|id| self.describe(id)).collect();
         out.sort_by_key(|n| n.netns);
-        // The counters' starting values: what changes from now on is reported.
-        self.sample_counters(now_ns, &mut Vec::new(), false);
+        // The counters' starting values: what changes from now on is reported (levels as
+        // they are, with the first events).
+        let mut levels = Vec::new();
+        self.sample_counters(now_ns, &mut levels, false);
+        self.pending = levels;
         out
     }
 
@@ -92,6 +98,7 @@ impl NamespaceTracker {
     /// namespace's TCP counters since its last read, as counter events of that namespace.
     /// A namespace that cannot be entered (gone, no permission) is skipped.
     pub fn sample_counters(&mut self, now_ns: u64, out: &mut Vec<Event>, force: bool) {
+        out.append(&mut self.pending);
         if !force && now_ns < self.next_counters_ns {
             return;
         }
@@ -112,11 +119,17 @@ impl NamespaceTracker {
                     continue;
                 }
             };
-            if let Some(before) = self.counters.insert(netns, now) {
-                let deltas = netstat::delta(&before, &self.counters[&netns]);
-                if !deltas.is_empty() {
-                    out.push(Event::Netstat(NetstatEvent { ts_ns: now_ns, netns, deltas }));
+            let deltas = match self.counters.insert(netns, now) {
+                Some(before) => netstat::delta(&before, &self.counters[&netns]),
+                // The first reading: totals count from now, levels are carried whole.
+                None => {
+                    let mut levels = netstat::delta(&BTreeMap::new(), &self.counters[&netns]);
+                    levels.retain(|(name, _)| netstat::is_level(name));
+                    levels
                 }
+            };
+            if !deltas.is_empty() {
+                out.push(Event::Netstat(NetstatEvent { ts_ns: now_ns, netns, deltas }));
             }
         }
     }

@@ -243,3 +243,28 @@ fn many_rows_stay_within_the_readme_worst_case() {
     assert_eq!(e.family("twtrace_paws_source_drops_total").unwrap().series.len(), k + 1);
     assert_eq!(value(&e, "twtrace_paws_source_drops_total", ("source", "other")), Some(&Value::Int(180)));
 }
+
+/// Conntrack figures arrive as counters of the namespace: the two levels become gauges (the
+/// first reading carried whole, then changes), the drops a counter by reason; none of them is
+/// a TcpExt counter.
+#[test]
+fn conntrack_levels_are_gauges_and_its_drops_a_counter_by_reason() {
+    use crate::event::{NamespaceDescription, NetstatEvent};
+    let mut agg = aggregator();
+    agg.describe(&NamespaceDescription { netns: 1, name: "pod-a".into(), sysctls: None, live: true });
+    let counters = |ts, deltas: &[(&str, i64)]| {
+        Event::Netstat(NetstatEvent {
+            ts_ns: ts,
+            netns: 1,
+            deltas: deltas.iter().map(|(n, d)| ((*n).to_owned(), *d)).collect(),
+        })
+    };
+    agg.apply(&counters(S, &[("ConntrackCount", 40), ("ConntrackMax", 50)]));
+    agg.apply(&counters(2 * S, &[("ConntrackCount", 10), ("ConntrackDrop", 7), ("TW", 3)]));
+    let e = Builder::new(Limits::default()).build(&agg, 2 * S, &Health::default(), &[]);
+    assert_eq!(value(&e, "twtrace_conntrack_entries", ("namespace", "pod-a")), Some(&Value::Int(50)));
+    assert_eq!(value(&e, "twtrace_conntrack_max_entries", ("namespace", "pod-a")), Some(&Value::Int(50)));
+    assert_eq!(value(&e, "twtrace_conntrack_dropped_packets_total", ("reason", "full")), Some(&Value::Int(7)));
+    let tcpext = e.family("twtrace_tcpext_total").unwrap();
+    assert_eq!(tcpext.series.len(), 1, "only TW: {:?}", tcpext.series);
+}
