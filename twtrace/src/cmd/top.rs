@@ -230,11 +230,12 @@ impl Usage {
             _ => None,
         };
         self.cpu_ticks = ticks;
-        let bpf = match (self.bpf_ns, health.bpf_run_time_ns) {
+        let now_ns = health.bpf_run_time.as_ref().map(crate::probes::BpfRunTime::total_ns);
+        let bpf = match (self.bpf_ns, now_ns) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1e3 / elapsed),
             _ => None,
         };
-        self.bpf_ns = health.bpf_run_time_ns;
+        self.bpf_ns = now_ns;
         (cpu, bpf, events as f64 / elapsed)
     }
 }

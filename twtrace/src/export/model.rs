@@ -580,14 +580,16 @@ fn self_metrics(snapshot: &Snapshot, health: &Health, backends: &[FamilyReport],
             d.malformed + d.wrong_version,
         ));
     }
-    if let Some(ns) = health.bpf_run_time_ns {
+    if let Some(run_time) = &health.bpf_run_time {
         let mut f = Family::new(
             "twtrace_bpf_run",
             Kind::Counter,
-            "Kernel time spent in twtrace's BPF programs, all families (needs kernel.bpf_stats_enabled=1).",
+            "Kernel time spent in twtrace's BPF programs, by the probe family that owns each (needs kernel.bpf_stats_enabled=1).",
         )
         .in_seconds();
-        f.push(vec![], Value::Float(ns as f64 / 1e9));
+        for (family, ns) in &run_time.by_family {
+            f.push(vec![("family", family.to_string())], Value::Float(*ns as f64 / 1e9));
+        }
         out.push(f);
     }
     let mut info = Family::new(

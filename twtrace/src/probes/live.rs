@@ -56,6 +56,17 @@ pub struct LiveProbes {
     /// Runs of our programs the kernel skipped, as last put into the stream (`kernel_skips`).
     skipped_reported: u64,
     pub reports: Vec<FamilyReport>,
+    /// Each program's owning family, for its run time.
+    owners: std::collections::HashMap<&'static str, super::Family>,
+}
+
+/// Each program's owning family: the first to list it in the catalogue.
+fn program_owners() -> std::collections::HashMap<&'static str, super::Family> {
+    let mut owners = std::collections::HashMap::new();
+    for (family, _, hook) in super::catalogue() {
+        owners.entry(hook.program()).or_insert(family);
+    }
+    owners
 }
 
 /// How often the programs' skip counts are read.
@@ -135,6 +146,7 @@ impl LiveProbes {
             lost_reported: 0,
             skipped_reported: 0,
             reports,
+            owners: program_owners(),
         })
     }
 
@@ -204,14 +216,26 @@ impl LiveProbes {
         }
     }
 
-    /// Kernel-side run time of twtrace's attached programs so far, or `None` while the kernel
-    /// does not account it (`sysctl kernel.bpf_stats_enabled=1` turns it on, at a small cost).
-    pub fn bpf_run_time_ns(&self) -> Option<u64> {
+    /// Kernel-side run time of twtrace's attached programs so far, by the family that owns
+    /// each (the first to list it in [`super::catalogue`]), or `None` while the kernel does not
+    /// account it (`sysctl kernel.bpf_stats_enabled=1` turns it on, at a small cost).
+    pub fn bpf_run_time(&self) -> Option<super::BpfRunTime> {
         let enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1");
         if !enabled {
             return None;
         }
-        Some(self.ebpf.programs().filter_map(|(_, p)| p.info().ok()).map(|i| i.run_time().as_nanos() as u64).sum())
+        let mut by_family: Vec<(super::Family, u64)> = Vec::new();
+        for (name, program) in self.ebpf.programs() {
+            // Programs of backends not chosen are not loaded: nothing to count.
+            let Ok(info) = program.info() else { continue };
+            let Some(family) = self.owners.get(name) else { continue };
+            let ns = info.run_time().as_nanos() as u64;
+            match by_family.iter_mut().find(|(f, _)| f == family) {
+                Some((_, total)) => *total += ns,
+                None => by_family.push((*family, ns)),
+            }
+        }
+        Some(super::BpfRunTime { by_family })
     }
 
     /// Records the kernel could not fit in the ring buffer, summed over CPUs.
@@ -249,6 +273,23 @@ fn fdinfo_field(info: &str, name: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::fdinfo_field;
+
+    /// BPF time goes to one family per program: the first to list it, never the port search
+    /// for a program another family also lists (it rides on theirs).
+    #[test]
+    fn every_program_has_one_owning_family() {
+        let owners = super::program_owners();
+        let catalogue = super::super::catalogue();
+        for (family, _, hook) in &catalogue {
+            let owner = owners[hook.program()];
+            let shared = catalogue.iter().any(|(f, _, h)| h.program() == hook.program() && f != family);
+            if shared {
+                assert_ne!(owner, super::super::Family::PortSearch, "{}", hook.program());
+            } else {
+                assert_eq!(owner, *family, "{}", hook.program());
+            }
+        }
+    }
 
     #[test]
     fn fdinfo_fields_of_a_bpf_program() {

@@ -27,6 +27,20 @@ pub use plan::{
 
 use crate::kernel;
 
+/// Kernel time in twtrace's programs so far, by probe family. A program several families
+/// share (one `tcp_set_state` hook feeds the state family and the tracepoint port search) counts
+/// for the family that owns it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BpfRunTime {
+    pub by_family: Vec<(Family, u64)>,
+}
+
+impl BpfRunTime {
+    pub fn total_ns(&self) -> u64 {
+        self.by_family.iter().map(|(_, ns)| ns).sum()
+    }
+}
+
 /// Every family with its backend table (built from the running kernel's BTF), in the order
 /// they are attached and reported. Within a table: fentry, kprobe, tracepoint, and where a
 /// backend has variants for different kernels, the newest first.

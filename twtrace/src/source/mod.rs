@@ -37,7 +37,7 @@ pub struct Health {
     pub decoder: Option<DecodeStats>,
     /// Kernel-side run time of the attached programs, when the kernel accounts it
     /// (`kernel.bpf_stats_enabled=1`); never for a replay.
-    pub bpf_run_time_ns: Option<u64>,
+    pub bpf_run_time: Option<crate::probes::BpfRunTime>,
     /// Replaying a recording: its position and state.
     pub replay: Option<ReplayHealth>,
 }
@@ -209,7 +209,7 @@ impl Source {
                 lost: live.probes.lost_reported(),
                 skipped_runs: live.probes.skipped_reported(),
                 decoder: Some(live.probes.stats()),
-                bpf_run_time_ns: live.probes.bpf_run_time_ns(),
+                bpf_run_time: live.probes.bpf_run_time(),
                 replay: None,
             },
             Self::Replay(r) => r.health(),

@@ -122,11 +122,12 @@ impl NamespaceTracker {
             let deltas = match self.counters.insert(netns, now) {
                 Some(before) => netstat::delta(&before, &self.counters[&netns]),
                 // The first reading: totals count from now, levels are carried whole.
-                None => {
-                    let mut levels = netstat::delta(&BTreeMap::new(), &self.counters[&netns]);
-                    levels.retain(|(name, _)| netstat::is_level(name));
-                    levels
-                }
+                // (A level of 0 too: an empty table is a figure.)
+                None => self.counters[&netns]
+                    .iter()
+                    .filter(|(name, _)| netstat::is_level(name))
+                    .map(|(name, value)| (name.clone(), *value))
+                    .collect(),
             };
             if !deltas.is_empty() {
                 out.push(Event::Netstat(NetstatEvent { ts_ns: now_ns, netns, deltas }));

@@ -59,7 +59,7 @@ impl Replay {
             lost: self.lost,
             skipped_runs: self.skipped_runs,
             decoder: trailer.as_ref().map(|t| t.decoder),
-            bpf_run_time_ns: None,
+            bpf_run_time: None,
             replay: Some(ReplayHealth {
                 position_ns: self.now_ns,
                 speed: self.speed,
