@@ -286,3 +286,179 @@ fn a_full_conntrack_table_is_named_with_its_own_counts() {
     assert!(text.contains(&format!("holds {LIMIT} of {LIMIT} entries")), "{text}");
     assert!(text.contains(&format!("dropped {drops} packets")), "the kernel counted {drops}: {text}");
 }
+
+/// Doctor live in namespace `ns` while `during` runs (stopped once it is done), then on the
+/// recording made meanwhile: both reports, the recording's with the same findings.
+fn live_and_replayed(ns: &Netns, tag: &str, during: impl FnOnce()) -> (i32, Value, Value) {
+    let path = std::env::temp_dir().join(format!("twtrace-it-{}-doctor-{tag}.twr", std::process::id()));
+    let recording = support::Recording::start(ns, &path);
+    let (status, live) = doctor_while(&["--duration", "5m", "--netns", &ns.name], during);
+    recording.stop();
+    let (replayed_status, replayed) = doctor(&["--replay", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(replayed_status, status, "{replayed:#}\n{live:#}");
+    let substantive = |r: &Value| -> Vec<String> {
+        kinds(r)
+            .into_iter()
+            .filter(|k| !["skipped_runs", "approximate_search", "time_wait_peak"].contains(&k.as_str()))
+            .collect()
+    };
+    assert_eq!(substantive(&replayed), substantive(&live), "{replayed:#}\n{live:#}");
+    (status, live, replayed)
+}
+
+/// The scenario's finding, and nothing else above a note (what twtrace may have missed aside).
+fn only_finding<'a>(report: &'a Value, kind: &str) -> &'a Value {
+    for f in report["findings"].as_array().unwrap() {
+        let blind_spot = ["loss", "skipped_runs"].contains(&f["kind"].as_str().unwrap());
+        if f["kind"] != kind && !blind_spot {
+            assert!(["info", "ok"].contains(&f["severity"].as_str().unwrap()), "another finding: {f:#}");
+        }
+    }
+    finding(report, kind)
+}
+
+/// A namespace whose TIME_WAIT sockets reach its own `tcp_max_tw_buckets` (10): 30
+/// connections closed first by the client make 10 TIME_WAIT sockets and 20 overflows, as the
+/// namespace's TCPTimeWaitOverflow counts them.
+#[test]
+fn time_wait_beyond_the_bucket_limit_is_named_with_the_kernels_overflow_count() {
+    if !can_trace() {
+        return;
+    }
+    let ns = Netns::new("docbuckets");
+    ns.sysctl("net.ipv4.tcp_max_tw_buckets", "10");
+    let before = ns.netstat();
+    let (status, live, replayed) = live_and_replayed(&ns, "buckets", || {
+        ns.run(|| support::client_closes_first(&std::net::TcpListener::bind("127.0.0.1:7000").unwrap(), 30));
+    });
+    let overflow = ns.netstat()["TCPTimeWaitOverflow"] - before["TCPTimeWaitOverflow"];
+    assert_eq!(overflow, 20, "the kernel's count");
+    let in_ss =
+        support::output(Command::new("ip").args(["netns", "exec", &ns.name, "ss", "-Htan", "state", "time-wait"]));
+    assert_eq!(String::from_utf8_lossy(&in_ss.stdout).lines().count(), 10, "ss");
+    assert_eq!(status, 2, "critical: {live:#}");
+    for report in [&live, &replayed] {
+        let f = only_finding(report, "time_wait_buckets");
+        assert_eq!(
+            (f["severity"].as_str(), f["place"]["namespace"].as_str()),
+            (Some("critical"), Some(ns.name.as_str()))
+        );
+        let text = f["text"].as_str().unwrap();
+        assert!(text.contains("holds 10 TIME_WAIT sockets against tcp_max_tw_buckets 10"), "{text}");
+        assert!(text.contains(&format!("skipped it {overflow} times")), "{text}");
+    }
+}
+
+/// An accept queue that overflows: a listener with a backlog of 1 that never accepts, and 10
+/// clients that give up after 300 ms (before their SYN is sent again). The finding has the
+/// namespace's ListenOverflows and ListenDrops as the kernel counts them.
+#[test]
+fn an_overflowing_accept_queue_is_named_with_the_kernels_counts() {
+    use std::os::fd::FromRawFd as _;
+    if !can_trace() {
+        return;
+    }
+    let ns = Netns::new("doclisten");
+    let before = ns.netstat();
+    let mut connected = 0;
+    let (status, live, replayed) = live_and_replayed(&ns, "listen", || {
+        connected = ns.run(|| {
+            // SAFETY: a new socket, bound and listening with backlog 1; owned by the listener.
+            let listener = unsafe {
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                let (addr, len) = support::sockaddr_of("127.0.0.1:7000".parse().unwrap());
+                assert_eq!(libc::bind(fd, std::ptr::addr_of!(addr).cast(), len), 0);
+                assert_eq!(libc::listen(fd, 1), 0);
+                std::net::TcpListener::from_raw_fd(fd)
+            };
+            let server = listener.local_addr().unwrap();
+            let clients: Vec<_> = (0..10)
+                .filter_map(|_| {
+                    std::net::TcpStream::connect_timeout(&server, std::time::Duration::from_millis(300)).ok()
+                })
+                .collect();
+            // Whatever the server drops meanwhile settles (request sockets whose client is gone).
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            drop(listener);
+            clients.len()
+        });
+    });
+    let after = ns.netstat();
+    let (overflows, drops) =
+        (after["ListenOverflows"] - before["ListenOverflows"], after["ListenDrops"] - before["ListenDrops"]);
+    assert!(overflows > 0 && connected < 10, "the queue overflowed: {overflows}, {connected} connected");
+    for report in [&live, &replayed] {
+        let f = only_finding(report, "listen_overflow");
+        assert_eq!(f["place"]["namespace"], ns.name.as_str(), "{f:#}");
+        let evidence: Vec<&str> = f["evidence"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+        assert!(evidence.contains(&format!("ListenOverflows +{overflows}").as_str()), "{evidence:?}");
+        assert!(evidence.contains(&format!("ListenDrops +{drops}").as_str()), "{evidence:?}");
+    }
+    assert!(status >= 1, "{live:#}");
+}
+
+/// "Why do 1-3 % of users behind NAT fail?": SYNs from one address, four 4-tuples the server
+/// holds in TIME_WAIT, each with an older timestamp (clients behind one NAT with different
+/// clocks): the kernel drops each (PAWSTimewait), and doctor names the one source with four
+/// flows.
+#[test]
+fn paws_drops_from_one_address_are_named_as_nat() {
+    use support::packets::{self, SYN, Segment};
+    const TUPLES: u16 = 4;
+    const SOURCE: &str = "127.0.0.5";
+    if !can_trace() {
+        return;
+    }
+    if !support::kernel_has_drop_reason("TCP_RFC7323_TW_PAWS") {
+        return support::skip(
+            "doctor",
+            "this kernel gives TIME_WAIT PAWS rejects no drop reason (TCP_RFC7323_TW_PAWS, 6.16+)",
+        );
+    }
+    let ns = Netns::new("docpaws");
+    let before = ns.netstat();
+    let (_, live, replayed) = live_and_replayed(&ns, "paws", || {
+        ns.run(|| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:7000").unwrap();
+            let server = listener.local_addr().unwrap();
+            let mut clients = Vec::new();
+            for i in 0..TUPLES {
+                let from = std::net::SocketAddr::new(SOURCE.parse().unwrap(), 43_000 + i);
+                let client = support::connect_from(from, server);
+                let tsval = packets::tcp_timestamp(&client);
+                drop(listener.accept().unwrap().0); // the server closes first: TIME_WAIT is its
+                assert_eq!(std::io::Read::read(&mut &client, &mut [0u8; 1]).unwrap(), 0);
+                drop(client);
+                clients.push((from, tsval));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            for (from, tsval) in clients {
+                let syn = Segment {
+                    src: from,
+                    dst: server,
+                    seq: 7,
+                    ack: 0,
+                    flags: SYN,
+                    tsval: tsval.wrapping_sub(100_000),
+                    tsecr: 0,
+                    payload_len: 0,
+                };
+                packets::send(&syn, &[]);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        });
+    });
+    let dropped = ns.netstat()["PAWSTimewait"] - before["PAWSTimewait"];
+    assert_eq!(dropped, i64::from(TUPLES), "the kernel's count");
+    for report in [&live, &replayed] {
+        let f = only_finding(report, "paws");
+        assert_eq!(f["severity"], "warning", "{f:#}");
+        let text = f["text"].as_str().unwrap();
+        assert!(text.contains(&format!("{TUPLES} segments were dropped by PAWS")), "{text}");
+        assert!(text.contains(&format!("1 source(s) with several flows each ({SOURCE})")), "{text}");
+        let evidence: Vec<&str> = f["evidence"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+        assert!(evidence.contains(&format!("{SOURCE}: {TUPLES} drops, {TUPLES} flows").as_str()), "{evidence:?}");
+        assert!(evidence.contains(&format!("PAWSTimewait +{TUPLES}").as_str()), "{evidence:?}");
+    }
+}

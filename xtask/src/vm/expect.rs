@@ -94,6 +94,7 @@ pub const KERNELS: &[KernelRow] = &[
             tw_paws("drops", "ipv4_time_wait_paws_drops_match_counter"),
             tw_paws("drops", "ipv6_time_wait_paws_drops_match_counter"),
             tw_paws("top", "paws_drops_are_attributed_to_their_source"),
+            tw_paws("doctor", "paws_drops_from_one_address_are_named_as_nat"),
             gap(
                 "timewait",
                 "births_under_port_reuse_churn_equal_the_kernels_count",
@@ -110,6 +111,7 @@ pub const KERNELS: &[KernelRow] = &[
             tw_paws("drops", "ipv4_time_wait_paws_drops_match_counter"),
             tw_paws("drops", "ipv6_time_wait_paws_drops_match_counter"),
             tw_paws("top", "paws_drops_are_attributed_to_their_source"),
+            tw_paws("doctor", "paws_drops_from_one_address_are_named_as_nat"),
         ],
     },
     KernelRow {
@@ -119,6 +121,7 @@ pub const KERNELS: &[KernelRow] = &[
             tw_paws("drops", "ipv4_time_wait_paws_drops_match_counter"),
             tw_paws("drops", "ipv6_time_wait_paws_drops_match_counter"),
             tw_paws("top", "paws_drops_are_attributed_to_their_source"),
+            tw_paws("doctor", "paws_drops_from_one_address_are_named_as_nat"),
         ],
     },
     // Everything of 6.16+: the TIME_WAIT PAWS tests (drops, top) run on all three backends
