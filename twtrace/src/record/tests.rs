@@ -207,6 +207,7 @@ fn info() -> SourceInfo {
                 expires_ms: 0,
             },
         ],
+        segment: None,
     }
 }
 
