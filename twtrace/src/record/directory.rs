@@ -403,6 +403,63 @@ impl DirectoryReader {
     }
 }
 
+/// The fuzz target's input: segments packed one after another, each `seq u16 | start u16 |
+/// len u32 | bytes` (little-endian; start in seconds after a fixed day), after a window of
+/// `since u16 | until u16` (seconds after the same day, 0xffff for none). Defined here so the
+/// seeds the tests write and the target agree.
+pub mod fuzz_input {
+    use super::{SegmentName, Window};
+    use crate::time::{TimeSpec, WallTime};
+
+    const BASE_S: u64 = 1_795_384_800;
+
+    pub fn unpack(mut data: &[u8]) -> (Window, Vec<(String, Vec<u8>)>) {
+        let mut take = |n: usize| {
+            let (head, rest) = data.split_at(n.min(data.len()));
+            data = rest;
+            head
+        };
+        let u16_at = |d: &[u8]| if d.len() == 2 { u16::from_le_bytes([d[0], d[1]]) } else { 0xffff };
+        let bound = |v: u16| {
+            (v != 0xffff).then(|| TimeSpec::At(WallTime::from_unix_ns((BASE_S + u64::from(v)) * 1_000_000_000)))
+        };
+        let since = bound(u16_at(take(2)));
+        let until = bound(u16_at(take(2)));
+        let mut segments = Vec::new();
+        loop {
+            let head = take(8);
+            if head.len() < 8 {
+                break;
+            }
+            let seq = u64::from(u16::from_le_bytes([head[0], head[1]]));
+            let start = BASE_S + u64::from(u16::from_le_bytes([head[2], head[3]]));
+            let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+            let name = SegmentName { seq, start_unix_s: start }.file_name();
+            segments.push((name, take(len).to_vec()));
+        }
+        (Window { since, until }, segments)
+    }
+
+    /// The inverse, for seeds: (seq, seconds after the day, contents).
+    pub fn pack(since: Option<u16>, until: Option<u16>, segments: &[(u16, u16, Vec<u8>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&since.unwrap_or(0xffff).to_le_bytes());
+        out.extend_from_slice(&until.unwrap_or(0xffff).to_le_bytes());
+        for (seq, start, bytes) in segments {
+            out.extend_from_slice(&seq.to_le_bytes());
+            out.extend_from_slice(&start.to_le_bytes());
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        out
+    }
+
+    /// The day's start, for seeds that name times.
+    pub fn base_unix_s() -> u64 {
+        BASE_S
+    }
+}
+
 #[cfg(test)]
 #[path = "directory_tests.rs"]
 mod tests;
