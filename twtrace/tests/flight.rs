@@ -320,3 +320,56 @@ fn a_full_file_system_stops_recording_without_stopping_twtrace_and_it_resumes() 
     );
     assert!(!damage.iter().any(|d| d.contains("ends inside")), "cut back to whole chunks: {damage:#?}");
 }
+
+#[test]
+fn serve_records_the_stream_it_serves() {
+    if !can_trace() {
+        return;
+    }
+    let ns = Netns::new("flight-serve");
+    let dir = temp("flight-serve");
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["serve", "--listen", &listen, "--record-dir", dir.to_str().unwrap(), "--segment", "1s"];
+    args.extend(["--netns", &ns.name]);
+    let mut child = support::spawn(
+        Command::new(env!("CARGO_BIN_EXE_twtrace")).args(&args).stdout(Stdio::null()).stderr(Stdio::piped()),
+    );
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in stderr.by_ref().map_while(Result::ok) {
+        eprintln!("[serve] {line}");
+        if line.contains("tracing;") {
+            break;
+        }
+    }
+    let lines = std::thread::spawn(move || stderr.map_while(Result::ok).collect::<Vec<_>>());
+    let last = wait_rotation(&dir, 0);
+    let made = burst(&ns, 12);
+    let last = wait_rotation(&dir, last);
+    wait_rotation(&dir, last);
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&listen).unwrap();
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let lines = lines.join().unwrap();
+    eprintln!("{lines:#?}");
+    assert!(metrics.contains("twtrace_recorder_write_errors_total 0"), "{metrics}");
+    assert!(metrics.contains("twtrace_recorder_recording 1"), "{metrics}");
+    assert!(lines.iter().any(|l| l.contains("recorded") && l.contains("segments opened")), "{lines:#?}");
+    // The directory holds exactly the burst's TIME_WAIT sockets, as ss saw them.
+    assert_eq!(births_in(&dir, &[]), made);
+    let out = twtrace(&["report", dir.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("damage"), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
