@@ -91,6 +91,7 @@ fn info() -> SourceInfo {
         port: None,
         filter: String::new(),
         sockets: Vec::new(),
+        segment: None,
     }
 }
 

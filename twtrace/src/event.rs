@@ -104,6 +104,21 @@ impl Event {
         }
     }
 
+    /// The timestamp itself, for readers that move a recording onto another clock mapping
+    /// (segments of different runs read as one stream).
+    pub fn ts_ns_mut(&mut self) -> &mut u64 {
+        match self {
+            Event::TimeWait(e) => &mut e.ts_ns,
+            Event::State(e) => &mut e.ts_ns,
+            Event::Drop(e) => &mut e.ts_ns,
+            Event::PortSearch(e) => &mut e.ts_ns,
+            Event::Netstat(e) => &mut e.ts_ns,
+            Event::Lost(e) => &mut e.ts_ns,
+            Event::Skipped(e) => &mut e.ts_ns,
+            Event::Namespace(e) => &mut e.ts_ns,
+        }
+    }
+
     /// The network namespace the event happened in; `None` where it names none (or 0: a
     /// drop before 6.11, seen before the socket lookup).
     pub fn netns(&self) -> Option<u32> {

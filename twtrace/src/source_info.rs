@@ -37,4 +37,21 @@ pub struct SourceInfo {
     /// TCP sockets of every described namespace when tracing started (empty when not read).
     #[serde(skip)]
     pub sockets: Vec<ExistingSocket>,
+    /// Set in the segments of a flight-recorder directory: which run and which place in it.
+    /// Absent in single recordings; older readers ignore it (the format stays version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<SegmentMark>,
+}
+
+/// Where a segment stands among the others of its directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentMark {
+    /// Identifies one run of twtrace (its start, in Unix ns, and its pid): segments of one
+    /// run share their clock and their TIME_WAIT socket numbers.
+    pub run: u64,
+    /// The segment's number in the directory, counted on across runs: a number missing
+    /// between two segments is a segment deleted or lost.
+    pub seq: u64,
+    /// The segment's place in its run, from 0.
+    pub part: u32,
 }

@@ -107,6 +107,104 @@ impl Serialize for WallTime {
     }
 }
 
+/// A time given on the command line (`--since`, `--until`): a full RFC 3339 instant, or a
+/// time of day. A time of day is UTC, as every time twtrace prints is: a recording keeps no
+/// time zone, so any other reading would depend on the machine that reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeSpec {
+    At(WallTime),
+    /// Nanoseconds after midnight UTC.
+    TimeOfDay(u64),
+}
+
+impl TimeSpec {
+    /// `2026-11-27T16:39:43Z`, `2026-11-27T17:39:43.5+01:00`, `16:39` or `16:39:43`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let bad = || {
+            format!("`{text}` is not a time: give HH:MM[:SS] (UTC) or RFC 3339 (2026-11-27T16:39:43Z, or with +01:00)")
+        };
+        if !text.contains('-') {
+            return parse_time_of_day(text).map(Self::TimeOfDay).ok_or_else(bad);
+        }
+        let (date, rest) = text.split_at_checked(10).ok_or_else(bad)?;
+        let mut parts = date.split('-').map(|p| p.parse::<i64>().ok());
+        let (Some(Some(y)), Some(Some(m)), Some(Some(d)), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        if !(1..=12).contains(&m) || !(1..=31).contains(&d) || y < 1970 {
+            return Err(bad());
+        }
+        let rest = rest.strip_prefix(['T', 't', ' ']).ok_or_else(bad)?;
+        // The zone: Z, or an offset east of UTC.
+        let (clock, offset_s) = if let Some(clock) = rest.strip_suffix(['Z', 'z']) {
+            (clock, 0i64)
+        } else {
+            let at = rest.rfind(['+', '-']).ok_or_else(bad)?;
+            let (clock, zone) = rest.split_at(at);
+            let sign = if zone.starts_with('-') { -1 } else { 1 };
+            let hm = parse_time_of_day(&zone[1..]).filter(|ns| ns % 60_000_000_000 == 0).ok_or_else(bad)?;
+            (clock, sign * (hm / 1_000_000_000) as i64)
+        };
+        let day_ns = parse_time_of_day(clock).ok_or_else(bad)?;
+        let days = days_from_civil(y, m as u32, d as u32);
+        let unix_s = days * 86_400 - offset_s;
+        if unix_s < 0 {
+            return Err(bad());
+        }
+        Ok(Self::At(WallTime::from_unix_ns(unix_s as u64 * 1_000_000_000 + day_ns)))
+    }
+
+    /// The instant meant, for a recording that starts at `start`: a time of day is its first
+    /// occurrence at or after `start` (a window of `--since 23:50 --until 00:10` resolves the
+    /// second against the first, so it crosses midnight).
+    pub fn resolve(self, start: WallTime) -> WallTime {
+        match self {
+            Self::At(t) => t,
+            Self::TimeOfDay(ns) => {
+                let midnight = start.unix_ns - start.unix_ns % NS_PER_DAY;
+                let at = midnight + ns;
+                WallTime::from_unix_ns(if at < start.unix_ns { at + NS_PER_DAY } else { at })
+            }
+        }
+    }
+}
+
+/// `HH:MM`, `HH:MM:SS` or `HH:MM:SS.fraction` to nanoseconds after midnight.
+fn parse_time_of_day(text: &str) -> Option<u64> {
+    let (whole, fraction) = match text.split_once('.') {
+        Some((w, f)) if !f.is_empty() && f.len() <= 9 && f.bytes().all(|b| b.is_ascii_digit()) => {
+            (w, f.parse::<u64>().ok()? * 10u64.pow(9 - f.len() as u32))
+        }
+        Some(_) => return None,
+        None => (text, 0),
+    };
+    let fields: Vec<&str> = whole.split(':').collect();
+    if !(2..=3).contains(&fields.len()) || fields.iter().any(|f| f.len() != 2 || !f.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return None;
+    }
+    let number = |i: usize| fields.get(i).map_or(Some(0), |f| f.parse::<u64>().ok());
+    let (h, m, s) = (number(0)?, number(1)?, number(2)?);
+    if h > 23 || m > 59 || s > 60 || (fields.len() == 2 && fraction > 0) {
+        return None;
+    }
+    Some((h * 3600 + m * 60 + s) * 1_000_000_000 + fraction)
+}
+
+/// (year, month, day) to days since 1970-01-01: the inverse of [`civil_from_days`].
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's
 /// published method).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -141,5 +239,32 @@ mod tests {
         let clock = WallClock { realtime_ns: 1_795_385_599_000_000_000, monotonic_ns: 1_000_000_000 };
         assert_eq!(clock.at(61_500_000_000).rfc3339(), "2026-11-22T22:14:19.500000Z");
         assert_eq!(clock.to_unix_ns(0), 1_795_385_598_000_000_000);
+    }
+
+    #[test]
+    fn times_parse_as_rfc3339_or_utc_time_of_day() {
+        let t = |s: &str| TimeSpec::parse(s).unwrap();
+        assert_eq!(t("2026-11-22T22:13:19Z"), TimeSpec::At(WallTime::from_unix_ns(1_795_385_599_000_000_000)));
+        assert_eq!(t("2026-11-22T23:13:19.5+01:00"), TimeSpec::At(WallTime::from_unix_ns(1_795_385_599_500_000_000)));
+        assert_eq!(t("2026-11-22 21:13:19-01:00"), t("2026-11-22T22:13:19Z"));
+        assert_eq!(t("2000-02-29T00:00:00Z"), TimeSpec::At(WallTime::from_unix_ns(951_782_400_000_000_000)));
+        assert_eq!(t("02:50"), TimeSpec::TimeOfDay(10_200_000_000_000));
+        assert_eq!(t("02:50:30.25"), TimeSpec::TimeOfDay(10_230_250_000_000));
+        for bad in ["2:50", "25:00", "02:50:", "soon", "2026-13-01T00:00:00Z", "2026-11-22T22:13:19", "02:50.5"] {
+            assert!(TimeSpec::parse(bad).is_err(), "{bad}");
+        }
+        for days in [-1, 0, 59, 365, 10_957, 20_000, 20_780] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+    }
+
+    #[test]
+    fn a_time_of_day_is_its_first_occurrence_from_the_start() {
+        let start = WallTime::from_unix_ns(1_795_385_599_000_000_000); // 22:13:19
+        let at = |s: &str| TimeSpec::parse(s).unwrap().resolve(start).rfc3339();
+        assert_eq!(at("22:50"), "2026-11-22T22:50:00.000000Z");
+        assert_eq!(at("02:50"), "2026-11-23T02:50:00.000000Z");
+        assert_eq!(at("22:13:19"), "2026-11-22T22:13:19.000000Z");
     }
 }

@@ -8,12 +8,12 @@ use anyhow::bail;
 
 use crate::{run_cmd, setup, workspace_root};
 
-pub const TARGETS: &[&str] = &["read_recording", "decode_chunk"];
+pub const TARGETS: &[&str] = &["read_recording", "decode_chunk", "read_directory"];
 
 #[derive(clap::Args)]
 pub struct FuzzArgs {
-    /// Fuzz target (read_recording: whole files; decode_chunk: records past the checksum).
-    /// Default: both, one after the other.
+    /// Fuzz target (read_recording: whole files; decode_chunk: records past the checksum;
+    /// read_directory: segments stitched into one stream). Default: all, one after the other.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(TARGETS))]
     target: Option<String>,
     /// Seconds per target.

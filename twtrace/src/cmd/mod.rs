@@ -19,17 +19,22 @@ use crate::{
     filter::{self, Filter},
     kernel,
     probes::{Backend, Family, Options},
+    record::directory::Window,
     source::Source,
     source_info::SourceInfo,
+    time::TimeSpec,
 };
 
 /// Where events come from: the kernel (the default) or a recording.
 #[derive(Args)]
 pub struct SourceArgs {
-    /// Read this recording instead of tracing the kernel (no root needed). --port and an inode
-    /// --netns then filter the recording.
-    #[arg(long, value_name = "FILE")]
+    /// Read this recording instead of tracing the kernel (no root needed): a file, or a
+    /// flight-recorder directory (`record --rotate`, `serve --record-dir`) read as one stream.
+    /// --port and an inode --netns then filter the recording.
+    #[arg(long, value_name = "FILE|DIR")]
     replay: Option<PathBuf>,
+    #[command(flatten)]
+    window: WindowArgs,
     #[command(flatten)]
     probes: ProbeArgs,
     #[command(flatten)]
@@ -42,6 +47,9 @@ impl SourceArgs {
     pub fn open(&self, with_sockets: bool, speed: Option<f64>) -> anyhow::Result<(Source, Filter)> {
         let mut filter = self.filters.filter();
         let Some(path) = &self.replay else {
+            if !self.window.window().is_empty() {
+                anyhow::bail!("--since and --until apply to --replay, not to live tracing");
+            }
             let source = Source::live(&self.probes.options()?, with_sockets)?;
             return Ok((source, filter));
         };
@@ -57,12 +65,32 @@ impl SourceArgs {
             })?);
         }
         filter.ports.extend(p.port);
-        Ok((Source::replay(path, speed)?, filter))
+        Ok((Source::replay(path, speed, self.window.window())?, filter))
     }
 
     /// The recording to replay, if one was given.
     pub fn replay_path(&self) -> Option<String> {
         self.replay.as_ref().map(|p| p.display().to_string())
+    }
+}
+
+/// A stretch of recorded time to read.
+#[derive(Args, Clone, Default)]
+pub struct WindowArgs {
+    /// Read from this recorded time on: HH:MM[:SS] in UTC (as twtrace prints times; its first
+    /// occurrence from the recording's start), or RFC 3339 (2026-11-27T02:50:00Z, or with an
+    /// offset such as +01:00).
+    #[arg(long, value_name = "TIME", value_parser = TimeSpec::parse)]
+    since: Option<TimeSpec>,
+    /// Read up to this recorded time (included); same forms as --since, a time of day counted
+    /// from --since.
+    #[arg(long, value_name = "TIME", value_parser = TimeSpec::parse)]
+    until: Option<TimeSpec>,
+}
+
+impl WindowArgs {
+    pub fn window(&self) -> Window {
+        Window { since: self.since, until: self.until }
     }
 }
 

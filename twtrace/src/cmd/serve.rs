@@ -5,19 +5,21 @@
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
+use anyhow::Context as _;
 use tokio::sync::watch;
 
-use super::{FilterArgs, ProbeArgs};
+use super::{FilterArgs, ProbeArgs, record::SegmentArgs};
 use crate::{
     aggregate::Aggregator,
     drive::{self, Control, Limits, Sink, Status},
     event::Event,
     export::{
         http::{self, Published},
-        model::{self, Builder, Exposition},
+        model::{self, Builder, Exposition, Family, Kind, Series, Value},
         webconfig::WebConfig,
     },
     probes::FamilyReport,
+    record::segments::{FlightRecorder, RecorderStats},
     source::Source,
 };
 
@@ -41,6 +43,12 @@ pub struct ServeArgs {
     /// How often the model is turned into what scrapes return.
     #[arg(long, default_value = "1s", value_parser = super::parse_duration, value_name = "DURATION")]
     publish_interval: Duration,
+    /// Also keep a flight recording of the stream in this directory (as `record --rotate`):
+    /// segments rotated and deleted by --segment, --segment-size, --keep, --keep-size.
+    #[arg(long, value_name = "DIR")]
+    record_dir: Option<PathBuf>,
+    #[command(flatten)]
+    segments: SegmentArgs,
     #[command(flatten)]
     probes: ProbeArgs,
     #[command(flatten)]
@@ -63,9 +71,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     // Bound before the probes load: a taken port is reported at once.
     let listener = http::bind(args.listen).await?;
-    let source = Source::live(&args.probes.options()?, true)?;
+    let policy = args.segments.policy()?;
+    let filter = args.filters.filter();
+    let mut source = Source::live(&args.probes.options()?, true)?;
+    source.set_filter_description(filter.describe());
+    let recorder = match &args.record_dir {
+        Some(dir) => {
+            Some(FlightRecorder::start(dir, policy, source.info()).with_context(|| dir.display().to_string())?)
+        }
+        None => None,
+    };
     let limits = model::Limits { top_k: args.top_k, idle_after: args.idle_after };
-    serve(source, args.filters.filter(), listener, web, limits, args.publish_interval).await
+    serve(source, filter, listener, web, limits, args.publish_interval, recorder).await
 }
 
 /// Serves `source`'s model on `listener` until SIGINT/SIGTERM, then publishes the last
@@ -77,6 +94,7 @@ pub async fn serve(
     web: WebConfig,
     limits: model::Limits,
     publish_interval: Duration,
+    recorder: Option<FlightRecorder>,
 ) -> anyhow::Result<()> {
     let info = source.info();
     let aggregator = super::aggregator_for(info, model::MODEL_ROWS);
@@ -89,9 +107,20 @@ pub async fn serve(
     let auth = if web.auth.is_some() { " (basic auth)" } else { "" };
     let server = http::spawn(listener, web, published);
     eprintln!("twtrace: serving metrics on {scheme}://{}/metrics{auth}", server.local_addr);
+    if let Some(r) = &recorder {
+        eprintln!("twtrace: recording to {} (segments)", r.dir().display());
+    }
     let interval_ns = publish_interval.as_nanos() as u64;
-    let mut sink =
-        ServeSink { aggregator, builder, backends, publish, interval_ns, next_ns: now + interval_ns, events: 0 };
+    let mut sink = ServeSink {
+        aggregator,
+        builder,
+        backends,
+        publish,
+        interval_ns,
+        next_ns: now + interval_ns,
+        events: 0,
+        recorder,
+    };
     let result = drive::drive(&mut source, filter, &mut sink, Limits::default()).await;
     server.stop().await;
     result
@@ -105,13 +134,18 @@ struct ServeSink {
     interval_ns: u64,
     next_ns: u64,
     events: u64,
+    /// The flight recorder (`--record-dir`): a second sink on the same stream.
+    recorder: Option<FlightRecorder>,
 }
 
 impl ServeSink {
     fn publish(&mut self, status: &Status) {
         let now = status.now_ns();
         self.aggregator.advance(now);
-        let exposition: Exposition = self.builder.build(&self.aggregator, now, &status.health(), &self.backends);
+        let mut exposition: Exposition = self.builder.build(&self.aggregator, now, &status.health(), &self.backends);
+        if let Some(r) = &self.recorder {
+            exposition.families.extend(recorder_families(&r.stats()));
+        }
         self.publish.send_replace(Published { exposition: Arc::new(exposition), at: std::time::Instant::now() });
     }
 }
@@ -122,11 +156,17 @@ impl Sink for ServeSink {
     fn event(&mut self, event: &Event, _status: &Status) -> anyhow::Result<()> {
         self.events += 1;
         self.aggregator.apply(event);
+        if let Some(r) = &mut self.recorder {
+            r.event(event);
+        }
         Ok(())
     }
 
     fn batch_done(&mut self, status: &Status) -> anyhow::Result<Control> {
         let now = status.now_ns();
+        if let Some(r) = &mut self.recorder {
+            r.tick(now, super::record::run_totals(status));
+        }
         if now >= self.next_ns {
             self.publish(status);
             // After a stall, the next tick is an interval from now, not a burst of catch-ups.
@@ -137,8 +177,50 @@ impl Sink for ServeSink {
 
     /// The events drained at the stop are published for the scrapes still in flight.
     fn finish(&mut self, status: &Status) -> anyhow::Result<()> {
+        if let Some(r) = self.recorder.take() {
+            let dir = r.dir().display().to_string();
+            let stats = r.finish(status.now_ns(), super::record::run_totals(status));
+            eprintln!("twtrace: {}", stats.summary(&dir, status.health().lost));
+        }
         self.publish(status);
         eprintln!("twtrace: serve ended; {} events, {} lost in the kernel", self.events, status.health().lost);
         Ok(())
     }
+}
+
+/// The flight recorder's own series (only with `--record-dir`).
+fn recorder_families(stats: &RecorderStats) -> Vec<Family> {
+    let one = |name, kind, help, value| Family {
+        name,
+        help,
+        seconds: false,
+        kind,
+        series: vec![Series { labels: Vec::new(), value: Value::Int(value) }],
+    };
+    vec![
+        one(
+            "twtrace_recorder_write_errors",
+            Kind::Counter,
+            "Failed writes or segment creations of the flight recorder (a full disk above all).",
+            stats.write_errors,
+        ),
+        one(
+            "twtrace_recorder_events_not_recorded",
+            Kind::Counter,
+            "Events the flight recorder could not write (it was stopped by a write error).",
+            stats.events_not_recorded,
+        ),
+        one(
+            "twtrace_recorder_bytes",
+            Kind::Gauge,
+            "Bytes of segments in the recording directory, as of the last rotation.",
+            stats.bytes,
+        ),
+        one(
+            "twtrace_recorder_recording",
+            Kind::Gauge,
+            "1 while the flight recorder writes, 0 while a write error has stopped it.",
+            u64::from(stats.recording),
+        ),
+    ]
 }

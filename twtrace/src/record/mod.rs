@@ -18,7 +18,9 @@
 //! chunk marker and carries on.
 
 pub mod codec;
+pub mod directory;
 mod reader;
+pub mod segments;
 #[cfg(test)]
 mod tests;
 
@@ -27,11 +29,15 @@ use std::{
     io::Write as _,
     os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
-    sync::mpsc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
-pub use reader::{Damage, Reader};
+pub use reader::{Damage, GapCause, Reader};
 use serde::{Deserialize, Serialize};
 
 use crate::{event::Event, probes::DecodeStats, source_info::SourceInfo};
@@ -77,12 +83,30 @@ pub enum RecordError {
     FutureVersion { found: u16 },
     #[error("the recording's header is damaged ({0}): nothing in the file can be trusted")]
     BadHeader(String),
+    #[error("{0}: no segments (twtrace-<time>-<number>.twr) in this directory")]
+    NoSegments(PathBuf),
     #[error("{0} exists: pass --force to overwrite it")]
     Exists(PathBuf),
     #[error("the recording's writer stopped: {0}")]
     WriterGone(String),
+    /// The writer thread's write or sync failed (the file was cut back to its last whole
+    /// chunk, so it reads as unfinished, not damaged).
+    #[error("the recording's writer stopped: {0}")]
+    WriteFailed(#[source] std::io::Error),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+impl RecordError {
+    /// The file system is full or the user's quota spent: worth retrying once space returns,
+    /// unlike a damaged disk.
+    pub fn is_out_of_space(&self) -> bool {
+        let code = match self {
+            Self::WriteFailed(e) | Self::Io(e) => e.raw_os_error(),
+            _ => None,
+        };
+        matches!(code, Some(libc::ENOSPC | libc::EDQUOT))
+    }
 }
 
 /// The end chunk: written when recording stops normally.
@@ -114,6 +138,9 @@ pub struct Recorder {
     events: u64,
     tx: Option<mpsc::SyncSender<Sealed>>,
     writer: Option<std::thread::JoinHandle<std::io::Result<u64>>>,
+    /// Bytes on disk so far (header and synced chunks), kept by the writer thread: what
+    /// rotation by size reads without waiting for the disk.
+    written: Arc<AtomicU64>,
 }
 
 impl Recorder {
@@ -133,13 +160,17 @@ impl Recorder {
         })?;
         // An existing file keeps its mode through truncation.
         file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        file.write_all(&file_header(info))?;
+        let header = file_header(info);
+        file.write_all(&header)?;
         file.sync_data()?;
+        let written = Arc::new(AtomicU64::new(header.len() as u64));
 
         // A small queue: if the disk cannot keep up, recording slows down rather than growing
         // without bound (the kernel then counts lost records, which the recording shows).
         let (tx, rx) = mpsc::sync_channel::<Sealed>(8);
-        let writer = std::thread::Builder::new().name("twtrace-writer".into()).spawn(move || write_chunks(file, rx))?;
+        let shared = Arc::clone(&written);
+        let writer =
+            std::thread::Builder::new().name("twtrace-writer".into()).spawn(move || write_chunks(file, rx, &shared))?;
         let mut recorder = Self {
             encoder: codec::ChunkEncoder::new(),
             seq: 0,
@@ -147,6 +178,7 @@ impl Recorder {
             events: 0,
             tx: Some(tx),
             writer: Some(writer),
+            written,
         };
         for sockets in info.sockets.chunks(SOCKETS_PER_CHUNK) {
             for socket in sockets {
@@ -178,6 +210,12 @@ impl Recorder {
         self.events
     }
 
+    /// Bytes on disk so far: the header and every chunk synced (chunks still queued are not
+    /// counted yet).
+    pub fn bytes_written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
     /// Ends the current chunk now (tests use it to place chunk boundaries).
     pub fn seal_now(&mut self) -> Result<(), RecordError> {
         if self.encoder.records() > 0 { self.seal(KIND_EVENTS) } else { Ok(()) }
@@ -193,7 +231,7 @@ impl Recorder {
         drop(self.tx.take());
         let writer = self.writer.take().expect("finish runs once");
         match writer.join() {
-            Ok(result) => Ok(result?),
+            Ok(result) => result.map_err(RecordError::WriteFailed),
             Err(_) => Err(RecordError::WriterGone("the writer thread panicked".into())),
         }
     }
@@ -210,11 +248,10 @@ impl Recorder {
         let tx = self.tx.as_ref().expect("sender lives until finish");
         if tx.send(sealed).is_err() {
             // The writer ended early: its error says why (disk full, I/O error).
-            let why = match self.writer.take().map(|w| w.join()) {
-                Some(Ok(Err(e))) => e.to_string(),
-                _ => "unknown".into(),
-            };
-            return Err(RecordError::WriterGone(why));
+            return Err(match self.writer.take().map(|w| w.join()) {
+                Some(Ok(Err(e))) => RecordError::WriteFailed(e),
+                _ => RecordError::WriterGone("unknown".into()),
+            });
         }
         Ok(())
     }
@@ -270,15 +307,20 @@ fn chunk_bytes(sealed: &Sealed) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
-fn write_chunks(mut file: File, rx: mpsc::Receiver<Sealed>) -> std::io::Result<u64> {
+fn write_chunks(mut file: File, rx: mpsc::Receiver<Sealed>, written: &AtomicU64) -> std::io::Result<u64> {
     let mut size = file.metadata()?.len();
     for sealed in rx {
         let bytes = chunk_bytes(&sealed)?;
-        file.write_all(&bytes)?;
         // Each chunk is on disk before the next is written: a power loss costs at most the
         // chunks in flight, and never leaves a hole before a complete chunk.
-        file.sync_data()?;
+        if let Err(e) = file.write_all(&bytes).and_then(|()| file.sync_data()) {
+            // A full disk leaves part of a chunk: cut it off (shrinking needs no space), so
+            // the file ends at its last whole chunk and reads as unfinished, not damaged.
+            let _ = file.set_len(size).and_then(|()| file.sync_data());
+            return Err(e);
+        }
         size += bytes.len() as u64;
+        written.store(size, Ordering::Relaxed);
     }
     Ok(size)
 }

@@ -26,6 +26,26 @@ pub enum Damage {
     Unfinished,
     /// Bytes after the end chunk.
     TrailingBytes { offset: u64, bytes: u64 },
+    /// Reading a directory of segments: damage found in one of them.
+    InSegment { segment: String, damage: Box<Damage> },
+    /// Reading a directory: a segment that could not be read at all (empty, header damaged).
+    SegmentUnreadable { segment: String, why: String },
+    /// Reading a directory: a stretch of time without a recording (Unix ns).
+    Gap { from_unix_ns: u64, to_unix_ns: u64, cause: GapCause },
+}
+
+/// Why a directory of segments has nothing for a while.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GapCause {
+    /// Segments with these numbers are missing: deleted (retention, by hand) or lost.
+    Missing { first: u64, last: u64 },
+    /// twtrace stopped and another run began.
+    Restarted,
+    /// The same run recorded nothing meanwhile: it was stopped by a write error (a full disk)
+    /// or killed before the segment was finished.
+    Stopped,
+    /// The window asked for starts before the first segment kept.
+    BeforeFirst,
 }
 
 impl fmt::Display for Damage {
@@ -52,6 +72,26 @@ impl fmt::Display for Damage {
             ),
             Self::TrailingBytes { offset, bytes } => {
                 write!(f, "{bytes} unexpected bytes after the end, at byte {offset}")
+            }
+            Self::InSegment { segment, damage } => write!(f, "{segment}: {damage}"),
+            Self::SegmentUnreadable { segment, why } => write!(f, "{segment}: unreadable, skipped ({why})"),
+            Self::Gap { from_unix_ns, to_unix_ns, cause } => {
+                let at = |ns: u64| crate::time::WallTime::from_unix_ns(ns).rfc3339();
+                let seconds = to_unix_ns.saturating_sub(*from_unix_ns) as f64 / 1e9;
+                write!(f, "nothing recorded from {} to {} ({seconds:.1} s): ", at(*from_unix_ns), at(*to_unix_ns))?;
+                match cause {
+                    GapCause::Missing { first, last } if first == last => {
+                        write!(f, "segment {first} is missing (deleted by retention or by hand, or lost)")
+                    }
+                    GapCause::Missing { first, last } => {
+                        write!(f, "segments {first}..{last} are missing (deleted by retention or by hand, or lost)")
+                    }
+                    GapCause::Restarted => f.write_str("twtrace was not running (a new run begins after)"),
+                    GapCause::Stopped => {
+                        f.write_str("twtrace stopped writing (a full disk or a write error), or was killed")
+                    }
+                    GapCause::BeforeFirst => f.write_str("the directory's oldest segment begins later"),
+                }
             }
         }
     }

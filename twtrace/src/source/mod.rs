@@ -12,7 +12,7 @@ use crate::{
     event::{Event, ExistingSocket},
     kernel,
     probes::{self, DecodeStats, LiveProbes, Options},
-    record::{Damage, Trailer},
+    record::{Damage, Trailer, directory::Window},
     source_info::SourceInfo,
     time::WallClock,
 };
@@ -112,13 +112,15 @@ impl Source {
             port: options.port,
             filter: String::new(),
             sockets,
+            segment: None,
         };
         Ok(Self::Live(Box::new(LiveSource { probes, options: options.clone(), info, namespaces: tracker })))
     }
 
-    /// A recording, paced at `speed` times the recorded pace (`None`: as fast as it reads).
-    pub fn replay(path: &std::path::Path, speed: Option<f64>) -> anyhow::Result<Self> {
-        let replay = Replay::open(path, speed).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    /// A recording (a file, or a flight-recorder directory), within `window`, paced at
+    /// `speed` times the recorded pace (`None`: as fast as it reads).
+    pub fn replay(path: &std::path::Path, speed: Option<f64>, window: Window) -> anyhow::Result<Self> {
+        let replay = Replay::open(path, speed, window).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(Self::Replay(Box::new(replay)))
     }
 

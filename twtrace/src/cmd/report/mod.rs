@@ -14,14 +14,18 @@ use crate::{
     event::Event,
     filter::Filter,
     findings,
+    record::directory::Window,
     report::{self, Report, ReportBuilder},
     source::Source,
 };
 
 #[derive(clap::Args)]
 pub struct ReportArgs {
-    /// The recording (`twtrace record -o FILE`).
+    /// The recording (`twtrace record -o FILE`), or a flight-recorder directory
+    /// (`record --rotate DIR`, `serve --record-dir DIR`) read as one stream.
     file: PathBuf,
+    #[command(flatten)]
+    window: super::WindowArgs,
     /// JSON on stdout instead of text.
     #[arg(long)]
     json: bool,
@@ -34,7 +38,7 @@ pub struct ReportArgs {
 }
 
 pub async fn run(args: &ReportArgs) -> anyhow::Result<()> {
-    let report = build(&args.file, args.top).await?;
+    let report = build(&args.file, args.top, args.window.window()).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -50,9 +54,9 @@ pub async fn run(args: &ReportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads the whole recording into a [`Report`], findings included.
-pub async fn build(path: &Path, top: usize) -> anyhow::Result<Report> {
-    let mut source = Source::replay(path, None)?;
+/// Reads the recording (within `window`) into a [`Report`], findings included.
+pub async fn build(path: &Path, top: usize, window: Window) -> anyhow::Result<Report> {
+    let mut source = Source::replay(path, None, window)?;
     let report = build_from(&mut source, Filter::default(), top, Limits::default(), path.display().to_string()).await?;
     Ok(report.0)
 }
@@ -106,5 +110,5 @@ impl Sink for ReportSink {
 /// [`build`] on a runtime of its own, for tests.
 #[cfg(test)]
 fn build_blocking(path: &Path, top: usize) -> anyhow::Result<Report> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(build(path, top))
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(build(path, top, Window::default()))
 }

@@ -56,6 +56,7 @@ fn incident(name: &str, finish: bool) -> std::path::PathBuf {
                 expires_ms: 50_000,
             })
             .collect(),
+        segment: None,
     };
     let path = std::env::temp_dir().join(format!("twtrace-report-{}-{name}.twr", std::process::id()));
     let _ = std::fs::remove_file(&path);

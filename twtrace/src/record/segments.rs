@@ -1,0 +1,490 @@
+//! The flight recorder: the event stream as a directory of segments, each a complete
+//! recording in the ordinary format (so `report FILE` reads any one of them alone), rotated by
+//! time and size and deleted oldest first by age and total size.
+//!
+//! ```text
+//! DIR/                      mode 0700 when twtrace creates it
+//!   twtrace-20261127T164943Z-000041.twr   mode 0600; start time (UTC, to the second), then
+//!   twtrace-20261127T165943Z-000042.twr   the segment's number in the directory
+//! ```
+//!
+//! Invariants:
+//! - Numbers only grow, across runs too (a new run continues after the highest on disk), and a
+//!   segment that could not be created gives its number back, so a number missing between two
+//!   segments is a segment deleted or lost, never a reordering or a failed attempt.
+//! - Every segment's header describes the run as at the segment's start: the namespaces live
+//!   then (from the stream's namespace records), the run's clock mapping, and a
+//!   [`SegmentMark`]. Only a run's first segment holds the socket picture of the start: later
+//!   ones would need the sockets as they are at rotation, which the stream does not carry.
+//! - Retention runs before a segment is opened and deletes closed segments only, so the
+//!   directory holds at most `keep_bytes` of closed segments plus the one being written: it
+//!   exceeds the bound by one segment at most.
+//! - A write error (a full disk above all) never ends the run: the segment is cut back to its
+//!   last whole chunk, one log line says why, the error is counted, and a new segment is tried
+//!   every [`RETRY`] until one opens.
+
+use std::{
+    collections::BTreeMap,
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use super::{RecordError, Recorder, Trailer};
+use crate::{
+    event::{Event, NamespaceDescription},
+    probes::DecodeStats,
+    source_info::{SegmentMark, SourceInfo},
+    time::{TimeSpec, WallTime},
+};
+
+pub const PREFIX: &str = "twtrace-";
+pub const SUFFIX: &str = ".twr";
+/// Defaults of `--segment`, `--segment-size`, `--keep`, `--keep-size`: a day of history in at
+/// most 2 GiB, in pieces small enough to copy off a host during an incident.
+pub const DEFAULT_SEGMENT_TIME: Duration = Duration::from_secs(600);
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+pub const DEFAULT_KEEP_AGE: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_KEEP_BYTES: u64 = 2 << 30;
+/// After a write error, how often opening a new segment is tried (at most; a shorter
+/// `--segment` retries at each rotation).
+pub const RETRY: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// A segment is closed after this long ...
+    pub segment_time: Duration,
+    /// ... or once it holds this many bytes (it may pass them by the last chunk, a second's worth).
+    pub segment_bytes: u64,
+    /// Closed segments whose last write is older than this are deleted.
+    pub keep_age: Option<Duration>,
+    /// Closed segments are deleted, oldest first, until they total at most this.
+    pub keep_bytes: Option<u64>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            segment_time: DEFAULT_SEGMENT_TIME,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            keep_age: Some(DEFAULT_KEEP_AGE),
+            keep_bytes: Some(DEFAULT_KEEP_BYTES),
+        }
+    }
+}
+
+impl Policy {
+    pub fn check(&self) -> Result<(), String> {
+        if self.segment_time < Duration::from_secs(1) {
+            return Err("--segment must be at least 1s (chunks are sealed every second)".into());
+        }
+        if self.segment_bytes < 4096 {
+            return Err("--segment-size must be at least 4KiB".into());
+        }
+        if let Some(keep) = self.keep_bytes {
+            if keep < self.segment_bytes {
+                return Err(format!(
+                    "--keep-size ({keep} bytes) must be at least --segment-size ({})",
+                    self.segment_bytes
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A segment's file name: `twtrace-<start, UTC>-<number>.twr`. Ordered by number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SegmentName {
+    pub seq: u64,
+    /// The segment's start, to the second (Unix seconds).
+    pub start_unix_s: u64,
+}
+
+impl SegmentName {
+    pub fn file_name(&self) -> String {
+        let start = WallTime::from_unix_ns(self.start_unix_s * 1_000_000_000).to_second();
+        let compact: String = start.chars().filter(|c| *c != '-' && *c != ':').collect();
+        format!("{PREFIX}{compact}Z-{:06}{SUFFIX}", self.seq)
+    }
+
+    pub fn parse(file_name: &str) -> Option<Self> {
+        let core = file_name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
+        let (time, seq) = core.split_once("Z-")?;
+        let b = time.as_bytes();
+        if b.len() != 15 || b[8] != b'T' || !seq.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        let at = |r: std::ops::Range<usize>| time.get(r).unwrap_or("");
+        let rfc3339 = format!("{}-{}-{}T{}:{}:{}Z", at(0..4), at(4..6), at(6..8), at(9..11), at(11..13), at(13..15));
+        let TimeSpec::At(start) = TimeSpec::parse(&rfc3339).ok()? else { return None };
+        Some(Self { seq: seq.parse().ok()?, start_unix_s: start.unix_ns() / 1_000_000_000 })
+    }
+}
+
+/// A segment file found in the directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OnDisk {
+    pub name: SegmentName,
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// Last write (Unix ns): what `--keep` ages by.
+    pub modified_unix_ns: u64,
+}
+
+/// The segments in `dir`, by number. Other files are left alone and not counted.
+pub fn list(dir: &Path) -> std::io::Result<Vec<OnDisk>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let Some(name) = entry.file_name().to_str().and_then(SegmentName::parse) else { continue };
+        // A segment deleted meanwhile (by a second twtrace, or by hand) is simply not there.
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        out.push(OnDisk {
+            name,
+            path: entry.path(),
+            bytes: meta.len(),
+            modified_unix_ns: modified.map_or(0, |d| d.as_nanos() as u64),
+        });
+    }
+    out.sort_by_key(|s| s.name);
+    Ok(out)
+}
+
+/// Which of the closed `segments` (by number) retention deletes: those last written more than
+/// `keep_age` before `now_unix_ns`, then the oldest until the rest total at most `keep_bytes`.
+pub fn expired(segments: &[OnDisk], now_unix_ns: u64, policy: &Policy) -> Vec<usize> {
+    let mut delete = Vec::new();
+    let mut total: u64 = segments.iter().map(|s| s.bytes).sum();
+    for (i, s) in segments.iter().enumerate() {
+        let too_old =
+            policy.keep_age.is_some_and(|age| now_unix_ns.saturating_sub(s.modified_unix_ns) > age.as_nanos() as u64);
+        let too_big = policy.keep_bytes.is_some_and(|keep| total > keep);
+        if too_old || too_big {
+            delete.push(i);
+            total -= s.bytes;
+        }
+    }
+    delete
+}
+
+/// What the recorder has done so far, for logs and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecorderStats {
+    /// Writes, syncs or segment creations that failed.
+    pub write_errors: u64,
+    /// Bytes of segments in the directory at the last look (rotation), the open one included.
+    pub bytes: u64,
+    pub segments_opened: u64,
+    pub segments_deleted: u64,
+    /// Events written, and events that came while recording was stopped by an error.
+    pub events: u64,
+    pub events_not_recorded: u64,
+    /// False while stopped by a write error.
+    pub recording: bool,
+}
+
+impl RecorderStats {
+    /// The end-of-run line.
+    pub fn summary(&self, dir: &str, lost: u64) -> String {
+        let mut out = format!(
+            "recorded {} events ({lost} lost in the kernel) to {dir}: {} segments opened, {} deleted, {} bytes kept",
+            self.events, self.segments_opened, self.segments_deleted, self.bytes
+        );
+        if self.write_errors > 0 {
+            out.push_str(&format!(
+                "; {} write errors, {} events not recorded while stopped",
+                self.write_errors, self.events_not_recorded
+            ));
+        }
+        out
+    }
+}
+
+/// What the run has counted so far: each segment's end chunk carries it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunTotals {
+    pub lost: u64,
+    pub decoder: DecodeStats,
+}
+
+struct Open {
+    recorder: Recorder,
+    path: PathBuf,
+    opened_ns: u64,
+}
+
+/// Writes the stream into a directory of segments. Never fails after [`Self::start`]: write
+/// errors stop the recording until space returns (see the module's invariants).
+pub struct FlightRecorder {
+    dir: PathBuf,
+    policy: Policy,
+    /// The run's description; its namespaces and socket picture are replaced per segment.
+    info: SourceInfo,
+    /// Namespaces live now, as the stream described them: the next segment's header.
+    namespaces: BTreeMap<u32, NamespaceDescription>,
+    open: Option<Open>,
+    next_seq: u64,
+    run: u64,
+    part: u32,
+    /// While stopped by an error: the stream time of the next attempt.
+    retry_ns: Option<u64>,
+    /// When the current outage began (stream ns), for the line that says it ended.
+    stopped_ns: Option<u64>,
+    now_ns: u64,
+    stats: RecorderStats,
+}
+
+impl FlightRecorder {
+    /// Creates `dir` if needed (mode 0700), applies retention to what is there and opens the
+    /// first segment. Fails only if the directory cannot be made or listed; a full disk now
+    /// is the same as later (logged, retried).
+    pub fn start(dir: &Path, policy: Policy, info: &SourceInfo) -> Result<Self, RecordError> {
+        if !dir.is_dir() {
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+            // The mode is masked by the umask: set it outright.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        let existing = list(dir)?;
+        let next_seq = existing.last().map_or(0, |s| s.name.seq + 1);
+        let run = info.clock.to_unix_ns(info.started_ns) ^ u64::from(std::process::id());
+        let mut recorder = Self {
+            dir: dir.to_owned(),
+            policy,
+            namespaces: info.namespaces.iter().map(|n| (n.netns, n.clone())).collect(),
+            info: info.clone(),
+            open: None,
+            next_seq,
+            run,
+            part: 0,
+            retry_ns: None,
+            stopped_ns: None,
+            now_ns: info.started_ns,
+            stats: RecorderStats::default(),
+        };
+        recorder.open_next(info.started_ns);
+        Ok(recorder)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn stats(&self) -> RecorderStats {
+        let mut stats = self.stats;
+        stats.recording = self.open.is_some();
+        stats
+    }
+
+    /// One event of the stream, in order.
+    pub fn event(&mut self, event: &Event) {
+        if let Event::Namespace(e) = event {
+            if e.namespace.live {
+                self.namespaces.insert(e.namespace.netns, e.namespace.clone());
+            } else {
+                self.namespaces.remove(&e.namespace.netns);
+            }
+        }
+        let Some(open) = &mut self.open else {
+            self.stats.events_not_recorded += 1;
+            return;
+        };
+        match open.recorder.write(event) {
+            Ok(()) => self.stats.events += 1,
+            Err(e) => {
+                self.stats.events_not_recorded += 1;
+                self.fail(&e);
+            }
+        }
+    }
+
+    /// After every batch, with the stream's present: seals chunks, rotates, retries.
+    pub fn tick(&mut self, now_ns: u64, totals: RunTotals) {
+        self.now_ns = now_ns;
+        if let Some(open) = &mut self.open {
+            if let Err(e) = open.recorder.tick() {
+                self.fail(&e);
+                return;
+            }
+            let age = Duration::from_nanos(now_ns.saturating_sub(open.opened_ns));
+            if age >= self.policy.segment_time || open.recorder.bytes_written() >= self.policy.segment_bytes {
+                self.close(now_ns, totals);
+                self.open_next(now_ns);
+            }
+        } else if self.retry_ns.is_some_and(|at| now_ns >= at) {
+            self.open_next(now_ns);
+        }
+    }
+
+    /// Ends the open segment with its end chunk.
+    pub fn finish(mut self, now_ns: u64, totals: RunTotals) -> RecorderStats {
+        self.close(now_ns, totals);
+        self.stats.bytes = list(&self.dir).map_or(self.stats.bytes, |l| l.iter().map(|s| s.bytes).sum());
+        self.stats()
+    }
+
+    fn close(&mut self, now_ns: u64, totals: RunTotals) {
+        let Some(open) = self.open.take() else { return };
+        let trailer =
+            Trailer { events: open.recorder.events(), lost: totals.lost, ended_ns: now_ns, decoder: totals.decoder };
+        if let Err(e) = open.recorder.finish(&trailer) {
+            self.fail(&e);
+        }
+        // The end chunk is synced; the entry's name was synced when the segment was opened.
+        log::debug!("closed {}", open.path.display());
+    }
+
+    /// Retention, then a new segment. On failure the recorder stays stopped until the next try.
+    fn open_next(&mut self, now_ns: u64) {
+        self.retain(now_ns);
+        let seq = self.next_seq;
+        let name = SegmentName { seq, start_unix_s: self.info.clock.to_unix_ns(now_ns) / 1_000_000_000 };
+        let path = self.dir.join(name.file_name());
+        let mut header = self.info.clone();
+        header.started_ns = now_ns;
+        header.namespaces = self.namespaces.values().cloned().collect();
+        header.segment = Some(SegmentMark { run: self.run, seq, part: self.part });
+        // The picture at start belongs to the run's first segment only (see the module).
+        if self.part > 0 {
+            header.sockets.clear();
+        }
+        match Recorder::create(&path, &header, false).and_then(|r| sync_dir(&self.dir).map(|()| r)) {
+            Ok(recorder) => {
+                self.next_seq += 1;
+                if let Some(since) = self.stopped_ns.take() {
+                    log::warn!(
+                        "recording to {} resumed after {:.0}s stopped ({} events not recorded so far)",
+                        self.dir.display(),
+                        now_ns.saturating_sub(since) as f64 / 1e9,
+                        self.stats.events_not_recorded
+                    );
+                }
+                self.open = Some(Open { recorder, path, opened_ns: now_ns });
+                self.part += 1;
+                self.stats.segments_opened += 1;
+                self.retry_ns = None;
+                self.info.sockets.clear();
+            }
+            Err(RecordError::Exists(_)) => {
+                // Another writer took the number (two twtraces on one directory): never
+                // touch its file; the next attempt takes the next number.
+                self.next_seq += 1;
+                self.fail(&RecordError::Exists(path));
+            }
+            Err(e) => {
+                // A segment that could not be made holds nothing worth keeping (part of a
+                // header at most), and its number is used again: numbers missing between
+                // segments mean segments deleted, never attempts that failed.
+                let _ = std::fs::remove_file(&path);
+                self.fail(&e);
+            }
+        }
+        self.stats.bytes = list(&self.dir).map_or(self.stats.bytes, |l| l.iter().map(|s| s.bytes).sum());
+    }
+
+    /// Deletes what the policy no longer keeps (closed segments only: the open one, if any,
+    /// is not listed as closed since retention runs between segments).
+    fn retain(&mut self, now_ns: u64) {
+        let Ok(segments) = list(&self.dir) else { return };
+        let open = self.open.as_ref().map(|o| o.path.clone());
+        let closed: Vec<OnDisk> = segments.into_iter().filter(|s| Some(&s.path) != open.as_ref()).collect();
+        let now_unix = self.info.clock.to_unix_ns(now_ns);
+        for i in expired(&closed, now_unix, &self.policy) {
+            match std::fs::remove_file(&closed[i].path) {
+                Ok(()) => self.stats.segments_deleted += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!("cannot delete {}: {e}", closed[i].path.display()),
+            }
+        }
+    }
+
+    /// Stops recording after `error`: one line per outage, every failure counted.
+    fn fail(&mut self, error: &RecordError) {
+        self.stats.write_errors += 1;
+        if let Some(open) = self.open.take() {
+            // Joins the writer: its synced chunks stay readable.
+            drop(open.recorder);
+        }
+        let retry = RETRY.min(self.policy.segment_time);
+        self.retry_ns = Some(self.now_ns + retry.as_nanos() as u64);
+        if self.stopped_ns.is_none() {
+            self.stopped_ns = Some(self.now_ns);
+            let why = if error.is_out_of_space() { "the file system is full" } else { "a write failed" };
+            log::error!(
+                "recording to {} stopped: {why} ({error}); twtrace keeps running and tries again every {}s",
+                self.dir.display(),
+                retry.as_secs()
+            );
+        }
+    }
+}
+
+/// Makes a new directory entry durable: without it a power loss can lose a whole segment
+/// whose data blocks were synced.
+fn sync_dir(dir: &Path) -> Result<(), RecordError> {
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(seq: u64, bytes: u64, modified_s: u64) -> OnDisk {
+        OnDisk {
+            name: SegmentName { seq, start_unix_s: modified_s },
+            path: PathBuf::from(format!("{seq}")),
+            bytes,
+            modified_unix_ns: modified_s * 1_000_000_000,
+        }
+    }
+
+    #[test]
+    fn names_sort_by_number_and_carry_the_start() {
+        let name = SegmentName { seq: 42, start_unix_s: 1_795_385_599 };
+        assert_eq!(name.file_name(), "twtrace-20261122T221319Z-000042.twr");
+        assert_eq!(SegmentName::parse(&name.file_name()), Some(name));
+        let big = SegmentName { seq: 12_345_678, start_unix_s: 0 };
+        assert_eq!(SegmentName::parse(&big.file_name()), Some(big));
+        for other in [
+            "twtrace-20261122T221319Z-000042.twr.tmp",
+            "notes.txt",
+            "twtrace-2026-000001.twr",
+            "twtrace-20261322T221319Z-1.twr",
+        ] {
+            assert_eq!(SegmentName::parse(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn size_retention_deletes_oldest_until_inside_the_bound() {
+        let policy = Policy { keep_age: None, keep_bytes: Some(250), ..Policy::default() };
+        let segments: Vec<_> = (0..5).map(|i| segment(i, 100, 1000 + i)).collect();
+        // 500 bytes: the three oldest go, 200 remain.
+        assert_eq!(expired(&segments, 2_000_000_000_000, &policy), vec![0, 1, 2]);
+        let policy = Policy { keep_bytes: Some(500), ..policy };
+        assert!(expired(&segments, 2_000_000_000_000, &policy).is_empty());
+    }
+
+    #[test]
+    fn age_retention_deletes_what_was_last_written_too_long_ago() {
+        let policy = Policy { keep_age: Some(Duration::from_secs(60)), keep_bytes: None, ..Policy::default() };
+        let segments = vec![segment(7, 10, 100), segment(8, 10, 150), segment(9, 10, 200)];
+        // At 220 s: 120 s and 70 s old go, 20 s old stays.
+        assert_eq!(expired(&segments, 220_000_000_000, &policy), vec![0, 1]);
+        // Exactly the age is kept.
+        assert_eq!(expired(&segments, 210_000_000_000, &policy), vec![0]);
+    }
+
+    #[test]
+    fn policies_are_checked() {
+        assert!(Policy::default().check().is_ok());
+        assert!(Policy { segment_bytes: 100, ..Policy::default() }.check().is_err());
+        assert!(Policy { keep_bytes: Some(1 << 20), ..Policy::default() }.check().is_err());
+        assert!(Policy { segment_time: Duration::from_millis(10), ..Policy::default() }.check().is_err());
+    }
+}

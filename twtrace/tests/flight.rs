@@ -1,0 +1,375 @@
+//! The flight recorder (`record --rotate DIR`) against the real kernel: rotation under a size
+//! bound, a window across three segments against `ss` and what the scenario did, a `kill -9`
+//! and a segment cut by hand, and a full file system.
+
+mod support;
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader},
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use support::{Netns, can_trace, client_closes_first};
+
+fn twtrace(args: &[&str]) -> std::process::Output {
+    support::output(Command::new(env!("CARGO_BIN_EXE_twtrace")).args(args))
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("twtrace-it-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// `twtrace record --rotate` in the background; its stderr lines arrive on a channel.
+struct Flight {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Flight {
+    fn start(ns: &Netns, dir: &Path, extra: &[&str]) -> Self {
+        let mut args: Vec<String> =
+            vec!["record".into(), "--rotate".into(), dir.display().to_string(), "--netns".into(), ns.name.clone()];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        if let Some(b) = support::forced_backend() {
+            args.extend(["--backend".into(), b]);
+        }
+        let mut child = support::spawn(
+            Command::new(env!("CARGO_BIN_EXE_twtrace")).args(&args).stdout(Stdio::null()).stderr(Stdio::piped()),
+        );
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                eprintln!("[record] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let mut flight = Self { child, lines, seen: Vec::new() };
+        flight.wait_line("tracing;", Duration::from_secs(60));
+        flight
+    }
+
+    /// The first stderr line containing `text`, waiting up to `timeout` for it.
+    fn wait_line(&mut self, text: &str, timeout: Duration) -> String {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(text)) {
+            return l.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(text) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no line with {text:?} from twtrace record; seen: {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Ctrl-C: the open segment is finished. Returns every stderr line.
+    fn stop(mut self) -> Vec<String> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "twtrace record exited with {status}");
+        self.seen.extend(self.lines.iter());
+        self.seen
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        let _ = self.child.wait();
+    }
+}
+
+/// Segment files in `dir`: (number, size, name), by number.
+fn segments(dir: &Path) -> Vec<(u64, u64, String)> {
+    let mut out: Vec<(u64, u64, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let seq = name.strip_suffix(".twr")?.rsplit('-').next()?.parse().ok()?;
+            Some((seq, e.metadata().ok()?.len(), name))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Waits until a segment numbered above `after` exists (a rotation happened); returns its number.
+fn wait_rotation(dir: &Path, after: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(&(seq, _, _)) = segments(dir).last().filter(|s| s.0 > after) {
+            return seq;
+        }
+        assert!(Instant::now() < deadline, "no rotation past segment {after}: {:?}", segments(dir));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn rfc3339_now() -> String {
+    let ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    twtrace::time::WallTime::from_unix_ns(ns).rfc3339()
+}
+
+/// TIME_WAIT births in a replay of `dir` within the window, as (local, remote).
+fn births_in(dir: &Path, window: &[&str]) -> BTreeSet<(SocketAddr, SocketAddr)> {
+    let mut args = vec!["trace", "--json", "--replay", dir.to_str().unwrap()];
+    args.extend(window);
+    let out = twtrace(&args);
+    assert!(out.status.success(), "trace --replay: {}", String::from_utf8_lossy(&out.stderr));
+    let events: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let births: Vec<_> = events
+        .iter()
+        .filter(|v| v["event"] == "timewait_birth")
+        .map(|v| (support::addr(v, "local"), support::addr(v, "remote")))
+        .collect();
+    let set: BTreeSet<_> = births.iter().copied().collect();
+    assert_eq!(set.len(), births.len(), "no birth twice");
+    set
+}
+
+/// One burst of client-closed connections in `ns`: the TIME_WAIT sockets it added, per `ss`.
+fn burst(ns: &Netns, count: usize) -> BTreeSet<(SocketAddr, SocketAddr)> {
+    let before: BTreeSet<_> = ns.time_wait_sockets().into_iter().collect();
+    ns.run(move || {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        client_closes_first(&listener, count);
+    });
+    let after: BTreeSet<_> = ns.time_wait_sockets_settled(before.len() + count).into_iter().collect();
+    let added: BTreeSet<_> = after.difference(&before).copied().collect();
+    assert_eq!(added.len(), count, "ss shows every TIME_WAIT socket of the burst");
+    added
+}
+
+#[test]
+fn rotation_holds_the_size_bound_and_a_window_of_three_segments_holds_exactly_its_events() {
+    if !can_trace() {
+        return;
+    }
+    let ns = Netns::new("flight");
+    let dir = temp("flight-rotate");
+    const KEEP: u64 = 24 << 10;
+    let flight = Flight::start(&ns, &dir, &["--segment", "1s", "--segment-size", "4KiB", "--keep-size", "24KiB"]);
+    // Filler: churn until retention has deleted segments, checking the bound at every look.
+    let churn = support::churn_in(&ns, "client", 8, Duration::ZERO);
+    let mut largest = 0;
+    let check_bound = |largest: &mut u64| {
+        let now = segments(&dir);
+        *largest = (*largest).max(now.iter().map(|s| s.1).max().unwrap_or(0));
+        let total: u64 = now.iter().map(|s| s.1).sum();
+        assert!(total <= KEEP + *largest, "{total} bytes in the directory, bound {KEEP} + one segment {largest}");
+    };
+    let mut last = 0;
+    while !churn.is_finished() {
+        last = wait_rotation(&dir, last);
+        check_bound(&mut largest);
+    }
+    churn.join().unwrap();
+    // Five bursts, each in a segment of its own; the window holds bursts 2 to 4.
+    let mut bursts = Vec::new();
+    let mut marks = Vec::new();
+    for k in 0..5 {
+        last = wait_rotation(&dir, last);
+        check_bound(&mut largest);
+        if k == 1 {
+            marks.push(rfc3339_now());
+        }
+        bursts.push(burst(&ns, 10 + k));
+        if k == 3 {
+            // Past the kernel's last timestamp of the burst on any clock mapping error.
+            std::thread::sleep(Duration::from_millis(100));
+            marks.push(rfc3339_now());
+        }
+    }
+    last = wait_rotation(&dir, last);
+    let lines = flight.stop();
+    check_bound(&mut largest);
+    let kept = segments(&dir);
+    eprintln!("kept {} segments: {:?}", kept.len(), kept.iter().map(|s| s.0).collect::<Vec<_>>());
+    // The oldest went first: what is left is an unbroken run of the newest numbers.
+    let numbers: Vec<u64> = kept.iter().map(|s| s.0).collect();
+    assert!(numbers[0] > 0, "retention deleted segments: {numbers:?}");
+    assert_eq!(numbers, (numbers[0]..=numbers[0] + numbers.len() as u64 - 1).collect::<Vec<_>>());
+    assert!(*numbers.last().unwrap() >= last);
+    assert!(lines.iter().any(|l| l.contains("deleted")), "{lines:?}");
+
+    let window = ["--since", marks[0].as_str(), "--until", marks[1].as_str()];
+    // The window spans three segments at least: two start inside it.
+    let (since, until) = (marks[0].replace(['-', ':'], ""), marks[1].replace(['-', ':'], ""));
+    let starts_inside = kept.iter().filter(|s| s.2[8..23] >= since[..15] && s.2[8..23] <= until[..15]).count();
+    assert!(starts_inside >= 2, "{kept:?} against {marks:?}");
+    let expected: BTreeSet<_> = bursts[1..4].iter().flatten().copied().collect();
+    assert_eq!(expected.len(), 11 + 12 + 13);
+    let replayed = births_in(&dir, &window);
+    assert_eq!(replayed, expected, "the window holds exactly bursts 2 to 4, as ss saw them");
+
+    let report = twtrace(&["report", "--json", dir.to_str().unwrap(), "--since", &marks[0], "--until", &marks[1]]);
+    assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
+    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(report["timewait"]["births"], 36, "{:#}", report["recording"]);
+    assert_eq!(report["recording"]["damage"], serde_json::json!([]), "{:#}", report["recording"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn kill_9_and_a_segment_cut_by_hand_leave_a_readable_directory_with_the_damage_named() {
+    if !can_trace() {
+        return;
+    }
+    let ns = Netns::new("flight-kill");
+    let dir = temp("flight-kill");
+    let flight = Flight::start(&ns, &dir, &["--segment", "1s"]);
+    let mut last = 0;
+    let mut expected = BTreeSet::new();
+    for k in 0..4 {
+        last = wait_rotation(&dir, last);
+        expected.extend(burst(&ns, 5 + k));
+    }
+    // Two rotations after the last burst: every burst is in a finished segment; then kill -9
+    // leaves the open one without its end.
+    last = wait_rotation(&dir, last);
+    wait_rotation(&dir, last);
+    flight.kill();
+    let kept = segments(&dir);
+    // A crash between creating the next segment and writing its header leaves this.
+    let first = std::fs::read(dir.join(&kept[0].2)).unwrap();
+    let partial = format!("twtrace-20991231T000000Z-{:06}.twr", kept.last().unwrap().0 + 1);
+    std::fs::write(dir.join(&partial), &first[..12]).unwrap();
+    // A finished segment with births, cut by hand inside its end chunk.
+    let cut =
+        kept.iter().find(|s| !births_in(&dir.join(&s.2), &[]).is_empty()).expect("a segment holds births").clone();
+    std::fs::OpenOptions::new().write(true).open(dir.join(&cut.2)).unwrap().set_len(cut.1 - 10).unwrap();
+
+    let out = twtrace(&["report", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let damage: Vec<&str> = stderr.lines().filter(|l| l.starts_with("twtrace: damage:")).collect();
+    eprintln!("{damage:#?}");
+    assert!(damage.iter().any(|d| d.contains(&cut.2) && d.contains("ends inside")), "{damage:#?}");
+    assert!(damage.iter().any(|d| d.contains(&partial) && d.contains("unreadable")), "{damage:#?}");
+    let killed = &kept.last().unwrap().2;
+    assert!(damage.iter().any(|d| d.contains(killed.as_str()) && d.contains("no end marker")), "{damage:#?}");
+    // The damage cost no event: every burst's TIME_WAIT socket, as ss saw it, and no other.
+    assert_eq!(births_in(&dir, &[]), expected);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_full_file_system_stops_recording_without_stopping_twtrace_and_it_resumes() {
+    if !can_trace() {
+        return;
+    }
+    let ns = Netns::new("flight-full");
+    let mount = temp("flight-tmpfs");
+    std::fs::create_dir_all(&mount).unwrap();
+    let mounted = support::output(Command::new("mount").args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"]).arg(&mount));
+    assert!(mounted.status.success(), "mount: {}", String::from_utf8_lossy(&mounted.stderr));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _unmount = Unmount(mount.clone());
+    // Leave about 24 KiB free: a few segments' worth.
+    let filler = mount.join("filler");
+    std::fs::write(&filler, vec![0u8; (512 - 24) << 10]).unwrap();
+    let dir = mount.join("rec");
+    let mut flight = Flight::start(&ns, &dir, &["--segment", "1s", "--keep-size", "off"]);
+    let churn = support::churn_in(&ns, "client", 15, Duration::ZERO);
+    let stopped = flight.wait_line("stopped: the file system is full", Duration::from_secs(60));
+    eprintln!("{stopped}");
+    // An outage longer than the silence a rotation leaves, so the readers call it a gap.
+    std::thread::sleep(Duration::from_secs(3));
+    std::fs::remove_file(&filler).unwrap();
+    let resumed = flight.wait_line("resumed after", Duration::from_secs(60));
+    eprintln!("{resumed}");
+    let after = segments(&dir).last().unwrap().0;
+    wait_rotation(&dir, after);
+    churn.join().unwrap();
+    let lines = flight.stop();
+    let stops = lines.iter().filter(|l| l.contains("stopped: the file system is full")).count();
+    assert_eq!(stops, 1, "one line per outage: {lines:#?}");
+    let summary = lines.iter().find(|l| l.contains("write errors")).expect("the summary counts the errors");
+    assert!(summary.contains("events not recorded while stopped"), "{summary}");
+
+    let out = twtrace(&["report", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let damage: Vec<&str> = stderr.lines().filter(|l| l.starts_with("twtrace: damage:")).collect();
+    assert!(
+        damage.iter().any(|d| d.contains("nothing recorded from") && d.contains("stopped writing")),
+        "the outage is a gap: {damage:#?}"
+    );
+    assert!(!damage.iter().any(|d| d.contains("ends inside")), "cut back to whole chunks: {damage:#?}");
+}
+
+#[test]
+fn serve_records_the_stream_it_serves() {
+    if !can_trace() {
+        return;
+    }
+    let ns = Netns::new("flight-serve");
+    let dir = temp("flight-serve");
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["serve", "--listen", &listen, "--record-dir", dir.to_str().unwrap(), "--segment", "1s"];
+    args.extend(["--netns", &ns.name]);
+    let mut child = support::spawn(
+        Command::new(env!("CARGO_BIN_EXE_twtrace")).args(&args).stdout(Stdio::null()).stderr(Stdio::piped()),
+    );
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in stderr.by_ref().map_while(Result::ok) {
+        eprintln!("[serve] {line}");
+        if line.contains("tracing;") {
+            break;
+        }
+    }
+    let lines = std::thread::spawn(move || stderr.map_while(Result::ok).collect::<Vec<_>>());
+    let last = wait_rotation(&dir, 0);
+    let made = burst(&ns, 12);
+    let last = wait_rotation(&dir, last);
+    wait_rotation(&dir, last);
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&listen).unwrap();
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let lines = lines.join().unwrap();
+    eprintln!("{lines:#?}");
+    assert!(metrics.contains("twtrace_recorder_write_errors_total 0"), "{metrics}");
+    assert!(metrics.contains("twtrace_recorder_recording 1"), "{metrics}");
+    assert!(lines.iter().any(|l| l.contains("recorded") && l.contains("segments opened")), "{lines:#?}");
+    // The directory holds exactly the burst's TIME_WAIT sockets, as ss saw them.
+    assert_eq!(births_in(&dir, &[]), made);
+    let out = twtrace(&["report", dir.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("damage"), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
