@@ -114,8 +114,12 @@ pub struct Limits {
 /// Feeds `source`, through `filter`, into `sink` until a signal, the limits, the end of a
 /// recording or the sink stops it. The sink sees every pending event before it finishes.
 pub async fn drive<S: Sink>(source: &mut Source, filter: Filter, sink: &mut S, limits: Limits) -> anyhow::Result<()> {
-    // Before anything is announced: a Ctrl-C right after start must still end cleanly.
-    let mut signals = Signals::new()?;
+    // Installed at start-up (`install_signals`), before any command announced itself; else now.
+    let early = EARLY_SIGNALS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    let mut signals = match early {
+        Some(signals) => signals,
+        None => Signals::new()?,
+    };
     // Every namespace described so far, for filters by name (the TUI's may come later).
     let mut namespaces = source.info().namespaces.clone();
     let mut filter = filter;
@@ -165,6 +169,19 @@ pub async fn drive<S: Sink>(source: &mut Source, filter: Filter, sink: &mut S, l
         }
     }
     sink.finish(&Status { source })
+}
+
+/// The handlers `main` installs before the command runs, for the drive loop to take.
+static EARLY_SIGNALS: std::sync::Mutex<Option<Signals>> = std::sync::Mutex::new(None);
+
+/// Takes over SIGINT and SIGTERM now (inside the runtime), before a command prints that it is
+/// running: until tokio's handler is installed a Ctrl-C kills the process with the default
+/// action, and a signal sent before a `Signals` exists is not reported to it. A script that
+/// waits for "watching" or "tracing" and then interrupts must get a clean end and a report.
+pub fn install_signals() -> std::io::Result<()> {
+    let signals = Signals::new()?;
+    *EARLY_SIGNALS.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(signals);
+    Ok(())
 }
 
 /// SIGINT and SIGTERM.

@@ -2,7 +2,7 @@
 //! line; each command lives in `twtrace::cmd`.
 
 use clap::{Parser, Subcommand};
-use twtrace::{churn, cmd};
+use twtrace::{churn, cmd, drive};
 
 #[derive(Parser)]
 #[command(version, about = "Trace Linux TCP TIME_WAIT sockets, ephemeral port search and PAWS drops")]
@@ -57,6 +57,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    // Commands that run the drive loop (churn has its own handler; probes ends at once).
+    if !matches!(cli.command, Command::Churn(_) | Command::Probes(_)) {
+        let _inside = runtime.enter();
+        if let Err(e) = drive::install_signals() {
+            eprintln!("twtrace: cannot handle signals: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
     // doctor's exit status says how bad things are, and that it could not tell.
     if let Command::Doctor(args) = &cli.command {
         return match runtime.block_on(cmd::doctor::run(args)) {

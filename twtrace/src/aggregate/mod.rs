@@ -486,6 +486,9 @@ impl Aggregator {
     /// A TIME_WAIT socket read at start that the stream also tells of (born between the
     /// probes' attach and the read) leaves the start picture: the stream has it.
     fn forget_existing_time_wait(&mut self, netns: u32, flow: &SocketFlow) {
+        if self.existing_tw.is_empty() {
+            return;
+        }
         let Some(tw) = self.existing_tw.remove(&(netns, *flow)) else { return };
         if tw.holds_port {
             if let Some(d) = self.destinations.get_mut(&Destination::of(netns, flow)) {
@@ -513,7 +516,9 @@ impl Aggregator {
             self.client_flows.insert((e.netns, flow), e.sk_addr);
             // Connected before the sockets were read at start, but told after: the read
             // counted it already. (One port toward one destination is held once at a time.)
-            let counted = self.existing_connected.remove(&(dest, flow.local.port()));
+            // (Empty after the first minutes: skip the lookup then.)
+            let counted =
+                !self.existing_connected.is_empty() && self.existing_connected.remove(&(dest, flow.local.port()));
             let d = self.destinations.entry(dest).or_default();
             if !counted {
                 d.in_use += 1;
