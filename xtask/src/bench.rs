@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::{cargo, setup, workspace_root};
+use crate::{cargo, run_cmd, setup, workspace_root};
 
 const NETNS: &str = "twtrace-bench";
 /// Room for every TIME_WAIT socket of a 60 s run at 25k connections/s.
@@ -227,6 +227,34 @@ fn null_syscall_ns() -> f64 {
 /// throughput run.
 const COSTED_SECONDS: u64 = 4;
 
+/// tracefs at /sys/kernel/tracing for the bench's duration: mounted if it was not (and
+/// unmounted after), left alone if it was.
+struct Tracefs {
+    mounted_here: bool,
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+impl Tracefs {
+    fn ensure() -> anyhow::Result<Self> {
+        if Path::new(TRACEFS).join("events").exists() {
+            return Ok(Self { mounted_here: false });
+        }
+        eprintln!("xtask: bench: mounting tracefs at {TRACEFS} for bpftrace (unmounted after)");
+        run_cmd(Command::new("mount").args(["-t", "tracefs", "nodev", TRACEFS]))
+            .context("mounting tracefs (bpftrace needs it to find tracepoints)")?;
+        Ok(Self { mounted_here: true })
+    }
+}
+
+impl Drop for Tracefs {
+    fn drop(&mut self) {
+        if self.mounted_here {
+            let _ = Command::new("umount").arg(TRACEFS).status();
+        }
+    }
+}
+
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     setup::ensure()?;
     cargo(&["build", "--release", "--package", "twtrace"])?;
@@ -235,6 +263,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if crate::which("bpftrace").is_none() {
         bail!("bpftrace is missing: `cargo xtask setup` installs it");
     }
+    // bpftrace (0.17, Debian 12) finds tracepoints through tracefs only; a host that has not
+    // mounted it (this project's CI machines) would fail the bpftrace rows.
+    let _tracefs = Tracefs::ensure()?;
     let scratch = std::env::temp_dir().join("twtrace-bench");
     std::fs::create_dir_all(&scratch)?;
     std::fs::write(scratch.join("print.bt"), BPFTRACE_PRINT)?;
@@ -371,7 +402,6 @@ fn measure(
             // One program per probe block.
             let probes = text.lines().filter(|l| l.starts_with("tracepoint:")).count();
             let _ = std::fs::remove_file(&bpftrace_out);
-            let programs_before = bpf_program_count()?;
             // Unbuffered, as a printing tool would run.
             let child = Command::new("bpftrace")
                 .args(["-B", "none"])
@@ -383,9 +413,10 @@ fn measure(
                 .spawn()
                 .context("starting bpftrace")?;
             // Ready when its probe programs are loaded (its BEGIN output is not always flushed
-            // to the file, so the kernel is asked instead), plus a moment to attach.
+            // to the file, so its descriptors are asked instead: a count of every program on
+            // the machine moves with whatever else loads or unloads), plus a moment to attach.
             let deadline = Instant::now() + Duration::from_secs(60);
-            while bpf_program_count()? < programs_before + probes {
+            while programs_of(child.id()).len() < probes {
                 if Instant::now() > deadline {
                     let mut child = child;
                     let _ = child.kill();
@@ -403,7 +434,7 @@ fn measure(
     let syscall_ns = (!bpf_stats).then(null_syscall_ns);
     let pid = child.as_ref().map(|(c, _)| c.id());
     let cpu_before = pid.and_then(cpu_ticks);
-    let bpf_before = bpf_run_time_ns()?;
+    let bpf_before = pid.map_or(0, bpf_run_time_ns);
     let started = Instant::now();
     let scraping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(tracer == Tracer::Serve));
     let scraper = scraping.clone();
@@ -437,7 +468,7 @@ fn measure(
         bail!("twtrace churn failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let bpf_after = bpf_run_time_ns()?;
+    let bpf_after = pid.map_or(0, bpf_run_time_ns);
     let cpu_after = pid.and_then(cpu_ticks);
     let peak_rss_kib = pid.and_then(peak_rss_kib);
     let result: Value = serde_json::from_slice(&out.stdout).context("churn output")?;
@@ -537,17 +568,26 @@ fn clock_ticks_per_s() -> f64 {
     unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }
 
-fn bpf_program_count() -> anyhow::Result<usize> {
-    let out = Command::new("bpftool").args(["prog", "show", "--json"]).output().context("bpftool")?;
-    let progs: Value = serde_json::from_slice(&out.stdout).context("bpftool prog show --json")?;
-    Ok(progs.as_array().map_or(0, Vec::len))
+/// The BPF programs process `pid` holds, each once (by id) with its kernel run time so far:
+/// the `prog_id` and `run_time_ns` lines of /proc/PID/fdinfo of its program descriptors. Only
+/// the tracer's own programs: other work on the machine (tests, other tracers) loads and
+/// unloads programs meanwhile.
+fn programs_of(pid: u32) -> std::collections::BTreeMap<u64, u64> {
+    let mut programs = std::collections::BTreeMap::new();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return programs };
+    for fd in fds.flatten() {
+        let Ok(info) = std::fs::read_to_string(fd.path()) else { continue };
+        let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok());
+        if let Some(id) = field("prog_id:") {
+            programs.insert(id, field("run_time_ns:").unwrap_or(0));
+        }
+    }
+    programs
 }
 
-/// Sum of `run_time_ns` over every loaded BPF program (bpftool's JSON).
-fn bpf_run_time_ns() -> anyhow::Result<u64> {
-    let out = Command::new("bpftool").args(["prog", "show", "--json"]).output().context("bpftool")?;
-    let progs: Value = serde_json::from_slice(&out.stdout).context("bpftool prog show --json")?;
-    Ok(progs.as_array().map_or(0, |a| a.iter().filter_map(|p| p["run_time_ns"].as_u64()).sum()))
+/// Kernel run time of the tracer's programs so far (`kernel.bpf_stats_enabled=1`).
+fn bpf_run_time_ns(pid: u32) -> u64 {
+    programs_of(pid).values().sum()
 }
 
 /// `kernel.bpf_stats_enabled=1` while it lives; the previous value comes back.
