@@ -118,6 +118,27 @@ impl Finding {
     fn new(severity: Severity, kind: Kind, text: String) -> Self {
         Self { severity, kind, text, place: Where::default(), evidence: Vec::new(), remedies: Vec::new(), verify: None }
     }
+
+    /// The text's first sentence: what and where with the main figure, without the advice
+    /// (`top`'s findings pane). A sentence ends at ". " before a capital: addresses, `e.g. 51`
+    /// and `x80.` at the end do not end one early.
+    pub fn headline(&self) -> &str {
+        let t = &self.text;
+        let end = t.match_indices(". ").map(|(i, _)| i).find(|&i| t[i + 2..].starts_with(|c: char| c.is_uppercase()));
+        end.map_or(t, |i| &t[..=i])
+    }
+}
+
+impl Severity {
+    /// A short label, the same in `doctor` and `top`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Severity::Critical => "CRITICAL",
+            Severity::Warning => "WARNING",
+            Severity::Info => "note",
+            Severity::Ok => "OK",
+        }
+    }
 }
 
 /// The worst severity among `findings` (`Ok` for none).
@@ -665,6 +686,19 @@ mod tests {
         assert!(kernel_at_least("4.12.0", (4, 12)));
         assert!(!kernel_at_least("4.9.337", (4, 12)));
         assert!(!kernel_at_least("?", (4, 12)));
+    }
+
+    #[test]
+    fn a_headline_is_the_first_sentence() {
+        let f = |text: &str| Finding::new(Severity::Info, Kind::Nothing, text.into());
+        let port = f("Port space toward 10.0.0.9:80 in namespace pod a.b peaked at 100% (e.g. 51): connect() fails \
+                      when full. Reuse connections.");
+        assert_eq!(
+            port.headline(),
+            "Port space toward 10.0.0.9:80 in namespace pod a.b peaked at 100% (e.g. 51): connect() fails when full."
+        );
+        assert_eq!(f("3 connect() calls failed: curl x3.").headline(), "3 connect() calls failed: curl x3.");
+        assert_eq!(f("no end").headline(), "no end");
     }
 
     #[test]
