@@ -16,7 +16,6 @@ use crate::{
     findings::{self, Finding, Kind, Severity},
     source::Health,
     source_info::SourceInfo,
-    time::WallClock,
 };
 
 const S: u64 = 1_000_000_000;
@@ -104,20 +103,7 @@ fn pods() -> Snapshot {
 fn pods_findings() -> (Snapshot, Vec<Finding>) {
     let model = pods_model();
     let snap = model.snapshot(110 * S);
-    let info = SourceInfo {
-        host: "web-7".into(),
-        kernel: "6.12.117".into(),
-        clock: WallClock { realtime_ns: 1_795_000_000 * S, monotonic_ns: 100 * S },
-        started_ns: 100 * S,
-        sysctls: Sysctls::default(),
-        backends: Vec::new(),
-        namespaces: Vec::new(),
-        netns: None,
-        port: None,
-        filter: String::new(),
-        sockets: Vec::new(),
-        segment: None,
-    };
+    let info = SourceInfo::for_tests("6.12.117");
     let found = findings::of(&crate::report::live(&model, &snap, &info, &Health::default()));
     (snap, found)
 }
