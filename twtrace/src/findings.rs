@@ -118,6 +118,27 @@ impl Finding {
     fn new(severity: Severity, kind: Kind, text: String) -> Self {
         Self { severity, kind, text, place: Where::default(), evidence: Vec::new(), remedies: Vec::new(), verify: None }
     }
+
+    /// The text's first sentence: what and where with the main figure, without the advice
+    /// (`top`'s findings pane). A sentence ends at ". " before a capital: addresses, `e.g. 51`
+    /// and `x80.` at the end do not end one early.
+    pub fn headline(&self) -> &str {
+        let t = &self.text;
+        let end = t.match_indices(". ").map(|(i, _)| i).find(|&i| t[i + 2..].starts_with(|c: char| c.is_uppercase()));
+        end.map_or(t, |i| &t[..=i])
+    }
+}
+
+impl Severity {
+    /// A short label, the same in `doctor` and `top`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Severity::Critical => "CRITICAL",
+            Severity::Warning => "WARNING",
+            Severity::Info => "note",
+            Severity::Ok => "OK",
+        }
+    }
 }
 
 /// The worst severity among `findings` (`Ok` for none).
@@ -522,7 +543,7 @@ fn conntrack(r: &Report, out: &mut Vec<Finding>) {
 
 fn paws(r: &Report, out: &mut Vec<Finding>) {
     if r.paws.drops == 0 {
-        return;
+        return paws_counted(r, out);
     }
     let rec = &r.recording;
     let nat: Vec<_> = r.paws.sources.iter().filter(|s| s.flows >= NAT_FLOWS).collect();
@@ -563,7 +584,13 @@ fn paws(r: &Report, out: &mut Vec<Finding>) {
     } else {
         format!("kernel {}: check that net.ipv4.tcp_tw_recycle is 0 (it breaks clients behind NAT)", rec.kernel)
     });
-    f.remedies = vec![
+    f.remedies = paws_remedies();
+    f.verify = Some("nstat -az TcpExtPAWSActive TcpExtPAWSEstab TcpExtPAWSTimewait".into());
+    out.push(f);
+}
+
+fn paws_remedies() -> Vec<Remedy> {
+    vec![
         remedy(
             "make the clients behind one address not reuse 4-tuples quickly (keep-alive, fewer new connections)",
             "client-side change",
@@ -574,9 +601,68 @@ fn paws(r: &Report, out: &mut Vec<Finding>) {
             "application change",
             None,
         ),
-    ];
-    f.verify = Some("nstat -az TcpExtPAWSActive TcpExtPAWSEstab TcpExtPAWSTimewait".into());
-    out.push(f);
+    ]
+}
+
+/// PAWS rejects the kernel counted while twtrace saw no drop event: each namespace's own
+/// counters are then all there is. Kernel facts: drop reasons (the `reason` of
+/// `skb:kfree_skb`) exist from 5.17; `TCP_RFC7323_PAWS` for established sockets came after (6.1
+/// has it); a TIME_WAIT socket's PAWS reject had no reason at all (the SYN is answered with an
+/// ACK and freed as consumed, counted as `PAWSEstab`) until 6.16 added `TCP_RFC7323_TW_PAWS`
+/// and `PAWSTimewait`. The counters say how many and where, never from whom: the NAT
+/// signature (many flows from one source) cannot be seen, so only the count sets severity.
+fn paws_counted(r: &Report, out: &mut Vec<Finding>) {
+    let paws_only = |counters: &[(String, i64)]| -> Vec<(String, i64)> {
+        counters.iter().filter(|(k, v)| k.starts_with("PAWS") && *v > 0).cloned().collect()
+    };
+    // (namespace, its PAWS counters that rose)
+    type Place = (Option<String>, Vec<(String, i64)>);
+    let mut places: Vec<Place> =
+        r.namespaces.iter().map(|ns| (Some(ns.name.clone()), paws_only(&ns.counters))).collect();
+    // Recordings made before namespaces were described: the traced namespace's totals.
+    if r.namespaces.is_empty() {
+        places.push((None, paws_only(&r.paws.counters)));
+    }
+    let rec = &r.recording;
+    let drops_running = rec.backends.iter().any(|(family, backend)| family == "drops" && backend != "OFF");
+    let why = if drops_running {
+        format!("kernel {} counts these rejects without a drop reason", rec.kernel)
+    } else {
+        "twtrace's drops family is not running (`twtrace probes` says why)".to_owned()
+    };
+    for (name, counters) in places.into_iter().filter(|(_, c)| !c.is_empty()) {
+        let total: i64 = counters.iter().map(|(_, v)| v).sum();
+        let listed: Vec<String> = counters.iter().map(|(k, v)| format!("{k} +{v}")).collect();
+        let severity = if (total as u64) < PAWS_WARN_DROPS { Severity::Info } else { Severity::Warning };
+        let mut f = Finding::new(
+            severity,
+            Kind::Paws,
+            format!(
+                "{} rejected {total} segments by PAWS ({}), as the kernel counts them. twtrace saw no drop event for \
+                 them ({why}): no source, flow or NAT signature to show. Per-source detail needs a kernel that drops \
+                 them with a reason: 6.16+ for TIME_WAIT sockets (TCP_RFC7323_TW_PAWS); for established connections \
+                 TCP_RFC7323_PAWS (6.1 has it). tcp_timestamps is {}.",
+                name.as_ref().map_or("The traced namespace".to_owned(), |n| format!("Namespace {n}")),
+                listed.join(", "),
+                rec.sysctls.tcp_timestamps.map_or("unknown".into(), |v| v.to_string())
+            ),
+        );
+        f.evidence = listed;
+        f.evidence.push(format!("PAWS drop events seen: 0 ({why})"));
+        f.remedies = vec![remedy(
+            "find the sources with a capture on the server: tcpdump -nv 'tcp[tcpflags] & tcp-syn != 0', looking \
+             for one address whose SYNs' TSval goes backwards across ports",
+            "manual; a 6.16+ kernel lets twtrace name each drop's source",
+            None,
+        )];
+        f.remedies.extend(paws_remedies());
+        f.place.namespace = name.clone();
+        f.verify = Some(format!(
+            "{}nstat -az TcpExtPAWSActive TcpExtPAWSEstab TcpExtPAWSTimewait",
+            name.as_deref().map(in_namespace).unwrap_or_default()
+        ));
+        out.push(f);
+    }
 }
 
 /// Whether `release` (e.g. `6.12.57+deb13-cloud-amd64`) is at least `major.minor`.
@@ -658,6 +744,77 @@ fn settings(r: &Report, out: &mut Vec<Finding>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        aggregate::{Aggregator, Settings},
+        event::{Event, NamespaceDescription, NetstatEvent, Sysctls},
+        probes::{Backend, Family, FamilyReport},
+        source::Health,
+        source_info::SourceInfo,
+    };
+
+    const S: u64 = 1_000_000_000;
+
+    /// The findings of a live model in which namespace `pod-a` (netns 2) counted `deltas`, and
+    /// twtrace saw no drop event; `drops` on the tracepoint backend, or not running.
+    fn counted(kernel: &str, drops_running: bool, deltas: &[(&str, i64)]) -> Vec<Finding> {
+        let mut model = Aggregator::new(Settings { port_range: (32_768, 60_999), max_tw_buckets: None, top: 10 });
+        let sysctls = Sysctls { tcp_timestamps: Some(1), ..Sysctls::default() };
+        model.describe(&NamespaceDescription { netns: 2, name: "pod-a".into(), sysctls: Some(sysctls), live: true });
+        model.apply(&Event::Netstat(NetstatEvent {
+            ts_ns: 101 * S,
+            netns: 2,
+            deltas: deltas.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        }));
+        model.advance(102 * S);
+        let mut info = SourceInfo::for_tests(kernel);
+        info.backends = vec![FamilyReport {
+            family: Family::Drops,
+            running: drops_running.then_some(Backend::Tracepoint),
+            hooks: Vec::new(),
+            attempts: Vec::new(),
+            blind_spots: None,
+        }];
+        let snap = model.snapshot(102 * S);
+        of(&crate::report::live(&model, &snap, &info, &Health::default()))
+    }
+
+    /// A 6.12 kernel: TIME_WAIT PAWS rejects count PAWSEstab and have no drop reason. The
+    /// finding names the namespace and the counter rise, says there is no per-source detail
+    /// and which kernel gives it; twelve rejects are a warning, as twelve drop events are.
+    #[test]
+    fn paws_counters_without_drop_events_are_named_per_namespace() {
+        let found = counted("6.12.57+deb13-cloud-amd64", true, &[("PAWSEstab", 12), ("PAWSActive", 0), ("TW", 40)]);
+        let f = found.iter().find(|f| f.kind == Kind::Paws).expect("a PAWS finding");
+        assert_eq!(f.severity, Severity::Warning);
+        assert_eq!(f.place.namespace.as_deref(), Some("pod-a"));
+        // The pane's headline runs into the next sentence (it starts in lower case): what is missing.
+        assert_eq!(
+            f.headline(),
+            "Namespace pod-a rejected 12 segments by PAWS (PAWSEstab +12), as the kernel counts them. twtrace saw no \
+             drop event for them (kernel 6.12.57+deb13-cloud-amd64 counts these rejects without a drop reason): no \
+             source, flow or NAT signature to show."
+        );
+        assert!(
+            f.text.contains("kernel 6.12.57+deb13-cloud-amd64 counts these rejects without a drop reason"),
+            "{}",
+            f.text
+        );
+        assert!(f.text.contains("no source, flow or NAT signature") && f.text.contains("6.16+"), "{}", f.text);
+        assert!(f.text.ends_with("tcp_timestamps is unknown."), "the traced namespace's setting: {}", f.text);
+        assert_eq!(f.evidence[0], "PAWSEstab +12");
+        assert_eq!(
+            f.verify.as_deref(),
+            Some("ip netns exec pod-a nstat -az TcpExtPAWSActive TcpExtPAWSEstab TcpExtPAWSTimewait")
+        );
+        // Fewer than PAWS_WARN_DROPS is a note; with the drops family off, the text says so.
+        let found = counted("5.10.0-35-cloud-amd64", false, &[("PAWSEstab", 3), ("PAWSActive", 1)]);
+        let f = found.iter().find(|f| f.kind == Kind::Paws).unwrap();
+        assert_eq!(f.severity, Severity::Info);
+        assert!(f.headline().contains("rejected 4 segments by PAWS (PAWSActive +1, PAWSEstab +3)"), "{}", f.text);
+        assert!(f.text.contains("twtrace's drops family is not running"), "{}", f.text);
+        // No PAWS counter rose: no finding.
+        assert!(counted("6.12.57", true, &[("TW", 40)]).iter().all(|f| f.kind != Kind::Paws));
+    }
 
     #[test]
     fn kernel_releases_compare_by_major_and_minor() {
@@ -665,6 +822,19 @@ mod tests {
         assert!(kernel_at_least("4.12.0", (4, 12)));
         assert!(!kernel_at_least("4.9.337", (4, 12)));
         assert!(!kernel_at_least("?", (4, 12)));
+    }
+
+    #[test]
+    fn a_headline_is_the_first_sentence() {
+        let f = |text: &str| Finding::new(Severity::Info, Kind::Nothing, text.into());
+        let port = f("Port space toward 10.0.0.9:80 in namespace pod a.b peaked at 100% (e.g. 51): connect() fails \
+                      when full. Reuse connections.");
+        assert_eq!(
+            port.headline(),
+            "Port space toward 10.0.0.9:80 in namespace pod a.b peaked at 100% (e.g. 51): connect() fails when full."
+        );
+        assert_eq!(f("3 connect() calls failed: curl x3.").headline(), "3 connect() calls failed: curl x3.");
+        assert_eq!(f("no end").headline(), "no end");
     }
 
     #[test]

@@ -43,6 +43,29 @@ pub struct SourceInfo {
     pub segment: Option<SegmentMark>,
 }
 
+#[cfg(test)]
+impl SourceInfo {
+    /// A live source on host `web-7` that started at 100 s of monotonic time, nothing
+    /// described, no backend: for tests that build a model by hand.
+    pub fn for_tests(kernel: &str) -> Self {
+        const S: u64 = 1_000_000_000;
+        Self {
+            host: "web-7".into(),
+            kernel: kernel.into(),
+            clock: WallClock { realtime_ns: 1_795_000_000 * S, monotonic_ns: 100 * S },
+            started_ns: 100 * S,
+            sysctls: Sysctls::default(),
+            namespaces: Vec::new(),
+            backends: Vec::new(),
+            netns: None,
+            port: None,
+            filter: String::new(),
+            sockets: Vec::new(),
+            segment: None,
+        }
+    }
+}
+
 /// Where a segment stands among the others of its directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentMark {

@@ -221,7 +221,8 @@ fn replay_shows_the_recording_to_its_end() {
 
 /// A container host: top in the root namespace, two namespaces churning, each with its own
 /// range. The one that ran out is the first row, counted against its own 100 ports, with its
-/// EADDRNOTAVAIL; the other is counted against its own 1,000.
+/// EADDRNOTAVAIL; the other is counted against its own 1,000. The findings pane (`f`) names
+/// the full one as doctor would, with the same figures.
 #[test]
 fn namespaces_each_against_their_own_range_the_full_one_on_top() {
     if !can_trace() {
@@ -270,6 +271,40 @@ fn namespaces_each_against_their_own_range_the_full_one_on_top() {
     let large_row = row(&screen, &large).unwrap();
     assert_eq!(numbers(&large_row)[1], "1000", "its own range:\n{screen}");
     assert!(screen.contains(&format!("[{}] twtrace[", small.name)), "the failures name the namespace:\n{screen}");
+
+    // `f`: doctor's findings on the same model. The full namespace's port space is critical,
+    // with the figures of the row beside it, and its failures with the failures line's count.
+    tmux.keys("f");
+    let headline = format!("Port space toward 127.0.0.1:7000 from 127.0.0.1 in namespace {} peaked at", small.name);
+    let screen = tmux.wait_for("the findings pane", |s| findings_pane(s).is_some_and(|p| p.contains(&headline)));
+    let pane = findings_pane(&screen).unwrap();
+    assert!(!screen.contains("PAWS drops"), "the pane is in the PAWS panel's place:\n{screen}");
+    let finding = pane.split(&headline).nth(1).unwrap();
+    assert!(pane.contains(&format!("CRITICAL {headline}")), "{pane}");
+    // "... peaked at 100% (100 of 100 ports) at 19:13:47: ..."
+    let held: u64 = finding.split('(').nth(1).and_then(|r| r.split_whitespace().next()?.parse().ok()).unwrap();
+    assert!(finding.contains(&format!("({held} of 100 ports)")), "{pane}");
+    assert_eq!(Some(held), row(&screen, &small).map(|r| in_use(&r)), "the row's figure:\n{screen}");
+    assert!(near(held, 100), "{pane}");
+    // "[ns] twtrace[PID] EADDRNOTAVAIL x80" on the failures line; "twtrace[PID] x80" in the finding.
+    let failed = screen.split(&format!("[{}] ", small.name)).nth(1).unwrap();
+    let (process, count) = failed.split_once(" EADDRNOTAVAIL x").unwrap();
+    let count: u64 = count.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap();
+    assert!(near(count, refused), "churn counted {refused}:\n{screen}");
+    assert!(pane.contains(&format!("no free local port (EADDRNOTAVAIL): {process} x{count}")), "{pane}");
+    assert!(screen.contains("f findings"), "the footer names the key:\n{screen}");
     tmux.keys("q");
     tmux.wait_for("top to exit", |s| s.contains("top ended"));
+}
+
+/// The findings pane's text, its wrapped lines joined (words are never split).
+fn findings_pane(screen: &str) -> Option<String> {
+    let mut lines = screen.lines().skip_while(|l| !l.contains(" Findings "));
+    lines.next()?;
+    let text: Vec<&str> = lines
+        .take_while(|l| !l.starts_with('└'))
+        .map(|l| l.trim_matches(|c: char| c == '│' || c.is_whitespace()))
+        .filter(|l| !l.is_empty())
+        .collect();
+    Some(text.join(" "))
 }

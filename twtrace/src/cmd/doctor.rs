@@ -90,13 +90,7 @@ pub fn text(r: &Report, found: &[Finding], width: usize) -> String {
     ));
     for (i, f) in found.iter().enumerate() {
         out.push('\n');
-        let label = match f.severity {
-            Severity::Critical => "CRITICAL",
-            Severity::Warning => "WARNING",
-            Severity::Info => "note",
-            Severity::Ok => "OK",
-        };
-        out.push_str(&wrap(&format!("{}. [{label}] {}", i + 1, f.text), width, "   "));
+        out.push_str(&wrap(&format!("{}. [{}] {}", i + 1, f.severity.label(), f.text), width, "   "));
         let place = [
             f.place.namespace.as_ref().map(|n| format!("namespace {n}")),
             f.place.local.as_ref().map(|l| format!("from {l}")),

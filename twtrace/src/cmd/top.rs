@@ -12,7 +12,8 @@ use crate::{
     aggregate::{Aggregator, Snapshot},
     drive::{self, Control, Limits, Sink, Status},
     event::{Event, ExistingSocket},
-    kernel,
+    findings::{self, Finding},
+    kernel, report,
     source::{Health, ReplayHealth},
     tui::{
         render::{self, Header},
@@ -72,6 +73,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
         top,
         aggregator,
         snapshot,
+        findings: Vec::new(),
         header,
         ui: UiState::default(),
         screen: None,
@@ -95,6 +97,9 @@ struct TopSink {
     aggregator: Aggregator,
     /// What is drawn: refreshed each frame unless paused.
     snapshot: Snapshot,
+    /// `doctor`'s findings on the same model, refreshed with the snapshot: once a frame, not
+    /// per event (a report of the model is a few clones of its views).
+    findings: Vec<Finding>,
     header: Header,
     ui: UiState,
     screen: Option<Screen>,
@@ -111,7 +116,7 @@ enum Wake {
 impl TopSink {
     fn draw(&mut self) -> anyhow::Result<()> {
         let Some(screen) = &mut self.screen else { return Ok(()) };
-        screen.terminal.draw(|f| render::draw(f, &self.snapshot, &self.header, &self.ui))?;
+        screen.terminal.draw(|f| render::draw(f, &self.snapshot, &self.header, &self.ui, &self.findings))?;
         Ok(())
     }
 }
@@ -164,6 +169,8 @@ impl Sink for TopSink {
                     let now = status.now_ns();
                     self.aggregator.advance(now);
                     self.snapshot = self.aggregator.snapshot(now);
+                    let live = report::live(&self.aggregator, &self.snapshot, status.info(), &health);
+                    self.findings = findings::of(&live);
                 }
                 Control::Continue
             }

@@ -213,33 +213,64 @@ impl ReportBuilder {
                 damage.push(format!("the end marker counts {} events, {} were read", t.events, self.events));
             }
         }
+        // A live run ends when it is stopped: complete. A recording is when its end marker is there.
+        let complete = replay.is_none() || trailer.is_some();
         let recording = RecordingSummary {
-            file,
-            host: info.host.clone(),
-            kernel: info.kernel.clone(),
-            started: info.clock.at(info.started_ns),
-            ended: info.clock.at(ended_ns),
-            seconds: ended_ns.saturating_sub(info.started_ns) as f64 / 1e9,
-            events: self.events,
-            lost: health.lost,
-            skipped_runs: health.skipped_runs,
-            chunks: replay.map_or(0, |r| r.chunks),
-            // A live run ends when it is stopped: complete. A recording is when its end marker is there.
-            complete: replay.is_none() || trailer.is_some(),
+            complete,
             damage,
-            backends: info
-                .backends
-                .iter()
-                .map(|r| (r.family.to_string(), r.running.map_or("OFF".into(), |b| b.to_string())))
-                .collect(),
-            sysctls: info.sysctls.clone(),
-            netns: info.netns,
-            port: info.port,
-            filter: info.filter.clone(),
-            sockets_at_start: info.sockets.len(),
-            namespaces: self.aggregator.namespaces(),
+            ..summary(file, info, health, ended_ns, self.events, &self.aggregator)
         };
         assemble(recording, info, &self.samples, self.peak_snapshot, &end, &self.aggregator)
+    }
+}
+
+/// The report of a model still running (`top`'s findings pane): `end` is its snapshot now,
+/// and the one sample is now too, so a "peak" is the figure at this moment. No timeline and no
+/// peak breakdown to keep: cheap enough for once a frame, and nothing grows with the run.
+pub fn live(model: &Aggregator, end: &Snapshot, info: &SourceInfo, health: &Health) -> Report {
+    let replay = health.replay.as_ref();
+    let damage: Vec<String> = replay.map(|r| r.damage.iter().map(ToString::to_string).collect()).unwrap_or_default();
+    // A replay still under way is not incomplete; one that ended without its end marker is.
+    let complete = replay.is_none_or(|r| !r.ended || r.trailer.is_some());
+    let recording =
+        RecordingSummary { complete, damage, ..summary(String::new(), info, health, end.mono_ns, end.events, model) };
+    assemble(recording, info, &[model.sample(end.mono_ns)], None, end, model)
+}
+
+/// What was read, up to `ended_ns`, for a finished stream and a live one alike; complete and
+/// undamaged until the caller says otherwise.
+fn summary(
+    file: String,
+    info: &SourceInfo,
+    health: &Health,
+    ended_ns: u64,
+    events: u64,
+    model: &Aggregator,
+) -> RecordingSummary {
+    RecordingSummary {
+        file,
+        host: info.host.clone(),
+        kernel: info.kernel.clone(),
+        started: info.clock.at(info.started_ns),
+        ended: info.clock.at(ended_ns),
+        seconds: ended_ns.saturating_sub(info.started_ns) as f64 / 1e9,
+        events,
+        lost: health.lost,
+        skipped_runs: health.skipped_runs,
+        chunks: health.replay.as_ref().map_or(0, |r| r.chunks),
+        complete: true,
+        damage: Vec::new(),
+        backends: info
+            .backends
+            .iter()
+            .map(|r| (r.family.to_string(), r.running.map_or("OFF".into(), |b| b.to_string())))
+            .collect(),
+        sysctls: info.sysctls.clone(),
+        netns: info.netns,
+        port: info.port,
+        filter: info.filter.clone(),
+        sockets_at_start: info.sockets.len(),
+        namespaces: model.namespaces(),
     }
 }
 

@@ -5,11 +5,14 @@ use ratatui::{
     layout::{Constraint, Layout, Rect},
     style::{Modifier, Style},
     text::{Line, Span},
-    widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table},
+    widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Wrap},
 };
 
 use super::state::{GroupBy, Mode, SortBy, UiState};
-use crate::aggregate::{DestinationView, Group, Snapshot};
+use crate::{
+    aggregate::{DestinationView, Group, Snapshot},
+    findings::{Finding, Severity},
+};
 
 /// Facts about the run shown in the header (not part of the aggregated model).
 #[derive(Clone, Debug, Default)]
@@ -45,21 +48,30 @@ fn duration(seconds: Option<f64>) -> String {
     }
 }
 
-pub fn draw(frame: &mut Frame, snap: &Snapshot, header: &Header, ui: &UiState) {
+/// `findings` are `crate::findings::of` the same model, worst first (computed once a frame by
+/// the caller, not here: drawing stays a pure function of what it is given).
+pub fn draw(frame: &mut Frame, snap: &Snapshot, header: &Header, ui: &UiState, findings: &[Finding]) {
     let area = frame.area();
-    let [head, tw, ports, paws, foot] = Layout::vertical([
+    // The findings pane takes the PAWS panel's place (a PAWS problem is one of its findings),
+    // with more room: its lines are sentences.
+    let shares = if ui.findings { [27, 33, 40] } else { [34, 36, 30] };
+    let [head, tw, ports, bottom, foot] = Layout::vertical([
         Constraint::Length(2),
-        Constraint::Percentage(34),
-        Constraint::Percentage(36),
-        Constraint::Percentage(30),
+        Constraint::Percentage(shares[0]),
+        Constraint::Percentage(shares[1]),
+        Constraint::Percentage(shares[2]),
         Constraint::Length(1),
     ])
     .areas(area);
     draw_header(frame, head, snap, header, ui);
     draw_timewait(frame, tw, snap, ui);
     draw_ports(frame, ports, snap, ui);
-    draw_paws(frame, paws, snap);
-    draw_footer(frame, foot, ui);
+    if ui.findings {
+        draw_findings(frame, bottom, findings);
+    } else {
+        draw_paws(frame, bottom, snap);
+    }
+    draw_footer(frame, foot, ui, findings);
     if ui.mode == Mode::Help {
         draw_help(frame, area);
     }
@@ -270,14 +282,45 @@ fn draw_paws(frame: &mut Frame, area: Rect, snap: &Snapshot) {
     frame.render_widget(Table::new(rows, widths).header(header), table);
 }
 
-fn draw_footer(frame: &mut Frame, area: Rect, ui: &UiState) {
+/// Each finding's severity and headline, worst first, wrapped to the pane.
+fn draw_findings(frame: &mut Frame, area: Rect, findings: &[Finding]) {
+    let title = format!(" Findings {}  worst first, as `twtrace doctor` says (f hides) ", findings.len());
+    let block = Block::default().borders(Borders::ALL).title(Span::styled(title, bold()));
+    let lines: Vec<Line> = findings
+        .iter()
+        .map(|f| {
+            let style = match f.severity {
+                Severity::Critical => bold().add_modifier(Modifier::REVERSED),
+                Severity::Warning => bold(),
+                Severity::Info | Severity::Ok => Style::default(),
+            };
+            Line::from(vec![
+                Span::styled(format!("{:<8}", f.severity.label()), style),
+                Span::raw(format!(" {}", f.headline())),
+            ])
+        })
+        .collect();
+    frame.render_widget(Paragraph::new(lines).block(block).wrap(Wrap { trim: true }), area);
+}
+
+/// `f findings`, and while the pane is hidden how many findings of the worst kind wait there
+/// (a warning or worse: notes do not call for a look).
+fn findings_key(ui: &UiState, findings: &[Finding]) -> String {
+    let worst = crate::findings::worst(findings);
+    if ui.findings || worst < Severity::Warning {
+        return "f findings".into();
+    }
+    format!("f findings ({} {})", findings.iter().filter(|f| f.severity == worst).count(), worst.label())
+}
+
+fn draw_footer(frame: &mut Frame, area: Rect, ui: &UiState, findings: &[Finding]) {
     let text = match &ui.mode {
         Mode::Filter(text) => format!("filter (pid= port= addr= comm= netns=, empty clears)> {text}_"),
         _ => {
-            let keys = "q quit  p pause  g group  s sort  / filter  ? help";
+            let keys = format!("q quit  p pause  g group  s sort  / filter  {}  ? help", findings_key(ui, findings));
             match &ui.message {
                 Some(m) => format!("{keys}  | {m}"),
-                None => keys.to_owned(),
+                None => keys,
             }
         }
     };
@@ -290,7 +333,8 @@ fn draw_help(frame: &mut Frame, area: Rect) {
         "p, Space pause / resume the view",
         "g        group TIME_WAIT by remote, local, owner, command, netns",
         "s        sort destinations by util, failures, conn/s",
-        "/, f     filter: pid= port= addr=CIDR comm= netns=INODE|NAME",
+        "/        filter: pid= port= addr=CIDR comm= netns=INODE|NAME",
+        "f        findings: what doctor would say, in PAWS's place",
         "?, h     this help (any key closes)",
         "",
         "full in: time until the destination's ports run out",

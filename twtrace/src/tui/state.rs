@@ -76,6 +76,8 @@ pub struct UiState {
     pub sort_by: SortBy,
     /// Frozen: the view stops changing (events are still counted).
     pub paused: bool,
+    /// The findings pane (what `doctor` would say, live) in place of the PAWS panel.
+    pub findings: bool,
     /// The filter in force, as typed, and a message about the last attempt.
     pub filter_text: String,
     pub message: Option<String>,
@@ -88,6 +90,7 @@ impl Default for UiState {
             group_by: GroupBy::Remote,
             sort_by: SortBy::Utilisation,
             paused: false,
+            findings: false,
             filter_text: String::new(),
             message: None,
         }
@@ -150,7 +153,9 @@ impl UiState {
                 Key::Char('p') | Key::Char(' ') => self.paused = !self.paused,
                 Key::Char('g') => self.group_by = self.group_by.next(),
                 Key::Char('s') => self.sort_by = self.sort_by.next(),
-                Key::Char('/') | Key::Char('f') => self.mode = Mode::Filter(self.filter_text.clone()),
+                // `f` was a second filter key until the findings pane took it; `/` is the filter.
+                Key::Char('f') => self.findings = !self.findings,
+                Key::Char('/') => self.mode = Mode::Filter(self.filter_text.clone()),
                 _ => {}
             },
         }
@@ -196,6 +201,10 @@ mod tests {
         assert_eq!(s.group_by, GroupBy::Owner);
         s.on_key(Key::Char('s'));
         assert_eq!(s.sort_by, SortBy::Failures);
+        s.on_key(Key::Char('f'));
+        assert!(s.findings && s.mode == Mode::Normal, "f shows the findings pane");
+        s.on_key(Key::Char('f'));
+        assert!(!s.findings);
         s.on_key(Key::Char('?'));
         assert_eq!(s.mode, Mode::Help);
         s.on_key(Key::Char('x'));

@@ -13,6 +13,9 @@ use crate::{
         DropEvent, Event, NamespaceDescription, PortSearchEvent, Process, SearchOp, SocketFlow, StateEvent, Sysctls,
         TimeWaitChange, TimeWaitEvent, TimeWaitSubstate,
     },
+    findings::{self, Finding, Kind, Severity},
+    source::Health,
+    source_info::SourceInfo,
 };
 
 const S: u64 = 1_000_000_000;
@@ -93,6 +96,19 @@ fn incident() -> Snapshot {
 /// The incident's host, and beside it a pod whose own 100-port range two workers of one
 /// command have filled: the pod is what fails, and must be on top.
 fn pods() -> Snapshot {
+    pods_model().snapshot(110 * S)
+}
+
+/// [`pods`]' model, and what `doctor` finds in it, as `top` computes them each frame.
+fn pods_findings() -> (Snapshot, Vec<Finding>) {
+    let model = pods_model();
+    let snap = model.snapshot(110 * S);
+    let info = SourceInfo::for_tests("6.12.117");
+    let found = findings::of(&crate::report::live(&model, &snap, &info, &Health::default()));
+    (snap, found)
+}
+
+fn pods_model() -> Aggregator {
     let mut agg = Aggregator::new(Settings { port_range: (32_768, 60_999), max_tw_buckets: Some(262_144), top: 5 });
     let describe = |netns: u32, name: &str, range: (u16, u16), buckets: u64| NamespaceDescription {
         netns,
@@ -158,7 +174,7 @@ fn pods() -> Snapshot {
         }));
     }
     agg.advance(110 * S);
-    agg.snapshot(110 * S)
+    agg
 }
 
 fn header() -> Header {
@@ -181,8 +197,12 @@ fn render(width: u16, height: u16, ui: &UiState) -> String {
 }
 
 fn render_snapshot(snap: &Snapshot, width: u16, height: u16, ui: &UiState) -> String {
+    render_with(snap, &[], width, height, ui)
+}
+
+fn render_with(snap: &Snapshot, found: &[Finding], width: u16, height: u16, ui: &UiState) -> String {
     let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
-    terminal.draw(|f| draw(f, snap, &header(), ui)).unwrap();
+    terminal.draw(|f| draw(f, snap, &header(), ui, found)).unwrap();
     let buffer = terminal.backend().buffer();
     let mut out = String::new();
     for y in 0..height {
@@ -254,4 +274,38 @@ fn the_numbers_on_screen_are_the_models() {
     assert!(frame.contains(&format!("{:.1}%", d.utilisation * 100.0)), "{frame}");
     assert!(frame.contains("api-gateway[3121] EADDRNOTAVAIL x7"), "{frame}");
     assert!(frame.contains("198.51.100.7"), "{frame}");
+}
+
+/// The pod that ran out of ports: `f` shows doctor's findings in the PAWS panel's place, the
+/// port space and the failures first (critical), with the model's own figures.
+#[test]
+fn findings_pane_at_120x36() {
+    let (snap, found) = pods_findings();
+    let kinds: Vec<(Severity, Kind)> = found.iter().map(|f| (f.severity, f.kind)).collect();
+    assert_eq!(
+        kinds[..2],
+        [(Severity::Critical, Kind::PortSpace), (Severity::Critical, Kind::ConnectFailures)],
+        "{found:#?}"
+    );
+    let mut ui = UiState::default();
+    let hidden = render_with(&snap, &found, 120, 36, &ui);
+    assert!(hidden.contains("PAWS drops") && hidden.contains("f findings (2 CRITICAL)"), "{hidden}");
+    ui.on_key(Key::Char('f'));
+    let frame = render_with(&snap, &found, 120, 36, &ui);
+    check("pods_findings_120x36", &frame);
+    assert!(!frame.contains("PAWS drops"), "the pane takes the PAWS panel's place:\n{frame}");
+    assert!(frame.contains(&format!("Findings {}", found.len())), "{frame}");
+    // The pane's text, unwrapped: each headline whole, worst first.
+    let pane: String = frame
+        .lines()
+        .skip_while(|l| !l.contains("Findings"))
+        .skip(1)
+        .map(|l| l.trim_matches(|c: char| c == '│' || c.is_whitespace()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let port = pane.find("CRITICAL Port space toward 10.96.0.10:5432 from 10.1.4.7 in namespace pod checkout-7d9f");
+    let failed = pane.find("CRITICAL 30 connect() calls found no free local port (EADDRNOTAVAIL)");
+    assert!(port.is_some() && failed.is_some() && port < failed, "{pane}");
+    assert!(pane.contains("peaked at 100% (100 of 100 ports)"), "{pane}");
+    assert!(!pane.contains("Reuse connections"), "headlines only, the advice is doctor's:\n{pane}");
 }
