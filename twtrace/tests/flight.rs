@@ -373,3 +373,71 @@ fn serve_records_the_stream_it_serves() {
     assert!(!String::from_utf8_lossy(&out.stderr).contains("damage"), "{}", String::from_utf8_lossy(&out.stderr));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_mark_made_while_recording_is_in_the_stream_between_the_bursts_around_it_and_in_every_report() {
+    if !can_trace() {
+        return;
+    }
+    let ns = Netns::new("flight-mark");
+    let dir = temp("flight-mark");
+    let flight = Flight::start(&ns, &dir, &["--segment", "1s"]);
+    let before = burst(&ns, 7);
+    let (earliest, marked, latest) = {
+        let earliest = rfc3339_now();
+        let out = twtrace(&["mark", "--dir", dir.to_str().unwrap(), "deploy", "v2\u{1b}[2J"]);
+        let latest = rfc3339_now();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        let at = stderr.trim().rsplit(' ').next().unwrap().to_owned();
+        (earliest, at, latest)
+    };
+    assert!(earliest <= marked && marked <= latest, "{earliest} <= {marked} <= {latest}");
+    let after = burst(&ns, 9);
+    let last = wait_rotation(&dir, 0);
+    wait_rotation(&dir, last);
+    flight.stop();
+
+    // In the stream: after every birth of the first burst, before every birth of the second.
+    let out = twtrace(&["trace", "--json", "--replay", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let events: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let at = events.iter().position(|v| v["event"] == "mark").expect("the mark is in the stream");
+    let births = |range: &[Value]| -> BTreeSet<(SocketAddr, SocketAddr)> {
+        range
+            .iter()
+            .filter(|v| v["event"] == "timewait_birth")
+            .map(|v| (support::addr(v, "local"), support::addr(v, "remote")))
+            .collect()
+    };
+    assert_eq!(births(&events[..at]), before);
+    assert_eq!(births(&events[at + 1..]), after);
+    assert_eq!(events.iter().filter(|v| v["event"] == "mark").count(), 1);
+
+    let report = twtrace(&["report", "--json", dir.to_str().unwrap()]);
+    assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
+    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
+    let marks = report["marks"].as_array().unwrap();
+    assert_eq!(marks.len(), 1, "{marks:?}");
+    assert_eq!(marks[0]["text"], "deploy v2 [2J", "one line, no escape sequence");
+    assert_eq!(marks[0]["at"], marked.as_str());
+    assert_eq!(marks[0]["uid"], 0);
+    assert_eq!(report["timewait"]["births"], 16);
+
+    let html = dir.with_extension("html");
+    let text = twtrace(&["report", dir.to_str().unwrap(), "--html", html.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    let time_of_day = &marked[11..19];
+    assert!(text.contains(&format!("  1  {time_of_day}  \"deploy v2 [2J\"  (uid 0 pid ")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("  marks ") && l.contains('1')), "{text}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<td>deploy v2 [2J</td>") && page.contains("<g class=\"mark\">"), "{page}");
+
+    // No recorder any more: `mark` says so and fails.
+    let out = twtrace(&["mark", "--dir", dir.to_str().unwrap(), "too late"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no flight recorder runs on"), "{out:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_file(&html).unwrap();
+}

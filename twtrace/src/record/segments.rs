@@ -19,6 +19,9 @@
 //! - Retention runs before a segment is opened and deletes closed segments only, so the
 //!   directory holds at most `keep_bytes` of closed segments plus the one being written: it
 //!   exceeds the bound by one segment at most.
+//! - Marks (`twtrace mark`, over [`super::control`]) enter the stream at the batch they
+//!   arrive in, as events of their own, on the stream's clock; each is acknowledged only once
+//!   written and its chunk sealed, and refused while recording is stopped.
 //! - A write error (a full disk above all) never ends the run: the segment is cut back to its
 //!   last whole chunk, one log line says why, the error is counted, and a new segment is tried
 //!   every [`RETRY`] until one opens.
@@ -30,9 +33,9 @@ use std::{
     time::Duration,
 };
 
-use super::{RecordError, Recorder, Trailer};
+use super::{RecordError, Recorder, Trailer, control::Control};
 use crate::{
-    event::{Event, NamespaceDescription},
+    event::{Event, MarkEvent, NamespaceDescription},
     probes::DecodeStats,
     source_info::{SegmentMark, SourceInfo},
     time::{TimeSpec, WallTime},
@@ -237,6 +240,8 @@ pub struct FlightRecorder {
     stopped_ns: Option<u64>,
     now_ns: u64,
     stats: RecorderStats,
+    /// Where marks come from; `None` if another recorder listens on this directory.
+    control: Option<Control>,
 }
 
 impl FlightRecorder {
@@ -250,6 +255,14 @@ impl FlightRecorder {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         }
         let existing = list(dir)?;
+        // Without the socket the recording is still worth having: say so, and go on.
+        let control = Control::bind(dir).unwrap_or_else(|e| {
+            log::warn!("marks cannot reach this recorder ({}): {e}", dir.display());
+            None
+        });
+        if control.is_none() {
+            log::warn!("another twtrace listens for marks on {}: marks go to it", dir.display());
+        }
         let next_seq = existing.last().map_or(0, |s| s.name.seq + 1);
         let run = info.clock.to_unix_ns(info.started_ns) ^ u64::from(std::process::id());
         let mut recorder = Self {
@@ -265,6 +278,7 @@ impl FlightRecorder {
             stopped_ns: None,
             now_ns: info.started_ns,
             stats: RecorderStats::default(),
+            control,
         };
         recorder.open_next(info.started_ns);
         Ok(recorder)
@@ -305,6 +319,7 @@ impl FlightRecorder {
     /// After every batch, with the stream's present: seals chunks, rotates, retries.
     pub fn tick(&mut self, now_ns: u64, totals: RunTotals) {
         self.now_ns = now_ns;
+        self.take_marks(now_ns);
         if let Some(open) = &mut self.open {
             if let Err(e) = open.recorder.tick() {
                 self.fail(&e);
@@ -317,6 +332,39 @@ impl FlightRecorder {
             }
         } else if self.retry_ns.is_some_and(|at| now_ns >= at) {
             self.open_next(now_ns);
+        }
+    }
+
+    /// Writes the marks waiting on the control socket, stamped `now_ns` (after the batch just
+    /// written), and answers each client.
+    fn take_marks(&mut self, now_ns: u64) {
+        let Some(control) = &mut self.control else { return };
+        let requests = control.poll();
+        for request in requests {
+            let outcome = self.mark(now_ns, &request.text, request.uid, request.pid);
+            request.answer(outcome);
+        }
+    }
+
+    /// One mark into the stream; `Ok(time)` once its chunk is sealed (on disk within the
+    /// writer's next sync), `Err(why)` if it is not recorded.
+    fn mark(&mut self, now_ns: u64, text: &str, uid: Option<u32>, pid: Option<u32>) -> Result<String, String> {
+        let text = MarkEvent::sanitize(text).ok_or("empty mark")?;
+        if self.open.is_none() {
+            return Err(format!("recording to {} is stopped by a write error: not recorded", self.dir.display()));
+        }
+        // The stream's own clock mapping: the mark sits where the events around it sit.
+        let unix_ns = self.info.clock.to_unix_ns(now_ns);
+        let mark = Event::Mark(MarkEvent { ts_ns: now_ns, unix_ns, uid, pid, text });
+        self.event(&mark);
+        let sealed = self.open.as_mut().map(|o| o.recorder.seal_now());
+        match sealed {
+            Some(Ok(())) => Ok(crate::time::WallTime::from_unix_ns(unix_ns).rfc3339()),
+            Some(Err(e)) => {
+                self.fail(&e);
+                Err(format!("writing failed: {e}"))
+            }
+            None => Err("writing failed: recording stopped".into()),
         }
     }
 
