@@ -56,7 +56,13 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 fn every_10s() -> Policy {
-    Policy { segment_time: Duration::from_secs(10), segment_bytes: 1 << 30, keep_age: None, keep_bytes: None }
+    Policy {
+        segment_time: Duration::from_secs(10),
+        segment_bytes: 1 << 30,
+        keep_age: None,
+        keep_bytes: None,
+        keep_windows: 0,
+    }
 }
 
 /// One run: a birth every second from `from` s for `seconds` s (monotonic), ticking after

@@ -20,6 +20,7 @@
 pub mod codec;
 pub mod control;
 pub mod directory;
+pub mod kept;
 mod reader;
 pub mod segments;
 #[cfg(test)]

@@ -422,6 +422,7 @@ fn write_fuzz_seeds() {
         segment_bytes: 1 << 30,
         keep_age: None,
         keep_bytes: None,
+        keep_windows: 0,
     };
     for run in 0..2u64 {
         let mut info = info();
