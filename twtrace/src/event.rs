@@ -87,6 +87,9 @@ pub enum Event {
     Skipped(SkippedEvent),
     /// A namespace described (new, or gone): before the first event that names it.
     Namespace(NamespaceEvent),
+    /// An annotation someone added to the running stream (`twtrace mark`): a deploy, a
+    /// config change. The flight recorder writes it; every reader sees it in order.
+    Mark(MarkEvent),
 }
 
 impl Event {
@@ -101,6 +104,7 @@ impl Event {
             Event::Lost(e) => e.ts_ns,
             Event::Skipped(e) => e.ts_ns,
             Event::Namespace(e) => e.ts_ns,
+            Event::Mark(e) => e.ts_ns,
         }
     }
 
@@ -116,6 +120,7 @@ impl Event {
             Event::Lost(e) => &mut e.ts_ns,
             Event::Skipped(e) => &mut e.ts_ns,
             Event::Namespace(e) => &mut e.ts_ns,
+            Event::Mark(e) => &mut e.ts_ns,
         }
     }
 
@@ -129,9 +134,56 @@ impl Event {
             Event::PortSearch(e) => e.netns,
             Event::Netstat(e) => e.netns,
             Event::Namespace(e) => e.namespace.netns,
-            Event::Lost(_) | Event::Skipped(_) => 0,
+            Event::Lost(_) | Event::Skipped(_) | Event::Mark(_) => 0,
         };
         (netns != 0).then_some(netns)
+    }
+}
+
+/// A mark (`twtrace mark TEXT`). Its author comes from the kernel (the control socket's peer
+/// credentials), not from what the client says, so a mark's uid can be trusted as far as root
+/// can be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MarkEvent {
+    /// When the recorder took it, on the stream's clock (orders it among the events).
+    pub ts_ns: u64,
+    /// The same moment in wall-clock time (Unix ns), as the recorder read it: what reports
+    /// print, whatever clock mapping a reader later applies to the stream.
+    pub unix_ns: u64,
+    /// Who made it, as the kernel told the recorder.
+    pub uid: Option<u32>,
+    pub pid: Option<u32>,
+    /// At most [`MarkEvent::MAX_TEXT`] bytes, one line, no control characters.
+    pub text: String,
+}
+
+impl MarkEvent {
+    /// Longest text in bytes: a label on a chart, not a log message.
+    pub const MAX_TEXT: usize = 200;
+
+    /// `text` as a mark may carry it: control characters (newlines, escapes that would redraw
+    /// a terminal reading the report) become spaces, runs of blanks one space, trimmed, cut to
+    /// [`Self::MAX_TEXT`] bytes at a character boundary. `None` when nothing is left.
+    pub fn sanitize(text: &str) -> Option<String> {
+        let mut out = String::with_capacity(text.len().min(Self::MAX_TEXT));
+        for c in text.chars().map(|c| if c.is_control() || c.is_whitespace() { ' ' } else { c }) {
+            if c == ' ' && (out.is_empty() || out.ends_with(' ')) {
+                continue;
+            }
+            if out.len() + c.len_utf8() > Self::MAX_TEXT {
+                break;
+            }
+            out.push(c);
+        }
+        let trimmed = out.trim_end();
+        (!trimmed.is_empty()).then(|| trimmed.to_owned())
+    }
+
+    /// "uid 0 pid 4242", or what is known of it.
+    pub fn author(&self) -> String {
+        let uid = self.uid.map_or("uid ?".into(), |u| format!("uid {u}"));
+        let pid = self.pid.map_or(String::new(), |p| format!(" pid {p}"));
+        format!("{uid}{pid}")
     }
 }
 
@@ -433,7 +485,19 @@ pub fn errno_name(errno: u32) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::Comm;
+    use super::{Comm, MarkEvent};
+
+    #[test]
+    fn mark_text_is_one_bounded_line_without_control_characters() {
+        assert_eq!(MarkEvent::sanitize("deploy v2").as_deref(), Some("deploy v2"));
+        assert_eq!(MarkEvent::sanitize("  a\n\tb\x1b[2Jc  ").as_deref(), Some("a b [2Jc"));
+        assert_eq!(MarkEvent::sanitize(" \n\r\t "), None);
+        assert_eq!(MarkEvent::sanitize(""), None);
+        let long = "é".repeat(150);
+        let cut = MarkEvent::sanitize(&long).unwrap();
+        assert_eq!(cut.len(), MarkEvent::MAX_TEXT, "cut at a character boundary");
+        assert_eq!(cut.chars().count(), 100);
+    }
 
     fn raw(bytes: &[u8]) -> [u8; 16] {
         let mut raw = [0u8; 16];

@@ -123,7 +123,8 @@ impl Filter {
                 let flow = e.remote.or(e.local).map(|a| SocketFlow { local: e.local.unwrap_or(a), remote: a });
                 (e.process.as_ref(), flow, e.netns)
             }
-            Event::Netstat(_) | Event::Lost(_) | Event::Skipped(_) => return true,
+            // A mark annotates the whole stream, whoever the filter is about.
+            Event::Netstat(_) | Event::Lost(_) | Event::Skipped(_) | Event::Mark(_) => return true,
             Event::Namespace(e) => return self.wants_netns(e.namespace.netns),
         };
         if !self.wants_netns(netns) {

@@ -32,6 +32,9 @@ enum Command {
     /// What is wrong, where, the evidence and what to do about it: watches every namespace for
     /// a while (or reads a recording). Exit status 0 fine, 1 warning, 2 critical, 3 could not run.
     Doctor(cmd::doctor::DoctorArgs),
+    /// Add a mark ("deploy v2") to the running flight recording in --dir: `report` and
+    /// `top --replay` show it. Fails unless the recorder confirms it.
+    Mark(cmd::mark::MarkArgs),
     /// Serve the model to Prometheus (/metrics, /healthz) while tracing, until SIGTERM.
     Serve(cmd::serve::ServeArgs),
     /// Generate connection churn on loopback: reproduce TIME_WAIT and port-space pressure, or
@@ -94,6 +97,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Report(args) => cmd::report::run(&args).await,
         Command::Doctor(_) => unreachable!("run by main for its exit status"),
         Command::Serve(args) => cmd::serve::run(args).await,
+        Command::Mark(args) => cmd::mark::run(&args),
         Command::Churn(args) => churn::run(&args),
     }
 }

@@ -21,8 +21,8 @@ use std::{
 
 use serde::Serialize;
 pub use snapshot::{
-    CommandGroup, DestinationView, FailureView, Group, NamespaceView, PawsView, PortSpaceView, ReasonView, RecentDrop,
-    Sample, Snapshot, SourceView, TimeWaitView,
+    CommandGroup, DestinationView, FailureView, Group, MarkView, NamespaceView, PawsView, PortSpaceView, ReasonView,
+    RecentDrop, Sample, Snapshot, SourceView, TimeWaitView,
 };
 use stats::{Histogram, Rate};
 
@@ -200,6 +200,8 @@ pub struct Aggregator {
     events: u64,
     lost: u64,
     skipped_runs: u64,
+    /// The latest mark (`twtrace mark`): the live views show it beside the figures.
+    last_mark: Option<crate::event::MarkEvent>,
     namespaces: HashMap<u32, Namespace>,
     // TIME_WAIT
     live: HashMap<u64, LiveTimeWait>,
@@ -392,6 +394,7 @@ impl Aggregator {
             Event::Lost(e) => self.lost = self.lost.max(e.total),
             Event::Skipped(e) => self.skipped_runs += e.new,
             Event::Namespace(e) => self.describe(&e.namespace),
+            Event::Mark(e) => self.last_mark = Some(e.clone()),
         }
     }
 

@@ -142,6 +142,12 @@ impl Aggregator {
             events: self.events,
             lost: self.lost,
             skipped_runs: self.skipped_runs,
+            last_mark: self.last_mark.as_ref().map(|m| MarkView {
+                at: crate::time::WallTime::from_unix_ns(m.unix_ns),
+                ago_s: now_ns.saturating_sub(m.ts_ns) as f64 / 1e9,
+                text: m.text.clone(),
+                author: m.author(),
+            }),
             namespaces_seen: self.namespaces.len() as u64,
             namespaces,
             timewait: timewait.view,
@@ -505,6 +511,8 @@ pub struct Snapshot {
     pub lost: u64,
     /// Runs of twtrace's programs the kernel skipped (each may have been an event).
     pub skipped_runs: u64,
+    /// The latest mark seen (`twtrace mark`), if any.
+    pub last_mark: Option<MarkView>,
     /// Namespaces described or seen in events.
     pub namespaces_seen: u64,
     /// Those with something to show, the one closest to running out of ports first.
@@ -512,4 +520,15 @@ pub struct Snapshot {
     pub timewait: TimeWaitView,
     pub port_space: PortSpaceView,
     pub paws: PawsView,
+}
+
+/// A mark as the live views show it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct MarkView {
+    pub at: crate::time::WallTime,
+    /// Seconds of stream time since it was made.
+    pub ago_s: f64,
+    pub text: String,
+    /// "uid 0 pid 4242".
+    pub author: String,
 }

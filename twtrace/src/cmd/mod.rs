@@ -2,6 +2,8 @@
 //! stream at all); what they share on the command line is here.
 
 pub mod doctor;
+pub mod keep;
+pub mod mark;
 pub mod probes;
 pub mod record;
 pub mod report;

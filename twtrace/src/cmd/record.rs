@@ -58,6 +58,10 @@ pub struct SegmentArgs {
     /// exceeds it by one segment at most, the one being written (`off`: no bound).
     #[arg(long, value_name = "SIZE", default_value = "2GiB", value_parser = parse_optional_size)]
     keep_size: Bound<u64>,
+    /// Keep at most this many windows around incidents (segments before, during and after a
+    /// finding, with their report) in DIR/kept, past --keep and --keep-size (0: none).
+    #[arg(long, value_name = "N", default_value_t = crate::record::kept::DEFAULT_KEEP_WINDOWS)]
+    keep_windows: usize,
 }
 
 /// A retention bound, or `off` (a type of its own: clap reads a bare `Option` as "flag may be
@@ -72,6 +76,7 @@ impl SegmentArgs {
             segment_bytes: self.segment_size,
             keep_age: self.keep.0,
             keep_bytes: self.keep_size.0,
+            keep_windows: self.keep_windows,
         };
         policy.check().map_err(anyhow::Error::msg)?;
         Ok(policy)
@@ -112,7 +117,7 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
         let policy = args.segments.policy()?;
         let mut source = Source::live(&args.probes.options()?, true)?;
         source.set_filter_description(filter.describe());
-        let recorder = FlightRecorder::start(dir, policy, source.info()).with_context(|| dir.display().to_string())?;
+        let recorder = super::keep::start_flight(dir, policy, source.info())?;
         let mut sink = FlightSink { recorder: Some(recorder) };
         return drive::drive(&mut source, filter, &mut sink, limits).await;
     }

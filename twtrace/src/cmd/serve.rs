@@ -5,7 +5,6 @@
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use anyhow::Context as _;
 use tokio::sync::watch;
 
 use super::{FilterArgs, ProbeArgs, record::SegmentArgs};
@@ -76,9 +75,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut source = Source::live(&args.probes.options()?, true)?;
     source.set_filter_description(filter.describe());
     let recorder = match &args.record_dir {
-        Some(dir) => {
-            Some(FlightRecorder::start(dir, policy, source.info()).with_context(|| dir.display().to_string())?)
-        }
+        Some(dir) => Some(super::keep::start_flight(dir, policy, source.info())?),
         None => None,
     };
     let limits = model::Limits { top_k: args.top_k, idle_after: args.idle_after };

@@ -196,6 +196,13 @@ pub fn event_json(event: &Event, clock: WallClock) -> Value {
             put("netns", json!(0));
             put("deltas", json!({SKIPPED_RUNS: e.new}));
         }
+        Event::Mark(e) => {
+            put("event", json!("mark"));
+            put("at", json!(crate::time::WallTime::from_unix_ns(e.unix_ns).rfc3339()));
+            put("text", json!(e.text));
+            put("uid", json!(e.uid));
+            put("pid", json!(e.pid));
+        }
         Event::Namespace(e) => {
             let ns = &e.namespace;
             put("event", json!("namespace"));
@@ -308,6 +315,7 @@ pub fn event_text(event: &Event, clock: WallClock) -> String {
             (e.ts_ns, ns.netns, format!("NETNS     {}  {settings}{state}", ns.name))
         }
         Event::Skipped(e) => (e.ts_ns, 0, format!("COUNTERS  {SKIPPED_RUNS} {:+}", e.new)),
+        Event::Mark(e) => (e.ts_ns, 0, format!("MARK      {:?}  ({})", e.text, e.author())),
         Event::PortSearch(e) => {
             let op = if e.op == SearchOp::Connect { "connect()" } else { "bind()" };
             let addr = e.remote.or(e.local).map(|a| a.to_string()).unwrap_or_else(|| "?".into());

@@ -20,6 +20,7 @@
 //! | 9   | socket     | (initial picture only, format 1) flow, state u8, expires_ms |
 //! | 10  | namespace  | ts, netns, name, bits u8 (1 live, 2 settings), [lo, hi, 4 × optional number] |
 //! | 11  | socket     | (initial picture only, format 2) netns, flow, state u8, expires_ms |
+//! | 12  | mark       | (format 3) ts, unix_ns, optional uid, optional pid, text (length, UTF-8) |
 //! | 0x80.. | definitions | IPv4 (4 bytes), IPv6 (16), process (pid, tid, cgroup, comm), name, netns, sk (u64) |
 //!
 //! A flow is (local address ref, local port u16, remote address ref, remote port u16), with
@@ -35,9 +36,9 @@ use std::{
 use crate::{
     event::ExistingSocket,
     event::{
-        DeathReason, DropEvent, Event, LostEvent, NamespaceDescription, NamespaceEvent, NetstatEvent, PortSearchEvent,
-        Process, SearchOp, SkippedEvent, SocketFlow, StateEvent, Sysctls, TimeWaitChange, TimeWaitEvent,
-        TimeWaitSubstate,
+        DeathReason, DropEvent, Event, LostEvent, MarkEvent, NamespaceDescription, NamespaceEvent, NetstatEvent,
+        PortSearchEvent, Process, SearchOp, SkippedEvent, SocketFlow, StateEvent, Sysctls, TimeWaitChange,
+        TimeWaitEvent, TimeWaitSubstate,
     },
 };
 
@@ -52,6 +53,7 @@ const LOST: u8 = 8;
 const SOCKET: u8 = 9;
 const NAMESPACE: u8 = 10;
 const SOCKET_NS: u8 = 11;
+const MARK: u8 = 12;
 const DEF_IPV4: u8 = 0x80;
 const DEF_IPV6: u8 = 0x81;
 const DEF_PROCESS: u8 = 0x82;
@@ -288,6 +290,16 @@ impl ChunkEncoder {
                         put_varint(&mut self.buf, v.map_or(0, |v| v.saturating_add(1)));
                     }
                 }
+            }
+            Event::Mark(e) => {
+                self.tag_and_ts(MARK, ts);
+                put_varint(&mut self.buf, e.unix_ns);
+                put_varint(&mut self.buf, e.uid.map_or(0, |v| u64::from(v) + 1));
+                put_varint(&mut self.buf, e.pid.map_or(0, |v| u64::from(v) + 1));
+                // Bounded and whole characters whatever the caller built (marks are rare).
+                let text = MarkEvent::sanitize(&e.text).unwrap_or_default();
+                put_varint(&mut self.buf, text.len() as u64);
+                self.buf.extend_from_slice(text.as_bytes());
             }
             Event::Lost(e) => {
                 self.tag_and_ts(LOST, ts);
@@ -687,6 +699,18 @@ impl ChunkDecoder<'_> {
                     ts_ns,
                     namespace: NamespaceDescription { netns, name, sysctls, live },
                 })
+            }
+            MARK => {
+                let ts_ns = self.ts()?;
+                let unix_ns = self.varint()?;
+                let mut optional = || -> Res<Option<u32>> {
+                    let v = self.varint()?.checked_sub(1);
+                    v.map(|v| u32::try_from(v).map_err(|_| "id out of range".into())).transpose()
+                };
+                let (uid, pid) = (optional()?, optional()?);
+                // Sanitised again: a file may come from anywhere, and reports print the text.
+                let text = MarkEvent::sanitize(&self.short_string()?).unwrap_or_else(|| "?".into());
+                Event::Mark(MarkEvent { ts_ns, unix_ns, uid, pid, text })
             }
             other => return Err(format!("unknown record tag {other:#04x}")),
         };

@@ -56,7 +56,13 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 fn every_10s() -> Policy {
-    Policy { segment_time: Duration::from_secs(10), segment_bytes: 1 << 30, keep_age: None, keep_bytes: None }
+    Policy {
+        segment_time: Duration::from_secs(10),
+        segment_bytes: 1 << 30,
+        keep_age: None,
+        keep_bytes: None,
+        keep_windows: 0,
+    }
 }
 
 /// One run: a birth every second from `from` s for `seconds` s (monotonic), ticking after
@@ -292,4 +298,43 @@ fn stitching_survives_every_cut_and_flip() {
         assert!(read(&flipped) <= 50 + 4, "at {at}");
         flipped[at] ^= 0x5a;
     }
+}
+
+#[test]
+fn a_mark_sent_to_the_running_recorder_is_in_the_stream_in_order_and_acknowledged() {
+    let dir = temp_dir("mark");
+    let clock = WallClock { realtime_ns: REALTIME_AT_1000, monotonic_ns: 1000 * S };
+    let mut recorder = FlightRecorder::start(&dir, every_10s(), &info(clock, 1000 * S, Vec::new())).unwrap();
+    recorder.event(&birth(1000 * S + 1, 1));
+    let client = {
+        let dir = dir.clone();
+        std::thread::spawn(move || crate::record::control::send_mark(&dir, "deploy v2"))
+    };
+    // Batches go on (each a tick) until the client is answered: the mark is stamped with the
+    // tick that took it.
+    let mut second = 1001;
+    while !client.is_finished() {
+        recorder.tick(second * S, RunTotals::default());
+        recorder.event(&birth(second * S + 1, second));
+        second += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let at = client.join().unwrap().expect("the recorder confirms the mark");
+    recorder.finish(second * S, RunTotals::default());
+    let (_, events) = read_all(&dir, Window::default());
+    let marks: Vec<(usize, &crate::event::MarkEvent)> = events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| if let Event::Mark(m) = e { Some((i, m)) } else { None })
+        .collect();
+    assert_eq!(marks.len(), 1, "{events:?}");
+    let (i, mark) = marks[0];
+    assert_eq!(mark.text, "deploy v2");
+    assert_eq!(crate::time::WallTime::from_unix_ns(mark.unix_ns).rfc3339(), at);
+    assert_eq!(clock.to_unix_ns(mark.ts_ns), mark.unix_ns, "on the stream's clock");
+    // After every event of the batches before it, before every one after.
+    assert!(events[..i].iter().all(|e| e.ts_ns() < mark.ts_ns));
+    assert!(events[i + 1..].iter().all(|e| e.ts_ns() > mark.ts_ns));
+    assert!(!dir.join(crate::record::control::SOCKET_NAME).exists(), "the socket went with the recorder");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -18,7 +18,9 @@
 //! chunk marker and carries on.
 
 pub mod codec;
+pub mod control;
 pub mod directory;
+pub mod kept;
 mod reader;
 pub mod segments;
 #[cfg(test)]
@@ -44,10 +46,13 @@ use crate::{event::Event, probes::DecodeStats, source_info::SourceInfo};
 
 pub const FILE_MAGIC: &[u8; 8] = b"TWTRACE\0";
 pub const CHUNK_MAGIC: &[u8; 4] = b"TWCK";
-/// Version 2: namespace records, and sockets with their namespace (2026-11-27). Version 1
-/// files read as before (their sockets in namespace 0, their one namespace described by the
-/// header). A reader refuses newer versions rather than misreading them.
-pub const FORMAT_VERSION: u16 = 2;
+/// Version 2: namespace records, and sockets with their namespace (2026-11-27). Version 3:
+/// mark records (`twtrace mark`). Versions 1 and 2 read as before (version 1: sockets in
+/// namespace 0, its one namespace described by the header). A reader refuses newer versions
+/// rather than misreading them: a version-2 reader meeting a mark record would call its chunk
+/// damaged and drop the chunk's events, so every file is written as version 3, marks or not,
+/// and an older twtrace says "upgrade twtrace" instead.
+pub const FORMAT_VERSION: u16 = 3;
 pub const FILE_HEADER_LEN: usize = 20;
 pub const CHUNK_HEADER_LEN: usize = 36;
 /// Limits a reader enforces, so damaged lengths cannot make it allocate without bound. The

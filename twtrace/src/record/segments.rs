@@ -18,7 +18,11 @@
 //!   ones would need the sockets as they are at rotation, which the stream does not carry.
 //! - Retention runs before a segment is opened and deletes closed segments only, so the
 //!   directory holds at most `keep_bytes` of closed segments plus the one being written: it
-//!   exceeds the bound by one segment at most.
+//!   exceeds the bound by one segment at most, and by the two a kept-window analysis still
+//!   needs while it runs ([`super::kept`]; `DIR/kept/` has its own bound).
+//! - Marks (`twtrace mark`, over [`super::control`]) enter the stream at the batch they
+//!   arrive in, as events of their own, on the stream's clock; each is acknowledged only once
+//!   written and its chunk sealed, and refused while recording is stopped.
 //! - A write error (a full disk above all) never ends the run: the segment is cut back to its
 //!   last whole chunk, one log line says why, the error is counted, and a new segment is tried
 //!   every [`RETRY`] until one opens.
@@ -30,9 +34,13 @@ use std::{
     time::Duration,
 };
 
-use super::{RecordError, Recorder, Trailer};
+use super::{
+    RecordError, Recorder, Trailer,
+    control::Control,
+    kept::{Analyst, Keeper},
+};
 use crate::{
-    event::{Event, NamespaceDescription},
+    event::{Event, MarkEvent, NamespaceDescription},
     probes::DecodeStats,
     source_info::{SegmentMark, SourceInfo},
     time::{TimeSpec, WallTime},
@@ -60,6 +68,8 @@ pub struct Policy {
     pub keep_age: Option<Duration>,
     /// Closed segments are deleted, oldest first, until they total at most this.
     pub keep_bytes: Option<u64>,
+    /// Windows around incidents kept past retention, at most (0: none; see [`super::kept`]).
+    pub keep_windows: usize,
 }
 
 impl Default for Policy {
@@ -69,6 +79,7 @@ impl Default for Policy {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             keep_age: Some(DEFAULT_KEEP_AGE),
             keep_bytes: Some(DEFAULT_KEEP_BYTES),
+            keep_windows: super::kept::DEFAULT_KEEP_WINDOWS,
         }
     }
 }
@@ -215,6 +226,7 @@ pub struct RunTotals {
 struct Open {
     recorder: Recorder,
     path: PathBuf,
+    seq: u64,
     opened_ns: u64,
 }
 
@@ -237,6 +249,10 @@ pub struct FlightRecorder {
     stopped_ns: Option<u64>,
     now_ns: u64,
     stats: RecorderStats,
+    /// Where marks come from; `None` if another recorder listens on this directory.
+    control: Option<Control>,
+    /// Keeps windows around incidents (after [`Self::keep_windows`]).
+    keeper: Option<Keeper>,
 }
 
 impl FlightRecorder {
@@ -250,6 +266,14 @@ impl FlightRecorder {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         }
         let existing = list(dir)?;
+        // Without the socket the recording is still worth having: say so, and go on.
+        let control = Control::bind(dir).unwrap_or_else(|e| {
+            log::warn!("marks cannot reach this recorder ({}): {e}", dir.display());
+            None
+        });
+        if control.is_none() {
+            log::warn!("another twtrace listens for marks on {}: marks go to it", dir.display());
+        }
         let next_seq = existing.last().map_or(0, |s| s.name.seq + 1);
         let run = info.clock.to_unix_ns(info.started_ns) ^ u64::from(std::process::id());
         let mut recorder = Self {
@@ -265,6 +289,8 @@ impl FlightRecorder {
             stopped_ns: None,
             now_ns: info.started_ns,
             stats: RecorderStats::default(),
+            control,
+            keeper: None,
         };
         recorder.open_next(info.started_ns);
         Ok(recorder)
@@ -272,6 +298,15 @@ impl FlightRecorder {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Keeps the segments around incidents, as `analyst` finds them, in `DIR/kept/` (up to
+    /// the policy's `keep_windows`; none if 0).
+    pub fn keep_windows(&mut self, analyst: std::sync::Arc<dyn Analyst>) -> Result<(), RecordError> {
+        if self.policy.keep_windows > 0 {
+            self.keeper = Some(Keeper::new(&self.dir, self.policy.keep_windows, analyst)?);
+        }
+        Ok(())
     }
 
     pub fn stats(&self) -> RecorderStats {
@@ -305,6 +340,10 @@ impl FlightRecorder {
     /// After every batch, with the stream's present: seals chunks, rotates, retries.
     pub fn tick(&mut self, now_ns: u64, totals: RunTotals) {
         self.now_ns = now_ns;
+        self.take_marks(now_ns);
+        if let Some(keeper) = &mut self.keeper {
+            keeper.poll();
+        }
         if let Some(open) = &mut self.open {
             if let Err(e) = open.recorder.tick() {
                 self.fail(&e);
@@ -320,9 +359,46 @@ impl FlightRecorder {
         }
     }
 
+    /// Writes the marks waiting on the control socket, stamped `now_ns` (after the batch just
+    /// written), and answers each client.
+    fn take_marks(&mut self, now_ns: u64) {
+        let Some(control) = &mut self.control else { return };
+        let requests = control.poll();
+        for request in requests {
+            let outcome = self.mark(now_ns, &request.text, request.uid, request.pid);
+            request.answer(outcome);
+        }
+    }
+
+    /// One mark into the stream; `Ok(time)` once its chunk is sealed (on disk within the
+    /// writer's next sync), `Err(why)` if it is not recorded.
+    fn mark(&mut self, now_ns: u64, text: &str, uid: Option<u32>, pid: Option<u32>) -> Result<String, String> {
+        let text = MarkEvent::sanitize(text).ok_or("empty mark")?;
+        if self.open.is_none() {
+            return Err(format!("recording to {} is stopped by a write error: not recorded", self.dir.display()));
+        }
+        // The stream's own clock mapping: the mark sits where the events around it sit.
+        let unix_ns = self.info.clock.to_unix_ns(now_ns);
+        let mark = Event::Mark(MarkEvent { ts_ns: now_ns, unix_ns, uid, pid, text });
+        self.event(&mark);
+        let sealed = self.open.as_mut().map(|o| o.recorder.seal_now());
+        match sealed {
+            Some(Ok(())) => Ok(crate::time::WallTime::from_unix_ns(unix_ns).rfc3339()),
+            Some(Err(e)) => {
+                self.fail(&e);
+                Err(format!("writing failed: {e}"))
+            }
+            None => Err("writing failed: recording stopped".into()),
+        }
+    }
+
     /// Ends the open segment with its end chunk.
     pub fn finish(mut self, now_ns: u64, totals: RunTotals) -> RecorderStats {
         self.close(now_ns, totals);
+        // Waits for the last analyses and reports: the windows are whole when the run ends.
+        if let Some(keeper) = self.keeper.take() {
+            keeper.finish();
+        }
         self.stats.bytes = list(&self.dir).map_or(self.stats.bytes, |l| l.iter().map(|s| s.bytes).sum());
         self.stats()
     }
@@ -331,8 +407,13 @@ impl FlightRecorder {
         let Some(open) = self.open.take() else { return };
         let trailer =
             Trailer { events: open.recorder.events(), lost: totals.lost, ended_ns: now_ns, decoder: totals.decoder };
-        if let Err(e) = open.recorder.finish(&trailer) {
-            self.fail(&e);
+        match open.recorder.finish(&trailer) {
+            Ok(_) => {
+                if let Some(keeper) = &mut self.keeper {
+                    keeper.closed(open.seq, &open.path);
+                }
+            }
+            Err(e) => self.fail(&e),
         }
         // The end chunk is synced; the entry's name was synced when the segment was opened.
         log::debug!("closed {}", open.path.display());
@@ -363,7 +444,7 @@ impl FlightRecorder {
                         self.stats.events_not_recorded
                     );
                 }
-                self.open = Some(Open { recorder, path, opened_ns: now_ns });
+                self.open = Some(Open { recorder, path, seq, opened_ns: now_ns });
                 self.part += 1;
                 self.stats.segments_opened += 1;
                 self.retry_ns = None;
@@ -391,7 +472,9 @@ impl FlightRecorder {
     fn retain(&mut self, now_ns: u64) {
         let Ok(segments) = list(&self.dir) else { return };
         let open = self.open.as_ref().map(|o| o.path.clone());
-        let closed: Vec<OnDisk> = segments.into_iter().filter(|s| Some(&s.path) != open.as_ref()).collect();
+        let protected = self.keeper.as_ref().and_then(Keeper::protected_from).unwrap_or(u64::MAX);
+        let closed: Vec<OnDisk> =
+            segments.into_iter().filter(|s| Some(&s.path) != open.as_ref() && s.name.seq < protected).collect();
         let now_unix = self.info.clock.to_unix_ns(now_ns);
         for i in expired(&closed, now_unix, &self.policy) {
             match std::fs::remove_file(&closed[i].path) {

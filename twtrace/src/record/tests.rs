@@ -152,6 +152,13 @@ fn every_kind(base: u64) -> Vec<Event> {
                 live: true,
             },
         }),
+        Event::Mark(crate::event::MarkEvent {
+            ts_ns: base + 19,
+            unix_ns: 1_795_000_000_123_456_789,
+            uid: Some(0),
+            pid: None,
+            text: "deploy v2 → canary ✓".into(),
+        }),
         Event::Namespace(NamespaceEvent {
             ts_ns: base + 18,
             namespace: NamespaceDescription {
@@ -338,11 +345,15 @@ fn header_problems_are_named() {
     assert_eq!(error(&[]), "empty file (0 bytes): nothing was recorded");
     assert!(error(b"GIF89a\x01\x00 and more bytes here").starts_with("not a twtrace recording"));
     let mut future = bytes.clone();
-    future[8] = 3;
+    future[8] = 4;
     assert_eq!(
         error(&future),
-        "recording format version 3 is newer than this twtrace reads (up to 2): upgrade twtrace"
+        "recording format version 4 is newer than this twtrace reads (up to 3): upgrade twtrace"
     );
+    // A version-2 file (before marks) is the same but for marks: it reads as it did.
+    let mut before_marks = bytes.clone();
+    before_marks[8] = 2;
+    assert_eq!(read(&before_marks).unwrap().1, read(&bytes).unwrap().1);
     let mut flipped = bytes.clone();
     flipped[FILE_HEADER_LEN + 3] ^= 1;
     assert!(error(&flipped).contains("header is damaged (checksum mismatch)"), "{}", error(&flipped));
@@ -411,6 +422,7 @@ fn write_fuzz_seeds() {
         segment_bytes: 1 << 30,
         keep_age: None,
         keep_bytes: None,
+        keep_windows: 0,
     };
     for run in 0..2u64 {
         let mut info = info();

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::{
-    Report,
+    MarkSummary, Report,
     text::{ms_text, us_text},
 };
 use crate::time::WallTime;
@@ -49,7 +49,8 @@ fn short(v: f64) -> String {
 }
 
 /// A line chart over the timeline's times. `y_max`: a fixed top (percentages), otherwise the
-/// data's maximum. `mark`: a dashed horizontal line with its label (a limit).
+/// data's maximum. `mark`: a dashed horizontal line with its label (a limit). `marks`: the
+/// recording's marks, each a dotted vertical line with its number (as in the list of marks).
 fn line_chart(
     id: &str,
     title: &str,
@@ -57,6 +58,7 @@ fn line_chart(
     series: &[Series],
     y_max: Option<f64>,
     mark: Option<(f64, &str)>,
+    marks: &[MarkSummary],
 ) -> String {
     const W: f64 = 900.0;
     const H: f64 = 260.0;
@@ -118,6 +120,22 @@ fn line_chart(
                 esc(label)
             );
         }
+    }
+    for (i, m) in marks.iter().enumerate() {
+        let at = m.at.unix_secs();
+        // A mark outside the drawn span (before the first point) is pinned to its edge.
+        let xx = x(at.clamp(t0, t0 + span));
+        let _ = write!(
+            svg,
+            r##"<g class="mark"><title>{} {} ({})</title><line x1="{xx:.1}" x2="{xx:.1}" y1="{T}" y2="{}" stroke="#7a2" stroke-dasharray="2 3"/><text x="{:.1}" y="{}" class="axis">{}</text></g>"##,
+            esc(&m.at.time_of_day()),
+            esc(&m.text),
+            esc(&m.author()),
+            H - B,
+            xx + 3.0,
+            T + 10.0,
+            i + 1
+        );
     }
     if series.is_empty() || t.is_empty() {
         let _ = write!(
@@ -221,7 +239,18 @@ li{{margin:4px 0}} figure{{margin:8px 0}}
     for f in &r.findings {
         let _ = write!(h, "<li>{}</li>", esc(f));
     }
-    h.push_str("</ul>\n<h2>TIME_WAIT</h2>\n");
+    h.push_str("</ul>\n");
+    if !r.marks.is_empty() {
+        h.push_str("<h2>Marks</h2>\n");
+        let rows: Vec<Vec<String>> = r
+            .marks
+            .iter()
+            .enumerate()
+            .map(|(i, m)| vec![(i + 1).to_string(), m.at.rfc3339(), m.text.clone(), m.author()])
+            .collect();
+        h.push_str(&table(&["mark", "at", "text", "by"], &rows));
+    }
+    h.push_str("<h2>TIME_WAIT</h2>\n");
     let tw = &r.timewait;
     let limit = tw.max_buckets.map(|m| (m as f64, "tcp_max_tw_buckets"));
     h.push_str(&line_chart(
@@ -231,6 +260,7 @@ li{{margin:4px 0}} figure{{margin:8px 0}}
         &[Series { name: "TIME_WAIT sockets", values: &tl.timewait_live }],
         None,
         limit,
+        &r.marks,
     ));
     h.push_str(&line_chart(
         "chart-churn",
@@ -239,6 +269,7 @@ li{{margin:4px 0}} figure{{margin:8px 0}}
         &[Series { name: "births/s", values: &tl.births_per_s }, Series { name: "deaths/s", values: &tl.deaths_per_s }],
         None,
         None,
+        &r.marks,
     ));
     h.push_str(&table(
         &["peak", "peak at", "at start", "at end", "born", "expired", "killed", "lifetime p50", "p99", "max"],
@@ -275,6 +306,7 @@ li{{margin:4px 0}} figure{{margin:8px 0}}
         &percent_series,
         Some(100.0),
         None,
+        &r.marks,
     ));
     h.push_str(&line_chart(
         "chart-failures",
@@ -283,6 +315,7 @@ li{{margin:4px 0}} figure{{margin:8px 0}}
         &[Series { name: "failures/s", values: &tl.connect_failures_per_s }],
         None,
         None,
+        &r.marks,
     ));
     let rows: Vec<Vec<String>> = r
         .destinations
@@ -335,6 +368,7 @@ li{{margin:4px 0}} figure{{margin:8px 0}}
         &[Series { name: "drops/s", values: &tl.drops_per_s }],
         None,
         None,
+        &r.marks,
     ));
     let rows: Vec<Vec<String>> = r.paws.by_reason.iter().map(|(k, v)| vec![k.clone(), v.to_string()]).collect();
     h.push_str(&table(&["reason", "drops"], &rows));

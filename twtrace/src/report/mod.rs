@@ -43,6 +43,26 @@ pub struct Report {
     pub namespaces: Vec<NamespaceView>,
     pub paws: PawsSummary,
     pub timeline: Timeline,
+    /// The marks made while recording (`twtrace mark`), in stream order.
+    pub marks: Vec<MarkSummary>,
+}
+
+/// A mark as the report shows it: on every chart and in its own list.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MarkSummary {
+    pub at: WallTime,
+    pub text: String,
+    pub uid: Option<u32>,
+    pub pid: Option<u32>,
+}
+
+impl MarkSummary {
+    /// "uid 0 pid 4242", or what is known of it.
+    pub fn author(&self) -> String {
+        let uid = self.uid.map_or("uid ?".into(), |u| format!("uid {u}"));
+        let pid = self.pid.map_or(String::new(), |p| format!(" pid {p}"));
+        format!("{uid}{pid}")
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -158,6 +178,7 @@ pub struct ReportBuilder {
     peak_snapshot: Option<Snapshot>,
     last_ts: u64,
     events: u64,
+    marks: Vec<MarkSummary>,
 }
 
 impl ReportBuilder {
@@ -172,6 +193,7 @@ impl ReportBuilder {
             peak_snapshot: None,
             last_ts: started_ns,
             events: 0,
+            marks: Vec::new(),
         }
     }
 
@@ -185,6 +207,14 @@ impl ReportBuilder {
             self.events += 1;
         }
         self.last_ts = self.last_ts.max(ts);
+        if let Event::Mark(m) = event {
+            self.marks.push(MarkSummary {
+                at: WallTime::from_unix_ns(m.unix_ns),
+                text: m.text.clone(),
+                uid: m.uid,
+                pid: m.pid,
+            });
+        }
         self.aggregator.apply(event);
     }
 
@@ -220,7 +250,9 @@ impl ReportBuilder {
             damage,
             ..summary(file, info, health, ended_ns, self.events, &self.aggregator)
         };
-        assemble(recording, info, &self.samples, self.peak_snapshot, &end, &self.aggregator)
+        let mut report = assemble(recording, info, &self.samples, self.peak_snapshot, &end, &self.aggregator);
+        report.marks = self.marks;
+        report
     }
 }
 
@@ -386,6 +418,7 @@ fn assemble(
         namespaces: end.namespaces.clone(),
         paws,
         timeline,
+        marks: Vec::new(),
     }
 }
 

@@ -1,6 +1,6 @@
 //! The report as text: findings first, then TIME_WAIT, port space and PAWS, with sparklines.
 
-use super::Report;
+use super::{MarkSummary, Report};
 
 /// A line of block characters for a series (the text report's timelines).
 fn sparkline(values: &[f64], width: usize) -> String {
@@ -12,6 +12,25 @@ fn sparkline(values: &[f64], width: usize) -> String {
     let points: Vec<f64> = values.chunks(per).map(|c| c.iter().copied().fold(0.0, f64::max)).collect();
     let max = points.iter().copied().fold(0.0, f64::max);
     points.iter().map(|v| if max <= 0.0 { BLOCKS[0] } else { BLOCKS[((v / max) * 7.0).round() as usize] }).collect()
+}
+
+/// The marks' numbers under a [`sparkline`] of the same `width` over `t` (Unix seconds of
+/// each point): mark 1 under the column its time falls in, and so on (`*` past 9, or where
+/// two share a column).
+fn mark_ruler(t: &[f64], marks: &[MarkSummary], width: usize) -> String {
+    if t.is_empty() {
+        return String::new();
+    }
+    let per = t.len().div_ceil(width).max(1);
+    let columns = t.len().div_ceil(per);
+    let mut ruler = vec![' '; columns];
+    for (i, m) in marks.iter().enumerate() {
+        // The first point at or after the mark: the sample that already includes it.
+        let point = t.partition_point(|&ti| ti < m.at.unix_secs()).min(t.len() - 1);
+        let column = &mut ruler[point / per];
+        *column = if *column == ' ' && i < 9 { char::from(b'1' + i as u8) } else { '*' };
+    }
+    ruler.into_iter().collect::<String>().trim_end().to_owned()
 }
 
 pub(super) fn ms_text(v: Option<f64>) -> String {
@@ -68,6 +87,13 @@ pub fn text(r: &Report) -> String {
         line(format!("  - {f}"));
     }
     line(String::new());
+    if !r.marks.is_empty() {
+        line("Marks".into());
+        for (i, m) in r.marks.iter().enumerate() {
+            line(format!("  {}  {}  {:?}  ({})", i + 1, m.at.time_of_day(), m.text, m.author()));
+        }
+        line(String::new());
+    }
     let tw = &r.timewait;
     line(format!(
         "TIME_WAIT  peak {}{} at {}  start {} end {}  born {} expired {} killed {}  lifetime p50 {} p99 {} max {}",
@@ -84,6 +110,9 @@ pub fn text(r: &Report) -> String {
         ms_text(tw.lifetime_max_ms)
     ));
     line(format!("  population  {}", sparkline(&r.timeline.timewait_live, 60)));
+    if !r.marks.is_empty() {
+        line(format!("  marks       {}", mark_ruler(&r.timeline.t, &r.marks, 60)));
+    }
     for g in tw.by_remote_at_peak.iter().take(5) {
         line(format!("  at peak toward {} x{}", g.key, g.count));
     }
@@ -138,4 +167,27 @@ pub fn text(r: &Report) -> String {
         line(format!("  counters {}", c.join(", ")));
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::WallTime;
+
+    fn mark(unix_s: f64) -> MarkSummary {
+        MarkSummary { at: WallTime::from_unix_secs(unix_s), text: "m".into(), uid: Some(0), pid: None }
+    }
+
+    #[test]
+    fn marks_sit_under_the_sparkline_column_of_their_time() {
+        let t: Vec<f64> = (0..10).map(|i| 100.0 + f64::from(i)).collect();
+        // One point per column: the mark at 103.5 belongs to the sample at 104.
+        assert_eq!(mark_ruler(&t, &[mark(100.0), mark(103.5)], 60), "1   2");
+        // Two points per column (20 points, width 10); two marks in one column show as `*`.
+        let t: Vec<f64> = (0..20).map(|i| 100.0 + f64::from(i)).collect();
+        assert_eq!(mark_ruler(&t, &[mark(101.0), mark(101.0), mark(119.0)], 10), "*        3");
+        // Beyond the last point: the last column.
+        assert_eq!(mark_ruler(&t, &[mark(500.0)], 10), "         1");
+        assert_eq!(mark_ruler(&[], &[mark(1.0)], 10), "");
+    }
 }

@@ -109,6 +109,13 @@ fn draw_header(frame: &mut Frame, area: Rect, snap: &Snapshot, h: &Header, ui: &
     if !ui.filter_text.is_empty() {
         second.push(Span::raw(format!("  [{}]", ui.filter_text)));
     }
+    // The latest mark: what changed (a deploy) beside the figures it may explain.
+    if let Some(m) = &snap.last_mark {
+        second.push(Span::styled(
+            format!("  MARK {} {:?} ({} ago)", m.at.time_of_day(), m.text, duration(Some(m.ago_s))),
+            bold(),
+        ));
+    }
     frame.render_widget(Paragraph::new(vec![first, Line::from(second)]), area);
 }
 

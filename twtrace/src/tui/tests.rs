@@ -309,3 +309,18 @@ fn findings_pane_at_120x36() {
     assert!(pane.contains("peaked at 100% (100 of 100 ports)"), "{pane}");
     assert!(!pane.contains("Reuse connections"), "headlines only, the advice is doctor's:\n{pane}");
 }
+
+#[test]
+fn the_latest_mark_shows_in_the_header() {
+    let mut agg = Aggregator::new(Settings { port_range: (32_768, 60_999), max_tw_buckets: None, top: 5 });
+    agg.apply(&Event::Mark(crate::event::MarkEvent {
+        ts_ns: 100 * S,
+        unix_ns: 1_795_385_599 * S,
+        uid: Some(0),
+        pid: Some(4242),
+        text: "deploy v2".into(),
+    }));
+    agg.advance(130 * S);
+    let frame = render_snapshot(&agg.snapshot(130 * S), 120, 36, &UiState::default());
+    assert!(frame.contains("MARK 22:13:19 \"deploy v2\" (30s ago)"), "{frame}");
+}

@@ -31,6 +31,11 @@ fn curl() -> Option<Process> {
 /// A client with a ten-port range: nine ports held by TIME_WAIT sockets at start, three
 /// failed connects, one socket living its 60 s, and PAWS drops from one NATed address.
 fn incident(name: &str, finish: bool) -> std::path::PathBuf {
+    incident_with(name, finish, Vec::new())
+}
+
+/// [`incident`] with `extra` events besides.
+fn incident_with(name: &str, finish: bool, extra: Vec<Event>) -> std::path::PathBuf {
     let info = SourceInfo {
         host: "web-7".into(),
         kernel: "6.12.117".into(),
@@ -61,7 +66,7 @@ fn incident(name: &str, finish: bool) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("twtrace-report-{}-{name}.twr", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let mut rec = Recorder::create(&path, &info, false).unwrap();
-    let mut events = Vec::new();
+    let mut events = extra;
     for i in 0..3 {
         events.push(Event::PortSearch(PortSearchEvent {
             ts_ns: START + (2 + i) * S,
@@ -178,5 +183,41 @@ fn the_page_is_self_contained_and_escapes_names() {
     for outside in ["http://", "https://", "<script", "<link", "@import", "url("] {
         assert!(!page.contains(outside), "the page must not fetch anything ({outside})");
     }
+    std::fs::remove_file(&path).unwrap();
+}
+
+fn mark(at_s: u64, text: &str) -> Event {
+    Event::Mark(crate::event::MarkEvent {
+        ts_ns: START + at_s * S,
+        unix_ns: 1_795_000_000 * S + at_s * S,
+        uid: Some(0),
+        pid: Some(77),
+        text: text.into(),
+    })
+}
+
+#[test]
+fn marks_are_listed_at_their_time_and_drawn_on_every_timeline() {
+    let path = incident_with("marks", true, vec![mark(20, "deploy <v2>"), mark(45, "rollback")]);
+    let r = build(&path, 10).unwrap();
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(
+        json["marks"],
+        serde_json::json!([
+            {"at": "2026-11-18T11:07:00.000000Z", "text": "deploy <v2>", "uid": 0, "pid": 77},
+            {"at": "2026-11-18T11:07:25.000000Z", "text": "rollback", "uid": 0, "pid": 77},
+        ])
+    );
+    // Marks are events of the stream, counted like the others.
+    assert_eq!(r.recording.events, 11);
+    let text = text(&r);
+    assert!(text.contains("  1  11:07:00  \"deploy <v2>\"  (uid 0 pid 77)"), "{text}");
+    // 71 one-second points, two to a column of the 60-wide sparkline: mark 1 (20 s) in
+    // column 10, mark 2 (45 s) in column 22.
+    let ruler = text.lines().find(|l| l.starts_with("  marks ")).expect("a ruler under the population");
+    assert_eq!(ruler, format!("  marks       {}1{}2", " ".repeat(10), " ".repeat(11)));
+    let page = html(&r);
+    assert_eq!(page.matches("<g class=\"mark\">").count(), 2 * 5, "both marks on all five charts");
+    assert!(page.contains("<td>deploy &lt;v2&gt;</td>") && !page.contains("deploy <v2>"), "escaped");
     std::fs::remove_file(&path).unwrap();
 }

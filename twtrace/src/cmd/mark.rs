@@ -1,0 +1,28 @@
+//! `twtrace mark TEXT`: an annotation in the running flight recording ("deploy v2"), shown by
+//! `report` on every timeline and by `top --replay`. The transport and its guarantees are
+//! `crate::record::control`'s.
+
+use std::path::PathBuf;
+
+use crate::record::control;
+
+/// Where `record --rotate` and `serve --record-dir` are shown to write in the README.
+const DEFAULT_DIR: &str = "/var/lib/twtrace";
+
+#[derive(clap::Args)]
+pub struct MarkArgs {
+    /// The flight recorder's directory (`record --rotate DIR`, `serve --record-dir DIR`).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DIR)]
+    dir: PathBuf,
+    /// What happened, in a few words (one line, at most 200 bytes; the words are joined).
+    #[arg(required = true, num_args = 1.., value_name = "TEXT")]
+    text: Vec<String>,
+}
+
+/// Exits non-zero unless the recorder confirms the mark is in the stream.
+pub fn run(args: &MarkArgs) -> anyhow::Result<()> {
+    let text = args.text.join(" ");
+    let at = control::send_mark(&args.dir, &text)?;
+    eprintln!("twtrace: marked {} at {at}", args.dir.display());
+    Ok(())
+}
