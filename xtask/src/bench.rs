@@ -134,17 +134,20 @@ enum Tracer {
     TopHeadless,
     /// `twtrace serve`, scraped once a second as Prometheus would.
     Serve,
+    /// The same, also writing the flight recorder's segments (`--record-dir`).
+    ServeRecording,
     BpftracePrint,
     BpftraceAggregate,
 }
 
 impl Tracer {
-    const ALL: [Tracer; 7] = [
+    const ALL: [Tracer; 8] = [
         Tracer::Untraced,
         Tracer::RecordAll,
         Tracer::RecordTimeWaitDrops,
         Tracer::TopHeadless,
         Tracer::Serve,
+        Tracer::ServeRecording,
         Tracer::BpftracePrint,
         Tracer::BpftraceAggregate,
     ];
@@ -156,6 +159,7 @@ impl Tracer {
             Tracer::RecordTimeWaitDrops => "twtrace record, timewait+drops",
             Tracer::TopHeadless => "twtrace top (headless: stat)",
             Tracer::Serve => "twtrace serve, scraped every second",
+            Tracer::ServeRecording => "twtrace serve --record-dir, scraped",
             Tracer::BpftracePrint => "bpftrace, prints each event",
             Tracer::BpftraceAggregate => "bpftrace, aggregates in maps",
         }
@@ -393,6 +397,13 @@ fn measure(
         Tracer::Serve => {
             Some(start_twtrace(Command::new(twtrace).args(["serve", "--netns", NETNS, "--listen", SERVE_ADDR]))?)
         }
+        Tracer::ServeRecording => {
+            let dir = scratch.join("flight");
+            let _ = std::fs::remove_dir_all(&dir);
+            let mut cmd = Command::new(twtrace);
+            cmd.args(["serve", "--netns", NETNS, "--listen", SERVE_ADDR, "--record-dir"]).arg(&dir);
+            Some(start_twtrace(&mut cmd)?)
+        }
         Tracer::BpftracePrint | Tracer::BpftraceAggregate => {
             let (script, text) = if tracer == Tracer::BpftracePrint {
                 ("print.bt", BPFTRACE_PRINT)
@@ -436,7 +447,10 @@ fn measure(
     let cpu_before = pid.and_then(cpu_ticks);
     let bpf_before = pid.map_or(0, bpf_run_time_ns);
     let started = Instant::now();
-    let scraping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(tracer == Tracer::Serve));
+    let scraping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(matches!(
+        tracer,
+        Tracer::Serve | Tracer::ServeRecording
+    )));
     let scraper = scraping.clone();
     let scrapes = std::thread::spawn(move || {
         let mut ok = 0u64;
@@ -461,7 +475,7 @@ fn measure(
     let out = churn.output().context("running twtrace churn")?;
     scraping.store(false, std::sync::atomic::Ordering::Relaxed);
     let scraped = scrapes.join().unwrap_or(0);
-    if tracer == Tracer::Serve && scraped == 0 {
+    if matches!(tracer, Tracer::Serve | Tracer::ServeRecording) && scraped == 0 {
         bail!("no scrape of twtrace serve on {SERVE_ADDR} succeeded");
     }
     if !out.status.success() {
