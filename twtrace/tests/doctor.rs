@@ -34,17 +34,10 @@ fn parse(all: &[String], out: std::process::Output) -> (i32, Value) {
 }
 
 /// `twtrace doctor` live: `during` runs once it is watching (its probes loaded, which takes
-/// seconds in an emulated guest), then its report.
-fn doctor_during(args: &[&str], during: impl FnOnce()) -> (i32, Value) {
-    doctor_watching(args, during, false)
-}
-
-/// The same, stopped by Ctrl-C once `during` is done rather than by its `--duration`.
+/// seconds in an emulated guest), then doctor is stopped by Ctrl-C and reports. Not by a
+/// duration: in a slow guest `during` may start seconds after doctor does, and its last
+/// events would fall past a fixed end.
 fn doctor_while(args: &[&str], during: impl FnOnce()) -> (i32, Value) {
-    doctor_watching(args, during, true)
-}
-
-fn doctor_watching(args: &[&str], during: impl FnOnce(), interrupt: bool) -> (i32, Value) {
     use std::io::{BufRead, BufReader, Read};
     let all = doctor_args(args);
     let mut child = support::spawn(
@@ -60,10 +53,8 @@ fn doctor_watching(args: &[&str], during: impl FnOnce(), interrupt: bool) -> (i3
         assert!(stderr.read_line(&mut line).unwrap() > 0, "doctor did not start: {:?}", child.wait());
     }
     during();
-    if interrupt {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).unwrap();
     let out = child.wait_with_output().unwrap();
@@ -106,7 +97,7 @@ fn a_namespace_out_of_ports_is_named_with_the_clients_own_count() {
     let path = std::env::temp_dir().join(format!("twtrace-it-{}-doctor.twr", std::process::id()));
     let recording = support::Recording::start(&ns, &path);
     let mut summary = Value::Null;
-    let (status, live) = doctor_during(&["--duration", "8", "--netns", &ns.name], || summary = churn(&ns, "client", 3));
+    let (status, live) = doctor_while(&["--duration", "5m", "--netns", &ns.name], || summary = churn(&ns, "client", 3));
     recording.stop();
     let refused = summary["failures"]["EADDRNOTAVAIL"].as_u64().unwrap();
     assert!(refused > 0, "the range ran out: {summary}");
@@ -154,7 +145,7 @@ fn a_healthy_churn_needs_nothing_fixed() {
     let ns = Netns::new("dochealthy");
     let mut summary = Value::Null;
     let (status, report) =
-        doctor_during(&["--duration", "6", "--netns", &ns.name], || summary = churn(&ns, "server", 2));
+        doctor_while(&["--duration", "5m", "--netns", &ns.name], || summary = churn(&ns, "server", 2));
     assert!(summary["connections"].as_u64().unwrap() > 50, "{summary}");
     // Before 6.11 a drop seen before the socket lookup carries no namespace and passes every
     // --netns filter (README, known issues): other tests' crafted PAWS drops can show here.
@@ -167,6 +158,13 @@ fn a_healthy_churn_needs_nothing_fixed() {
         assert!(["info", "ok"].contains(&f["severity"].as_str().unwrap()), "only notes: {f:#}");
     }
     assert!(status == 0 || (drops_unlabelled && status == 1), "{status}: {report:#}");
+}
+
+/// Before 6.11 a drop seen before the socket lookup carries no namespace and passes every
+/// --netns filter (README, known issues): other tests' crafted PAWS drops can show in any
+/// scenario's report there.
+fn other_tests_drops_show() -> bool {
+    !kernel_at_least(6, 11)
 }
 
 fn kernel_at_least(major: u32, minor: u32) -> bool {
@@ -304,6 +302,7 @@ fn live_and_replayed(ns: &Netns, tag: &str, families: &[&str], during: impl FnOn
         kinds(r)
             .into_iter()
             .filter(|k| !["skipped_runs", "approximate_search", "time_wait_peak"].contains(&k.as_str()))
+            .filter(|k| !(other_tests_drops_show() && k.as_str() == "paws" && tag != "paws"))
             .collect()
     };
     assert_eq!(substantive(&replayed), substantive(&live), "{replayed:#}\n{live:#}");
@@ -314,7 +313,8 @@ fn live_and_replayed(ns: &Netns, tag: &str, families: &[&str], during: impl FnOn
 fn only_finding<'a>(report: &'a Value, kind: &str) -> &'a Value {
     for f in report["findings"].as_array().unwrap() {
         let blind_spot = ["loss", "skipped_runs"].contains(&f["kind"].as_str().unwrap());
-        if f["kind"] != kind && !blind_spot {
+        let others_drops = other_tests_drops_show() && f["kind"] == "paws";
+        if f["kind"] != kind && !blind_spot && !others_drops {
             assert!(["info", "ok"].contains(&f["severity"].as_str().unwrap()), "another finding: {f:#}");
         }
     }

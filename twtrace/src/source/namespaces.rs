@@ -111,8 +111,10 @@ impl NamespaceTracker {
             ids.rotate_left(start);
             self.counters_cursor += turn;
         }
-        for netns in ids.into_iter().take(turn) {
-            let now = match self.registry.netstat(NetnsId(netns)) {
+        let turn: Vec<NetnsId> = ids.into_iter().take(turn).map(NetnsId).collect();
+        for (id, read) in self.registry.netstat_each(&turn) {
+            let netns = id.0;
+            let now = match read {
                 Ok(now) => now,
                 Err(e) => {
                     log::debug!("counters of namespace {netns}: {e}");
