@@ -159,7 +159,7 @@ impl DirectoryReader {
 
     fn from_entries(entries: Vec<Entry>, window: Window) -> Result<Self, RecordError> {
         let Some(first) = entries.first() else { return Err(RecordError::Empty) };
-        let bounds = window.resolve(WallTime::from_unix_ns(first.name.start_unix_s * 1_000_000_000));
+        let bounds = window.resolve(WallTime::from_unix_ns(first.name.start_unix_s.saturating_mul(1_000_000_000)));
         let mut reader = Self {
             pending: entries.into(),
             current: None,
@@ -210,7 +210,7 @@ impl DirectoryReader {
 
     /// Intact chunks read so far, over every segment.
     pub fn chunks(&self) -> u64 {
-        self.chunks_before + self.current.as_ref().map_or(0, |c| c.reader.chunks())
+        self.chunks_before.saturating_add(self.current.as_ref().map_or(0, |c| c.reader.chunks()))
     }
 
     /// Segments opened so far.
@@ -254,7 +254,7 @@ impl DirectoryReader {
                 Event::TimeWait(e) => e.tw_id = e.tw_id.wrapping_add(current.tw_offset),
                 Event::Lost(e) => {
                     self.lost_in_run = self.lost_in_run.max(e.total);
-                    e.total += self.lost_before_run;
+                    e.total = e.total.saturating_add(self.lost_before_run);
                 }
                 Event::Namespace(e) => {
                     self.known.insert(e.namespace.netns, e.namespace.clone());
@@ -269,16 +269,16 @@ impl DirectoryReader {
         for d in c.reader.damage() {
             self.damage.push(Damage::InSegment { segment: c.label.clone(), damage: Box::new(d.clone()) });
         }
-        self.chunks_before += c.reader.chunks();
+        self.chunks_before = self.chunks_before.saturating_add(c.reader.chunks());
         let end_ns = c.reader.trailer().map_or(c.last_ts, |t| t.ended_ns.max(c.last_ts));
         let clock = c.reader.info.clock;
         self.prev = Some(Ended { seq: c.seq, run: c.run, end_unix_ns: clock.to_unix_ns(end_ns) });
         // On the stream's clock, like the events.
         // The events of every segment read so far, to compare with what was read.
-        self.events_declared += c.reader.trailer().map_or(0, |t| t.events);
+        self.events_declared = self.events_declared.saturating_add(c.reader.trailer().map_or(0, |t| t.events));
         self.trailer = c.reader.trailer().cloned().map(|mut t| {
             t.ended_ns = (t.ended_ns as i128 + c.delta_ns as i128).max(0) as u64;
-            t.lost += self.lost_before_run;
+            t.lost = t.lost.saturating_add(self.lost_before_run);
             t.events = self.events_declared;
             t
         });
@@ -291,10 +291,14 @@ impl DirectoryReader {
             // Every event of a segment comes before the next one's start: one that starts
             // (to the second, rounded down) at or before `since` makes this one unneeded.
             let before_window = self.bounds.since_unix_ns.is_some_and(|since| {
-                self.pending.front().is_some_and(|next| (next.name.start_unix_s + 1) * 1_000_000_000 <= since)
+                self.pending
+                    .front()
+                    .is_some_and(|next| next.name.start_unix_s.saturating_add(1).saturating_mul(1_000_000_000) <= since)
             });
-            let after_window =
-                self.bounds.until_unix_ns.is_some_and(|until| entry.name.start_unix_s * 1_000_000_000 > until);
+            let after_window = self
+                .bounds
+                .until_unix_ns
+                .is_some_and(|until| entry.name.start_unix_s.saturating_mul(1_000_000_000) > until);
             if before_window || (after_window && !first) {
                 continue;
             }
@@ -338,7 +342,7 @@ impl DirectoryReader {
                 // The picture at the segment's start is not the picture at the window's.
                 self.info.sockets.clear();
             }
-            if let Some(since) = self.bounds.since_unix_ns.filter(|s| s + GAP_TOLERANCE_NS < start_unix) {
+            if let Some(since) = self.bounds.since_unix_ns.filter(|s| s.saturating_add(GAP_TOLERANCE_NS) < start_unix) {
                 self.damage.push(Damage::Gap {
                     from_unix_ns: since,
                     to_unix_ns: start_unix,
@@ -346,11 +350,11 @@ impl DirectoryReader {
                 });
             }
         } else if let Some(prev) = &self.prev {
-            let cause = if seq > prev.seq + 1 {
+            let cause = if seq > prev.seq.saturating_add(1) {
                 Some(GapCause::Missing { first: prev.seq + 1, last: seq - 1 })
             } else if run.is_none() || run != prev.run {
                 Some(GapCause::Restarted)
-            } else if start_unix > prev.end_unix_ns + GAP_TOLERANCE_NS {
+            } else if start_unix > prev.end_unix_ns.saturating_add(GAP_TOLERANCE_NS) {
                 Some(GapCause::Stopped)
             } else {
                 None
@@ -361,7 +365,7 @@ impl DirectoryReader {
         }
         if !first && (run.is_none() || run != self.run) {
             self.runs += 1;
-            self.lost_before_run += self.lost_in_run;
+            self.lost_before_run = self.lost_before_run.saturating_add(self.lost_in_run);
             self.lost_in_run = 0;
         }
         self.run = run;

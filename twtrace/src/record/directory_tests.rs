@@ -338,3 +338,18 @@ fn a_mark_sent_to_the_running_recorder_is_in_the_stream_in_order_and_acknowledge
     assert!(!dir.join(crate::record::control::SOCKET_NAME).exists(), "the socket went with the recorder");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Inputs the fuzzer found (`cargo xtask fuzz --target read_directory`), read as the fuzz
+/// target reads them: no panic. The first: a lost-records total near `u64::MAX` in a later run
+/// overflowed when the earlier runs' losses were added to it.
+#[test]
+fn fuzzer_findings_read_without_panic() {
+    for input in [&include_bytes!("testdata/directory-lost-total-overflow.bin")[..]] {
+        let (window, segments) = fuzz_input::unpack(input);
+        let Ok(mut reader) = DirectoryReader::from_bytes(segments, window) else { continue };
+        while reader.next_events().is_some() {}
+        for damage in reader.damage() {
+            let _ = damage.to_string();
+        }
+    }
+}

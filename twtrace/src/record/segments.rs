@@ -114,7 +114,7 @@ pub struct SegmentName {
 
 impl SegmentName {
     pub fn file_name(&self) -> String {
-        let start = WallTime::from_unix_ns(self.start_unix_s * 1_000_000_000).to_second();
+        let start = WallTime::from_unix_ns(self.start_unix_s.saturating_mul(1_000_000_000)).to_second();
         let compact: String = start.chars().filter(|c| *c != '-' && *c != ':').collect();
         format!("{PREFIX}{compact}Z-{:06}{SUFFIX}", self.seq)
     }
@@ -522,7 +522,7 @@ mod tests {
             name: SegmentName { seq, start_unix_s: modified_s },
             path: PathBuf::from(format!("{seq}")),
             bytes,
-            modified_unix_ns: modified_s * 1_000_000_000,
+            modified_unix_ns: modified_s.saturating_mul(1_000_000_000),
         }
     }
 

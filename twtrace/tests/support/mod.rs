@@ -579,3 +579,14 @@ impl Recording {
         let _ = self.child.wait();
     }
 }
+
+/// A test that fails before `stop` must not leave a recorder tracing the machine (one ran for
+/// an hour after a failed doctor test, adding its programs to every later test's kernel).
+impl Drop for Recording {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
