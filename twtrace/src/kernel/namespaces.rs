@@ -488,10 +488,34 @@ impl NetnsRegistry {
         self.run_in(id, super::netstat::read_here)
     }
 
-    /// The counters of each namespace of `ids`, read on one thread that enters each in turn
-    /// (one thread a round, not one per namespace: hundreds are read every second). A
-    /// namespace whose way in went stale is read alone, as [`Self::netstat`] does.
+    /// The counters of each namespace of `ids` (see [`Self::read_each`]).
     pub fn netstat_each(&mut self, ids: &[NetnsId]) -> Vec<(NetnsId, Result<Counters, NetnsError>)> {
+        self.read_each(ids, super::netstat::read_here)
+    }
+
+    /// The settings of each namespace of `ids`, read now (see [`Self::read_each`]) and kept
+    /// as their descriptions', as [`Self::sysctls`] does.
+    pub fn sysctls_each(&mut self, ids: &[NetnsId]) -> Vec<(NetnsId, Result<Sysctls, NetnsError>)> {
+        let read = self.read_each(ids, sysctls_here);
+        for (id, result) in &read {
+            if let (Ok(sysctls), Some(entry)) = (result, self.entries.get_mut(id)) {
+                entry.sysctls = Some(sysctls.clone());
+                entry.sysctls_error = None;
+            }
+        }
+        read
+    }
+
+    /// `f` inside each namespace of `ids`, on one thread that enters each in turn: one thread
+    /// a round, not one per namespace (hundreds are read every second). Ways in gone stale (a
+    /// process exited, a mount removed) share one look over mounts and /proc, not one each: a
+    /// scan per vanished namespace, with hundreds coming and going, held the event loop for
+    /// seconds in a busy emulated guest.
+    fn read_each<T: Send + 'static>(
+        &mut self,
+        ids: &[NetnsId],
+        f: fn() -> std::io::Result<T>,
+    ) -> Vec<(NetnsId, Result<T, NetnsError>)> {
         let mut out = Vec::with_capacity(ids.len());
         let mut targets = Vec::with_capacity(ids.len());
         for id in ids {
@@ -501,11 +525,11 @@ impl NetnsRegistry {
             }
         }
         let order: Vec<NetnsId> = targets.iter().map(|(id, _)| *id).collect();
-        let results = read_in_each(targets, self.nsfs_dev, super::netstat::read_here);
+        let results = read_in_each(targets, self.nsfs_dev, f);
         let mut stale = Vec::new();
         for (id, result) in order.into_iter().zip(results) {
             match result {
-                Batch::Read(counters) => out.push((id, Ok(counters))),
+                Batch::Read(value) => out.push((id, Ok(value))),
                 Batch::Failed(source) => out.push((id, Err(NetnsError::Read { id, source }))),
                 Batch::Stale => stale.push(id),
             }
@@ -513,9 +537,6 @@ impl NetnsRegistry {
         if stale.is_empty() {
             return out;
         }
-        // Ways in gone stale (a process exited, a mount removed): one look over mounts and
-        // /proc for all of them, not one each. A scan per vanished namespace, hundreds read
-        // every second, stalled the event loop for seconds in a busy emulated guest.
         let mut seen = self.scan_mounts();
         let _ = self.scan_proc(None, &mut seen);
         let host = self.host_netns();
@@ -524,7 +545,7 @@ impl NetnsRegistry {
             match found {
                 Some(sighting) => {
                     self.update(id, sighting, host);
-                    out.push((id, self.run_in(id, super::netstat::read_here)));
+                    out.push((id, self.run_in(id, f)));
                 }
                 // Gone, or its inode now another namespace's (the refresh describes that one).
                 None => {
@@ -698,6 +719,11 @@ fn retire(entry: &mut NetnsInfo) {
         entry.state = NetnsState::Retired;
         entry.retired_at = Some(SystemTime::now());
     }
+}
+
+/// The settings of this thread's namespace (a reader thread that entered it).
+fn sysctls_here() -> std::io::Result<Sysctls> {
+    super::netns::sysctls(None)
 }
 
 /// The best way in: an `ip netns` mount, another mount, else the process's link.

@@ -245,8 +245,10 @@ impl NamespaceTracker {
             .take(MAX_COUNTER_READS)
             .collect();
         let mut out = Vec::new();
-        for netns in due {
-            let Ok(now) = self.registry.sysctls(NetnsId(netns)) else { continue };
+        let due: Vec<NetnsId> = due.into_iter().map(NetnsId).collect();
+        for (id, read) in self.registry.sysctls_each(&due) {
+            let netns = id.0;
+            let Ok(now) = read else { continue };
             let entry = self.settings.get_mut(&netns).expect("due ones are known");
             if entry.0.as_ref() != Some(&now) {
                 entry.0 = Some(now.clone());
