@@ -13,8 +13,23 @@ pub struct WallClock {
 }
 
 impl WallClock {
+    /// The two clocks cannot be read at once: the realtime read is bracketed by two monotonic
+    /// reads and paired with their middle, and of a few tries the tightest bracket is kept. A
+    /// pause between two plain reads (a descheduled vCPU in a busy guest: tens of ms) would
+    /// shift every wall-clock time of the stream by its length, and with it every
+    /// `--since/--until` window.
     pub fn now() -> Self {
-        Self { realtime_ns: clock_ns(libc::CLOCK_REALTIME), monotonic_ns: clock_ns(libc::CLOCK_MONOTONIC) }
+        let mut best: Option<(u64, Self)> = None;
+        for _ in 0..5 {
+            let before = clock_ns(libc::CLOCK_MONOTONIC);
+            let realtime_ns = clock_ns(libc::CLOCK_REALTIME);
+            let after = clock_ns(libc::CLOCK_MONOTONIC);
+            let bracket = after.saturating_sub(before);
+            if best.is_none_or(|(tightest, _)| bracket < tightest) {
+                best = Some((bracket, Self { realtime_ns, monotonic_ns: before + bracket / 2 }));
+            }
+        }
+        best.expect("five tries").1
     }
 
     /// Unix nanoseconds of a monotonic timestamp.
