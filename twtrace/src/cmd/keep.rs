@@ -49,13 +49,22 @@ fn worth_keeping(f: &Finding) -> bool {
 struct FindingsAnalyst;
 
 impl FindingsAnalyst {
+    /// On a thread of its own with its own runtime: the recorder calls this from its worker
+    /// and, for the window still open when recording stops, from the drive loop's thread,
+    /// where a runtime already runs and another cannot block (CI's 6.18 guest: a panic at
+    /// the end of a recording whose last segments had a finding).
     fn report(path: &Path) -> anyhow::Result<(Report, Vec<Finding>)> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        runtime.block_on(async {
-            let mut source = Source::replay(path, None, Window::default())?;
-            super::report::build_from(&mut source, Filter::default(), 10, Limits::default(), path.display().to_string())
-                .await
+        let (path, shown) = (path.to_owned(), path.display().to_string());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async {
+                let mut source = Source::replay(&path, None, Window::default())?;
+                let label = path.display().to_string();
+                super::report::build_from(&mut source, Filter::default(), 10, Limits::default(), label).await
+            })
         })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the analysis of {shown} panicked"))?
     }
 }
 
