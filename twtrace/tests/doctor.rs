@@ -110,9 +110,10 @@ fn a_namespace_out_of_ports_is_named_with_the_clients_own_count() {
     assert!(text.contains("now 40000-40099"), "{text}");
     // A kprobe program is also missed while another kprobe's handler runs on its CPU, and
     // twtrace does not read the kprobes' own miss counts yet (README, known issues): in an
-    // emulated guest running three tracers, CI's 6.18 saw 93 of 100 with none reported.
+    // emulated guest running three tracers, CI's 6.18 saw 93 of 100 with none reported (and
+    // the container test 81 of 100).
     let kprobe_emulated = support::emulated() && support::forced_backend().as_deref() == Some("kprobe");
-    let blind = blind(&live) + if kprobe_emulated { 10 } else { 0 };
+    let blind = blind(&live) + if kprobe_emulated { 20 } else { 0 };
     // "... peaked at 100% (100 of 100 ports) ..."
     let held = text.split('(').nth(1).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok()).unwrap();
     assert!(held.abs_diff(100) <= blind, "100 of 100 ports held ({blind} events may be missed): {text}");
