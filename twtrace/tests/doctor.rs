@@ -92,12 +92,14 @@ fn a_namespace_out_of_ports_is_named_with_the_clients_own_count() {
         return;
     }
     let ns = Netns::new("docports");
-    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40099");
+    // 40 ports: a slow emulated guest churns at 15 connections/s, and the range must run out
+    // within the churn's 4 s there too.
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40039");
     ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
     let path = std::env::temp_dir().join(format!("twtrace-it-{}-doctor.twr", std::process::id()));
     let recording = support::Recording::start(&ns, &path);
     let mut summary = Value::Null;
-    let (status, live) = doctor_while(&["--duration", "5m", "--netns", &ns.name], || summary = churn(&ns, "client", 3));
+    let (status, live) = doctor_while(&["--duration", "5m", "--netns", &ns.name], || summary = churn(&ns, "client", 4));
     recording.stop();
     let refused = summary["failures"]["EADDRNOTAVAIL"].as_u64().unwrap();
     assert!(refused > 0, "the range ran out: {summary}");
@@ -107,16 +109,16 @@ fn a_namespace_out_of_ports_is_named_with_the_clients_own_count() {
     assert_eq!(ports["place"]["namespace"], ns.name.as_str());
     assert_eq!(ports["place"]["destination"], "127.0.0.1:7000");
     let text = ports["text"].as_str().unwrap();
-    assert!(text.contains("now 40000-40099"), "{text}");
+    assert!(text.contains("now 40000-40039"), "{text}");
     // A kprobe program is also missed while another kprobe's handler runs on its CPU, and
     // twtrace does not read the kprobes' own miss counts yet (README, known issues): in an
     // emulated guest running three tracers, CI's 6.18 saw 93 of 100 with none reported (and
     // the container test 81 of 100).
     let kprobe_emulated = support::emulated() && support::forced_backend().as_deref() == Some("kprobe");
-    let blind = blind(&live) + if kprobe_emulated { 20 } else { 0 };
-    // "... peaked at 100% (100 of 100 ports) ..."
+    let blind = blind(&live) + if kprobe_emulated { 8 } else { 0 };
+    // "... peaked at 100% (40 of 40 ports) ..."
     let held = text.split('(').nth(1).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok()).unwrap();
-    assert!(held.abs_diff(100) <= blind, "100 of 100 ports held ({blind} events may be missed): {text}");
+    assert!(held.abs_diff(40) <= blind, "40 of 40 ports held ({blind} events may be missed): {text}");
     let failures = finding(&live, "connect_failures");
     let counted = failures["text"].as_str().unwrap().split_whitespace().next().unwrap().parse::<u64>().unwrap();
     assert!(counted.abs_diff(refused) <= blind, "churn saw {refused} ({blind} events may be missed): {failures:#}");
@@ -151,7 +153,8 @@ fn a_healthy_churn_needs_nothing_fixed() {
     let mut summary = Value::Null;
     let (status, report) =
         doctor_while(&["--duration", "5m", "--netns", &ns.name], || summary = churn(&ns, "server", 2));
-    assert!(summary["connections"].as_u64().unwrap() > 50, "{summary}");
+    // (A slow emulated guest made 38 in 2 s.)
+    assert!(summary["connections"].as_u64().unwrap() > 20, "{summary}");
     // Before 6.11 a drop seen before the socket lookup carries no namespace and passes every
     // --netns filter (README, known issues): other tests' crafted PAWS drops can show here.
     let drops_unlabelled = !kernel_at_least(6, 11);
