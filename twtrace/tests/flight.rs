@@ -169,10 +169,11 @@ fn rotation_holds_the_size_bound_and_a_window_of_three_segments_holds_exactly_it
     // 2 and 3 to retention there), and the filler churns until retention has deleted.
     const KEEP: u64 = 64 << 10;
     // Without kept windows: their analyses may spare two segments more (README).
+    let keep = format!("{}KiB", KEEP >> 10);
     let flight = Flight::start(
         &ns,
         &dir,
-        &["--segment", "1s", "--segment-size", "4KiB", "--keep-size", "24KiB", "--keep-windows", "0"],
+        &["--segment", "1s", "--segment-size", "4KiB", "--keep-size", &keep, "--keep-windows", "0"],
     );
     // Filler: churn until retention has deleted segments, checking the bound at every look.
     let mut largest = 0;
