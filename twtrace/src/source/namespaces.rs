@@ -278,10 +278,19 @@ impl NamespaceTracker {
             // events still count, under its inode and the settings assumed for it.
             None => (NamespaceDescription { netns: id.0, name: id.0.to_string(), sysctls: None, live: true }, 0),
         };
+        // A namespace the stream did not know live as this generation is new from now: young,
+        // its settings re-read at every look. (One on an inode whose old namespace was gone
+        // and forgotten by the registry comes back as generation 0 too: keeping the old
+        // namespace's first sighting made it old at once, and its settings, often set just
+        // after it is made, were not read again for 30 s; CI's guests showed it.)
+        let fresh = self.announced.get(&id.0).is_none_or(|a| !a.live || a.generation != generation);
         self.announced.insert(id.0, Announced { live: description.live, generation, name: description.name.clone() });
-        let first_ns = crate::time::monotonic_ns();
-        let first = self.settings.get(&id.0).map_or(first_ns, |(_, at)| *at);
-        self.settings.insert(id.0, (description.sysctls.clone(), if generation == 0 { first } else { first_ns }));
+        let now_ns = crate::time::monotonic_ns();
+        let first = match self.settings.get(&id.0) {
+            Some((_, at)) if !fresh => *at,
+            _ => now_ns,
+        };
+        self.settings.insert(id.0, (description.sysctls.clone(), first));
         description
     }
 }
