@@ -475,17 +475,12 @@ impl NetnsRegistry {
 
     /// The namespace's settings, read now inside it (and kept as its description's).
     pub fn sysctls(&mut self, id: NetnsId) -> Result<Sysctls, NetnsError> {
-        let sysctls = self.run_in(id, || super::netns::sysctls(None))?;
-        if let Some(entry) = self.entries.get_mut(&id) {
-            entry.sysctls = Some(sysctls.clone());
-            entry.sysctls_error = None;
-        }
-        Ok(sysctls)
+        self.sysctls_each(&[id]).pop().expect("one read per namespace asked for").1
     }
 
     /// The namespace's TcpExt counters (`/proc/net/netstat` as seen inside it).
-    pub fn netstat(&mut self, id: NetnsId) -> Result<std::collections::BTreeMap<String, i64>, NetnsError> {
-        self.run_in(id, super::netstat::read_here)
+    pub fn netstat(&mut self, id: NetnsId) -> Result<Counters, NetnsError> {
+        self.netstat_each(&[id]).pop().expect("one read per namespace asked for").1
     }
 
     /// The counters of each namespace of `ids` (see [`Self::read_each`]).
@@ -524,12 +519,13 @@ impl NetnsRegistry {
                 Err(e) => out.push((*id, Err(e))),
             }
         }
-        let order: Vec<NetnsId> = targets.iter().map(|(id, _)| *id).collect();
+        let order: Vec<(NetnsId, PathBuf)> = targets.clone();
         let results = read_in_each(targets, self.nsfs_dev, f);
         let mut stale = Vec::new();
-        for (id, result) in order.into_iter().zip(results) {
+        for ((id, path), result) in order.into_iter().zip(results) {
             match result {
                 Batch::Read(value) => out.push((id, Ok(value))),
+                Batch::Refused(source) => out.push((id, Err(NetnsError::Enter { id, path, source }))),
                 Batch::Failed(source) => out.push((id, Err(NetnsError::Read { id, source }))),
                 Batch::Stale => stale.push(id),
             }
@@ -693,7 +689,7 @@ impl NetnsRegistry {
                     Batch::Read(sysctls) => info.sysctls = Some(sysctls),
                     // Vanished between the scan and the read: retired, not an error.
                     Batch::Stale => retire(info),
-                    Batch::Failed(e) => info.sysctls_error = Some(e.to_string()),
+                    Batch::Refused(e) | Batch::Failed(e) => info.sysctls_error = Some(e.to_string()),
                 }
             }
         }
@@ -832,6 +828,8 @@ pub fn run_in_netns<T: Send + 'static>(
 enum Batch<T> {
     Read(T),
     Stale,
+    /// Opened, but setns(2) refused (no CAP_SYS_ADMIN there): as [`NetnsError::Enter`].
+    Refused(std::io::Error),
     Failed(std::io::Error),
 }
 
@@ -849,10 +847,10 @@ fn read_in_each<T: Send + 'static>(
             .into_iter()
             .map(|(id, path)| match open_checked(id, &path, nsfs_dev) {
                 Err(OpenFailure::Stale) => Batch::Stale,
-                Err(OpenFailure::Refused(e)) => Batch::Failed(e),
-                Ok(file) => match setns(&file).and_then(|()| f()) {
-                    Ok(value) => Batch::Read(value),
-                    Err(e) => Batch::Failed(e),
+                Err(OpenFailure::Refused(e)) => Batch::Refused(e),
+                Ok(file) => match setns(&file) {
+                    Err(e) => Batch::Refused(e),
+                    Ok(()) => f().map_or_else(Batch::Failed, Batch::Read),
                 },
             })
             .collect::<Vec<_>>()
