@@ -15,10 +15,16 @@ use crate::{
 
 /// How often the host is looked over for namespaces that appeared or went away.
 const REFRESH_NS: u64 = 2_000_000_000;
-/// A namespace's settings are read again at every look while it is younger than this, then
-/// every [`SETTINGS_OLD_NS`].
+/// A namespace's settings are read again at every look while it is younger than this (and
+/// for its first [`SETTINGS_YOUNG_LOOKS`] looks, however long they take), then every
+/// [`SETTINGS_OLD_NS`].
 const SETTINGS_YOUNG_NS: u64 = 10_000_000_000;
 const SETTINGS_OLD_NS: u64 = 30_000_000_000;
+/// Looks at which a new namespace's settings are read again whatever its age. Age alone failed
+/// in CI's emulated guests: a stat whose loop stalled for 13 s (three container tests and a
+/// doctor test at once on two emulated CPUs) took no look while the namespace was young, and
+/// kept for good the default range read before the test had set its own.
+const SETTINGS_YOUNG_LOOKS: u32 = 3;
 
 /// How often each namespace's TCP counters (/proc/net/netstat, read inside it) are sampled.
 const COUNTERS_NS: u64 = 1_000_000_000;
@@ -38,6 +44,26 @@ struct Announced {
     name: String,
 }
 
+/// A namespace's settings as last read, and how young the namespace is.
+struct SettingsRead {
+    sysctls: Option<Sysctls>,
+    /// When this namespace (this generation of its inode) was first described.
+    first_ns: u64,
+    /// Looks that have read its settings again since.
+    looks: u32,
+}
+
+impl SettingsRead {
+    /// Whether its settings are read again at a look `now_ns`: at every look while it is young
+    /// (by age or by looks taken), then every [`SETTINGS_OLD_NS`].
+    fn due(&self, now_ns: u64) -> bool {
+        let age = now_ns.saturating_sub(self.first_ns);
+        age < SETTINGS_YOUNG_NS
+            || self.looks < SETTINGS_YOUNG_LOOKS
+            || (age / REFRESH_NS).is_multiple_of(SETTINGS_OLD_NS / REFRESH_NS)
+    }
+}
+
 pub struct NamespaceTracker {
     registry: NetnsRegistry,
     /// Only this namespace (`--netns`): the probes see no other.
@@ -47,7 +73,7 @@ pub struct NamespaceTracker {
     /// What each namespace's settings were last read as, and when: a namespace's settings
     /// are often set just after it is made (by a runtime or CNI plugin, or a person during an
     /// incident), so they are read again.
-    settings: HashMap<u32, (Option<Sysctls>, u64)>,
+    settings: HashMap<u32, SettingsRead>,
     next_refresh_ns: u64,
     /// Each namespace's counters when last read: the stream carries their changes.
     counters: HashMap<u32, BTreeMap<String, i64>>,
@@ -236,22 +262,18 @@ impl NamespaceTracker {
     fn reread_settings(&mut self, now_ns: u64) -> Vec<NamespaceDescription> {
         let due: Vec<u32> = self
             .live_announced()
-            .filter(|id| {
-                self.settings.get(id).is_some_and(|(_, first_ns)| {
-                    let age = now_ns.saturating_sub(*first_ns);
-                    age < SETTINGS_YOUNG_NS || (age / REFRESH_NS).is_multiple_of(SETTINGS_OLD_NS / REFRESH_NS)
-                })
-            })
+            .filter(|id| self.settings.get(id).is_some_and(|read| read.due(now_ns)))
             .take(MAX_COUNTER_READS)
             .collect();
         let mut out = Vec::new();
         let due: Vec<NetnsId> = due.into_iter().map(NetnsId).collect();
         for (id, read) in self.registry.sysctls_each(&due) {
             let netns = id.0;
-            let Ok(now) = read else { continue };
             let entry = self.settings.get_mut(&netns).expect("due ones are known");
-            if entry.0.as_ref() != Some(&now) {
-                entry.0 = Some(now.clone());
+            entry.looks = entry.looks.saturating_add(1);
+            let Ok(now) = read else { continue };
+            if entry.sysctls.as_ref() != Some(&now) {
+                entry.sysctls = Some(now.clone());
                 if let Some(info) = self.registry.get(NetnsId(netns)) {
                     out.push(NamespaceDescription { sysctls: Some(now), ..description(info) });
                 }
@@ -286,11 +308,11 @@ impl NamespaceTracker {
         let fresh = self.announced.get(&id.0).is_none_or(|a| !a.live || a.generation != generation);
         self.announced.insert(id.0, Announced { live: description.live, generation, name: description.name.clone() });
         let now_ns = crate::time::monotonic_ns();
-        let first = match self.settings.get(&id.0) {
-            Some((_, at)) if !fresh => *at,
-            _ => now_ns,
+        let (first_ns, looks) = match self.settings.get(&id.0) {
+            Some(read) if !fresh => (read.first_ns, read.looks),
+            _ => (now_ns, 0),
         };
-        self.settings.insert(id.0, (description.sysctls.clone(), first));
+        self.settings.insert(id.0, SettingsRead { sysctls: description.sysctls.clone(), first_ns, looks });
         description
     }
 }
@@ -301,5 +323,26 @@ fn description(info: &NetnsInfo) -> NamespaceDescription {
         name: info.name.to_string(),
         sysctls: info.sysctls.clone(),
         live: info.is_live(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_new_namespace_is_read_again_at_its_first_looks_however_late_they_come() {
+        let read = |looks| SettingsRead { sysctls: None, first_ns: 100 * S, looks };
+        // Young by age: every look.
+        assert!(read(5).due(104 * S));
+        // The loop stalled past the young age before any look: still read again, three times.
+        assert!(read(0).due(113 * S));
+        assert!(read(2).due(113 * S));
+        // Old, its looks taken: only every 30 s of age.
+        assert!(!read(3).due(112 * S));
+        assert!(read(3).due(130 * S));
+        assert!(!read(3).due(132 * S));
     }
 }
