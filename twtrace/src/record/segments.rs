@@ -228,6 +228,11 @@ struct Open {
     path: PathBuf,
     seq: u64,
     opened_ns: u64,
+    /// Opened during an outage: its header's size. The outage ends when a chunk past it is
+    /// on disk, not when the header fits (on a disk that is still all but full, a new
+    /// segment's header fits where its first chunk does not: one outage, not a stop, a
+    /// resume and a stop; CI's 6.18 guest printed exactly that).
+    proving_from: Option<u64>,
 }
 
 /// Writes the stream into a directory of segments. Never fails after [`Self::start`]: write
@@ -311,7 +316,8 @@ impl FlightRecorder {
 
     pub fn stats(&self) -> RecorderStats {
         let mut stats = self.stats;
-        stats.recording = self.open.is_some();
+        // An outage ends when a chunk reaches the disk again (see [`Open::proving_from`]).
+        stats.recording = self.open.is_some() && self.stopped_ns.is_none();
         stats
     }
 
@@ -349,8 +355,13 @@ impl FlightRecorder {
                 self.fail(&e);
                 return;
             }
+            let proven = open.proving_from.take_if(|header| open.recorder.bytes_written() > *header).is_some();
             let age = Duration::from_nanos(now_ns.saturating_sub(open.opened_ns));
-            if age >= self.policy.segment_time || open.recorder.bytes_written() >= self.policy.segment_bytes {
+            let full = age >= self.policy.segment_time || open.recorder.bytes_written() >= self.policy.segment_bytes;
+            if proven {
+                self.resumed(now_ns);
+            }
+            if full {
                 self.close(now_ns, totals);
                 self.open_next(now_ns);
             }
@@ -409,6 +420,10 @@ impl FlightRecorder {
             Trailer { events: open.recorder.events(), lost: totals.lost, ended_ns: now_ns, decoder: totals.decoder };
         match open.recorder.finish(&trailer) {
             Ok(_) => {
+                // Its end chunk is on disk: an outage it was opened in is over.
+                if open.proving_from.is_some() {
+                    self.resumed(now_ns);
+                }
                 if let Some(keeper) = &mut self.keeper {
                     keeper.closed(open.seq, &open.path);
                 }
@@ -436,15 +451,8 @@ impl FlightRecorder {
         match Recorder::create(&path, &header, false).and_then(|r| sync_dir(&self.dir).map(|()| r)) {
             Ok(recorder) => {
                 self.next_seq += 1;
-                if let Some(since) = self.stopped_ns.take() {
-                    log::warn!(
-                        "recording to {} resumed after {:.0}s stopped ({} events not recorded so far)",
-                        self.dir.display(),
-                        now_ns.saturating_sub(since) as f64 / 1e9,
-                        self.stats.events_not_recorded
-                    );
-                }
-                self.open = Some(Open { recorder, path, seq, opened_ns: now_ns });
+                let proving_from = self.stopped_ns.map(|_| recorder.bytes_written());
+                self.open = Some(Open { recorder, path, seq, opened_ns: now_ns, proving_from });
                 self.part += 1;
                 self.stats.segments_opened += 1;
                 self.retry_ns = None;
@@ -482,6 +490,18 @@ impl FlightRecorder {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => log::warn!("cannot delete {}: {e}", closed[i].path.display()),
             }
+        }
+    }
+
+    /// An outage is over: a segment opened during it got a chunk onto the disk.
+    fn resumed(&mut self, now_ns: u64) {
+        if let Some(since) = self.stopped_ns.take() {
+            log::warn!(
+                "recording to {} resumed after {:.0}s stopped ({} events not recorded so far)",
+                self.dir.display(),
+                now_ns.saturating_sub(since) as f64 / 1e9,
+                self.stats.events_not_recorded
+            );
         }
     }
 
