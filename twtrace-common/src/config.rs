@@ -72,6 +72,11 @@ pub struct Offsets {
     /// `inet_connection_sock.icsk_retransmit_timer`: where a socket's retransmit timer lies,
     /// to tell the connecting socket's timer from others with the same callback.
     pub icsk_retransmit_timer: u32,
+    /// `tcp_timewait_sock.tw_ts_recent_stamp`: when the peer's last timestamp was taken, 0 if
+    /// it sent none (the connection did not negotiate TCP timestamps).
+    pub tw_ts_recent_stamp: u32,
+    /// Keeps the count even (see the assertion below).
+    pub _unused: u32,
 }
 
 impl Offsets {
@@ -98,6 +103,8 @@ impl Offsets {
         dev_nd_net: OFFSET_UNKNOWN,
         skc_state: OFFSET_UNKNOWN,
         icsk_retransmit_timer: OFFSET_UNKNOWN,
+        tw_ts_recent_stamp: OFFSET_UNKNOWN,
+        _unused: OFFSET_UNKNOWN,
     };
 }
 
@@ -116,5 +123,5 @@ impl Config {
 
 // No implicit padding anywhere (aya::Pod): an even number of offsets keeps Config a multiple
 // of 8 bytes.
-const _: () = assert!(core::mem::size_of::<Offsets>() == 22 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 32 + 32 + 22 * 4);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 24 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 32 + 32 + 24 * 4);

@@ -36,6 +36,15 @@ impl TimerPhase {
     }
 }
 
+/// `flags` of a `Start`: the socket's `tw_ts_recent_stamp` was read (its offset is known on
+/// this kernel).
+pub const TW_TS_KNOWN: u8 = 1 << 0;
+/// `flags` of a `Start`: `tw_ts_recent_stamp` is set, i.e. the peer sent TCP timestamps on this
+/// connection. `tcp_twsk_unique()` lets a connect() take over a TIME_WAIT socket's 4-tuple
+/// (`tcp_tw_reuse`) only when it is (every kernel since 3.x): without it, reuse cannot work
+/// toward that peer whatever the sysctl says.
+pub const TW_TS_SEEN: u8 = 1 << 1;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TimeWaitEvent {
@@ -49,7 +58,9 @@ pub struct TimeWaitEvent {
     pub phase: u8,
     /// `tw_substate` at `Start`: TCP_TIME_WAIT (6) or TCP_FIN_WAIT2 (5).
     pub substate: u8,
-    pub _pad: [u8; 2],
+    /// At `Start`: [`TW_TS_KNOWN`], [`TW_TS_SEEN`].
+    pub flags: u8,
+    pub _pad: u8,
     /// The 4-tuple, read at `Start` only (zero for other phases). Who closed the connection
     /// is not here: userspace joins it from the state family's → FIN_WAIT1 record of the same
     /// 4-tuple (a kernel map for that join cost about 0.4 µs per birth on 6.18).

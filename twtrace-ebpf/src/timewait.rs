@@ -21,8 +21,10 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext},
 };
 use twtrace_common::{
-    EventKind, Flow, roles,
-    timewait::{TimeWaitEvent, TimerPhase},
+    EventKind, Flow,
+    config::OFFSET_UNKNOWN,
+    roles,
+    timewait::{TW_TS_KNOWN, TW_TS_SEEN, TimeWaitEvent, TimerPhase},
 };
 
 use crate::{
@@ -216,6 +218,20 @@ fn on_tw<R: KernelRead>(tw: *const u8, phase: TimerPhase, timeout_jiffies: u64) 
     }
 }
 
+/// Whether the connection that became this TIME_WAIT socket had the peer's timestamps
+/// (`tw_ts_recent_stamp`, copied from the full socket by `tcp_time_wait()` before the socket
+/// is scheduled or hashed: 5.10-6.18). The member lies past `inet_timewait_sock`, beyond what
+/// a typed pointer lets the verifier load: probe-read on every backend.
+#[inline(always)]
+fn timestamps_of(tw: *const u8) -> u8 {
+    let offset = config().offsets.tw_ts_recent_stamp;
+    if offset == OFFSET_UNKNOWN {
+        return 0;
+    }
+    let stamp: u32 = Probed::at(tw, offset);
+    TW_TS_KNOWN | if stamp != 0 { TW_TS_SEEN } else { 0 }
+}
+
 #[inline(always)]
 fn report_tw<F: Fields>(tw: *const u8, sk: &F, phase: TimerPhase, timeout_jiffies: u64) {
     let cfg = config();
@@ -233,7 +249,8 @@ fn report_tw<F: Fields>(tw: *const u8, sk: &F, phase: TimerPhase, timeout_jiffie
     ev.tw_addr = tw as u64;
     ev.netns = netns;
     ev.phase = phase as u8;
-    ev._pad = [0; 2];
+    ev.flags = 0;
+    ev._pad = 0;
     if phase == TimerPhase::Start || phase == TimerPhase::Rearm {
         fill_flow_from(&mut ev.flow, sk);
         // Only a start carries the 4-tuple (and so can be port-filtered); later phases are
@@ -245,6 +262,7 @@ fn report_tw<F: Fields>(tw: *const u8, sk: &F, phase: TimerPhase, timeout_jiffie
         ev.timeout_jiffies = timeout_jiffies;
         ev.substate = sk.field(cfg.offsets.tw_substate);
         if phase == TimerPhase::Start {
+            ev.flags = timestamps_of(tw);
             note_birth(&ev.flow);
         }
     } else {

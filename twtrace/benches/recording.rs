@@ -70,7 +70,10 @@ fn synthetic(connections: u64) -> Vec<Event> {
                 change,
             })
         };
-        events.push(tw(8_100, TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000 }));
+        events.push(tw(
+            8_100,
+            TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000, timestamps: None },
+        ));
         events
             .push(tw(1_100_000_000, TimeWaitChange::Death { reason: DeathReason::Killed, lifetime_ns: 1_099_991_900 }));
     }

@@ -235,6 +235,10 @@ pub enum TimeWaitChange {
     Birth {
         substate: TimeWaitSubstate,
         timeout_ms: u64,
+        /// Whether the peer sent TCP timestamps on the connection (`tw_ts_recent_stamp`):
+        /// without them `tcp_tw_reuse` cannot hand this socket's 4-tuple to a new connect().
+        /// `None` when not read (a kernel without the member, a recording before format 4).
+        timestamps: Option<bool>,
     },
     /// The timer was pushed out again (a retransmitted FIN, or FIN_WAIT2 becoming TIME_WAIT).
     Rearm {

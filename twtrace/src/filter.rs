@@ -157,7 +157,11 @@ mod tests {
             flow: Some(SocketFlow { local: "10.0.0.1:80".parse().unwrap(), remote: remote.parse().unwrap() }),
             netns: 1,
             owner: owner.map(|(pid, comm)| Process { pid, tid: pid, comm: comm.into(), cgroup_id: 7 }),
-            change: TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000 },
+            change: TimeWaitChange::Birth {
+                substate: TimeWaitSubstate::TimeWait,
+                timeout_ms: 60_000,
+                timestamps: None,
+            },
         })
     }
 

@@ -310,6 +310,13 @@ fn port_space_finding(r: &Report, d: &DestinationSummary) -> Finding {
         reuse.map_or("?".into(), |v| v.to_string()),
         timestamps.map_or("?".into(), |v| v.to_string())
     ));
+    if let Some(ts) = d.peer_timestamps {
+        f.evidence.push(format!(
+            "peer timestamps on {} of {} TIME_WAIT sockets holding ports toward it",
+            ts.seen,
+            ts.known()
+        ));
+    }
     f.remedies = vec![
         remedy(
             "reuse connections: HTTP keep-alive or a connection pool toward this destination",
@@ -329,9 +336,11 @@ fn port_space_finding(r: &Report, d: &DestinationSummary) -> Finding {
         remedy(
             "set net.ipv4.tcp_tw_reuse=1 in that namespace: connect() may take a port still in TIME_WAIT toward \
              this destination",
-            "only for outgoing connections, and only when both sides negotiated TCP timestamps (tcp_timestamps on \
-             here and at the peer; a load balancer with timestamps off defeats it); twtrace does not yet see per \
-             destination whether they were negotiated",
+            format!(
+                "only for outgoing connections, and only from TIME_WAIT sockets whose peer sent TCP timestamps \
+                 (tcp_timestamps on here and at the peer; a load balancer with timestamps off defeats it): {}",
+                reuse_outlook(d, timestamps)
+            ),
             Some("any kernel; 2 (loopback only) is the default since 4.19"),
         ),
         remedy(
@@ -353,6 +362,35 @@ fn port_space_finding(r: &Report, d: &DestinationSummary) -> Finding {
         d.namespace
     ));
     f
+}
+
+/// Whether `tcp_tw_reuse` could free ports toward `d`, from what its TIME_WAIT sockets showed
+/// of the peer's timestamps (`tcp_twsk_unique()` reuses only those whose peer sent them).
+fn reuse_outlook(d: &DestinationSummary, local_timestamps: Option<u64>) -> String {
+    if local_timestamps == Some(0) {
+        return "here it cannot work: tcp_timestamps is 0 in this namespace".into();
+    }
+    match d.peer_timestamps {
+        None => "twtrace did not read whether this peer sends them (a recording older than format 4, or a \
+                 kernel without tw_ts_recent_stamp)"
+            .into(),
+        Some(ts) if ts.seen == 0 => format!(
+            "toward this destination it cannot work: the peer sent no timestamps on any of the {} connections \
+             whose TIME_WAIT sockets hold ports here",
+            ts.absent
+        ),
+        Some(ts) if ts.absent == 0 => format!(
+            "toward this destination it can work: the peer sent timestamps on all {} connections whose TIME_WAIT \
+             sockets hold ports here",
+            ts.seen
+        ),
+        Some(ts) => format!(
+            "toward this destination it can free only some ports: the peer sent timestamps on {} of {} \
+             connections (several hosts behind one address, some with timestamps off?)",
+            ts.seen,
+            ts.known()
+        ),
+    }
 }
 
 fn time_wait(r: &Report, out: &mut Vec<Finding>) {

@@ -95,6 +95,24 @@ struct DestinationStats {
     taken: Rate,
     freed: Rate,
     connects: Rate,
+    peer_timestamps: PeerTimestamps,
+}
+
+/// Of the client-side TIME_WAIT sockets born toward a destination (those that hold a port),
+/// how many had the peer's TCP timestamps. `tcp_tw_reuse` can hand a port back to connect()
+/// only from those (`tcp_twsk_unique()`): a peer that never sends them (a load balancer with
+/// timestamps off) defeats reuse whatever the sysctl says. Births whose timestamps were not
+/// read (an older recording) are in neither count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PeerTimestamps {
+    pub seen: u64,
+    pub absent: u64,
+}
+
+impl PeerTimestamps {
+    pub fn known(&self) -> u64 {
+        self.seen + self.absent
+    }
 }
 
 /// connect() port searches toward one remote endpoint of one namespace. Kept per remote, not
@@ -401,7 +419,7 @@ impl Aggregator {
     fn time_wait(&mut self, e: &TimeWaitEvent) {
         let netns = e.netns;
         match &e.change {
-            TimeWaitChange::Birth { .. } => {
+            TimeWaitChange::Birth { timestamps, .. } => {
                 self.births.add(e.ts_ns, 1);
                 self.namespace(netns);
                 // The full socket ends here. Its → CLOSE follows, or is left out by the kernel
@@ -432,6 +450,14 @@ impl Aggregator {
                     d.taken.add(e.ts_ns, 1);
                 }
                 let holds_port_of = holds_port_of.or(existing_client);
+                if let (Some(dest), Some(seen)) = (holds_port_of, timestamps) {
+                    let counts = &mut self.destinations.entry(dest).or_default().peer_timestamps;
+                    if *seen {
+                        counts.seen += 1;
+                    } else {
+                        counts.absent += 1;
+                    }
+                }
                 // A client's local port is one of thousands of ephemeral ports: its address is
                 // the useful group (and keeps the name table small).
                 let (remote, local) = match e.flow {

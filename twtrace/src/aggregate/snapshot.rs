@@ -5,7 +5,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
-use super::{Aggregator, Destination, DestinationStats, NameId, RemoteKey, SearchStats, range_size, stats::Histogram};
+use super::{
+    Aggregator, Destination, DestinationStats, NameId, PeerTimestamps, RemoteKey, SearchStats, range_size,
+    stats::Histogram,
+};
 
 impl Aggregator {
     /// The views at `now_ns` (CLOCK_MONOTONIC, the events' clock), as of the last
@@ -47,6 +50,7 @@ impl Aggregator {
                     candidates_p50: search.candidates.quantile(0.5),
                     candidates_p99: search.candidates.quantile(0.99),
                     failures: search.failures,
+                    peer_timestamps: (d.peer_timestamps.known() > 0).then_some(d.peer_timestamps),
                 }
             })
             .filter(|d| d.in_use > 0 || d.failures > 0 || d.connects_per_s > 0.0)
@@ -423,6 +427,9 @@ pub struct DestinationView {
     pub candidates_p50: Option<u64>,
     pub candidates_p99: Option<u64>,
     pub failures: u64,
+    /// Its TIME_WAIT sockets with and without the peer's timestamps (`None`: none read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_timestamps: Option<PeerTimestamps>,
 }
 
 /// Failed port searches of one command in one namespace, by error.

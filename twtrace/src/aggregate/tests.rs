@@ -35,7 +35,7 @@ fn tw(ts: u64, id: u64, f: SocketFlow, change: TimeWaitChange) -> Event {
 }
 
 fn birth() -> TimeWaitChange {
-    TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000 }
+    TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000, timestamps: None }
 }
 
 /// One non-keep-alive request: connect, close first (client-side TIME_WAIT holds the port).
@@ -320,4 +320,39 @@ fn a_socket_both_read_at_start_and_told_by_the_stream_counts_once() {
     assert_eq!(snap(&mut agg, 2 * S).timewait.live, 2, "b and c, each once");
     agg.apply(&tw(62 * S, 3, c, TimeWaitChange::Death { reason: DeathReason::Expired, lifetime_ns: 60 * S }));
     assert_eq!(in_use(&mut agg, 62 * S), 2, "c's port is free when its TIME_WAIT ends");
+}
+
+/// Each port-holding TIME_WAIT socket counts toward its destination's peer timestamps: those
+/// whose peer sent them, those whose peer did not; births not read (older recordings) and
+/// server-side sockets (no port held) in neither.
+#[test]
+fn peer_timestamps_are_counted_per_destination_from_port_holding_births() {
+    let mut agg = Aggregator::new(settings((32_768, 32_867)));
+    let other = "10.0.0.3:80";
+    for i in 0..6u64 {
+        let (remote, timestamps) = match i {
+            0..=2 => (SERVER, Some(true)),
+            3 => (SERVER, None),
+            _ => (other, Some(false)),
+        };
+        let port = 32_768 + i as u16;
+        let f = flow(&format!("{CLIENT}:{port}"), remote);
+        agg.apply(&state(S + i, i, 7, 2, flow(&format!("{CLIENT}:0"), remote)));
+        agg.apply(&state(S + i, i, 2, 1, f));
+        agg.apply(&state(S + i, i, 1, 4, f));
+        let birth = TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000, timestamps };
+        agg.apply(&tw(S + i, i, f, birth));
+    }
+    // A server's TIME_WAIT socket holds no ephemeral port: not counted.
+    let served = flow("10.0.0.1:80", "10.0.0.9:5555");
+    let birth =
+        TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000, timestamps: Some(true) };
+    agg.apply(&tw(2 * S, 99, served, birth));
+    let snap = snap(&mut agg, 3 * S);
+    let of = |remote: &str| {
+        let d = snap.port_space.destinations.iter().find(|d| d.destination.remote.to_string() == remote).unwrap();
+        d.peer_timestamps
+    };
+    assert_eq!(of(SERVER), Some(PeerTimestamps { seen: 3, absent: 0 }));
+    assert_eq!(of(other), Some(PeerTimestamps { seen: 0, absent: 2 }));
 }

@@ -128,11 +128,14 @@ pub fn event_json(event: &Event, clock: WallClock) -> Value {
             put_flow(&mut put, e.flow);
             put_process(&mut put, "owner_", e.owner.as_ref());
             match &e.change {
-                TimeWaitChange::Birth { substate, timeout_ms } | TimeWaitChange::Rearm { substate, timeout_ms } => {
+                TimeWaitChange::Birth { substate, timeout_ms, .. } | TimeWaitChange::Rearm { substate, timeout_ms } => {
                     let kind = if matches!(e.change, TimeWaitChange::Birth { .. }) { "birth" } else { "rearm" };
                     put("event", json!(format!("timewait_{kind}")));
                     put("substate", json!(substate.name()));
                     put("timeout_ms", json!(timeout_ms));
+                    if let TimeWaitChange::Birth { timestamps: Some(ts), .. } = e.change {
+                        put("timestamps", json!(ts));
+                    }
                 }
                 TimeWaitChange::Death { reason, lifetime_ns } => {
                     put("event", json!("timewait_death"));
@@ -257,11 +260,16 @@ pub fn event_text(event: &Event, clock: WallClock) -> String {
             let flow = flow_text(e.flow);
             let owner = process_text(e.owner.as_ref());
             let what = match &e.change {
-                TimeWaitChange::Birth { substate, timeout_ms } => format!(
-                    "TW born   #{:<6} {flow}  {} timeout {}  by {owner}",
+                TimeWaitChange::Birth { substate, timeout_ms, timestamps } => format!(
+                    "TW born   #{:<6} {flow}  {} timeout {}{}  by {owner}",
                     e.tw_id,
                     substate.name(),
-                    seconds(timeout_ms * 1_000_000)
+                    seconds(timeout_ms * 1_000_000),
+                    match timestamps {
+                        Some(true) => "  ts",
+                        Some(false) => "  no-ts",
+                        None => "",
+                    }
                 ),
                 TimeWaitChange::Rearm { substate, timeout_ms } => format!(
                     "TW rearm  #{:<6} {flow}  {} timeout {}",
@@ -390,7 +398,11 @@ mod tests {
             "22:14:19.500000 TW died   #7      127.0.0.1:8080 <- [::1]:40000  expired after 60.750s  netns 4026531840"
         );
         let birth = Event::TimeWait(TimeWaitEvent {
-            change: TimeWaitChange::Birth { substate: TimeWaitSubstate::FinWait2, timeout_ms: 60_000 },
+            change: TimeWaitChange::Birth {
+                substate: TimeWaitSubstate::FinWait2,
+                timeout_ms: 60_000,
+                timestamps: None,
+            },
             ..match death() {
                 Event::TimeWait(e) => e,
                 _ => unreachable!(),

@@ -5,7 +5,7 @@ use foldhash::{HashMap, HashMapExt};
 
 use twtrace_common::{
     Config,
-    timewait::{TimeWaitEvent as RawTimeWait, TimerPhase},
+    timewait::{TW_TS_KNOWN, TW_TS_SEEN, TimeWaitEvent as RawTimeWait, TimerPhase},
 };
 
 use super::{Backend, BackendPlan, Hook, LoadError, SharedHook, owners::Owners};
@@ -89,6 +89,7 @@ pub fn configure(btf: &Btf, symbols: &kallsyms::Symbols, config: &mut Config) ->
     config.tw_timer_handler = symbols.address(KERNEL_SYMBOL)?;
     o.timer_expires = super::offsets::optional_offset(btf, "timer_list", "expires");
     o.tw_substate = super::offsets::optional_offset(btf, "inet_timewait_sock", "tw_substate");
+    o.tw_ts_recent_stamp = super::offsets::optional_offset(btf, "tcp_timewait_sock", "tw_ts_recent_stamp");
     Ok(())
 }
 
@@ -320,6 +321,7 @@ impl Tracker {
             change: TimeWaitChange::Birth {
                 substate: TimeWaitSubstate::from_kernel(raw.substate),
                 timeout_ms: self.timeout_ms(raw.timeout_jiffies),
+                timestamps: (raw.flags & TW_TS_KNOWN != 0).then_some(raw.flags & TW_TS_SEEN != 0),
             },
         }));
     }
@@ -444,7 +446,10 @@ mod tests {
         assert_eq!(e.flow.unwrap().local.to_string(), "127.0.0.1:8080");
         assert_eq!(e.flow.unwrap().remote.to_string(), "127.0.0.2:40000");
         assert_eq!(e.netns, 42);
-        assert_eq!(e.change, TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000 });
+        assert_eq!(
+            e.change,
+            TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000, timestamps: None }
+        );
     }
 
     #[test]

@@ -190,7 +190,11 @@ impl ChunkEncoder {
                 self.flow(e.flow);
                 put_varint(&mut self.buf, owner.into());
                 match e.change {
-                    TimeWaitChange::Birth { substate, timeout_ms } | TimeWaitChange::Rearm { substate, timeout_ms } => {
+                    TimeWaitChange::Birth { substate, timeout_ms, timestamps } => {
+                        self.buf.push(substate_byte(substate) | timestamps_bits(timestamps));
+                        put_varint(&mut self.buf, timeout_ms);
+                    }
+                    TimeWaitChange::Rearm { substate, timeout_ms } => {
                         self.buf.push(substate_byte(substate));
                         put_varint(&mut self.buf, timeout_ms);
                     }
@@ -582,10 +586,11 @@ impl ChunkDecoder<'_> {
                         TimeWaitChange::Death { reason, lifetime_ns: self.varint()? }
                     }
                     _ => {
-                        let substate = TimeWaitSubstate::from_kernel(self.byte()?);
+                        let byte = self.byte()?;
+                        let substate = TimeWaitSubstate::from_kernel(byte & SUBSTATE_MASK);
                         let timeout_ms = self.varint()?;
                         if tag == TW_BIRTH {
-                            TimeWaitChange::Birth { substate, timeout_ms }
+                            TimeWaitChange::Birth { substate, timeout_ms, timestamps: timestamps_of(byte) }
                         } else {
                             TimeWaitChange::Rearm { substate, timeout_ms }
                         }
@@ -757,8 +762,27 @@ fn substate_byte(s: TimeWaitSubstate) -> u8 {
     match s {
         TimeWaitSubstate::FinWait2 => 5,
         TimeWaitSubstate::TimeWait => 6,
-        TimeWaitSubstate::Other(v) => v,
+        TimeWaitSubstate::Other(v) => v & SUBSTATE_MASK,
     }
+}
+
+/// A birth's substate byte (format 4+): the kernel's TCP state in the low six bits (states end
+/// at 12), whether the peer's timestamps were read in bit 7 and what they said in bit 6.
+/// Format 3 wrote the state alone, so its births read as "not known".
+const SUBSTATE_MASK: u8 = 0x3f;
+const TS_KNOWN_BIT: u8 = 0x80;
+const TS_SEEN_BIT: u8 = 0x40;
+
+fn timestamps_bits(timestamps: Option<bool>) -> u8 {
+    match timestamps {
+        None => 0,
+        Some(false) => TS_KNOWN_BIT,
+        Some(true) => TS_KNOWN_BIT | TS_SEEN_BIT,
+    }
+}
+
+fn timestamps_of(byte: u8) -> Option<bool> {
+    (byte & TS_KNOWN_BIT != 0).then_some(byte & TS_SEEN_BIT != 0)
 }
 
 pub fn put_varint(buf: &mut Vec<u8>, mut v: u64) {

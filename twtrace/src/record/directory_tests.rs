@@ -45,7 +45,7 @@ fn birth(ts_ns: u64, tw_id: u64) -> Event {
         flow: None,
         netns: 7,
         owner: None,
-        change: TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000 },
+        change: TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000, timestamps: None },
     })
 }
 

@@ -50,9 +50,11 @@ pub const CHUNK_MAGIC: &[u8; 4] = b"TWCK";
 /// mark records (`twtrace mark`). Versions 1 and 2 read as before (version 1: sockets in
 /// namespace 0, its one namespace described by the header). A reader refuses newer versions
 /// rather than misreading them: a version-2 reader meeting a mark record would call its chunk
-/// damaged and drop the chunk's events, so every file is written as version 3, marks or not,
-/// and an older twtrace says "upgrade twtrace" instead.
-pub const FORMAT_VERSION: u16 = 3;
+/// damaged and drop the chunk's events, so every file is written as the newest version,
+/// marks or not, and an older twtrace says "upgrade twtrace" instead. Version 4: a TIME_WAIT
+/// birth's substate byte also says whether the peer's timestamps were seen (version 3's
+/// births read as "not known").
+pub const FORMAT_VERSION: u16 = 4;
 pub const FILE_HEADER_LEN: usize = 20;
 pub const CHUNK_HEADER_LEN: usize = 36;
 /// Limits a reader enforces, so damaged lengths cannot make it allocate without bound. The

@@ -35,15 +35,22 @@ fn every_kind(base: u64) -> Vec<Event> {
         tw(
             base,
             10,
-            TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000 },
+            TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000, timestamps: Some(true) },
             flow("10.0.0.1:40000", "10.0.0.2:80"),
             proc(42, "curl"),
         ),
         tw(
             base + 5,
             11,
-            TimeWaitChange::Birth { substate: TimeWaitSubstate::FinWait2, timeout_ms: 60_000 },
+            TimeWaitChange::Birth { substate: TimeWaitSubstate::FinWait2, timeout_ms: 60_000, timestamps: Some(false) },
             flow("[2001:db8::1]:40001", "[2001:db8::2]:443"),
+            None,
+        ),
+        tw(
+            base + 4,
+            12,
+            TimeWaitChange::Birth { substate: TimeWaitSubstate::Other(9), timeout_ms: 1, timestamps: None },
+            None,
             None,
         ),
         tw(
@@ -345,10 +352,13 @@ fn header_problems_are_named() {
     assert_eq!(error(&[]), "empty file (0 bytes): nothing was recorded");
     assert!(error(b"GIF89a\x01\x00 and more bytes here").starts_with("not a twtrace recording"));
     let mut future = bytes.clone();
-    future[8] = 4;
+    future[8] = (FORMAT_VERSION + 1) as u8;
     assert_eq!(
         error(&future),
-        "recording format version 4 is newer than this twtrace reads (up to 3): upgrade twtrace"
+        format!(
+            "recording format version {} is newer than this twtrace reads (up to {FORMAT_VERSION}): upgrade twtrace",
+            FORMAT_VERSION + 1
+        )
     );
     // A version-2 file (before marks) is the same but for marks: it reads as it did.
     let mut before_marks = bytes.clone();

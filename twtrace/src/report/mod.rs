@@ -13,7 +13,9 @@ pub use html::render as html;
 pub use text::text;
 
 use crate::{
-    aggregate::{Aggregator, Destination, FailureView, Group, NamespaceView, Sample, Snapshot, SourceView},
+    aggregate::{
+        Aggregator, Destination, FailureView, Group, NamespaceView, PeerTimestamps, Sample, Snapshot, SourceView,
+    },
     event::{Event, NamespaceDescription, Sysctls},
     source::Health,
     source_info::SourceInfo,
@@ -126,6 +128,9 @@ pub struct DestinationSummary {
     pub search_p99_us: Option<f64>,
     pub candidates_p99: Option<u64>,
     pub failures: u64,
+    /// Its TIME_WAIT sockets with and without the peer's timestamps (`None`: none read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_timestamps: Option<PeerTimestamps>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -362,6 +367,7 @@ fn assemble(
                 search_p99_us: view.and_then(|v| v.search_p99_us),
                 candidates_p99: view.and_then(|v| v.candidates_p99),
                 failures: view.map_or(0, |v| v.failures),
+                peer_timestamps: view.and_then(|v| v.peer_timestamps),
             }
         })
         .collect();
@@ -381,6 +387,7 @@ fn assemble(
                 search_p99_us: v.search_p99_us,
                 candidates_p99: v.candidates_p99,
                 failures: v.failures,
+                peer_timestamps: v.peer_timestamps,
             });
         }
     }

@@ -53,7 +53,11 @@ fn incident() -> Snapshot {
             flow: Some(flow),
             netns: 1,
             owner: app,
-            change: TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000 },
+            change: TimeWaitChange::Birth {
+                substate: TimeWaitSubstate::TimeWait,
+                timeout_ms: 60_000,
+                timestamps: None,
+            },
         }));
         agg.apply(&state(5, 7, flow));
         agg.apply(&Event::PortSearch(PortSearchEvent {
@@ -156,7 +160,11 @@ fn pods_model() -> Aggregator {
             flow: Some(flow),
             netns: 2,
             owner,
-            change: TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000 },
+            change: TimeWaitChange::Birth {
+                substate: TimeWaitSubstate::TimeWait,
+                timeout_ms: 60_000,
+                timestamps: None,
+            },
         }));
     }
     // The host: a few TIME_WAIT sockets of a server, far from any limit.
@@ -170,7 +178,11 @@ fn pods_model() -> Aggregator {
             }),
             netns: 1,
             owner: Some(Process { pid: 900, tid: 900, comm: "nginx".into(), cgroup_id: 1 }),
-            change: TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000 },
+            change: TimeWaitChange::Birth {
+                substate: TimeWaitSubstate::TimeWait,
+                timeout_ms: 60_000,
+                timestamps: None,
+            },
         }));
     }
     agg.advance(110 * S);

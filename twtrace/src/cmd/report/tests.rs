@@ -91,7 +91,10 @@ fn incident_with(name: &str, finish: bool, extra: Vec<Event>) -> std::path::Path
             change,
         })
     };
-    events.push(tw(START + S, TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000 }));
+    events.push(tw(
+        START + S,
+        TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000, timestamps: None },
+    ));
     events.push(tw(START + 61 * S, TimeWaitChange::Death { reason: DeathReason::Expired, lifetime_ns: 60 * S }));
     for port in [1000u16, 1001, 1002, 1000] {
         events.push(Event::Drop(DropEvent {

@@ -33,7 +33,7 @@ fn request(agg: &mut Aggregator, ts: u64, sk: u64, local_port: u16, remote: &str
     agg.apply(&state(7, 2, zero));
     agg.apply(&state(2, 1, f));
     agg.apply(&state(1, 4, f));
-    let birth = TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000 };
+    let birth = TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000, timestamps: None };
     agg.apply(&Event::TimeWait(TimeWaitEvent {
         ts_ns: ts,
         tw_id: sk,
