@@ -397,13 +397,13 @@ fn time_wait(r: &Report, out: &mut Vec<Finding>) {
     let rec = &r.recording;
     if let Some(p50) = r.timewait.lifetime_p50_ms {
         if (p50 - TIMEWAIT_LEN_MS).abs() <= TIMEWAIT_LEN_SLACK_MS {
-            let fin = rec.sysctls.tcp_fin_timeout.map(|f| format!(" (tcp_fin_timeout is {f} s)")).unwrap_or_default();
+            let fin = fin_timeouts(r).map(|f| format!(" ({f})")).unwrap_or_default();
             let mut f = Finding::new(
                 Severity::Info,
                 Kind::TimeWaitLifetime,
                 format!(
                     "TIME_WAIT sockets lived {:.1} s (median): that is the kernel's fixed TCP_TIMEWAIT_LEN of 60 s; \
-                     tcp_fin_timeout{fin} does not shorten it, it only bounds orphaned FIN_WAIT2 sockets.",
+                     tcp_fin_timeout does not shorten it{fin}, it only bounds orphaned FIN_WAIT2 sockets.",
                     p50 / 1e3
                 ),
             );
@@ -419,7 +419,7 @@ fn time_wait(r: &Report, out: &mut Vec<Finding>) {
     // A lowered tcp_fin_timeout, wherever it is, taken for a TIME_WAIT fix.
     for ns in &rec.namespaces {
         let Some(fin) = ns.sysctls.as_ref().and_then(|s| s.tcp_fin_timeout) else { continue };
-        let busy = r.namespaces.iter().any(|v| v.netns == ns.netns && v.timewait_live > 0);
+        let busy = r.namespaces.iter().any(|v| v.netns == ns.netns && saw_time_wait(v));
         if fin < 60 && busy {
             let mut f = Finding::new(
                 Severity::Info,
@@ -456,6 +456,35 @@ fn time_wait(r: &Report, out: &mut Vec<Finding>) {
             ));
         }
     }
+}
+
+/// Whether a namespace had TIME_WAIT sockets during the run: alive at its end, or finished
+/// meanwhile (its `TW` counter: sockets whose TIME_WAIT ran out).
+fn saw_time_wait(ns: &NamespaceView) -> bool {
+    ns.timewait_live > 0 || counter(ns, "TW") > 0
+}
+
+/// `tcp_fin_timeout` where the TIME_WAIT sockets were, read inside each namespace ("tcp_fin_timeout
+/// is 10 s in pod-a"), or twtrace's own namespace's when none is known: the figure the user
+/// compares the measured lifetimes with is the one of the namespace that holds them.
+fn fin_timeouts(r: &Report) -> Option<String> {
+    let mut seen: Vec<String> = r
+        .namespaces
+        .iter()
+        .filter(|v| saw_time_wait(v))
+        .filter_map(|v| {
+            let desc = r.recording.namespaces.iter().find(|d| d.netns == v.netns)?;
+            let fin = desc.sysctls.as_ref()?.tcp_fin_timeout?;
+            Some(format!("{fin} s in {}", desc.name))
+        })
+        .collect();
+    if seen.is_empty() {
+        return r.recording.sysctls.tcp_fin_timeout.map(|f| format!("tcp_fin_timeout is {f} s"));
+    }
+    let more = seen.len().saturating_sub(NAMED);
+    seen.truncate(NAMED);
+    let etc = if more > 0 { format!(" and {more} more") } else { String::new() };
+    Some(format!("tcp_fin_timeout is {}{etc}", seen.join(", ")))
 }
 
 fn counter(ns: &NamespaceView, name: &str) -> i64 {

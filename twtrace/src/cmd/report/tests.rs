@@ -150,7 +150,7 @@ fn an_exhausted_port_range_and_nat_paws_drops_are_the_findings() {
         "Port space toward 10.0.0.2:80 from 10.0.0.1 in namespace 1 peaked at 90% (9 of 10 ports)",
         "3 connect() calls found no free local port (EADDRNOTAVAIL): cu<r>l[4242] x3",
         "TIME_WAIT sockets lived 60.0 s (median)",
-        "tcp_fin_timeout (tcp_fin_timeout is 30 s) does not shorten it",
+        "tcp_fin_timeout does not shorten it (tcp_fin_timeout is 30 s)",
         "TIME_WAIT peaked at 10, 100% of tcp_max_tw_buckets (10)",
         "4 segments were dropped by PAWS (TCP_RFC7323_TW_PAWS 4) from 1 source(s); 1 source(s) with several flows",
     ] {
