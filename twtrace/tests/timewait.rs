@@ -273,3 +273,45 @@ fn births_under_port_reuse_churn_equal_the_kernels_count() {
         "births {births} vs kernel {in_kernel} (skipped runs {skipped}, allowed uncounted {uncounted})"
     );
 }
+
+/// Every birth says whether the peer sent TCP timestamps (`tw_ts_recent_stamp`), on every
+/// backend: the same client-closed connections in a namespace with timestamps on and in one
+/// with them off (both ends are in the namespace, so off means none were negotiated).
+#[test]
+fn each_birth_says_whether_the_peer_sent_timestamps() {
+    const CONNECTIONS: usize = 8;
+    if !can_trace() {
+        return;
+    }
+    for (tag, on) in [("tson", true), ("tsoff", false)] {
+        let ns = Netns::new(tag);
+        ns.sysctl("net.ipv4.tcp_timestamps", if on { "1" } else { "0" });
+        let Some(tracer) = support::tracer_for("timewait", &["--netns", &ns.name]) else { return };
+        ns.run(|| support::client_closes_first(&TcpListener::bind("127.0.0.1:7000").unwrap(), CONNECTIONS));
+        let births = tracer.wait_for("timewait_birth", Duration::from_secs(10), |b| b.len() >= CONNECTIONS);
+        let lines = tracer.stop();
+        // The client's TIME_WAIT sockets (ss agrees there are that many), each with the flag;
+        // fewer births only as far as twtrace reported runs it may have missed (kprobes under
+        // emulation, see births_match_ss).
+        assert_eq!(ns.time_wait_sockets().len(), CONNECTIONS, "ss");
+        let missed: i64 = lines
+            .iter()
+            .map(|v| match v["event"].as_str() {
+                Some("lost") => v["count"].as_i64().unwrap_or(0),
+                Some("netstat") => v["deltas"]["SkippedRuns"].as_i64().unwrap_or(0),
+                _ => 0,
+            })
+            .sum();
+        // A kprobe hit while another kprobe's handler runs is missed without a count twtrace
+        // reads yet (README, known issues): under emulation the flags of the births seen count.
+        let kprobe_emulated = support::emulated() && support::forced_backend().as_deref() == Some("kprobe");
+        let unreported = if kprobe_emulated { CONNECTIONS as i64 } else { 0 };
+        assert!(
+            births.len() == CONNECTIONS
+                || (!births.is_empty() && (CONNECTIONS - births.len()) as i64 <= missed + unreported),
+            "{} births of {CONNECTIONS}, {missed} reported missed: {births:#?}",
+            births.len()
+        );
+        assert!(births.iter().all(|b| b["timestamps"] == on), "timestamps {on}: {births:#?}");
+    }
+}

@@ -65,7 +65,14 @@ pub const EVERY_GUEST: &[Gap] = &[
         ALL,
         "Debian builds netfilter's connection tracking as modules, and the guest loads none (nor has nft); the host runs this test",
     ),
+    gap("doctor", "reuse_on_a_namespace_that_only_accepts_is_named_as_doing_nothing", ALL, NO_VETH),
+    gap("doctor", "reuse_is_possible_toward_a_peer_with_timestamps_and_not_toward_one_without", ALL, NO_VETH),
 ];
+
+/// Scenarios with two namespaces joined by a veth pair: Debian builds veth as a module, and the
+/// guests load none; the host runs them. (The timewait binary checks the timestamps each birth
+/// carries on every backend, in one namespace.)
+const NO_VETH: &str = "no veth device type (a module this kernel did not load); the host runs this test";
 
 /// The exporter's tests run a real Prometheus (and curl, openssl, Python's strict OpenMetrics
 /// parser): Debian packages the host installs, not in the guests' initramfs.
