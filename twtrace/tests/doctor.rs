@@ -545,7 +545,11 @@ fn a_lowered_fin_timeout_is_named_beside_time_wait_sockets_that_lived_60_s() {
     let ns = Netns::new("docfin");
     ns.sysctl("net.ipv4.tcp_fin_timeout", "10");
     let mut made = 0;
-    let (status, live, replayed) = live_and_replayed(&ns, "fin", &[], || {
+    // Without the drops family: before 6.11 other tests' crafted PAWS drops carry no
+    // namespace and would reach this one's report (README, known issues), in the live run and
+    // the recording unequally over its 65 s.
+    let families = ["timewait", "portsearch", "state"];
+    let (status, live, replayed) = live_and_replayed(&ns, "fin", &families, || {
         ns.run(|| support::client_closes_first(&std::net::TcpListener::bind("127.0.0.1:7000").unwrap(), CONNECTIONS));
         made = time_wait_in(&ns);
         // TCP_TIMEWAIT_LEN is 60 s; the timer wheel may add a little.
@@ -558,7 +562,9 @@ fn a_lowered_fin_timeout_is_named_beside_time_wait_sockets_that_lived_60_s() {
     });
     assert_eq!(made, CONNECTIONS, "ss saw every TIME_WAIT socket");
     assert_eq!(time_wait_in(&ns), 0, "ss: all expired");
-    assert_eq!(status, 0, "notes only: {live:#}");
+    // Before 6.11 other tests' crafted PAWS drops, unlabelled, pass the --netns filter and
+    // warn (README, known issues): the status says so, nothing else may.
+    assert!(status == 0 || (other_tests_drops_show() && status == 1), "notes only: {status}: {live:#}");
     for report in [&live, &replayed] {
         let lifetime = finding(report, "time_wait_lifetime");
         let text = lifetime["text"].as_str().unwrap();
@@ -660,7 +666,7 @@ fn reuse_on_a_namespace_that_only_accepts_is_named_as_doing_nothing() {
     });
     assert_eq!(time_wait_in(&server), 10, "ss: the server holds the TIME_WAIT sockets");
     assert_eq!(time_wait_in(&client), 0, "ss: the client holds none");
-    assert_eq!(status, 0, "a note: {live:#}");
+    assert!(status == 0 || (other_tests_drops_show() && status == 1), "a note: {status}: {live:#}");
     for report in [&live, &replayed] {
         let f = only_finding(report, "reuse_only_accepting");
         assert_eq!(

@@ -265,9 +265,15 @@ fn births_under_port_reuse_churn_equal_the_kernels_count() {
     }
     assert_eq!(lost, 0, "the default buffer holds this churn");
     // A kprobe program is skipped while another BPF program runs on its CPU, and kernels
-    // before 6.7 do not count those skips (README, known issues): 1 of 804 births on the
-    // 6.1 guest. There 1 % is allowed; everywhere else the count is exact.
-    let uncounted = if kprobe { in_kernel / 100 } else { 0 };
+    // before 6.7 do not count those skips; a kprobe hit while another kprobe's handler runs is
+    // missed without a count twtrace reads (README, known issues): 1 of 804 births on the 6.1
+    // guest, 6 of 381 on 6.18 with three tracers on two emulated CPUs. There 1 % is allowed
+    // (5 % emulated); everywhere else the count is exact.
+    let uncounted = match (kprobe, support::emulated()) {
+        (true, true) => in_kernel / 20,
+        (true, false) => in_kernel / 100,
+        (false, _) => 0,
+    };
     assert!(
         births <= in_kernel && in_kernel - births <= skipped + uncounted,
         "births {births} vs kernel {in_kernel} (skipped runs {skipped}, allowed uncounted {uncounted})"
