@@ -223,15 +223,19 @@ pub struct RunTotals {
     pub decoder: DecodeStats,
 }
 
+/// How long chunks must reach the disk again before an outage is over. On a file system still
+/// all but full one small chunk fits and the next does not: CI's 6.18 guests printed "resumed"
+/// after the first header (stop 20), then after the first chunk (stop 21), each time followed
+/// by a second "stopped" for the same outage.
+const RESUME_CONFIRM_NS: u64 = 3_000_000_000;
+
 struct Open {
     recorder: Recorder,
     path: PathBuf,
     seq: u64,
     opened_ns: u64,
-    /// Opened during an outage: its header's size. The outage ends when a chunk past it is
-    /// on disk, not when the header fits (on a disk that is still all but full, a new
-    /// segment's header fits where its first chunk does not: one outage, not a stop, a
-    /// resume and a stop; CI's 6.18 guest printed exactly that).
+    /// Opened during an outage: its header's size. A chunk past it on disk starts the
+    /// [`RESUME_CONFIRM_NS`] that end the outage; a header that fits proves nothing.
     proving_from: Option<u64>,
 }
 
@@ -252,6 +256,8 @@ pub struct FlightRecorder {
     retry_ns: Option<u64>,
     /// When the current outage began (stream ns), for the line that says it ended.
     stopped_ns: Option<u64>,
+    /// During an outage: since when chunks have reached the disk again without a failure.
+    writing_since: Option<u64>,
     now_ns: u64,
     stats: RecorderStats,
     /// Where marks come from; `None` if another recorder listens on this directory.
@@ -292,6 +298,7 @@ impl FlightRecorder {
             part: 0,
             retry_ns: None,
             stopped_ns: None,
+            writing_since: None,
             now_ns: info.started_ns,
             stats: RecorderStats::default(),
             control,
@@ -359,6 +366,11 @@ impl FlightRecorder {
             let age = Duration::from_nanos(now_ns.saturating_sub(open.opened_ns));
             let full = age >= self.policy.segment_time || open.recorder.bytes_written() >= self.policy.segment_bytes;
             if proven {
+                self.writing_since.get_or_insert(now_ns);
+            }
+            if self.stopped_ns.is_some()
+                && self.writing_since.is_some_and(|since| now_ns.saturating_sub(since) >= RESUME_CONFIRM_NS)
+            {
                 self.resumed(now_ns);
             }
             if full {
@@ -420,9 +432,9 @@ impl FlightRecorder {
             Trailer { events: open.recorder.events(), lost: totals.lost, ended_ns: now_ns, decoder: totals.decoder };
         match open.recorder.finish(&trailer) {
             Ok(_) => {
-                // Its end chunk is on disk: an outage it was opened in is over.
+                // Its end chunk is on disk: writing works again (see `writing_since`).
                 if open.proving_from.is_some() {
-                    self.resumed(now_ns);
+                    self.writing_since.get_or_insert(now_ns);
                 }
                 if let Some(keeper) = &mut self.keeper {
                     keeper.closed(open.seq, &open.path);
@@ -493,8 +505,9 @@ impl FlightRecorder {
         }
     }
 
-    /// An outage is over: a segment opened during it got a chunk onto the disk.
+    /// An outage is over: chunks have reached the disk for [`RESUME_CONFIRM_NS`].
     fn resumed(&mut self, now_ns: u64) {
+        self.writing_since = None;
         if let Some(since) = self.stopped_ns.take() {
             log::warn!(
                 "recording to {} resumed after {:.0}s stopped ({} events not recorded so far)",
@@ -508,6 +521,7 @@ impl FlightRecorder {
     /// Stops recording after `error`: one line per outage, every failure counted.
     fn fail(&mut self, error: &RecordError) {
         self.stats.write_errors += 1;
+        self.writing_since = None;
         if let Some(open) = self.open.take() {
             // Joins the writer: its synced chunks stay readable.
             drop(open.recorder);
