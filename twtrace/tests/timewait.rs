@@ -14,6 +14,19 @@ use support::{Netns, addr, can_trace, server_closes_first};
 
 const BIRTHS: usize = 40;
 
+/// What a tracer says it may have missed: records lost, and runs of its programs the kernel
+/// skipped.
+fn missed(lines: &[serde_json::Value]) -> i64 {
+    lines
+        .iter()
+        .map(|v| match v["event"].as_str() {
+            Some("lost") => v["count"].as_i64().unwrap_or(0),
+            Some("netstat") => v["deltas"]["SkippedRuns"].as_i64().unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
 fn births_match_ss(tag: &str, server: &'static str) {
     if !can_trace() {
         return;
@@ -35,14 +48,7 @@ fn births_match_ss(tag: &str, server: &'static str) {
     // What twtrace itself says it may have missed: records lost, and runs of its programs the
     // kernel skipped (a kprobe program is skipped while another BPF program runs on its CPU;
     // counted since 6.7, and frequent in an emulated guest running three tracers at once).
-    let missed: i64 = lines
-        .iter()
-        .map(|v| match v["event"].as_str() {
-            Some("lost") => v["count"].as_i64().unwrap_or(0),
-            Some("netstat") => v["deltas"]["SkippedRuns"].as_i64().unwrap_or(0),
-            _ => 0,
-        })
-        .sum();
+    let missed = missed(&lines);
     let traced: BTreeSet<(SocketAddr, SocketAddr)> =
         births.iter().map(|b| (addr(b, "local"), addr(b, "remote"))).collect();
     assert_eq!(traced.len(), births.len(), "4-tuples are distinct");
@@ -300,14 +306,7 @@ fn each_birth_says_whether_the_peer_sent_timestamps() {
         // fewer births only as far as twtrace reported runs it may have missed (kprobes under
         // emulation, see births_match_ss).
         assert_eq!(ns.time_wait_sockets().len(), CONNECTIONS, "ss");
-        let missed: i64 = lines
-            .iter()
-            .map(|v| match v["event"].as_str() {
-                Some("lost") => v["count"].as_i64().unwrap_or(0),
-                Some("netstat") => v["deltas"]["SkippedRuns"].as_i64().unwrap_or(0),
-                _ => 0,
-            })
-            .sum();
+        let missed = missed(&lines);
         // A kprobe hit while another kprobe's handler runs is missed without a count twtrace
         // reads yet (README, known issues): under emulation the flags of the births seen count.
         let kprobe_emulated = support::emulated() && support::forced_backend().as_deref() == Some("kprobe");
