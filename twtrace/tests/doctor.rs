@@ -67,7 +67,7 @@ fn doctor_while(args: &[&str], during: impl FnOnce()) -> (i32, Value) {
 /// emulation (the VM matrix, three backends at once) interrupts land inside programs often
 /// enough that a few runs are skipped; each may be a missed event, so figures may be off by
 /// that much and no more.
-fn blind(report: &Value) -> u64 {
+fn blind_of(report: &Value) -> u64 {
     report["observed"]["lost"].as_u64().unwrap() + report["observed"]["skipped_runs"].as_u64().unwrap()
 }
 
@@ -117,12 +117,12 @@ fn a_namespace_out_of_ports_is_named_with_the_clients_own_count() {
     // emulated guest running three tracers, CI's 6.18 saw 93 of 100 with none reported (and
     // the container test 81 of 100).
     let kprobe_emulated = support::emulated() && support::forced_backend().as_deref() == Some("kprobe");
-    let blind = blind(&live) + if kprobe_emulated { 8 } else { 0 };
+    let blind = blind_of(&live) + if kprobe_emulated { 8 } else { 0 };
     // "... peaked at 100% (40 of 40 ports) ..."
     let held = text.split('(').nth(1).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok()).unwrap();
     assert!(held.abs_diff(40) <= blind, "40 of 40 ports held ({blind} events may be missed): {text}");
     let failures = finding(&live, "connect_failures");
-    let counted = failures["text"].as_str().unwrap().split_whitespace().next().unwrap().parse::<u64>().unwrap();
+    let counted = leading_count(failures);
     // In an emulated guest one refusal in 200 once went unseen with nothing reported (5.10,
     // fentry; not understood, noted in the session's report): 1 % there, exact elsewhere.
     let slack = if support::emulated() { refused / 100 } else { 0 };
@@ -149,7 +149,21 @@ fn a_namespace_out_of_ports_is_named_with_the_clients_own_count() {
             .collect()
     };
     assert_eq!(substantive(&kinds(&replayed)), substantive(&kinds(&live)), "{replayed:#}\n{live:#}");
-    assert_eq!(finding(&replayed, "connect_failures")["text"], failures["text"]);
+    // The recording was made by a tracer of its own, with blind spots of its own: its count is
+    // held to the churn's within those, as the live one is (CI's 6.18 once had 199 live, 198
+    // recorded, with up to 4 events missed).
+    let recorded = finding(&replayed, "connect_failures");
+    let blind_recorded = blind_of(&replayed) + if kprobe_emulated { 8 } else { 0 };
+    assert!(
+        leading_count(recorded).abs_diff(refused) <= blind_recorded + slack,
+        "churn saw {refused} ({blind_recorded} events may be missed by the recorder): {recorded:#}"
+    );
+}
+
+/// The number a finding's text starts with ("198 connect() calls found ...").
+fn leading_count(finding: &Value) -> u64 {
+    let text = finding["text"].as_str().unwrap();
+    text.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no count: {text}"))
 }
 
 #[test]

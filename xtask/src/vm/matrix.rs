@@ -76,6 +76,8 @@ pub struct Outcome {
     /// Tests libtest counted as passed (skipped ones included: they return early).
     pub passed: u64,
     pub skips: Vec<Skip>,
+    /// Its wall time in the guest, whole seconds (the guest's clock).
+    pub secs: Option<u64>,
 }
 
 /// Judges one cell against the table (`expected`: `None` for a kernel it does not know).
@@ -121,7 +123,8 @@ impl Collector {
             let passed = protocol::field(rest, "passed").and_then(|v| v.parse().ok()).unwrap_or(0);
             let key = (binary.to_owned(), backend.to_owned());
             let skips = self.skips.remove(&key).unwrap_or_default();
-            self.outcomes.insert(key, Outcome { rc: rc.parse().unwrap_or(-1), passed, skips });
+            let secs = protocol::field(rest, "secs").and_then(|v| v.parse().ok());
+            self.outcomes.insert(key, Outcome { rc: rc.parse().unwrap_or(-1), passed, skips, secs });
         } else if let Some(rest) = line.strip_prefix(protocol::SKIP) {
             // The script's own `binary=` and `backend=` come first (the record's backend is
             // the one the test saw).
@@ -146,6 +149,8 @@ struct KernelRun {
     problems: Vec<String>,
     took: Duration,
     cells: BTreeMap<(String, String), Cell>,
+    /// Wall time per binary: its slowest backend (they run side by side).
+    secs: BTreeMap<String, u64>,
 }
 
 fn run_kernel(
@@ -165,6 +170,7 @@ fn run_kernel(
         problems: Vec::new(),
         took: Duration::ZERO,
         cells: BTreeMap::new(),
+        secs: BTreeMap::new(),
     };
     let image = kernels::KernelSpec::parse(spec_text).and_then(|spec| kernels::kernel_image(&spec, refresh));
     let (image, build) = match image {
@@ -216,6 +222,10 @@ fn run_kernel(
             None => expect::expected_gaps(spec_text, &b, &backend),
         };
         let outcome = collector.outcomes.get(&(b.clone(), backend.clone()));
+        if let Some(secs) = outcome.and_then(|o| o.secs) {
+            let slowest = run.secs.entry(b.clone()).or_default();
+            *slowest = (*slowest).max(secs);
+        }
         let cell = judge(expected.as_ref(), outcome, &run.verdict);
         run.cells.insert((b, backend), cell);
     }
@@ -354,6 +364,12 @@ fn report(runs: &[KernelRun], binaries: &[String]) -> bool {
             run.booted.as_deref().unwrap_or("never (no booted line)")
         );
     }
+    println!("\nWall time per test binary in each guest, seconds (its slowest backend):");
+    println!("{:<12} {}", "binary", runs.iter().map(|r| format!("{:>6}", r.spec)).collect::<String>());
+    for b in binaries {
+        let secs = |r: &KernelRun| r.secs.get(b).map_or("-".to_owned(), u64::to_string);
+        println!("{:<12} {}", b, runs.iter().map(|r| format!("{:>6}", secs(r))).collect::<String>());
+    }
     if !gaps.is_empty() {
         println!("\n* {skips} skips, each one the table expects:");
         gaps.sort();
@@ -418,6 +434,7 @@ mod tests {
             assert_eq!(o.skips[0].test, "t_one");
             assert_eq!(o.skips[0].backend, *b);
             assert_eq!(o.skips[0].reason, "old kernel (5.17+)");
+            assert!(o.secs.is_some_and(|s| s < 60), "its wall time: {out}");
         }
         let unit = &collector.outcomes[&("unit-x".to_owned(), ANY_BACKEND.to_owned())];
         assert_eq!((unit.rc, unit.passed, unit.skips.len()), (0, 4, 1), "{out}");
@@ -455,7 +472,7 @@ mod tests {
             .iter()
             .map(|t| Skip { test: t.to_string(), family: "f".into(), backend: "fentry".into(), reason: "why".into() })
             .collect();
-        Outcome { rc, passed, skips }
+        Outcome { rc, passed, skips, secs: None }
     }
 
     #[test]

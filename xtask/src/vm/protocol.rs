@@ -10,8 +10,8 @@
 pub const BOOTED: &str = "TWTRACE-VM-BOOTED";
 /// `TWTRACE-VM-EXIT <status>`: ends every guest run that did not crash.
 pub const EXIT: &str = "TWTRACE-VM-EXIT";
-/// `TWTRACE-RESULT binary=<test binary> backend=<b> rc=<status> passed=<n>`: one test binary
-/// ran once under one forced backend.
+/// `TWTRACE-RESULT binary=<test binary> backend=<b> rc=<status> passed=<n> secs=<wall time>`:
+/// one test binary ran once under one forced backend.
 pub const RESULT: &str = "TWTRACE-RESULT";
 /// `TWTRACE-SKIP binary=<test binary> <skip record>`: a test of that binary did not run.
 pub const SKIP: &str = "TWTRACE-SKIP";

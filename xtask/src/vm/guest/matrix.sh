@@ -1,6 +1,7 @@
 # The VM matrix inside one guest: every integration test binary once per forced backend. The
 # backends run concurrently (one sequence of test binaries each), which keeps both vCPUs busy.
-# Per binary and backend: the tests' skip records, then one result line; a failing binary's
+# Per binary and backend: the tests' skip records, then one result line (with its wall time,
+# which is where CI's time goes); a failing binary's
 # log tail follows it. The host compares all of it with the table in xtask/src/vm/expect.rs.
 #
 # /matrix/tests holds `name path` lines, /matrix/backends the backends, /matrix/unit
@@ -15,12 +16,13 @@ run_one() {
   log=/tmp/$b-$name.log
   skips=/tmp/$b-$name.skips
   : > "$skips"
+  started=$(date +%s)
   env "$BACKEND_ENV=$b" "$SKIP_LOG_ENV=$skips" TWTRACE_TEST_EMULATED=1 \
     "$path" --nocapture "$@" < /dev/null > "$log" 2>&1
   rc=$?
   sed "s/^/$MARK_SKIP binary=$name backend=$b /" "$skips"
   passed=$(sed -n 's/^test result: [a-zA-Z]*\. \([0-9]*\) passed.*/\1/p' "$log" | head -n 1)
-  echo "$MARK_RESULT binary=$name backend=$b rc=$rc passed=${passed:-0}"
+  echo "$MARK_RESULT binary=$name backend=$b rc=$rc passed=${passed:-0} secs=$(($(date +%s) - started))"
   if [ "$rc" -ne 0 ]; then tail -n 80 "$log" | sed "s/^/[$b $name] /"; fi
 }
 
