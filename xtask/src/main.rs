@@ -98,7 +98,10 @@ pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
 
 pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("xtask: $ {}", describe(cmd));
+    let started = std::time::Instant::now();
     let status = cmd.status().with_context(|| format!("cannot run {}", describe(cmd)))?;
+    // CI's budget is minutes: every step says what it took.
+    eprintln!("xtask: ({:.0}s) {}", started.elapsed().as_secs_f64(), describe(cmd));
     if !status.success() {
         bail!("`{}` failed ({status})", describe(cmd));
     }
