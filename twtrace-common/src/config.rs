@@ -75,8 +75,10 @@ pub struct Offsets {
     /// `tcp_timewait_sock.tw_ts_recent_stamp`: when the peer's last timestamp was taken, 0 if
     /// it sent none (the connection did not negotiate TCP timestamps).
     pub tw_ts_recent_stamp: u32,
-    /// Keeps the count even (see the assertion below).
-    pub _unused: u32,
+    /// `sk_buff.sk`: the socket a packet belongs to. A packet this host sends has no device
+    /// until after the netfilter OUTPUT hook (`ip_output` sets it), so a drop there is placed
+    /// in its namespace, and told apart as outgoing, through this socket.
+    pub skb_sk: u32,
 }
 
 impl Offsets {
@@ -104,7 +106,7 @@ impl Offsets {
         skc_state: OFFSET_UNKNOWN,
         icsk_retransmit_timer: OFFSET_UNKNOWN,
         tw_ts_recent_stamp: OFFSET_UNKNOWN,
-        _unused: OFFSET_UNKNOWN,
+        skb_sk: OFFSET_UNKNOWN,
     };
 }
 

@@ -1,5 +1,5 @@
-//! Drops family: packets freed with a drop reason twtrace watches (PAWS and related), with the
-//! flow from the packet's own headers (on receive `skb->sk` is usually NULL).
+//! Drops family: packets freed with a drop reason twtrace watches (PAWS and related, netfilter,
+//! accept-queue overflow), with the flow from the packet's own headers, seen from this host.
 
 use crate::{EventHeader, Flow};
 
@@ -14,13 +14,16 @@ pub struct DropEvent {
     /// `enum skb_drop_reason` value on the running kernel.
     pub reason: u32,
     pub netns: u32,
-    /// From the packet: `flow` is seen from the receiving host (local = destination address).
+    /// From the packet, seen from this host: for a received packet `saddr`/`sport` are its
+    /// destination, for one this host sent (`outgoing`) its source.
     pub flow: Flow,
     pub seq: u32,
     pub ack_seq: u32,
     /// TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10).
     pub tcp_flags: u8,
-    pub _pad: [u8; 7],
+    /// 1: a packet this host sent (its socket's local port is the packet's source port).
+    pub outgoing: u8,
+    pub _pad: [u8; 6],
 }
 
 const _: () = assert!(core::mem::size_of::<DropEvent>() == 48 + 8 + 40 + 16);

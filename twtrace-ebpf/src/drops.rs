@@ -1,4 +1,6 @@
-//! Drops family, tracepoint-only backend: the `kfree_skb` raw tracepoint.
+//! Drops family: packets freed with a reason userspace asked for (PAWS and the other RFC 7323
+//! checks, netfilter's drops, the accept queue's overflow), with the TCP flow seen from this
+//! host. Tracepoint-only backend: the `kfree_skb` raw tracepoint.
 //!
 //! `TP_PROTO(struct sk_buff *skb, void *location, enum skb_drop_reason reason[, struct sock
 //! *rx_sk])`: the reason argument exists from 5.17. This program reads `args[2]`, so on older
@@ -103,10 +105,15 @@ fn watched(reason: u64) -> bool {
 fn on_drop(skb: *const u8, reason: u64, rx_sk: *const u8) {
     let o = &config().offsets;
     let dev: u64 = read_at(skb, o.skb_dev);
+    // A packet this host sends has no device before `ip_output` (after the netfilter OUTPUT
+    // hook, where a full conntrack table drops a client's SYN: 5.10-6.18), but has its socket.
+    let own_sk: u64 = read_at(skb, o.skb_sk);
     let netns = if dev != 0 {
         net_inum::<Probed>(read_at(dev as *const u8, o.dev_nd_net))
     } else if !rx_sk.is_null() {
         netns_of::<Probed>(rx_sk)
+    } else if own_sk != 0 {
+        netns_of::<Probed>(own_sk as *const u8)
     } else {
         0
     };
@@ -121,7 +128,8 @@ fn on_drop(skb: *const u8, reason: u64, rx_sk: *const u8) {
     let transport: u16 = read_at(skb, o.skb_transport_header);
     let ip = (head as *const u8).wrapping_add(network as usize);
     let version = read_at::<u8>(ip, 0) >> 4;
-    // Seen from the receiving host: the packet's destination is local.
+    // The packet's addresses: its source in `daddr`, its destination in `saddr` (seen from
+    // the receiving host); swapped below for a packet this host sent.
     let mut flow = Flow::default();
     let tcp = if version == 4 {
         let first: u8 = read_at(ip, 0);
@@ -151,8 +159,22 @@ fn on_drop(skb: *const u8, reason: u64, rx_sk: *const u8) {
     } else {
         tcp
     };
-    flow.dport = u16::from_be(read_at(tcp, 0));
-    flow.sport = u16::from_be(read_at(tcp, 2));
+    let source_port = u16::from_be(read_at(tcp, 0));
+    let dest_port = u16::from_be(read_at(tcp, 2));
+    // Sent by this host: the packet's socket is bound to its source port and connected to its
+    // destination port (a received packet's socket, if early demux set one, is the reverse).
+    let outgoing = own_sk != 0 && {
+        let sk = own_sk as *const u8;
+        read_at::<u16>(sk, o.skc_num) == source_port && u16::from_be(read_at(sk, o.skc_dport)) == dest_port
+    };
+    if outgoing {
+        core::mem::swap(&mut flow.saddr, &mut flow.daddr);
+        flow.sport = source_port;
+        flow.dport = dest_port;
+    } else {
+        flow.dport = source_port;
+        flow.sport = dest_port;
+    }
     if !port_wanted(&flow) {
         return;
     }
@@ -167,7 +189,8 @@ fn on_drop(skb: *const u8, reason: u64, rx_sk: *const u8) {
         seq: u32::from_be(read_at(tcp, 4)),
         ack_seq: u32::from_be(read_at(tcp, 8)),
         tcp_flags: read_at(tcp, 13),
-        _pad: [0; 7],
+        outgoing: outgoing as u8,
+        _pad: [0; 6],
     });
     submit(entry);
 }

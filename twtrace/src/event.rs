@@ -426,11 +426,60 @@ pub struct DropEvent {
     pub reason: String,
     pub reason_code: u32,
     pub netns: u32,
-    /// Seen from this host: `local` is the packet's destination.
+    /// Seen from this host: `local` is this host's end (a received packet's destination, a
+    /// sent packet's source).
     pub flow: Option<SocketFlow>,
     pub tcp_flags: u8,
     pub seq: u32,
     pub ack_seq: u32,
+    /// A packet this host sent (a connect()'s own SYN dropped on its way out), not received.
+    pub outgoing: bool,
+}
+
+/// TCP flag bits (`include/net/tcp.h`, TCPHDR_*).
+pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_ACK: u8 = 0x10;
+
+impl DropEvent {
+    pub fn class(&self) -> Option<DropClass> {
+        DropClass::of_reason(&self.reason)
+    }
+
+    /// A connection's opening SYN (not the SYN-ACK): the drop cost a connection attempt.
+    pub fn is_syn(&self) -> bool {
+        self.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
+    }
+}
+
+/// What a watched drop reason means for a connection. Reasons are matched by name: the
+/// numbers differ between kernels, the names (`SKB_DROP_REASON_*`) do not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropClass {
+    /// A timestamp (RFC 7323) check: PAWS and its relatives (5.17+; `TCP_RFC7323_TW_PAWS`
+    /// 6.16+).
+    Paws,
+    /// Netfilter's verdict (`NETFILTER_DROP`, 5.18+): a rule's `drop`, or connection tracking
+    /// with no room for a new entry ("nf_conntrack: table full, dropping packet").
+    Netfilter,
+    /// The handshake's last ACK found the listener's accept queue full (`TCP_LISTEN_OVERFLOW`,
+    /// 6.15+). A SYN refused for the same reason is consumed, not dropped, on 5.10-6.18: only
+    /// `ListenOverflows` counts it.
+    ListenOverflow,
+}
+
+impl DropClass {
+    pub fn of_reason(name: &str) -> Option<Self> {
+        if name.starts_with("TCP_RFC7323_") || name.contains("PAWS") {
+            Some(Self::Paws)
+        } else if name == "NETFILTER_DROP" {
+            Some(Self::Netfilter)
+        } else if name == "TCP_LISTEN_OVERFLOW" {
+            Some(Self::ListenOverflow)
+        } else {
+            None
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

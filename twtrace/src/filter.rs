@@ -200,6 +200,7 @@ mod tests {
             tcp_flags: 0,
             seq: 0,
             ack_seq: 0,
+            outgoing: false,
         });
         assert!(!comm.matches(&drop), "drops have no process");
         assert!(Filter::default().matches(&drop));

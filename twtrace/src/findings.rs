@@ -6,7 +6,9 @@
 use serde::Serialize;
 
 use crate::{
-    aggregate::NamespaceView,
+    aggregate::{NamespaceView, SetupDropView},
+    event::DropClass,
+    kernel::netstat::{LISTEN_DROPS, LISTEN_OVERFLOWS, SYN_QUEUE_FULL_COOKIES, SYN_QUEUE_FULL_DROP},
     report::{DestinationSummary, Report},
 };
 
@@ -69,6 +71,7 @@ pub enum Kind {
     Paws,
     ListenOverflow,
     Conntrack,
+    NetfilterDrops,
     TimestampsOff,
     ReuseOnlyAccepting,
     Nothing,
@@ -166,6 +169,8 @@ pub fn of(r: &Report) -> Vec<Finding> {
     time_wait(r, &mut out);
     paws(r, &mut out);
     conntrack(r, &mut out);
+    netfilter_drops(r, &mut out);
+    listen_queues(r, &mut out);
     settings(r, &mut out);
     if out.iter().all(|f| f.severity <= Severity::Info) && !out.iter().any(|f| f.kind != Kind::ApproximateSearch) {
         let mut ok = Finding::new(
@@ -579,6 +584,7 @@ fn conntrack(r: &Report, out: &mut Vec<Finding>) {
             format!("conntrack drop +{}", counter(ns, CONNTRACK_DROP)),
             format!("conntrack insert_failed +{}", counter(ns, CONNTRACK_INSERT_FAILED)),
         ];
+        f.evidence.extend(setup_drops(ns, DropClass::Netfilter).map(drop_evidence));
         f.remedies = vec![
             remedy(
                 "keep connections alive (pooling): each closed connection keeps its entry 120 s \
@@ -734,6 +740,76 @@ fn paws_counted(r: &Report, out: &mut Vec<Finding>) {
     }
 }
 
+/// A namespace's drops of one class, if twtrace saw any.
+fn setup_drops(ns: &NamespaceView, class: DropClass) -> Option<&SetupDropView> {
+    ns.setup_drops.iter().find(|d| d.class == class)
+}
+
+/// "NETFILTER_DROP drop events: 30, 30 of them SYNs (30 sent by this host), to 127.0.0.1:7000 x30"
+fn drop_evidence(d: &SetupDropView) -> String {
+    let services: Vec<String> = d.services.iter().take(NAMED).map(|(s, n)| format!("{s} x{n}")).collect();
+    format!(
+        "{} drop events: {}, {} of them SYNs ({} sent by this host){}",
+        d.reason,
+        d.total,
+        d.syns,
+        d.syns_sent,
+        if services.is_empty() { String::new() } else { format!(", to {}", services.join(", ")) }
+    )
+}
+
+/// Connection attempts (SYNs) netfilter dropped beyond what a full conntrack table explains:
+/// a rule's `drop` (or a chain's drop policy). The client sees no refusal, only silence: it
+/// retries the SYN (1 s, 3 s, ...) and times out. This host's own connect()s dropped on their
+/// way out are a warning; received SYNs dropped may be a firewall doing its job (an
+/// internet-facing host drops scans all day), so they are a note that names the services.
+fn netfilter_drops(r: &Report, out: &mut Vec<Finding>) {
+    use crate::kernel::netstat::{CONNTRACK_DROP, CONNTRACK_INSERT_FAILED};
+    for ns in &r.namespaces {
+        let Some(d) = setup_drops(ns, DropClass::Netfilter) else { continue };
+        let by_conntrack = (counter(ns, CONNTRACK_DROP) + counter(ns, CONNTRACK_INSERT_FAILED)).max(0) as u64;
+        if d.syns <= by_conntrack {
+            continue;
+        }
+        let beyond = if by_conntrack > 0 {
+            format!(" ({by_conntrack} of them for want of conntrack room)")
+        } else {
+            String::new()
+        };
+        let (severity, whose) = if d.syns_sent > 0 {
+            (Severity::Warning, format!("{} of them this host's own connect()s", d.syns_sent))
+        } else {
+            (Severity::Info, "all received: a firewall refusing them by dropping, by design or not".to_owned())
+        };
+        let mut f = Finding::new(
+            severity,
+            Kind::NetfilterDrops,
+            format!(
+                "Netfilter dropped {} connection attempts (SYNs) in namespace {}{beyond}, {whose}. A dropped SYN \
+                 gets no answer: the client retries (1 s, 3 s, ...) and times out.",
+                d.syns, ns.name
+            ),
+        );
+        f.place.namespace = Some(ns.name.clone());
+        f.place.destination = d.services.first().map(|(s, _)| s.to_string());
+        f.evidence.push(drop_evidence(d));
+        f.remedies = vec![
+            remedy(
+                "find the rule: its packet counter grows with each retry (`nft list ruleset`, `iptables-save -c`)",
+                "none",
+                None,
+            ),
+            remedy(
+                "where refusing is meant, reject instead of drop (`reject with tcp reset`): clients fail at once",
+                "tells a scanner the port is filtered",
+                None,
+            ),
+        ];
+        f.verify = Some(format!("{}nft list ruleset | grep -E 'drop|counter'", in_namespace(&ns.name)));
+        out.push(f);
+    }
+}
+
 /// Whether `release` (e.g. `6.12.57+deb13-cloud-amd64`) is at least `major.minor`.
 fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
     let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
@@ -743,34 +819,73 @@ fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
     }
 }
 
-fn settings(r: &Report, out: &mut Vec<Finding>) {
+/// A listener's queues overflowing: the accept queue (connections the application has not
+/// accept()ed; `ListenOverflows`) or the SYN queue (handshakes under way, with syncookies off;
+/// `TCPReqQFullDrop`). Either way the SYN or the handshake's last ACK is dropped and the
+/// client waits for a retransmit. `ListenDrops` counts every such drop, and more.
+fn listen_queues(r: &Report, out: &mut Vec<Finding>) {
     for ns in &r.namespaces {
-        let overflows = counter(ns, "ListenOverflows");
-        let drops = counter(ns, "ListenDrops");
-        if overflows > 0 || drops > 0 {
-            let mut f = Finding::new(
-                Severity::Critical,
-                Kind::ListenOverflow,
-                format!(
-                    "A listener's accept queue overflowed in namespace {}: {overflows} overflows, {drops} SYNs or \
-                     handshakes dropped. New connections stall for a SYN retransmit (1 s, then 3 s).",
-                    ns.name
-                ),
-            );
-            f.place.namespace = Some(ns.name.clone());
-            f.evidence = vec![format!("ListenOverflows +{overflows}"), format!("ListenDrops +{drops}")];
-            f.remedies = vec![
-                remedy("accept faster: more accepting threads or workers", "application change", None),
-                remedy(
-                    "raise the listen() backlog and net.core.somaxconn",
-                    "a longer queue hides a slow acceptor for longer",
-                    None,
-                ),
-            ];
-            f.verify = Some(format!("{}ss -Hltn   # Recv-Q against Send-Q (the backlog)", in_namespace(&ns.name)));
-            out.push(f);
+        let overflows = counter(ns, LISTEN_OVERFLOWS);
+        let drops = counter(ns, LISTEN_DROPS);
+        let syn_queue = counter(ns, SYN_QUEUE_FULL_DROP);
+        if overflows <= 0 && drops <= 0 && syn_queue <= 0 {
+            continue;
         }
+        let queue = match (overflows > 0, syn_queue > 0) {
+            (_, false) => "accept queue",
+            (false, true) => "SYN queue",
+            (true, true) => "accept and SYN queues",
+        };
+        let mut f = Finding::new(
+            Severity::Critical,
+            Kind::ListenOverflow,
+            format!(
+                "A listener's {queue} overflowed in namespace {}: {overflows} accept-queue overflows, {syn_queue} SYNs \
+                 dropped for a full SYN queue, {drops} SYNs or handshakes dropped in all. New connections stall for \
+                 a SYN retransmit (1 s, then 3 s).",
+                ns.name
+            ),
+        );
+        f.place.namespace = Some(ns.name.clone());
+        f.evidence = vec![
+            format!("{LISTEN_OVERFLOWS} +{overflows}"),
+            format!("{LISTEN_DROPS} +{drops}"),
+            format!("{SYN_QUEUE_FULL_DROP} +{syn_queue}"),
+        ];
+        let cookies = counter(ns, SYN_QUEUE_FULL_COOKIES);
+        if cookies > 0 {
+            f.evidence.push(format!("{SYN_QUEUE_FULL_COOKIES} +{cookies} (answered with syncookies, not dropped)"));
+        }
+        // 6.15+: a handshake's last ACK dropped for a full accept queue has a reason (a SYN
+        // refused for either queue is consumed: counted, never a drop event; 5.10-6.18).
+        f.evidence.extend(setup_drops(ns, DropClass::ListenOverflow).map(drop_evidence));
+        f.remedies = vec![
+            remedy("accept faster: more accepting threads or workers", "application change", None),
+            remedy(
+                "raise the listen() backlog and net.core.somaxconn (the SYN queue is bounded by the backlog too)",
+                "a longer queue hides a slow acceptor for longer",
+                None,
+            ),
+        ];
+        if syn_queue > 0 {
+            f.remedies.push(remedy(
+                "set net.ipv4.tcp_syncookies=1 (the default): a full SYN queue then answers with cookies instead of \
+                 dropping",
+                "a connection made by cookie loses the TCP options the SYN-ACK could not carry (window scaling \
+                 without timestamps)",
+                None,
+            ));
+        }
+        f.verify = Some(format!(
+            "{}nstat -az TcpExtListenOverflows TcpExtListenDrops TcpExtTCPReqQFullDrop; ss -Hltn   # Recv-Q \
+             against Send-Q (the backlog)",
+            in_namespace(&ns.name)
+        ));
+        out.push(f);
     }
+}
+
+fn settings(r: &Report, out: &mut Vec<Finding>) {
     for desc in &r.recording.namespaces {
         let Some(s) = &desc.sysctls else { continue };
         let view = r.namespaces.iter().find(|v| v.netns == desc.netns);
@@ -826,6 +941,11 @@ mod tests {
     /// The findings of a live model in which namespace `pod-a` (netns 2) counted `deltas`, and
     /// twtrace saw no drop event; `drops` on the tracepoint backend, or not running.
     fn counted(kernel: &str, drops_running: bool, deltas: &[(&str, i64)]) -> Vec<Finding> {
+        counted_with(kernel, drops_running, deltas, &[])
+    }
+
+    /// [`counted`], and `events` seen in the namespace besides.
+    fn counted_with(kernel: &str, drops_running: bool, deltas: &[(&str, i64)], events: &[Event]) -> Vec<Finding> {
         let mut model = Aggregator::new(Settings { port_range: (32_768, 60_999), max_tw_buckets: None, top: 10 });
         let sysctls = Sysctls { tcp_timestamps: Some(1), ..Sysctls::default() };
         model.describe(&NamespaceDescription { netns: 2, name: "pod-a".into(), sysctls: Some(sysctls), live: true });
@@ -834,6 +954,7 @@ mod tests {
             netns: 2,
             deltas: deltas.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         }));
+        events.iter().for_each(|e| model.apply(e));
         model.advance(102 * S);
         let mut info = SourceInfo::for_tests(kernel);
         info.backends = vec![FamilyReport {
@@ -883,6 +1004,67 @@ mod tests {
         assert!(f.text.contains("twtrace's drops family is not running"), "{}", f.text);
         // No PAWS counter rose: no finding.
         assert!(counted("6.12.57", true, &[("TW", 40)]).iter().all(|f| f.kind != Kind::Paws));
+    }
+
+    /// `n` SYNs netfilter dropped in pod-a (netns 2), sent by this host toward 10.0.0.9:5432
+    /// or received on 10.0.0.1:8080.
+    fn netfilter_syns(n: u16, sent: bool) -> Vec<Event> {
+        (0..n)
+            .map(|i| {
+                let (local, remote) = if sent {
+                    (format!("10.0.0.1:{}", 40_000 + i), "10.0.0.9:5432".to_owned())
+                } else {
+                    ("10.0.0.1:8080".to_owned(), format!("192.0.2.1:{}", 40_000 + i))
+                };
+                Event::Drop(crate::event::DropEvent {
+                    ts_ns: 101 * S,
+                    reason: "NETFILTER_DROP".into(),
+                    reason_code: 14,
+                    netns: 2,
+                    flow: Some(crate::event::SocketFlow {
+                        local: local.parse().unwrap(),
+                        remote: remote.parse().unwrap(),
+                    }),
+                    tcp_flags: crate::event::TCP_FLAG_SYN,
+                    seq: 1,
+                    ack_seq: 0,
+                    outgoing: sent,
+                })
+            })
+            .collect()
+    }
+
+    /// SYNs netfilter dropped beyond what conntrack dropped for want of room: a rule. This
+    /// host's own connect()s dropped are a warning; received SYNs dropped a note (a firewall
+    /// may mean it). Within conntrack's own count they are its finding's evidence instead.
+    #[test]
+    fn netfilter_drops_of_syns_are_a_rule_unless_conntrack_counted_them() {
+        let found = counted_with("6.18.4", true, &[], &netfilter_syns(3, true));
+        let f = found.iter().find(|f| f.kind == Kind::NetfilterDrops).expect("a netfilter finding");
+        assert_eq!(f.severity, Severity::Warning);
+        assert_eq!(
+            f.headline(),
+            "Netfilter dropped 3 connection attempts (SYNs) in namespace pod-a, 3 of them this host's own connect()s."
+        );
+        assert_eq!(f.place.destination.as_deref(), Some("10.0.0.9:5432"));
+        assert_eq!(
+            f.evidence,
+            ["NETFILTER_DROP drop events: 3, 3 of them SYNs (3 sent by this host), to 10.0.0.9:5432 x3"]
+        );
+
+        let found = counted_with("6.18.4", true, &[], &netfilter_syns(2, false));
+        let f = found.iter().find(|f| f.kind == Kind::NetfilterDrops).unwrap();
+        assert_eq!(f.severity, Severity::Info, "received SYNs dropped: a firewall may mean it");
+        assert_eq!(f.place.destination.as_deref(), Some("10.0.0.1:8080"));
+
+        let full = [("ConntrackDrop", 3), ("ConntrackCount", 50), ("ConntrackMax", 50)];
+        let found = counted_with("6.18.4", true, &full, &netfilter_syns(3, true));
+        assert!(found.iter().all(|f| f.kind != Kind::NetfilterDrops), "conntrack dropped them: {found:#?}");
+        let f = found.iter().find(|f| f.kind == Kind::Conntrack).unwrap();
+        assert_eq!(
+            f.evidence.last().map(String::as_str),
+            Some("NETFILTER_DROP drop events: 3, 3 of them SYNs (3 sent by this host), to 10.0.0.9:5432 x3")
+        );
     }
 
     #[test]

@@ -22,13 +22,13 @@ use std::{
 use serde::Serialize;
 pub use snapshot::{
     CommandGroup, DestinationView, FailureView, Group, MarkView, NamespaceView, PawsView, PortSpaceView, ReasonView,
-    RecentDrop, Sample, Snapshot, SourceView, TimeWaitView,
+    RecentDrop, Sample, SetupDropView, Snapshot, SourceView, TimeWaitView,
 };
 use stats::{Histogram, Rate};
 
 use crate::event::{
-    Comm, DeathReason, DropEvent, Event, ExistingSocket, NamespaceDescription, PortSearchEvent, Process, SearchOp,
-    SocketFlow, StateEvent, TimeWaitChange, TimeWaitEvent, errno_name, tcp_state,
+    Comm, DeathReason, DropClass, DropEvent, Event, ExistingSocket, NamespaceDescription, PortSearchEvent, Process,
+    SearchOp, SocketFlow, StateEvent, TimeWaitChange, TimeWaitEvent, errno_name, tcp_state,
 };
 use crate::kernel::netstat;
 
@@ -87,6 +87,9 @@ struct Namespace {
     live: bool,
     /// Its own kernel counters since start (netstat deltas).
     counters: BTreeMap<String, i64>,
+    /// Drops that cost connections other than PAWS (netfilter, accept-queue overflow), by
+    /// reason name.
+    setup_drops: BTreeMap<String, SetupDropView>,
 }
 
 #[derive(Default)]
@@ -195,6 +198,10 @@ impl DestinationIds {
     }
 }
 
+/// How many services (addresses and ports) a namespace's setup drops are tallied for; later
+/// ones count in the totals only.
+const SETUP_DROP_SERVICES: usize = 8;
+
 /// One address PAWS drops came from.
 #[derive(Default)]
 struct PawsSource {
@@ -279,11 +286,21 @@ impl Aggregator {
         };
         // A live namespace after a gone one on the same inode is a new namespace: its
         // counters (levels above all) start from nothing.
-        let counters = previous.filter(|p| p.live || !ns.live).map(|p| p.counters.clone()).unwrap_or_default();
+        let same = previous.filter(|p| p.live || !ns.live);
+        let counters = same.map(|p| p.counters.clone()).unwrap_or_default();
+        let setup_drops = same.map(|p| p.setup_drops.clone()).unwrap_or_default();
         let sysctls = ns.sysctls.clone().or_else(|| previous.and_then(|p| p.sysctls.clone()));
         self.namespaces.insert(
             ns.netns,
-            Namespace { name: ns.name.clone(), port_range, max_tw_buckets, sysctls, live: ns.live, counters },
+            Namespace {
+                name: ns.name.clone(),
+                port_range,
+                max_tw_buckets,
+                sysctls,
+                live: ns.live,
+                counters,
+                setup_drops,
+            },
         );
     }
 
@@ -321,6 +338,7 @@ impl Aggregator {
             sysctls: None,
             live: true,
             counters: BTreeMap::new(),
+            setup_drops: BTreeMap::new(),
         })
     }
 
@@ -595,6 +613,44 @@ impl Aggregator {
     }
 
     fn drop_event(&mut self, e: &DropEvent) {
+        match e.class() {
+            // Watched reasons of another class (a recording from a future twtrace) count as
+            // PAWS did before classes: nothing vanishes.
+            Some(DropClass::Paws) | None => self.paws_drop(e),
+            Some(class) => self.setup_drop(e, class),
+        }
+    }
+
+    /// A drop that cost a connection (its SYN) or a handshake, counted in its namespace.
+    fn setup_drop(&mut self, e: &DropEvent, class: DropClass) {
+        let ns = self.namespace(e.netns);
+        let view = ns.setup_drops.entry(e.reason.clone()).or_insert_with(|| SetupDropView {
+            reason: e.reason.clone(),
+            class,
+            total: 0,
+            syns: 0,
+            syns_sent: 0,
+            services: Vec::new(),
+        });
+        view.total += 1;
+        if e.is_syn() {
+            view.syns += 1;
+            view.syns_sent += u64::from(e.outgoing);
+        }
+        // The end that was listening, or being connected to: a sent packet's remote end, a
+        // received one's local end.
+        if let Some(f) = e.flow {
+            let service = if e.outgoing { f.remote } else { f.local };
+            let room = view.services.len() < SETUP_DROP_SERVICES;
+            match view.services.iter_mut().find(|(s, _)| *s == service) {
+                Some((_, n)) => *n += 1,
+                None if room => view.services.push((service, 1)),
+                None => {}
+            }
+        }
+    }
+
+    fn paws_drop(&mut self, e: &DropEvent) {
         self.drops.add(e.ts_ns, 1);
         let entry = self.drops_by_reason.entry(e.reason.clone()).or_default();
         entry.0 += 1;

@@ -289,12 +289,17 @@ impl Aggregator {
                     worst_utilisation: worst,
                     connect_failures: failures,
                     counters: n.counters.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                    setup_drops: n.setup_drops.values().cloned().collect(),
                 }
             })
             // What is there now: a namespace that is gone has nothing left to show.
             .filter(|v| {
                 v.live
-                    && (v.timewait_live > 0 || v.ports_in_use > 0 || v.connect_failures > 0 || !v.counters.is_empty())
+                    && (v.timewait_live > 0
+                        || v.ports_in_use > 0
+                        || v.connect_failures > 0
+                        || !v.counters.is_empty()
+                        || !v.setup_drops.is_empty())
             })
             .collect();
         views.sort_by(|a, b| {
@@ -406,6 +411,25 @@ pub struct NamespaceView {
     pub connect_failures: u64,
     /// Its kernel counters since start (netstat deltas).
     pub counters: Vec<(String, i64)>,
+    /// Drops that cost connections other than PAWS, by reason (the PAWS ones are in
+    /// [`PawsView`], by source).
+    pub setup_drops: Vec<SetupDropView>,
+}
+
+/// A namespace's drops of one reason that cost connections: netfilter's, the accept queue's.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SetupDropView {
+    /// Kernel name, e.g. `NETFILTER_DROP`.
+    pub reason: String,
+    pub class: crate::event::DropClass,
+    pub total: u64,
+    /// Of those, connections' opening SYNs: connection attempts that were lost.
+    pub syns: u64,
+    /// Of the SYNs, those this host sent (its own connect()s'), not received.
+    pub syns_sent: u64,
+    /// The listening (or connected-to) ends and their drops, first seen first; in JSON
+    /// `[["127.0.0.1:7000", 12], ...]`.
+    pub services: Vec<(SocketAddr, u64)>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

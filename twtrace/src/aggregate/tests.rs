@@ -231,6 +231,7 @@ fn paws_sources_show_the_nat_signature() {
             tcp_flags: 0x02,
             seq: 1,
             ack_seq: 0,
+            outgoing: false,
         })
     };
     for port in 50_000..50_012u16 {
@@ -250,6 +251,43 @@ fn paws_sources_show_the_nat_signature() {
     );
     assert_eq!(snap.paws.by_reason[0].reason, "TCP_RFC7323_PAWS");
     assert_eq!(snap.paws.recent.len(), 8, "bounded");
+}
+
+/// Netfilter's and the accept queue's drops count in their namespace, by reason, apart from
+/// PAWS: SYNs (connection attempts) counted, those this host sent told apart, and the service
+/// end named (a sent SYN's remote end, a received one's local end).
+#[test]
+fn drops_that_cost_connections_count_in_their_namespace_apart_from_paws() {
+    let mut agg = Aggregator::new(settings((32_768, 60_999)));
+    let drop = |reason: &str, local: &str, remote: &str, tcp_flags: u8, outgoing: bool| {
+        Event::Drop(DropEvent {
+            ts_ns: S,
+            reason: reason.into(),
+            reason_code: 14,
+            netns: 7,
+            flow: Some(flow(local, remote)),
+            tcp_flags,
+            seq: 1,
+            ack_seq: 0,
+            outgoing,
+        })
+    };
+    for port in 40_000..40_003u16 {
+        agg.apply(&drop("NETFILTER_DROP", &format!("10.0.0.1:{port}"), "10.0.0.9:5432", 0x02, true));
+    }
+    agg.apply(&drop("NETFILTER_DROP", "10.0.0.1:8080", "192.0.2.1:1234", 0x02, false));
+    agg.apply(&drop("NETFILTER_DROP", "10.0.0.1:8080", "192.0.2.1:1234", 0x12, false)); // a SYN-ACK
+    agg.apply(&drop("TCP_LISTEN_OVERFLOW", "10.0.0.1:8080", "192.0.2.2:999", 0x10, false));
+    let snap = snap(&mut agg, 2 * S);
+    assert_eq!(snap.paws.drops_total, 0, "none of these is PAWS");
+    let ns = snap.namespaces.iter().find(|n| n.netns == 7).expect("its namespace has something to show");
+    let nf = &ns.setup_drops[0];
+    assert_eq!((nf.reason.as_str(), nf.class), ("NETFILTER_DROP", DropClass::Netfilter));
+    assert_eq!((nf.total, nf.syns, nf.syns_sent), (5, 4, 3));
+    let service = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+    assert_eq!(nf.services, vec![(service("10.0.0.9:5432"), 3), (service("10.0.0.1:8080"), 2)]);
+    let listen = &ns.setup_drops[1];
+    assert_eq!((listen.class, listen.total, listen.syns), (DropClass::ListenOverflow, 1, 0));
 }
 
 /// The views at `now`, the model's clock moved there first.

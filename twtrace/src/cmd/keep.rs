@@ -42,6 +42,7 @@ fn worth_keeping(f: &Finding) -> bool {
                 | Kind::Loss
                 | Kind::ListenOverflow
                 | Kind::Conntrack
+                | Kind::NetfilterDrops
         )
 }
 

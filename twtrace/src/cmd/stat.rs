@@ -206,6 +206,14 @@ pub fn snapshot_text(s: &Snapshot, clock: WallClock) -> String {
     for f in &s.port_space.failures {
         out.push_str(&format!("\n  failed [{}] {} {} x{}", f.namespace, f.process, f.error, f.count));
     }
+    for n in &s.namespaces {
+        for d in &n.setup_drops {
+            out.push_str(&format!(
+                "\n  dropped [{}] {} {}  SYNs {} (sent {})",
+                n.name, d.reason, d.total, d.syns, d.syns_sent
+            ));
+        }
+    }
     if s.paws.drops_total > 0 || !s.paws.counters.is_empty() {
         let reasons: Vec<String> = s.paws.by_reason.iter().map(|r| format!("{} {}", r.reason, r.total)).collect();
         let counters: Vec<String> = s.paws.counters.iter().map(|(k, v)| format!("{k} {v:+}")).collect();

@@ -157,6 +157,8 @@ pub fn event_json(event: &Event, clock: WallClock) -> Value {
             put("event", json!("drop"));
             put("reason", json!(e.reason));
             put("reason_code", json!(e.reason_code));
+            put("class", json!(e.class()));
+            put("direction", json!(if e.outgoing { "sent" } else { "received" }));
             put("netns", json!(e.netns));
             put_flow(&mut put, e.flow);
             put("tcp_flags", json!(tcp_flags(e.tcp_flags)));
@@ -301,7 +303,18 @@ pub fn event_text(event: &Event, clock: WallClock) -> String {
         Event::Drop(e) => (
             e.ts_ns,
             e.netns,
-            format!("DROP      {}  {}  flags {} seq {}", e.reason, flow_text(e.flow), tcp_flags(e.tcp_flags), e.seq),
+            format!(
+                "DROP      {}  {}  flags {} seq {}",
+                e.reason,
+                // The packet's way: out from this host's end, or in to it.
+                match (e.outgoing, e.flow) {
+                    (true, Some(f)) => format!("sent {} -> {}", f.local, f.remote),
+                    (false, Some(f)) => format!("received {} <- {}", f.local, f.remote),
+                    (_, None) => "?".into(),
+                },
+                tcp_flags(e.tcp_flags),
+                e.seq
+            ),
         ),
         Event::Netstat(e) => {
             let deltas: Vec<String> = e.deltas.iter().map(|(k, v)| format!("{k} {v:+}")).collect();

@@ -281,6 +281,16 @@ impl Builder {
             Kind::Counter,
             "Packets connection tracking dropped since twtrace started: `full` (no room in the table), `insert_failed` (lost an insert race); `early_drop` counts entries evicted to make room.",
         );
+        let mut setup_drops = Family::new(
+            "twtrace_connection_drops",
+            Kind::Counter,
+            "Packets the kernel dropped that cost connections, other than PAWS, by drop reason: NETFILTER_DROP (a rule, or a full conntrack table; 5.18+), TCP_LISTEN_OVERFLOW (a full accept queue; 6.15+).",
+        );
+        let mut setup_syns = Family::new(
+            "twtrace_connection_drop_syns",
+            Kind::Counter,
+            "Of those, connections' opening SYNs, by direction: `sent` by this host's own connect(), or `received`.",
+        );
         for description in aggregator.namespaces() {
             let view = views.get(&description.netns);
             if !description.live && view.is_none() {
@@ -297,6 +307,16 @@ impl Builder {
                 buckets.push(labels.clone(), Value::Int(limit));
             }
             range.push(labels.clone(), Value::Int(aggregator.range_size(description.netns)));
+            for d in view.map(|v| v.setup_drops.as_slice()).unwrap_or_default() {
+                let mut l = labels.clone();
+                l.push(("reason", d.reason.clone()));
+                setup_drops.push(l.clone(), Value::Int(d.total));
+                for (direction, n) in [("sent", d.syns_sent), ("received", d.syns - d.syns_sent)] {
+                    let mut l = l.clone();
+                    l.push(("direction", direction.into()));
+                    setup_syns.push(l, Value::Int(n));
+                }
+            }
             for (name, value) in view.map(|v| v.counters.as_slice()).unwrap_or_default() {
                 let value = Value::Int((*value).max(0) as u64);
                 let reason = match name.as_str() {
@@ -323,7 +343,18 @@ impl Builder {
                 conntrack_drops.push(l, value);
             }
         }
-        out.extend([info, tw, buckets, range, counters, conntrack_entries, conntrack_max, conntrack_drops]);
+        out.extend([
+            info,
+            tw,
+            buckets,
+            range,
+            counters,
+            conntrack_entries,
+            conntrack_max,
+            conntrack_drops,
+            setup_drops,
+            setup_syns,
+        ]);
     }
 
     fn timewait(&self, aggregator: &Aggregator, snapshot: &Snapshot, out: &mut Vec<Family>) {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 /// Counters twtrace follows. Not every kernel has all: PAWSOldAck appeared around 6.14,
 /// PAWSTimewait around 6.16 (before that, TIME_WAIT PAWS rejects counted as PAWSEstab).
-/// ListenOverflows and ListenDrops: a full accept queue (every kernel twtrace runs on).
+/// The listeners' ones are on every kernel twtrace runs on.
 pub const WATCHED: &[&str] = &[
     "PAWSActive",
     "PAWSEstab",
@@ -18,14 +18,27 @@ pub const WATCHED: &[&str] = &[
     "TWKilled",
     "TWRecycled",
     "TCPTimeWaitOverflow",
-    "ListenOverflows",
-    "ListenDrops",
+    LISTEN_OVERFLOWS,
+    LISTEN_DROPS,
+    SYN_QUEUE_FULL_DROP,
+    SYN_QUEUE_FULL_COOKIES,
     CONNTRACK_DROP,
     CONNTRACK_EARLY_DROP,
     CONNTRACK_INSERT_FAILED,
     CONNTRACK_COUNT,
     CONNTRACK_MAX,
 ];
+
+/// A SYN or a handshake's last ACK found the listener's accept queue full.
+pub const LISTEN_OVERFLOWS: &str = "ListenOverflows";
+/// Every SYN or handshake a listener dropped, whatever the cause (the overflows above, the
+/// SYN queue's, and more).
+pub const LISTEN_DROPS: &str = "ListenDrops";
+/// A SYN dropped because the listener's SYN queue (handshakes under way) was full and
+/// syncookies are off (`tcp_syn_flood_action`); the SYN is consumed, never a drop event.
+pub const SYN_QUEUE_FULL_DROP: &str = "TCPReqQFullDrop";
+/// The same with syncookies on: answered with a cookie, not dropped.
+pub const SYN_QUEUE_FULL_COOKIES: &str = "TCPReqQFullDoCookies";
 
 /// Packets dropped because the conntrack table was full (and no entry could be evicted):
 /// /proc/net/stat/nf_conntrack's `drop`, summed over CPUs. The kernel logs "nf_conntrack:

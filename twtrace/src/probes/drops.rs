@@ -9,7 +9,7 @@ use twtrace_common::{
 
 use super::{Backend, BackendPlan, Hook};
 use crate::{
-    event::{DropEvent, Event, SocketFlow},
+    event::{DropClass, DropEvent, Event, SocketFlow},
     kernel::btf::Btf,
 };
 
@@ -46,10 +46,11 @@ pub fn backends() -> Vec<BackendPlan> {
 
 const PREFIX: &str = "SKB_DROP_REASON_";
 
-/// The reasons reported by default: every timestamp (RFC 7323) check. Names, not numbers: the
-/// numbers differ between kernels (36-39 on 6.18).
+/// The reasons reported: every timestamp (RFC 7323) check, netfilter's drops and the accept
+/// queue's overflow ([`DropClass`]). Names, not numbers: the numbers differ between kernels
+/// (the PAWS ones are 36-39 on 6.18).
 pub fn is_watched(name: &str) -> bool {
-    name.starts_with("TCP_RFC7323_") || name.contains("PAWS")
+    DropClass::of_reason(name).is_some()
 }
 
 /// Reason names by value on the running kernel (`enum skb_drop_reason`, 5.17+), without the
@@ -84,6 +85,7 @@ pub fn decode(raw: &RawDrop, names: &HashMap<u32, String>) -> Event {
         tcp_flags: raw.tcp_flags,
         seq: raw.seq,
         ack_seq: raw.ack_seq,
+        outgoing: raw.outgoing != 0,
     })
 }
 
@@ -96,11 +98,12 @@ mod tests {
         let names: HashMap<u32, String> =
             [(36, "TCP_RFC7323_PAWS"), (38, "TCP_RFC7323_TW_PAWS"), (45, "TCP_RESET"), (300, "TCP_RFC7323_X")]
                 .into_iter()
+                .chain([(14, "NETFILTER_DROP"), (70, "TCP_LISTEN_OVERFLOW"), (2, "NO_SOCKET")])
                 .map(|(v, n)| (v, n.to_owned()))
                 .collect();
         let mut config = Config::DEFAULT;
-        assert_eq!(configure(&names, &mut config), 2, "300 is beyond the bitmap");
-        assert_eq!(config.drop_reasons, [(1u64 << 36) | (1 << 38), 0, 0, 0]);
+        assert_eq!(configure(&names, &mut config), 4, "300 is beyond the bitmap; NO_SOCKET, TCP_RESET not watched");
+        assert_eq!(config.drop_reasons, [(1u64 << 36) | (1 << 38) | (1 << 14), 1 << (70 - 64), 0, 0]);
     }
 
     #[test]
@@ -116,5 +119,7 @@ mod tests {
         }
         let watched: Vec<&String> = names.values().filter(|n| is_watched(n)).collect();
         assert!(watched.iter().any(|n| *n == "TCP_RFC7323_PAWS"), "{watched:?}");
+        // 5.18+, and every kernel of the matrix with drop reasons is newer.
+        assert!(watched.iter().any(|n| *n == "NETFILTER_DROP"), "{watched:?}");
     }
 }

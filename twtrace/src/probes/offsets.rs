@@ -27,6 +27,7 @@ pub fn configure_sockets(btf: &kernel::btf::Btf, config: &mut Config) {
     o.skb_network_header = optional_offset(btf, "sk_buff", "network_header");
     o.skb_transport_header = optional_offset(btf, "sk_buff", "transport_header");
     o.skb_dev = optional_offset(btf, "sk_buff", "dev");
+    o.skb_sk = optional_offset(btf, "sk_buff", "sk");
     o.dev_nd_net = optional_offset(btf, "net_device", "nd_net");
     o.skc_state = optional_offset(btf, "sock_common", "skc_state");
 }

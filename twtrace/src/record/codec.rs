@@ -21,6 +21,7 @@
 //! | 10  | namespace  | ts, netns, name, bits u8 (1 live, 2 settings), [lo, hi, 4 × optional number] |
 //! | 11  | socket     | (initial picture only, format 2) netns, flow, state u8, expires_ms |
 //! | 12  | mark       | (format 3) ts, unix_ns, optional uid, optional pid, text (length, UTF-8) |
+//! | 13  | drop, sent | (format 5) as 5, of a packet this host sent (a drop record is one received) |
 //! | 0x80.. | definitions | IPv4 (4 bytes), IPv6 (16), process (pid, tid, cgroup, comm), name, netns, sk (u64) |
 //!
 //! A flow is (local address ref, local port u16, remote address ref, remote port u16), with
@@ -54,6 +55,7 @@ const SOCKET: u8 = 9;
 const NAMESPACE: u8 = 10;
 const SOCKET_NS: u8 = 11;
 const MARK: u8 = 12;
+const DROP_SENT: u8 = 13;
 const DEF_IPV4: u8 = 0x80;
 const DEF_IPV6: u8 = 0x81;
 const DEF_PROCESS: u8 = 0x82;
@@ -223,7 +225,7 @@ impl ChunkEncoder {
                 let reason = self.name_ref(&e.reason);
                 let netns = self.netns_ref(e.netns);
                 self.define_flow_ips(e.flow);
-                self.tag_and_ts(DROP, ts);
+                self.tag_and_ts(if e.outgoing { DROP_SENT } else { DROP }, ts);
                 put_varint(&mut self.buf, reason.into());
                 put_varint(&mut self.buf, e.reason_code.into());
                 put_varint(&mut self.buf, netns.into());
@@ -608,7 +610,7 @@ impl ChunkDecoder<'_> {
                 let task = self.process()?;
                 Event::State(StateEvent { ts_ns, sk_addr, netns, old_state, new_state, flow, task })
             }
-            DROP => {
+            DROP | DROP_SENT => {
                 let ts_ns = self.ts()?;
                 let reason = self.name()?;
                 let reason_code = self.varint32()?;
@@ -617,7 +619,8 @@ impl ChunkDecoder<'_> {
                 let tcp_flags = self.byte()?;
                 let seq = u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes"));
                 let ack_seq = u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes"));
-                Event::Drop(DropEvent { ts_ns, reason, reason_code, netns, flow, tcp_flags, seq, ack_seq })
+                let outgoing = tag == DROP_SENT;
+                Event::Drop(DropEvent { ts_ns, reason, reason_code, netns, flow, tcp_flags, seq, ack_seq, outgoing })
             }
             SEARCH => {
                 let ts_ns = self.ts()?;

@@ -53,8 +53,9 @@ pub const CHUNK_MAGIC: &[u8; 4] = b"TWCK";
 /// damaged and drop the chunk's events, so every file is written as the newest version,
 /// marks or not, and an older twtrace says "upgrade twtrace" instead. Version 4: a TIME_WAIT
 /// birth's substate byte also says whether the peer's timestamps were seen (version 3's
-/// births read as "not known").
-pub const FORMAT_VERSION: u16 = 4;
+/// births read as "not known"). Version 5: drops of packets this host sent have a record tag of
+/// their own (earlier files have only received ones).
+pub const FORMAT_VERSION: u16 = 5;
 pub const FILE_HEADER_LEN: usize = 20;
 pub const CHUNK_HEADER_LEN: usize = 36;
 /// Limits a reader enforces, so damaged lengths cannot make it allocate without bound. The

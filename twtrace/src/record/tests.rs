@@ -101,6 +101,7 @@ fn every_kind(base: u64) -> Vec<Event> {
             tcp_flags: 0x02,
             seq: u32::MAX,
             ack_seq: 0,
+            outgoing: false,
         }),
         Event::Drop(DropEvent {
             ts_ns: base + 10,
@@ -111,6 +112,7 @@ fn every_kind(base: u64) -> Vec<Event> {
             tcp_flags: 0,
             seq: 1,
             ack_seq: 2,
+            outgoing: true,
         }),
         Event::PortSearch(PortSearchEvent {
             ts_ns: base + 11,

@@ -378,6 +378,26 @@ li{{margin:4px 0}} figure{{margin:8px 0}}
     let rows: Vec<Vec<String>> = r.paws.counters.iter().map(|(k, v)| vec![k.clone(), format!("{v:+}")]).collect();
     h.push_str(&table(&["kernel counter", "change"], &rows));
 
+    h.push_str("<h2>Other drops that cost connections</h2>\n");
+    let rows: Vec<Vec<String>> = r
+        .namespaces
+        .iter()
+        .flat_map(|n| {
+            n.setup_drops.iter().map(|d| {
+                let services: Vec<String> = d.services.iter().map(|(s, c)| format!("{s} x{c}")).collect();
+                vec![
+                    n.name.clone(),
+                    d.reason.clone(),
+                    d.total.to_string(),
+                    d.syns.to_string(),
+                    d.syns_sent.to_string(),
+                    services.join(", "),
+                ]
+            })
+        })
+        .collect();
+    h.push_str(&table(&["namespace", "reason", "drops", "SYNs", "sent by this host", "to"], &rows));
+
     h.push_str("<h2>Recording</h2>\n");
     let s = &rec.sysctls;
     let rows = vec![

@@ -166,6 +166,15 @@ pub fn text(r: &Report) -> String {
         let c: Vec<String> = p.counters.iter().map(|(k, v)| format!("{k} {v:+}")).collect();
         line(format!("  counters {}", c.join(", ")));
     }
+    let setup: Vec<(&str, &crate::aggregate::SetupDropView)> =
+        r.namespaces.iter().flat_map(|n| n.setup_drops.iter().map(|d| (n.name.as_str(), d))).collect();
+    if !setup.is_empty() {
+        line(String::new());
+        line("Other drops that cost connections (by namespace and reason)".into());
+        for (ns, d) in setup {
+            line(format!("  [{ns}] {} {}  SYNs {} (sent by this host {})", d.reason, d.total, d.syns, d.syns_sent));
+        }
+    }
     o
 }
 

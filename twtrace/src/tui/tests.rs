@@ -86,6 +86,7 @@ fn incident() -> Snapshot {
             tcp_flags: 0x02,
             seq: 1,
             ack_seq: 0,
+            outgoing: false,
         }));
     }
     agg.apply(&Event::Netstat(crate::event::NetstatEvent {

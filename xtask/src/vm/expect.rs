@@ -65,9 +65,14 @@ pub const EVERY_GUEST: &[Gap] = &[
         ALL,
         "Debian builds netfilter's connection tracking as modules, and the guest loads none (nor has nft); the host runs this test",
     ),
+    gap("doctor", "syns_dropped_by_a_firewall_rule_are_named_with_the_rules_counts", ALL, NO_NFT),
+    gap("doctor", "an_overflowing_syn_queue_is_named_with_the_kernels_counts", ALL, NO_NFT),
     gap("doctor", "reuse_on_a_namespace_that_only_accepts_is_named_as_doing_nothing", ALL, NO_VETH),
     gap("doctor", "reuse_is_possible_toward_a_peer_with_timestamps_and_not_toward_one_without", ALL, NO_VETH),
 ];
+
+/// Scenarios with nftables rules: the guests have no nft (nor load the nf_tables modules).
+const NO_NFT: &str = "nft (nftables) is missing: `cargo xtask setup` installs it on the host; the guests have none";
 
 /// Scenarios with two namespaces joined by a veth pair: Debian builds veth as a module, and the
 /// guests load none; the host runs them. (The timewait binary checks the timestamps each birth

@@ -109,6 +109,7 @@ fn incident_with(name: &str, finish: bool, extra: Vec<Event>) -> std::path::Path
             tcp_flags: 2,
             seq: 1,
             ack_seq: 0,
+            outgoing: false,
         }));
     }
     events.sort_by_key(Event::ts_ns);

@@ -219,6 +219,7 @@ fn many_rows_stay_within_the_readme_worst_case() {
             tcp_flags: 0x02,
             seq: 1,
             ack_seq: 0,
+            outgoing: false,
         }));
     }
     agg.advance(2 * S);
