@@ -40,21 +40,30 @@ fn parse(all: &[String], out: std::process::Output) -> (i32, Value) {
 /// duration: in a slow guest `during` may start seconds after doctor does, and its last
 /// events would fall past a fixed end.
 fn doctor_while(args: &[&str], during: impl FnOnce()) -> (i32, Value) {
+    doctor_with(&[], args, |_, _| during())
+}
+
+/// [`doctor_while`], with twtrace's `global` options (before `doctor`), and `during` given
+/// doctor's pid and what it logged until it started watching.
+fn doctor_with(global: &[&str], args: &[&str], during: impl FnOnce(u32, &[String])) -> (i32, Value) {
     use std::io::{BufRead, BufReader, Read};
     let all = doctor_args(args);
     let mut child = support::spawn(
         Command::new(env!("CARGO_BIN_EXE_twtrace"))
+            .args(global)
             .args(&all)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped()),
     );
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = Vec::new();
     let mut line = String::new();
     while !line.contains("watching") {
         line.clear();
         assert!(stderr.read_line(&mut line).unwrap() > 0, "doctor did not start: {:?}", child.wait());
+        log.push(line.clone());
     }
-    during();
+    during(child.id(), &log);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let mut rest = String::new();
@@ -460,6 +469,72 @@ fn an_overflowing_accept_queue_is_named_with_the_kernels_counts() {
     assert!(events.is_none_or(|n| n <= overflows), "{events:?} of {overflows}");
 }
 
+/// 6.15+: a handshake's last ACK that meets a full accept queue is dropped with a reason,
+/// TCP_LISTEN_OVERFLOW. Backlog 2; two handshakes are held half done (an nftables rule drops
+/// their last ACKs), the rule goes, and three more connections fill the accept queue (never
+/// accepted). When the server re-sends the held handshakes' SYN-ACKs (after 1 s), their
+/// clients' ACKs meet the full queue: each is an overflow and a drop event. ListenOverflows
+/// also counts SYNs refused for a full queue (consumed, no drop event): a filler that failed
+/// sent exactly one (it gives up before a retransmit), so the events are the overflows less
+/// those.
+#[test]
+fn a_last_ack_meeting_a_full_accept_queue_is_a_drop_event() {
+    use std::os::fd::FromRawFd as _;
+    if !can_trace() {
+        return;
+    }
+    if Command::new("nft").arg("--version").output().is_err() {
+        return support::skip("doctor", NO_NFT);
+    }
+    if !support::kernel_has_drop_reason("TCP_LISTEN_OVERFLOW") {
+        return support::skip("doctor", "no TCP_LISTEN_OVERFLOW drop reason (6.15+)");
+    }
+    let ns = Netns::new("doclastack");
+    let nft = |rules: &str| support::run(Command::new("ip").args(["netns", "exec", &ns.name, "nft"]).arg(rules));
+    let before = ns.netstat();
+    let mut failed_fillers = 0;
+    let (_, live, replayed) = live_and_replayed(&ns, "lastack", &[], || {
+        nft("add table inet twt; add chain inet twt out { type filter hook output priority 0 ; }; \
+             add rule inet twt out tcp dport 7000 tcp flags & (syn | ack) == ack drop");
+        let server: std::net::SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        // SAFETY: a new socket, bound and listening with backlog 2; owned by the listener.
+        let listener = ns.run(move || unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            let (addr, len) = support::sockaddr_of(server);
+            assert_eq!(libc::bind(fd, std::ptr::addr_of!(addr).cast(), len), 0);
+            assert_eq!(libc::listen(fd, 2), 0);
+            std::net::TcpListener::from_raw_fd(fd)
+        });
+        let connect = move || std::net::TcpStream::connect_timeout(&server, std::time::Duration::from_millis(300));
+        // Connected as the clients see it (the SYN-ACK came); half done on the server.
+        let held: Vec<_> = ns.run(move || (0..2).map(|_| connect().unwrap()).collect());
+        nft("delete table inet twt");
+        let fillers: Vec<_> = ns.run(move || (0..3).map(|_| connect()).collect());
+        failed_fillers = fillers.iter().filter(|f| f.is_err()).count() as i64;
+        // The SYN-ACKs are re-sent 1 s after the SYNs; their ACKs come back at once.
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        drop((held, fillers, listener));
+    });
+    let after = ns.netstat();
+    let overflows = after["ListenOverflows"] - before["ListenOverflows"];
+    let expected = overflows - failed_fillers;
+    assert!(
+        expected > 0,
+        "the held handshakes' ACKs met the full queue: {overflows} overflows, {failed_fillers} fillers failed"
+    );
+    for report in [&live, &replayed] {
+        let f = only_finding(report, "listen_overflow");
+        let evidence: Vec<&str> = f["evidence"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+        let line = format!(
+            "TCP_LISTEN_OVERFLOW drop events: {expected}, 0 of them SYNs (0 sent by this host), to 127.0.0.1:7000 x{expected}"
+        );
+        if blind_of(report) == 0 {
+            assert!(evidence.contains(&line.as_str()), "{line}: {evidence:?}");
+        }
+        assert!(evidence.contains(&format!("ListenOverflows +{overflows}").as_str()), "{evidence:?}");
+    }
+}
+
 /// A listener's SYN queue overflows: syncookies off, backlog 4, and the handshakes' last ACKs
 /// dropped by an nftables rule, so the handshakes stay under way. Of 12 clients (each gives up
 /// after 300 ms, before a SYN retransmit), the first fill the queue and the others' SYNs are
@@ -521,6 +596,38 @@ fn an_overflowing_syn_queue_is_named_with_the_kernels_counts() {
             assert!(evidence.contains(&line.as_str()), "{line}: {evidence:?}");
         }
     }
+}
+
+/// Doctor's own blind spot: its ring buffer (4 KiB) overflows while it is stopped (SIGSTOP)
+/// and 200 connections leave TIME_WAIT sockets. The loss finding comes first, critical, with
+/// the count the kernel side kept (its counters map, read with bpftool).
+#[test]
+fn lost_records_are_named_first_with_the_kernels_count() {
+    if !can_trace() {
+        return;
+    }
+    let ns = Netns::new("docloss");
+    let mut lost_in_kernel = 0;
+    let args = ["--duration", "5m", "--netns", &ns.name, "--family", "timewait", "--ring-buffer-size", "4096"];
+    let (status, report) = doctor_with(&["-v"], &args, |pid, log| {
+        let map_id = support::counters_map_id(log).expect("twtrace -v logs its counters map id");
+        let pid = pid as i32;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        ns.run(|| support::server_closes_first(&std::net::TcpListener::bind("127.0.0.1:7000").unwrap(), 200, None));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        lost_in_kernel = support::kernel_lost(&map_id);
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    });
+    assert!(lost_in_kernel > 0, "200 connections overflow 4 KiB");
+    assert_eq!(report["observed"]["lost"], lost_in_kernel, "{report:#}");
+    assert_eq!(status, 2, "critical: {report:#}");
+    let first = &report["findings"][0];
+    assert_eq!(first["kind"], "loss", "what qualifies every figure comes first: {report:#}");
+    assert_eq!(first["severity"], "critical");
+    let text = first["text"].as_str().unwrap();
+    assert!(text.starts_with(&format!("{lost_in_kernel} events were lost in the kernel")), "{text}");
 }
 
 /// A namespace's firewall drops SYNs: its output chain those of this host's own connect()s

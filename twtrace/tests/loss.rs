@@ -3,31 +3,9 @@
 
 mod support;
 
-use std::{net::TcpListener, process::Command, time::Duration};
+use std::{net::TcpListener, time::Duration};
 
-use support::{Netns, can_trace, server_closes_first};
-
-/// Sum over CPUs of slot 0 (lost records) of the per-CPU counters map, read with bpftool.
-fn kernel_lost(map_id: &str) -> u64 {
-    let out =
-        support::output(Command::new("bpftool").args(["-j", "map", "lookup", "id", map_id, "key", "0", "0", "0", "0"]));
-    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|cpu| {
-            let bytes: Vec<u8> = cpu["value"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
-                .collect();
-            u64::from_le_bytes(bytes[..8].try_into().unwrap())
-        })
-        .sum()
-}
+use support::{Netns, can_trace, kernel_lost, server_closes_first};
 
 #[test]
 fn overflowing_a_small_ring_buffer_reports_the_kernels_lost_count() {
@@ -40,11 +18,7 @@ fn overflowing_a_small_ring_buffer_reports_the_kernels_lost_count() {
     else {
         return;
     };
-    let map_id = tracer
-        .stderr()
-        .iter()
-        .find_map(|l| l.split("COUNTERS map id ").nth(1).map(|id| id.trim().to_owned()))
-        .expect("twtrace -v logs its counters map id");
+    let map_id = support::counters_map_id(&tracer.stderr()).expect("twtrace -v logs its counters map id");
 
     tracer.signal(libc::SIGSTOP);
     ns.run(|| {

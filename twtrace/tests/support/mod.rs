@@ -238,6 +238,32 @@ pub fn skip(family: &str, reason: &str) {
     }
 }
 
+/// Sum over CPUs of slot 0 (lost records) of the per-CPU counters map, read with bpftool.
+pub fn kernel_lost(map_id: &str) -> u64 {
+    let out = output(Command::new("bpftool").args(["-j", "map", "lookup", "id", map_id, "key", "0", "0", "0", "0"]));
+    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|cpu| {
+            let bytes: Vec<u8> = cpu["value"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+                .collect();
+            u64::from_le_bytes(bytes[..8].try_into().unwrap())
+        })
+        .sum()
+}
+
+/// The map id of twtrace's per-CPU counters, from its `-v` log ("COUNTERS map id N").
+pub fn counters_map_id<'a>(log: impl IntoIterator<Item = &'a String>) -> Option<String> {
+    log.into_iter().find_map(|l| l.split("COUNTERS map id ").nth(1).map(|id| id.trim().to_owned()))
+}
+
 /// Whether the running kernel names this drop reason (reasons appear over versions: the
 /// RFC 7323 ones after 5.17's drop reasons, `TCP_RFC7323_TW_PAWS` in 6.16).
 pub fn kernel_has_drop_reason(name: &str) -> bool {

@@ -67,6 +67,7 @@ pub const EVERY_GUEST: &[Gap] = &[
     ),
     gap("doctor", "syns_dropped_by_a_firewall_rule_are_named_with_the_rules_counts", ALL, NO_NFT),
     gap("doctor", "an_overflowing_syn_queue_is_named_with_the_kernels_counts", ALL, NO_NFT),
+    gap("doctor", "a_last_ack_meeting_a_full_accept_queue_is_a_drop_event", ALL, NO_NFT),
     gap("doctor", "reuse_on_a_namespace_that_only_accepts_is_named_as_doing_nothing", ALL, NO_VETH),
     gap("doctor", "reuse_is_possible_toward_a_peer_with_timestamps_and_not_toward_one_without", ALL, NO_VETH),
 ];
