@@ -583,7 +583,8 @@ fn clock_ticks_per_s() -> f64 {
 }
 
 /// The BPF programs process `pid` holds, each once (by id) with its kernel run time so far:
-/// the `prog_id` and `run_time_ns` lines of /proc/PID/fdinfo of its program descriptors. Only
+/// the `prog_id` and `run_time_ns` lines of /proc/PID/fdinfo of its program descriptors (not
+/// its links'). Only
 /// the tracer's own programs: other work on the machine (tests, other tracers) loads and
 /// unloads programs meanwhile.
 fn programs_of(pid: u32) -> std::collections::BTreeMap<u64, u64> {
@@ -592,8 +593,10 @@ fn programs_of(pid: u32) -> std::collections::BTreeMap<u64, u64> {
     for fd in fds.flatten() {
         let Ok(info) = std::fs::read_to_string(fd.path()) else { continue };
         let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok());
-        if let Some(id) = field("prog_id:") {
-            programs.insert(id, field("run_time_ns:").unwrap_or(0));
+        // A program's own descriptor has its run time; a link's names the program too, without
+        // it (and usually comes later: letting it in read every program as 0 µs).
+        if let (Some(id), Some(run_time)) = (field("prog_id:"), field("run_time_ns:")) {
+            programs.insert(id, run_time);
         }
     }
     programs
