@@ -425,7 +425,7 @@ fn an_overflowing_accept_queue_is_named_with_the_kernels_counts() {
         connected = ns.run(|| {
             // SAFETY: a new socket, bound and listening with backlog 1; owned by the listener.
             let listener = unsafe {
-                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
                 let (addr, len) = support::sockaddr_of("127.0.0.1:7000".parse().unwrap());
                 assert_eq!(libc::bind(fd, std::ptr::addr_of!(addr).cast(), len), 0);
                 assert_eq!(libc::listen(fd, 1), 0);
@@ -493,13 +493,16 @@ fn a_last_ack_meeting_a_full_accept_queue_is_a_drop_event() {
     let nft = |rules: &str| support::run(Command::new("ip").args(["netns", "exec", &ns.name, "nft"]).arg(rules));
     let before = ns.netstat();
     let mut failed_fillers = 0;
+    let mut after = before.clone();
     let (_, live, replayed) = live_and_replayed(&ns, "lastack", &[], || {
         nft("add table inet twt; add chain inet twt out { type filter hook output priority 0 ; }; \
              add rule inet twt out tcp dport 7000 tcp flags & (syn | ack) == ack drop");
         let server: std::net::SocketAddr = "127.0.0.1:7000".parse().unwrap();
         // SAFETY: a new socket, bound and listening with backlog 2; owned by the listener.
+        // Close-on-exec, as std's sockets are: a process another test starts meanwhile must
+        // not inherit the listener and keep it open past its drop.
         let listener = ns.run(move || unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
             let (addr, len) = support::sockaddr_of(server);
             assert_eq!(libc::bind(fd, std::ptr::addr_of!(addr).cast(), len), 0);
             assert_eq!(libc::listen(fd, 2), 0);
@@ -513,11 +516,17 @@ fn a_last_ack_meeting_a_full_accept_queue_is_a_drop_event() {
         failed_fillers = fillers.iter().filter(|f| f.is_err()).count() as i64;
         // The SYN-ACKs are re-sent 1 s after the SYNs; their ACKs come back at once.
         std::thread::sleep(std::time::Duration::from_millis(2500));
-        drop((held, fillers, listener));
+        after = ns.netstat();
+        // The listener first: a held client's FIN reaching it would be one more overflow.
+        drop(listener);
+        drop((held, fillers));
+        // Doctor reads the counters once a second: let it see the last of them.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
     });
-    let after = ns.netstat();
+    assert_eq!(ns.netstat()["ListenOverflows"], after["ListenOverflows"], "no overflow after the listener went");
     let overflows = after["ListenOverflows"] - before["ListenOverflows"];
     let expected = overflows - failed_fillers;
+    eprintln!("ListenOverflows +{overflows}, {failed_fillers} fillers refused: {expected} last ACKs dropped");
     assert!(
         expected > 0,
         "the held handshakes' ACKs met the full queue: {overflows} overflows, {failed_fillers} fillers failed"
@@ -561,7 +570,7 @@ fn an_overflowing_syn_queue_is_named_with_the_kernels_counts() {
         ns.run(|| {
             // SAFETY: a new socket, bound and listening with backlog 4; owned by the listener.
             let listener = unsafe {
-                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
                 let (addr, len) = support::sockaddr_of("127.0.0.1:7000".parse().unwrap());
                 assert_eq!(libc::bind(fd, std::ptr::addr_of!(addr).cast(), len), 0);
                 assert_eq!(libc::listen(fd, 4), 0);
@@ -630,6 +639,42 @@ fn lost_records_are_named_first_with_the_kernels_count() {
     assert!(text.starts_with(&format!("{lost_in_kernel} events were lost in the kernel")), "{text}");
 }
 
+/// A damaged recording qualifies every figure: a byte of one chunk flipped, `doctor --replay`
+/// names the damage first (a warning), what it is, and reads the rest.
+#[test]
+fn a_damaged_recording_is_named_first() {
+    if !can_trace() {
+        return;
+    }
+    let ns = Netns::new("docdamage");
+    let path = std::env::temp_dir().join(format!("twtrace-it-{}-doctor-damage.twr", std::process::id()));
+    let recording = support::Recording::start(&ns, &path);
+    // Two bursts 1.5 s apart: chunks are sealed every second, so there is more than one.
+    ns.run(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:7000").unwrap();
+        support::client_closes_first(&listener, 10);
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        support::client_closes_first(&listener, 10);
+    });
+    recording.stop();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let chunks: Vec<usize> = bytes.windows(4).enumerate().filter(|(_, w)| w == b"TWCK").map(|(i, _)| i).collect();
+    assert!(chunks.len() >= 3, "a header chunk and two of events at least: {chunks:?}");
+    // Inside the second chunk's payload (its header is 36 bytes).
+    bytes[chunks[1] + 40] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let (status, report) = doctor(&["--replay", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    let first = &report["findings"][0];
+    assert_eq!(first["kind"], "damage", "{report:#}");
+    assert_eq!(first["severity"], "warning");
+    let problems = first["evidence"].as_array().unwrap();
+    assert!(!problems.is_empty(), "{first:#}");
+    assert!(first["text"].as_str().unwrap().contains(&format!("({} problem(s)", problems.len())), "{first:#}");
+    assert!(report["observed"]["events"].as_u64().unwrap() > 0, "the rest was read: {report:#}");
+    assert_eq!(status, 1, "a warning, nothing worse: {report:#}");
+}
+
 /// A namespace's firewall drops SYNs: its output chain those of this host's own connect()s
 /// to 127.0.0.1:7001, its input chain those received on 127.0.0.1:7002 (listeners on both).
 /// Three attempts each, given up after 1.2 s (a SYN and usually one retransmit). Doctor names
@@ -677,6 +722,7 @@ fn syns_dropped_by_a_firewall_rule_are_named_with_the_rules_counts() {
         after.split_whitespace().next().unwrap().parse().unwrap()
     };
     let (sent, received) = (counted("out"), counted("in"));
+    eprintln!("the rules dropped {sent} SYNs on their way out and {received} on their way in");
     assert!(sent >= ATTEMPTS as u64 && received >= ATTEMPTS as u64, "every attempt sent its SYN: {sent}, {received}");
     assert_eq!(status, 1, "a warning: {live:#}");
     for report in [&live, &replayed] {
