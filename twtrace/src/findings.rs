@@ -563,7 +563,7 @@ fn conntrack(r: &Report, out: &mut Vec<Finding>) {
     use crate::kernel::netstat::{CONNTRACK_COUNT, CONNTRACK_DROP, CONNTRACK_INSERT_FAILED, CONNTRACK_MAX};
     for ns in &r.namespaces {
         let (count, max) = (counter(ns, CONNTRACK_COUNT), counter(ns, CONNTRACK_MAX));
-        let dropped = counter(ns, CONNTRACK_DROP) + counter(ns, CONNTRACK_INSERT_FAILED);
+        let dropped = conntrack_dropped(ns);
         let near = max > 0 && count as f64 >= CONNTRACK_NEAR_LIMIT * max as f64;
         if dropped <= 0 && !near {
             continue;
@@ -740,6 +740,13 @@ fn paws_counted(r: &Report, out: &mut Vec<Finding>) {
     }
 }
 
+/// Packets a namespace's connection tracking dropped: no room for an entry, or a lost insert
+/// race.
+fn conntrack_dropped(ns: &NamespaceView) -> i64 {
+    use crate::kernel::netstat::{CONNTRACK_DROP, CONNTRACK_INSERT_FAILED};
+    counter(ns, CONNTRACK_DROP) + counter(ns, CONNTRACK_INSERT_FAILED)
+}
+
 /// A namespace's drops of one class, if twtrace saw any.
 fn setup_drops(ns: &NamespaceView, class: DropClass) -> Option<&SetupDropView> {
     ns.setup_drops.iter().find(|d| d.class == class)
@@ -764,10 +771,9 @@ fn drop_evidence(d: &SetupDropView) -> String {
 /// way out are a warning; received SYNs dropped may be a firewall doing its job (an
 /// internet-facing host drops scans all day), so they are a note that names the services.
 fn netfilter_drops(r: &Report, out: &mut Vec<Finding>) {
-    use crate::kernel::netstat::{CONNTRACK_DROP, CONNTRACK_INSERT_FAILED};
     for ns in &r.namespaces {
         let Some(d) = setup_drops(ns, DropClass::Netfilter) else { continue };
-        let by_conntrack = (counter(ns, CONNTRACK_DROP) + counter(ns, CONNTRACK_INSERT_FAILED)).max(0) as u64;
+        let by_conntrack = conntrack_dropped(ns).max(0) as u64;
         if d.syns <= by_conntrack {
             continue;
         }

@@ -278,14 +278,15 @@ fn a_full_conntrack_table_is_named_with_its_own_counts() {
     if !std::path::Path::new(CONNTRACK_MAX).exists() {
         return support::skip("doctor", "this kernel has no connection tracking (nf_conntrack)");
     }
-    if Command::new("nft").arg("--version").output().is_err() {
+    if !has_nft() {
         return support::skip("doctor", NO_NFT);
     }
     let ns = Netns::new("docconntrack");
-    support::run(Command::new("ip").args(["netns", "exec", &ns.name, "nft"]).arg(
+    nft(
+        &ns,
         "add table inet twt; add chain inet twt in { type filter hook input priority 0 ; }; \
          add rule inet twt in ct state new accept",
-    ));
+    );
     let _limit = ConntrackLimit::set(LIMIT);
     // The limit is shared: a host that tracks its own connections would lose them meanwhile.
     let host_count: u64 =
@@ -414,7 +415,6 @@ fn time_wait_beyond_the_bucket_limit_is_named_with_the_kernels_overflow_count() 
 /// namespace's ListenOverflows and ListenDrops as the kernel counts them.
 #[test]
 fn an_overflowing_accept_queue_is_named_with_the_kernels_counts() {
-    use std::os::fd::FromRawFd as _;
     if !can_trace() {
         return;
     }
@@ -423,14 +423,7 @@ fn an_overflowing_accept_queue_is_named_with_the_kernels_counts() {
     let mut connected = 0;
     let (status, live, replayed) = live_and_replayed(&ns, "listen", &[], || {
         connected = ns.run(|| {
-            // SAFETY: a new socket, bound and listening with backlog 1; owned by the listener.
-            let listener = unsafe {
-                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-                let (addr, len) = support::sockaddr_of("127.0.0.1:7000".parse().unwrap());
-                assert_eq!(libc::bind(fd, std::ptr::addr_of!(addr).cast(), len), 0);
-                assert_eq!(libc::listen(fd, 1), 0);
-                std::net::TcpListener::from_raw_fd(fd)
-            };
+            let listener = listener_with_backlog(1);
             let server = listener.local_addr().unwrap();
             let clients: Vec<_> = (0..10)
                 .filter_map(|_| {
@@ -479,39 +472,31 @@ fn an_overflowing_accept_queue_is_named_with_the_kernels_counts() {
 /// those.
 #[test]
 fn a_last_ack_meeting_a_full_accept_queue_is_a_drop_event() {
-    use std::os::fd::FromRawFd as _;
     if !can_trace() {
         return;
     }
-    if Command::new("nft").arg("--version").output().is_err() {
+    if !has_nft() {
         return support::skip("doctor", NO_NFT);
     }
     if !support::kernel_has_drop_reason("TCP_LISTEN_OVERFLOW") {
         return support::skip("doctor", "no TCP_LISTEN_OVERFLOW drop reason (6.15+)");
     }
     let ns = Netns::new("doclastack");
-    let nft = |rules: &str| support::run(Command::new("ip").args(["netns", "exec", &ns.name, "nft"]).arg(rules));
     let before = ns.netstat();
     let mut failed_fillers = 0;
     let mut after = before.clone();
     let (_, live, replayed) = live_and_replayed(&ns, "lastack", &[], || {
-        nft("add table inet twt; add chain inet twt out { type filter hook output priority 0 ; }; \
-             add rule inet twt out tcp dport 7000 tcp flags & (syn | ack) == ack drop");
+        nft(
+            &ns,
+            "add table inet twt; add chain inet twt out { type filter hook output priority 0 ; }; \
+             add rule inet twt out tcp dport 7000 tcp flags & (syn | ack) == ack drop",
+        );
         let server: std::net::SocketAddr = "127.0.0.1:7000".parse().unwrap();
-        // SAFETY: a new socket, bound and listening with backlog 2; owned by the listener.
-        // Close-on-exec, as std's sockets are: a process another test starts meanwhile must
-        // not inherit the listener and keep it open past its drop.
-        let listener = ns.run(move || unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-            let (addr, len) = support::sockaddr_of(server);
-            assert_eq!(libc::bind(fd, std::ptr::addr_of!(addr).cast(), len), 0);
-            assert_eq!(libc::listen(fd, 2), 0);
-            std::net::TcpListener::from_raw_fd(fd)
-        });
+        let listener = ns.run(|| listener_with_backlog(2));
         let connect = move || std::net::TcpStream::connect_timeout(&server, std::time::Duration::from_millis(300));
         // Connected as the clients see it (the SYN-ACK came); half done on the server.
         let held: Vec<_> = ns.run(move || (0..2).map(|_| connect().unwrap()).collect());
-        nft("delete table inet twt");
+        nft(&ns, "delete table inet twt");
         let fillers: Vec<_> = ns.run(move || (0..3).map(|_| connect()).collect());
         failed_fillers = fillers.iter().filter(|f| f.is_err()).count() as i64;
         // The SYN-ACKs are re-sent 1 s after the SYNs; their ACKs come back at once.
@@ -551,31 +536,24 @@ fn a_last_ack_meeting_a_full_accept_queue_is_a_drop_event() {
 /// and no netfilter finding: the rule drops ACKs, not connection attempts.
 #[test]
 fn an_overflowing_syn_queue_is_named_with_the_kernels_counts() {
-    use std::os::fd::FromRawFd as _;
     const CLIENTS: usize = 12;
     if !can_trace() {
         return;
     }
-    if Command::new("nft").arg("--version").output().is_err() {
+    if !has_nft() {
         return support::skip("doctor", NO_NFT);
     }
     let ns = Netns::new("docsynq");
     ns.sysctl("net.ipv4.tcp_syncookies", "0");
-    support::run(Command::new("ip").args(["netns", "exec", &ns.name, "nft"]).arg(
+    nft(
+        &ns,
         "add table inet twt; add chain inet twt out { type filter hook output priority 0 ; }; \
          add rule inet twt out tcp dport 7000 tcp flags & (syn | ack) == ack drop",
-    ));
+    );
     let before = ns.netstat();
     let (status, live, replayed) = live_and_replayed(&ns, "synq", &[], || {
         ns.run(|| {
-            // SAFETY: a new socket, bound and listening with backlog 4; owned by the listener.
-            let listener = unsafe {
-                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-                let (addr, len) = support::sockaddr_of("127.0.0.1:7000".parse().unwrap());
-                assert_eq!(libc::bind(fd, std::ptr::addr_of!(addr).cast(), len), 0);
-                assert_eq!(libc::listen(fd, 4), 0);
-                std::net::TcpListener::from_raw_fd(fd)
-            };
+            let listener = listener_with_backlog(4);
             let server = listener.local_addr().unwrap();
             // Those that got a SYN-ACK think they are connected; kept open until the end.
             let _clients: Vec<_> = (0..CLIENTS)
@@ -686,20 +664,21 @@ fn syns_dropped_by_a_firewall_rule_are_named_with_the_rules_counts() {
     if !can_trace() {
         return;
     }
-    if Command::new("nft").arg("--version").output().is_err() {
+    if !has_nft() {
         return support::skip("doctor", NO_NFT);
     }
     if !support::kernel_has_drop_reason("NETFILTER_DROP") {
         return support::skip("doctor", "this kernel frees netfilter's drops without a reason (NETFILTER_DROP, 5.18+)");
     }
     let ns = Netns::new("docfirewall");
-    support::run(Command::new("ip").args(["netns", "exec", &ns.name, "nft"]).arg(
+    nft(
+        &ns,
         "add table inet twt; \
          add chain inet twt out { type filter hook output priority 0 ; }; \
          add rule inet twt out tcp dport 7001 counter drop; \
          add chain inet twt in { type filter hook input priority 0 ; }; \
          add rule inet twt in tcp dport 7002 counter drop",
-    ));
+    );
     let (status, live, replayed) = live_and_replayed(&ns, "firewall", &[], || {
         ns.run(|| {
             let _listeners: Vec<_> =
@@ -748,6 +727,32 @@ fn syns_dropped_by_a_firewall_rule_are_named_with_the_rules_counts() {
 
 /// The guests have no nft, nor the nf_tables modules.
 const NO_NFT: &str = "nft (nftables) is missing: `cargo xtask setup` installs it on the host; the guests have none";
+
+/// Whether nft is here; without it the caller skips with [`NO_NFT`].
+fn has_nft() -> bool {
+    Command::new("nft").arg("--version").output().is_ok()
+}
+
+/// `nft RULES` inside `ns`.
+fn nft(ns: &Netns, rules: &str) {
+    support::run(Command::new("ip").args(["netns", "exec", &ns.name, "nft"]).arg(rules));
+}
+
+/// A listener on 127.0.0.1:7000 (in the calling thread's namespace) with its own `backlog`,
+/// which std's `TcpListener::bind` does not take. Close-on-exec, as std's sockets are: a
+/// process another test starts meanwhile must not inherit it and keep it open past its drop.
+fn listener_with_backlog(backlog: i32) -> std::net::TcpListener {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: a new socket, bound and listening; owned by the listener from here on.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let (addr, len) = support::sockaddr_of("127.0.0.1:7000".parse().unwrap());
+        assert_eq!(libc::bind(fd, std::ptr::addr_of!(addr).cast(), len), 0, "{}", std::io::Error::last_os_error());
+        assert_eq!(libc::listen(fd, backlog), 0);
+        std::net::TcpListener::from_raw_fd(fd)
+    }
+}
 
 /// "Why do 1-3 % of users behind NAT fail?": SYNs from one address, four 4-tuples the server
 /// holds in TIME_WAIT, each with an older timestamp (clients behind one NAT with different

@@ -16,7 +16,7 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip netns and ss for the integration tests"),
     ("procps", "sysctl inside test network namespaces"),
-    ("bpftool", "reads the kernel's own loss counter in the loss test"),
+    ("bpftool", "reads the kernel's own loss counter in the loss and doctor tests"),
     ("qemu-system-x86", "the VM lab boots other kernels under QEMU"),
     ("busybox-static", "the VM guests' init and shell"),
     ("cpio", "packs the VM guests' initramfs"),
@@ -27,7 +27,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("python3-prometheus-client", "the strict OpenMetrics parser the serve test checks the exposition with"),
     ("openssl", "makes the serve test's TLS certificate"),
     ("curl", "the serve test's HTTP(S) client"),
-    ("nftables", "turns on connection tracking in a test namespace (the conntrack-full scenario)"),
+    (
+        "nftables",
+        "rules in test namespaces: connection tracking (conntrack full), SYNs and ACKs dropped (doctor's firewall and listener scenarios)",
+    ),
 ];
 
 pub fn ensure() -> anyhow::Result<()> {
