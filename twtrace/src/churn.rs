@@ -530,7 +530,7 @@ impl Tally {
 }
 
 /// A listener with a deep backlog: the default of std's (128) drops SYNs under churn.
-fn deep_backlog_listener(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+pub(crate) fn deep_backlog_listener(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     use std::os::fd::FromRawFd as _;
     let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: plain socket calls on a descriptor this function owns until it is wrapped.
@@ -560,7 +560,7 @@ fn deep_backlog_listener(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     }
 }
 
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+pub(crate) fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: an all-zero sockaddr_storage is valid; the variants below fit inside it.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = match addr {

@@ -24,6 +24,7 @@ mod module_graph;
 pub mod probes;
 pub mod record;
 pub mod report;
+pub mod scenario;
 pub mod source;
 pub mod source_info;
 pub mod time;

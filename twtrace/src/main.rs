@@ -2,7 +2,7 @@
 //! line; each command lives in `twtrace::cmd`.
 
 use clap::{Parser, Subcommand};
-use twtrace::{churn, cmd, drive};
+use twtrace::{churn, cmd, drive, scenario};
 
 #[derive(Parser)]
 #[command(version, about = "Trace Linux TCP TIME_WAIT sockets, ephemeral port search and PAWS drops")]
@@ -40,6 +40,9 @@ enum Command {
     /// Generate connection churn on loopback: reproduce TIME_WAIT and port-space pressure, or
     /// measure tracing overhead (no root needed).
     Churn(churn::ChurnArgs),
+    /// Reproduce a TCP behaviour on purpose, in a namespace of its own, with ground truth:
+    /// `search-cost`, `client-exhaustion` (needs root). With --record, checks twtrace too.
+    Scenario(scenario::ScenarioArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,8 +63,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    // Commands that run the drive loop (churn has its own handler; probes ends at once).
-    if !matches!(cli.command, Command::Churn(_) | Command::Probes(_)) {
+    // Commands that run the drive loop (churn has its own handler; probes ends at once; a
+    // scenario ends by itself, and Ctrl-C ends it and its recorder at once).
+    if !matches!(cli.command, Command::Churn(_) | Command::Probes(_) | Command::Scenario(_)) {
         let _inside = runtime.enter();
         if let Err(e) = drive::install_signals() {
             eprintln!("twtrace: cannot handle signals: {e}");
@@ -99,5 +103,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => cmd::serve::run(args).await,
         Command::Mark(args) => cmd::mark::run(&args),
         Command::Churn(args) => churn::run(&args),
+        Command::Scenario(args) => scenario::run(args).await,
     }
 }

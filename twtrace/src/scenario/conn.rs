@@ -1,0 +1,174 @@
+//! The connections scenarios make, one at a time on one thread, so each step knows exactly
+//! which sockets exist: a listener, clients that keep their port (ESTABLISHED, or TIME_WAIT
+//! after closing first), and probes that measure connect() and leave nothing behind.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    time::{Duration, Instant},
+};
+
+/// `IP_LOCAL_PORT_RANGE` (include/uapi/linux/in.h, Linux 6.3): a per-socket narrowing of
+/// `ip_local_port_range`, as `lo | hi << 16`.
+pub const IP_LOCAL_PORT_RANGE: libc::c_int = 51;
+
+/// A connect() as the caller saw it.
+pub struct Attempt {
+    /// The socket, or the errno connect() (or a setsockopt before it) failed with.
+    pub result: Result<OwnedFd, i32>,
+    /// Time spent in connect(2) itself (on loopback the handshake completes inside it).
+    pub took: Duration,
+}
+
+/// The server all clients connect to, on loopback in the scenario's namespace.
+pub struct Server {
+    listener: TcpListener,
+    pub addr: SocketAddr,
+}
+
+/// The server's port: fixed, below every ephemeral range, so the listener never takes a port
+/// of the range being measured (bind() to port 0 would pick one from it). The namespace is
+/// the scenario's own, so nothing else listens there.
+pub const SERVER_PORT: u16 = 8080;
+
+impl Server {
+    pub fn start() -> anyhow::Result<Self> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], SERVER_PORT));
+        let listener = crate::churn::deep_backlog_listener(addr)?;
+        let addr = listener.local_addr()?;
+        Ok(Self { listener, addr })
+    }
+
+    /// A blocking connect() from a new socket, timed; `range` sets IP_LOCAL_PORT_RANGE first.
+    pub fn connect(&self, range: Option<(u16, u16)>) -> Attempt {
+        connect(self.addr, range)
+    }
+
+    /// The server side of the connection just made (it is in the accept queue already: on
+    /// loopback connect() returns after the handshake).
+    pub fn accept(&self) -> anyhow::Result<OwnedFd> {
+        let (stream, _) = self.listener.accept()?;
+        Ok(OwnedFd::from(stream))
+    }
+}
+
+/// Connects and keeps both ends: the client's port stays taken by an ESTABLISHED socket.
+pub fn hold_established(server: &Server, range: Option<(u16, u16)>) -> Result<(OwnedFd, OwnedFd), i32> {
+    let client = server.connect(range).result?;
+    let accepted = server.accept().map_err(|_| libc::EIO)?;
+    Ok((client, accepted))
+}
+
+/// Connects, then the client closes first and the server after it: the client's port stays
+/// taken by a TIME_WAIT socket (for 60 s, unless the namespace's reuse policy lets connect()
+/// take it back). The closes finish in softirq on loopback; callers settle before counting.
+pub fn hold_time_wait(server: &Server, range: Option<(u16, u16)>) -> Probe {
+    let Attempt { result, took } = server.connect(range);
+    let client = match result {
+        Ok(client) => client,
+        Err(e) => return Probe { errno: Some(e), took },
+    };
+    let Ok(accepted) = server.accept() else { return Probe { errno: Some(libc::EIO), took } };
+    drop(client);
+    // The server reads the client's FIN (EOF) before closing, as a real one would.
+    let mut buf = [0u8; 1];
+    // SAFETY: valid descriptor and buffer.
+    unsafe { libc::read(accepted.as_raw_fd(), buf.as_mut_ptr().cast(), 1) };
+    drop(accepted);
+    Probe { errno: None, took }
+}
+
+/// Closes with an RST (SO_LINGER 0): the port is free at once and no TIME_WAIT is left, so a
+/// probe does not change what it measures.
+pub fn abort(fd: OwnedFd) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: valid descriptor and option of the size given.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(fd);
+}
+
+/// What a probe saw: connect()'s errno (`None`: connected) and its time.
+pub struct Probe {
+    pub errno: Option<i32>,
+    pub took: Duration,
+}
+
+/// A probe: connect() timed, then both ends dropped, the client's with an RST.
+pub fn probe(server: &Server, range: Option<(u16, u16)>) -> Probe {
+    let Attempt { result, took } = server.connect(range);
+    match result {
+        Ok(client) => {
+            let accepted = server.accept();
+            abort(client);
+            drop(accepted);
+            Probe { errno: None, took }
+        }
+        Err(e) => Probe { errno: Some(e), took },
+    }
+}
+
+fn connect(dest: SocketAddr, range: Option<(u16, u16)>) -> Attempt {
+    let failed = |e: i32| Attempt { result: Err(e), took: Duration::ZERO };
+    let errno = || std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+    let family = if dest.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: a fresh descriptor, owned at once by `fd`.
+    let raw = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return failed(errno());
+    }
+    // SAFETY: we own the fresh descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    if let Some((lo, hi)) = range {
+        let value: u32 = u32::from(lo) | (u32::from(hi) << 16);
+        // SAFETY: valid descriptor and option of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_IP,
+                IP_LOCAL_PORT_RANGE,
+                (&value as *const u32).cast(),
+                std::mem::size_of::<u32>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return failed(errno());
+        }
+    }
+    let (storage, len) = crate::churn::sockaddr(dest);
+    let started = Instant::now();
+    // SAFETY: valid descriptor and address.
+    let rc = unsafe { libc::connect(fd.as_raw_fd(), (&storage as *const libc::sockaddr_storage).cast(), len) };
+    let took = started.elapsed();
+    Attempt { result: if rc == 0 { Ok(fd) } else { Err(errno()) }, took }
+}
+
+/// Whether this kernel has IP_LOCAL_PORT_RANGE (6.3+): ENOPROTOOPT before.
+pub fn has_port_range_option() -> bool {
+    // SAFETY: a fresh descriptor, closed by OwnedFd.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return false;
+    }
+    // SAFETY: we own it.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut value: u32 = 0;
+    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+    // SAFETY: valid descriptor and out-pointers.
+    unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IP,
+            IP_LOCAL_PORT_RANGE,
+            (&mut value as *mut u32).cast(),
+            &mut len,
+        ) == 0
+    }
+}

@@ -1,0 +1,195 @@
+//! Joins a scenario's steps with what twtrace recorded meanwhile: each step's connect() port
+//! searches in the run's namespace and time window, and a check per step that twtrace saw as
+//! many searches and failures as the generator made (short only by the events it reported
+//! missing). Replaying is the same path `report` takes: the recording is a source.
+
+use std::{collections::BTreeMap, path::Path};
+
+use super::report::{Check, Quantiles, ScenarioReport, Seen, Tracing};
+use crate::{
+    drive::{self, Limits, Sink, Status},
+    event::{Event, PortSearchEvent, SearchOp, errno_name},
+    filter::Filter,
+    record::directory::Window,
+    source::Source,
+};
+
+/// Replays `recording` and fills in twtrace's view of every step.
+pub async fn join(report: &mut ScenarioReport, recording: &Path) -> anyhow::Result<()> {
+    let mut source = Source::replay(recording, None, Window::default())?;
+    let mut sink = Searches::default();
+    drive::drive(&mut source, Filter::default(), &mut sink, Limits::default()).await?;
+    let tracing =
+        Tracing { recording: recording.display().to_string(), backends: sink.backends, blind_spots: sink.blind_spots };
+    apply(report, &sink.searches, tracing);
+    Ok(())
+}
+
+/// The connect() searches of a recording, and what the recording says it may lack.
+#[derive(Default)]
+struct Searches {
+    searches: Vec<PortSearchEvent>,
+    backends: BTreeMap<String, String>,
+    blind_spots: u64,
+}
+
+impl Sink for Searches {
+    type Wake = ();
+
+    fn start(&mut self, status: &Status) -> anyhow::Result<()> {
+        for family in &status.info().backends {
+            let backend = family.running.map_or_else(|| "none".to_owned(), |b| b.to_string());
+            self.backends.insert(family.family.to_string(), backend);
+        }
+        Ok(())
+    }
+
+    fn event(&mut self, event: &Event, _status: &Status) -> anyhow::Result<()> {
+        match event {
+            Event::PortSearch(e) if e.op == SearchOp::Connect => self.searches.push(e.clone()),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, status: &Status) -> anyhow::Result<()> {
+        let health = status.health();
+        self.blind_spots = health.lost + health.skipped_runs;
+        Ok(())
+    }
+}
+
+/// Fills each step's [`Seen`] from `searches` and adds the checks. Pure: the unit tests feed
+/// it events directly.
+pub fn apply(report: &mut ScenarioReport, searches: &[PortSearchEvent], tracing: Tracing) {
+    let allowance = tracing.blind_spots;
+    for run in &mut report.runs {
+        for step in &mut run.steps {
+            let (from, to) = step.window_ns;
+            let inside: Vec<&PortSearchEvent> =
+                searches.iter().filter(|e| e.netns == run.netns && (from..=to).contains(&e.ts_ns)).collect();
+            let mut failures = BTreeMap::new();
+            for e in inside.iter().filter(|e| e.errno != 0 && e.errno != crate::event::EINPROGRESS) {
+                *failures.entry(errno_name(e.errno)).or_insert(0u64) += 1;
+            }
+            let mut search_us: Vec<f64> = inside.iter().map(|e| e.duration_ns as f64 / 1e3).collect();
+            let mut candidates: Vec<f64> = inside.iter().filter_map(|e| e.candidates.map(f64::from)).collect();
+            let seen = Seen {
+                searches: inside.len() as u64,
+                failures,
+                search_us: Quantiles::of(&mut search_us),
+                approximate: inside.iter().any(|e| e.approximate),
+                candidates: (!candidates.is_empty()).then(|| Quantiles::of(&mut candidates)),
+            };
+            let what = |thing: &str| format!("{} {}: {thing} (generator vs twtrace)", run.label, step.label);
+            report.checks.push(Check::within(what("connect() searches"), step.attempts, seen.searches, allowance));
+            let names: std::collections::BTreeSet<&String> = step.failures.keys().chain(seen.failures.keys()).collect();
+            for name in names {
+                let made = step.failures.get(name).copied().unwrap_or(0);
+                let traced = seen.failures.get(name).copied().unwrap_or(0);
+                report.checks.push(Check::within(what(&format!("{name} failures")), made, traced, allowance));
+            }
+            step.twtrace = Some(seen);
+        }
+    }
+    report.twtrace = Some(tracing);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::report::{Run, Step};
+
+    fn step(window: (u64, u64), attempts: u64, eaddrnotavail: u64) -> Step {
+        Step {
+            label: "50%".into(),
+            held: 1,
+            held_kernel: 1,
+            utilisation: 0.5,
+            attempts,
+            connected: attempts - eaddrnotavail,
+            failures: if eaddrnotavail > 0 {
+                BTreeMap::from([("EADDRNOTAVAIL".into(), eaddrnotavail)])
+            } else {
+                BTreeMap::new()
+            },
+            connect_us: Quantiles::default(),
+            window_ns: window,
+            twtrace: None,
+        }
+    }
+
+    fn search(netns: u32, ts_ns: u64, errno: u32, candidates: u32) -> PortSearchEvent {
+        PortSearchEvent {
+            ts_ns,
+            op: SearchOp::Connect,
+            duration_ns: 2_000,
+            errno,
+            candidates: Some(candidates),
+            approximate: false,
+            netns,
+            remote: None,
+            local: None,
+            process: None,
+        }
+    }
+
+    fn report(steps: Vec<Step>) -> ScenarioReport {
+        ScenarioReport {
+            scenario: "search-cost".into(),
+            kernel: "6.1".into(),
+            kernel_build: String::new(),
+            params: BTreeMap::new(),
+            runs: vec![Run { label: "established/sysctl".into(), netns: 7, unavailable: None, steps }],
+            twtrace: None,
+            checks: Vec::new(),
+            passed: false,
+        }
+    }
+
+    fn tracing(blind_spots: u64) -> Tracing {
+        Tracing { recording: "r".into(), backends: BTreeMap::new(), blind_spots }
+    }
+
+    #[test]
+    fn a_step_counts_only_its_namespace_and_window() {
+        let mut r = report(vec![step((100, 200), 2, 1)]);
+        let events = [
+            search(7, 100, 0, 3),
+            search(7, 200, 99, 9),
+            search(7, 201, 0, 1), // after the window
+            search(8, 150, 0, 1), // another namespace
+            search(7, 99, 0, 1),  // before
+        ];
+        apply(&mut r, &events, tracing(0));
+        r.finish();
+        let seen = r.runs[0].steps[0].twtrace.clone().unwrap();
+        assert_eq!(seen.searches, 2);
+        assert_eq!(seen.failures.get("EADDRNOTAVAIL"), Some(&1));
+        assert_eq!(seen.candidates.unwrap().max, 9.0);
+        assert_eq!(seen.search_us.p50, 2.0);
+        assert!(r.passed, "{:?}", r.checks);
+    }
+
+    #[test]
+    fn a_missed_search_fails_the_step_unless_twtrace_reported_it_missing() {
+        let events = [search(7, 150, 0, 1)];
+        let mut r = report(vec![step((100, 200), 2, 0)]);
+        apply(&mut r, &events, tracing(0));
+        r.finish();
+        assert!(!r.passed);
+        let mut r = report(vec![step((100, 200), 2, 0)]);
+        apply(&mut r, &events, tracing(1));
+        r.finish();
+        assert!(r.passed, "one search short, one event reported lost");
+    }
+
+    #[test]
+    fn a_failure_twtrace_saw_that_the_generator_did_not_make_fails() {
+        let mut r = report(vec![step((100, 200), 1, 0)]);
+        apply(&mut r, &[search(7, 150, 99, 1)], tracing(5));
+        r.finish();
+        assert!(!r.passed);
+        assert!(r.checks.iter().any(|c| !c.passed && c.what.contains("EADDRNOTAVAIL")), "{:?}", r.checks);
+    }
+}
