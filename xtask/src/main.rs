@@ -1,4 +1,4 @@
-//! Project automation: `cargo xtask setup | test | run`.
+//! Project automation: `cargo xtask setup | test | run | vm | bench | study | fuzz`.
 //!
 //! The README's two commands are `cargo xtask run -- <twtrace args>` and `cargo xtask test`;
 //! both install whatever a fresh machine lacks first (see `setup`).
@@ -6,6 +6,7 @@
 mod bench;
 mod fuzz;
 mod setup;
+mod study;
 mod test;
 mod vm;
 
@@ -49,6 +50,9 @@ enum Task {
     /// Fuzz the recording reader with cargo fuzz (nightly, libFuzzer), seeded with a valid
     /// recording. Failing inputs are kept under fuzz/artifacts/.
     Fuzz(fuzz::FuzzArgs),
+    /// Run one `twtrace scenario` (recorded, checked) on the host and in a guest per kernel,
+    /// and compare: a table (also Markdown and JSON) and an SVG chart under target/study/.
+    Study(study::StudyArgs),
     /// Set up, build twtrace (release) and run it with the given arguments.
     Run {
         /// Arguments for twtrace, after `--`, e.g. `cargo xtask run -- trace --json`.
@@ -64,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         Task::Run { args } => run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::Study(args) => study::run(&args),
         Task::Vm { kernels, timeout, refresh, command } => {
             vm::run(&kernels, &command, std::time::Duration::from_secs(timeout), refresh)
         }

@@ -259,17 +259,29 @@ pub struct StaticBuild {
     pub unit: PathBuf,
 }
 
-/// Static builds of twtrace, of the integration test binaries and of the library's unit tests.
-pub fn build_static() -> anyhow::Result<StaticBuild> {
-    const TARGET: &str = "x86_64-unknown-linux-gnu";
-    let envs = [("RUSTFLAGS", "-C target-feature=+crt-static"), ("CARGO_PROFILE_RELEASE_DEBUG", "false")];
+const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
+const STATIC_ENV: [(&str, &str); 2] =
+    [("RUSTFLAGS", "-C target-feature=+crt-static"), ("CARGO_PROFILE_RELEASE_DEBUG", "false")];
+
+/// A static release build of twtrace alone, for guests (and for studies on the host, so both
+/// run the same binary).
+pub fn build_static_twtrace() -> anyhow::Result<PathBuf> {
     let root = workspace_root();
     run_cmd(
         Command::new("cargo")
-            .args(["build", "--release", "--package", "twtrace", "--target", TARGET])
-            .envs(envs)
+            .args(["build", "--release", "--package", "twtrace", "--target", STATIC_TARGET])
+            .envs(STATIC_ENV)
             .current_dir(&root),
     )?;
+    Ok(root.join("target").join(STATIC_TARGET).join("release/twtrace"))
+}
+
+/// Static builds of twtrace, of the integration test binaries and of the library's unit tests.
+pub fn build_static() -> anyhow::Result<StaticBuild> {
+    const TARGET: &str = STATIC_TARGET;
+    let envs = STATIC_ENV;
+    let root = workspace_root();
+    let twtrace = build_static_twtrace()?;
     let out = Command::new("cargo")
         .args([
             "test",
@@ -306,7 +318,6 @@ pub fn build_static() -> anyhow::Result<StaticBuild> {
         }
     }
     tests.sort();
-    let twtrace = root.join("target").join(TARGET).join("release/twtrace");
     let unit = unit.context("cargo built no unit-test binary for twtrace's library")?;
     Ok(StaticBuild { twtrace, tests, unit })
 }

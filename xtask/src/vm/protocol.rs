@@ -16,6 +16,11 @@ pub const RESULT: &str = "TWTRACE-RESULT";
 /// `TWTRACE-SKIP binary=<test binary> <skip record>`: a test of that binary did not run.
 pub const SKIP: &str = "TWTRACE-SKIP";
 
+/// `TWTRACE-FILE <name>`, then the file's lines, then [`FILE_END`]: a guest hands a file back
+/// over the console (text as is, binary as base64). `cargo xtask study` collects them.
+pub const FILE: &str = "TWTRACE-FILE";
+pub const FILE_END: &str = "TWTRACE-FILE-END";
+
 /// Where a test writes its [`Skip`] records (one a line), if the runner set it: the VM guest
 /// script and `cargo xtask test` both do, and count them.
 pub const SKIP_LOG_ENV: &str = "TWTRACE_TEST_SKIP_LOG";
@@ -32,6 +37,7 @@ pub const NO_BTF_ENV: &str = "TWTRACE_TEST_NO_BTF";
 pub fn shell_definitions() -> String {
     format!(
         "MARK_BOOTED='{BOOTED}'\nMARK_EXIT='{EXIT}'\nMARK_RESULT='{RESULT}'\nMARK_SKIP='{SKIP}'\n\
+         MARK_FILE='{FILE}'\nMARK_FILE_END='{FILE_END}'\n\
          SKIP_LOG_ENV='{SKIP_LOG_ENV}'\nBACKEND_ENV='{BACKEND_ENV}'\n"
     )
 }

@@ -1,0 +1,287 @@
+//! The comparison of one scenario's reports across kernels: a Markdown table per run (the
+//! same steps on every kernel side by side), the same as JSON, and an SVG chart of the curve.
+//! Pure: built from the reports' JSON, unit-tested below.
+
+use serde_json::{Value, json};
+
+use super::Outcome;
+
+/// One kernel's column.
+struct Column {
+    label: String,
+    kernel: String,
+    build: String,
+    backend: String,
+    status: String,
+}
+
+/// One step of one run on one kernel.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Cell {
+    utilisation: f64,
+    connect_p50: f64,
+    search_p50: Option<f64>,
+    approximate: bool,
+    candidates_mean: Option<f64>,
+    failed: u64,
+    attempts: u64,
+}
+
+/// A run (holder/variant) with its steps in order, a cell per column.
+struct RunRows {
+    label: String,
+    /// Per column: why the run did not happen there.
+    unavailable: Vec<Option<String>>,
+    steps: Vec<(String, Vec<Option<Cell>>)>,
+}
+
+pub struct Comparison {
+    scenario: String,
+    params: Value,
+    columns: Vec<Column>,
+    runs: Vec<RunRows>,
+}
+
+impl Comparison {
+    pub fn new(scenario: &str, outcomes: &[Outcome]) -> Self {
+        let columns = outcomes
+            .iter()
+            .map(|o| {
+                let r = o.report.as_ref();
+                let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("?").to_owned();
+                Column {
+                    label: o.label.clone(),
+                    kernel: text(r.map(|r| &r["kernel"])),
+                    build: text(r.map(|r| &r["kernel_build"])),
+                    backend: text(r.map(|r| &r["twtrace"]["backends"]["portsearch"])),
+                    status: match (&o.problem, r) {
+                        (None, Some(r)) => format!("{} checks passed", r["checks"].as_array().map_or(0, Vec::len)),
+                        (Some(p), _) => format!("FAILED: {p}"),
+                        (None, None) => "no report".into(),
+                    },
+                }
+            })
+            .collect();
+        let params = outcomes.iter().find_map(|o| o.report.as_ref()).map_or(Value::Null, |r| r["params"].clone());
+        let mut runs: Vec<RunRows> = Vec::new();
+        for (i, o) in outcomes.iter().enumerate() {
+            let Some(report) = &o.report else { continue };
+            for run in report["runs"].as_array().into_iter().flatten() {
+                let label = run["label"].as_str().unwrap_or("?").to_owned();
+                let at = match runs.iter().position(|r| r.label == label) {
+                    Some(at) => at,
+                    None => {
+                        runs.push(RunRows { label, unavailable: vec![None; outcomes.len()], steps: Vec::new() });
+                        runs.len() - 1
+                    }
+                };
+                let rows = &mut runs[at];
+                rows.unavailable[i] = run["unavailable"].as_str().map(str::to_owned);
+                for step in run["steps"].as_array().into_iter().flatten() {
+                    let name = step["label"].as_str().unwrap_or("?").to_owned();
+                    let row = match rows.steps.iter().position(|(n, _)| *n == name) {
+                        Some(row) => row,
+                        None => {
+                            rows.steps.push((name, vec![None; outcomes.len()]));
+                            rows.steps.len() - 1
+                        }
+                    };
+                    rows.steps[row].1[i] = Some(cell(step));
+                }
+            }
+        }
+        Self { scenario: scenario.to_owned(), params, columns, runs }
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut md = format!("# Study: {}\n\nParameters: {}\n\n", self.scenario, self.params);
+        md += "| where | kernel | build | port-search backend | checks |\n|---|---|---|---|---|\n";
+        for c in &self.columns {
+            md += &format!("| {} | {} | {} | {} | {} |\n", c.label, c.kernel, c.build, c.backend, c.status);
+        }
+        md += "\nEach cell: connect() p50 µs as the generator timed it / port search p50 µs as twtrace \
+               measured it (`~`: approximate, the tracepoint backend) / candidates examined, mean \
+               (`-` where the backend cannot see them); `(n failed)` when connects failed. Times \
+               under software emulation (the guests) are not comparable with the host's; \
+               candidates are.\n";
+        for run in &self.runs {
+            md += &format!("\n## {}\n\n| step |", run.label);
+            for c in &self.columns {
+                md += &format!(" {} |", c.label);
+            }
+            md += "\n|---|";
+            md += &"---|".repeat(self.columns.len());
+            md += "\n";
+            for (name, cells) in &run.steps {
+                md += &format!("| {name} |");
+                for cell in cells {
+                    md += &format!(" {} |", cell.map_or("".to_owned(), |c| c.text()));
+                }
+                md += "\n";
+            }
+            for (c, why) in self.columns.iter().zip(&run.unavailable) {
+                if let Some(why) = why {
+                    md += &format!("\n{}: not run ({why}).\n", c.label);
+                }
+            }
+        }
+        md
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "scenario": self.scenario,
+            "params": self.params,
+            "kernels": self.columns.iter().map(|c| json!({
+                "where": c.label, "kernel": c.kernel, "build": c.build, "backend": c.backend, "status": c.status,
+            })).collect::<Vec<_>>(),
+            "runs": self.runs.iter().map(|r| json!({
+                "run": r.label,
+                "steps": r.steps.iter().map(|(name, cells)| json!({
+                    "step": name,
+                    "by_kernel": self.columns.iter().zip(cells).map(|(c, cell)| json!({
+                        "where": c.label,
+                        "utilisation": cell.map(|x| x.utilisation),
+                        "connect_p50_us": cell.map(|x| x.connect_p50),
+                        "search_p50_us": cell.and_then(|x| x.search_p50),
+                        "approximate": cell.map(|x| x.approximate),
+                        "candidates_mean": cell.and_then(|x| x.candidates_mean),
+                        "failed": cell.map(|x| x.failed),
+                        "attempts": cell.map(|x| x.attempts),
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// One panel per run: candidates examined (mean) against utilisation, a line per kernel
+    /// that sees candidates; where none does, search p50 instead.
+    pub fn svg(&self) -> String {
+        const W: f64 = 640.0;
+        const H: f64 = 220.0;
+        const PAD: f64 = 48.0;
+        const COLOURS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf"];
+        let mut body = String::new();
+        for (p, run) in self.runs.iter().enumerate() {
+            let top = p as f64 * (H + 30.0);
+            let use_candidates = run.steps.iter().any(|(_, cells)| cells.iter().flatten().any(|c| c.candidates_mean.is_some()));
+            let value = |c: &Cell| if use_candidates { c.candidates_mean } else { c.search_p50 };
+            let ymax = run.steps.iter().flat_map(|(_, cells)| cells.iter().flatten().filter_map(value)).fold(1.0f64, f64::max);
+            let x = |u: f64| PAD + u * (W - 2.0 * PAD);
+            let y = |v: f64| top + H - PAD + 10.0 - v / ymax * (H - PAD - 10.0);
+            let metric = if use_candidates { "candidates examined (mean)" } else { "search p50 µs" };
+            body += &format!(
+                "<text x=\"{PAD}\" y=\"{:.0}\" font-size=\"13\" font-weight=\"bold\">{}: {metric}</text>\n",
+                top + 16.0,
+                run.label
+            );
+            body += &format!(
+                "<line x1=\"{PAD}\" y1=\"{b:.0}\" x2=\"{:.0}\" y2=\"{b:.0}\" stroke=\"#888\"/><line x1=\"{PAD}\" y1=\"{:.0}\" x2=\"{PAD}\" y2=\"{b:.0}\" stroke=\"#888\"/>\n",
+                W - PAD,
+                top + 20.0,
+                b = y(0.0)
+            );
+            for (u, label) in [(0.0, "0%"), (0.5, "50%"), (1.0, "100% of the range held")] {
+                body += &format!("<text x=\"{:.0}\" y=\"{:.0}\" font-size=\"10\">{label}</text>\n", x(u) - 6.0, y(0.0) + 14.0);
+            }
+            body += &format!("<text x=\"4\" y=\"{:.0}\" font-size=\"10\">{:.0}</text>\n", y(ymax) + 4.0, ymax);
+            for (k, column) in self.columns.iter().enumerate() {
+                let points: Vec<String> = run
+                    .steps
+                    .iter()
+                    .filter_map(|(_, cells)| cells[k].and_then(|c| value(&c).map(|v| format!("{:.1},{:.1}", x(c.utilisation), y(v)))))
+                    .collect();
+                if points.is_empty() {
+                    continue;
+                }
+                let colour = COLOURS[k % COLOURS.len()];
+                body += &format!(
+                    "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>\n",
+                    points.join(" ")
+                );
+                body += &format!(
+                    "<text x=\"{:.0}\" y=\"{:.0}\" font-size=\"11\" fill=\"{colour}\">{} ({})</text>\n",
+                    W - PAD + 4.0 - 120.0,
+                    top + 34.0 + 13.0 * k as f64,
+                    column.label,
+                    column.kernel
+                );
+            }
+        }
+        let height = self.runs.len().max(1) as f64 * (H + 30.0);
+        format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{height}\" font-family=\"sans-serif\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n{body}</svg>\n"
+        )
+    }
+}
+
+fn cell(step: &Value) -> Cell {
+    let seen = &step["twtrace"];
+    Cell {
+        utilisation: step["utilisation"].as_f64().unwrap_or(0.0),
+        connect_p50: step["connect_us"]["p50"].as_f64().unwrap_or(0.0),
+        search_p50: seen["search_us"]["p50"].as_f64(),
+        approximate: seen["approximate"] == true,
+        candidates_mean: seen["candidates"]["mean"].as_f64(),
+        failed: step["failures"].as_object().map_or(0, |f| f.values().filter_map(Value::as_u64).sum()),
+        attempts: step["attempts"].as_u64().unwrap_or(0),
+    }
+}
+
+impl Cell {
+    fn text(&self) -> String {
+        let search = self.search_p50.map_or("-".into(), |s| format!("{s:.1}{}", if self.approximate { "~" } else { "" }));
+        let candidates = self.candidates_mean.map_or("-".into(), |c| format!("{c:.1}"));
+        let failed = if self.failed > 0 { format!(" ({} failed)", self.failed) } else { String::new() };
+        format!("{:.1} / {search} / {candidates}{failed}", self.connect_p50)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(kernel: &str, candidates: Option<f64>) -> Value {
+        json!({
+            "kernel": kernel, "kernel_build": "#1", "params": {"range": "40000-40009"}, "passed": true,
+            "checks": [{"passed": true}],
+            "twtrace": {"backends": {"portsearch": "fentry"}},
+            "runs": [{"label": "established/sysctl", "unavailable": null, "steps": [
+                {"label": "0%", "utilisation": 0.0, "attempts": 5, "failures": {}, "connect_us": {"p50": 10.0},
+                 "twtrace": {"search_us": {"p50": 2.0}, "approximate": false, "candidates": candidates.map(|m| json!({"mean": m}))}},
+                {"label": "100%", "utilisation": 1.0, "attempts": 5, "failures": {"EADDRNOTAVAIL": 5}, "connect_us": {"p50": 30.0},
+                 "twtrace": {"search_us": {"p50": 9.0}, "approximate": true, "candidates": null}},
+            ]}, {"label": "established/sockopt", "unavailable": "not in this kernel", "steps": []}],
+        })
+    }
+
+    fn outcomes() -> Vec<Outcome> {
+        vec![
+            Outcome { label: "host".into(), report: Some(report("6.18.4", None)), problem: None },
+            Outcome { label: "6.1".into(), report: Some(report("6.1.9", Some(1.5))), problem: None },
+            Outcome { label: "5.10".into(), report: None, problem: Some("no report".into()) },
+        ]
+    }
+
+    #[test]
+    fn steps_line_up_across_kernels_and_gaps_stay_visible() {
+        let c = Comparison::new("search-cost", &outcomes());
+        let md = c.markdown();
+        assert!(md.contains("| 0% | 10.0 / 2.0 / - | 10.0 / 2.0 / 1.5 |  |"), "{md}");
+        assert!(md.contains("| 100% | 30.0 / 9.0~ / - (5 failed) |"), "{md}");
+        assert!(md.contains("| 5.10 | ? | ? | ? | FAILED: no report |"), "{md}");
+        assert!(md.contains("host: not run (not in this kernel)"), "{md}");
+        let j = c.json();
+        assert_eq!(j["runs"][0]["steps"][0]["by_kernel"][1]["candidates_mean"], 1.5);
+        assert_eq!(j["runs"][0]["steps"][1]["by_kernel"][0]["failed"], 5);
+    }
+
+    #[test]
+    fn the_chart_draws_a_line_per_kernel_that_has_the_metric() {
+        let svg = Comparison::new("search-cost", &outcomes()).svg();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        // Candidates exist on 6.1 only: one line in the first panel, none in the empty second.
+        assert_eq!(svg.matches("<polyline").count(), 1, "{svg}");
+        assert!(svg.contains("6.1 (6.1.9)"));
+    }
+}
