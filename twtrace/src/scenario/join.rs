@@ -5,10 +5,10 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use super::report::{Check, Quantiles, ScenarioReport, Seen, Tracing};
+use super::report::{Check, Quantiles, ScenarioReport, Seen, TimeWaitSeen, Tracing};
 use crate::{
     drive::{self, Limits, Sink, Status},
-    event::{Event, PortSearchEvent, SearchOp, errno_name},
+    event::{DeathReason, Event, PortSearchEvent, SearchOp, TimeWaitChange, TimeWaitEvent, errno_name},
     filter::Filter,
     record::directory::Window,
     source::Source,
@@ -22,6 +22,7 @@ pub async fn join(report: &mut ScenarioReport, recording: &Path) -> anyhow::Resu
     let tracing =
         Tracing { recording: recording.display().to_string(), backends: sink.backends, blind_spots: sink.blind_spots };
     apply(report, &sink.searches, tracing);
+    apply_time_wait(report, &sink.time_wait);
     Ok(())
 }
 
@@ -29,6 +30,7 @@ pub async fn join(report: &mut ScenarioReport, recording: &Path) -> anyhow::Resu
 #[derive(Default)]
 struct Searches {
     searches: Vec<PortSearchEvent>,
+    time_wait: Vec<TimeWaitEvent>,
     backends: BTreeMap<String, String>,
     blind_spots: u64,
 }
@@ -47,6 +49,7 @@ impl Sink for Searches {
     fn event(&mut self, event: &Event, _status: &Status) -> anyhow::Result<()> {
         match event {
             Event::PortSearch(e) if e.op == SearchOp::Connect => self.searches.push(e.clone()),
+            Event::TimeWait(e) => self.time_wait.push(e.clone()),
             _ => {}
         }
         Ok(())
@@ -95,6 +98,56 @@ pub fn apply(report: &mut ScenarioReport, searches: &[PortSearchEvent], tracing:
     report.twtrace = Some(tracing);
 }
 
+/// Each run's TIME_WAIT births and deaths; where the run counted its TIME_WAIT sockets at the
+/// end, the check that twtrace's births minus deaths is what the kernel listed. Deaths before
+/// the timer ran out are listed with their reason: a kernel ending sockets early is a finding.
+pub fn apply_time_wait(report: &mut ScenarioReport, events: &[TimeWaitEvent]) {
+    let allowance = report.twtrace.as_ref().map_or(0, |t| t.blind_spots);
+    for run in &mut report.runs {
+        let (Some(first), Some(last)) = (run.steps.first(), run.steps.last()) else { continue };
+        let (from, to) = (first.window_ns.0, last.window_ns.1);
+        let mut seen = TimeWaitSeen::default();
+        for e in events.iter().filter(|e| e.netns == run.netns && (from..=to + END_SLACK_NS).contains(&e.ts_ns)) {
+            match &e.change {
+                TimeWaitChange::Birth { .. } => seen.births += 1,
+                TimeWaitChange::Rearm { .. } => {}
+                TimeWaitChange::Death { reason, lifetime_ns } => {
+                    let name = serde_json::to_value(reason)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    *seen.deaths.entry(name.clone()).or_insert(0) += 1;
+                    if *reason != DeathReason::Expired {
+                        let local = e.flow.map_or_else(String::new, |f| f.local.to_string());
+                        seen.early.push((*lifetime_ns as f64 / 1e3, name, local));
+                    }
+                }
+            }
+        }
+        if let Some(listed) = run.time_wait_at_end {
+            let died: u64 = seen.deaths.values().sum();
+            report.checks.push(Check::within(
+                format!("{}: TIME_WAIT at the end, twtrace's births minus deaths vs sock_diag", run.label),
+                seen.births.saturating_sub(died),
+                listed,
+                allowance,
+            ));
+            let connected: u64 = run.steps.iter().map(|s| s.connected).sum();
+            report.checks.push(Check::within(
+                format!("{}: TIME_WAIT births (generator's connects vs twtrace)", run.label),
+                connected,
+                seen.births,
+                allowance,
+            ));
+        }
+        run.time_wait = Some(seen);
+    }
+}
+
+/// Births follow the last connect's window by the close (the server's FIN): counted up to
+/// this long after it.
+const END_SLACK_NS: u64 = 2_000_000_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,7 +193,14 @@ mod tests {
             kernel: "6.1".into(),
             kernel_build: String::new(),
             params: BTreeMap::new(),
-            runs: vec![Run { label: "established/sysctl".into(), netns: 7, unavailable: None, steps }],
+            runs: vec![Run {
+                label: "established/sysctl".into(),
+                netns: 7,
+                unavailable: None,
+                steps,
+                time_wait_at_end: None,
+                time_wait: None,
+            }],
             twtrace: None,
             checks: Vec::new(),
             passed: false,

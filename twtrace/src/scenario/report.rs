@@ -32,6 +32,19 @@ pub struct Run {
     /// Why the run did not happen on this kernel (a missing option), when it did not.
     pub unavailable: Option<String>,
     pub steps: Vec<Step>,
+    /// TIME_WAIT sockets the kernel listed when the run ended (sock_diag), if counted.
+    pub time_wait_at_end: Option<u64>,
+    /// twtrace's TIME_WAIT births and deaths in the run's namespace (with `--record`).
+    pub time_wait: Option<TimeWaitSeen>,
+}
+
+/// TIME_WAIT sockets twtrace saw born and die in a run's namespace, deaths by reason.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TimeWaitSeen {
+    pub births: u64,
+    pub deaths: BTreeMap<String, u64>,
+    /// The deaths before their timer ran out: (lifetime µs, reason, local address).
+    pub early: Vec<(f64, String, String)>,
 }
 
 /// A measured interval: what the generator did in it, what the kernel listed, what twtrace saw.
@@ -177,6 +190,17 @@ impl ScenarioReport {
                     search,
                     candidates
                 );
+            }
+            if let Some(tw) = &run.time_wait {
+                let deaths: Vec<String> = tw.deaths.iter().map(|(r, n)| format!("{n} {r}")).collect();
+                out += &format!(
+                    "  TIME_WAIT: {} born, died: {}\n",
+                    tw.births,
+                    if deaths.is_empty() { "none".into() } else { deaths.join(", ") }
+                );
+                for (us, reason, local) in &tw.early {
+                    out += &format!("    ended early: {local} after {us:.0} us ({reason})\n");
+                }
             }
         }
         let failed: Vec<&Check> = self.checks.iter().filter(|c| !c.passed).collect();

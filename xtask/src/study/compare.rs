@@ -32,6 +32,8 @@ struct RunRows {
     label: String,
     /// Per column: why the run did not happen there.
     unavailable: Vec<Option<String>>,
+    /// Per column: TIME_WAIT sockets that ended before their timer, as `local after N µs (reason)`.
+    early: Vec<Vec<String>>,
     steps: Vec<(String, Vec<Option<Cell>>)>,
 }
 
@@ -71,12 +73,30 @@ impl Comparison {
                 let at = match runs.iter().position(|r| r.label == label) {
                     Some(at) => at,
                     None => {
-                        runs.push(RunRows { label, unavailable: vec![None; outcomes.len()], steps: Vec::new() });
+                        runs.push(RunRows {
+                            label,
+                            unavailable: vec![None; outcomes.len()],
+                            early: vec![Vec::new(); outcomes.len()],
+                            steps: Vec::new(),
+                        });
                         runs.len() - 1
                     }
                 };
                 let rows = &mut runs[at];
                 rows.unavailable[i] = run["unavailable"].as_str().map(str::to_owned);
+                rows.early[i] = run["time_wait"]["early"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| {
+                        format!(
+                            "{} after {:.0} µs ({})",
+                            e[2].as_str().unwrap_or("?"),
+                            e[0].as_f64().unwrap_or(0.0),
+                            e[1].as_str().unwrap_or("?")
+                        )
+                    })
+                    .collect();
                 for step in run["steps"].as_array().into_iter().flatten() {
                     let name = step["label"].as_str().unwrap_or("?").to_owned();
                     let row = match rows.steps.iter().position(|(n, _)| *n == name) {
@@ -124,6 +144,11 @@ impl Comparison {
                     md += &format!("\n{}: not run ({why}).\n", c.label);
                 }
             }
+            for (c, early) in self.columns.iter().zip(&run.early) {
+                if !early.is_empty() {
+                    md += &format!("\n{}: TIME_WAIT sockets that ended early: {}.\n", c.label, early.join("; "));
+                }
+            }
         }
         md
     }
@@ -137,6 +162,7 @@ impl Comparison {
             })).collect::<Vec<_>>(),
             "runs": self.runs.iter().map(|r| json!({
                 "run": r.label,
+                "time_wait_ended_early": self.columns.iter().zip(&r.early).map(|(c, e)| json!({"where": c.label, "sockets": e})).collect::<Vec<_>>(),
                 "steps": r.steps.iter().map(|(name, cells)| json!({
                     "step": name,
                     "by_kernel": self.columns.iter().zip(cells).map(|(c, cell)| json!({
@@ -164,9 +190,11 @@ impl Comparison {
         let mut body = String::new();
         for (p, run) in self.runs.iter().enumerate() {
             let top = p as f64 * (H + 30.0);
-            let use_candidates = run.steps.iter().any(|(_, cells)| cells.iter().flatten().any(|c| c.candidates_mean.is_some()));
+            let use_candidates =
+                run.steps.iter().any(|(_, cells)| cells.iter().flatten().any(|c| c.candidates_mean.is_some()));
             let value = |c: &Cell| if use_candidates { c.candidates_mean } else { c.search_p50 };
-            let ymax = run.steps.iter().flat_map(|(_, cells)| cells.iter().flatten().filter_map(value)).fold(1.0f64, f64::max);
+            let ymax =
+                run.steps.iter().flat_map(|(_, cells)| cells.iter().flatten().filter_map(value)).fold(1.0f64, f64::max);
             let x = |u: f64| PAD + u * (W - 2.0 * PAD);
             let y = |v: f64| top + H - PAD + 10.0 - v / ymax * (H - PAD - 10.0);
             let metric = if use_candidates { "candidates examined (mean)" } else { "search p50 µs" };
@@ -182,14 +210,20 @@ impl Comparison {
                 b = y(0.0)
             );
             for (u, label) in [(0.0, "0%"), (0.5, "50%"), (1.0, "100% of the range held")] {
-                body += &format!("<text x=\"{:.0}\" y=\"{:.0}\" font-size=\"10\">{label}</text>\n", x(u) - 6.0, y(0.0) + 14.0);
+                body += &format!(
+                    "<text x=\"{:.0}\" y=\"{:.0}\" font-size=\"10\">{label}</text>\n",
+                    x(u) - 6.0,
+                    y(0.0) + 14.0
+                );
             }
             body += &format!("<text x=\"4\" y=\"{:.0}\" font-size=\"10\">{:.0}</text>\n", y(ymax) + 4.0, ymax);
             for (k, column) in self.columns.iter().enumerate() {
                 let points: Vec<String> = run
                     .steps
                     .iter()
-                    .filter_map(|(_, cells)| cells[k].and_then(|c| value(&c).map(|v| format!("{:.1},{:.1}", x(c.utilisation), y(v)))))
+                    .filter_map(|(_, cells)| {
+                        cells[k].and_then(|c| value(&c).map(|v| format!("{:.1},{:.1}", x(c.utilisation), y(v))))
+                    })
                     .collect();
                 if points.is_empty() {
                     continue;
@@ -230,7 +264,8 @@ fn cell(step: &Value) -> Cell {
 
 impl Cell {
     fn text(&self) -> String {
-        let search = self.search_p50.map_or("-".into(), |s| format!("{s:.1}{}", if self.approximate { "~" } else { "" }));
+        let search =
+            self.search_p50.map_or("-".into(), |s| format!("{s:.1}{}", if self.approximate { "~" } else { "" }));
         let candidates = self.candidates_mean.map_or("-".into(), |c| format!("{c:.1}"));
         let failed = if self.failed > 0 { format!(" ({} failed)", self.failed) } else { String::new() };
         format!("{:.1} / {search} / {candidates}{failed}", self.connect_p50)

@@ -72,10 +72,8 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
     std::fs::write(out.join(format!("{}.json", args.scenario)), serde_json::to_string_pretty(&comparison.json())?)?;
     std::fs::write(out.join(format!("{}.svg", args.scenario)), comparison.svg())?;
     eprintln!("xtask: study: reports, recordings, table and chart in {}", out.display());
-    let failed: Vec<String> = outcomes
-        .iter()
-        .filter_map(|o| o.problem.as_ref().map(|p| format!("{}: {p}", o.label)))
-        .collect();
+    let failed: Vec<String> =
+        outcomes.iter().filter_map(|o| o.problem.as_ref().map(|p| format!("{}: {p}", o.label))).collect();
     if !failed.is_empty() {
         bail!("the study failed where it ran:\n  {}", failed.join("\n  "));
     }
@@ -84,7 +82,9 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
 
 fn on_host(twtrace: &Path, scenario: &[String], out: &Path) -> anyhow::Result<Outcome> {
     if !crate::setup::is_root() {
-        bail!("a scenario on the host makes a network namespace and loads BPF programs: run the study as root, or leave `host` out of --kernels");
+        bail!(
+            "a scenario on the host makes a network namespace and loads BPF programs: run the study as root, or leave `host` out of --kernels"
+        );
     }
     let recording = out.join("host.twr");
     let _ = std::fs::remove_file(&recording);
@@ -127,10 +127,12 @@ fn outcome(label: String, report_text: &str, exited_ok: bool, out: &Path) -> Out
 }
 
 /// The guest's command: the scenario, its report and recording handed back over the console.
+/// init runs it as a child shell: the markers' variables are read again here.
 fn guest_script(scenario: &[String]) -> String {
     let command: Vec<String> = scenario.iter().map(|a| vm::shell_quote(a)).collect();
     format!(
-        "twtrace {} --record /tmp/study.twr --json > /tmp/report.json\n\
+        ". /etc/twtrace-protocol\n\
+         twtrace {} --record /tmp/study.twr --json > /tmp/report.json\n\
          rc=$?\n\
          echo \"$MARK_FILE report.json\"; cat /tmp/report.json; echo; echo \"$MARK_FILE_END\"\n\
          if [ -f /tmp/study.twr ]; then echo \"$MARK_FILE recording\"; base64 /tmp/study.twr; echo \"$MARK_FILE_END\"; fi\n\

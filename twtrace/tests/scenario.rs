@@ -1,0 +1,133 @@
+//! `twtrace scenario` against the real kernel, recorded: each scenario's steps must hold what
+//! they say (sock_diag agrees), and twtrace must have seen exactly the connect() searches and
+//! failures the generator made. The scenario checks both itself; these tests check that it
+//! does, and the figures a study would publish.
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::Value;
+use support::can_trace;
+
+/// Runs a scenario recorded (on the forced backend, if any) and returns its JSON report.
+fn scenario(args: &[&str]) -> Value {
+    let dir = std::env::temp_dir().join(format!("twt-scenario-{}-{}", std::process::id(), args[0]));
+    std::fs::create_dir_all(&dir).unwrap();
+    let recording = dir.join("run.twr");
+    let _ = std::fs::remove_file(&recording);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_twtrace"));
+    cmd.arg("scenario").args(args).arg("--record").arg(&recording).arg("--json");
+    if let Some(b) = support::forced_backend() {
+        cmd.args(["--backend", &b]);
+    }
+    let out = support::output(&mut cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON report ({e}); status {}; stderr:\n{stderr}", out.status));
+    let failed: Vec<&Value> = report["checks"].as_array().unwrap().iter().filter(|c| c["passed"] != true).collect();
+    assert!(out.status.success() && report["passed"] == true, "failed checks: {failed:#?}\nstderr:\n{stderr}");
+    if let Some(b) = support::forced_backend() {
+        assert_eq!(report["twtrace"]["backends"]["portsearch"], b.as_str(), "{report:#}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    report
+}
+
+/// Whether this kernel has IP_LOCAL_PORT_RANGE (6.3+, and Debian's 6.1), asked directly.
+fn kernel_has_port_range_option() -> bool {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    use std::os::fd::AsRawFd as _;
+    let mut value = 0u32;
+    let mut len = 4 as libc::socklen_t;
+    // SAFETY: valid descriptor and out-pointers (51: IP_LOCAL_PORT_RANGE).
+    unsafe {
+        libc::getsockopt(socket.as_raw_fd(), libc::IPPROTO_IP, 51, (&mut value as *mut u32).cast(), &mut len) == 0
+    }
+}
+
+fn failures(v: &Value, name: &str) -> u64 {
+    v["failures"][name].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn search_cost_holds_each_step_and_twtrace_sees_every_probe() {
+    if !can_trace() {
+        return;
+    }
+    const PROBES: u64 = 10;
+    let report = scenario(&["search-cost", "--range", "100", "--steps", "0,50,100", "--probes", "10"]);
+    let runs = report["runs"].as_array().unwrap();
+    let labels: Vec<&str> = runs.iter().map(|r| r["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["established/sysctl", "established/sockopt", "time-wait/sysctl", "time-wait/sockopt"]);
+    for run in runs {
+        let sockopt = run["label"].as_str().unwrap().ends_with("sockopt");
+        if sockopt && !kernel_has_port_range_option() {
+            assert!(run["unavailable"].as_str().unwrap().contains("IP_LOCAL_PORT_RANGE"), "{run:#}");
+            continue;
+        }
+        assert!(run["unavailable"].is_null(), "{run:#}");
+        let steps = run["steps"].as_array().unwrap();
+        let held: Vec<u64> = steps.iter().map(|s| s["held"].as_u64().unwrap()).collect();
+        assert_eq!(held, [0, 50, 100], "{run:#}");
+        for s in steps {
+            assert_eq!(s["held_kernel"], s["held"], "sock_diag lists what the generator holds: {s:#}");
+            assert_eq!(s["attempts"], PROBES);
+            let seen = &s["twtrace"];
+            assert_eq!(seen["searches"], PROBES, "twtrace saw every probe's search: {s:#}");
+            // A free port is found while one exists; with none left, every probe fails.
+            let expected_failures = if s["held"] == 100 { PROBES } else { 0 };
+            assert_eq!(failures(s, "EADDRNOTAVAIL"), expected_failures, "{s:#}");
+            assert_eq!(failures(seen, "EADDRNOTAVAIL"), expected_failures, "{s:#}");
+            // Candidates: none on the tracepoint backend; else a full range has them all
+            // examined (calls of __inet_check_established, one per port with a bucket).
+            match seen["candidates"]["max"].as_f64() {
+                None => assert_eq!(report["twtrace"]["backends"]["portsearch"], "tracepoint", "{s:#}"),
+                Some(max) if s["held"] == 100 => assert_eq!(max, 100.0, "{s:#}"),
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn client_exhaustion_fails_exactly_when_the_range_is_full() {
+    if !can_trace() {
+        return;
+    }
+    let report = scenario(&["client-exhaustion", "--range", "200", "--rate", "0", "--after", "5", "--bins", "2"]);
+    let run = &report["runs"][0];
+    let steps = run["steps"].as_array().unwrap();
+    let labels: Vec<&str> = steps.iter().map(|s| s["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["0-50%", "50-100%", "full"]);
+    // A TIME_WAIT socket the kernel ends early frees its port for one more connect(): each
+    // such death, as twtrace saw it, is one more success before the range is full.
+    let tw = &run["time_wait"];
+    let early = tw["early"].as_array().unwrap().len() as u64;
+    let connected: u64 = steps.iter().map(|s| s["connected"].as_u64().unwrap()).sum();
+    assert_eq!(connected, 200 + early, "every port connected once (plus ports freed early), then failures: {run:#}");
+    assert_eq!(tw["births"], connected, "one TIME_WAIT birth per connection: {tw:#}");
+    assert_eq!(run["time_wait_at_end"].as_u64().unwrap(), connected - early, "sock_diag lists the rest: {tw:#}");
+    assert_eq!(report["params"]["first_failure_after"], format!("{connected} connects"));
+    let full = &steps[2];
+    assert_eq!(full["attempts"], 5);
+    assert_eq!(failures(full, "EADDRNOTAVAIL"), 5);
+    assert_eq!(failures(&full["twtrace"], "EADDRNOTAVAIL"), 5, "{full:#}");
+    let searches: u64 = steps.iter().map(|s| s["twtrace"]["searches"].as_u64().unwrap()).sum();
+    assert_eq!(searches, connected + 5, "twtrace saw every connect(): {report:#}");
+}
+
+#[test]
+fn bad_arguments_are_refused_before_anything_runs() {
+    let out = support::output(Command::new(env!("CARGO_BIN_EXE_twtrace")).args([
+        "scenario",
+        "search-cost",
+        "--steps",
+        "120",
+    ]));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("percentages"), "{stderr}");
+    let out = support::output(Command::new(env!("CARGO_BIN_EXE_twtrace")).args(["scenario", "tw-nothing"]));
+    assert!(!out.status.success());
+}
