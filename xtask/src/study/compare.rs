@@ -13,7 +13,13 @@ struct Column {
     build: String,
     backend: String,
     status: String,
+    /// What differs by kernel among the report's parameters (the rate achieved, when the
+    /// first connect() failed).
+    measured: String,
 }
+
+/// Report parameters the scenario measured rather than was given.
+const MEASURED_PARAMS: &[&str] = &["achieved", "first_failure_after"];
 
 /// One step of one run on one kernel.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -56,6 +62,11 @@ impl Comparison {
                     kernel: text(r.map(|r| &r["kernel"])),
                     build: text(r.map(|r| &r["kernel_build"])),
                     backend: text(r.map(|r| &r["twtrace"]["backends"]["portsearch"])),
+                    measured: MEASURED_PARAMS
+                        .iter()
+                        .filter_map(|k| r.and_then(|r| r["params"][*k].as_str()).map(|v| format!("{k} {v}")))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     status: match (&o.problem, r) {
                         (None, Some(r)) => format!("{} checks passed", r["checks"].as_array().map_or(0, Vec::len)),
                         (Some(p), _) => format!("FAILED: {p}"),
@@ -64,7 +75,10 @@ impl Comparison {
                 }
             })
             .collect();
-        let params = outcomes.iter().find_map(|o| o.report.as_ref()).map_or(Value::Null, |r| r["params"].clone());
+        let mut params = outcomes.iter().find_map(|o| o.report.as_ref()).map_or(Value::Null, |r| r["params"].clone());
+        if let Some(given) = params.as_object_mut() {
+            given.retain(|k, _| !MEASURED_PARAMS.contains(&k.as_str()));
+        }
         let mut runs: Vec<RunRows> = Vec::new();
         for (i, o) in outcomes.iter().enumerate() {
             let Some(report) = &o.report else { continue };
@@ -115,9 +129,12 @@ impl Comparison {
 
     pub fn markdown(&self) -> String {
         let mut md = format!("# Study: {}\n\nParameters: {}\n\n", self.scenario, self.params);
-        md += "| where | kernel | build | port-search backend | checks |\n|---|---|---|---|---|\n";
+        md += "| where | kernel | build | port-search backend | checks | measured |\n|---|---|---|---|---|---|\n";
         for c in &self.columns {
-            md += &format!("| {} | {} | {} | {} | {} |\n", c.label, c.kernel, c.build, c.backend, c.status);
+            md += &format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                c.label, c.kernel, c.build, c.backend, c.status, c.measured
+            );
         }
         md += "\nEach cell: connect() p50 µs as the generator timed it / port search p50 µs as twtrace \
                measured it (`~`: approximate, the tracepoint backend) / candidates examined, mean \
@@ -159,6 +176,7 @@ impl Comparison {
             "params": self.params,
             "kernels": self.columns.iter().map(|c| json!({
                 "where": c.label, "kernel": c.kernel, "build": c.build, "backend": c.backend, "status": c.status,
+                "measured": c.measured,
             })).collect::<Vec<_>>(),
             "runs": self.runs.iter().map(|r| json!({
                 "run": r.label,
@@ -183,7 +201,7 @@ impl Comparison {
     /// One panel per run: candidates examined (mean) against utilisation, a line per kernel
     /// that sees candidates; where none does, search p50 instead.
     pub fn svg(&self) -> String {
-        const W: f64 = 640.0;
+        const W: f64 = 720.0;
         const H: f64 = 220.0;
         const PAD: f64 = 48.0;
         const COLOURS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf"];
@@ -229,13 +247,16 @@ impl Comparison {
                     continue;
                 }
                 let colour = COLOURS[k % COLOURS.len()];
+                // Kernels often agree: earlier lines are drawn wider, so a line on top of
+                // another leaves it visible at its edges.
+                let width = 1.5 + 1.5 * (self.columns.len() - 1 - k) as f64;
                 body += &format!(
-                    "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>\n",
+                    "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"{width}\" stroke-opacity=\"0.8\" points=\"{}\"/>\n",
                     points.join(" ")
                 );
                 body += &format!(
                     "<text x=\"{:.0}\" y=\"{:.0}\" font-size=\"11\" fill=\"{colour}\">{} ({})</text>\n",
-                    W - PAD + 4.0 - 120.0,
+                    PAD + 10.0,
                     top + 34.0 + 13.0 * k as f64,
                     column.label,
                     column.kernel
@@ -304,7 +325,7 @@ mod tests {
         let md = c.markdown();
         assert!(md.contains("| 0% | 10.0 / 2.0 / - | 10.0 / 2.0 / 1.5 |  |"), "{md}");
         assert!(md.contains("| 100% | 30.0 / 9.0~ / - (5 failed) |"), "{md}");
-        assert!(md.contains("| 5.10 | ? | ? | ? | FAILED: no report |"), "{md}");
+        assert!(md.contains("| 5.10 | ? | ? | ? | FAILED: no report |  |"), "{md}");
         assert!(md.contains("host: not run (not in this kernel)"), "{md}");
         let j = c.json();
         assert_eq!(j["runs"][0]["steps"][0]["by_kernel"][1]["candidates_mean"], 1.5);
