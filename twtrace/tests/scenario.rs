@@ -131,3 +131,34 @@ fn bad_arguments_are_refused_before_anything_runs() {
     let out = support::output(Command::new(env!("CARGO_BIN_EXE_twtrace")).args(["scenario", "tw-nothing"]));
     assert!(!out.status.success());
 }
+
+#[test]
+fn tw_reuse_takes_over_time_wait_only_where_the_policy_allows() {
+    if !can_trace() {
+        return;
+    }
+    let report = scenario(&["tw-reuse", "--range", "100", "--rate", "100", "--seconds", "1.6"]);
+    for run in report["runs"].as_array().unwrap() {
+        let label = run["label"].as_str().unwrap();
+        if !run["unavailable"].is_null() {
+            assert!(label.contains("delay"), "only the reuse delay may be missing: {run:#}");
+            continue;
+        }
+        let full = &run["steps"][1];
+        assert_eq!(run["steps"][0]["connected"], 100, "the range filled: {run:#}");
+        let tw = &run["time_wait"];
+        let killed = tw["deaths"]["killed"].as_u64().unwrap_or(0);
+        // tcp_tw_reuse 2 means loopback addresses only (by address: 198.51.100.1 on lo is not).
+        let allowed = !(label.starts_with("reuse=0") || label == "reuse=2 non-loopback");
+        if allowed {
+            assert!(full["connected"].as_u64().unwrap() > 0, "{label}: some connect() took a TIME_WAIT over: {run:#}");
+        } else {
+            assert_eq!(full["connected"], 0, "{label}: {run:#}");
+            assert_eq!(failures(full, "EADDRNOTAVAIL"), full["attempts"].as_u64().unwrap(), "{run:#}");
+        }
+        // Every takeover kills one TIME_WAIT socket (the scenario checked TWRecycled too).
+        assert_eq!(killed, full["connected"].as_u64().unwrap(), "{label}: {tw:#}");
+        assert_eq!(tw["births"].as_u64().unwrap(), 100 + killed, "{label}: {tw:#}");
+        assert_eq!(run["time_wait_at_end"], 100, "{label}: {run:#}");
+    }
+}

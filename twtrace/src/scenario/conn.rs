@@ -32,8 +32,13 @@ pub struct Server {
 pub const SERVER_PORT: u16 = 8080;
 
 impl Server {
+    /// On 127.0.0.1.
     pub fn start() -> anyhow::Result<Self> {
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], SERVER_PORT));
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST)
+    }
+
+    pub fn start_on(ip: std::net::Ipv4Addr) -> anyhow::Result<Self> {
+        let addr = std::net::SocketAddr::from((ip, SERVER_PORT));
         let listener = crate::churn::deep_backlog_listener(addr)?;
         let addr = listener.local_addr()?;
         Ok(Self { listener, addr })

@@ -134,6 +134,7 @@ pub fn run(args: &ExhaustionArgs, report: &mut ScenarioReport) -> anyhow::Result
         unavailable: None,
         steps: Vec::new(),
         time_wait_at_end: Some(kernel.time_wait),
+        counted_at_ns: monotonic_ns(),
         time_wait: None,
     };
     run.steps = bin(&attempts, size, args.bins);

@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use super::report::{Check, Quantiles, ScenarioReport, Seen, TimeWaitSeen, Tracing};
+use super::report::{Check, EARLY_LISTED, Quantiles, ScenarioReport, Seen, TimeWaitSeen, Tracing};
 use crate::{
     drive::{self, Limits, Sink, Status},
     event::{DeathReason, Event, PortSearchEvent, SearchOp, TimeWaitChange, TimeWaitEvent, errno_name},
@@ -105,9 +105,11 @@ pub fn apply_time_wait(report: &mut ScenarioReport, events: &[TimeWaitEvent]) {
     let allowance = report.twtrace.as_ref().map_or(0, |t| t.blind_spots);
     for run in &mut report.runs {
         let (Some(first), Some(last)) = (run.steps.first(), run.steps.last()) else { continue };
-        let (from, to) = (first.window_ns.0, last.window_ns.1);
+        let from = first.window_ns.0;
+        let to = if run.counted_at_ns > 0 { run.counted_at_ns } else { last.window_ns.1 + END_SLACK_NS };
         let mut seen = TimeWaitSeen::default();
-        for e in events.iter().filter(|e| e.netns == run.netns && (from..=to + END_SLACK_NS).contains(&e.ts_ns)) {
+        let mut early_ms = Vec::new();
+        for e in events.iter().filter(|e| e.netns == run.netns && (from..=to).contains(&e.ts_ns)) {
             match &e.change {
                 TimeWaitChange::Birth { .. } => seen.births += 1,
                 TimeWaitChange::Rearm { .. } => {}
@@ -118,12 +120,16 @@ pub fn apply_time_wait(report: &mut ScenarioReport, events: &[TimeWaitEvent]) {
                         .unwrap_or_default();
                     *seen.deaths.entry(name.clone()).or_insert(0) += 1;
                     if *reason != DeathReason::Expired {
-                        let local = e.flow.map_or_else(String::new, |f| f.local.to_string());
-                        seen.early.push((*lifetime_ns as f64 / 1e3, name, local));
+                        early_ms.push(*lifetime_ns as f64 / 1e6);
+                        if seen.early.len() < EARLY_LISTED {
+                            let local = e.flow.map_or_else(String::new, |f| f.local.to_string());
+                            seen.early.push((*lifetime_ns as f64 / 1e3, name, local));
+                        }
                     }
                 }
             }
         }
+        seen.early_lifetime_ms = (!early_ms.is_empty()).then(|| Quantiles::of(&mut early_ms));
         if let Some(listed) = run.time_wait_at_end {
             let died: u64 = seen.deaths.values().sum();
             report.checks.push(Check::within(
@@ -144,8 +150,8 @@ pub fn apply_time_wait(report: &mut ScenarioReport, events: &[TimeWaitEvent]) {
     }
 }
 
-/// Births follow the last connect's window by the close (the server's FIN): counted up to
-/// this long after it.
+/// Without a count at the end, births are counted up to this long after the last connect
+/// (they follow it by the close).
 const END_SLACK_NS: u64 = 2_000_000_000;
 
 #[cfg(test)]
@@ -199,6 +205,7 @@ mod tests {
                 unavailable: None,
                 steps,
                 time_wait_at_end: None,
+                counted_at_ns: 0,
                 time_wait: None,
             }],
             twtrace: None,

@@ -11,6 +11,7 @@ pub mod join;
 pub mod report;
 mod sandbox;
 mod search_cost;
+mod tw_reuse;
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -23,6 +24,7 @@ use anyhow::Context as _;
 pub use exhaustion::ExhaustionArgs;
 use report::ScenarioReport;
 pub use search_cost::SearchCostArgs;
+pub use tw_reuse::TwReuseArgs;
 
 #[derive(clap::Args)]
 pub struct ScenarioArgs {
@@ -48,6 +50,9 @@ pub enum Scenario {
     /// One client, one server, no keep-alive, client closes first, at a rate, until
     /// EADDRNOTAVAIL: connect() cost against utilisation.
     ClientExhaustion(ExhaustionArgs),
+    /// A client closing first fills its range with TIME_WAIT, then keeps connecting under
+    /// tcp_tw_reuse 0, 1 and 2 (and the reuse delay where it exists): reuses, their age, failures.
+    TwReuse(TwReuseArgs),
 }
 
 impl Scenario {
@@ -55,6 +60,7 @@ impl Scenario {
         match self {
             Self::SearchCost(_) => "search-cost",
             Self::ClientExhaustion(_) => "client-exhaustion",
+            Self::TwReuse(_) => "tw-reuse",
         }
     }
 }
@@ -68,6 +74,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<()> {
     let params = match &args.scenario {
         Scenario::SearchCost(a) => search_cost::params(a),
         Scenario::ClientExhaustion(a) => exhaustion::params(a),
+        Scenario::TwReuse(a) => tw_reuse::params(a),
     };
     let mut report = ScenarioReport {
         scenario: args.scenario.name().into(),
@@ -82,6 +89,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<()> {
     match &args.scenario {
         Scenario::SearchCost(a) => search_cost::run(a, &mut report)?,
         Scenario::ClientExhaustion(a) => exhaustion::run(a, &mut report)?,
+        Scenario::TwReuse(a) => tw_reuse::run(a, &mut report)?,
     }
     if let (Some(recorder), Some(path)) = (recorder, &args.record) {
         recorder.stop()?;

@@ -32,8 +32,12 @@ pub struct Run {
     /// Why the run did not happen on this kernel (a missing option), when it did not.
     pub unavailable: Option<String>,
     pub steps: Vec<Step>,
-    /// TIME_WAIT sockets the kernel listed when the run ended (sock_diag), if counted.
+    /// TIME_WAIT sockets the kernel listed when the run ended (sock_diag), if counted, and
+    /// when (CLOCK_MONOTONIC ns): twtrace's births and deaths are counted up to then (after
+    /// it, the namespace's teardown kills the rest).
     pub time_wait_at_end: Option<u64>,
+    #[serde(default)]
+    pub counted_at_ns: u64,
     /// twtrace's TIME_WAIT births and deaths in the run's namespace (with `--record`).
     pub time_wait: Option<TimeWaitSeen>,
 }
@@ -43,9 +47,15 @@ pub struct Run {
 pub struct TimeWaitSeen {
     pub births: u64,
     pub deaths: BTreeMap<String, u64>,
-    /// The deaths before their timer ran out: (lifetime µs, reason, local address).
+    /// The first deaths before their timer ran out (up to [`EARLY_LISTED`]): (lifetime µs,
+    /// reason, local address).
     pub early: Vec<(f64, String, String)>,
+    /// Lifetimes of all the sockets that died before their timer ran out, milliseconds.
+    pub early_lifetime_ms: Option<Quantiles>,
 }
+
+/// Early deaths listed one by one in a report; the rest are in the quantiles.
+pub const EARLY_LISTED: usize = 20;
 
 /// A measured interval: what the generator did in it, what the kernel listed, what twtrace saw.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -89,6 +99,8 @@ pub struct Seen {
 pub struct Quantiles {
     pub n: u64,
     pub mean: f64,
+    #[serde(default)]
+    pub min: f64,
     pub p50: f64,
     pub p99: f64,
     pub max: f64,
@@ -105,6 +117,7 @@ impl Quantiles {
         Self {
             n: values.len() as u64,
             mean: values.iter().sum::<f64>() / values.len() as f64,
+            min: values[0],
             p50: rank(0.5),
             p99: rank(0.99),
             max: values[values.len() - 1],
@@ -198,8 +211,14 @@ impl ScenarioReport {
                     tw.births,
                     if deaths.is_empty() { "none".into() } else { deaths.join(", ") }
                 );
-                for (us, reason, local) in &tw.early {
-                    out += &format!("    ended early: {local} after {us:.0} us ({reason})\n");
+                if let Some(q) = &tw.early_lifetime_ms {
+                    out += &format!(
+                        "    ended early: {} sockets, lifetime ms min/p50/p99/max {:.1}/{:.1}/{:.1}/{:.1}\n",
+                        q.n, q.min, q.p50, q.p99, q.max
+                    );
+                }
+                for (us, reason, local) in tw.early.iter().take(3) {
+                    out += &format!("    e.g. {local} after {us:.0} us ({reason})\n");
                 }
             }
         }
@@ -236,7 +255,7 @@ mod tests {
     fn quantiles_are_nearest_rank() {
         let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
         let q = Quantiles::of(&mut v);
-        assert_eq!((q.n, q.p50, q.p99, q.max, q.mean), (100, 50.0, 99.0, 100.0, 50.5));
+        assert_eq!((q.n, q.min, q.p50, q.p99, q.max, q.mean), (100, 1.0, 50.0, 99.0, 100.0, 50.5));
         assert_eq!(Quantiles::of(&mut []), Quantiles::default());
         assert_eq!(Quantiles::of(&mut [7.0]).p99, 7.0);
     }

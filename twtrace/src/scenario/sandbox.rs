@@ -48,6 +48,19 @@ impl Sandbox {
         std::fs::write(&path, value).with_context(|| format!("setting {name} = {value}"))
     }
 
+    /// A `net.*` counter of this namespace (`/proc/self/net/netstat`, TcpExt), 0 when absent.
+    pub fn counter(&self, name: &str) -> anyhow::Result<i64> {
+        let text = std::fs::read_to_string("/proc/self/net/netstat").context("reading /proc/self/net/netstat")?;
+        Ok(crate::kernel::netstat::parse(&text).get(name).copied().unwrap_or(0))
+    }
+
+    /// Adds `ip` to `lo` (as the label `lo:1`): an address on the loopback device that is not a
+    /// loopback address, which `tcp_tw_reuse = 2` treats as any remote host (the kernel's test
+    /// is by address, `ipv4_is_loopback`, 4.19-6.18).
+    pub fn add_address_on_lo(&self, ip: std::net::Ipv4Addr) -> anyhow::Result<()> {
+        set_address("lo:1", ip).with_context(|| format!("adding {ip} to lo"))
+    }
+
     /// The sockets to `dest` by state, from sock_diag (what `ss` reads): the kernel's count.
     pub fn sockets_to(&self, dest: SocketAddr) -> anyhow::Result<SocketCount> {
         let sockets = sockdiag::tcp_sockets().context("reading sockets over sock_diag")?;
@@ -100,6 +113,35 @@ fn set_loopback_up() -> io::Result<()> {
         }
         req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
         if libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS, &req) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn set_address(label: &str, ip: std::net::Ipv4Addr) -> io::Result<()> {
+    // SAFETY: a fresh descriptor, owned at once.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: we own the fresh descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: an all-zero ifreq is valid; the label fits (with its NUL); a sockaddr_in fits in
+    // the union's sockaddr.
+    unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in req.ifr_name.iter_mut().zip(label.bytes().chain(std::iter::once(0))) {
+            *dst = src as libc::c_char;
+        }
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(ip.octets()) },
+            sin_zero: [0; 8],
+        };
+        std::ptr::write((&mut req.ifr_ifru.ifru_addr as *mut libc::sockaddr).cast(), sin);
+        if libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFADDR, &req) != 0 {
             return Err(io::Error::last_os_error());
         }
     }

@@ -108,6 +108,7 @@ fn one_run(args: &SearchCostArgs, holder: Holder, variant: Variant, checks: &mut
         unavailable: None,
         steps: Vec::new(),
         time_wait_at_end: None,
+        counted_at_ns: 0,
         time_wait: None,
     };
     if variant == Variant::Sockopt && !conn::has_port_range_option() {

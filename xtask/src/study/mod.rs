@@ -23,7 +23,7 @@ pub struct StudyArgs {
     pub scenario: String,
     /// Where to run: `host` and kernels the VM lab boots (5.10, 6.1, 6.12, 6.18, sid, or an
     /// image path), comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "host,5.10,6.1,6.12")]
+    #[arg(long, value_delimiter = ',', default_value = "host,5.10,6.1,6.12,6.18")]
     pub kernels: Vec<String>,
     /// Force this backend in every run (default: the best each kernel loads).
     #[arg(long)]
