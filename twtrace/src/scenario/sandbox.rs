@@ -16,6 +16,9 @@ use crate::{
     kernel::{namespaces::NetnsId, sockdiag},
 };
 
+/// Every namespace a scenario made, held open until the process exits.
+static KEPT: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+
 /// The process's own network namespace, new and empty but for `lo` (up).
 pub struct Sandbox {
     pub netns: NetnsId,
@@ -38,6 +41,12 @@ impl Sandbox {
         set_loopback_up().context("bringing lo up in the scenario's namespace")?;
         let netns = crate::kernel::namespaces::netns_of_pid(std::process::id())
             .context("reading the scenario's namespace inode")?;
+        // Kept open until the process exits. A namespace torn down while the scenario runs
+        // frees its inode number before its TIME_WAIT sockets are purged (seen on 5.10: a
+        // later run's namespace got the same inode, and the purge's deaths were counted as
+        // that run's). Runs are matched to twtrace's events by inode, so no inode may come back.
+        let file = std::fs::File::open("/proc/self/ns/net").context("holding the scenario's namespace")?;
+        KEPT.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(file);
         Ok(Self { netns })
     }
 

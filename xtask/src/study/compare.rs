@@ -98,19 +98,7 @@ impl Comparison {
                 };
                 let rows = &mut runs[at];
                 rows.unavailable[i] = run["unavailable"].as_str().map(str::to_owned);
-                rows.early[i] = run["time_wait"]["early"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|e| {
-                        format!(
-                            "{} after {:.0} µs ({})",
-                            e[2].as_str().unwrap_or("?"),
-                            e[0].as_f64().unwrap_or(0.0),
-                            e[1].as_str().unwrap_or("?")
-                        )
-                    })
-                    .collect();
+                rows.early[i] = early_deaths(&run["time_wait"]);
                 for step in run["steps"].as_array().into_iter().flatten() {
                     let name = step["label"].as_str().unwrap_or("?").to_owned();
                     let row = match rows.steps.iter().position(|(n, _)| *n == name) {
@@ -270,6 +258,30 @@ impl Comparison {
     }
 }
 
+/// TIME_WAIT sockets a run saw end before their timer: how many, their lifetimes, and the
+/// first few.
+fn early_deaths(time_wait: &Value) -> Vec<String> {
+    let q = &time_wait["early_lifetime_ms"];
+    let Some(n) = q["n"].as_u64() else { return Vec::new() };
+    let mut out = vec![format!(
+        "{n}, lifetime ms min/p50/max {:.1}/{:.1}/{:.1}",
+        q["min"].as_f64().unwrap_or(0.0),
+        q["p50"].as_f64().unwrap_or(0.0),
+        q["max"].as_f64().unwrap_or(0.0)
+    )];
+    if n <= 3 {
+        out.extend(time_wait["early"].as_array().into_iter().flatten().map(|e| {
+            format!(
+                "{} after {:.0} µs ({})",
+                e[2].as_str().unwrap_or("?"),
+                e[0].as_f64().unwrap_or(0.0),
+                e[1].as_str().unwrap_or("?")
+            )
+        }));
+    }
+    out
+}
+
 fn cell(step: &Value) -> Cell {
     let seen = &step["twtrace"];
     Cell {
@@ -330,6 +342,20 @@ mod tests {
         let j = c.json();
         assert_eq!(j["runs"][0]["steps"][0]["by_kernel"][1]["candidates_mean"], 1.5);
         assert_eq!(j["runs"][0]["steps"][1]["by_kernel"][0]["failed"], 5);
+    }
+
+    #[test]
+    fn early_deaths_are_summarised_and_a_few_are_named() {
+        let few = json!({"early_lifetime_ms": {"n": 1, "min": 16.2, "p50": 16.2, "max": 16.2},
+                         "early": [[16235.0, "killed", "127.0.0.1:41950"]]});
+        assert_eq!(
+            early_deaths(&few),
+            ["1, lifetime ms min/p50/max 16.2/16.2/16.2", "127.0.0.1:41950 after 16235 µs (killed)"]
+        );
+        let many = json!({"early_lifetime_ms": {"n": 400, "min": 1000.7, "p50": 1025.0, "max": 1990.4},
+                          "early": [[1.0, "killed", "a"], [2.0, "killed", "b"], [3.0, "killed", "c"], [4.0, "killed", "d"]]});
+        assert_eq!(early_deaths(&many), ["400, lifetime ms min/p50/max 1000.7/1025.0/1990.4"]);
+        assert!(early_deaths(&json!(null)).is_empty());
     }
 
     #[test]
