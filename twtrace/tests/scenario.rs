@@ -157,10 +157,12 @@ fn tw_reuse_takes_over_time_wait_only_where_the_policy_allows() {
             assert_eq!(failures(full, "EADDRNOTAVAIL"), full["attempts"].as_u64().unwrap(), "{run:#}");
         }
         // Every connection left a TIME_WAIT socket; every takeover killed one (the scenario
-        // checked the takeovers against TWRecycled too); the range's worth remain.
+        // checked the takeovers against TWRecycled too); at most the range's worth remain
+        // (under emulation a fill with reuse may leave ports of one parity free).
         let connected = fill["connected"].as_u64().unwrap() + full["connected"].as_u64().unwrap();
+        let remaining = run["time_wait_at_end"].as_u64().unwrap();
+        assert!(remaining <= 100, "{label}: {run:#}");
         assert_eq!(tw["births"].as_u64().unwrap(), connected, "{label}: {tw:#}");
-        assert_eq!(killed, connected - 100, "{label}: {tw:#}");
-        assert_eq!(run["time_wait_at_end"], 100, "{label}: {run:#}");
+        assert_eq!(killed, connected - remaining, "{label}: {tw:#}");
     }
 }
