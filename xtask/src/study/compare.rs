@@ -195,7 +195,7 @@ impl Comparison {
         const COLOURS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf"];
         let mut body = String::new();
         for (p, run) in self.runs.iter().enumerate() {
-            let top = p as f64 * (H + 30.0);
+            let top = p as f64 * (H + 40.0);
             let use_candidates =
                 run.steps.iter().any(|(_, cells)| cells.iter().flatten().any(|c| c.candidates_mean.is_some()));
             let value = |c: &Cell| if use_candidates { c.candidates_mean } else { c.search_p50 };
@@ -215,13 +215,18 @@ impl Comparison {
                 top + 20.0,
                 b = y(0.0)
             );
-            for (u, label) in [(0.0, "0%"), (0.5, "50%"), (1.0, "100% of the range held")] {
+            for (u, label) in [(0.0, "0%"), (0.25, "25%"), (0.5, "50%"), (0.75, "75%"), (1.0, "100%")] {
                 body += &format!(
                     "<text x=\"{:.0}\" y=\"{:.0}\" font-size=\"10\">{label}</text>\n",
-                    x(u) - 6.0,
+                    x(u) - 8.0,
                     y(0.0) + 14.0
                 );
             }
+            body += &format!(
+                "<text x=\"{:.0}\" y=\"{:.0}\" font-size=\"10\" fill=\"#555\">ports held, % of the range</text>\n",
+                x(0.5) - 60.0,
+                y(0.0) + 26.0
+            );
             body += &format!("<text x=\"4\" y=\"{:.0}\" font-size=\"10\">{:.0}</text>\n", y(ymax) + 4.0, ymax);
             for (k, column) in self.columns.iter().enumerate() {
                 let points: Vec<String> = run
@@ -251,7 +256,7 @@ impl Comparison {
                 );
             }
         }
-        let height = self.runs.len().max(1) as f64 * (H + 30.0);
+        let height = self.runs.len().max(1) as f64 * (H + 40.0);
         format!(
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{height}\" font-family=\"sans-serif\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n{body}</svg>\n"
         )

@@ -31,6 +31,10 @@ pub struct StudyArgs {
     /// Output directory (default: target/study/<scenario>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Compare the reports an earlier run left in the output directory (`<where>.json`)
+    /// again, without running anything.
+    #[arg(long)]
+    pub compare_only: bool,
     /// Guests booted at once (default: the host's cores).
     #[arg(long)]
     pub jobs: Option<usize>,
@@ -50,6 +54,17 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
     crate::setup::ensure()?;
     let out = args.out.clone().unwrap_or_else(|| crate::workspace_root().join("target/study").join(&args.scenario));
     std::fs::create_dir_all(&out)?;
+    if args.compare_only {
+        let outcomes: Vec<Outcome> = args
+            .kernels
+            .iter()
+            .map(|label| {
+                let text = std::fs::read_to_string(out.join(format!("{label}.json"))).unwrap_or_default();
+                outcome(label.clone(), &text, true, &out)
+            })
+            .collect();
+        return compare(&args.scenario, &outcomes, &out);
+    }
     let twtrace = vm::build_static_twtrace()?;
     let mut scenario = vec!["scenario".to_owned(), args.scenario.clone()];
     scenario.extend(args.scenario_args.iter().cloned());
@@ -65,12 +80,17 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
         let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
         outcomes.extend(in_guests(&twtrace, &scenario, &guests, &out, jobs)?);
     }
-    let comparison = compare::Comparison::new(&args.scenario, &outcomes);
+    compare(&args.scenario, &outcomes, &out)
+}
+
+/// Prints and writes the comparison; fails if any place failed.
+fn compare(scenario: &str, outcomes: &[Outcome], out: &Path) -> anyhow::Result<()> {
+    let comparison = compare::Comparison::new(scenario, outcomes);
     let markdown = comparison.markdown();
     println!("\n{markdown}");
-    std::fs::write(out.join(format!("{}.md", args.scenario)), &markdown)?;
-    std::fs::write(out.join(format!("{}.json", args.scenario)), serde_json::to_string_pretty(&comparison.json())?)?;
-    std::fs::write(out.join(format!("{}.svg", args.scenario)), comparison.svg())?;
+    std::fs::write(out.join(format!("{scenario}.md")), &markdown)?;
+    std::fs::write(out.join(format!("{scenario}.json")), serde_json::to_string_pretty(&comparison.json())?)?;
+    std::fs::write(out.join(format!("{scenario}.svg")), comparison.svg())?;
     eprintln!("xtask: study: reports, recordings, table and chart in {}", out.display());
     let failed: Vec<String> =
         outcomes.iter().filter_map(|o| o.problem.as_ref().map(|p| format!("{}: {p}", o.label))).collect();
