@@ -166,3 +166,18 @@ fn tw_reuse_takes_over_time_wait_only_where_the_policy_allows() {
         assert_eq!(killed, connected - remaining, "{label}: {tw:#}");
     }
 }
+
+#[test]
+fn tw_buckets_keeps_exactly_the_namespaces_limit() {
+    if !can_trace() {
+        return;
+    }
+    let report = scenario(&["tw-buckets", "--limit", "40", "--times", "3"]);
+    let run = &report["runs"][0];
+    assert_eq!(run["time_wait_at_end"], 40, "{run:#}");
+    assert_eq!(run["time_wait_refused"], 80, "TCPTimeWaitOverflow counted the rest: {run:#}");
+    assert_eq!(run["time_wait"]["births"], 40, "twtrace saw only the kept ones born: {run:#}");
+    assert_eq!(run["steps"][0]["connected"], 120);
+    let default: u64 = report["params"]["namespace_default_limit"].as_str().unwrap().parse().unwrap();
+    assert!(default > 0, "{report:#}");
+}

@@ -135,6 +135,7 @@ pub fn run(args: &ExhaustionArgs, report: &mut ScenarioReport) -> anyhow::Result
         steps: Vec::new(),
         time_wait_at_end: Some(kernel.time_wait),
         counted_at_ns: monotonic_ns(),
+        time_wait_refused: 0,
         time_wait: None,
     };
     run.steps = bin(&attempts, size, args.bins);

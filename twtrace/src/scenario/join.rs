@@ -140,8 +140,11 @@ pub fn apply_time_wait(report: &mut ScenarioReport, events: &[TimeWaitEvent]) {
             ));
             let connected: u64 = run.steps.iter().map(|s| s.connected).sum();
             report.checks.push(Check::within(
-                format!("{}: TIME_WAIT births (generator's connects vs twtrace)", run.label),
-                connected,
+                format!(
+                    "{}: TIME_WAIT births (generator's connects, less those refused for the limit, vs twtrace)",
+                    run.label
+                ),
+                connected - run.time_wait_refused,
                 seen.births,
                 allowance,
             ));
@@ -206,6 +209,7 @@ mod tests {
                 steps,
                 time_wait_at_end: None,
                 counted_at_ns: 0,
+                time_wait_refused: 0,
                 time_wait: None,
             }],
             twtrace: None,

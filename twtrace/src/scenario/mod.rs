@@ -11,6 +11,7 @@ pub mod join;
 pub mod report;
 mod sandbox;
 mod search_cost;
+mod tw_buckets;
 mod tw_reuse;
 
 use std::{
@@ -24,6 +25,7 @@ use anyhow::Context as _;
 pub use exhaustion::ExhaustionArgs;
 use report::ScenarioReport;
 pub use search_cost::SearchCostArgs;
+pub use tw_buckets::TwBucketsArgs;
 pub use tw_reuse::TwReuseArgs;
 
 #[derive(clap::Args)]
@@ -53,6 +55,9 @@ pub enum Scenario {
     /// A client closing first fills its range with TIME_WAIT, then keeps connecting under
     /// tcp_tw_reuse 0, 1 and 2 (and the reuse delay where it exists): reuses, their age, failures.
     TwReuse(TwReuseArgs),
+    /// A namespace's own TIME_WAIT limit (tcp_max_tw_buckets): its default, and the
+    /// connections past it that keep no TIME_WAIT socket (TCPTimeWaitOverflow).
+    TwBuckets(TwBucketsArgs),
 }
 
 impl Scenario {
@@ -61,6 +66,7 @@ impl Scenario {
             Self::SearchCost(_) => "search-cost",
             Self::ClientExhaustion(_) => "client-exhaustion",
             Self::TwReuse(_) => "tw-reuse",
+            Self::TwBuckets(_) => "tw-buckets",
         }
     }
 }
@@ -75,6 +81,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<()> {
         Scenario::SearchCost(a) => search_cost::params(a),
         Scenario::ClientExhaustion(a) => exhaustion::params(a),
         Scenario::TwReuse(a) => tw_reuse::params(a),
+        Scenario::TwBuckets(a) => tw_buckets::params(a),
     };
     let mut report = ScenarioReport {
         scenario: args.scenario.name().into(),
@@ -90,6 +97,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<()> {
         Scenario::SearchCost(a) => search_cost::run(a, &mut report)?,
         Scenario::ClientExhaustion(a) => exhaustion::run(a, &mut report)?,
         Scenario::TwReuse(a) => tw_reuse::run(a, &mut report)?,
+        Scenario::TwBuckets(a) => tw_buckets::run(a, &mut report)?,
     }
     if let (Some(recorder), Some(path)) = (recorder, &args.record) {
         recorder.stop()?;

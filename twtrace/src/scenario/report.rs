@@ -38,6 +38,10 @@ pub struct Run {
     pub time_wait_at_end: Option<u64>,
     #[serde(default)]
     pub counted_at_ns: u64,
+    /// Connections that left no TIME_WAIT socket because the namespace's limit was reached
+    /// (the kernel's `TCPTimeWaitOverflow` over the run): twtrace must see no birth for them.
+    #[serde(default)]
+    pub time_wait_refused: u64,
     /// twtrace's TIME_WAIT births and deaths in the run's namespace (with `--record`).
     pub time_wait: Option<TimeWaitSeen>,
 }

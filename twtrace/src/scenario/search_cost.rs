@@ -109,6 +109,7 @@ fn one_run(args: &SearchCostArgs, holder: Holder, variant: Variant, checks: &mut
         steps: Vec::new(),
         time_wait_at_end: None,
         counted_at_ns: 0,
+        time_wait_refused: 0,
         time_wait: None,
     };
     if variant == Variant::Sockopt && !conn::has_port_range_option() {

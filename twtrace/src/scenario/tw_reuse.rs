@@ -97,6 +97,7 @@ fn one_run(args: &TwReuseArgs, policy: &Policy, checks: &mut Vec<Check>) -> anyh
         steps: Vec::new(),
         time_wait_at_end: None,
         counted_at_ns: 0,
+        time_wait_refused: 0,
         time_wait: None,
     };
     if let Some(ms) = policy.delay_ms {

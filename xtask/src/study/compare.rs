@@ -19,7 +19,7 @@ struct Column {
 }
 
 /// Report parameters the scenario measured rather than was given.
-const MEASURED_PARAMS: &[&str] = &["achieved", "first_failure_after"];
+const MEASURED_PARAMS: &[&str] = &["achieved", "first_failure_after", "namespace_default_limit"];
 
 /// One step of one run on one kernel.
 #[derive(Clone, Copy, Debug, PartialEq)]
