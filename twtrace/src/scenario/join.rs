@@ -109,10 +109,19 @@ pub fn apply_time_wait(report: &mut ScenarioReport, events: &[TimeWaitEvent]) {
         let to = if run.counted_at_ns > 0 { run.counted_at_ns } else { last.window_ns.1 + END_SLACK_NS };
         let mut seen = TimeWaitSeen::default();
         let mut early_ms = Vec::new();
+        // Only the deaths of sockets born in the run. A namespace inode can come back while
+        // the namespace that had it is still being torn down (seen on 5.10: its TIME_WAIT
+        // purge follows the inode's release), so a death in the run's namespace and window
+        // can belong to another process's (or an earlier test's) namespace.
+        let mut born = std::collections::HashSet::new();
         for e in events.iter().filter(|e| e.netns == run.netns && (from..=to).contains(&e.ts_ns)) {
             match &e.change {
-                TimeWaitChange::Birth { .. } => seen.births += 1,
+                TimeWaitChange::Birth { .. } => {
+                    seen.births += 1;
+                    born.insert(e.tw_id);
+                }
                 TimeWaitChange::Rearm { .. } => {}
+                TimeWaitChange::Death { .. } if !born.contains(&e.tw_id) => {}
                 TimeWaitChange::Death { reason, lifetime_ns } => {
                     let name = serde_json::to_value(reason)
                         .ok()
@@ -253,6 +262,35 @@ mod tests {
         apply(&mut r, &events, tracing(1));
         r.finish();
         assert!(r.passed, "one search short, one event reported lost");
+    }
+
+    fn tw(netns: u32, ts_ns: u64, tw_id: u64, change: TimeWaitChange) -> TimeWaitEvent {
+        TimeWaitEvent { ts_ns, tw_id, flow: None, netns, owner: None, change }
+    }
+
+    #[test]
+    fn only_deaths_of_sockets_born_in_the_run_count() {
+        let mut r = report(vec![step((100, 200), 1, 0)]);
+        r.runs[0].time_wait_at_end = Some(0);
+        r.runs[0].counted_at_ns = 300;
+        let birth = TimeWaitChange::Birth {
+            substate: crate::event::TimeWaitSubstate::TimeWait,
+            timeout_ms: 60_000,
+            timestamps: None,
+        };
+        let killed = |ns| TimeWaitChange::Death { reason: DeathReason::Killed, lifetime_ns: ns };
+        let events = [
+            tw(7, 150, 1, birth),
+            tw(7, 160, 1, killed(10)),
+            // The same inode's earlier namespace being purged: born before the run.
+            tw(7, 170, 99, killed(5_000_000_000)),
+        ];
+        apply(&mut r, &[search(7, 150, 0, 0)], tracing(0));
+        apply_time_wait(&mut r, &events);
+        r.finish();
+        let seen = r.runs[0].time_wait.clone().unwrap();
+        assert_eq!((seen.births, seen.deaths.get("killed").copied()), (1, Some(1)));
+        assert!(r.passed, "{:?}", r.checks);
     }
 
     #[test]
