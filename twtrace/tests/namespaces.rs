@@ -221,13 +221,18 @@ fn new_namespaces_are_picked_up_and_deleted_ones_retired() {
     let doomed_name = doomed.name.clone();
     drop(doomed); // ip netns del
     let report = registry.refresh().expect("a deleted namespace is no error");
-    assert!(report.retired.contains(&doomed_id), "{report:?}");
-    let retired = registry.get(doomed_id).expect("kept for late events");
-    assert_eq!(retired.state, NetnsState::Retired);
-    assert!(retired.retired_at.is_some());
+    // In the VM matrix three runs make namespaces at once, and the kernel hands a freed inode
+    // to the next one at once (seen on 5.10): then the entry describes that namespace.
+    let taken = registry.get(doomed_id).is_some_and(|i| i.is_live() && i.name.to_string() != doomed_name);
+    if !taken {
+        assert!(report.retired.contains(&doomed_id), "{report:?}");
+        let retired = registry.get(doomed_id).expect("kept for late events");
+        assert_eq!(retired.state, NetnsState::Retired);
+        assert!(retired.retired_at.is_some());
+        assert!(matches!(registry.sysctls(doomed_id), Err(NetnsError::Gone { .. })));
+    }
     assert!(registry.get(kept_id).unwrap().is_live());
     assert!(registry.get(late_id).unwrap().is_live());
-    assert!(matches!(registry.sysctls(doomed_id), Err(NetnsError::Gone { .. })));
     // Refreshing again changes nothing about it, unless the kernel has meanwhile given its
     // inode to a new namespace (another test's): then that one is described.
     let report = registry.refresh().unwrap();
@@ -520,7 +525,7 @@ fn refresh_over_two_hundred_namespaces() {
         // The kernel may already have given the inode to another namespace (another test's, in
         // the VM matrix where three runs make namespaces at once): then that one is described.
         let info = registry.get(*id).unwrap();
-        if gone.added.contains(id) && info.name.to_string() != *name {
+        if info.name.to_string() != *name && (gone.added.contains(id) || info.is_live()) {
             continue;
         }
         assert!(gone.retired.contains(id), "{name}");
