@@ -45,8 +45,9 @@ impl Tmux {
     }
 
     fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        // Under emulation top loads its programs and reads every namespace first: slower.
-        let deadline = Instant::now() + Duration::from_secs(if support::emulated() { 60 } else { 20 });
+        // Under emulation top loads its programs and reads every namespace first: slower (a
+        // 6.12 guest with three tops side by side needed more than 60 s once).
+        let deadline = Instant::now() + Duration::from_secs(if support::emulated() { 120 } else { 20 });
         loop {
             let screen = self.screen();
             if pred(&screen) {
