@@ -128,16 +128,9 @@ pub fn run(args: &ExhaustionArgs, report: &mut ScenarioReport) -> anyhow::Result
         first_failure.min(size),
     ));
     report.params.insert("first_failure_after".into(), format!("{first_failure} connects"));
-    let mut run = Run {
-        label: "time-wait/sysctl".into(),
-        netns: sandbox.netns.0,
-        unavailable: None,
-        steps: Vec::new(),
-        time_wait_at_end: Some(kernel.time_wait),
-        counted_at_ns: monotonic_ns(),
-        time_wait_refused: 0,
-        time_wait: None,
-    };
+    let mut run = Run::new("time-wait/sysctl".into(), sandbox.netns.0);
+    run.time_wait_at_end = Some(kernel.time_wait);
+    run.counted_at_ns = monotonic_ns();
     run.steps = bin(&attempts, size, args.bins);
     report.runs.push(run);
     Ok(())

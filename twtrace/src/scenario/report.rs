@@ -46,6 +46,22 @@ pub struct Run {
     pub time_wait: Option<TimeWaitSeen>,
 }
 
+impl Run {
+    /// A run in namespace `netns` with nothing measured yet.
+    pub fn new(label: String, netns: u32) -> Self {
+        Self {
+            label,
+            netns,
+            unavailable: None,
+            steps: Vec::new(),
+            time_wait_at_end: None,
+            counted_at_ns: 0,
+            time_wait_refused: 0,
+            time_wait: None,
+        }
+    }
+}
+
 /// TIME_WAIT sockets twtrace saw born and die in a run's namespace, deaths by reason.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct TimeWaitSeen {

@@ -53,8 +53,12 @@ impl Sandbox {
     /// Writes a `net.*` sysctl of this namespace (`/proc/sys` resolves `net` by the writer's
     /// namespace).
     pub fn sysctl(&self, name: &str, value: &str) -> anyhow::Result<()> {
-        let path = format!("/proc/sys/{}", name.replace('.', "/"));
-        std::fs::write(&path, value).with_context(|| format!("setting {name} = {value}"))
+        std::fs::write(sysctl_path(name), value).with_context(|| format!("setting {name} = {value}"))
+    }
+
+    /// A `net.*` sysctl of this namespace; `None` where this kernel has none by that name.
+    pub fn read_sysctl(&self, name: &str) -> Option<String> {
+        std::fs::read_to_string(sysctl_path(name)).ok().map(|v| v.trim().to_owned())
     }
 
     /// A `net.*` counter of this namespace (`/proc/self/net/netstat`, TcpExt), 0 when absent.
@@ -99,6 +103,11 @@ impl SocketCount {
         }
         count
     }
+}
+
+/// `/proc/sys/net/ipv4/...` for `net.ipv4....`.
+fn sysctl_path(name: &str) -> String {
+    format!("/proc/sys/{}", name.replace('.', "/"))
 }
 
 /// `ip link set lo up`, by ioctl (no `ip` needed).

@@ -102,16 +102,7 @@ fn one_run(args: &SearchCostArgs, holder: Holder, variant: Variant, checks: &mut
     let label = format!("{}/{}", holder_name(holder), variant_name(variant));
     let sandbox = Sandbox::enter()?;
     let range = (RANGE_START, RANGE_START + args.range - 1);
-    let mut run = Run {
-        label: label.clone(),
-        netns: sandbox.netns.0,
-        unavailable: None,
-        steps: Vec::new(),
-        time_wait_at_end: None,
-        counted_at_ns: 0,
-        time_wait_refused: 0,
-        time_wait: None,
-    };
+    let mut run = Run::new(label.clone(), sandbox.netns.0);
     if variant == Variant::Sockopt && !conn::has_port_range_option() {
         run.unavailable = Some("IP_LOCAL_PORT_RANGE is not in this kernel (added in Linux 6.3)".into());
         return Ok(run);

@@ -42,8 +42,10 @@ pub fn run(args: &TwBucketsArgs, report: &mut ScenarioReport) -> anyhow::Result<
     anyhow::ensure!(connections <= 20_000, "at most 20,000 connections (the range is 40000-60999)");
     sandbox::allow_open_files(1024)?;
     let sandbox = Sandbox::enter()?;
-    let default_limit = std::fs::read_to_string(format!("/proc/sys/{}", MAX_TW_BUCKETS.replace('.', "/")))?;
-    report.params.insert("namespace_default_limit".into(), default_limit.trim().to_owned());
+    let default_limit = sandbox
+        .read_sysctl(MAX_TW_BUCKETS)
+        .ok_or_else(|| anyhow::anyhow!("reading {MAX_TW_BUCKETS} in the namespace"))?;
+    report.params.insert("namespace_default_limit".into(), default_limit);
     sandbox.sysctl(MAX_TW_BUCKETS, &args.limit.to_string())?;
     sandbox.sysctl("net.ipv4.ip_local_port_range", &format!("{RANGE_START} 60999"))?;
     sandbox.sysctl("net.ipv4.tcp_tw_reuse", "0")?;

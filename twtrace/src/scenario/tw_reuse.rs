@@ -95,18 +95,9 @@ pub fn run(args: &TwReuseArgs, report: &mut ScenarioReport) -> anyhow::Result<()
 fn one_run(args: &TwReuseArgs, policy: &Policy, checks: &mut Vec<Check>) -> anyhow::Result<Run> {
     let label = policy.label();
     let sandbox = Sandbox::enter()?;
-    let mut run = Run {
-        label: label.clone(),
-        netns: sandbox.netns.0,
-        unavailable: None,
-        steps: Vec::new(),
-        time_wait_at_end: None,
-        counted_at_ns: 0,
-        time_wait_refused: 0,
-        time_wait: None,
-    };
+    let mut run = Run::new(label.clone(), sandbox.netns.0);
     if let Some(ms) = policy.delay_ms {
-        if !std::path::Path::new(&format!("/proc/sys/{}", REUSE_DELAY_SYSCTL.replace('.', "/"))).exists() {
+        if sandbox.read_sysctl(REUSE_DELAY_SYSCTL).is_none() {
             run.unavailable = Some(format!("{REUSE_DELAY_SYSCTL} is not in this kernel"));
             return Ok(run);
         }
