@@ -24,7 +24,10 @@
 //! A namespace is its nsfs inode number, `ns.inum` in the kernel, what events carry as
 //! `netns` (u32; allocated from an IDA in proc_alloc_inum(), so a freed namespace's number is
 //! given to a later one). An inode seen again after its namespace was retired is a new
-//! namespace: it is described afresh, with the next [`NetnsInfo::generation`].
+//! namespace: it is described afresh, with the next [`NetnsInfo::generation`]. An inode that
+//! changes hands between two looks is told by its holders: mounts none of which held it
+//! before; or, when every mount is gone and only processes hold it, by the namespace's cookie
+//! (`SO_NETNS_COOKIE`, 5.14+, never reused), read when it was described and again then.
 //!
 //! # Entering
 //!
@@ -173,6 +176,11 @@ pub struct NetnsInfo {
     /// Its settings when described; `None` when they could not be read (see `sysctls_error`).
     pub sysctls: Option<Sysctls>,
     pub sysctls_error: Option<String>,
+    /// The kernel's cookie for it (`SO_NETNS_COOKIE`, 5.14+), read inside it when described:
+    /// unlike the inode it is never given to another namespace. `None` on older kernels, or
+    /// when its settings were not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<u64>,
     pub state: NetnsState,
     pub first_seen: SystemTime,
     pub retired_at: Option<SystemTime>,
@@ -373,7 +381,9 @@ impl NetnsRegistry {
         let mut new = Vec::new();
         for (id, sighting) in seen.iter() {
             match self.entries.get(id) {
-                Some(entry) if entry.is_live() && !reused(entry, sighting) => self.update(*id, sighting, host),
+                Some(entry) if entry.is_live() && self.still_the_same(entry, sighting) => {
+                    self.update(*id, sighting, host)
+                }
                 // Unknown, retired, or an inode the kernel gave to a new namespace since the
                 // last look: described (anew, as the next generation).
                 _ => new.push((*id, sighting)),
@@ -450,7 +460,8 @@ impl NetnsRegistry {
         // inode to a new namespace (`ip netns del A; ip netns add B` between two reads). That
         // one is not this entry (its name and settings are A's): this one is gone, and the
         // next refresh describes the new one as the inode's next generation.
-        let reused_meanwhile = self.entries.get(&id).zip(seen.get(&id)).is_some_and(|(e, s)| reused(e, s));
+        let reused_meanwhile =
+            self.entries.get(&id).zip(seen.get(&id)).is_some_and(|(e, s)| !self.still_the_same(e, s));
         let (Some(sighting), false) = (seen.get(&id), reused_meanwhile) else {
             if let Some(entry) = self.entries.get_mut(&id) {
                 retire(entry);
@@ -537,7 +548,7 @@ impl NetnsRegistry {
         let _ = self.scan_proc(None, &mut seen);
         let host = self.host_netns();
         for id in stale {
-            let found = seen.get(&id).filter(|s| !self.entries.get(&id).is_some_and(|e| reused(e, s)));
+            let found = seen.get(&id).filter(|s| self.entries.get(&id).is_none_or(|e| self.still_the_same(e, s)));
             match found {
                 Some(sighting) => {
                     self.update(id, sighting, host);
@@ -567,6 +578,30 @@ impl NetnsRegistry {
     /// The initial namespace: PID 1's, or, where its link cannot be read (a hardened PID 1
     /// refuses even root without the same capabilities), kthreadd's (PID 2): kernel threads
     /// always run in `init_net`.
+    /// Whether `sighting` (of a live entry's inode) is still that entry's namespace, not a new
+    /// one the kernel gave the inode to. Mounts tell it apart without I/O (see [`reused`]). A
+    /// namespace whose mounts are all gone and that only processes hold now is either the same
+    /// one, kept by a process that entered it (`ip netns exec NAME sleep; ip netns del NAME`), or
+    /// a new one made by a process (`unshare -n`) on the freed inode: only the cookie tells,
+    /// read inside through that process (one setns, once per such change). Without a cookie
+    /// (before 5.14) it is taken to be the same one.
+    fn still_the_same(&self, entry: &NetnsInfo, sighting: &Sighting) -> bool {
+        if reused(entry, sighting) {
+            return false;
+        }
+        let (Some(known), Some(pid), true, true) =
+            (entry.cookie, sighting.first_pid, sighting.mounts.is_empty(), !entry.mounts.is_empty())
+        else {
+            return true;
+        };
+        let path = self.config.proc_root.join(pid.to_string()).join("ns/net");
+        match enter_and_run(entry.id, &path, self.nsfs_dev, || Ok(cookie_here())) {
+            Entered::Ran(Ok(now)) => same_cookie(known, now),
+            // The process left or exited meanwhile, or may not be entered: nothing learnt.
+            _ => true,
+        }
+    }
+
     fn host_netns(&self) -> Option<NetnsId> {
         ["1", "2"].iter().find_map(|pid| netns_of(&self.config.proc_root.join(pid)).ok())
     }
@@ -676,6 +711,7 @@ impl NetnsRegistry {
                 member,
                 sysctls: None,
                 sysctls_error: None,
+                cookie: None,
                 state: NetnsState::Live,
                 first_seen: SystemTime::now(),
                 retired_at: None,
@@ -683,10 +719,16 @@ impl NetnsRegistry {
         }
         if self.config.read_sysctls && !infos.is_empty() {
             let targets = infos.iter().map(|i| (i.id, i.enter.clone())).collect();
-            let results = read_in_each(targets, self.nsfs_dev, || super::netns::sysctls(None));
+            let results = read_in_each(targets, self.nsfs_dev, || Ok((sysctls_here(), cookie_here())));
             for (info, result) in infos.iter_mut().zip(results) {
                 match result {
-                    Batch::Read(sysctls) => info.sysctls = Some(sysctls),
+                    Batch::Read((sysctls, cookie)) => {
+                        info.cookie = cookie;
+                        match sysctls {
+                            Ok(sysctls) => info.sysctls = Some(sysctls),
+                            Err(e) => info.sysctls_error = Some(e.to_string()),
+                        }
+                    }
                     // Vanished between the scan and the read: retired, not an error.
                     Batch::Stale => retire(info),
                     Batch::Refused(e) | Batch::Failed(e) => info.sysctls_error = Some(e.to_string()),
@@ -720,6 +762,31 @@ fn retire(entry: &mut NetnsInfo) {
 /// The settings of this thread's namespace (a reader thread that entered it).
 fn sysctls_here() -> std::io::Result<Sysctls> {
     super::netns::sysctls(None)
+}
+
+/// This thread's namespace's cookie (`SO_NETNS_COOKIE` on a Unix socket made here: every
+/// socket reports its namespace's), `None` before 5.14, which lacks the option (ENOPROTOOPT).
+fn cookie_here() -> Option<u64> {
+    // SAFETY: a socket of our own, closed below; getsockopt writes at most `len` bytes into a
+    // u64.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let mut cookie = 0u64;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        let got =
+            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_NETNS_COOKIE, (&mut cookie as *mut u64).cast(), &mut len);
+        libc::close(fd);
+        (got == 0 && len as usize == std::mem::size_of::<u64>()).then_some(cookie)
+    }
+}
+
+/// Whether a cookie read now is the one read when the namespace was described; unknown now
+/// (the option refused) is no evidence of a new namespace.
+fn same_cookie(known: u64, now: Option<u64>) -> bool {
+    now.is_none_or(|now| now == known)
 }
 
 /// The best way in: an `ip netns` mount, another mount, else the process's link.
@@ -873,6 +940,7 @@ mod tests {
             member: None,
             sysctls: None,
             sysctls_error: None,
+            cookie: None,
             state: NetnsState::Live,
             first_seen: SystemTime::UNIX_EPOCH,
             retired_at: None,
@@ -883,9 +951,26 @@ mod tests {
         // A second name for the same namespace, or one of its names removed: the same one.
         assert!(!reused(&info(&["/run/netns/old"]), &seen(&["/run/netns/old", "/run/netns/alias"])));
         assert!(!reused(&info(&["/run/netns/old", "/run/netns/alias"]), &seen(&["/run/netns/alias"])));
-        // Known by processes only, before or now: nothing to tell them apart by.
+        // Known by processes only, before or now: the mounts cannot tell (the cookie may).
         assert!(!reused(&info(&[]), &seen(&["/run/netns/new"])));
         assert!(!reused(&info(&["/run/netns/old"]), &seen(&[])));
+    }
+
+    #[test]
+    fn a_cookie_tells_a_new_namespace_on_an_old_inode() {
+        assert!(same_cookie(7, Some(7)));
+        assert!(!same_cookie(7, Some(8)), "another namespace on the inode");
+        assert!(same_cookie(7, None), "unknown now is no evidence either way");
+    }
+
+    /// This process's namespace has a cookie on 5.14+, the same each time it is read.
+    #[test]
+    fn the_cookie_of_a_namespace_is_stable() {
+        match (cookie_here(), cookie_here()) {
+            (Some(a), Some(b)) => assert_eq!(a, b),
+            (None, None) => eprintln!("no SO_NETNS_COOKIE here (5.14+)"),
+            other => panic!("{other:?}"),
+        }
     }
 
     use super::*;

@@ -109,6 +109,13 @@ pub const KERNELS: &[KernelRow] = &[
             tw_paws("top", "paws_drops_are_attributed_to_their_source"),
             tw_paws("doctor", "paws_drops_from_one_address_are_named_as_nat"),
             gap(
+                "namespaces",
+                "an_inode_given_to_a_namespace_a_process_made_is_not_the_old_one",
+                ALL,
+                "no SO_NETNS_COOKIE (5.14+): a namespace on a freed inode held only by processes cannot be told from \
+                 the old one",
+            ),
+            gap(
                 "timewait",
                 "births_under_port_reuse_churn_equal_the_kernels_count",
                 ALL,
