@@ -28,6 +28,27 @@ pub struct Config {
     /// Bit `n` set: report `kfree_skb` with drop reason `n` (see `drops::MAX_REASONS`).
     pub drop_reasons: [u64; 4],
     pub offsets: Offsets,
+    /// The kernel functions whose call to `inet_twsk_deschedule_put` ends a TIME_WAIT socket
+    /// early, and which path each is (see [`crate::timewait::KillPath`]); unused slots empty.
+    pub kill_callers: [KillCaller; KILL_CALLERS],
+}
+
+/// How many kernel functions [`Config::kill_callers`] can name.
+pub const KILL_CALLERS: usize = 8;
+
+/// A kernel function's text, `[start, end)` from /proc/kallsyms (end: the next symbol), and
+/// the [`crate::timewait::KillPath`] a call from it means.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KillCaller {
+    pub start: u64,
+    pub end: u64,
+    pub path: u8,
+    pub _pad: [u8; 7],
+}
+
+impl KillCaller {
+    pub const EMPTY: Self = Self { start: 0, end: 0, path: 0, _pad: [0; 7] };
 }
 
 /// Byte offsets of the kernel struct members the programs read.
@@ -120,10 +141,11 @@ impl Config {
         _pad: [0; 6],
         drop_reasons: [0; 4],
         offsets: Offsets::UNKNOWN,
+        kill_callers: [KillCaller::EMPTY; KILL_CALLERS],
     };
 }
 
 // No implicit padding anywhere (aya::Pod): an even number of offsets keeps Config a multiple
 // of 8 bytes.
 const _: () = assert!(core::mem::size_of::<Offsets>() == 24 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 32 + 32 + 24 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 32 + 32 + 24 * 4 + KILL_CALLERS * 24);

@@ -45,6 +45,44 @@ pub const TW_TS_KNOWN: u8 = 1 << 0;
 /// toward that peer whatever the sysctl says.
 pub const TW_TS_SEEN: u8 = 1 << 1;
 
+/// Which kernel path removed a TIME_WAIT socket before its timer ran: the caller of
+/// `inet_twsk_deschedule_put`, found in the kernel stack at `Kill` (fentry/kprobe) or at
+/// `Cancel` (tracepoints; a cancel that turns out to be an expiry has none). Callers, the same
+/// on 5.10-6.18:
+/// - `__inet_hash_connect`, `__inet_check_established`, `__inet6_check_established`: a
+///   connect() took its 4-tuple (`tcp_tw_reuse`).
+/// - `tcp_timewait_state_process`: an RST arrived (RFC 1337's "TIME-WAIT assassination",
+///   unless `tcp_rfc1337=1`; in the FIN_WAIT2 substate always).
+/// - `tcp_v4_rcv`, `tcp_v6_rcv`: a segment for its 4-tuple: a SYN that opened a new connection
+///   over it (`TCP_TW_SYN`), or one it answered with a reset (`TCP_TW_RST`).
+/// - `inet_twsk_purge`: its network namespace was torn down.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KillPath {
+    /// No known caller in the stack (or no stack: an expiry's cancel, an old kernel).
+    Unknown = 0,
+    Reused = 1,
+    Reset = 2,
+    Incoming = 3,
+    NamespaceExit = 4,
+}
+
+impl KillPath {
+    pub const fn from_u8(value: u8) -> Self {
+        match value {
+            1 => Self::Reused,
+            2 => Self::Reset,
+            3 => Self::Incoming,
+            4 => Self::NamespaceExit,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// Kernel stack frames searched for a [`KillPath`] caller: from a tracepoint the stack holds
+/// the BPF and timer frames (up to 7 on 6.18) before `inet_twsk_deschedule_put`'s caller.
+pub const KILL_STACK_DEPTH: usize = 12;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TimeWaitEvent {
@@ -60,7 +98,8 @@ pub struct TimeWaitEvent {
     pub substate: u8,
     /// At `Start`: [`TW_TS_KNOWN`], [`TW_TS_SEEN`].
     pub flags: u8,
-    pub _pad: u8,
+    /// At `Kill` and `Cancel`: the [`KillPath`] found in the kernel stack.
+    pub path: u8,
     /// The 4-tuple, read at `Start` only (zero for other phases). Who closed the connection
     /// is not here: userspace joins it from the state family's → FIN_WAIT1 record of the same
     /// 4-tuple (a kernel map for that join cost about 0.4 µs per birth on 6.18).

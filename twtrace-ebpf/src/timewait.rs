@@ -16,15 +16,16 @@
 //! retransmit timer), for whichever of the two families userspace gave it (`roles`).
 
 use aya_ebpf::{
-    helpers::bpf_jiffies64,
+    EbpfContext,
+    helpers::{bpf_get_stack, bpf_jiffies64},
     macros::{btf_tracepoint, fentry, kprobe, raw_tracepoint},
     programs::{BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext},
 };
 use twtrace_common::{
     EventKind, Flow,
-    config::OFFSET_UNKNOWN,
+    config::{KILL_CALLERS, OFFSET_UNKNOWN},
     roles,
-    timewait::{TW_TS_KNOWN, TW_TS_SEEN, TimeWaitEvent, TimerPhase},
+    timewait::{KILL_STACK_DEPTH, KillPath, TW_TS_KNOWN, TW_TS_SEEN, TimeWaitEvent, TimerPhase},
 };
 
 use crate::{
@@ -38,37 +39,37 @@ use crate::{
 
 #[btf_tracepoint(function = "timer_start")]
 pub fn tw_timer_start_btf(ctx: BtfTracePointContext) -> u32 {
-    on_timer::<Direct>(ctx.arg(0), TimerPhase::Start);
+    on_timer::<Direct, _>(&ctx, ctx.arg(0), TimerPhase::Start);
     0
 }
 
 #[btf_tracepoint(function = "timer_cancel")]
 pub fn tw_timer_cancel_btf(ctx: BtfTracePointContext) -> u32 {
-    on_timer::<Direct>(ctx.arg(0), TimerPhase::Cancel);
+    on_timer::<Direct, _>(&ctx, ctx.arg(0), TimerPhase::Cancel);
     0
 }
 
 #[btf_tracepoint(function = "timer_expire_entry")]
 pub fn tw_timer_expire_btf(ctx: BtfTracePointContext) -> u32 {
-    on_timer::<Direct>(ctx.arg(0), TimerPhase::Expire);
+    on_timer::<Direct, _>(&ctx, ctx.arg(0), TimerPhase::Expire);
     0
 }
 
 #[raw_tracepoint(tracepoint = "timer_start")]
 pub fn tw_timer_start(ctx: RawTracePointContext) -> u32 {
-    on_timer::<Probed>(ctx.arg(0), TimerPhase::Start);
+    on_timer::<Probed, _>(&ctx, ctx.arg(0), TimerPhase::Start);
     0
 }
 
 #[raw_tracepoint(tracepoint = "timer_cancel")]
 pub fn tw_timer_cancel(ctx: RawTracePointContext) -> u32 {
-    on_timer::<Probed>(ctx.arg(0), TimerPhase::Cancel);
+    on_timer::<Probed, _>(&ctx, ctx.arg(0), TimerPhase::Cancel);
     0
 }
 
 #[raw_tracepoint(tracepoint = "timer_expire_entry")]
 pub fn tw_timer_expire(ctx: RawTracePointContext) -> u32 {
-    on_timer::<Probed>(ctx.arg(0), TimerPhase::Expire);
+    on_timer::<Probed, _>(&ctx, ctx.arg(0), TimerPhase::Expire);
     0
 }
 
@@ -130,13 +131,13 @@ pub fn tw_schedule_fentry(ctx: FEntryContext) -> u32 {
 #[fentry(function = "tw_timer_handler")]
 pub fn tw_expire_fentry(ctx: FEntryContext) -> u32 {
     let timer: *const u8 = ctx.arg(0);
-    on_tw::<Probed>(timer.wrapping_sub(config().offsets.tw_timer as usize), TimerPhase::Expire, 0);
+    on_tw::<Probed>(timer.wrapping_sub(config().offsets.tw_timer as usize), TimerPhase::Expire, 0, 0);
     0
 }
 
 #[fentry(function = "inet_twsk_deschedule_put")]
 pub fn tw_kill_fentry(ctx: FEntryContext) -> u32 {
-    on_tw::<Direct>(ctx.arg(0), TimerPhase::Kill, 0);
+    on_tw::<Direct>(ctx.arg(0), TimerPhase::Kill, 0, kill_path(&ctx));
     0
 }
 
@@ -152,7 +153,7 @@ pub fn tw_schedule_kprobe(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn tw_expire_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(timer) = ctx.arg::<*const u8>(0) {
-        on_tw::<Probed>(timer.wrapping_sub(config().offsets.tw_timer as usize), TimerPhase::Expire, 0);
+        on_tw::<Probed>(timer.wrapping_sub(config().offsets.tw_timer as usize), TimerPhase::Expire, 0, 0);
     }
     0
 }
@@ -160,7 +161,7 @@ pub fn tw_expire_kprobe(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn tw_kill_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(tw) = ctx.arg::<*const u8>(0) {
-        on_tw::<Probed>(tw, TimerPhase::Kill, 0);
+        on_tw::<Probed>(tw, TimerPhase::Kill, 0, kill_path(&ctx));
     }
     0
 }
@@ -168,14 +169,14 @@ pub fn tw_kill_kprobe(ctx: ProbeContext) -> u32 {
 #[inline(always)]
 fn on_schedule<R: KernelRead>(tw: *const u8, timeo: i32, rearm: bool) {
     let phase = if rearm { TimerPhase::Rearm } else { TimerPhase::Start };
-    on_tw::<R>(tw, phase, timeo.max(0) as u64);
+    on_tw::<R>(tw, phase, timeo.max(0) as u64, 0);
 }
 
 /// `R` reads the timer itself; the TIME_WAIT socket around it is always probe-read (its
 /// address is computed, not typed). Only `timer_start` is shared with the port search: the
 /// cancel and expiry hooks serve the TIME_WAIT family alone.
 #[inline(always)]
-fn on_timer<R: KernelRead>(timer: *const u8, phase: TimerPhase) {
+fn on_timer<R: KernelRead, C: EbpfContext>(ctx: &C, timer: *const u8, phase: TimerPhase) {
     let cfg = config();
     let function: u64 = R::at(timer, cfg.offsets.timer_function);
     if function == 0 {
@@ -201,20 +202,48 @@ fn on_timer<R: KernelRead>(timer: *const u8, phase: TimerPhase) {
     } else {
         0
     };
-    on_tw::<Probed>(tw, phase, timeout_jiffies);
+    // A cancel is either an expiry about to run or a kill: the stack tells a kill's path.
+    let path = if phase == TimerPhase::Cancel { kill_path(ctx) } else { 0 };
+    on_tw::<Probed>(tw, phase, timeout_jiffies, path);
+}
+
+/// The [`KillPath`] of the first frame of this kernel stack that lies in one of the callers
+/// userspace named (`Config::kill_callers`), innermost first: the caller of
+/// `inet_twsk_deschedule_put` comes before the functions that called it. bpf_get_stack works
+/// from kprobes, tracepoints and (5.5+) fentry, which unwind through their trampoline.
+#[inline(always)]
+fn kill_path<C: EbpfContext>(ctx: &C) -> u8 {
+    let mut frames = [0u64; KILL_STACK_DEPTH];
+    // SAFETY: the buffer is ours and `size` bytes long; flags 0 is the kernel stack.
+    let got = unsafe { bpf_get_stack(ctx.as_ptr(), frames.as_mut_ptr().cast(), (KILL_STACK_DEPTH * 8) as u32, 0) };
+    if got <= 0 {
+        return KillPath::Unknown as u8;
+    }
+    let callers = &config().kill_callers;
+    for ip in frames {
+        if ip == 0 {
+            break;
+        }
+        for caller in callers.iter().take(KILL_CALLERS) {
+            if caller.start <= ip && ip < caller.end {
+                return caller.path;
+            }
+        }
+    }
+    KillPath::Unknown as u8
 }
 
 /// Reports one phase of a TIME_WAIT socket; `Start` and `Rearm` carry the 4-tuple, substate
 /// and timeout.
 #[inline(always)]
-fn on_tw<R: KernelRead>(tw: *const u8, phase: TimerPhase, timeout_jiffies: u64) {
+fn on_tw<R: KernelRead>(tw: *const u8, phase: TimerPhase, timeout_jiffies: u64, path: u8) {
     // A birth reads the 4-tuple, the namespace pointer and the substate: without plain
     // loads, one copy of `sock_common` replaces six of those helper calls. A death reads
     // only the namespace.
     if (phase == TimerPhase::Start || phase == TimerPhase::Rearm) && !R::PLAIN_LOADS {
-        report_tw(tw, &Snapshot::take(tw), phase, timeout_jiffies);
+        report_tw(tw, &Snapshot::take(tw), phase, timeout_jiffies, path);
     } else {
-        report_tw(tw, &Typed::<R>::new(tw), phase, timeout_jiffies);
+        report_tw(tw, &Typed::<R>::new(tw), phase, timeout_jiffies, path);
     }
 }
 
@@ -233,7 +262,7 @@ fn timestamps_of(tw: *const u8) -> u8 {
 }
 
 #[inline(always)]
-fn report_tw<F: Fields>(tw: *const u8, sk: &F, phase: TimerPhase, timeout_jiffies: u64) {
+fn report_tw<F: Fields>(tw: *const u8, sk: &F, phase: TimerPhase, timeout_jiffies: u64, path: u8) {
     let cfg = config();
     let netns = netns_in(sk);
     if !netns_wanted(netns) {
@@ -250,7 +279,7 @@ fn report_tw<F: Fields>(tw: *const u8, sk: &F, phase: TimerPhase, timeout_jiffie
     ev.netns = netns;
     ev.phase = phase as u8;
     ev.flags = 0;
-    ev._pad = 0;
+    ev.path = path;
     if phase == TimerPhase::Start || phase == TimerPhase::Rearm {
         fill_flow_from(&mut ev.flow, sk);
         // Only a start carries the 4-tuple (and so can be port-filtered); later phases are

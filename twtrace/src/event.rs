@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::Serialize;
 pub use twtrace_common::state::tcp_state;
+use twtrace_common::timewait::KillPath;
 
 /// A TCP connection's two endpoints, from the point of view of the socket's owner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -66,9 +67,49 @@ impl TimeWaitSubstate {
 pub enum DeathReason {
     /// The timer ran out: the socket lived its full TIME_WAIT period.
     Expired,
-    /// Removed before its timer ran: the 4-tuple was reused (a new SYN, or `tcp_tw_reuse` on
-    /// connect), or the namespace went away.
+    /// Removed before its timer ran, by a path not known: no kernel stack (a recording made
+    /// before twtrace named paths), or a caller twtrace does not know.
     Killed,
+    /// Removed early: a connect() took its 4-tuple (`tcp_tw_reuse`).
+    Reused,
+    /// Removed early: an RST arrived for it (RFC 1337's "TIME-WAIT assassination", which
+    /// `tcp_rfc1337=1` refuses in the TIME_WAIT substate).
+    Reset,
+    /// Removed early: a segment for its 4-tuple, a SYN that opened a new connection over it
+    /// (the server side of 4-tuple reuse), or one it answered with a reset.
+    Incoming,
+    /// Removed early: its network namespace was torn down.
+    NamespaceExit,
+}
+
+impl DeathReason {
+    /// An early death by `path` (see [`KillPath`] for the kernel callers behind each).
+    pub fn killed(path: KillPath) -> Self {
+        match path {
+            KillPath::Unknown => Self::Killed,
+            KillPath::Reused => Self::Reused,
+            KillPath::Reset => Self::Reset,
+            KillPath::Incoming => Self::Incoming,
+            KillPath::NamespaceExit => Self::NamespaceExit,
+        }
+    }
+
+    /// Removed before its timer ran out, by whatever path.
+    pub fn is_early(self) -> bool {
+        self != Self::Expired
+    }
+
+    /// How it reads in text output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Expired => "expired",
+            Self::Killed => "killed",
+            Self::Reused => "reused",
+            Self::Reset => "reset",
+            Self::Incoming => "incoming",
+            Self::NamespaceExit => "namespace_exit",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -83,7 +83,8 @@ fn ipv6_births_match_ss() {
     births_match_ss("births6", "[::1]:0");
 }
 
-/// A new SYN for a 4-tuple the server holds in TIME_WAIT kills that socket early.
+/// A new SYN for a 4-tuple the server holds in TIME_WAIT kills that socket early, and the
+/// death names that path: `tcp_v4_rcv` accepting the SYN over it (`incoming`).
 #[test]
 fn reusing_a_four_tuple_kills_the_time_wait_socket() {
     if !can_trace() {
@@ -112,10 +113,90 @@ fn reusing_a_four_tuple_kills_the_time_wait_socket() {
     assert_eq!(deaths.len(), 1, "{deaths:?}");
     assert_eq!(deaths_final.len(), 1, "{deaths_final:?}");
     let death = &deaths[0];
-    assert_eq!(death["reason"], "killed", "{death}");
+    assert_eq!(death["reason"], "incoming", "{death}");
     assert_eq!(death["tw_id"], births[0]["tw_id"]);
     assert_eq!((addr(death, "local"), addr(death, "remote")), (server_addr, client_addr));
     assert!(death["lifetime_ns"].as_u64().unwrap() < 10_000_000_000, "{death}");
+    assert!(left_in_time_wait.is_empty(), "ss still shows {left_in_time_wait:?}");
+}
+
+/// `TCP_FIN_WAIT2` in include/net/tcp_states.h.
+const FIN_WAIT2: u8 = 5;
+
+/// The socket's state: `tcpi_state`, the first byte of `struct tcp_info`.
+fn tcp_state_of(socket: &std::net::TcpStream) -> u8 {
+    let mut info = [0u8; 256];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into our buffer.
+    let got = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(got, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info[0]
+}
+
+/// An RST for a TIME_WAIT socket kills it (`tcp_timewait_state_process`): the client closes
+/// first and its socket waits in TIME_WAIT's FIN_WAIT2 substate (an orphan whose FIN was
+/// acknowledged); the server then closes with SO_LINGER 0, which sends an RST instead of a FIN.
+/// In that substate an RST kills on every kernel whatever `tcp_rfc1337` says.
+#[test]
+fn an_rst_kills_the_time_wait_socket_and_says_so() {
+    if !can_trace() {
+        return;
+    }
+    let ns = Netns::new("rst");
+    let Some(tracer) = support::tracer_for("timewait", &["--netns", &ns.name]) else { return };
+    let (client_addr, server_addr) = ns.run(move || {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let (client_addr, server_addr) = (client.local_addr().unwrap(), listener.local_addr().unwrap());
+        // The FIN first, and close() only once it is acknowledged: an orphan whose FIN is
+        // acknowledged during close() itself (loopback answers at once, while close() holds
+        // the socket) stays a full FIN_WAIT2 socket; closed in FIN_WAIT2 it becomes TIME_WAIT.
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(std::io::Read::read(&mut &accepted, &mut buf).expect("read EOF"), 0);
+        // The server acknowledges a FIN with a delayed ACK (up to 200 ms).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while tcp_state_of(&client) != FIN_WAIT2 {
+            assert!(std::time::Instant::now() < deadline, "the client never reached FIN_WAIT2");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(client);
+        // Closing with a zero linger sends an RST instead of a FIN.
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: setsockopt on a socket we own, with a linger struct of the size given.
+        let set = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&accepted),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+        drop(accepted);
+        (client_addr, server_addr)
+    });
+    let deaths = tracer.wait_for("timewait_death", Duration::from_secs(10), |d| !d.is_empty());
+    let left_in_time_wait = ns.time_wait_sockets();
+    let lines = tracer.stop();
+    let births: Vec<_> = lines.iter().filter(|v| v["event"] == "timewait_birth").collect();
+    assert_eq!(births.len(), 1, "{births:?}");
+    assert_eq!(births[0]["substate"], "FIN_WAIT2", "{}", births[0]);
+    assert_eq!(deaths.len(), 1, "{deaths:?} {lines:?} {left_in_time_wait:?}");
+    let death = &deaths[0];
+    assert_eq!(death["reason"], "reset", "{death}");
+    assert_eq!(death["tw_id"], births[0]["tw_id"]);
+    assert_eq!((addr(death, "local"), addr(death, "remote")), (client_addr, server_addr));
     assert!(left_in_time_wait.is_empty(), "ss still shows {left_in_time_wait:?}");
 }
 

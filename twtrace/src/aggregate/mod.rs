@@ -21,14 +21,14 @@ use std::{
 
 use serde::Serialize;
 pub use snapshot::{
-    CommandGroup, DestinationView, FailureView, Group, MarkView, NamespaceView, PawsView, PortSpaceView, ReasonView,
-    RecentDrop, Sample, SetupDropView, Snapshot, SourceView, TimeWaitView,
+    CommandGroup, DestinationView, FailureView, Group, KilledBy, MarkView, NamespaceView, PawsView, PortSpaceView,
+    ReasonView, RecentDrop, Sample, SetupDropView, Snapshot, SourceView, TimeWaitView,
 };
 use stats::{Histogram, Rate};
 
 use crate::event::{
-    Comm, DeathReason, DropClass, DropEvent, Event, ExistingSocket, NamespaceDescription, PortSearchEvent, Process,
-    SearchOp, SocketFlow, StateEvent, TimeWaitChange, TimeWaitEvent, errno_name, tcp_state,
+    Comm, DropClass, DropEvent, Event, ExistingSocket, NamespaceDescription, PortSearchEvent, Process, SearchOp,
+    SocketFlow, StateEvent, TimeWaitChange, TimeWaitEvent, errno_name, tcp_state,
 };
 use crate::kernel::netstat;
 
@@ -239,6 +239,7 @@ pub struct Aggregator {
     births: Rate,
     expired: Rate,
     killed: Rate,
+    killed_by: KilledBy,
     lifetimes: Histogram,
     // Port space
     destinations: HashMap<Destination, DestinationStats>,
@@ -501,9 +502,11 @@ impl Aggregator {
             }
             TimeWaitChange::Rearm { .. } => {}
             TimeWaitChange::Death { reason, lifetime_ns } => {
-                match reason {
-                    DeathReason::Expired => self.expired.add(e.ts_ns, 1),
-                    DeathReason::Killed => self.killed.add(e.ts_ns, 1),
+                if reason.is_early() {
+                    self.killed.add(e.ts_ns, 1);
+                    self.killed_by.add(*reason);
+                } else {
+                    self.expired.add(e.ts_ns, 1);
                 }
                 self.lifetimes.record(*lifetime_ns);
                 if let Some(tw) = self.live.remove(&e.tw_id) {

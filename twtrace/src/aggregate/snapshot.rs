@@ -251,6 +251,7 @@ impl Aggregator {
             births_total: self.births.total(),
             expired_total: self.expired.total(),
             killed_total: self.killed.total(),
+            killed_by: self.killed_by,
             lifetime_p50_ms: ms(self.lifetimes.quantile(0.5)),
             lifetime_p99_ms: ms(self.lifetimes.quantile(0.99)),
             lifetime_max_ms: ms(self.lifetimes.max()),
@@ -369,6 +370,51 @@ pub struct CommandGroup {
     pub count: u64,
 }
 
+/// Early deaths by the path that caused them (see [`crate::event::DeathReason`]).
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct KilledBy {
+    /// A connect() took the 4-tuple (`tcp_tw_reuse`).
+    pub reused: u64,
+    /// An RST arrived (RFC 1337 assassination).
+    pub reset: u64,
+    /// A segment for the 4-tuple: a new connection's SYN, or one answered with a reset.
+    pub incoming: u64,
+    /// The namespace was torn down.
+    pub namespace_exit: u64,
+    /// No path known (no kernel stack, or a caller twtrace does not know).
+    pub unknown: u64,
+}
+
+impl KilledBy {
+    pub fn add(&mut self, reason: crate::event::DeathReason) {
+        use crate::event::DeathReason as R;
+        match reason {
+            R::Expired => {}
+            R::Killed => self.unknown += 1,
+            R::Reused => self.reused += 1,
+            R::Reset => self.reset += 1,
+            R::Incoming => self.incoming += 1,
+            R::NamespaceExit => self.namespace_exit += 1,
+        }
+    }
+
+    /// `reused 3, reset 1`: the paths seen, for text output; empty when none.
+    pub fn text(&self) -> String {
+        [
+            ("reused", self.reused),
+            ("reset", self.reset),
+            ("incoming", self.incoming),
+            ("namespace exit", self.namespace_exit),
+            ("path unknown", self.unknown),
+        ]
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(what, n)| format!("{what} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
+}
+
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct TimeWaitView {
     /// Summed over namespaces.
@@ -382,6 +428,8 @@ pub struct TimeWaitView {
     pub births_total: u64,
     pub expired_total: u64,
     pub killed_total: u64,
+    /// `killed_total` by path.
+    pub killed_by: KilledBy,
     pub lifetime_p50_ms: Option<f64>,
     pub lifetime_p99_ms: Option<f64>,
     pub lifetime_max_ms: Option<f64>,

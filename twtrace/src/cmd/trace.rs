@@ -280,11 +280,7 @@ pub fn event_text(event: &Event, clock: WallClock) -> String {
                     seconds(timeout_ms * 1_000_000)
                 ),
                 TimeWaitChange::Death { reason, lifetime_ns } => {
-                    let reason = match reason {
-                        crate::event::DeathReason::Expired => "expired",
-                        crate::event::DeathReason::Killed => "killed",
-                    };
-                    format!("TW died   #{:<6} {flow}  {reason} after {}", e.tw_id, seconds(*lifetime_ns))
+                    format!("TW died   #{:<6} {flow}  {} after {}", e.tw_id, reason.as_str(), seconds(*lifetime_ns))
                 }
             };
             (e.ts_ns, e.netns, what)

@@ -89,7 +89,9 @@ impl LiveProbes {
         config.netns_filter = options.netns.unwrap_or(0);
         config.port_filter = options.port.unwrap_or(0);
         offsets::configure_sockets(&btf, &mut config);
-        let symbols = kernel::kallsyms::Symbols::read(&[timewait::KERNEL_SYMBOL, portsearch::KERNEL_SYMBOL])?;
+        let names: Vec<&'static str> =
+            timewait::kernel_symbols().chain(std::iter::once(portsearch::KERNEL_SYMBOL)).collect();
+        let symbols = kernel::kallsyms::Symbols::read(&names)?;
         timewait::configure(&btf, &symbols, &mut config)?;
         portsearch::configure(&btf, &symbols, &mut config);
         let drop_reasons = drops::reason_names(&btf);

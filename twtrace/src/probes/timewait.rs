@@ -5,7 +5,8 @@ use foldhash::{HashMap, HashMapExt};
 
 use twtrace_common::{
     Config,
-    timewait::{TW_TS_KNOWN, TW_TS_SEEN, TimeWaitEvent as RawTimeWait, TimerPhase},
+    config::KillCaller,
+    timewait::{KillPath, TW_TS_KNOWN, TW_TS_SEEN, TimeWaitEvent as RawTimeWait, TimerPhase},
 };
 
 use super::{Backend, BackendPlan, Hook, LoadError, SharedHook, owners::Owners};
@@ -79,6 +80,25 @@ pub fn backends() -> Vec<BackendPlan> {
 /// The timer callback that marks TIME_WAIT sockets' timers.
 pub const KERNEL_SYMBOL: &str = "tw_timer_handler";
 
+/// The callers of `inet_twsk_deschedule_put` and the path each means (see [`KillPath`] for the
+/// kernel facts). Innermost first in a stack, so a reset seen by `tcp_timewait_state_process`
+/// is not taken for `tcp_v4_rcv`, which called it.
+pub const KILL_CALLERS: &[(&str, KillPath)] = &[
+    ("__inet_hash_connect", KillPath::Reused),
+    ("__inet_check_established", KillPath::Reused),
+    ("__inet6_check_established", KillPath::Reused),
+    ("tcp_timewait_state_process", KillPath::Reset),
+    ("tcp_v4_rcv", KillPath::Incoming),
+    ("tcp_v6_rcv", KillPath::Incoming),
+    ("inet_twsk_purge", KillPath::NamespaceExit),
+];
+const _: () = assert!(KILL_CALLERS.len() <= twtrace_common::config::KILL_CALLERS);
+
+/// Every kernel symbol this family reads from /proc/kallsyms.
+pub fn kernel_symbols() -> impl Iterator<Item = &'static str> {
+    std::iter::once(KERNEL_SYMBOL).chain(KILL_CALLERS.iter().map(|(name, _)| *name))
+}
+
 /// Fills in the symbol address and timer offsets the TIME_WAIT programs need (socket offsets
 /// are shared: `super::configure_sockets`).
 pub fn configure(btf: &Btf, symbols: &kallsyms::Symbols, config: &mut Config) -> Result<(), LoadError> {
@@ -90,6 +110,12 @@ pub fn configure(btf: &Btf, symbols: &kallsyms::Symbols, config: &mut Config) ->
     o.timer_expires = super::offsets::optional_offset(btf, "timer_list", "expires");
     o.tw_substate = super::offsets::optional_offset(btf, "inet_timewait_sock", "tw_substate");
     o.tw_ts_recent_stamp = super::offsets::optional_offset(btf, "tcp_timewait_sock", "tw_ts_recent_stamp");
+    // A caller missing (IPv6 built as a module, a renamed function) only leaves its kills
+    // without a path.
+    let known = KILL_CALLERS.iter().filter_map(|(name, path)| Some((symbols.range(name)?, *path)));
+    for (slot, ((start, end), path)) in config.kill_callers.iter_mut().zip(known) {
+        *slot = KillCaller { start, end, path: path as u8, _pad: [0; 7] };
+    }
     Ok(())
 }
 
@@ -148,6 +174,8 @@ fn unpack_v4(b: &[u8; 12]) -> SocketFlow {
 struct PendingCancel {
     tw_addr: u64,
     ts_ns: u64,
+    /// The path its stack showed, should it turn out to be a kill.
+    path: KillPath,
 }
 
 /// Follows TIME_WAIT sockets by kernel address and decides how each ended.
@@ -208,7 +236,7 @@ impl Tracker {
                     self.rearm(raw, out);
                     return;
                 }
-                _ => self.die(pending.tw_addr, pending.ts_ns, DeathReason::Killed, out),
+                _ => self.die(pending.tw_addr, pending.ts_ns, DeathReason::killed(pending.path), out),
             }
         }
         if phase == TimerPhase::Start && self.live.contains_key(&raw.tw_addr) {
@@ -219,9 +247,10 @@ impl Tracker {
             TimerPhase::Start => self.birth(raw, owners, out),
             // fentry/kprobe backends say what happened; no inference needed.
             TimerPhase::Rearm => self.rearm(raw, out),
-            TimerPhase::Kill => self.die(raw.tw_addr, ts, DeathReason::Killed, out),
+            TimerPhase::Kill => self.die(raw.tw_addr, ts, DeathReason::killed(KillPath::from_u8(raw.path)), out),
             TimerPhase::Cancel => {
-                self.pending.insert(cpu, PendingCancel { tw_addr: raw.tw_addr, ts_ns: ts });
+                let path = KillPath::from_u8(raw.path);
+                self.pending.insert(cpu, PendingCancel { tw_addr: raw.tw_addr, ts_ns: ts, path });
             }
             // An expiry whose cancel we did not see (attached in between): still an expiry.
             TimerPhase::Expire => self.die(raw.tw_addr, ts, DeathReason::Expired, out),
@@ -242,7 +271,7 @@ impl Tracker {
         let pending_elsewhere = self.pending.iter().find(|(_, p)| p.tw_addr == raw.tw_addr).map(|(cpu, p)| (*cpu, *p));
         if let Some((cpu, pending)) = pending_elsewhere {
             self.pending.remove(&cpu);
-            self.die(pending.tw_addr, pending.ts_ns, DeathReason::Killed, out);
+            self.die(pending.tw_addr, pending.ts_ns, DeathReason::killed(pending.path), out);
             return;
         }
         let moved = self
@@ -258,7 +287,7 @@ impl Tracker {
     /// expiry or re-arm, so it was a kill.
     pub fn on_other_record(&mut self, cpu: u32, out: &mut Vec<Event>) {
         if let Some(pending) = self.pending.remove(&cpu) {
-            self.die(pending.tw_addr, pending.ts_ns, DeathReason::Killed, out);
+            self.die(pending.tw_addr, pending.ts_ns, DeathReason::killed(pending.path), out);
         }
     }
 
@@ -274,7 +303,7 @@ impl Tracker {
         expired.sort_by_key(|(_, p)| p.ts_ns);
         for (cpu, p) in expired {
             self.pending.remove(&cpu);
-            self.die(p.tw_addr, p.ts_ns, DeathReason::Killed, out);
+            self.die(p.tw_addr, p.ts_ns, DeathReason::killed(p.path), out);
         }
     }
 

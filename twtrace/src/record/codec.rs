@@ -204,6 +204,10 @@ impl ChunkEncoder {
                         self.buf.push(match reason {
                             DeathReason::Expired => 0,
                             DeathReason::Killed => 1,
+                            DeathReason::Reused => 2,
+                            DeathReason::Reset => 3,
+                            DeathReason::Incoming => 4,
+                            DeathReason::NamespaceExit => 5,
                         });
                         put_varint(&mut self.buf, lifetime_ns);
                     }
@@ -583,6 +587,10 @@ impl ChunkDecoder<'_> {
                         let reason = match self.byte()? {
                             0 => DeathReason::Expired,
                             1 => DeathReason::Killed,
+                            2 => DeathReason::Reused,
+                            3 => DeathReason::Reset,
+                            4 => DeathReason::Incoming,
+                            5 => DeathReason::NamespaceExit,
                             other => return Err(format!("unknown death reason {other}")),
                         };
                         TimeWaitChange::Death { reason, lifetime_ns: self.varint()? }

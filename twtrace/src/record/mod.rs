@@ -54,8 +54,10 @@ pub const CHUNK_MAGIC: &[u8; 4] = b"TWCK";
 /// marks or not, and an older twtrace says "upgrade twtrace" instead. Version 4: a TIME_WAIT
 /// birth's substate byte also says whether the peer's timestamps were seen (version 3's
 /// births read as "not known"). Version 5: drops of packets this host sent have a record tag of
-/// their own (earlier files have only received ones).
-pub const FORMAT_VERSION: u16 = 5;
+/// their own (earlier files have only received ones). Version 6: a TIME_WAIT death's reason
+/// byte names the path that killed it early (2-5; earlier files have only 0, expired, and 1,
+/// killed by a path not known).
+pub const FORMAT_VERSION: u16 = 6;
 pub const FILE_HEADER_LEN: usize = 20;
 pub const CHUNK_HEADER_LEN: usize = 36;
 /// Limits a reader enforces, so damaged lengths cannot make it allocate without bound. The

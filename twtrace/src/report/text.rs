@@ -109,6 +109,9 @@ pub fn text(r: &Report) -> String {
         ms_text(tw.lifetime_p99_ms),
         ms_text(tw.lifetime_max_ms)
     ));
+    if tw.killed > 0 {
+        line(format!("  killed by   {}", tw.killed_by.text()));
+    }
     line(format!("  population  {}", sparkline(&r.timeline.timewait_live, 60)));
     if !r.marks.is_empty() {
         line(format!("  marks       {}", mark_ruler(&r.timeline.t, &r.marks, 60)));
