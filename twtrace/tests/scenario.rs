@@ -241,3 +241,41 @@ fn tw_buckets_keeps_exactly_the_namespaces_limit() {
     let default: u64 = report["params"]["namespace_default_limit"].as_str().unwrap().parse().unwrap();
     assert!(default > 0, "{report:#}");
 }
+
+/// Every early death made on purpose, and twtrace naming each one's path: the scenario checks
+/// the counts (against TWRecycled, TCPTimeWaitOverflow, sock_diag and what it did); this test
+/// checks that each run produced its path and no other.
+#[test]
+fn tw_deaths_names_the_path_of_each_early_death() {
+    if !can_trace() {
+        return;
+    }
+    const SOCKETS: u64 = 20;
+    let report = scenario(&["tw-deaths", "--sockets", &SOCKETS.to_string()]);
+    let runs = report["runs"].as_array().unwrap();
+    let path_of = |label: &str| -> Option<&str> {
+        match label {
+            l if l.starts_with("reused") => Some("reused"),
+            l if l.starts_with("incoming") => Some("incoming"),
+            l if l.starts_with("reset") && !l.contains("rfc1337=1") => Some("reset"),
+            l if l.starts_with("namespace exit") => Some("namespace_exit"),
+            _ => None,
+        }
+    };
+    assert_eq!(runs.len(), 7, "{report:#}");
+    for run in runs {
+        let label = run["label"].as_str().unwrap();
+        let deaths = run["time_wait"]["deaths"].as_object().cloned().unwrap_or_default();
+        let early: Vec<(&String, u64)> =
+            deaths.iter().filter(|(p, _)| *p != "expired").map(|(p, n)| (p, n.as_u64().unwrap())).collect();
+        match path_of(label) {
+            Some(path) => {
+                assert_eq!(early.len(), 1, "{label}: one path only: {run:#}");
+                assert_eq!(early[0].0, path, "{label}: {run:#}");
+                assert_seen(early[0].1, SOCKETS, &format!("{label}: {run:#}"));
+            }
+            // The RST ignored (tcp_rfc1337=1), the limit's refusals (never born): no death.
+            None => assert!(early.is_empty(), "{label}: no early death: {run:#}"),
+        }
+    }
+}

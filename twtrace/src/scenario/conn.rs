@@ -3,10 +3,14 @@
 //! after closing first), and probes that measure connect() and leave nothing behind.
 
 use std::{
+    collections::BTreeMap,
     net::{SocketAddr, TcpListener},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
+
+use super::report::{Quantiles, Step};
+use crate::{churn::errno_name, time::monotonic_ns};
 
 /// `IP_LOCAL_PORT_RANGE` (include/uapi/linux/in.h, Linux 6.3): a per-socket narrowing of
 /// `ip_local_port_range`, as `lo | hi << 16`.
@@ -175,5 +179,59 @@ pub fn has_port_range_option() -> bool {
             (&mut value as *mut u32).cast(),
             &mut len,
         ) == 0
+    }
+}
+
+/// The connect() calls of one phase of a run, timed, and turned into its [`Step`].
+#[derive(Default)]
+pub struct Phase {
+    start_ns: u64,
+    end_ns: u64,
+    took_us: Vec<f64>,
+    failures: BTreeMap<String, u64>,
+}
+
+impl Phase {
+    /// One connection closed by the client first (a TIME_WAIT socket if it connected).
+    pub fn attempt(&mut self, server: &Server) -> Option<i32> {
+        self.time(|| hold_time_wait(server, None)).errno
+    }
+
+    /// Runs `connect`, one connect() made some way, and keeps its time and outcome.
+    pub fn time(&mut self, connect: impl FnOnce() -> Probe) -> Probe {
+        if self.took_us.is_empty() {
+            self.start_ns = monotonic_ns();
+        }
+        let probe = connect();
+        self.end_ns = monotonic_ns();
+        self.took_us.push(probe.took.as_secs_f64() * 1e6);
+        if let Some(e) = probe.errno {
+            *self.failures.entry(errno_name(e)).or_insert(0) += 1;
+        }
+        probe
+    }
+
+    /// connect() calls made so far.
+    pub fn attempts(&self) -> u64 {
+        self.took_us.len() as u64
+    }
+
+    pub fn connected(&self) -> u64 {
+        self.took_us.len() as u64 - self.failures.values().sum::<u64>()
+    }
+
+    pub fn step(mut self, label: &str, held: u64, size: u64) -> Step {
+        Step {
+            label: label.into(),
+            held,
+            held_kernel: held,
+            utilisation: held as f64 / size as f64,
+            attempts: self.took_us.len() as u64,
+            connected: self.connected(),
+            connect_us: Quantiles::of(&mut self.took_us),
+            failures: self.failures,
+            window_ns: (self.start_ns, self.end_ns),
+            twtrace: None,
+        }
     }
 }

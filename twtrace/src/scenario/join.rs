@@ -158,9 +158,27 @@ pub fn apply_time_wait(report: &mut ScenarioReport, events: &[TimeWaitEvent]) {
                 allowance,
             ));
         }
+        if !run.expected_deaths.is_empty() {
+            // Every path the run caused, and every other early path twtrace saw (which must be 0).
+            let paths: std::collections::BTreeSet<&String> =
+                run.expected_deaths.keys().chain(seen.deaths.keys().filter(|path| *path != EXPIRED)).collect();
+            for path in paths {
+                let expected = run.expected_deaths.get(path).copied().unwrap_or(0);
+                let traced = seen.deaths.get(path).copied().unwrap_or(0);
+                report.checks.push(Check::within(
+                    format!("{}: TIME_WAIT deaths by {path} (generator and kernel vs twtrace)", run.label),
+                    expected,
+                    traced,
+                    allowance,
+                ));
+            }
+        }
         run.time_wait = Some(seen);
     }
 }
+
+/// twtrace's name for a death at the end of the timer (see [`DeathReason`]).
+const EXPIRED: &str = "expired";
 
 /// Without a count at the end, births are counted up to this long after the last connect
 /// (they follow it by the close).

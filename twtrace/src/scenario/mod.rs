@@ -12,6 +12,7 @@ pub mod report;
 mod sandbox;
 mod search_cost;
 mod tw_buckets;
+mod tw_deaths;
 mod tw_reuse;
 
 use std::{
@@ -26,6 +27,7 @@ pub use exhaustion::ExhaustionArgs;
 use report::ScenarioReport;
 pub use search_cost::SearchCostArgs;
 pub use tw_buckets::TwBucketsArgs;
+pub use tw_deaths::TwDeathsArgs;
 pub use tw_reuse::TwReuseArgs;
 
 #[derive(clap::Args)]
@@ -58,6 +60,10 @@ pub enum Scenario {
     /// A namespace's own TIME_WAIT limit (tcp_max_tw_buckets): its default, and the
     /// connections past it that keep no TIME_WAIT socket (TCPTimeWaitOverflow).
     TwBuckets(TwBucketsArgs),
+    /// Every way a TIME_WAIT socket ends early, each made on purpose: reuse by connect(), a
+    /// SYN over the server's, an RST (in both substates; tcp_rfc1337 0 and 1), the bucket
+    /// limit refusing it, the namespace torn down; twtrace must name each path.
+    TwDeaths(TwDeathsArgs),
 }
 
 impl Scenario {
@@ -67,6 +73,7 @@ impl Scenario {
             Self::ClientExhaustion(_) => "client-exhaustion",
             Self::TwReuse(_) => "tw-reuse",
             Self::TwBuckets(_) => "tw-buckets",
+            Self::TwDeaths(_) => "tw-deaths",
         }
     }
 }
@@ -82,6 +89,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<()> {
         Scenario::ClientExhaustion(a) => exhaustion::params(a),
         Scenario::TwReuse(a) => tw_reuse::params(a),
         Scenario::TwBuckets(a) => tw_buckets::params(a),
+        Scenario::TwDeaths(a) => tw_deaths::params(a),
     };
     let mut report = ScenarioReport {
         scenario: args.scenario.name().into(),
@@ -98,6 +106,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<()> {
         Scenario::ClientExhaustion(a) => exhaustion::run(a, &mut report)?,
         Scenario::TwReuse(a) => tw_reuse::run(a, &mut report)?,
         Scenario::TwBuckets(a) => tw_buckets::run(a, &mut report)?,
+        Scenario::TwDeaths(a) => tw_deaths::run(a, &mut report)?,
     }
     if let (Some(recorder), Some(path)) = (recorder, &args.record) {
         recorder.stop()?;

@@ -42,6 +42,11 @@ pub struct Run {
     /// (the kernel's `TCPTimeWaitOverflow` over the run): twtrace must see no birth for them.
     #[serde(default)]
     pub time_wait_refused: u64,
+    /// Early TIME_WAIT deaths the run caused on purpose, by twtrace's name for the path
+    /// (`reused`, `reset`, ...), as the generator and the kernel count them: twtrace must see
+    /// exactly these (and no early death by another path).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub expected_deaths: BTreeMap<String, u64>,
     /// twtrace's TIME_WAIT births and deaths in the run's namespace (with `--record`).
     pub time_wait: Option<TimeWaitSeen>,
 }
@@ -57,6 +62,7 @@ impl Run {
             time_wait_at_end: None,
             counted_at_ns: 0,
             time_wait_refused: 0,
+            expected_deaths: BTreeMap::new(),
             time_wait: None,
         }
     }

@@ -50,6 +50,24 @@ impl Sandbox {
         Ok(Self { netns })
     }
 
+    /// Moves the calling thread alone into a new network namespace that nothing keeps: it is
+    /// torn down when the thread exits (and its sockets are closed), and the kernel then
+    /// purges its TIME_WAIT sockets. For a run whose subject is that teardown; call it on a
+    /// thread of its own. Its inode may come back for a later namespace, so such a run comes
+    /// last.
+    pub fn enter_this_thread_only() -> anyhow::Result<Self> {
+        // SAFETY: no pointers; affects the calling thread only.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            let e = io::Error::last_os_error();
+            anyhow::bail!("unshare(CLONE_NEWNET) on a thread failed ({e}); it needs CAP_SYS_ADMIN");
+        }
+        set_loopback_up().context("bringing lo up in the thread's namespace")?;
+        let link = std::fs::read_link("/proc/thread-self/ns/net").context("reading the thread's namespace")?;
+        let netns = crate::kernel::namespaces::parse_ns_link(&link.to_string_lossy())
+            .ok_or_else(|| anyhow::anyhow!("unexpected namespace link {}", link.display()))?;
+        Ok(Self { netns })
+    }
+
     /// Writes a `net.*` sysctl of this namespace (`/proc/sys` resolves `net` by the writer's
     /// namespace).
     pub fn sysctl(&self, name: &str, value: &str) -> anyhow::Result<()> {

@@ -80,9 +80,6 @@ pub fn run(args: &TwBucketsArgs, report: &mut ScenarioReport) -> anyhow::Result<
         listed.established + listed.other,
     ));
     report.runs.push(Run {
-        label: format!("limit {}", args.limit),
-        netns: sandbox.netns.0,
-        unavailable: None,
         steps: vec![Step {
             label: format!("{connections} connections"),
             held: listed.time_wait,
@@ -98,7 +95,7 @@ pub fn run(args: &TwBucketsArgs, report: &mut ScenarioReport) -> anyhow::Result<
         time_wait_at_end: Some(listed.time_wait),
         counted_at_ns,
         time_wait_refused: refused,
-        time_wait: None,
+        ..Run::new(format!("limit {}", args.limit), sandbox.netns.0)
     });
     Ok(())
 }

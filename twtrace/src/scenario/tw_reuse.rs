@@ -13,8 +13,8 @@ use std::{
 };
 
 use super::{
-    conn::{self, Server},
-    report::{Check, Quantiles, Run, ScenarioReport, Step},
+    conn::{Phase, Server},
+    report::{Check, Run, ScenarioReport},
     sandbox::{self, Sandbox},
     search_cost::RANGE_START,
 };
@@ -123,7 +123,7 @@ fn one_run(args: &TwReuseArgs, policy: &Policy, checks: &mut Vec<Check>) -> anyh
     let filled = loop {
         if held >= size {
             let filled = sandbox.counter(TW_RECYCLED)? - recycled_before;
-            if held - filled as u64 >= size || fill.took_us.len() as u64 >= 2 * size {
+            if held - filled as u64 >= size || fill.attempts() >= 2 * size {
                 break filled;
             }
         }
@@ -173,48 +173,4 @@ fn one_run(args: &TwReuseArgs, policy: &Policy, checks: &mut Vec<Check>) -> anyh
     run.steps.push(fill.step("fill", 0, size));
     run.steps.push(full.step("full", ports_held, size));
     Ok(run)
-}
-
-/// The connect() calls of one phase.
-#[derive(Default)]
-struct Phase {
-    start_ns: u64,
-    end_ns: u64,
-    took_us: Vec<f64>,
-    failures: BTreeMap<String, u64>,
-}
-
-impl Phase {
-    /// One connection closed by the client first (a TIME_WAIT socket if it connected).
-    fn attempt(&mut self, server: &Server) -> Option<i32> {
-        if self.took_us.is_empty() {
-            self.start_ns = monotonic_ns();
-        }
-        let probe = conn::hold_time_wait(server, None);
-        self.end_ns = monotonic_ns();
-        self.took_us.push(probe.took.as_secs_f64() * 1e6);
-        if let Some(e) = probe.errno {
-            *self.failures.entry(errno_name(e)).or_insert(0) += 1;
-        }
-        probe.errno
-    }
-
-    fn connected(&self) -> u64 {
-        self.took_us.len() as u64 - self.failures.values().sum::<u64>()
-    }
-
-    fn step(mut self, label: &str, held: u64, size: u64) -> Step {
-        Step {
-            label: label.into(),
-            held,
-            held_kernel: held,
-            utilisation: held as f64 / size as f64,
-            attempts: self.took_us.len() as u64,
-            connected: self.connected(),
-            connect_us: Quantiles::of(&mut self.took_us),
-            failures: self.failures,
-            window_ns: (self.start_ns, self.end_ns),
-            twtrace: None,
-        }
-    }
 }
