@@ -364,10 +364,21 @@ impl Builder {
         let mut deaths = Family::new(
             "twtrace_timewait_deaths",
             Kind::Counter,
-            "TIME_WAIT sockets gone since start, by reason: expired (the timer ran out) or killed (reused early).",
+            "TIME_WAIT sockets gone since start, by reason: expired (the timer ran out), or the path that ended \
+             it early: reused (by connect(), tcp_tw_reuse), reset (an RST), incoming (a SYN opened a new \
+             connection over it), namespace_exit (its namespace torn down), killed (path not known).",
         );
-        deaths.push(vec![("reason", "expired".into())], Value::Int(t.expired_total));
-        deaths.push(vec![("reason", "killed".into())], Value::Int(t.killed_total));
+        let k = &t.killed_by;
+        for (reason, count) in [
+            ("expired", t.expired_total),
+            ("reused", k.reused),
+            ("reset", k.reset),
+            ("incoming", k.incoming),
+            ("namespace_exit", k.namespace_exit),
+            ("killed", k.unknown),
+        ] {
+            deaths.push(vec![("reason", reason.into())], Value::Int(count));
+        }
         let mut lifetime = Family::new(
             "twtrace_timewait_lifetime",
             Kind::Histogram,

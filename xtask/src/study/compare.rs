@@ -268,8 +268,17 @@ impl Comparison {
 fn early_deaths(time_wait: &Value) -> Vec<String> {
     let q = &time_wait["early_lifetime_ms"];
     let Some(n) = q["n"].as_u64() else { return Vec::new() };
+    // By the path that ended them (twtrace's names; `killed`: path unknown).
+    let by_path: Vec<String> = time_wait["deaths"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(path, _)| *path != "expired")
+        .map(|(path, count)| format!("{path} {}", count.as_u64().unwrap_or(0)))
+        .collect();
+    let by_path = if by_path.is_empty() { String::new() } else { format!(" ({})", by_path.join(", ")) };
     let mut out = vec![format!(
-        "{n}, lifetime ms min/p50/max {:.1}/{:.1}/{:.1}",
+        "{n}{by_path}, lifetime ms min/p50/max {:.1}/{:.1}/{:.1}",
         q["min"].as_f64().unwrap_or(0.0),
         q["p50"].as_f64().unwrap_or(0.0),
         q["max"].as_f64().unwrap_or(0.0)
@@ -358,8 +367,9 @@ mod tests {
             ["1, lifetime ms min/p50/max 16.2/16.2/16.2", "127.0.0.1:41950 after 16235 µs (killed)"]
         );
         let many = json!({"early_lifetime_ms": {"n": 400, "min": 1000.7, "p50": 1025.0, "max": 1990.4},
-                          "early": [[1.0, "killed", "a"], [2.0, "killed", "b"], [3.0, "killed", "c"], [4.0, "killed", "d"]]});
-        assert_eq!(early_deaths(&many), ["400, lifetime ms min/p50/max 1000.7/1025.0/1990.4"]);
+                          "deaths": {"expired": 3, "reused": 399, "reset": 1},
+                          "early": [[1.0, "reused", "a"], [2.0, "reused", "b"], [3.0, "reused", "c"], [4.0, "reset", "d"]]});
+        assert_eq!(early_deaths(&many), ["400 (reset 1, reused 399), lifetime ms min/p50/max 1000.7/1025.0/1990.4"]);
         assert!(early_deaths(&json!(null)).is_empty());
     }
 
