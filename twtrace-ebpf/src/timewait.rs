@@ -141,6 +141,40 @@ pub fn tw_kill_fentry(ctx: FEntryContext) -> u32 {
     0
 }
 
+// Before the timer rework of `inet_twsk_deschedule_put()` (seen in Debian's 5.10.262 and
+// 6.1.192), `inet_twsk_purge()` (a namespace's teardown) has that small function inlined, from
+// the same file, so those kills never reach a hook on it. Every kill deletes the socket's
+// timer first, inlined caller or not: these programs catch kills there, at
+// `timer_delete_sync(&tw->tw_timer)` (`del_timer_sync()` is an inline wrapper of it since
+// 6.2, and in those stable builds, which took the rename), or `del_timer_sync` itself where
+// it is still the function. They run for every such call in the kernel (few: TCP's own
+// timers use the non-sync variant), and the stack still names the caller.
+
+#[fentry(function = "timer_delete_sync")]
+pub fn tw_kill_timer_fentry(ctx: FEntryContext) -> u32 {
+    on_timer_delete::<Direct, _>(&ctx, ctx.arg(0));
+    0
+}
+
+#[kprobe]
+pub fn tw_kill_timer_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(timer) = ctx.arg::<*const u8>(0) {
+        on_timer_delete::<Probed, _>(&ctx, timer);
+    }
+    0
+}
+
+#[inline(always)]
+fn on_timer_delete<R: KernelRead, C: EbpfContext>(ctx: &C, timer: *const u8) {
+    let cfg = config();
+    let function: u64 = R::at(timer, cfg.offsets.timer_function);
+    if function == 0 || function != cfg.tw_timer_handler {
+        return;
+    }
+    let tw = timer.wrapping_sub(cfg.offsets.tw_timer as usize);
+    on_tw::<Probed>(tw, TimerPhase::Kill, 0, kill_path(ctx));
+}
+
 #[kprobe]
 pub fn tw_schedule_kprobe(ctx: ProbeContext) -> u32 {
     let (Some(tw), Some(timeo), Some(rearm)) = (ctx.arg::<*const u8>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2)) else {

@@ -60,6 +60,35 @@ const FENTRY_HOOKS: &[Hook] = &[
     Hook::Fentry { program: "tw_kill_fentry", function: "inet_twsk_deschedule_put" },
 ];
 
+/// Before 6.9: kills at the timer's deletion, which a namespace's teardown reaches with
+/// `inet_twsk_deschedule_put` inlined into `inet_twsk_purge` (Debian's 5.10.262 and 6.1.192;
+/// see the eBPF side). `timer_delete_sync` where `del_timer_sync` is its inline wrapper (6.2+,
+/// and stable builds that took the rename), else `del_timer_sync`; where neither attaches, the
+/// plans at `inet_twsk_deschedule_put` below, which miss those kills.
+const FENTRY_HOOKS_TIMER_DELETE: &[Hook] = &[
+    Hook::Fentry { program: "tw_schedule_fentry", function: "__inet_twsk_schedule" },
+    Hook::Fentry { program: "tw_expire_fentry", function: "tw_timer_handler" },
+    Hook::Fentry { program: "tw_kill_timer_fentry", function: "timer_delete_sync" },
+];
+
+const FENTRY_HOOKS_DEL_TIMER: &[Hook] = &[
+    Hook::Fentry { program: "tw_schedule_fentry", function: "__inet_twsk_schedule" },
+    Hook::Fentry { program: "tw_expire_fentry", function: "tw_timer_handler" },
+    Hook::Fentry { program: "tw_kill_timer_fentry", function: "del_timer_sync" },
+];
+
+const KPROBE_HOOKS_TIMER_DELETE: &[Hook] = &[
+    Hook::Kprobe { program: "tw_schedule_kprobe", function: "__inet_twsk_schedule" },
+    Hook::Kprobe { program: "tw_expire_kprobe", function: "tw_timer_handler" },
+    Hook::Kprobe { program: "tw_kill_timer_kprobe", function: "timer_delete_sync" },
+];
+
+const KPROBE_HOOKS_DEL_TIMER: &[Hook] = &[
+    Hook::Kprobe { program: "tw_schedule_kprobe", function: "__inet_twsk_schedule" },
+    Hook::Kprobe { program: "tw_expire_kprobe", function: "tw_timer_handler" },
+    Hook::Kprobe { program: "tw_kill_timer_kprobe", function: "del_timer_sync" },
+];
+
 const KPROBE_HOOKS: &[Hook] = &[
     Hook::Kprobe { program: "tw_schedule_kprobe", function: "__inet_twsk_schedule" },
     Hook::Kprobe { program: "tw_expire_kprobe", function: "tw_timer_handler" },
@@ -69,8 +98,12 @@ const KPROBE_HOOKS: &[Hook] = &[
 pub fn backends() -> Vec<BackendPlan> {
     vec![
         BackendPlan::new(Backend::Fentry, FENTRY_HOOKS_HASHDANCE),
+        BackendPlan::new(Backend::Fentry, FENTRY_HOOKS_TIMER_DELETE),
+        BackendPlan::new(Backend::Fentry, FENTRY_HOOKS_DEL_TIMER),
         BackendPlan::new(Backend::Fentry, FENTRY_HOOKS),
         BackendPlan::new(Backend::Kprobe, KPROBE_HOOKS_HASHDANCE),
+        BackendPlan::new(Backend::Kprobe, KPROBE_HOOKS_TIMER_DELETE),
+        BackendPlan::new(Backend::Kprobe, KPROBE_HOOKS_DEL_TIMER),
         BackendPlan::new(Backend::Kprobe, KPROBE_HOOKS),
         BackendPlan::with_btf_reads(Backend::Tracepoint, BTF_TRACEPOINT_HOOKS),
         BackendPlan::new(Backend::Tracepoint, TRACEPOINT_HOOKS),

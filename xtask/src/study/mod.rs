@@ -19,7 +19,7 @@ use crate::vm::{self, GuestFiles, kernels, protocol};
 
 #[derive(clap::Args)]
 pub struct StudyArgs {
-    /// search-cost or client-exhaustion (`twtrace scenario --help`).
+    /// search-cost, client-exhaustion, tw-reuse, tw-buckets or tw-deaths (`twtrace scenario --help`).
     pub scenario: String,
     /// Where to run: `host` and kernels the VM lab boots (5.10, 6.1, 6.12, 6.18, sid, or an
     /// image path), comma-separated.
@@ -54,6 +54,8 @@ pub fn run(args: &StudyArgs) -> anyhow::Result<()> {
     crate::setup::ensure()?;
     let out = args.out.clone().unwrap_or_else(|| crate::workspace_root().join("target/study").join(&args.scenario));
     std::fs::create_dir_all(&out)?;
+    // Absolute: the guest's initramfs is packed from inside its directory.
+    let out = out.canonicalize()?;
     if args.compare_only {
         let outcomes: Vec<Outcome> = args
             .kernels
