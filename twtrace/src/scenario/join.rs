@@ -158,20 +158,25 @@ pub fn apply_time_wait(report: &mut ScenarioReport, events: &[TimeWaitEvent]) {
                 allowance,
             ));
         }
-        if !run.expected_deaths.is_empty() {
-            // Every path the run caused, and every other early path twtrace saw (which must be 0).
-            let paths: std::collections::BTreeSet<&String> =
-                run.expected_deaths.keys().chain(seen.deaths.keys().filter(|path| *path != EXPIRED)).collect();
-            for path in paths {
-                let expected = run.expected_deaths.get(path).copied().unwrap_or(0);
-                let traced = seen.deaths.get(path).copied().unwrap_or(0);
-                report.checks.push(Check::within(
-                    format!("{}: TIME_WAIT deaths by {path} (generator and kernel vs twtrace)", run.label),
-                    expected,
-                    traced,
-                    allowance,
-                ));
-            }
+        // The path the run caused, against the kernel's count of it (a counter, or the
+        // sockets sock_diag no longer lists). The kernel may end a socket early by another
+        // path meanwhile (an RST under load, see docs/studies/tw-deaths.md): twtrace lists
+        // those, and the count they took from the expected path is allowed for. Births minus
+        // deaths against sock_diag (above) still holds twtrace to every death.
+        let other_paths: u64 = seen
+            .deaths
+            .iter()
+            .filter(|(path, _)| *path != EXPIRED && !run.expected_deaths.contains_key(*path))
+            .map(|(_, n)| n)
+            .sum();
+        for (path, expected) in &run.expected_deaths {
+            let traced = seen.deaths.get(path).copied().unwrap_or(0);
+            report.checks.push(Check::within(
+                format!("{}: TIME_WAIT deaths by {path} (generator and kernel vs twtrace)", run.label),
+                *expected,
+                traced,
+                allowance + other_paths,
+            ));
         }
         run.time_wait = Some(seen);
     }
@@ -275,6 +280,38 @@ mod tests {
 
     fn tw(netns: u32, ts_ns: u64, tw_id: u64, change: TimeWaitChange) -> TimeWaitEvent {
         TimeWaitEvent { ts_ns, tw_id, flow: None, netns, owner: None, change }
+    }
+
+    /// A run that caused 3 resets: twtrace must count 3 there; one the kernel ended by another
+    /// path (listed) may stand in for one of them, a missing one may not.
+    #[test]
+    fn deaths_by_the_runs_path_are_checked_and_other_paths_allowed_for() {
+        let birth = TimeWaitChange::Birth {
+            substate: crate::event::TimeWaitSubstate::TimeWait,
+            timeout_ms: 60_000,
+            timestamps: None,
+        };
+        let death = |reason| TimeWaitChange::Death { reason, lifetime_ns: 1_000 };
+        let outcome = |reasons: &[DeathReason]| {
+            let mut r = report(vec![step((100, 200), 3, 0)]);
+            r.runs[0].time_wait_at_end = Some(0);
+            r.runs[0].counted_at_ns = 300;
+            r.runs[0].expected_deaths = BTreeMap::from([("reset".to_owned(), 3)]);
+            let mut events: Vec<TimeWaitEvent> = (1..=3).map(|id| tw(7, 150, id, birth.clone())).collect();
+            events.extend(reasons.iter().enumerate().map(|(i, reason)| tw(7, 160, i as u64 + 1, death(*reason))));
+            apply(&mut r, &[search(7, 150, 0, 0), search(7, 151, 0, 0), search(7, 152, 0, 0)], tracing(0));
+            apply_time_wait(&mut r, &events);
+            r.finish();
+            r.passed
+        };
+        use DeathReason::{Reset, Reused};
+        assert!(outcome(&[Reset, Reset, Reset]));
+        assert!(outcome(&[Reset, Reset, Reused]), "one ended by another path, and listed");
+        assert!(!outcome(&[Reset, Reset]), "one death missing");
+        // The scenario cannot tell deaths the kernel really ended by another path from deaths
+        // twtrace put under the wrong one: the tests on the host, where the kernel ends none by
+        // another path, require every death under the run's path.
+        assert!(outcome(&[Reused, Reused, Reused]));
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub struct Run {
     pub time_wait_refused: u64,
     /// Early TIME_WAIT deaths the run caused on purpose, by twtrace's name for the path
     /// (`reused`, `reset`, ...), as the generator and the kernel count them: twtrace must see
-    /// exactly these (and no early death by another path).
+    /// exactly these (less any the kernel ended by another path meanwhile, which it lists).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub expected_deaths: BTreeMap<String, u64>,
     /// twtrace's TIME_WAIT births and deaths in the run's namespace (with `--record`).
