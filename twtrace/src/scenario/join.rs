@@ -116,6 +116,7 @@ pub fn apply_time_wait(report: &mut ScenarioReport, events: &[TimeWaitEvent]) {
         let mut born = std::collections::HashSet::new();
         for e in events.iter().filter(|e| e.netns == run.netns && (from..=to).contains(&e.ts_ns)) {
             match &e.change {
+                TimeWaitChange::Birth { .. } if run.born_by_ns.is_some_and(|by| e.ts_ns > by) => {}
                 TimeWaitChange::Birth { .. } => {
                     seen.births += 1;
                     born.insert(e.tw_id);
@@ -312,6 +313,27 @@ mod tests {
         // twtrace put under the wrong one: the tests on the host, where the kernel ends none by
         // another path, require every death under the run's path.
         assert!(outcome(&[Reused, Reused, Reused]));
+    }
+
+    /// A run whose namespace was torn down at 200: a birth at 250 on its inode is another
+    /// namespace's (the kernel gave it the freed number).
+    #[test]
+    fn births_after_the_namespace_was_gone_are_not_the_runs() {
+        let birth = TimeWaitChange::Birth {
+            substate: crate::event::TimeWaitSubstate::TimeWait,
+            timeout_ms: 60_000,
+            timestamps: None,
+        };
+        let mut r = report(vec![step((100, 150), 1, 0)]);
+        r.runs[0].time_wait_at_end = Some(1);
+        r.runs[0].counted_at_ns = 300;
+        r.runs[0].born_by_ns = Some(200);
+        let events = [tw(7, 150, 1, birth.clone()), tw(7, 250, 2, birth)];
+        apply(&mut r, &[search(7, 120, 0, 0)], tracing(0));
+        apply_time_wait(&mut r, &events);
+        r.finish();
+        assert_eq!(r.runs[0].time_wait.as_ref().unwrap().births, 1);
+        assert!(r.passed, "{:?}", r.checks);
     }
 
     #[test]

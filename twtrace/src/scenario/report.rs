@@ -47,6 +47,11 @@ pub struct Run {
     /// exactly these (less any the kernel ended by another path meanwhile, which it lists).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub expected_deaths: BTreeMap<String, u64>,
+    /// CLOCK_MONOTONIC ns after which no TIME_WAIT socket can be born in the run's namespace
+    /// (it was torn down): a birth after it on the same inode is another namespace's, which
+    /// the kernel gave the freed number (deaths are matched to births already).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub born_by_ns: Option<u64>,
     /// twtrace's TIME_WAIT births and deaths in the run's namespace (with `--record`).
     pub time_wait: Option<TimeWaitSeen>,
 }
@@ -63,6 +68,7 @@ impl Run {
             counted_at_ns: 0,
             time_wait_refused: 0,
             expected_deaths: BTreeMap::new(),
+            born_by_ns: None,
             time_wait: None,
         }
     }

@@ -341,9 +341,13 @@ fn namespace_exit(n: u64, checks: &mut Vec<Check>) -> anyhow::Result<Run> {
     })
     .join()
     .map_err(|_| anyhow::anyhow!("{label}: the namespace's thread panicked"))??;
+    let born_by_ns = monotonic_ns();
     checks.push(Check::exact(format!("{label}: TIME_WAIT before the teardown (sock_diag)"), n, listed));
     std::thread::sleep(TEARDOWN);
     let mut run = Run::new(label.into(), netns.0);
+    // Its inode is free once the namespace is gone, and another namespace (a test beside
+    // this one) may get it: births after the thread ended are not this run's.
+    run.born_by_ns = Some(born_by_ns);
     // The namespace is gone, and nothing of it with it: twtrace's deaths must equal its births.
     run.time_wait_at_end = Some(0);
     run.counted_at_ns = monotonic_ns();
