@@ -9,8 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context as _;
+
 use super::report::{Quantiles, Step};
-use crate::{churn::errno_name, time::monotonic_ns};
+use crate::{churn::errno_name, event::tcp_state, time::monotonic_ns};
 
 /// `IP_LOCAL_PORT_RANGE` (include/uapi/linux/in.h, Linux 6.3): a per-socket narrowing of
 /// `ip_local_port_range`, as `lo | hi << 16`.
@@ -234,4 +236,99 @@ impl Phase {
             twtrace: None,
         }
     }
+}
+
+/// How long sockets may take to reach the state a step waits for (closes finish in softirq;
+/// an emulated guest is slow).
+pub(super) const SETTLE: Duration = Duration::from_secs(10);
+
+/// Reads until EOF (the peer's FIN).
+pub(super) fn read_eof(fd: &OwnedFd) {
+    let mut buf = [0u8; 64];
+    // SAFETY: valid descriptor and buffer.
+    while unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+}
+
+/// The server side's TIME_WAIT sockets (local address the server's), once `expected`.
+pub(super) fn server_time_wait(server: SocketAddr, expected: u64) -> anyhow::Result<u64> {
+    let until = Instant::now() + SETTLE;
+    loop {
+        let sockets = crate::kernel::sockdiag::tcp_sockets().context("reading sockets over sock_diag")?;
+        let count = sockets.iter().filter(|s| s.flow.local == server && s.state == tcp_state::TIME_WAIT).count() as u64;
+        if count == expected || Instant::now() >= until {
+            return Ok(count);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub(super) fn local_addr(fd: &OwnedFd) -> anyhow::Result<SocketAddr> {
+    // SAFETY: borrowed for the call only; ManuallyDrop keeps the descriptor open.
+    let listener = std::mem::ManuallyDrop::new(unsafe { TcpListener::from_raw_fd(fd.as_raw_fd()) });
+    Ok(listener.local_addr()?)
+}
+
+/// A socket bound to `local` (SO_REUSEADDR) and connected to `dest`, blocking.
+pub(super) fn connect_from(local: SocketAddr, dest: SocketAddr) -> Result<OwnedFd, i32> {
+    let fd = bound_socket(local, false)?;
+    let (storage, len) = crate::churn::sockaddr(dest);
+    // SAFETY: valid descriptor and address.
+    if unsafe { libc::connect(fd.as_raw_fd(), (&storage as *const libc::sockaddr_storage).cast(), len) } != 0 {
+        return Err(last_errno());
+    }
+    Ok(fd)
+}
+
+/// The same, non-blocking: returns once the SYN is sent.
+pub(super) fn connect_from_nonblocking(local: SocketAddr, dest: SocketAddr) -> anyhow::Result<OwnedFd> {
+    let fd = bound_socket(local, true).map_err(|e| anyhow::anyhow!("bind {local}: {}", errno_name(e)))?;
+    let (storage, len) = crate::churn::sockaddr(dest);
+    // SAFETY: valid descriptor and address.
+    let rc = unsafe { libc::connect(fd.as_raw_fd(), (&storage as *const libc::sockaddr_storage).cast(), len) };
+    let errno = last_errno();
+    anyhow::ensure!(rc == 0 || errno == libc::EINPROGRESS, "connect to {dest}: {}", errno_name(errno));
+    Ok(fd)
+}
+
+pub(super) fn bound_socket(local: SocketAddr, nonblocking: bool) -> Result<OwnedFd, i32> {
+    let family = if local.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let flags = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
+    // SAFETY: a fresh descriptor, owned at once.
+    let raw = unsafe { libc::socket(family, flags, 0) };
+    if raw < 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: we own it.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let one: libc::c_int = 1;
+    let (storage, len) = crate::churn::sockaddr(local);
+    // SAFETY: valid descriptor, option and address.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        if libc::bind(fd.as_raw_fd(), (&storage as *const libc::sockaddr_storage).cast(), len) != 0 {
+            return Err(last_errno());
+        }
+    }
+    Ok(fd)
+}
+
+pub(super) fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// `tcpi_state`, the first byte of `struct tcp_info`.
+pub(super) fn tcp_state_of(fd: &OwnedFd) -> u8 {
+    let mut info = [0u8; 256];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the buffer.
+    let rc = unsafe {
+        libc::getsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &mut len)
+    };
+    if rc == 0 { info[0] } else { 0 }
 }

@@ -24,15 +24,18 @@
 
 use std::{
     collections::BTreeMap,
-    net::{SocketAddr, TcpListener},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    net::SocketAddr,
+    os::fd::AsRawFd as _,
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 
 use super::{
-    conn::{self, Phase, Probe, Server},
+    conn::{
+        self, Phase, Probe, SETTLE, Server, connect_from, connect_from_nonblocking, local_addr, read_eof,
+        server_time_wait, tcp_state_of,
+    },
     report::{Check, Run, ScenarioReport},
     sandbox::{self, Sandbox, SocketCount},
     search_cost::RANGE_START,
@@ -43,9 +46,6 @@ use crate::{churn::errno_name, event::tcp_state, time::monotonic_ns};
 const TW_RECYCLED: &str = "TWRecycled";
 /// LINUX_MIB_TCPTIMEWAITOVERFLOW: a TIME_WAIT socket refused for the limit.
 const TW_OVERFLOW: &str = "TCPTimeWaitOverflow";
-/// How long sockets may take to reach the state a step waits for (closes finish in softirq;
-/// an emulated guest is slow).
-const SETTLE: Duration = Duration::from_secs(10);
 /// How long a namespace's teardown may take to purge its TIME_WAIT sockets once its last
 /// user is gone (`cleanup_net` runs from a workqueue, after an RCU grace period).
 const TEARDOWN: Duration = Duration::from_secs(5);
@@ -173,7 +173,7 @@ fn incoming(n: u64, checks: &mut Vec<Check>) -> anyhow::Result<Run> {
         ports.push(local_addr(&client)?);
         drop(client);
     }
-    let before = server_time_wait(&sandbox, server.addr, n)?;
+    let before = server_time_wait(server.addr, n)?;
     checks.push(Check::exact(format!("{label}: server-side TIME_WAIT before (sock_diag)"), n, before));
     // The timestamp clock ticks in ms: a new SYN then carries a newer timestamp too.
     std::thread::sleep(Duration::from_millis(20));
@@ -192,7 +192,7 @@ fn incoming(n: u64, checks: &mut Vec<Check>) -> anyhow::Result<Run> {
         conn::abort(client);
         drop(server_side);
     }
-    let left = server_time_wait(&sandbox, server.addr, 0)?;
+    let left = server_time_wait(server.addr, 0)?;
     checks.push(Check::exact(format!("{label}: reconnects accepted (generator)"), n, accepted));
     let mut run = Run::new(label.into(), sandbox.netns.0);
     run.time_wait_at_end = Some(left);
@@ -354,95 +354,4 @@ fn namespace_exit(n: u64, checks: &mut Vec<Check>) -> anyhow::Result<Run> {
     run.expected_deaths = deaths("namespace_exit", listed);
     run.steps.push(made.step("connect", 0, n));
     Ok(run)
-}
-
-/// Reads until EOF (the peer's FIN).
-fn read_eof(fd: &OwnedFd) {
-    let mut buf = [0u8; 64];
-    // SAFETY: valid descriptor and buffer.
-    while unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
-}
-
-/// The server side's TIME_WAIT sockets (local address the server's), once `expected`.
-fn server_time_wait(_sandbox: &Sandbox, server: SocketAddr, expected: u64) -> anyhow::Result<u64> {
-    let until = Instant::now() + SETTLE;
-    loop {
-        let sockets = crate::kernel::sockdiag::tcp_sockets().context("reading sockets over sock_diag")?;
-        let count = sockets.iter().filter(|s| s.flow.local == server && s.state == tcp_state::TIME_WAIT).count() as u64;
-        if count == expected || Instant::now() >= until {
-            return Ok(count);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn local_addr(fd: &OwnedFd) -> anyhow::Result<SocketAddr> {
-    // SAFETY: borrowed for the call only; ManuallyDrop keeps the descriptor open.
-    let listener = std::mem::ManuallyDrop::new(unsafe { TcpListener::from_raw_fd(fd.as_raw_fd()) });
-    Ok(listener.local_addr()?)
-}
-
-/// A socket bound to `local` (SO_REUSEADDR) and connected to `dest`, blocking.
-fn connect_from(local: SocketAddr, dest: SocketAddr) -> Result<OwnedFd, i32> {
-    let fd = bound_socket(local, false)?;
-    let (storage, len) = crate::churn::sockaddr(dest);
-    // SAFETY: valid descriptor and address.
-    if unsafe { libc::connect(fd.as_raw_fd(), (&storage as *const libc::sockaddr_storage).cast(), len) } != 0 {
-        return Err(last_errno());
-    }
-    Ok(fd)
-}
-
-/// The same, non-blocking: returns once the SYN is sent.
-fn connect_from_nonblocking(local: SocketAddr, dest: SocketAddr) -> anyhow::Result<OwnedFd> {
-    let fd = bound_socket(local, true).map_err(|e| anyhow::anyhow!("bind {local}: {}", errno_name(e)))?;
-    let (storage, len) = crate::churn::sockaddr(dest);
-    // SAFETY: valid descriptor and address.
-    let rc = unsafe { libc::connect(fd.as_raw_fd(), (&storage as *const libc::sockaddr_storage).cast(), len) };
-    let errno = last_errno();
-    anyhow::ensure!(rc == 0 || errno == libc::EINPROGRESS, "connect to {dest}: {}", errno_name(errno));
-    Ok(fd)
-}
-
-fn bound_socket(local: SocketAddr, nonblocking: bool) -> Result<OwnedFd, i32> {
-    let family = if local.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-    let flags = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
-    // SAFETY: a fresh descriptor, owned at once.
-    let raw = unsafe { libc::socket(family, flags, 0) };
-    if raw < 0 {
-        return Err(last_errno());
-    }
-    // SAFETY: we own it.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let one: libc::c_int = 1;
-    let (storage, len) = crate::churn::sockaddr(local);
-    // SAFETY: valid descriptor, option and address.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        if libc::bind(fd.as_raw_fd(), (&storage as *const libc::sockaddr_storage).cast(), len) != 0 {
-            return Err(last_errno());
-        }
-    }
-    Ok(fd)
-}
-
-fn last_errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
-}
-
-/// `tcpi_state`, the first byte of `struct tcp_info`.
-fn tcp_state_of(fd: &OwnedFd) -> u8 {
-    let mut info = [0u8; 256];
-    let mut len = info.len() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into the buffer.
-    let rc = unsafe {
-        libc::getsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &mut len)
-    };
-    if rc == 0 { info[0] } else { 0 }
 }
