@@ -282,3 +282,41 @@ fn tw_deaths_names_the_path_of_each_early_death() {
         }
     }
 }
+
+/// Clients behind one address with a clock behind the first ones': each SYN rejected by PAWS
+/// on the server's TIME_WAIT, which the RST that follows ends (tcp_rfc1337=0) or does not
+/// (=1, the clients are still waiting); with the same clock, each SYN opens a connection over
+/// the TIME_WAIT at once. The scenario checks the counts against the kernel's; this test checks
+/// the outcome each run is about.
+#[test]
+fn paws_nat_clients_behind_one_address_meet_the_servers_time_wait() {
+    if !can_trace() {
+        return;
+    }
+    const CLIENTS: u64 = 10;
+    let report = scenario(&["paws-nat", "--clients", &CLIENTS.to_string()]);
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3, "{report:#}");
+    let later = |run: &Value, field: &str| run["later_clients"][field].as_u64().unwrap();
+    let deaths = |run: &Value, path: &str| run["time_wait"]["deaths"][path].as_u64().unwrap_or(0);
+    for run in runs {
+        let label = run["label"].as_str().unwrap();
+        match label {
+            "clock behind, tcp_rfc1337=0" => {
+                assert_eq!(later(run, "connected"), CLIENTS, "{run:#}");
+                assert_eq!(later(run, "paws_rejections"), CLIENTS, "{run:#}");
+                assert_seen(deaths(run, "reset"), CLIENTS, &format!("{run:#}"));
+            }
+            "clock behind, tcp_rfc1337=1" => {
+                assert_eq!(later(run, "still_waiting"), CLIENTS, "{run:#}");
+                assert!(later(run, "paws_rejections") >= CLIENTS, "{run:#}");
+                assert_eq!(deaths(run, "reset"), 0, "{run:#}");
+            }
+            "same clock" => {
+                assert_eq!((later(run, "connected"), later(run, "paws_rejections")), (CLIENTS, 0), "{run:#}");
+                assert_seen(deaths(run, "incoming"), CLIENTS, &format!("{run:#}"));
+            }
+            other => panic!("unexpected run {other}"),
+        }
+    }
+}

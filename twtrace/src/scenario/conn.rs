@@ -55,6 +55,11 @@ impl Server {
         connect(self.addr, range)
     }
 
+    /// The listening socket, to poll.
+    pub fn listener_fd(&self) -> std::os::fd::RawFd {
+        self.listener.as_raw_fd()
+    }
+
     /// The server side of the connection just made (it is in the accept queue already: on
     /// loopback connect() returns after the handshake).
     pub fn accept(&self) -> anyhow::Result<OwnedFd> {

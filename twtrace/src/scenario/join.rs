@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, path::Path};
 use super::report::{Check, EARLY_LISTED, Quantiles, ScenarioReport, Seen, TimeWaitSeen, Tracing};
 use crate::{
     drive::{self, Limits, Sink, Status},
-    event::{DeathReason, Event, PortSearchEvent, SearchOp, TimeWaitChange, TimeWaitEvent, errno_name},
+    event::{DeathReason, DropEvent, Event, PortSearchEvent, SearchOp, TimeWaitChange, TimeWaitEvent, errno_name},
     filter::Filter,
     record::directory::Window,
     source::Source,
@@ -23,6 +23,7 @@ pub async fn join(report: &mut ScenarioReport, recording: &Path) -> anyhow::Resu
         Tracing { recording: recording.display().to_string(), backends: sink.backends, blind_spots: sink.blind_spots };
     apply(report, &sink.searches, tracing);
     apply_time_wait(report, &sink.time_wait);
+    apply_drops(report, &sink.drops);
     Ok(())
 }
 
@@ -31,6 +32,7 @@ pub async fn join(report: &mut ScenarioReport, recording: &Path) -> anyhow::Resu
 struct Searches {
     searches: Vec<PortSearchEvent>,
     time_wait: Vec<TimeWaitEvent>,
+    drops: Vec<DropEvent>,
     backends: BTreeMap<String, String>,
     blind_spots: u64,
 }
@@ -50,6 +52,7 @@ impl Sink for Searches {
         match event {
             Event::PortSearch(e) if e.op == SearchOp::Connect => self.searches.push(e.clone()),
             Event::TimeWait(e) => self.time_wait.push(e.clone()),
+            Event::Drop(e) => self.drops.push(e.clone()),
             _ => {}
         }
         Ok(())
@@ -151,7 +154,7 @@ pub fn apply_time_wait(report: &mut ScenarioReport, events: &[TimeWaitEvent]) {
             let connected: u64 = run.steps.iter().map(|s| s.connected).sum();
             report.checks.push(Check::within(
                 format!(
-                    "{}: TIME_WAIT births (generator's connects, less those refused for the limit, vs twtrace)",
+                    "{}: TIME_WAIT births (generator's connects, less those that left none, vs twtrace)",
                     run.label
                 ),
                 connected - run.time_wait_refused,
@@ -185,6 +188,26 @@ pub fn apply_time_wait(report: &mut ScenarioReport, events: &[TimeWaitEvent]) {
 
 /// twtrace's name for a death at the end of the timer (see [`DeathReason`]).
 const EXPIRED: &str = "expired";
+
+/// Each run's expected drops (by reason) against twtrace's drop events of that reason in the
+/// run's namespace, from its first step to its count at the end. Pure, like [`apply`].
+pub fn apply_drops(report: &mut ScenarioReport, drops: &[DropEvent]) {
+    let allowance = report.twtrace.as_ref().map_or(0, |t| t.blind_spots);
+    for run in &report.runs {
+        let (Some((reason, expected)), Some(first)) = (&run.expected_drops, run.steps.first()) else { continue };
+        let (from, to) = (first.window_ns.0, run.counted_at_ns.max(first.window_ns.1));
+        let seen = drops
+            .iter()
+            .filter(|d| d.netns == run.netns && (from..=to).contains(&d.ts_ns) && d.reason == *reason)
+            .count() as u64;
+        report.checks.push(Check::within(
+            format!("{}: packets dropped with reason {reason} (kernel counter vs twtrace)", run.label),
+            *expected,
+            seen,
+            allowance,
+        ));
+    }
+}
 
 /// Without a count at the end, births are counted up to this long after the last connect
 /// (they follow it by the close).
@@ -334,6 +357,40 @@ mod tests {
         r.finish();
         assert_eq!(r.runs[0].time_wait.as_ref().unwrap().births, 1);
         assert!(r.passed, "{:?}", r.checks);
+    }
+
+    /// Expected drops by reason against twtrace's drop events of that reason, in the run's
+    /// namespace and time only.
+    #[test]
+    fn drops_of_the_expected_reason_are_counted_in_the_run_only() {
+        let drop = |netns: u32, ts_ns: u64, reason: &str| DropEvent {
+            ts_ns,
+            reason: reason.into(),
+            reason_code: 0,
+            netns,
+            flow: None,
+            tcp_flags: 0,
+            seq: 0,
+            ack_seq: 0,
+            outgoing: false,
+        };
+        let mut r = report(vec![step((100, 150), 1, 0)]);
+        r.runs[0].counted_at_ns = 300;
+        r.runs[0].expected_drops = Some(("TCP_RFC7323_TW_PAWS".into(), 2));
+        let drops = [
+            drop(7, 160, "TCP_RFC7323_TW_PAWS"),
+            drop(7, 200, "TCP_RFC7323_TW_PAWS"),
+            drop(7, 200, "NO_SOCKET"),           // another reason
+            drop(8, 200, "TCP_RFC7323_TW_PAWS"), // another namespace
+            drop(7, 400, "TCP_RFC7323_TW_PAWS"), // after the run
+        ];
+        apply(&mut r, &[search(7, 120, 0, 0)], tracing(0));
+        apply_drops(&mut r, &drops);
+        r.finish();
+        assert!(r.passed, "{:?}", r.checks);
+        apply_drops(&mut r, &drops[..1]);
+        r.finish();
+        assert!(!r.passed, "one drop short");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 mod conn;
 mod exhaustion;
 pub mod join;
+mod paws_nat;
 pub mod report;
 mod sandbox;
 mod search_cost;
@@ -24,6 +25,7 @@ use std::{
 use anyhow::Context as _;
 
 pub use exhaustion::ExhaustionArgs;
+pub use paws_nat::PawsNatArgs;
 use report::ScenarioReport;
 pub use search_cost::SearchCostArgs;
 pub use tw_buckets::TwBucketsArgs;
@@ -64,6 +66,10 @@ pub enum Scenario {
     /// SYN over the server's, an RST (in both substates; tcp_rfc1337 0 and 1), the bucket
     /// limit refusing it, the namespace torn down; twtrace must name each path.
     TwDeaths(TwDeathsArgs),
+    /// Clients behind one source address (as behind a NAT) with different timestamp clocks,
+    /// reusing 4-tuples the server holds in TIME_WAIT: PAWS rejections, drops, the RST that
+    /// ends the TIME_WAIT socket (tcp_rfc1337 0 and 1), the connect delay clients see.
+    PawsNat(PawsNatArgs),
 }
 
 impl Scenario {
@@ -74,6 +80,7 @@ impl Scenario {
             Self::TwReuse(_) => "tw-reuse",
             Self::TwBuckets(_) => "tw-buckets",
             Self::TwDeaths(_) => "tw-deaths",
+            Self::PawsNat(_) => "paws-nat",
         }
     }
 }
@@ -90,6 +97,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<()> {
         Scenario::TwReuse(a) => tw_reuse::params(a),
         Scenario::TwBuckets(a) => tw_buckets::params(a),
         Scenario::TwDeaths(a) => tw_deaths::params(a),
+        Scenario::PawsNat(a) => paws_nat::params(a),
     };
     let mut report = ScenarioReport {
         scenario: args.scenario.name().into(),
@@ -107,6 +115,7 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<()> {
         Scenario::TwReuse(a) => tw_reuse::run(a, &mut report)?,
         Scenario::TwBuckets(a) => tw_buckets::run(a, &mut report)?,
         Scenario::TwDeaths(a) => tw_deaths::run(a, &mut report)?,
+        Scenario::PawsNat(a) => paws_nat::run(a, &mut report)?,
     }
     if let (Some(recorder), Some(path)) = (recorder, &args.record) {
         recorder.stop()?;

@@ -38,8 +38,9 @@ pub struct Run {
     pub time_wait_at_end: Option<u64>,
     #[serde(default)]
     pub counted_at_ns: u64,
-    /// Connections that left no TIME_WAIT socket because the namespace's limit was reached
-    /// (the kernel's `TCPTimeWaitOverflow` over the run): twtrace must see no birth for them.
+    /// Connections of the steps that left no TIME_WAIT socket: refused for the namespace's
+    /// limit (the kernel's `TCPTimeWaitOverflow` over the run), or closed with an RST on
+    /// purpose. twtrace must see no birth for them.
     #[serde(default)]
     pub time_wait_refused: u64,
     /// Early TIME_WAIT deaths the run caused on purpose, by twtrace's name for the path
@@ -52,6 +53,14 @@ pub struct Run {
     /// the kernel gave the freed number (deaths are matched to births already).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub born_by_ns: Option<u64>,
+    /// Packet drops the run caused, by the kernel's drop reason, as its counter counts them:
+    /// twtrace must see exactly these in the run's namespace and time (where the kernel names
+    /// that reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_drops: Option<(String, u64)>,
+    /// paws-nat: what the clients that came later from the same address saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub later_clients: Option<LaterClients>,
     /// twtrace's TIME_WAIT births and deaths in the run's namespace (with `--record`).
     pub time_wait: Option<TimeWaitSeen>,
 }
@@ -69,9 +78,31 @@ impl Run {
             time_wait_refused: 0,
             expected_deaths: BTreeMap::new(),
             born_by_ns: None,
+            expected_drops: None,
+            later_clients: None,
             time_wait: None,
         }
     }
+}
+
+/// Clients reconnecting from the 4-tuples the server holds in TIME_WAIT (paws-nat): bound
+/// connects, outside the steps (whose connect() searches twtrace must count).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct LaterClients {
+    /// `net.ipv4.tcp_timestamps` of the first clients and of the later ones (1: a random
+    /// offset per connection or per address pair; 2: the plain clock).
+    pub first_tcp_timestamps: String,
+    pub later_tcp_timestamps: String,
+    /// First connections closed again (with an RST) because their clock was not ahead.
+    pub set_aside: u64,
+    pub connected: u64,
+    /// Of those, how many took a second or more (a SYN retransmitted after the initial RTO).
+    pub after_a_retransmission: u64,
+    pub still_waiting: u64,
+    /// The kernel's count (`PAWSEstab` + `PAWSTimewait`).
+    pub paws_rejections: u64,
+    /// connect() start to established, microseconds.
+    pub connect_us: Quantiles,
 }
 
 /// TIME_WAIT sockets twtrace saw born and die in a run's namespace, deaths by reason.
@@ -234,6 +265,21 @@ impl ScenarioReport {
                     format!("{:.1}/{:.1}", s.connect_us.p50, s.connect_us.p99),
                     search,
                     candidates
+                );
+            }
+            if let Some(l) = &run.later_clients {
+                out += &format!(
+                    "  later clients (tcp_timestamps {} after {}; {} first connections set aside): {} connected, \
+                     {} after a retransmission, {} still waiting; PAWS rejections {}; connect p50/max {:.0}/{:.0} us\n",
+                    l.later_tcp_timestamps,
+                    l.first_tcp_timestamps,
+                    l.set_aside,
+                    l.connected,
+                    l.after_a_retransmission,
+                    l.still_waiting,
+                    l.paws_rejections,
+                    l.connect_us.p50,
+                    l.connect_us.max
                 );
             }
             if let Some(tw) = &run.time_wait {

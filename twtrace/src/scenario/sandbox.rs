@@ -85,6 +85,12 @@ impl Sandbox {
         Ok(crate::kernel::netstat::parse(&text).get(name).copied().unwrap_or(0))
     }
 
+    /// Whether this kernel has the `net.*` counter `name` (TcpExt) at all.
+    pub fn has_counter(&self, name: &str) -> anyhow::Result<bool> {
+        let text = std::fs::read_to_string("/proc/self/net/netstat").context("reading /proc/self/net/netstat")?;
+        Ok(crate::kernel::netstat::parse(&text).contains_key(name))
+    }
+
     /// Adds `ip` to `lo` (as the label `lo:1`): an address on the loopback device that is not a
     /// loopback address, which `tcp_tw_reuse = 2` treats as any remote host (the kernel's test
     /// is by address, `ipv4_is_loopback`, 4.19-6.18).

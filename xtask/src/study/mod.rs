@@ -19,7 +19,7 @@ use crate::vm::{self, GuestFiles, kernels, protocol};
 
 #[derive(clap::Args)]
 pub struct StudyArgs {
-    /// search-cost, client-exhaustion, tw-reuse, tw-buckets or tw-deaths (`twtrace scenario --help`).
+    /// search-cost, client-exhaustion, tw-reuse, tw-buckets, tw-deaths or paws-nat (`twtrace scenario --help`).
     pub scenario: String,
     /// Where to run: `host` and kernels the VM lab boots (5.10, 6.1, 6.12, 6.18, sid, or an
     /// image path), comma-separated.
