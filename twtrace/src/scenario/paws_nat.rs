@@ -142,9 +142,11 @@ fn one_run(n: u64, later: Later, checks: &mut Vec<Check>) -> anyhow::Result<Run>
             continue;
         }
         behind_seen += 1;
-        // Set aside: closed with an RST, no TIME_WAIT left.
-        drop(server.accept()?);
+        // Set aside: the client's RST first, so that neither side keeps a TIME_WAIT socket
+        // (the server closing first would leave one, which the RST would then kill).
+        let accepted = server.accept()?;
         conn::abort(fd);
+        drop(accepted);
         set_aside += 1;
         if kept.is_empty() && behind_seen == 16 {
             // One offset per address pair, behind: the first clients use the plain clock.
