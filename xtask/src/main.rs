@@ -31,7 +31,8 @@ enum Task {
     /// Boot kernels under QEMU and run a command inside each (static twtrace and the test
     /// binaries are in the guest; twtrace is on PATH).
     Vm {
-        /// 5.10, 6.1, 6.12, 6.18, sid (Debian cloud kernels), or a bzImage/vmlinuz path. Repeatable.
+        /// 5.10, 6.1, 6.12, 6.18, sid (Debian cloud kernels), bpo-MAJOR.MINOR (the newest build of that
+        /// line in trixie-backports, e.g. bpo-6.16), or a bzImage/vmlinuz path. Repeatable.
         #[arg(long = "kernel", required = true)]
         kernels: Vec<String>,
         /// Seconds before a guest is declared hung and killed.

@@ -21,8 +21,8 @@ use crate::vm::{self, GuestFiles, kernels, protocol};
 pub struct StudyArgs {
     /// search-cost, client-exhaustion, tw-reuse, tw-buckets, tw-deaths or paws-nat (`twtrace scenario --help`).
     pub scenario: String,
-    /// Where to run: `host` and kernels the VM lab boots (5.10, 6.1, 6.12, 6.18, sid, or an
-    /// image path), comma-separated.
+    /// Where to run: `host` and kernels the VM lab boots (5.10, 6.1, 6.12, 6.18, sid,
+    /// `bpo-6.16` and the other trixie-backports lines, or an image path), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "host,5.10,6.1,6.12,6.18")]
     pub kernels: Vec<String>,
     /// Force this backend in every run (default: the best each kernel loads).

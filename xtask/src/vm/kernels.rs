@@ -40,7 +40,14 @@ pub enum Image {
     /// Exactly this package at exactly this version. If the archive no longer has it, fetching
     /// fails and names what it has instead: a pin never falls back to another build.
     Pinned { package: &'static str, version: &'static str },
+    /// The newest build of one kernel line (`6.16`) among the exact packages a suite keeps
+    /// (`linux-image-6.16.3+deb13-cloud-amd64`): trixie-backports keeps every line it has
+    /// shipped, so `bpo-6.16` to `bpo-7.3` boot the builds Debian users ran.
+    Line(&'static str),
 }
+
+/// The prefix of a kernel line in trixie-backports: `bpo-6.16`.
+const BACKPORTS_PREFIX: &str = "bpo-";
 
 pub const DEBIAN_KERNELS: &[DebianKernel] = &[
     DebianKernel {
@@ -84,12 +91,28 @@ impl KernelSpec {
         if let Some(k) = DEBIAN_KERNELS.iter().find(|k| k.name == spec) {
             return Ok(Self::Debian(k));
         }
+        if let Some(line) = spec.strip_prefix(BACKPORTS_PREFIX) {
+            let mut parts = line.split('.');
+            let numeric = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+            if !(numeric(parts.next()) && numeric(parts.next()) && parts.next().is_none()) {
+                bail!("`{spec}`: a trixie-backports kernel line is `{BACKPORTS_PREFIX}MAJOR.MINOR`, e.g. `bpo-6.16`");
+            }
+            // Leaked once per spec on the command line: a spec lives as long as the run.
+            let name: &'static str = Box::leak(spec.to_owned().into_boxed_str());
+            let line: &'static str = &name[BACKPORTS_PREFIX.len()..];
+            return Ok(Self::Debian(Box::leak(Box::new(DebianKernel {
+                name,
+                suites: &[("debian", "trixie-backports")],
+                group: "trixie-backports",
+                image: Image::Line(line),
+            }))));
+        }
         let path = Path::new(spec);
         if path.is_file() {
             return Ok(Self::Local(path.to_owned()));
         }
         bail!(
-            "unknown kernel `{spec}`: use one of {} or the path of a bzImage/vmlinuz",
+            "unknown kernel `{spec}`: use one of {}, a trixie-backports line (`bpo-6.16`), or the path of a bzImage/vmlinuz",
             DEBIAN_KERNELS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
         )
     }
@@ -125,10 +148,10 @@ pub fn kernel_image(spec: &KernelSpec, refresh: bool) -> anyhow::Result<(PathBuf
         // `<package> <version>`; a cache from before builds were recorded so is fetched anew.
         version.contains(' ').then_some(())?;
         // A pinned kernel's cache counts only if it is that pin (the pin may have moved).
-        if let Image::Pinned { package, version: pinned } = k.image {
-            if version != format!("{package} {pinned}") {
-                return None;
-            }
+        match k.image {
+            Image::Pinned { package, version: pinned } if version != format!("{package} {pinned}") => return None,
+            Image::Line(line) if !version.starts_with(&line_package_prefix(line)) => return None,
+            _ => {}
         }
         image.is_file().then(|| (image.clone(), version))
     };
@@ -146,6 +169,7 @@ pub fn kernel_image(spec: &KernelSpec, refresh: bool) -> anyhow::Result<(PathBuf
     apt.update()?;
     let (package, version) = match k.image {
         Image::Meta(meta) => apt.resolve_image(meta)?,
+        Image::Line(line) => apt.resolve_line(line)?,
         Image::Pinned { package, version } => {
             apt.require(package, version)?;
             (package.to_owned(), version.to_owned())
@@ -285,6 +309,39 @@ impl AptGroup {
         Ok((image, version))
     }
 
+    /// The newest exact cloud image package of kernel line `line` (`6.16`), and its version.
+    fn resolve_line(&self, line: &str) -> anyhow::Result<(String, String)> {
+        let prefix = line_package_prefix(line);
+        let mut packages: Vec<(Vec<u32>, String)> = self
+            .cloud_images()?
+            .into_iter()
+            .filter(|p| p.starts_with(&prefix))
+            .map(|p| (numbers(&p["linux-image-".len()..]), p))
+            .collect();
+        packages.sort();
+        let Some((_, package)) = packages.pop() else {
+            let all = self.cloud_images()?;
+            bail!("trixie-backports has no {prefix}*-cloud-amd64 package; its cloud images: {}", all.join(", "));
+        };
+        let version =
+            self.versions(&package)?.into_iter().next().with_context(|| format!("{package} has no version"))?;
+        Ok((package, version))
+    }
+
+    /// Every exact `linux-image-<version>...-cloud-amd64` package the lists hold, sorted.
+    fn cloud_images(&self) -> anyhow::Result<Vec<String>> {
+        let mut cmd = self.command("apt-cache");
+        cmd.args(["pkgnames", "linux-image-"]);
+        let out = cmd.output().with_context(|| describe(&cmd))?;
+        let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|n| n.ends_with("-cloud-amd64") && n.as_bytes().get(12).is_some_and(u8::is_ascii_digit))
+            .map(str::to_owned)
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// The versions of `package` the lists hold (newest first).
     fn versions(&self, package: &str) -> anyhow::Result<Vec<String>> {
         let mut cmd = self.command("apt-cache");
@@ -304,15 +361,7 @@ impl AptGroup {
         if versions.iter().any(|v| v == version) {
             return Ok(());
         }
-        let mut cmd = self.command("apt-cache");
-        cmd.args(["pkgnames", "linux-image-"]);
-        let out = cmd.output().with_context(|| describe(&cmd))?;
-        let mut others: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|n| n.ends_with("-cloud-amd64") && n.as_bytes().get(12).is_some_and(u8::is_ascii_digit))
-            .map(str::to_owned)
-            .collect();
-        others.sort();
+        let others = self.cloud_images()?;
         bail!(
             "the pinned kernel {package}={version} is gone from the archive (versions of that package there: {}); \
              pin another build in xtask/src/vm/kernels.rs and update the table in xtask/src/vm/expect.rs. \
@@ -323,11 +372,37 @@ impl AptGroup {
     }
 }
 
+/// `linux-image-6.16.` for line `6.16`: the packages of that line and no other (`6.1` must not
+/// match `6.16`).
+fn line_package_prefix(line: &str) -> String {
+    format!("linux-image-{line}.")
+}
+
+/// The numbers in a version-like text, in order (`6.16.3+deb13` → 6, 16, 3, 13): orders the
+/// builds of a line.
+fn numbers(text: &str) -> Vec<u32> {
+    text.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect()
+}
+
 /// Against Debian's archive (as the VM self-tests are): a pin the archive does not have fails,
 /// naming it and what the archive has, and downloads nothing.
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backports_lines_parse_and_order_their_builds() {
+        let KernelSpec::Debian(k) = KernelSpec::parse("bpo-6.16").unwrap() else { panic!("a Debian kernel") };
+        assert!(matches!(k.image, Image::Line("6.16")) && k.name == "bpo-6.16" && k.group == "trixie-backports");
+        for bad in ["bpo-6", "bpo-6.16.3", "bpo-x.1", "bpo-"] {
+            assert!(KernelSpec::parse(bad).is_err(), "{bad}");
+        }
+        assert!("linux-image-6.16.3+deb13-cloud-amd64".starts_with(&line_package_prefix("6.16")));
+        assert!(!"linux-image-6.16.3+deb13-cloud-amd64".starts_with(&line_package_prefix("6.1")));
+        let mut builds = ["6.16.12+deb13", "6.16.3+deb13", "6.16.9+deb13"].map(numbers);
+        builds.sort();
+        assert_eq!(builds.last().unwrap(), &vec![6, 16, 12, 13]);
+    }
 
     #[test]
     fn a_vanished_pin_fails_loudly_and_names_what_the_archive_has() {
