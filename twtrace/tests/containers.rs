@@ -152,7 +152,9 @@ fn each_namespace_against_its_own_range_and_the_exhausted_one_first() {
 
     let path = std::env::temp_dir().join(format!("twtrace-it-{}-containers.twr", std::process::id()));
     let _ = std::fs::remove_file(&path);
-    let stat = start(&["stat", "--json", "--interval", "1", "--top", "200"]);
+    // Every destination: the tracer sees every namespace on the machine, and tests beside this
+    // one can add hundreds (tw-deaths' RST runs connect to 50 client ports each).
+    let stat = start(&["stat", "--json", "--interval", "1", "--top", "100000"]);
     let record = start(&["record", "-o", path.to_str().unwrap()]);
 
     // A namespace made after the start, and one deleted while traced.
@@ -258,7 +260,7 @@ fn each_namespace_against_its_own_range_and_the_exhausted_one_first() {
     // Every row: the VM matrix runs this test once per backend at the same time, and each
     // tracer sees the others' namespaces too.
     let report = support::output(
-        Command::new(env!("CARGO_BIN_EXE_twtrace")).args(["report", "--json", "--top", "200"]).arg(&path),
+        Command::new(env!("CARGO_BIN_EXE_twtrace")).args(["report", "--json", "--top", "100000"]).arg(&path),
     );
     assert!(report.status.success(), "report: {}", String::from_utf8_lossy(&report.stderr));
     let report: Value = serde_json::from_slice(&report.stdout).unwrap();
