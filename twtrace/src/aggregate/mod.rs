@@ -273,6 +273,11 @@ impl Aggregator {
         Self { settings, ..Self::default() }
     }
 
+    /// Rows per ranking, as the views were asked for (`--top`).
+    pub fn top(&self) -> usize {
+        self.settings.top
+    }
+
     /// A namespace's name and settings (from [`Event::Namespace`], or a source's start).
     pub fn describe(&mut self, ns: &NamespaceDescription) {
         if !ns.live {
