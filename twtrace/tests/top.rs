@@ -17,6 +17,12 @@ struct Tmux {
 
 impl Tmux {
     fn start(name: &str, command: &str) -> Option<Self> {
+        Self::start_sized(name, command, 40)
+    }
+
+    /// A terminal `rows` high: a view of every namespace on a busy machine (the VM matrix runs
+    /// other tests' namespaces beside it) needs more rows than 40 to show this test's.
+    fn start_sized(name: &str, command: &str, rows: u16) -> Option<Self> {
         if std::env::var_os("PATH").is_none_or(|p| !std::env::split_paths(&p).any(|d| d.join("tmux").is_file())) {
             support::skip("top", "tmux is not installed here");
             return None;
@@ -30,7 +36,7 @@ impl Tmux {
             "-x",
             "120",
             "-y",
-            "40",
+            &rows.to_string(),
             command,
         ]))
         .status
@@ -237,7 +243,7 @@ fn namespaces_each_against_their_own_range_the_full_one_on_top() {
     }
     let backend = support::forced_backend().map(|b| format!(" --backend {b}")).unwrap_or_default();
     let command = format!("{} top{backend}; sleep 30", env!("CARGO_BIN_EXE_twtrace"));
-    let Some(tmux) = Tmux::start("pods", &command) else { return };
+    let Some(tmux) = Tmux::start_sized("pods", &command, 100) else { return };
     tmux.wait_for("the TIME_WAIT panel", |s| s.contains("TIME_WAIT"));
     let churn = |ns| support::churn_in(ns, "client", 3, Duration::ZERO);
     let (a, b) = (churn(&small), churn(&large));
