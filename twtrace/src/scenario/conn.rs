@@ -204,6 +204,22 @@ impl Phase {
         self.time(|| hold_time_wait(server, None)).errno
     }
 
+    /// One connect() to `server`, timed like the others; the socket is the caller's to keep.
+    pub fn connect(&mut self, server: &Server) -> Result<OwnedFd, i32> {
+        let mut kept = None;
+        let probe = self.time(|| {
+            let Attempt { result, took } = server.connect(None);
+            match result {
+                Ok(fd) => {
+                    kept = Some(fd);
+                    Probe { errno: None, took }
+                }
+                Err(e) => Probe { errno: Some(e), took },
+            }
+        });
+        kept.ok_or(probe.errno.unwrap_or(libc::EIO))
+    }
+
     /// Runs `connect`, one connect() made some way, and keeps its time and outcome.
     pub fn time(&mut self, connect: impl FnOnce() -> Probe) -> Probe {
         if self.took_us.is_empty() {

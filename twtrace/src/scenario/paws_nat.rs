@@ -26,7 +26,7 @@ use std::{
 };
 
 use super::{
-    conn::{self, Phase, Probe, Server, connect_from_nonblocking, local_addr, read_eof, server_time_wait},
+    conn::{self, Phase, Server, connect_from_nonblocking, local_addr, read_eof, server_time_wait},
     report::{Check, LaterClients, Quantiles, Run, ScenarioReport},
     sandbox::{self, Sandbox},
     search_cost::RANGE_START,
@@ -121,19 +121,7 @@ fn one_run(n: u64, later: Later, checks: &mut Vec<Check>) -> anyhow::Result<Run>
             first.attempts(),
             &seen_ms[..seen_ms.len().min(12)]
         );
-        let mut fd = None;
-        first.time(|| {
-            let attempt = server.connect(None);
-            let took = attempt.took;
-            match attempt.result {
-                Ok(c) => {
-                    fd = Some(c);
-                    Probe { errno: None, took }
-                }
-                Err(e) => Probe { errno: Some(e), took },
-            }
-        });
-        let Some(fd) = fd else { anyhow::bail!("{label}: a first connect failed") };
+        let fd = first.connect(&server).map_err(|e| anyhow::anyhow!("{label}: a first connect failed: errno {e}"))?;
         let by = clock_ahead(&fd)?;
         seen_ms.push(by);
         let ahead = matches!(later, Later::Same) || roles.0 == "2" || by > CLOCK_MARGIN_MS;

@@ -33,8 +33,8 @@ use anyhow::Context as _;
 
 use super::{
     conn::{
-        self, Phase, Probe, SETTLE, Server, connect_from, connect_from_nonblocking, local_addr, read_eof,
-        server_time_wait, tcp_state_of,
+        self, Phase, SETTLE, Server, connect_from, connect_from_nonblocking, local_addr, read_eof, server_time_wait,
+        tcp_state_of,
     },
     report::{Check, Run, ScenarioReport},
     sandbox::{self, Sandbox, SocketCount},
@@ -148,20 +148,9 @@ fn incoming(n: u64, checks: &mut Vec<Check>) -> anyhow::Result<Run> {
     let mut made = Phase::default();
     let mut clients = Vec::with_capacity(n as usize);
     for _ in 0..n {
-        let probe = made.time(|| {
-            let attempt = server.connect(None);
-            let took = attempt.took;
-            match attempt.result {
-                Ok(client) => {
-                    clients.push(client);
-                    Probe { errno: None, took }
-                }
-                Err(e) => Probe { errno: Some(e), took },
-            }
-        });
-        if let Some(e) = probe.errno {
-            anyhow::bail!("{label}: connecting failed with {}", errno_name(e));
-        }
+        let client =
+            made.connect(&server).map_err(|e| anyhow::anyhow!("{label}: connecting failed with {}", errno_name(e)))?;
+        clients.push(client);
     }
     // The server closes first, then each client once it has read the server's FIN: the
     // server's side ends in TIME_WAIT, the client's port is free again.
@@ -209,21 +198,9 @@ fn reset_in_fin_wait2(n: u64, checks: &mut Vec<Check>) -> anyhow::Result<Run> {
     let mut made = Phase::default();
     let mut pairs = Vec::with_capacity(n as usize);
     for _ in 0..n {
-        let probe = made.time(|| {
-            let attempt = server.connect(None);
-            let took = attempt.took;
-            match attempt.result.map(|c| (c, server.accept())) {
-                Ok((client, Ok(accepted))) => {
-                    pairs.push((client, accepted));
-                    Probe { errno: None, took }
-                }
-                Ok((_, Err(_))) => Probe { errno: Some(libc::EIO), took },
-                Err(e) => Probe { errno: Some(e), took },
-            }
-        });
-        if let Some(e) = probe.errno {
-            anyhow::bail!("{label}: connecting failed with {}", errno_name(e));
-        }
+        let client =
+            made.connect(&server).map_err(|e| anyhow::anyhow!("{label}: connecting failed with {}", errno_name(e)))?;
+        pairs.push((client, server.accept()?));
     }
     // The FIN first, and close() only once it is acknowledged (the server acknowledges a FIN
     // with a delayed ACK): an orphan whose FIN is acknowledged while close() still holds the
