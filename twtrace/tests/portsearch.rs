@@ -105,3 +105,89 @@ fn exhausted_range_failures_are_attributed_to_process_and_destination() {
     }
     let _: SocketAddr = server;
 }
+
+/// Many connect() searches at once through a full range, each trying every port and yielding
+/// the CPU once per candidate (`cond_resched()` in `__inet_hash_connect`): far more searches
+/// under way than there are CPUs. Every one is reported, or counted as missed. On the kprobe
+/// backend that takes kretprobes with room for them: the kernel's default for a perf-made one
+/// is a return instance per CPU on 5.10 (without CONFIG_PREEMPTION) and 10 on 6.x, and it
+/// silently lost 35 % of the searches in a 2-CPU 5.10 guest. twtrace makes its kprobes in
+/// tracefs instead (`kernel::kprobe`), and they are there exactly while it runs.
+#[test]
+fn concurrent_searches_through_a_full_range_are_each_reported() {
+    const RANGE: (u16, u16) = (41_000, 41_199);
+    const THREADS: usize = 24;
+    const EACH: usize = 4;
+    if !can_trace() {
+        return;
+    }
+    let ns = Netns::new("concur");
+    ns.sysctl("net.ipv4.ip_local_port_range", &format!("{} {}", RANGE.0, RANGE.1));
+    let Some(tracer) = support::tracer_for("portsearch", &["--netns", &ns.name, "--family", "portsearch"]) else {
+        return;
+    };
+    let kprobe = tracer.ready_line.contains("portsearch: kprobe");
+    let pid = tracer.pid();
+    // `kprobe_events` lines of the tracer's own probes (`r4096:twtrace/twt_PID_N_function ...`).
+    let ours = || -> Vec<String> {
+        let events = std::fs::read_to_string("/sys/kernel/tracing/kprobe_events").unwrap_or_default();
+        events.lines().filter(|l| l.contains(&format!("twtrace/twt_{pid}_"))).map(str::to_owned).collect()
+    };
+    if kprobe {
+        let lines = ours();
+        assert!(lines.iter().any(|l| l.starts_with("r4096:")), "a kretprobe with room for 4096 calls: {lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("p:")), "the entry kprobes too: {lines:?}");
+    }
+    let (held, failures) = ns.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:5001").unwrap();
+        let server = listener.local_addr().unwrap();
+        let mut held = Vec::new();
+        // Fill the range: the connect() that finds no port ends it, and is a search too.
+        loop {
+            match TcpStream::connect(server) {
+                Ok(stream) => held.push((stream, listener.accept().unwrap())),
+                Err(e) => break assert_eq!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{e}"),
+            }
+        }
+        let failures: usize = std::thread::scope(|s| {
+            let knockers: Vec<_> = (0..THREADS)
+                .map(|_| {
+                    s.spawn(move || {
+                        (0..EACH)
+                            .filter(|_| {
+                                let e = TcpStream::connect(server).expect_err("the range is full");
+                                assert_eq!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{e}");
+                                true
+                            })
+                            .count()
+                    })
+                })
+                .collect();
+            knockers.into_iter().map(|k| k.join().unwrap()).sum()
+        });
+        (held.len(), failures + 1)
+    });
+    assert_eq!(held, usize::from(RANGE.1 - RANGE.0 + 1));
+    let made = held + failures;
+    tracer.wait_for("port_search", Duration::from_secs(20), |e| {
+        e.iter().filter(|v| v["op"] == "connect").count() >= made
+    });
+    let lines = tracer.stop();
+    let seen = lines.iter().filter(|v| v["event"] == "port_search" && v["op"] == "connect").count();
+    let blind = lines
+        .iter()
+        .map(|v| match v["event"].as_str() {
+            Some("lost") => v["count"].as_u64().unwrap_or(0),
+            Some("netstat") => v["deltas"]["SkippedRuns"].as_u64().unwrap_or(0),
+            _ => 0,
+        })
+        .sum::<u64>() as usize;
+    // Exact on the host. Under emulation, with three tracers side by side, a kprobe program is
+    // still skipped now and then while another BPF program runs on its CPU, uncounted before
+    // 6.7: 3 % there, against the third and more a kretprobe short of instances loses.
+    let slack = if support::emulated() { made.div_ceil(33) } else { 0 };
+    assert!(seen <= made && made - seen <= blind + slack, "{seen} of {made} searches reported, {blind} missed");
+    if kprobe {
+        assert_eq!(ours(), Vec::<String>::new(), "twtrace removes its kprobe events when it exits");
+    }
+}

@@ -3,6 +3,7 @@
 pub mod btf;
 pub mod cgroup;
 pub mod kallsyms;
+pub mod kprobe;
 pub mod namespaces;
 pub mod netns;
 pub mod netstat;

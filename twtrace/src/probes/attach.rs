@@ -1,16 +1,36 @@
 //! Carrying out the plan: attaching each family's first backend that works, sharing the
 //! programs on hooks several families use, and unloading what a failed backend attached.
 
+use std::os::fd::AsFd as _;
+
 use aya::{
     Ebpf,
-    programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, ProbeKind, ProgramError, RawTracePoint, TracePoint},
 };
 
 use super::{
     live::LoadError,
     plan::{Attempt, Backend, FamilyPlan, FamilyReport, Hook, SharedHook},
 };
-use crate::kernel;
+use crate::kernel::{
+    self,
+    kprobe::{self as tracefs_kprobe, TracefsProbe},
+};
+
+/// Links twtrace holds itself rather than in the `Ebpf`: kprobes made through tracefs (see
+/// `kernel::kprobe` for why), by program. Dropping it detaches them.
+#[derive(Default)]
+pub struct OwnLinks {
+    kprobes: Vec<(&'static str, TracefsProbe)>,
+}
+
+impl OwnLinks {
+    /// Hits the kernel did not run a program for, over every kprobe (an upper bound on the
+    /// events missed: a hit by a search the filters drop counts too).
+    pub fn missed(&self) -> u64 {
+        self.kprobes.iter().filter_map(|(_, probe)| probe.missed()).sum()
+    }
+}
 
 /// The programs on hooks that serve several families, and which families each serves.
 #[derive(Default)]
@@ -40,6 +60,7 @@ pub fn attach_family(
     family: &FamilyPlan,
     forced: Option<Backend>,
     shared: &mut SharedHooks,
+    own: &mut OwnLinks,
 ) -> FamilyReport {
     let mut report = FamilyReport::off(family.family);
     for plan in &family.backends {
@@ -53,7 +74,7 @@ pub fn attach_family(
             Ok(_) if plan.btf_reads && no_btf_reads() => {
                 Err("the variant with BTF reads is skipped (TWTRACE_NO_BTF_READS is set)".into())
             }
-            Ok(hooks) => attach_hooks(ebpf, btf, hooks, shared),
+            Ok(hooks) => attach_hooks(ebpf, btf, hooks, shared, own),
         };
         let ok = result.is_ok();
         report.attempts.push(Attempt { backend: plan.backend, error: result.err() });
@@ -92,6 +113,7 @@ fn attach_hooks(
     btf: Option<&aya::Btf>,
     hooks: &[Hook],
     shared: &mut SharedHooks,
+    own: &mut OwnLinks,
 ) -> Result<(), String> {
     let mut attached: Vec<&Hook> = Vec::new();
     for hook in hooks {
@@ -99,9 +121,9 @@ fn attach_hooks(
         if index.is_some_and(|i| shared.programs[i.index()].is_some()) {
             continue;
         }
-        if let Err(e) = attach_hook(ebpf, btf, hook) {
+        if let Err(e) = attach_hook(ebpf, btf, hook, own) {
             for done in attached {
-                unload_hook(ebpf, done);
+                unload_hook(ebpf, done, own);
                 if let Some(i) = done.shared() {
                     shared.programs[i.index()] = None;
                 }
@@ -129,7 +151,7 @@ where
     f(<&mut T>::try_from(program)?)
 }
 
-fn attach_hook(ebpf: &mut Ebpf, btf: Option<&aya::Btf>, hook: &Hook) -> Result<(), String> {
+fn attach_hook(ebpf: &mut Ebpf, btf: Option<&aya::Btf>, hook: &Hook, own: &mut OwnLinks) -> Result<(), String> {
     let btf = || btf.ok_or_else(|| "the kernel's BTF could not be loaded".to_owned());
     match *hook {
         Hook::Fentry { program, function } => {
@@ -142,16 +164,7 @@ fn attach_hook(ebpf: &mut Ebpf, btf: Option<&aya::Btf>, hook: &Hook) -> Result<(
             with_program(ebpf, program, |p: &mut FExit| p.load(function, btf).and_then(|()| p.attach().map(drop)))
                 .map_err(|e| format!("fexit {function}: {}", describe(&e)))
         }
-        Hook::Kprobe { program, function } => {
-            with_program(ebpf, program, |p: &mut KProbe| p.load().and_then(|()| p.attach(function, 0).map(drop)))
-                .map_err(|e| {
-                    let mut text = format!("kprobe {function} ({program}): {}", describe(&e));
-                    if text.contains("devices/kprobe/type") {
-                        text.push_str(" (this kernel has no kprobes: CONFIG_KPROBES is off)");
-                    }
-                    text
-                })
-        }
+        Hook::Kprobe { program, function } => attach_kprobe(ebpf, program, function, own),
         Hook::BtfTracepoint { program, tracepoint, .. } => {
             let btf = btf()?;
             with_program(ebpf, program, |p: &mut BtfTracePoint| {
@@ -171,7 +184,46 @@ fn attach_hook(ebpf: &mut Ebpf, btf: Option<&aya::Btf>, hook: &Hook) -> Result<(
     }
 }
 
-fn unload_hook(ebpf: &mut Ebpf, hook: &Hook) {
+/// Through tracefs where it can (`kernel::kprobe`: room for concurrent calls, a miss count),
+/// else through perf as aya does.
+fn attach_kprobe(ebpf: &mut Ebpf, program: &'static str, function: &str, own: &mut OwnLinks) -> Result<(), String> {
+    let mut made = None;
+    with_program(ebpf, program, |p: &mut KProbe| {
+        p.load()?;
+        let kind = match p.kind() {
+            ProbeKind::Entry => tracefs_kprobe::ProbeKind::Entry,
+            ProbeKind::Return => tracefs_kprobe::ProbeKind::Return,
+        };
+        match TracefsProbe::attach(p.fd()?.as_fd(), function, kind) {
+            Ok(probe) => {
+                made = Some(probe);
+                Ok(())
+            }
+            // No kprobes at all: perf fails too, and says so below.
+            Err(tracefs_kprobe::KprobeError::NoKprobeEvents) => p.attach(function, 0).map(drop),
+            Err(e) => {
+                log::warn!(
+                    "kprobe {function} through tracefs failed ({e}); attaching it through perf instead, where a \
+                     kretprobe has room for few concurrent calls (one per CPU on kernels without \
+                     CONFIG_PREEMPTION) and, before 6.7, what a probe misses is not counted"
+                );
+                p.attach(function, 0).map(drop)
+            }
+        }
+    })
+    .map(|()| own.kprobes.extend(made.map(|probe| (program, probe))))
+    .map_err(|e| {
+        let mut text = format!("kprobe {function} ({program}): {}", describe(&e));
+        if text.contains("devices/kprobe/type") {
+            text.push_str(" (this kernel has no kprobes: CONFIG_KPROBES is off)");
+        }
+        text
+    })
+}
+
+fn unload_hook(ebpf: &mut Ebpf, hook: &Hook, own: &mut OwnLinks) {
+    // Its own links first: the program stays loaded while a perf event holds it.
+    own.kprobes.retain(|(program, _)| *program != hook.program());
     let result = match *hook {
         Hook::BtfTracepoint { program, .. } => with_program(ebpf, program, |p: &mut BtfTracePoint| p.unload()),
         Hook::RawTracepoint { program, .. } => with_program(ebpf, program, |p: &mut RawTracePoint| p.unload()),

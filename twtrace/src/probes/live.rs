@@ -44,6 +44,8 @@ pub(super) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_
 
 /// A loaded, attached set of probes: the live source of the event stream.
 pub struct LiveProbes {
+    /// Kprobes twtrace made itself; detached before the `Ebpf` below is dropped.
+    own_links: attach::OwnLinks,
     // Dropping the `Ebpf` detaches every program: keep it for the source's lifetime.
     ebpf: Ebpf,
     ring: AsyncFd<RingBuf<MapData>>,
@@ -107,13 +109,14 @@ impl LiveProbes {
         // aya's own BTF handle, for fentry/fexit attach targets.
         let aya_btf = aya::Btf::from_sys_fs().ok();
         let mut shared = attach::SharedHooks::default();
+        let mut own_links = attach::OwnLinks::default();
         let reports: Vec<FamilyReport> = super::families(&btf, &config)
             .iter()
             .map(|plan| {
                 if !options.selects(plan.family) {
                     return FamilyReport::off(plan.family);
                 }
-                attach::attach_family(&mut ebpf, aya_btf.as_ref(), plan, options.backend, &mut shared)
+                attach::attach_family(&mut ebpf, aya_btf.as_ref(), plan, options.backend, &mut shared, &mut own_links)
             })
             .collect();
         if reports.iter().all(|r| r.running.is_none()) {
@@ -139,6 +142,7 @@ impl LiveProbes {
         let mut tick = tokio::time::interval(DRAIN_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Self {
+            own_links,
             ebpf,
             ring,
             counters,
@@ -248,18 +252,21 @@ impl LiveProbes {
     /// Runs of our programs the kernel skipped because a BPF program was already running on
     /// that CPU: a softirq that arrives while one of our programs runs in process context and
     /// hits the same hook (tp_btf, raw tracepoints; counted since 5.12), or a kprobe over any
-    /// running program (counted since 6.7). Each may have been an event: an upper bound on
+    /// running program (counted since 6.7); and hits a kprobe itself missed: another kprobe's
+    /// handler running, or a return without a free instance (`kernel::kprobe`). Each may have been an event: an upper bound on
     /// the events missed, since most skipped timer filter runs were other timers'.
     fn kernel_skips(&self) -> u64 {
         use std::os::fd::{AsFd as _, AsRawFd as _};
-        self.ebpf
+        let program_skips: u64 = self
+            .ebpf
             .programs()
             .filter_map(|(_, p)| p.fd().ok())
             .filter_map(|fd| {
                 let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd())).ok()?;
                 fdinfo_field(&info, "recursion_misses")
             })
-            .sum()
+            .sum();
+        program_skips + self.own_links.missed()
     }
 
     pub fn stats(&self) -> DecodeStats {

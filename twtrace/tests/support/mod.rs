@@ -380,6 +380,11 @@ impl Tracer {
         Ok(Self { ready_line, child, lines, stderr: stderr_log, reader: Some(reader) })
     }
 
+    /// The twtrace process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Lines twtrace wrote to stderr (but the `tracing` line).
     pub fn stderr(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()
