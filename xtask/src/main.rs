@@ -5,6 +5,7 @@
 
 mod bench;
 mod fuzz;
+mod runner;
 mod setup;
 mod study;
 mod test;

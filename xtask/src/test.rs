@@ -4,7 +4,7 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
 
-use crate::{cargo, run_cmd, setup, vm, vm::protocol};
+use crate::{cargo, run_cmd, runner, setup, vm, vm::protocol};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -76,24 +76,16 @@ fn host(args: &TestArgs) -> anyhow::Result<()> {
     let skip_log = crate::workspace_root().join("target/test-skips.log");
     std::fs::create_dir_all(skip_log.parent().expect("target"))?;
     std::fs::write(&skip_log, "")?;
-    let mut test = vec!["test", "--workspace", "--exclude", "twtrace-ebpf"];
-    if !args.cargo_test_args.is_empty() {
-        test.push("--");
-        test.extend(args.cargo_test_args.iter().map(String::as_str));
-    }
-    let result = cargo_test(&test, &skip_log, &[]).and_then(|()| {
-        if !args.cargo_test_args.is_empty() {
-            return Ok(());
-        }
-        // Every kernel with BTF runs the tracepoint backend's variants that read through
-        // BTF-typed pointers, so the variants without (kernels without BTF, before 5.11) get a
-        // run of their own here.
-        cargo_test(
-            &["test", "-p", "twtrace", "--test", "timewait", "--test", "state", "--test", "portsearch"],
-            &skip_log,
-            &[("TWTRACE_NO_BTF_READS", "1")],
-        )
-    });
+    let test = ["test", "--workspace", "--exclude", "twtrace-ebpf"];
+    let result = if args.cargo_test_args.is_empty() {
+        all_host_tests(&test, &skip_log)
+    } else {
+        // A filter: cargo's own runner, one binary after another, as the user would run it.
+        let mut filtered = test.to_vec();
+        filtered.push("--");
+        filtered.extend(args.cargo_test_args.iter().map(String::as_str));
+        cargo_test(&filtered, &skip_log)
+    };
     summarise_skips(&skip_log)?;
     result
 }
@@ -112,14 +104,30 @@ fn require_root_or_unprivileged() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cargo_test(args: &[&str], skip_log: &Path, env: &[(&str, &str)]) -> anyhow::Result<()> {
-    run_cmd(
-        Command::new("cargo")
-            .args(args)
-            .env(protocol::SKIP_LOG_ENV, skip_log)
-            .envs(env.iter().copied())
-            .current_dir(crate::workspace_root()),
-    )
+fn cargo_test(args: &[&str], skip_log: &Path) -> anyhow::Result<()> {
+    run_cmd(Command::new("cargo").args(args).env(protocol::SKIP_LOG_ENV, skip_log).current_dir(crate::workspace_root()))
+}
+
+/// Every host test binary, several at once ([`runner`]), and a second run of the ones that read
+/// kernel memory through BTF-typed pointers without those variants: every kernel with BTF runs
+/// the tracepoint backend's BTF-reading variants, so the fallbacks (kernels without BTF, before
+/// 5.11) get a run of their own here.
+fn all_host_tests(test: &[&str], skip_log: &Path) -> anyhow::Result<()> {
+    const WITHOUT_BTF_READS: &[&str] = &["timewait", "state", "portsearch"];
+    let mut runs = runner::build(test)?;
+    let again: Vec<runner::Run> = runs
+        .iter()
+        .filter(|r| r.label.starts_with("tests/") && WITHOUT_BTF_READS.contains(&r.name.as_str()))
+        .map(|r| runner::Run {
+            label: r.label.clone(),
+            name: r.name.clone(),
+            path: r.path.clone(),
+            dir: r.dir.clone(),
+            env: vec![("TWTRACE_NO_BTF_READS".into(), "1".into())],
+        })
+        .collect();
+    runs.extend(again);
+    runner::run_all(runs, runner::JOBS, &[(protocol::SKIP_LOG_ENV, skip_log)])
 }
 
 /// Prints how many tests skipped on this host and why (never silent: a skip names its reason).

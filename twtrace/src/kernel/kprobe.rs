@@ -1,7 +1,7 @@
-//! Kprobes and kretprobes made through tracefs (`kprobe_events`): return probes with room for
-//! as many concurrent calls as the kernel allows, and a miss count for every probe.
+//! Kretprobes made through tracefs (`kprobe_events`), with room for as many concurrent calls
+//! as the kernel allows and a miss count.
 //!
-//! Why not aya's kprobes: aya creates them with `perf_event_open` on the kprobe PMU, which
+//! Why not aya's kretprobe: aya creates it with `perf_event_open` on the kprobe PMU, which
 //! takes no `maxactive`, so the kernel picks its default number of return instances: on
 //! kernels built without CONFIG_PREEMPTION (Debian's 5.10, for one), one per possible CPU;
 //! with it, max(10, 2 x CPUs) (kernel/kprobes.c `register_kretprobe`, 5.10 to 6.x). A call
@@ -10,9 +10,11 @@
 //! ranges are nearly full (the case twtrace is for) more searches are under way at once than
 //! there are CPUs: measured in a 2-CPU 5.10 guest, 13 of 20 connect() searches were reported.
 //! `r<MAXACTIVE>:` in `kprobe_events` (4.12+) sets the number, up to the kernel's
-//! `KRETPROBE_MAXACTIVE_MAX`. And `kprobe_profile` counts what each probe still misses (a
-//! kprobe hit while another kprobe's handler runs on that CPU; a return without a free
-//! instance), on every kernel, where a perf-made probe's count is readable only from 6.7.
+//! `KRETPROBE_MAXACTIVE_MAX`. And `kprobe_profile` counts what the probe still misses, on
+//! every kernel, where a perf-made probe's count is readable only from 6.7.
+//!
+//! Entry kprobes stay aya's: they have no instances to run out of, and each tracefs event
+//! costs a registration (under emulation, most of a second).
 //!
 //! The event is attached the way perf attaches a BPF program to any trace event: a
 //! `PERF_TYPE_TRACEPOINT` perf event on its id, then `PERF_EVENT_IOC_SET_BPF`.
@@ -48,9 +50,9 @@ pub enum KprobeError {
     Syscall(&'static str, std::io::Error),
 }
 
-/// A kprobe or kretprobe on a kernel function that runs one BPF program. Dropping it detaches
-/// the program and removes the event.
-pub struct TracefsProbe {
+/// A return probe on a kernel function that runs one BPF program. Dropping it detaches the
+/// program and removes the event.
+pub struct ReturnProbe {
     /// Closed before the event is removed: the kernel refuses to remove an event in use.
     perf: Option<OwnedFd>,
     tracefs: PathBuf,
@@ -86,19 +88,16 @@ struct PerfEventAttr {
     config1: u64,
 }
 
-impl TracefsProbe {
-    /// Defines `p:twtrace/<name> <function>` (an entry probe) or `r<MAXACTIVE>:...` (a
-    /// return probe) and runs `program`, a loaded kprobe program, on every hit.
-    pub fn attach(program: BorrowedFd<'_>, function: &str, kind: ProbeKind) -> Result<Self, KprobeError> {
+impl ReturnProbe {
+    /// Defines `r<MAXACTIVE>:twtrace/<name> <function>` and runs `program`, a loaded
+    /// kretprobe program, on every return.
+    pub fn attach(program: BorrowedFd<'_>, function: &str) -> Result<Self, KprobeError> {
         let tracefs = tracefs()?;
-        remove_stale(&tracefs);
+        static STALE_REMOVED: std::sync::Once = std::sync::Once::new();
+        STALE_REMOVED.call_once(|| remove_stale(&tracefs));
         let name =
             format!("twt_{}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), event_safe(function));
-        let prefix = match kind {
-            ProbeKind::Entry => "p".to_owned(),
-            ProbeKind::Return => format!("r{MAXACTIVE}"),
-        };
-        write_events(&tracefs, &format!("{prefix}:{GROUP}/{name} {function}"))?;
+        write_events(&tracefs, &format!("r{MAXACTIVE}:{GROUP}/{name} {function}"))?;
         // From here on, dropping `probe` removes the event whatever fails next.
         let mut probe = Self { perf: None, tracefs, name };
         let id_path = probe.tracefs.join("events").join(GROUP).join(&probe.name).join("id");
@@ -135,29 +134,22 @@ impl TracefsProbe {
         Ok(probe)
     }
 
-    /// Hits the kernel did not run the program for: `kprobe_profile`'s nmissed (for a return
-    /// probe with the calls that found no free instance, since the 2021 fix, which Debian's
-    /// 5.10 has). `None` if the profile cannot be read.
+    /// Returns the kernel did not run the program for: `kprobe_profile`'s nmissed, with the
+    /// calls that found no free instance since the 2021 fix (Debian's 5.10.262 has it: 328
+    /// of 5,790 counted there). `None` if the profile cannot be read.
     pub fn missed(&self) -> Option<u64> {
         let profile = std::fs::read_to_string(self.tracefs.join("kprobe_profile")).ok()?;
         profile_missed(&profile, &self.name)
     }
 }
 
-impl Drop for TracefsProbe {
+impl Drop for ReturnProbe {
     fn drop(&mut self) {
         drop(self.perf.take());
         if let Err(e) = write_events(&self.tracefs, &format!("-:{GROUP}/{}", self.name)) {
             log::warn!("removing the kprobe event {GROUP}/{}: {e}", self.name);
         }
     }
-}
-
-/// Which end of the function a probe fires at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProbeKind {
-    Entry,
-    Return,
 }
 
 /// Event names take letters, digits and `_` only (`foo.isra.0` is a valid symbol).

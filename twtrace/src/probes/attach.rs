@@ -14,21 +14,21 @@ use super::{
 };
 use crate::kernel::{
     self,
-    kprobe::{self as tracefs_kprobe, TracefsProbe},
+    kprobe::{KprobeError, ReturnProbe},
 };
 
-/// Links twtrace holds itself rather than in the `Ebpf`: kprobes made through tracefs (see
+/// Links twtrace holds itself rather than in the `Ebpf`: kretprobes made through tracefs (see
 /// `kernel::kprobe` for why), by program. Dropping it detaches them.
 #[derive(Default)]
 pub struct OwnLinks {
-    kprobes: Vec<(&'static str, TracefsProbe)>,
+    kretprobes: Vec<(&'static str, ReturnProbe)>,
 }
 
 impl OwnLinks {
-    /// Hits the kernel did not run a program for, over every kprobe (an upper bound on the
-    /// events missed: a hit by a search the filters drop counts too).
+    /// Hits the kernel did not run a program for, over those kretprobes (an upper bound on
+    /// the events missed: a return of a search the filters drop counts too).
     pub fn missed(&self) -> u64 {
-        self.kprobes.iter().filter_map(|(_, probe)| probe.missed()).sum()
+        self.kretprobes.iter().filter_map(|(_, probe)| probe.missed()).sum()
     }
 }
 
@@ -184,34 +184,38 @@ fn attach_hook(ebpf: &mut Ebpf, btf: Option<&aya::Btf>, hook: &Hook, own: &mut O
     }
 }
 
-/// Through tracefs where it can (`kernel::kprobe`: room for concurrent calls, a miss count),
-/// else through perf as aya does.
+/// A kretprobe through tracefs where it can (`kernel::kprobe`: room for concurrent calls, a
+/// miss count), else, and every entry kprobe, through perf as aya does. Entry probes gain
+/// little there (their misses need one kprobe hit inside another's handler) and each tracefs
+/// event costs a registration: under emulation, seconds for a whole plan.
 fn attach_kprobe(ebpf: &mut Ebpf, program: &'static str, function: &str, own: &mut OwnLinks) -> Result<(), String> {
     let mut made = None;
     with_program(ebpf, program, |p: &mut KProbe| {
         p.load()?;
-        let kind = match p.kind() {
-            ProbeKind::Entry => tracefs_kprobe::ProbeKind::Entry,
-            ProbeKind::Return => tracefs_kprobe::ProbeKind::Return,
-        };
-        match TracefsProbe::attach(p.fd()?.as_fd(), function, kind) {
+        if !matches!(p.kind(), ProbeKind::Return) {
+            return p.attach(function, 0).map(drop);
+        }
+        match ReturnProbe::attach(p.fd()?.as_fd(), function) {
             Ok(probe) => {
                 made = Some(probe);
                 Ok(())
             }
-            // No kprobes at all: perf fails too, and says so below.
-            Err(tracefs_kprobe::KprobeError::NoKprobeEvents) => p.attach(function, 0).map(drop),
-            Err(e) => {
-                log::warn!(
-                    "kprobe {function} through tracefs failed ({e}); attaching it through perf instead, where a \
-                     kretprobe has room for few concurrent calls (one per CPU on kernels without \
-                     CONFIG_PREEMPTION) and, before 6.7, what a probe misses is not counted"
-                );
-                p.attach(function, 0).map(drop)
+            Err(tracefs_error) => {
+                // Where perf fails too (no such function, no kprobes), its error is the one
+                // to show; where it works, what tracefs refused is worth a warning.
+                p.attach(function, 0)?;
+                if !matches!(tracefs_error, KprobeError::NoKprobeEvents) {
+                    log::warn!(
+                        "kretprobe {function} through tracefs failed ({tracefs_error}); attached through perf \
+                         instead, where it has room for few concurrent calls (one per CPU on kernels without \
+                         CONFIG_PREEMPTION) and, before 6.7, what it misses is not counted"
+                    );
+                }
+                Ok(())
             }
         }
     })
-    .map(|()| own.kprobes.extend(made.map(|probe| (program, probe))))
+    .map(|()| own.kretprobes.extend(made.map(|probe| (program, probe))))
     .map_err(|e| {
         let mut text = format!("kprobe {function} ({program}): {}", describe(&e));
         if text.contains("devices/kprobe/type") {
@@ -223,7 +227,7 @@ fn attach_kprobe(ebpf: &mut Ebpf, program: &'static str, function: &str, own: &m
 
 fn unload_hook(ebpf: &mut Ebpf, hook: &Hook, own: &mut OwnLinks) {
     // Its own links first: the program stays loaded while a perf event holds it.
-    own.kprobes.retain(|(program, _)| *program != hook.program());
+    own.kretprobes.retain(|(program, _)| *program != hook.program());
     let result = match *hook {
         Hook::BtfTracepoint { program, .. } => with_program(ebpf, program, |p: &mut BtfTracePoint| p.unload()),
         Hook::RawTracepoint { program, .. } => with_program(ebpf, program, |p: &mut RawTracePoint| p.unload()),

@@ -44,7 +44,7 @@ pub(super) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_
 
 /// A loaded, attached set of probes: the live source of the event stream.
 pub struct LiveProbes {
-    /// Kprobes twtrace made itself; detached before the `Ebpf` below is dropped.
+    /// Kretprobes twtrace made itself; detached before the `Ebpf` below is dropped.
     own_links: attach::OwnLinks,
     // Dropping the `Ebpf` detaches every program: keep it for the source's lifetime.
     ebpf: Ebpf,
@@ -252,8 +252,8 @@ impl LiveProbes {
     /// Runs of our programs the kernel skipped because a BPF program was already running on
     /// that CPU: a softirq that arrives while one of our programs runs in process context and
     /// hits the same hook (tp_btf, raw tracepoints; counted since 5.12), or a kprobe over any
-    /// running program (counted since 6.7); and hits a kprobe itself missed: another kprobe's
-    /// handler running, or a return without a free instance (`kernel::kprobe`). Each may have been an event: an upper bound on
+    /// running program (counted since 6.7); and returns a kretprobe missed for want of a free
+    /// instance (`kernel::kprobe`). Each may have been an event: an upper bound on
     /// the events missed, since most skipped timer filter runs were other timers'.
     fn kernel_skips(&self) -> u64 {
         use std::os::fd::{AsFd as _, AsRawFd as _};
