@@ -23,6 +23,11 @@ use anyhow::{Context as _, bail};
 /// tests (connects with 300 ms timeouts, churn at a set rate).
 pub const JOBS: usize = 4;
 
+/// Binaries that run after the others, alone: `top` reads every namespace of the host into
+/// one 120-column terminal, and its failures line, ordered by count, fills up with the other
+/// binaries' namespaces (a churn's 150 refusals push its pod's 80 off the edge).
+const ALONE: &[&str] = &["top"];
+
 /// Binaries known to take longest (seconds on the host, 2026-12), started first so that the
 /// run is not left waiting on one of them at the end.
 const SLOWEST_FIRST: &[&str] = &["doctor", "timewait", "xtask", "flight", "serve", "scenario"];
@@ -99,33 +104,39 @@ pub fn run_all(mut runs: Vec<Run>, jobs: usize, env: &[(&str, &Path)]) -> anyhow
     let started = Instant::now();
     runs.sort_by_key(|r| SLOWEST_FIRST.iter().position(|s| *s == r.name).unwrap_or(SLOWEST_FIRST.len()));
     let count = runs.len();
-    let queue = Mutex::new(VecDeque::from(runs));
+    let (alone, together): (Vec<Run>, Vec<Run>) = runs.into_iter().partition(|r| ALONE.contains(&r.name.as_str()));
+    let queue = Mutex::new(VecDeque::from(together));
     let totals = Mutex::new(Totals::default());
     let logs = std::env::temp_dir().join(format!("xtask-tests-{}", std::process::id()));
     std::fs::create_dir_all(&logs)?;
+    let record = |run: &Run| {
+        let outcome = run_one(run, env, &logs);
+        let mut totals = totals.lock().unwrap();
+        match outcome {
+            Ok((ok, output)) => {
+                add_closing_lines(&mut totals, &output);
+                if !ok {
+                    totals.failing.push(run.label.clone());
+                }
+            }
+            Err(e) => {
+                eprintln!("xtask: {}: {e:#}", run.label);
+                totals.failing.push(run.label.clone());
+            }
+        }
+    };
     std::thread::scope(|s| {
         for _ in 0..jobs.clamp(1, count) {
             s.spawn(|| {
+                // Not `while let`: its guard would hold the queue for the whole run.
                 loop {
                     let Some(run) = queue.lock().unwrap().pop_front() else { break };
-                    let outcome = run_one(&run, env, &logs);
-                    let mut totals = totals.lock().unwrap();
-                    match outcome {
-                        Ok((ok, output)) => {
-                            add_closing_lines(&mut totals, &output);
-                            if !ok {
-                                totals.failing.push(run.label.clone());
-                            }
-                        }
-                        Err(e) => {
-                            eprintln!("xtask: {}: {e:#}", run.label);
-                            totals.failing.push(run.label.clone());
-                        }
-                    }
+                    record(&run);
                 }
             });
         }
     });
+    alone.iter().for_each(record);
     let _ = std::fs::remove_dir_all(&logs);
     let totals = totals.into_inner().unwrap();
     eprintln!(
