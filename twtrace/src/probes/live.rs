@@ -62,6 +62,32 @@ pub struct LiveProbes {
     owners: std::collections::HashMap<&'static str, super::Family>,
 }
 
+/// How long each phase of a start took.
+struct Phases {
+    last: std::time::Instant,
+    done: Vec<(String, std::time::Duration)>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        Self { last: std::time::Instant::now(), done: Vec::new() }
+    }
+
+    fn mark(&mut self, phase: impl ToString) {
+        let now = std::time::Instant::now();
+        self.done.push((phase.to_string(), now - self.last));
+        self.last = now;
+    }
+
+    /// `412 ms (BTF 20 ms, kallsyms 41 ms, ...)`.
+    fn summary(&self) -> String {
+        let ms = |d: std::time::Duration| d.as_millis();
+        let total: std::time::Duration = self.done.iter().map(|(_, d)| *d).sum();
+        let parts: Vec<String> = self.done.iter().map(|(p, d)| format!("{p} {} ms", ms(*d))).collect();
+        format!("{} ms ({})", ms(total), parts.join(", "))
+    }
+}
+
 /// Each program's owning family: the first to list it in the catalogue.
 fn program_owners() -> std::collections::HashMap<&'static str, super::Family> {
     let mut owners = std::collections::HashMap::new();
@@ -85,7 +111,10 @@ impl LiveProbes {
         if options.ring_bytes < 4096 || !options.ring_bytes.is_power_of_two() {
             return Err(LoadError::RingSize(options.ring_bytes));
         }
+        // Each phase's cost, for `-v`: under emulation (the VM matrix) a start takes seconds.
+        let mut phases = Phases::start();
         let btf = kernel::btf::Btf::from_file(kernel::btf::Btf::VMLINUX)?;
+        phases.mark("BTF");
         let mut config = Config::DEFAULT;
         config.wakeup_bytes = options.ring_bytes / 4;
         config.netns_filter = options.netns.unwrap_or(0);
@@ -94,6 +123,7 @@ impl LiveProbes {
         let names: Vec<&'static str> =
             timewait::kernel_symbols().chain(std::iter::once(portsearch::KERNEL_SYMBOL)).collect();
         let symbols = kernel::kallsyms::Symbols::read(&names)?;
+        phases.mark("kallsyms");
         timewait::configure(&btf, &symbols, &mut config)?;
         portsearch::configure(&btf, &symbols, &mut config);
         let drop_reasons = drops::reason_names(&btf);
@@ -105,9 +135,11 @@ impl LiveProbes {
             .override_global("CONFIG", &config, true)
             .map_max_entries("EVENTS", options.ring_bytes)
             .load(OBJECT)?;
+        phases.mark("object");
 
         // aya's own BTF handle, for fentry/fexit attach targets.
         let aya_btf = aya::Btf::from_sys_fs().ok();
+        phases.mark("aya BTF");
         let mut shared = attach::SharedHooks::default();
         let mut own_links = attach::OwnLinks::default();
         let reports: Vec<FamilyReport> = super::families(&btf, &config)
@@ -116,9 +148,19 @@ impl LiveProbes {
                 if !options.selects(plan.family) {
                     return FamilyReport::off(plan.family);
                 }
-                attach::attach_family(&mut ebpf, aya_btf.as_ref(), plan, options.backend, &mut shared, &mut own_links)
+                let report = attach::attach_family(
+                    &mut ebpf,
+                    aya_btf.as_ref(),
+                    plan,
+                    options.backend,
+                    &mut shared,
+                    &mut own_links,
+                );
+                phases.mark(plan.family);
+                report
             })
             .collect();
+        log::debug!("started in {}", phases.summary());
         if reports.iter().all(|r| r.running.is_none()) {
             let why = reports.iter().map(|r| format!("  {r}")).collect::<Vec<_>>().join("\n");
             return Err(LoadError::NothingAttached(why));

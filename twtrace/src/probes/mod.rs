@@ -45,12 +45,19 @@ impl BpfRunTime {
 /// they are attached and reported. Within a table: fentry, kprobe, tracepoint, and where a
 /// backend has variants for different kernels, the newest first.
 pub fn families(btf: &kernel::btf::Btf, config: &Config) -> Vec<FamilyPlan> {
+    let present = |plans: Vec<BackendPlan>| -> Vec<BackendPlan> {
+        plans.into_iter().map(|p| p.if_functions(|f| btf.func_params(f).is_some())).collect()
+    };
     vec![
-        FamilyPlan { family: Family::TimeWait, role: roles::TIMEWAIT, backends: timewait::backends() },
-        FamilyPlan { family: Family::PortSearch, role: roles::PORTSEARCH, backends: portsearch::backends(btf, config) },
-        FamilyPlan { family: Family::State, role: roles::STATE, backends: state::backends() },
+        FamilyPlan { family: Family::TimeWait, role: roles::TIMEWAIT, backends: present(timewait::backends()) },
+        FamilyPlan {
+            family: Family::PortSearch,
+            role: roles::PORTSEARCH,
+            backends: present(portsearch::backends(btf, config)),
+        },
+        FamilyPlan { family: Family::State, role: roles::STATE, backends: present(state::backends()) },
         // Shares no hook.
-        FamilyPlan { family: Family::Drops, role: 0, backends: drops::backends() },
+        FamilyPlan { family: Family::Drops, role: 0, backends: present(drops::backends()) },
     ]
 }
 
