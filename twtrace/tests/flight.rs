@@ -54,7 +54,7 @@ impl Flight {
             }
         });
         let mut flight = Self { child, lines, seen: Vec::new() };
-        flight.wait_line("tracing;", Duration::from_secs(60));
+        flight.wait_line("tracing;", support::start_patience());
         flight
     }
 

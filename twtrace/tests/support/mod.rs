@@ -274,6 +274,14 @@ pub fn kernel_has_drop_reason(name: &str) -> bool {
 }
 
 /// Whether the tests run in an emulated VM guest (set by the VM matrix): timing bounds widen.
+/// How long a twtrace may take to start (load, attach, read every namespace): a minute on a
+/// host. In an emulated guest, with three backends' tests starting tracers at once, starts on
+/// 5.10 took over a minute on 2026-12-06 (a `twtrace record` of the flight tests, kprobe and
+/// fentry alike); an idle guest starts one in 3-4 s.
+pub fn start_patience() -> Duration {
+    Duration::from_secs(if emulated() { 180 } else { 60 })
+}
+
 pub fn emulated() -> bool {
     std::env::var_os("TWTRACE_TEST_EMULATED").is_some()
 }
@@ -344,7 +352,7 @@ impl Tracer {
         );
         let stderr = BufReader::new(child.stderr.take().expect("stderr"));
         let mut stderr_lines = stderr.lines();
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + start_patience();
         let mut early = Vec::new();
         let ready_line = loop {
             match stderr_lines.next() {
