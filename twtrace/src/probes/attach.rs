@@ -121,7 +121,16 @@ fn attach_hooks(
         if index.is_some_and(|i| shared.programs[i.index()].is_some()) {
             continue;
         }
-        if let Err(e) = attach_hook(ebpf, btf, hook, own) {
+        let started = std::time::Instant::now();
+        let result = attach_hook(ebpf, btf, hook, own);
+        // Under emulation (the VM matrix) a start takes seconds; -v says which hook costs them.
+        log::debug!(
+            "{}: {} in {} ms",
+            hook.label(),
+            if result.is_ok() { "attached" } else { "failed" },
+            started.elapsed().as_millis()
+        );
+        if let Err(e) = result {
             for done in attached {
                 unload_hook(ebpf, done, own);
                 if let Some(i) = done.shared() {
