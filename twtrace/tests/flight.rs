@@ -15,7 +15,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{Netns, can_trace, client_closes_first};
+use support::{Netns, can_trace};
 
 fn twtrace(args: &[&str]) -> std::process::Output {
     support::output(Command::new(env!("CARGO_BIN_EXE_twtrace")).args(args))
@@ -155,17 +155,18 @@ fn burst_netns(tag: &str) -> Netns {
     ns
 }
 
-/// One burst of client-closed connections in `ns`: the TIME_WAIT sockets it added, per `ss`.
+/// One burst of client-closed connections in `ns`: the TIME_WAIT sockets it made, from the
+/// sockets themselves. (Not from `ss`: twice a 5.10 guest's `ss` showed one socket of a burst
+/// fewer than it made, 8 of 9 and 11 of 12, with nothing on the test's side to say why; the
+/// births twtrace must record are the connections made.)
 fn burst(ns: &Netns, count: usize) -> BTreeSet<(SocketAddr, SocketAddr)> {
-    let before: BTreeSet<_> = ns.time_wait_sockets().into_iter().collect();
-    ns.run(move || {
+    let made = ns.run(move || {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        client_closes_first(&listener, count);
+        support::connections_closed_by_client(&listener, count)
     });
-    let after: BTreeSet<_> = ns.time_wait_sockets_settled(before.len() + count).into_iter().collect();
-    let added: BTreeSet<_> = after.difference(&before).copied().collect();
-    assert_eq!(added.len(), count, "ss shows every TIME_WAIT socket of the burst");
-    added
+    let made: BTreeSet<_> = made.into_iter().collect();
+    assert_eq!(made.len(), count, "every connection of a burst has its own 4-tuple");
+    made
 }
 
 #[test]
@@ -308,7 +309,7 @@ fn kill_9_and_a_segment_cut_by_hand_leave_a_readable_directory_with_the_damage_n
         damage.iter().any(|d| d.contains(killed.as_str()) && (d.contains("no end marker") || d.contains("empty file"))),
         "{damage:#?}"
     );
-    // The damage cost no event: every burst's TIME_WAIT socket, as ss saw it, and no other.
+    // The damage cost no event: every burst's TIME_WAIT socket, as the test made it, and no other.
     assert_eq!(births_in(&dir, &[]), expected);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -409,7 +410,7 @@ fn serve_records_the_stream_it_serves() {
     assert!(metrics.contains("twtrace_recorder_write_errors_total 0"), "{metrics}");
     assert!(metrics.contains("twtrace_recorder_recording 1"), "{metrics}");
     assert!(lines.iter().any(|l| l.contains("recorded") && l.contains("segments opened")), "{lines:#?}");
-    // The directory holds exactly the burst's TIME_WAIT sockets, as ss saw them.
+    // The directory holds exactly the burst's TIME_WAIT sockets, as the test made them.
     assert_eq!(births_in(&dir, &[]), made);
     let out = twtrace(&["report", dir.to_str().unwrap()]);
     assert!(out.status.success());
@@ -491,18 +492,25 @@ fn a_namespace_running_out_of_ports_keeps_its_window_and_report_past_retention()
         return;
     }
     let ns = Netns::new("flight-kept");
-    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40099");
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40029");
     ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
     let dir = temp("flight-kept");
     // Retention by age alone, short: the window's segments leave DIR within seconds.
     let flight = Flight::start(&ns, &dir, &["--segment", "1s", "--keep", "3s", "--keep-size", "off"]);
     wait_rotation(&dir, 0);
-    // 60 connections/s for 3 s into 100 ports held 60 s each: connect() fails from ~1.7 s on.
+    // 60 connections/s for 3 s into 30 ports held 60 s each: connect() fails from 0.5 s on
+    // (in a 5.10 guest under kprobe the churn made fewer than 100 connections in 3 s).
     let summary = support::churn_in(&ns, "client", 3, Duration::ZERO).join().unwrap();
-    let refused = summary["failures"]["EADDRNOTAVAIL"].as_u64().unwrap();
+    let refused = summary["failures"]["EADDRNOTAVAIL"].as_u64().unwrap_or(0);
     assert!(refused > 0, "the range ran out: {summary}");
-    // The window's report is written once a segment without failures follows them.
+    // The window's report is written once a segment without failures follows them. Only this
+    // incident's window counts: a loaded guest may have another (a 6.18 guest under kprobe
+    // kept a `paws` window too: duplicates of delayed segments meet PAWS on loopback).
     let kept = dir.join("kept");
+    let ours = |p: &Path| {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        name.ends_with("-connect_failures") || name.ends_with("-port_space")
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     let window = loop {
         let found = std::fs::read_dir(&kept)
@@ -510,7 +518,7 @@ fn a_namespace_running_out_of_ports_keeps_its_window_and_report_past_retention()
             .flatten()
             .flatten()
             .map(|e| e.path())
-            .find(|p| p.join("report.txt").exists() && p.join("report.html").exists());
+            .find(|p| ours(p) && p.join("report.txt").exists() && p.join("report.html").exists());
         if let Some(w) = found {
             break w;
         }
@@ -530,8 +538,8 @@ fn a_namespace_running_out_of_ports_keeps_its_window_and_report_past_retention()
     assert!(lines.iter().any(|l| l.contains("deleted")), "{lines:#?}");
 
     let name = window.file_name().unwrap().to_string_lossy().into_owned();
-    assert!(name.ends_with("-connect_failures") || name.ends_with("-port_space"), "{name}");
-    assert_eq!(std::fs::read_dir(&kept).unwrap().count(), 1, "one incident, one window");
+    let windows: Vec<_> = std::fs::read_dir(&kept).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(windows.iter().filter(|p| ours(p)).count(), 1, "one incident, one window: {windows:?}");
     let text = std::fs::read_to_string(window.join("report.txt")).unwrap();
     assert!(text.contains("found no free local port (EADDRNOTAVAIL)"), "{text}");
     let page = std::fs::read_to_string(window.join("report.html")).unwrap();

@@ -222,7 +222,9 @@ fn tw_reuse_takes_over_time_wait_only_where_the_policy_allows() {
         assert!(remaining <= 100, "{label}: {run:#}");
         let births = tw["births"].as_u64().unwrap();
         assert_seen(births, connected, &format!("{label} births: {tw:#}"));
-        assert_seen(killed, births - remaining, &format!("{label} deaths: {tw:#}"));
+        // The kernel's early deaths: connections made less sockets left (not twtrace's births
+        // less them: a kprobe run under emulation saw 99 births of 100 with 100 left).
+        assert_seen(killed, connected.saturating_sub(remaining), &format!("{label} deaths: {tw:#}"));
     }
 }
 

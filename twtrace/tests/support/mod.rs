@@ -558,14 +558,23 @@ pub const CHURN_SERVER: &str = "127.0.0.1:7000";
 /// Connections that the client closes first: their TIME_WAIT sockets hold the client's
 /// ephemeral ports toward the server.
 pub fn client_closes_first(listener: &TcpListener, count: usize) {
+    connections_closed_by_client(listener, count);
+}
+
+/// [`client_closes_first`], returning each connection as (client's address, server's): the
+/// TIME_WAIT births it makes, from the sockets themselves.
+pub fn connections_closed_by_client(listener: &TcpListener, count: usize) -> Vec<(SocketAddr, SocketAddr)> {
+    let mut made = Vec::with_capacity(count);
     for _ in 0..count {
         let client = TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
+        made.push((client.local_addr().unwrap(), client.peer_addr().unwrap()));
         let (mut accepted, _) = listener.accept().expect("accept");
         drop(client);
         let mut buf = [0u8; 1];
         assert_eq!(std::io::Read::read(&mut accepted, &mut buf).expect("read EOF"), 0);
         drop(accepted);
     }
+    made
 }
 
 /// `twtrace record` running in the background until SIGINT (or SIGKILL).
