@@ -33,8 +33,10 @@ const ALONE: &[&str] = &["top"];
 const SLOWEST_FIRST: &[&str] = &["doctor", "timewait", "xtask", "flight", "serve", "scenario"];
 
 /// One run of a test binary: the binary, where cargo would run it, and extra environment.
+#[derive(Clone)]
 pub struct Run {
-    /// `tests/doctor.rs`, `unittests twtrace`, with the extra environment after it.
+    /// `tests/doctor.rs`, `unittests twtrace`; a run with extra environment names it after
+    /// (`tests/doctor.rs (TWTRACE_TEST_BACKEND=kprobe)`).
     pub label: String,
     /// The target's name: `doctor`, `twtrace`, `xtask`.
     pub name: String,
@@ -105,12 +107,13 @@ pub fn run_all(mut runs: Vec<Run>, jobs: usize, env: &[(&str, &Path)]) -> anyhow
     runs.sort_by_key(|r| SLOWEST_FIRST.iter().position(|s| *s == r.name).unwrap_or(SLOWEST_FIRST.len()));
     let count = runs.len();
     let (alone, together): (Vec<Run>, Vec<Run>) = runs.into_iter().partition(|r| ALONE.contains(&r.name.as_str()));
-    let queue = Mutex::new(VecDeque::from(together));
+    // Numbered, for each run's own log file (one binary may run under several environments).
+    let queue = Mutex::new(VecDeque::from_iter(together.into_iter().enumerate()));
     let totals = Mutex::new(Totals::default());
     let logs = std::env::temp_dir().join(format!("xtask-tests-{}", std::process::id()));
     std::fs::create_dir_all(&logs)?;
-    let record = |run: &Run| {
-        let outcome = run_one(run, env, &logs);
+    let record = |(index, run): &(usize, Run)| {
+        let outcome = run_one(run, env, &logs.join(format!("{index}-{}.log", run.name)));
         let mut totals = totals.lock().unwrap();
         match outcome {
             Ok((ok, output)) => {
@@ -136,7 +139,7 @@ pub fn run_all(mut runs: Vec<Run>, jobs: usize, env: &[(&str, &Path)]) -> anyhow
             });
         }
     });
-    alone.iter().for_each(record);
+    alone.into_iter().enumerate().map(|(i, run)| (count + i, run)).for_each(|r| record(&r));
     let _ = std::fs::remove_dir_all(&logs);
     let totals = totals.into_inner().unwrap();
     eprintln!(
@@ -154,9 +157,8 @@ pub fn run_all(mut runs: Vec<Run>, jobs: usize, env: &[(&str, &Path)]) -> anyhow
 
 /// Runs one binary with its output in a file (so that runs do not interleave), then prints it
 /// whole. `Ok((passed, output))`.
-fn run_one(run: &Run, env: &[(&str, &Path)], logs: &Path) -> anyhow::Result<(bool, String)> {
-    let log = logs.join(format!("{}-{}.log", run.name, run.env.len()));
-    let file = std::fs::File::create(&log)?;
+fn run_one(run: &Run, env: &[(&str, &Path)], log: &Path) -> anyhow::Result<(bool, String)> {
+    let file = std::fs::File::create(log)?;
     let started = Instant::now();
     let status = Command::new(&run.path)
         .current_dir(&run.dir)
@@ -168,14 +170,13 @@ fn run_one(run: &Run, env: &[(&str, &Path)], logs: &Path) -> anyhow::Result<(boo
         .stderr(file)
         .status()
         .with_context(|| format!("cannot run {}", run.path.display()))?;
-    let output = std::fs::read_to_string(&log).unwrap_or_default();
+    let output = std::fs::read_to_string(log).unwrap_or_default();
     let verdict = if status.success() { "passed".to_owned() } else { format!("FAILED ({status})") };
     // One write: the block stays whole beside the other runs' output.
     let block = format!(
-        "\n     Running {} ({}){}\n{output}xtask: ({:.0}s) {} {verdict}\n",
+        "\n     Running {} ({})\n{output}xtask: ({:.0}s) {} {verdict}\n",
         run.label,
         run.path.display(),
-        run.env.iter().map(|(k, v)| format!(" {k}={v}")).collect::<String>(),
         started.elapsed().as_secs_f64(),
         run.label,
     );
