@@ -4,6 +4,7 @@
 pub mod expect;
 pub mod kernels;
 pub mod matrix;
+pub mod plan;
 pub mod protocol;
 
 use std::{

@@ -1,15 +1,16 @@
-# The VM matrix inside one guest: every integration test binary once per forced backend. The
-# backends run concurrently (one sequence of test binaries each), which keeps both vCPUs busy.
-# Four test threads each: the guest is CPU-bound (QEMU at 100 % of its host core), so more
-# threads add no speed, only latency: with eight, 24 tests at once on 5.10 and 6.1 missed
-# start and stop deadlines (2026-12-06).
-# Per binary and backend: the tests' skip records, then one result line (with its wall time,
-# which is where CI's time goes); a failing binary's
-# log tail follows it. The host compares all of it with the table in xtask/src/vm/expect.rs.
+# The VM matrix inside one guest: the cells of its plan (xtask/src/vm/plan.rs), each an
+# integration test binary under one forced backend, spread over lanes that run side by side
+# (each lane one cell after another), which keeps both vCPUs busy. Three test threads per
+# lane, four lanes: the guest is CPU-bound (QEMU at 100 % of its host core), so more threads
+# add no speed, only latency: with 24 tests at once, 5.10 and 6.1 guests missed start and
+# stop deadlines (2026-12-06).
+# Per cell: the tests' skip records, then one result line (with its wall time, which is where
+# CI's time goes); a failing cell's log tail follows it. The host compares all of it with the
+# table in xtask/src/vm/expect.rs.
 #
-# /matrix/tests holds `name path` lines, /matrix/backends the backends, /matrix/unit
-# `name path test` lines: unit tests that depend on the kernel (its BTF), run once per kernel
-# under the backend `any`.
+# /matrix/plan-$TWTRACE_MATRIX_PLAN holds `lane name backend path` lines,
+# /matrix/unit-$TWTRACE_MATRIX_PLAN `name path test` lines: unit tests that depend on the
+# kernel (its BTF), run by one guest of each kernel under the backend `any`, before the lanes.
 . /etc/twtrace-protocol
 
 # Runs one test binary and reports it: run_one <name> <backend> <binary> [libtest args].
@@ -29,18 +30,18 @@ run_one() {
   if [ "$rc" -ne 0 ]; then tail -n 80 "$log" | sed "s/^/[$b $name] /"; fi
 }
 
-run_backend() {
-  b=$1
-  while read -r name path; do
-    run_one "$name" "$b" "$path" --test-threads=4
-  done < /matrix/tests
+run_lane() {
+  grep "^$1 " "$plan" | while read -r _ name b path; do
+    run_one "$name" "$b" "$path" --test-threads=3
+  done
 }
 
 while read -r name path test; do
   run_one "$name" any "$path" --exact "$test"
-done < /matrix/unit
+done < "/matrix/unit-$TWTRACE_MATRIX_PLAN"
 
-for b in $(cat /matrix/backends); do
-  run_backend "$b" &
+plan=/matrix/plan-$TWTRACE_MATRIX_PLAN
+for lane in $(cut -d ' ' -f 1 "$plan" | sort -u); do
+  run_lane "$lane" &
 done
 wait
