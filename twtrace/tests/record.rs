@@ -35,6 +35,13 @@ fn comparable(lines: &[Value]) -> BTreeMap<String, Vec<(u64, u64, u64)>> {
         if ["summary", "netstat"].contains(&line["event"].as_str().unwrap_or("")) {
             continue;
         }
+        // Drops of unknown namespace (netns 0: a TCP drop after the socket lookup, before
+        // 6.11) pass every --netns filter, so other tests' drops reach both tracers, and one
+        // that comes between the recording's stop and the live tracer's is only live (two
+        // PAWS drops of another test's namespace, once, on a 6.1 guest).
+        if line["netns"] == 0 {
+            continue;
+        }
         let mut v = line.clone();
         let m = v.as_object_mut().unwrap();
         m.remove("ts");
