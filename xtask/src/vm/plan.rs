@@ -47,25 +47,24 @@ pub fn cells(kernel: &str, binaries: &[String], full: bool) -> Vec<Cell> {
     cells
 }
 
-/// A cell's wall time in a guest, seconds: the slowest kernel's in CI (2026-12-06, three
-/// backends at once), for the lanes' balance only. An unknown binary counts as a minute.
+/// A cell's wall time in a guest, seconds: the slowest kernel's (2026-12-07, this plan in four
+/// lanes, one guest per kernel), for the lanes' balance only. An unknown binary counts as a minute.
 fn expected_secs(cell: &Cell) -> u64 {
     const MEASURED: &[(&str, u64)] = &[
-        ("doctor", 314),
-        ("flight", 193),
-        ("timewait", 190),
-        ("scenario", 166),
-        ("containers", 134),
-        ("filters", 127),
-        ("portsearch", 114),
-        ("top", 101),
-        ("namespaces", 98),
-        ("record", 93),
-        ("drops", 92),
-        ("stat", 64),
-        ("state", 55),
-        ("loss", 40),
-        ("churn", 32),
+        ("doctor", 426),
+        ("timewait", 310),
+        ("flight", 226),
+        ("scenario", 187),
+        ("filters", 149),
+        ("containers", 119),
+        ("portsearch", 92),
+        ("record", 77),
+        ("state", 76),
+        ("namespaces", 72),
+        ("drops", 61),
+        ("churn", 31),
+        ("stat", 24),
+        ("loss", 7),
         ("serve", 1),
     ];
     MEASURED.iter().find(|(b, _)| *b == cell.binary).map_or(60, |(_, s)| *s)
@@ -145,7 +144,7 @@ mod tests {
         let loads: Vec<u64> = lanes.iter().map(|l| l.iter().map(expected_secs).sum()).collect();
         let (max, min) = (*loads.iter().max().unwrap(), *loads.iter().min().unwrap());
         // LPT: no lane ends later than the lightest by more than the longest cell.
-        assert!(max - min <= 314, "{loads:?}");
+        assert!(max - min <= 426, "{loads:?}");
         assert_eq!(super::lanes(&cells[..1], 4).len(), 1, "no empty lanes");
     }
 
