@@ -89,7 +89,7 @@ fn host(args: &TestArgs) -> anyhow::Result<()> {
     std::fs::write(&skip_log, "")?;
     let test = ["test", "--workspace", "--exclude", "twtrace-ebpf"];
     let result = if args.cargo_test_args.is_empty() {
-        all_host_tests(&test, &skip_log)
+        all_host_tests(&skip_log)
     } else {
         // A filter: cargo's own runner, one binary after another, as the user would run it.
         let mut filtered = test.to_vec();
@@ -124,12 +124,29 @@ fn cargo_test(args: &[&str], skip_log: &Path) -> anyhow::Result<()> {
 /// the tracepoint backend's BTF-reading variants, so the fallbacks (kernels without BTF, before
 /// 5.11) get a run of their own here.
 ///
+/// twtrace's own test binaries are the VM matrix's static release build (`vm::build_static`,
+/// with overflow checks on in twtrace's code): the same binaries on the host as in the guests,
+/// and one build of them instead of a debug build beside it (175 s of CI, 2026-12-07). The
+/// other packages' tests (xtask, twtrace-common) are a debug build of their own.
+///
 /// This machine kind's kernel lets twtrace use only the tracepoint backend (fentry programs
 /// are refused with EPERM, and it is built without CONFIG_KPROBES): the host run is where the
 /// binaries that the VM matrix runs once per kernel (`vm::plan`) meet that backend.
-fn all_host_tests(test: &[&str], skip_log: &Path) -> anyhow::Result<()> {
+fn all_host_tests(skip_log: &Path) -> anyhow::Result<()> {
     const WITHOUT_BTF_READS: &[&str] = &["timewait", "state", "portsearch"];
-    let mut runs = runner::build(test)?;
+    let build = vm::build_static()?;
+    let dir = crate::workspace_root().join("twtrace");
+    let run = |label: String, name: &str, path: &Path| runner::Run {
+        label,
+        name: name.to_owned(),
+        path: path.to_owned(),
+        dir: dir.clone(),
+        env: Vec::new(),
+    };
+    let mut runs: Vec<runner::Run> =
+        build.tests.iter().map(|(name, path)| run(format!("tests/{name}.rs"), name, path)).collect();
+    runs.push(run("unittests twtrace".into(), "twtrace", &build.unit));
+    runs.extend(runner::build(&["test", "--workspace", "--exclude", "twtrace-ebpf", "--exclude", "twtrace"])?);
     let again: Vec<runner::Run> = runs
         .iter()
         .filter(|r| r.label.starts_with("tests/") && WITHOUT_BTF_READS.contains(&r.name.as_str()))
