@@ -202,7 +202,7 @@ fn run_kernel(
 ) -> KernelRun {
     let started = Instant::now();
     let spec_text = job.spec;
-    let cells: Vec<plan::Cell> = job.shard.lanes.iter().flatten().cloned().collect();
+    let cells: Vec<plan::Cell> = job.shard.cells().cloned().collect();
     let mut run = KernelRun {
         spec: spec_text.to_owned(),
         build: String::new(),
@@ -324,14 +324,15 @@ pub fn run(
         for shard in plan::shards(&plan::cells(spec, &binaries, full), SHARDS, LANES) {
             let plan = jobs_list.len();
             let mut text = String::new();
+            let line = |lane: &str, c: &plan::Cell| {
+                format!("{lane} {} {} {}\n", c.binary, c.backend, paths[c.binary.as_str()].display())
+            };
+            for c in &shard.alone {
+                text.push_str(&line("alone", c));
+            }
             for (lane, cells) in shard.lanes.iter().enumerate() {
                 for c in cells {
-                    text.push_str(&format!(
-                        "{lane} {} {} {}\n",
-                        c.binary,
-                        c.backend,
-                        paths[c.binary.as_str()].display()
-                    ));
+                    text.push_str(&line(&lane.to_string(), c));
                 }
             }
             files.write(Path::new(&format!("/matrix/plan-{plan}")), text);

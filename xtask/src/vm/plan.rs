@@ -20,6 +20,13 @@ use super::expect::BACKENDS;
 /// Test binaries whose subject is what each backend's kernel programs see.
 pub const EVERY_BACKEND: &[&str] = &["timewait", "portsearch", "state", "drops", "scenario"];
 
+/// Test binaries that read every namespace of the machine and must not share it: `top` puts
+/// the whole host in one 120-column screen, where other tests' namespaces (a containers pod
+/// out of ports, beside it in the 6.12 guest) take its rows and its failures line. A guest runs
+/// these first, one after another, before its lanes start (the host runner runs them last,
+/// alone, for the same reason).
+pub const ALONE: &[&str] = &["top"];
+
 /// The backend under which `kernel` runs the binaries outside [`EVERY_BACKEND`].
 pub fn once_backend(kernel: &str) -> &'static str {
     // 6.12: its guest was the fastest of CI's (1,101 s against 1,272-1,449), and kprobe runs
@@ -85,13 +92,21 @@ pub fn lanes(cells: &[Cell], lanes: usize) -> Vec<Vec<Cell>> {
     out.into_iter().map(|(_, cells)| cells).filter(|l| !l.is_empty()).collect()
 }
 
-/// One guest's share of a kernel's cells: its lanes, whether it also runs the kernel's BTF
-/// unit tests (the first share does), and its expected wall time (its longest lane).
+/// One guest's share of a kernel's cells: the [`ALONE`] cells it runs first, its lanes,
+/// whether it also runs the kernel's BTF unit tests (the first share does), and its expected
+/// wall time (its alone cells and its longest lane).
 #[derive(Clone, Debug)]
 pub struct Shard {
+    pub alone: Vec<Cell>,
     pub lanes: Vec<Vec<Cell>>,
     pub unit: bool,
     pub expected_secs: u64,
+}
+
+impl Shard {
+    pub fn cells(&self) -> impl Iterator<Item = &Cell> {
+        self.alone.iter().chain(self.lanes.iter().flatten())
+    }
 }
 
 /// Splits a kernel's cells into `shards` guests of `lanes` lanes each (LPT at both levels).
@@ -99,15 +114,23 @@ pub struct Shard {
 /// guest runs alone (6.1 and 5.10, then 6.12 by itself); halves of kernels pack the two
 /// cores to within one half's length.
 pub fn shards(cells: &[Cell], shards: usize, lanes: usize) -> Vec<Shard> {
-    self::lanes(cells, shards)
+    let (alone, shared): (Vec<Cell>, Vec<Cell>) =
+        cells.iter().cloned().partition(|c| ALONE.contains(&c.binary.as_str()));
+    let mut out: Vec<Shard> = self::lanes(&shared, shards)
         .into_iter()
         .enumerate()
         .map(|(i, share)| {
             let lanes = self::lanes(&share, lanes);
             let expected_secs = lanes.iter().map(|l| l.iter().map(expected_secs).sum()).max().unwrap_or(0);
-            Shard { lanes, unit: i == 0, expected_secs }
+            Shard { alone: Vec::new(), lanes, unit: i == 0, expected_secs }
         })
-        .collect()
+        .collect();
+    // The alone cells to the share expected to end first.
+    if let Some(lightest) = out.iter_mut().min_by_key(|s| s.expected_secs) {
+        lightest.expected_secs += alone.iter().map(expected_secs).sum::<u64>();
+        lightest.alone = alone;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -154,8 +177,12 @@ mod tests {
         let shards = shards(&cells, 2, 4);
         assert_eq!(shards.len(), 2);
         assert_eq!(shards.iter().filter(|s| s.unit).count(), 1);
-        let count: usize = shards.iter().map(|s| s.lanes.iter().map(Vec::len).sum::<usize>()).sum();
+        let count: usize = shards.iter().map(|s| s.cells().count()).sum();
         assert_eq!(count, cells.len());
+        // top runs alone, in one guest, never in a lane.
+        let top: Vec<&Shard> = shards.iter().filter(|s| s.alone.iter().any(|c| c.binary == "top")).collect();
+        assert_eq!(top.len(), 1);
+        assert!(shards.iter().all(|s| s.lanes.iter().flatten().all(|c| c.binary != "top")));
         assert!(shards.iter().all(|s| s.expected_secs > 0));
     }
 }

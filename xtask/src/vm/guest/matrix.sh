@@ -8,7 +8,8 @@
 # CI's time goes); a failing cell's log tail follows it. The host compares all of it with the
 # table in xtask/src/vm/expect.rs.
 #
-# /matrix/plan-$TWTRACE_MATRIX_PLAN holds `lane name backend path` lines,
+# /matrix/plan-$TWTRACE_MATRIX_PLAN holds `lane name backend path` lines (lane `alone` runs
+# before the others, by itself),
 # /matrix/unit-$TWTRACE_MATRIX_PLAN `name path test` lines: unit tests that depend on the
 # kernel (its BTF), run by one guest of each kernel under the backend `any`, before the lanes.
 . /etc/twtrace-protocol
@@ -41,7 +42,9 @@ while read -r name path test; do
 done < "/matrix/unit-$TWTRACE_MATRIX_PLAN"
 
 plan=/matrix/plan-$TWTRACE_MATRIX_PLAN
-for lane in $(cut -d ' ' -f 1 "$plan" | sort -u); do
+# Lane `alone` first, by itself (binaries that read every namespace: plan.rs, ALONE).
+run_lane alone
+for lane in $(cut -d ' ' -f 1 "$plan" | grep -vx alone | sort -u); do
   run_lane "$lane" &
 done
 wait
