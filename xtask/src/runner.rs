@@ -23,10 +23,12 @@ use anyhow::{Context as _, bail};
 /// tests (connects with 300 ms timeouts, churn at a set rate).
 pub const JOBS: usize = 4;
 
-/// Binaries that run after the others, alone: `top` reads every namespace of the host into
-/// one 120-column terminal, and its failures line, ordered by count, fills up with the other
-/// binaries' namespaces (a churn's 150 refusals push its pod's 80 off the edge).
-const ALONE: &[&str] = &["top"];
+/// Binaries that must not share the machine with other tests: `top` reads every namespace of
+/// the host into one 120-column terminal, and its failures line, ordered by count, fills up
+/// with the other binaries' namespaces (a churn's 150 refusals push its pod's 80 off the
+/// edge; in a 6.12 guest a containers pod out of ports took its rows). The host runs them
+/// after the others, the VM matrix before a guest's lanes (`vm::plan`).
+pub const ALONE: &[&str] = &["top"];
 
 /// Binaries known to take longest (seconds on the host, 2026-12), started first so that the
 /// run is not left waiting on one of them at the end.

@@ -190,6 +190,8 @@ struct Job<'a> {
     spec: &'a str,
     /// The plan's number (`/matrix/plan-N`, `/matrix/unit-N`).
     plan: usize,
+    /// Which of the kernel's guests this is (from 1), of how many.
+    part: (usize, usize),
     shard: plan::Shard,
 }
 
@@ -256,8 +258,9 @@ fn run_kernel(
     };
     run.problems.extend(build_mismatch(&run.build, booted.as_deref()));
     eprintln!(
-        "xtask: matrix: {spec_text} ({} of {SHARDS}): guest {verdict} in {:.0}s (expected about {}s)",
-        job.plan % SHARDS + 1,
+        "xtask: matrix: {spec_text} ({} of {}): guest {verdict} in {:.0}s (expected about {}s)",
+        job.part.0,
+        job.part.1,
         started.elapsed().as_secs_f64(),
         job.shard.expected_secs
     );
@@ -321,7 +324,9 @@ pub fn run(
         BTF_UNIT_TESTS.iter().map(|(name, test)| format!("{name} {} {test}\n", build.unit.display())).collect();
     let mut jobs_list = Vec::new();
     for (kernel, spec) in kernel_specs.iter().enumerate() {
-        for shard in plan::shards(&plan::cells(spec, &binaries, full), SHARDS, LANES) {
+        let shards = plan::shards(&plan::cells(spec, &binaries, full), SHARDS, LANES);
+        let parts = shards.len();
+        for (part, shard) in shards.into_iter().enumerate() {
             let plan = jobs_list.len();
             let mut text = String::new();
             let line = |lane: &str, c: &plan::Cell| {
@@ -340,7 +345,7 @@ pub fn run(
                 Path::new(&format!("/matrix/unit-{plan}")),
                 if shard.unit { unit.clone() } else { String::new() },
             );
-            jobs_list.push(Job { kernel, spec, plan, shard });
+            jobs_list.push(Job { kernel, spec, plan, part: (part + 1, parts), shard });
         }
     }
     // Every kernel fetched before any boots (two guests of one kernel must not fetch it at

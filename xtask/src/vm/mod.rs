@@ -312,7 +312,7 @@ pub fn build_static() -> anyhow::Result<StaticBuild> {
     if !out.status.success() {
         bail!("building the static test binaries failed");
     }
-    eprintln!("xtask: ({:.0}s) static test build for guests", started.elapsed().as_secs_f64());
+    eprintln!("xtask: ({:.0}s) static test build (host and guests)", started.elapsed().as_secs_f64());
     let mut tests = Vec::new();
     let mut unit = None;
     let mut twtrace = None;

@@ -16,16 +16,10 @@
 //! the kernel side shared by all binaries.
 
 use super::expect::BACKENDS;
+use crate::runner::ALONE;
 
 /// Test binaries whose subject is what each backend's kernel programs see.
 pub const EVERY_BACKEND: &[&str] = &["timewait", "portsearch", "state", "drops", "scenario"];
-
-/// Test binaries that read every namespace of the machine and must not share it: `top` puts
-/// the whole host in one 120-column screen, where other tests' namespaces (a containers pod
-/// out of ports, beside it in the 6.12 guest) take its rows and its failures line. A guest runs
-/// these first, one after another, before its lanes start (the host runner runs them last,
-/// alone, for the same reason).
-pub const ALONE: &[&str] = &["top"];
 
 /// The backend under which `kernel` runs the binaries outside [`EVERY_BACKEND`].
 pub fn once_backend(kernel: &str) -> &'static str {
@@ -92,7 +86,7 @@ pub fn lanes(cells: &[Cell], lanes: usize) -> Vec<Vec<Cell>> {
     out.into_iter().map(|(_, cells)| cells).filter(|l| !l.is_empty()).collect()
 }
 
-/// One guest's share of a kernel's cells: the [`ALONE`] cells it runs first, its lanes,
+/// One guest's share of a kernel's cells: the `runner::ALONE` cells it runs first, its lanes,
 /// whether it also runs the kernel's BTF unit tests (the first share does), and its expected
 /// wall time (its alone cells and its longest lane).
 #[derive(Clone, Debug)]
