@@ -229,7 +229,7 @@ fn each_namespace_against_its_own_range_and_the_exhausted_one_first() {
     // twtrace does not read yet: README, known issues). In an emulated guest running three
     // tracers at once that lost up to 19 of 100 unreported on 6.18 (97, 93 and 81 in three
     // CI runs): there, 20 %. fentry and tracepoint are held to 2 %.
-    let kprobe_emulated = support::emulated() && support::forced_backend().as_deref() == Some("kprobe");
+    let kprobe_emulated = support::kprobe_emulated();
     let percent = if kprobe_emulated { 0.20 } else { 0.02 };
     let close = |shown: u64, truth: u64| {
         shown.abs_diff(truth) as f64 <= percent * truth as f64 || shown.abs_diff(truth) <= blind

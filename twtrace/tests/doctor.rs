@@ -125,7 +125,7 @@ fn a_namespace_out_of_ports_is_named_with_the_clients_own_count() {
     // twtrace does not read the kprobes' own miss counts yet (README, known issues): in an
     // emulated guest running three tracers, CI's 6.18 saw 93 of 100 with none reported (and
     // the container test 81 of 100).
-    let kprobe_emulated = support::emulated() && support::forced_backend().as_deref() == Some("kprobe");
+    let kprobe_emulated = support::kprobe_emulated();
     let blind = blind_of(&live) + if kprobe_emulated { 8 } else { 0 };
     // "... peaked at 100% (40 of 40 ports) ..."
     let held = text.split('(').nth(1).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok()).unwrap();

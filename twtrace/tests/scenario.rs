@@ -78,7 +78,7 @@ fn slack(expected: u64) -> u64 {
     if !support::emulated() {
         return 0;
     }
-    let tenths = if support::forced_backend().as_deref() == Some("kprobe") { 2 } else { 1 };
+    let tenths = if support::kprobe_emulated() { 2 } else { 1 };
     (expected * tenths).div_ceil(10).max(1)
 }
 

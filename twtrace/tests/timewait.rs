@@ -390,7 +390,7 @@ fn each_birth_says_whether_the_peer_sent_timestamps() {
         let missed = missed(&lines);
         // A kprobe hit while another kprobe's handler runs is missed without a count twtrace
         // reads yet (README, known issues): under emulation the flags of the births seen count.
-        let kprobe_emulated = support::emulated() && support::forced_backend().as_deref() == Some("kprobe");
+        let kprobe_emulated = support::kprobe_emulated();
         let unreported = if kprobe_emulated { CONNECTIONS as i64 } else { 0 };
         assert!(
             births.len() == CONNECTIONS

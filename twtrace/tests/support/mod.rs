@@ -291,6 +291,14 @@ pub fn forced_backend() -> Option<String> {
     std::env::var(protocol::BACKEND_ENV).ok().filter(|b| !b.is_empty())
 }
 
+/// Whether this run is under the kprobe backend in an emulated guest, where twtrace misses
+/// events it cannot count: a kprobe hit while another kprobe's handler runs on its CPU is
+/// missed by the kprobe itself, and twtrace does not read the kprobes' own miss counts yet
+/// (README, known issues). Tests widen their allowance there, and only there.
+pub fn kprobe_emulated() -> bool {
+    emulated() && forced_backend().as_deref() == Some("kprobe")
+}
+
 /// Starts `twtrace trace --json` (with the forced backend, if any) and checks that `family`
 /// runs. If it cannot run on a forced backend, records a skip with twtrace's reason and returns
 /// `None`: the caller returns, and the VM matrix judges the skip against its table. Without a
