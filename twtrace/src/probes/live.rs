@@ -5,12 +5,12 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
 };
-use tokio::io::unix::AsyncFd;
 use twtrace_common::{Config, Counter};
 
 use super::{
     attach,
     decode::{DecodeStats, Decoder},
+    drain::{DRAIN_INTERVAL, Drain, DrainFigures},
     drops, offsets,
     plan::{FamilyReport, Options},
     portsearch, timewait,
@@ -35,8 +35,8 @@ pub enum LoadError {
     Map(&'static str, aya::maps::MapError),
     #[error("no probe family could attach:\n{0}")]
     NothingAttached(String),
-    #[error("cannot watch the ring buffer: {0}")]
-    Poll(std::io::Error),
+    #[error("cannot start the thread that drains the ring buffer: {0}")]
+    Drain(std::io::Error),
 }
 
 /// The kernel object, built by build.rs from `twtrace-ebpf`.
@@ -48,10 +48,9 @@ pub struct LiveProbes {
     own_links: attach::OwnLinks,
     // Dropping the `Ebpf` detaches every program: keep it for the source's lifetime.
     ebpf: Ebpf,
-    ring: AsyncFd<RingBuf<MapData>>,
+    /// The thread that empties the ring buffer and decodes it (`drain`).
+    drain: Drain,
     counters: PerCpuArray<MapData, u64>,
-    decoder: Decoder,
-    tick: tokio::time::Interval,
     next_skips_ns: u64,
     /// The lost count last put into the stream.
     lost_reported: u64,
@@ -99,10 +98,6 @@ fn program_owners() -> std::collections::HashMap<&'static str, super::Family> {
 
 /// How often the programs' skip counts are read.
 const SKIPS_INTERVAL_NS: u64 = 1_000_000_000;
-
-/// How often userspace drains the ring buffer when no wake-up came (records are submitted
-/// without wake-ups until the buffer is a quarter full).
-const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl LiveProbes {
     pub fn load(options: &Options) -> Result<Self, LoadError> {
@@ -169,10 +164,6 @@ impl LiveProbes {
 
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(LoadError::MissingMap("EVENTS"))?)
             .map_err(|e| LoadError::Map("EVENTS", e))?;
-        // SAFETY: the RingBuf owns its fd and keeps it open, unchanged, for as long as the
-        // AsyncFd (which owns the RingBuf) lives.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| LoadError::Poll(e.into()))?;
         let counters_map = ebpf.take_map("COUNTERS").ok_or(LoadError::MissingMap("COUNTERS"))?;
         if let aya::maps::Map::PerCpuArray(data) = &counters_map {
             // Tests read the kernel's own count through this id (bpftool) to check ours.
@@ -181,15 +172,12 @@ impl LiveProbes {
             }
         }
         let counters = PerCpuArray::try_from(counters_map).map_err(|e| LoadError::Map("COUNTERS", e))?;
-        let mut tick = tokio::time::interval(DRAIN_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let drain = Drain::start(ring, Decoder::new(kernel::hz(), drop_reasons)).map_err(LoadError::Drain)?;
         Ok(Self {
             own_links,
             ebpf,
-            ring,
+            drain,
             counters,
-            decoder: Decoder::new(kernel::hz(), drop_reasons),
-            tick,
             next_skips_ns: 0,
             lost_reported: 0,
             skipped_reported: 0,
@@ -198,20 +186,11 @@ impl LiveProbes {
         })
     }
 
-    /// Waits for a wake-up or the drain timer, then appends every decoded event to `out`.
-    /// Cancel-safe: nothing is consumed before the await completes.
+    /// Waits for the drain thread's next batch (at most a drain interval: the sinks' clock),
+    /// then appends every decoded event waiting to `out`. Cancel-safe.
     pub async fn next_batch(&mut self, out: &mut Vec<Event>) {
-        tokio::select! {
-            guard = self.ring.readable_mut() => {
-                if let Ok(mut guard) = guard {
-                    guard.clear_ready();
-                }
-            }
-            _ = self.tick.tick() => {}
-        }
-        self.drain(out);
+        self.drain.next(out, DRAIN_INTERVAL).await;
         let now = crate::time::monotonic_ns();
-        self.decoder.flush(now, out);
         self.report_lost(now, out);
         if now >= self.next_skips_ns {
             self.next_skips_ns = now + SKIPS_INTERVAL_NS;
@@ -221,8 +200,7 @@ impl LiveProbes {
 
     /// Drains what is left and resolves every pending decision; call once before exiting.
     pub fn finish(&mut self, out: &mut Vec<Event>) {
-        self.drain(out);
-        self.decoder.flush(u64::MAX, out);
+        self.drain.finish(out);
         let now = crate::time::monotonic_ns();
         self.report_lost(now, out);
         self.report_skipped(now, out);
@@ -257,13 +235,6 @@ impl LiveProbes {
         }
     }
 
-    fn drain(&mut self, out: &mut Vec<Event>) {
-        let ring = self.ring.get_mut();
-        while let Some(item) = ring.next() {
-            self.decoder.decode(&item, out);
-        }
-    }
-
     /// Kernel-side run time of twtrace's attached programs so far, by the family that owns
     /// each (the first to list it in [`super::catalogue`]), or `None` while the kernel does not
     /// account it (`sysctl kernel.bpf_stats_enabled=1` turns it on, at a small cost).
@@ -286,9 +257,17 @@ impl LiveProbes {
         Some(super::BpfRunTime { by_family })
     }
 
-    /// Records the kernel could not fit in the ring buffer, summed over CPUs.
+    /// Records lost: those the kernel could not fit in the ring buffer (summed over CPUs), and
+    /// those the drain decoded but had to drop because the consumer was too far behind.
     pub fn lost(&self) -> u64 {
-        self.counters.get(&(Counter::Lost as u32), 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
+        let kernel: u64 =
+            self.counters.get(&(Counter::Lost as u32), 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0);
+        kernel + self.drain.dropped()
+    }
+
+    /// The drain thread's figures: its longest gap, the queue's peak, what it dropped.
+    pub fn drain_figures(&self) -> DrainFigures {
+        self.drain.figures()
     }
 
     /// Runs of our programs the kernel skipped because a BPF program was already running on
@@ -312,7 +291,7 @@ impl LiveProbes {
     }
 
     pub fn stats(&self) -> DecodeStats {
-        self.decoder.stats()
+        self.drain.stats()
     }
 }
 

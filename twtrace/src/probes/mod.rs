@@ -8,6 +8,7 @@
 
 mod attach;
 mod decode;
+mod drain;
 pub mod drops;
 mod live;
 mod offsets;
@@ -20,6 +21,7 @@ pub mod timewait;
 use twtrace_common::{Config, roles};
 
 pub use decode::{DecodeStats, Decoder, record_bytes};
+pub use drain::DrainFigures;
 pub use live::{LiveProbes, LoadError};
 pub use plan::{
     Attempt, Backend, BackendPlan, Family, FamilyPlan, FamilyReport, Hook, Options, SharedHook, backend_summary,
