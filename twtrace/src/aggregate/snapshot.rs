@@ -1,14 +1,25 @@
 //! The views: what `top`, `stat`, `report` and the exporter read of the model at a moment.
+//! Every view is built in time linear in the rows it reads and k log k in the rows it shows
+//! (`topk`): no pass over rows inside a pass over rows, no sort of everything to show ten,
+//! and TIME_WAIT groupings read from counts kept as sockets come and go.
 
-use foldhash::{HashMap, HashMapExt, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
 use super::{
-    Aggregator, Destination, DestinationStats, NameId, PeerTimestamps, RemoteKey, SearchStats, range_size,
-    stats::Histogram,
+    Aggregator, Destination, NameId, PeerTimestamps, range_size, resync::ResyncView, stats::Histogram, timewait::BEFORE_START,
+    topk::top_k,
 };
+
+/// What a namespace's visible destinations add up to.
+#[derive(Default)]
+struct NamespaceSums {
+    in_use: u64,
+    worst: f64,
+    failures: u64,
+}
 
 impl Aggregator {
     /// The views at `now_ns` (CLOCK_MONOTONIC, the events' clock), as of the last
@@ -17,103 +28,16 @@ impl Aggregator {
         let since = self.started_ns.unwrap_or(now_ns);
         let top = self.settings.top;
         let timewait = self.timewait_view(now_ns, since);
-        let us = |ns: Option<u64>| ns.map(|v| v as f64 / 1e3);
+        let (destinations, sums) = self.destination_views(now_ns, since);
+        let namespaces = self.namespace_views(&sums);
+        let (failures, failures_total) = self.failure_views();
 
-        // Remote endpoints searched for but with no destination (every connect failed, or all
-        // closed): shown under the unspecified local address.
-        let orphan_remotes: Vec<Destination> = self
-            .searches
-            .keys()
-            .filter(|(netns, r)| !self.destinations.keys().any(|d| d.netns == *netns && d.remote == *r))
-            .map(|(netns, r)| Destination { netns: *netns, local: unspecified_like(r.ip()), remote: *r })
-            .collect();
-        let idle = DestinationStats::default();
-        let no_search = SearchStats::default();
-        let rows = self.destinations.iter().chain(orphan_remotes.iter().map(|d| (d, &idle)));
-        let mut all_destinations: Vec<DestinationView> = rows
-            .map(|(dest, d)| {
-                let range = self.range_size(dest.netns);
-                let growth = d.taken.per_second(now_ns, since) - d.freed.per_second(now_ns, since);
-                let free = range.saturating_sub(d.in_use) as f64;
-                let search = self.searches.get(&(dest.netns, dest.remote)).unwrap_or(&no_search);
-                DestinationView {
-                    destination: *dest,
-                    namespace: self.namespace_name(dest.netns),
-                    in_use: d.in_use,
-                    range,
-                    utilisation: d.in_use as f64 / range as f64,
-                    connects_per_s: d.connects.per_second(now_ns, since),
-                    net_growth_per_s: growth,
-                    seconds_to_exhaustion: (growth > 0.01).then(|| free / growth),
-                    search_p50_us: us(search.search_ns.quantile(0.5)),
-                    search_p99_us: us(search.search_ns.quantile(0.99)),
-                    candidates_p50: search.candidates.quantile(0.5),
-                    candidates_p99: search.candidates.quantile(0.99),
-                    failures: search.failures,
-                    peer_timestamps: (d.peer_timestamps.known() > 0).then_some(d.peer_timestamps),
-                }
-            })
-            .filter(|d| d.in_use > 0 || d.failures > 0 || d.connects_per_s > 0.0)
-            .collect();
-        // The worst destination on the host first, whichever namespace it is in.
-        all_destinations.sort_by(|a, b| {
-            b.utilisation
-                .total_cmp(&a.utilisation)
-                .then(b.failures.cmp(&a.failures))
-                .then(a.destination.cmp(&b.destination))
-        });
-        let namespaces = self.namespace_views(&all_destinations, &timewait.by_netns);
-        let mut destinations = all_destinations;
-        destinations.truncate(top);
-
-        // By command: one-shot clients (a curl per request) are one row, not one per pid.
-        let mut by_command: HashMap<(u32, crate::event::Comm, &str), (u64, HashSet<u32>)> = HashMap::new();
-        for ((netns, comm, pid, errno), count) in &self.failures {
-            let entry = by_command.entry((*netns, *comm, errno.as_str())).or_default();
-            entry.0 += count;
-            entry.1.insert(*pid);
-        }
-        let mut failures: Vec<FailureView> = by_command
-            .into_iter()
-            .map(|((netns, comm, errno), (count, pids))| {
-                let example_pid = pids.iter().copied().min().unwrap_or(0);
-                FailureView {
-                    netns,
-                    namespace: self.namespace_name(netns),
-                    process: match pids.len() {
-                        1 => format!("{comm}[{example_pid}]"),
-                        n => format!("{comm} ({n} processes, e.g. {example_pid})"),
-                    },
-                    command: comm.to_string(),
-                    processes: pids.len() as u64,
-                    example_pid,
-                    error: errno.to_owned(),
-                    count,
-                }
-            })
-            .collect();
-        failures.sort_by(|a, b| b.count.cmp(&a.count).then(a.process.cmp(&b.process)).then(a.netns.cmp(&b.netns)));
-        let failures_total = failures.iter().map(|f| (f.error.clone(), f.count)).fold(
-            std::collections::BTreeMap::<String, u64>::new(),
-            |mut totals, (error, count)| {
-                *totals.entry(error).or_default() += count;
-                totals
-            },
-        );
-        failures.truncate(top);
-
-        let mut sources: Vec<SourceView> = self
-            .sources
-            .iter()
-            .map(|((netns, ip), s)| SourceView {
-                netns: *netns,
-                source: *ip,
-                drops: s.drops,
-                flows: s.flows.len() as u64,
-            })
-            .collect();
-        sources.sort_by(|a, b| b.drops.cmp(&a.drops).then(a.source.cmp(&b.source)).then(a.netns.cmp(&b.netns)));
-        sources.truncate(top);
+        let sources = top_k(self.sources.iter(), top, |a, b| {
+            b.1.drops.cmp(&a.1.drops).then(a.0.1.cmp(&b.0.1)).then(a.0.0.cmp(&b.0.0))
+        })
+        .into_iter()
+        .map(|((netns, ip), s)| SourceView { netns: *netns, source: *ip, drops: s.drops, flows: s.flows.len() as u64 })
+        .collect();
         let paws = PawsView {
             drops_per_s: self.drops.per_second(now_ns, since),
             drops_total: self.drops.total(),
@@ -146,6 +70,10 @@ impl Aggregator {
             events: self.events,
             lost: self.lost,
             skipped_runs: self.skipped_runs,
+            approximate: self.approximate(),
+            unrepaired_lost: self.unrepaired_loss(),
+            last_resync: self.last_resync().cloned(),
+            model: self.model_size(),
             last_mark: self.last_mark.as_ref().map(|m| MarkView {
                 at: crate::time::WallTime::from_unix_ns(m.unix_ns),
                 ago_s: now_ns.saturating_sub(m.ts_ns) as f64 / 1e9,
@@ -159,7 +87,7 @@ impl Aggregator {
                 range: self.settings.port_range,
                 destinations,
                 failures,
-                failures_total: failures_total.into_iter().collect(),
+                failures_total,
                 bind_search_p50_us: us(self.bind_search_ns.quantile(0.5)),
                 bind_search_p99_us: us(self.bind_search_ns.quantile(0.99)),
                 bind_failures: self.bind_failures,
@@ -168,72 +96,159 @@ impl Aggregator {
         }
     }
 
-    fn timewait_view(&self, now_ns: u64, since: u64) -> TimeWaitParts {
-        let top = self.settings.top;
-        let mut by_remote: HashMap<&str, u64> = HashMap::new();
-        let mut by_local: HashMap<&str, u64> = HashMap::new();
-        let mut by_owner: HashMap<&str, u64> = HashMap::new();
-        let mut remotes: HashMap<RemoteKey, u64> = HashMap::new();
-        let mut by_id: [HashMap<NameId, u64>; 2] = Default::default();
-        let mut by_netns: HashMap<u32, u64> = HashMap::new();
-        // Per command: sockets, and its distinct owners (processes).
-        let mut commands: HashMap<NameId, (u64, HashSet<NameId>)> = HashMap::new();
-        for tw in self.live.values() {
-            *remotes.entry(tw.remote).or_default() += 1;
-            *by_id[0].entry(tw.local).or_default() += 1;
-            *by_id[1].entry(tw.owner).or_default() += 1;
-            *by_netns.entry(tw.netns).or_default() += 1;
-            let command = commands.entry(tw.command).or_default();
-            command.0 += 1;
-            command.1.insert(tw.owner);
+    /// How many rows of each kind the model holds (what its memory grows with).
+    pub fn model_size(&self) -> ModelSize {
+        ModelSize {
+            destinations: self.destinations.len() as u64,
+            searches: self.searches.len() as u64,
+            timewait_sockets: self.timewait_live(),
+            connections: (self.connected.len() + self.existing_connected.len()) as u64,
+            failure_rows: self.failures.len() as u64,
+            paws_sources: self.sources.len() as u64,
+            names: self.names.len() as u64,
+            evicted: 0,
         }
-        for (counts, by_name) in by_id.iter().zip([&mut by_local, &mut by_owner]) {
-            for (id, n) in counts {
-                *by_name.entry(self.names.name(*id)).or_default() += n;
+    }
+
+    /// The top destinations (the fullest on the host first, whichever namespace it is in),
+    /// and what each namespace's visible destinations add up to. One pass over the rows.
+    fn destination_views(&self, now_ns: u64, since: u64) -> (Vec<DestinationView>, HashMap<u32, NamespaceSums>) {
+        /// A row as ranked: the full view is built only for the rows shown.
+        struct Ranked<'a> {
+            destination: Destination,
+            utilisation: f64,
+            failures: u64,
+            row: Option<&'a super::ports::DestinationRow>,
+        }
+        let failures_of = |netns: u32, remote| self.searches.get(&(netns, remote)).map_or(0, |s| s.failures);
+        let mut sums: HashMap<u32, NamespaceSums> = HashMap::new();
+        let mut with_rows: HashSet<(u32, std::net::SocketAddr)> = HashSet::with_capacity(self.destinations.len());
+        let mut visible = Vec::new();
+        for (_, row) in self.destinations.iter() {
+            let d = row.destination;
+            with_rows.insert((d.netns, d.remote));
+            let failures = failures_of(d.netns, d.remote);
+            if row.in_use == 0 && failures == 0 && !row.connects.active(now_ns, since) {
+                continue;
+            }
+            let utilisation = f64::from(row.in_use) / self.range_size(d.netns) as f64;
+            visible.push(Ranked { destination: d, utilisation, failures, row: Some(row) });
+        }
+        // Remote endpoints searched for but with no destination (every connect failed, or all
+        // closed): shown under the unspecified local address.
+        for ((netns, remote), search) in &self.searches {
+            if search.failures > 0 && !with_rows.contains(&(*netns, *remote)) {
+                let destination = Destination { netns: *netns, local: unspecified_like(remote.ip()), remote: *remote };
+                visible.push(Ranked { destination, utilisation: 0.0, failures: search.failures, row: None });
             }
         }
-        // Only the leaders get names: formatting a million addresses per frame would not do.
-        let mut remotes: Vec<(RemoteKey, u64)> = remotes.into_iter().collect();
-        remotes.sort_unstable_by_key(|r| std::cmp::Reverse(r.1));
-        let remote_names: Vec<(String, u64)> = remotes
-            .iter()
-            .take(top * 4 + 16)
-            .map(|(key, n)| {
-                let name = match key {
-                    RemoteKey::V4(o) => std::net::Ipv4Addr::from(*o).to_string(),
-                    RemoteKey::Named(id) => self.names.name(*id).to_owned(),
+        for r in &visible {
+            let sum = sums.entry(r.destination.netns).or_default();
+            sum.in_use += r.row.map_or(0, |row| u64::from(row.in_use));
+            sum.worst = sum.worst.max(r.utilisation);
+            sum.failures += r.failures;
+        }
+        let shown = top_k(visible, self.settings.top, |a, b| {
+            b.utilisation
+                .total_cmp(&a.utilisation)
+                .then(b.failures.cmp(&a.failures))
+                .then(a.destination.cmp(&b.destination))
+        });
+        let views = shown
+            .into_iter()
+            .map(|r| {
+                let dest = r.destination;
+                let range = self.range_size(dest.netns);
+                let search = self.searches.get(&(dest.netns, dest.remote));
+                let (in_use, connects_per_s, growth, peer_timestamps) = match r.row {
+                    Some(row) => (
+                        u64::from(row.in_use),
+                        row.connects.per_second(now_ns, since),
+                        row.taken.per_second(now_ns, since) - row.freed.per_second(now_ns, since),
+                        row.peer_timestamps,
+                    ),
+                    None => (0, 0.0, 0.0, PeerTimestamps::default()),
                 };
-                (name, *n)
+                let free = range.saturating_sub(in_use) as f64;
+                let quantile = |h: Option<&Histogram>, q| h.and_then(|h| h.quantile(q));
+                let search_ns = search.map(|s| &s.search_ns);
+                let candidates = search.and_then(|s| s.candidates.as_deref());
+                DestinationView {
+                    destination: dest,
+                    namespace: self.namespace_name(dest.netns),
+                    in_use,
+                    range,
+                    utilisation: r.utilisation,
+                    connects_per_s,
+                    net_growth_per_s: growth,
+                    seconds_to_exhaustion: (growth > 0.01).then(|| free / growth),
+                    search_p50_us: us(quantile(search_ns, 0.5)),
+                    search_p99_us: us(quantile(search_ns, 0.99)),
+                    candidates_p50: quantile(candidates, 0.5),
+                    candidates_p99: quantile(candidates, 0.99),
+                    failures: r.failures,
+                    peer_timestamps: (peer_timestamps.known() > 0).then_some(peer_timestamps),
+                }
             })
             .collect();
-        for (name, n) in &remote_names {
-            *by_remote.entry(name).or_default() += n;
+        (views, sums)
+    }
+
+    /// Failed searches by command (one-shot clients, a curl per request, are one row, not
+    /// one per pid), and every failure by error whatever the rows show.
+    fn failure_views(&self) -> (Vec<FailureView>, Vec<(String, u64)>) {
+        let mut totals = std::collections::BTreeMap::<String, u64>::new();
+        for ((_, _, errno), group) in &self.failure_groups {
+            *totals.entry(crate::event::errno_name(*errno)).or_default() += group.count;
         }
-        let existing: Vec<(String, String)> =
-            self.existing_tw.values().map(|tw| (tw.flow.remote.ip().to_string(), tw.flow.local.to_string())).collect();
-        let mut before_start = 0;
-        for ((remote, local), tw) in existing.iter().zip(self.existing_tw.values()) {
-            *by_remote.entry(remote).or_default() += 1;
-            *by_local.entry(local).or_default() += 1;
-            *by_owner.entry("(before start)").or_default() += 1;
-            *by_netns.entry(tw.netns).or_default() += 1;
-            before_start += 1;
+        let views = self.failure_groups.iter().map(|((netns, comm, errno), g)| FailureView {
+            netns: *netns,
+            namespace: String::new(),
+            process: match g.processes {
+                1 => format!("{comm}[{}]", g.example_pid),
+                n => format!("{comm} ({n} processes, e.g. {})", g.example_pid),
+            },
+            command: comm.to_string(),
+            processes: g.processes,
+            example_pid: g.example_pid,
+            error: crate::event::errno_name(*errno),
+            count: g.count,
+        });
+        let mut shown = top_k(views, self.settings.top, |a, b| {
+            b.count.cmp(&a.count).then(a.process.cmp(&b.process)).then(a.netns.cmp(&b.netns)).then(a.error.cmp(&b.error))
+        });
+        for f in &mut shown {
+            f.namespace = self.namespace_name(f.netns);
         }
-        let mut by_command: Vec<CommandGroup> = commands
-            .iter()
-            .map(|(id, (count, owners))| CommandGroup {
+        (shown, totals.into_iter().collect())
+    }
+
+    fn timewait_view(&self, now_ns: u64, since: u64) -> TimeWaitParts {
+        let top = self.settings.top;
+        let g = &self.tw_groups;
+        let by_remote = top_k(g.remotes.iter().map(|(k, n)| (self.remote_name(*k), *n)), top, by_count)
+            .into_iter()
+            .map(|(key, count)| Group { key, count })
+            .collect();
+        let named = |counts: &HashMap<NameId, u64>| -> Vec<Group> {
+            top_k(counts.iter().map(|(id, n)| (self.names.name(*id), *n)), top, by_count)
+                .into_iter()
+                .map(|(key, count)| Group { key: key.to_owned(), count })
+                .collect()
+        };
+        let before_start = self.names.ids.get(BEFORE_START).copied();
+        let by_command = top_k(
+            g.commands.iter().map(|(id, (count, processes))| CommandGroup {
                 command: self.names.name(*id).to_owned(),
-                processes: owners.len() as u64,
+                // Sockets read over sock_diag have no known process.
+                processes: if Some(*id) == before_start { 0 } else { *processes },
                 count: *count,
-            })
-            .collect();
-        if before_start > 0 {
-            by_command.push(CommandGroup { command: "(before start)".into(), processes: 0, count: before_start });
-        }
-        by_command.sort_by(|a, b| b.count.cmp(&a.count).then(a.command.cmp(&b.command)));
-        by_command.truncate(top);
-        let names: Vec<(String, u64)> = by_netns.iter().map(|(netns, n)| (self.namespace_name(*netns), *n)).collect();
-        let by_namespace = ranked(names.iter().map(|(k, n)| (k.as_str(), *n)).collect(), top);
+            }),
+            top,
+            |a, b| b.count.cmp(&a.count).then(a.command.cmp(&b.command)),
+        );
+        let names: Vec<(String, u64)> = g.netns.iter().map(|(netns, n)| (self.namespace_name(*netns), *n)).collect();
+        let by_namespace = top_k(names, top, by_count).into_iter().map(|(key, count)| Group { key, count }).collect();
         let ms = |ns: Option<u64>| ns.map(|v| v as f64 / 1e6);
         // One namespace: its limit is the ceiling. Several: each has its own (the namespace
         // view shows them); a sum would be no one's limit.
@@ -243,7 +258,7 @@ impl Aggregator {
             _ => None,
         };
         let view = TimeWaitView {
-            live: (self.live.len() + self.existing_tw.len()) as u64,
+            live: self.timewait_live(),
             max_buckets,
             births_per_s: self.births.per_second(now_ns, since),
             expired_per_s: self.expired.per_second(now_ns, since),
@@ -255,68 +270,59 @@ impl Aggregator {
             lifetime_p50_ms: ms(self.lifetimes.quantile(0.5)),
             lifetime_p99_ms: ms(self.lifetimes.quantile(0.99)),
             lifetime_max_ms: ms(self.lifetimes.max()),
-            by_remote: ranked(by_remote, top),
-            by_local: ranked(by_local, top),
-            by_owner: ranked(by_owner, top),
+            by_remote,
+            by_local: named(&g.locals),
+            by_owner: named(&g.owners),
             by_command,
             by_namespace,
         };
-        TimeWaitParts { view, by_netns }
+        TimeWaitParts { view }
     }
 
     /// Every namespace with something to show, the one closest to running out first.
-    fn namespace_views(&self, destinations: &[DestinationView], tw_by_netns: &HashMap<u32, u64>) -> Vec<NamespaceView> {
-        let mut views: Vec<NamespaceView> = self
+    fn namespace_views(&self, sums: &HashMap<u32, NamespaceSums>) -> Vec<NamespaceView> {
+        let none = NamespaceSums::default();
+        let rows = self
             .namespaces
             .iter()
-            .map(|(netns, n)| {
-                let own = destinations.iter().filter(|d| d.destination.netns == *netns);
-                let (mut in_use, mut worst, mut failures) = (0, 0.0f64, 0);
-                for d in own {
-                    in_use += d.in_use;
-                    worst = worst.max(d.utilisation);
-                    failures += d.failures;
-                }
-                NamespaceView {
-                    netns: *netns,
-                    name: n.name.clone(),
-                    described: n.sysctls.is_some(),
-                    live: n.live,
-                    port_range: n.port_range,
-                    range: range_size(n.port_range),
-                    max_tw_buckets: n.max_tw_buckets,
-                    timewait_live: tw_by_netns.get(netns).copied().unwrap_or(0),
-                    ports_in_use: in_use,
-                    worst_utilisation: worst,
-                    connect_failures: failures,
-                    counters: n.counters.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-                    setup_drops: n.setup_drops.values().cloned().collect(),
-                }
-            })
             // What is there now: a namespace that is gone has nothing left to show.
-            .filter(|v| {
-                v.live
-                    && (v.timewait_live > 0
-                        || v.ports_in_use > 0
-                        || v.connect_failures > 0
-                        || !v.counters.is_empty()
-                        || !v.setup_drops.is_empty())
+            .filter(|(_, n)| n.live)
+            .map(|(netns, n)| {
+                let sum = sums.get(netns).unwrap_or(&none);
+                (netns, n, sum, self.tw_groups.netns.get(netns).copied().unwrap_or(0))
             })
-            .collect();
-        views.sort_by(|a, b| {
-            b.worst_utilisation
-                .total_cmp(&a.worst_utilisation)
-                .then(b.connect_failures.cmp(&a.connect_failures))
-                .then(b.timewait_live.cmp(&a.timewait_live))
-                .then(a.netns.cmp(&b.netns))
+            .filter(|(_, n, sum, tw)| {
+                *tw > 0 || sum.in_use > 0 || sum.failures > 0 || !n.counters.is_empty() || !n.setup_drops.is_empty()
+            });
+        let shown = top_k(rows, self.settings.top, |a, b| {
+            b.2.worst
+                .total_cmp(&a.2.worst)
+                .then(b.2.failures.cmp(&a.2.failures))
+                .then(b.3.cmp(&a.3))
+                .then(a.0.cmp(b.0))
         });
-        views.truncate(self.settings.top);
-        views
+        shown
+            .into_iter()
+            .map(|(netns, n, sum, tw)| NamespaceView {
+                netns: *netns,
+                name: n.name.clone(),
+                described: n.sysctls.is_some(),
+                live: n.live,
+                port_range: n.port_range,
+                range: range_size(n.port_range),
+                max_tw_buckets: n.max_tw_buckets,
+                timewait_live: tw,
+                ports_in_use: sum.in_use,
+                worst_utilisation: sum.worst,
+                connect_failures: sum.failures,
+                counters: n.counters.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                setup_drops: n.setup_drops.values().cloned().collect(),
+            })
+            .collect()
     }
 }
 
-/// Read-only access to the distributions and running totals behind the views, for the
-/// exporter's histograms and counters.
+/// Read-only access to the distributions behind the views, for the exporter's histograms.
 impl Aggregator {
     /// TIME_WAIT lifetimes (ns) of the deaths seen.
     pub fn lifetimes(&self) -> &Histogram {
@@ -327,32 +333,23 @@ impl Aggregator {
     pub fn bind_searches(&self) -> &Histogram {
         &self.bind_search_ns
     }
-
-    /// connect() port searches per (namespace, remote endpoint): durations (ns), candidates.
-    pub fn connect_searches(&self) -> impl Iterator<Item = ((u32, SocketAddr), &Histogram, &Histogram)> {
-        self.searches.iter().map(|(k, s)| (*k, &s.search_ns, &s.candidates))
-    }
-
-    /// connect() attempts toward a destination since start (0 for one never seen).
-    pub fn connects_total(&self, dest: &Destination) -> u64 {
-        self.destinations.get(dest).map_or(0, |d| d.connects.total())
-    }
 }
 
 struct TimeWaitParts {
     view: TimeWaitView,
-    by_netns: HashMap<u32, u64>,
+}
+
+fn us(ns: Option<u64>) -> Option<f64> {
+    ns.map(|v| v as f64 / 1e3)
+}
+
+/// Most first, then by name.
+fn by_count<K: Ord>(a: &(K, u64), b: &(K, u64)) -> std::cmp::Ordering {
+    b.1.cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
 fn unspecified_like(ip: IpAddr) -> IpAddr {
     if ip.is_ipv4() { IpAddr::from([0, 0, 0, 0]) } else { IpAddr::from([0u16; 8]) }
-}
-
-fn ranked(counts: HashMap<&str, u64>, top: usize) -> Vec<Group> {
-    let mut groups: Vec<Group> = counts.into_iter().map(|(key, count)| Group { key: key.to_owned(), count }).collect();
-    groups.sort_by(|a, b| b.count.cmp(&a.count).then(a.key.cmp(&b.key)));
-    groups.truncate(top);
-    groups
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -590,6 +587,14 @@ pub struct Snapshot {
     pub lost: u64,
     /// Runs of twtrace's programs the kernel skipped (each may have been an event).
     pub skipped_runs: u64,
+    /// Records were lost since the last resync: the figures are approximate until the next.
+    pub approximate: bool,
+    /// Records lost since the last resync.
+    pub unrepaired_lost: u64,
+    /// The last reconciliation with the kernel's sockets after loss, if any.
+    pub last_resync: Option<ResyncView>,
+    /// How many rows of each kind the model holds.
+    pub model: ModelSize,
     /// The latest mark seen (`twtrace mark`), if any.
     pub last_mark: Option<MarkView>,
     /// Namespaces described or seen in events.
@@ -599,6 +604,24 @@ pub struct Snapshot {
     pub timewait: TimeWaitView,
     pub port_space: PortSpaceView,
     pub paws: PawsView,
+}
+
+/// Rows of each kind in the model: what its memory grows with.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ModelSize {
+    pub destinations: u64,
+    /// connect() search rows (namespace, remote endpoint).
+    pub searches: u64,
+    pub timewait_sockets: u64,
+    /// Connected client sockets holding a port.
+    pub connections: u64,
+    /// Failed searches by (namespace, process, errno).
+    pub failure_rows: u64,
+    pub paws_sources: u64,
+    /// Interned addresses and owners.
+    pub names: u64,
+    /// Rows evicted into `other` totals (none: nothing is evicted yet).
+    pub evicted: u64,
 }
 
 /// A mark as the live views show it.

@@ -2,6 +2,7 @@ use std::net::SocketAddr;
 
 use super::*;
 use crate::event::{
+    DropClass,
     DeathReason, DropEvent, Event, PortSearchEvent, Process, SearchOp, SocketFlow, StateEvent, TimeWaitChange,
     TimeWaitEvent, TimeWaitSubstate,
 };

@@ -1,0 +1,280 @@
+//! TIME_WAIT sockets in the model: those seen born (until their death), those read over
+//! sock_diag (until their timer, or until the stream tells of them), and the counts the views
+//! group them by, kept as sockets come and go so no view walks a million sockets.
+
+use foldhash::HashMap;
+use std::{hash::Hash, net::IpAddr};
+
+use super::{Aggregator, Destination, NameId, ports::DestinationId};
+use crate::event::{Process, SocketFlow, TimeWaitChange, TimeWaitEvent};
+
+/// The remote address of a TIME_WAIT socket. Servers see a million distinct clients: IPv4
+/// ones are kept as they are instead of as names in the table.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum RemoteKey {
+    V4([u8; 4]),
+    Named(NameId),
+}
+
+/// What the views group a TIME_WAIT socket by.
+#[derive(Clone, Copy)]
+pub(super) struct GroupKey {
+    pub remote: RemoteKey,
+    pub local: NameId,
+    /// `comm[pid]`, and `comm` alone: a service's workers are one command, many owners.
+    pub owner: NameId,
+    pub command: NameId,
+    pub netns: u32,
+}
+
+/// 40 bytes per live TIME_WAIT socket (a busy host has a million): names and destinations
+/// are numbers in the aggregator's tables.
+pub(super) struct LiveTimeWait {
+    /// Counted toward this destination's ports (client-side TIME_WAIT in the ephemeral range).
+    pub holds_port_of: Option<DestinationId>,
+    pub key: GroupKey,
+    /// The 4-tuple's [`flow_hash`] (0: not read), to find the socket in a sock_diag read.
+    pub flow_hash: u64,
+}
+
+/// A TIME_WAIT socket read over sock_diag that the stream never told of: its death is not in
+/// the stream, so it leaves at its timer (or when the stream tells of its 4-tuple).
+pub(super) struct ExistingTimeWait {
+    pub expires_ns: u64,
+    pub holds_port_of: Option<DestinationId>,
+    pub key: GroupKey,
+}
+
+/// Live TIME_WAIT sockets by each grouping the views show.
+#[derive(Default)]
+pub(super) struct GroupCounts {
+    pub remotes: HashMap<RemoteKey, u64>,
+    pub locals: HashMap<NameId, u64>,
+    pub owners: HashMap<NameId, u64>,
+    /// Per command: sockets, and its owners (processes) holding any.
+    pub commands: HashMap<NameId, (u64, u64)>,
+    pub netns: HashMap<u32, u64>,
+}
+
+impl GroupCounts {
+    fn add(&mut self, k: &GroupKey) {
+        *self.remotes.entry(k.remote).or_default() += 1;
+        *self.locals.entry(k.local).or_default() += 1;
+        *self.netns.entry(k.netns).or_default() += 1;
+        let owner = self.owners.entry(k.owner).or_default();
+        *owner += 1;
+        let first_of_owner = *owner == 1;
+        let command = self.commands.entry(k.command).or_default();
+        command.0 += 1;
+        command.1 += u64::from(first_of_owner);
+    }
+
+    fn remove(&mut self, k: &GroupKey) {
+        decrement(&mut self.remotes, k.remote);
+        decrement(&mut self.locals, k.local);
+        decrement(&mut self.netns, k.netns);
+        let owner_gone = decrement(&mut self.owners, k.owner);
+        if let Some(command) = self.commands.get_mut(&k.command) {
+            command.0 -= 1;
+            command.1 -= u64::from(owner_gone);
+            if command.0 == 0 {
+                self.commands.remove(&k.command);
+            }
+        }
+    }
+}
+
+/// Takes one off `key`'s count, removing it at zero; whether it reached zero.
+fn decrement<K: Hash + Eq>(map: &mut HashMap<K, u64>, key: K) -> bool {
+    let Some(n) = map.get_mut(&key) else { return false };
+    *n -= 1;
+    if *n == 0 {
+        map.remove(&key);
+        return true;
+    }
+    false
+}
+
+/// A 64-bit hash of a 4-tuple, the same in every run (foldhash's fixed seed): a live socket
+/// keeps this instead of its 4-tuple (8 bytes, not 64) to be found again in a sock_diag read.
+pub(super) fn flow_hash(flow: &SocketFlow) -> u64 {
+    use std::hash::BuildHasher as _;
+    foldhash::quality::FixedState::with_seed(0x7477_7472_6163_6521).hash_one(flow) | 1
+}
+
+/// The name of a TIME_WAIT socket's owner in the views of sockets read over sock_diag.
+pub const BEFORE_START: &str = "(before start)";
+
+impl Aggregator {
+    pub(super) fn time_wait(&mut self, e: &TimeWaitEvent) {
+        let netns = e.netns;
+        match &e.change {
+            TimeWaitChange::Birth { timestamps, .. } => {
+                self.births.add(e.ts_ns, 1);
+                self.namespace(netns);
+                // The full socket ends here. Its → CLOSE follows, or is left out by the kernel
+                // when this birth stands for it (the state family's `LAST_BIRTH`): either way
+                // its hold on the port ends now, and a client's TIME_WAIT takes the port over.
+                let handed_over = e.flow.and_then(|f| self.client_flows.remove(&(netns, f)).map(|sk| (f, sk)));
+                if let Some((_, sk)) = handed_over {
+                    if let Some(id) = self.connected.remove(&sk) {
+                        self.release(id, e.ts_ns);
+                    }
+                }
+                // Read over sock_diag already (at start or at a resync), though born before
+                // the read: one socket, counted once. (One 4-tuple has one TIME_WAIT socket.)
+                if let Some(f) = e.flow {
+                    if let Some(tw) = self.existing_tw.remove(&(netns, f)) {
+                        self.end_existing_time_wait(&tw, None);
+                    }
+                }
+                // A client connection that existed at start and closes first: its TIME_WAIT
+                // keeps the port it held (counted once, at start).
+                let existing_client = match (handed_over, e.flow) {
+                    (None, Some(f)) if !self.existing_connected.is_empty() => {
+                        self.destinations.find(&Destination::of(netns, &f)).filter(|id| self.existing_connected.remove(&(*id, f.local.port())))
+                    }
+                    _ => None,
+                };
+                let holds_port_of = handed_over.map(|(f, _)| self.destinations.id(Destination::of(netns, &f)));
+                if let Some(id) = holds_port_of {
+                    let row = self.destinations.row_mut(id);
+                    row.in_use += 1;
+                    row.taken.add(e.ts_ns, 1);
+                }
+                let holds_port_of = holds_port_of.or(existing_client);
+                if let (Some(id), Some(seen)) = (holds_port_of, timestamps) {
+                    let counts = &mut self.destinations.row_mut(id).peer_timestamps;
+                    if *seen {
+                        counts.seen += 1;
+                    } else {
+                        counts.absent += 1;
+                    }
+                }
+                let (owner, command) = self.owner_ids(e.owner.as_ref());
+                let key = self.group_key(netns, e.flow.as_ref(), holds_port_of.is_some(), owner, command);
+                self.tw_groups.add(&key);
+                let live = LiveTimeWait { holds_port_of, key, flow_hash: e.flow.as_ref().map_or(0, flow_hash) };
+                if let Some(previous) = self.live.insert(e.tw_id, live) {
+                    // The same id twice (a recording stitched from two runs): the first is over.
+                    self.end_live(&previous, None);
+                }
+            }
+            TimeWaitChange::Rearm { .. } => {}
+            TimeWaitChange::Death { reason, lifetime_ns } => {
+                if reason.is_early() {
+                    self.killed.add(e.ts_ns, 1);
+                    self.killed_by.add(*reason);
+                } else {
+                    self.expired.add(e.ts_ns, 1);
+                }
+                self.lifetimes.record(*lifetime_ns);
+                if let Some(tw) = self.live.remove(&e.tw_id) {
+                    self.end_live(&tw, Some(e.ts_ns));
+                } else if let Some(f) = e.flow {
+                    // Its birth was not applied (lost, or before start) but a read found it.
+                    if let Some(tw) = self.existing_tw.remove(&(netns, f)) {
+                        self.end_existing_time_wait(&tw, Some(e.ts_ns));
+                    }
+                }
+            }
+        }
+    }
+
+    /// What the views group a socket by. A client's local port is one of thousands of
+    /// ephemeral ports: its address is the useful group (and keeps the name table small).
+    fn group_key(
+        &mut self,
+        netns: u32,
+        flow: Option<&SocketFlow>,
+        holds_port: bool,
+        owner: NameId,
+        command: NameId,
+    ) -> GroupKey {
+        let (remote, local) = match flow {
+            Some(f) if holds_port => (Some(f.remote.ip()), f.local.ip().to_string()),
+            Some(f) => (Some(f.remote.ip()), f.local.to_string()),
+            None => (None, "?".into()),
+        };
+        let remote = match remote {
+            Some(IpAddr::V4(v4)) => RemoteKey::V4(v4.octets()),
+            Some(other) => RemoteKey::Named(self.names.id(other.to_string())),
+            None => RemoteKey::Named(self.names.id("?".into())),
+        };
+        GroupKey { remote, local: self.names.id(local), owner, command, netns }
+    }
+
+    /// A socket seen born leaves the model: its groups, and its port (`at`: freed then, for
+    /// the rate; `None`: the port is only given back, as for a socket that was never there).
+    fn end_live(&mut self, tw: &LiveTimeWait, at: Option<u64>) {
+        self.tw_groups.remove(&tw.key);
+        if let Some(id) = tw.holds_port_of {
+            self.give_back(id, at);
+        }
+    }
+
+    /// The record of a TIME_WAIT socket read over sock_diag, counted in the groups and, when
+    /// it holds a port, in its destination's ports.
+    pub(super) fn existing_time_wait(
+        &mut self,
+        expires_ns: u64,
+        netns: u32,
+        flow: SocketFlow,
+        holds: bool,
+    ) -> ExistingTimeWait {
+        let holds_port_of = holds.then(|| self.destinations.id(Destination::of(netns, &flow)));
+        if let Some(id) = holds_port_of {
+            self.destinations.row_mut(id).in_use += 1;
+        }
+        let before = self.names.id(BEFORE_START.into());
+        let key = self.group_key(netns, Some(&flow), holds, before, before);
+        self.tw_groups.add(&key);
+        ExistingTimeWait { expires_ns, holds_port_of, key }
+    }
+
+    /// A socket read over sock_diag leaves the model (see [`Self::end_live`] for `at`).
+    pub(super) fn end_existing_time_wait(&mut self, tw: &ExistingTimeWait, at: Option<u64>) {
+        self.tw_groups.remove(&tw.key);
+        if let Some(id) = tw.holds_port_of {
+            self.give_back(id, at);
+        }
+    }
+
+    /// A port held toward a destination is free again.
+    fn give_back(&mut self, id: DestinationId, at: Option<u64>) {
+        match at {
+            Some(ts) => self.release(id, ts),
+            None => {
+                let row = self.destinations.row_mut(id);
+                row.in_use = row.in_use.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The name ids of an owner (`comm[pid]`) and its command, formatted only the first time
+    /// the owner is seen: a birth per connection must not format two strings.
+    fn owner_ids(&mut self, owner: Option<&Process>) -> (NameId, NameId) {
+        let key = owner.map(|p| (p.comm, p.pid));
+        if let Some(ids) = self.owner_ids.get(&key) {
+            return *ids;
+        }
+        let ids = (
+            self.names.id(owner_name(owner)),
+            self.names.id(owner.map_or_else(|| "(unknown)".into(), |p| p.comm.to_string())),
+        );
+        self.owner_ids.insert(key, ids);
+        ids
+    }
+
+    /// The text of a group's remote address.
+    pub(super) fn remote_name(&self, key: RemoteKey) -> String {
+        match key {
+            RemoteKey::V4(o) => std::net::Ipv4Addr::from(o).to_string(),
+            RemoteKey::Named(id) => self.names.name(id).to_owned(),
+        }
+    }
+}
+
+fn owner_name(owner: Option<&Process>) -> String {
+    owner.map(|p| format!("{}[{}]", p.comm, p.pid)).unwrap_or_else(|| "(unknown)".into())
+}
