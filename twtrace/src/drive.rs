@@ -100,6 +100,16 @@ pub trait Sink {
         Ok(())
     }
 
+    /// Whether the sink's model lost records and wants the sockets that exist now to repair
+    /// itself ([`Sink::resync`]); asked after every batch of a live source.
+    fn resync_due(&self, _now_ns: u64) -> bool {
+        false
+    }
+
+    /// The sockets of every namespace traced, read at `now_ns` (`None`: the read failed; the
+    /// sink waits before it asks again).
+    fn resync(&mut self, _now_ns: u64, _sockets: Option<&[ExistingSocket]>) {}
+
     /// The run is over (signal, deadline, end of the recording, or the sink's own stop).
     fn finish(&mut self, status: &Status) -> anyhow::Result<()>;
 }
@@ -167,8 +177,55 @@ pub async fn drive<S: Sink>(source: &mut Source, filter: Filter, sink: &mut S, l
         if sink.batch_done(&Status { source })? == Control::Stop || stop_now {
             break;
         }
+        // After loss, the model repairs itself from what the kernel holds now. The drain runs
+        // on its own thread meanwhile: a long read delays the model, never the ring buffer.
+        let now = source.now_ns();
+        if !source.can_wait() && sink.resync_due(now) {
+            match source.sockets_now() {
+                Ok(sockets) => sink.resync(now, Some(&sockets)),
+                Err(e) => {
+                    log::warn!("cannot read the sockets to repair the model after lost records: {e:#}");
+                    sink.resync(now, None);
+                }
+            }
+        }
     }
     sink.finish(&Status { source })
+}
+
+/// How long a sink's views took to build (snapshots, frames, expositions, samples): with the
+/// source's drain figures, the one line every view command prints at its end, which the
+/// scale benchmark reads (`twtrace: scale: ...`).
+#[derive(Default)]
+pub struct ViewTimes {
+    ns: crate::aggregate::stats::Histogram,
+}
+
+impl ViewTimes {
+    /// Runs `build`, timing it.
+    pub fn time<T>(&mut self, build: impl FnOnce() -> T) -> T {
+        let started = std::time::Instant::now();
+        let out = build();
+        self.ns.record(started.elapsed().as_nanos() as u64);
+        out
+    }
+
+    /// `scale: views N, build p50 X ms p99 Y ms max Z ms; drain stall max S ms; queued peak
+    /// Q events; lost L`.
+    pub fn line(&self, health: &Health) -> String {
+        let ms = |ns: Option<u64>| ns.unwrap_or(0) as f64 / 1e6;
+        let drain = health.drain.unwrap_or_default();
+        format!(
+            "scale: views {}, build p50 {:.1} ms p99 {:.1} ms max {:.1} ms; drain stall max {:.1} ms; queued peak {} events; lost {}",
+            self.ns.count(),
+            ms(self.ns.quantile(0.5)),
+            ms(self.ns.quantile(0.99)),
+            ms(self.ns.max()),
+            drain.longest_gap_ns as f64 / 1e6,
+            drain.queued_peak,
+            health.lost,
+        )
+    }
 }
 
 /// The handlers `main` installs before the command runs, for the drive loop to take.

@@ -16,7 +16,7 @@ pub mod stats;
 #[cfg(test)]
 mod tests;
 mod timewait;
-mod topk;
+pub(crate) mod topk;
 
 use foldhash::{HashMap, HashSet};
 use std::{
@@ -24,11 +24,11 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use ports::{DestinationTable, FailureKey, FailureGroup, SearchStats};
+use ports::{DestinationTable, FailureGroup, FailureKey, SearchStats};
 use timewait::{ExistingTimeWait, GroupCounts, LiveTimeWait};
 
-use serde::Serialize;
 pub use resync::ResyncView;
+use serde::Serialize;
 pub use snapshot::{
     CommandGroup, DestinationView, FailureView, Group, KilledBy, MarkView, ModelSize, NamespaceView, PawsView,
     PortSpaceView, ReasonView, RecentDrop, Sample, SetupDropView, Snapshot, SourceView, TimeWaitView,

@@ -117,7 +117,14 @@ impl Aggregator {
         if e.old_state == SYN_SENT && e.new_state == ESTABLISHED && !self.connected.contains_key(&e.sk_addr) {
             let id = self.destinations.id(dest);
             self.connected.insert(e.sk_addr, id);
-            self.client_flows.insert((e.netns, flow), e.sk_addr);
+            if let Some(earlier) = self.client_flows.insert((e.netns, flow), e.sk_addr) {
+                // One 4-tuple, one connection: the earlier one's end was lost. Its port is
+                // this one's now.
+                if let Some(id) = self.connected.remove(&earlier) {
+                    let row = self.destinations.row_mut(id);
+                    row.in_use = row.in_use.saturating_sub(1);
+                }
+            }
             // Connected before the sockets were read (at start or at a resync), but told
             // after: the read counted it already. (One port toward one destination is held
             // once at a time.) (Empty most of the time: skip the lookup then.)

@@ -11,7 +11,7 @@
 //! removed finds nothing, an ESTABLISHED finds its connection already counted, a close finds
 //! nothing to release.
 
-use foldhash::{HashSet, HashSetExt as _};
+use foldhash::{HashMapExt as _, HashSet, HashSetExt as _};
 use serde::Serialize;
 
 use super::{Aggregator, Destination, timewait::flow_hash};
@@ -31,6 +31,8 @@ pub(super) struct ResyncState {
     /// When the first of them was noticed, and the last (stream time; `None` when unknown).
     first_loss_ns: Option<u64>,
     last_loss_ns: Option<u64>,
+    /// The last attempt, whether the read worked or not.
+    last_attempt_ns: Option<u64>,
     last: Option<ResyncView>,
 }
 
@@ -86,17 +88,30 @@ impl Aggregator {
         if r.unrepaired == 0 {
             return false;
         }
-        let rested = r.last.as_ref().is_none_or(|l| now_ns.saturating_sub(l.mono_ns) >= MIN_INTERVAL_NS);
+        let rested = r.last_attempt_ns.is_none_or(|t| now_ns.saturating_sub(t) >= MIN_INTERVAL_NS);
         let quiet = r.last_loss_ns.is_none_or(|t| now_ns.saturating_sub(t) >= QUIET_NS);
         let overdue = r.first_loss_ns.is_none_or(|t| now_ns.saturating_sub(t) >= MIN_INTERVAL_NS);
         rested && (quiet || overdue)
     }
 
     /// Reconciles the model with `sockets`, every socket of every live namespace the model
-    /// knows, read at `now_ns`. O(sockets + model).
-    pub fn resync(&mut self, now_ns: u64, sockets: &[ExistingSocket]) {
-        let covered: HashSet<u32> =
-            self.namespaces.iter().filter(|(_, n)| n.live).map(|(netns, _)| *netns).chain(sockets.iter().map(|s| s.netns)).collect();
+    /// knows, read at `now_ns` (`None`: the read failed; the next try waits its interval).
+    /// O(sockets + model).
+    pub fn resync(&mut self, now_ns: u64, sockets: Option<&[ExistingSocket]>) {
+        self.resync.last_attempt_ns = Some(now_ns);
+        if let Some(sockets) = sockets {
+            self.reconcile(now_ns, sockets);
+        }
+    }
+
+    fn reconcile(&mut self, now_ns: u64, sockets: &[ExistingSocket]) {
+        let covered: HashSet<u32> = self
+            .namespaces
+            .iter()
+            .filter(|(_, n)| n.live)
+            .map(|(netns, _)| *netns)
+            .chain(sockets.iter().map(|s| s.netns))
+            .collect();
         let repaired_lost = std::mem::take(&mut self.resync.unrepaired);
         self.resync.first_loss_ns = None;
         self.resync.last_loss_ns = None;
@@ -121,14 +136,27 @@ impl Aggregator {
             + self.existing_tw.keys().filter(|(netns, _)| covered.contains(netns)).count() as u64;
         let mut removed = 0u64;
 
-        // What the model holds that the kernel does not: gone, its death or close lost.
+        // What the model holds that the kernel does not: gone, its death or close lost. A
+        // 4-tuple has one TIME_WAIT socket at a time: of several the model holds for one (the
+        // deaths of the earlier ones lost, the 4-tuple reused), only the newest is alive.
+        let mut newest: foldhash::HashMap<(u32, u64), u64> = foldhash::HashMap::with_capacity(self.live.len());
+        for (id, tw) in &self.live {
+            if tw.flow_hash != 0 {
+                let n = newest.entry((tw.key.netns, tw.flow_hash)).or_insert(*id);
+                *n = (*n).max(*id);
+            }
+        }
         let stale: Vec<u64> = self
             .live
             .iter()
             .filter(|(_, tw)| covered.contains(&tw.key.netns) && tw.flow_hash != 0)
-            .filter(|(_, tw)| !kernel_tw.contains(&(tw.key.netns, tw.flow_hash)))
+            .filter(|(id, tw)| {
+                let key = (tw.key.netns, tw.flow_hash);
+                !kernel_tw.contains(&key) || newest.get(&key) != Some(*id)
+            })
             .map(|(id, _)| *id)
             .collect();
+        drop(newest);
         for id in stale {
             if let Some(tw) = self.live.remove(&id) {
                 self.end_live_silently(&tw);
@@ -161,16 +189,25 @@ impl Aggregator {
                 removed += 1;
             }
         }
+        // Connections whose 4-tuple no record points to any more (their end lost, the
+        // socket's address reused): the kernel's read says which connections are there.
+        let referenced: HashSet<u64> = self.client_flows.values().copied().collect();
+        let orphans: Vec<u64> = self.connected.keys().filter(|sk| !referenced.contains(sk)).copied().collect();
+        for sk in orphans {
+            if let Some(id) = self.connected.remove(&sk) {
+                let row = self.destinations.row_mut(id);
+                row.in_use = row.in_use.saturating_sub(1);
+                removed += 1;
+            }
+        }
         let destinations = &self.destinations;
         let stale: Vec<_> = self
             .existing_connected
             .iter()
             .filter(|(id, port)| {
                 let d = destinations.get(*id).destination;
-                let flow = crate::event::SocketFlow {
-                    local: std::net::SocketAddr::new(d.local, *port),
-                    remote: d.remote,
-                };
+                let flow =
+                    crate::event::SocketFlow { local: std::net::SocketAddr::new(d.local, *port), remote: d.remote };
                 covered.contains(&d.netns) && !kernel_conns.contains(&(d.netns, flow))
             })
             .copied()
@@ -199,9 +236,10 @@ impl Aggregator {
                 tcp_state::LISTEN | tcp_state::CLOSE => true,
                 _ => {
                     self.client_flows.contains_key(&(s.netns, s.flow))
-                        || self.destinations.find(&Destination::of(s.netns, &s.flow)).is_some_and(|id| {
-                            self.existing_connected.contains(&(id, s.flow.local.port()))
-                        })
+                        || self
+                            .destinations
+                            .find(&Destination::of(s.netns, &s.flow))
+                            .is_some_and(|id| self.existing_connected.contains(&(id, s.flow.local.port())))
                 }
             };
             if !known {
@@ -212,21 +250,15 @@ impl Aggregator {
         }
         let timewait_kernel = kernel_tw.iter().filter(|(netns, _)| covered.contains(netns)).count() as u64;
         let count = self.resync.last.as_ref().map_or(0, |l| l.count) + 1;
-        self.resync.last = Some(ResyncView {
-            count,
-            mono_ns: now_ns,
-            repaired_lost,
-            timewait_model,
-            timewait_kernel,
-            removed,
-            added,
-        });
+        self.resync.last =
+            Some(ResyncView { count, mono_ns: now_ns, repaired_lost, timewait_model, timewait_kernel, removed, added });
     }
 
     /// A live socket the kernel no longer has: out of the groups, its port given back, no
     /// death counted (the death, if it comes, counts then).
     fn end_live_silently(&mut self, tw: &super::timewait::LiveTimeWait) {
-        let existing = super::timewait::ExistingTimeWait { expires_ns: 0, holds_port_of: tw.holds_port_of, key: tw.key };
+        let existing =
+            super::timewait::ExistingTimeWait { expires_ns: 0, holds_port_of: tw.holds_port_of, key: tw.key };
         self.end_existing_time_wait(&existing, None);
     }
 

@@ -9,8 +9,8 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Serialize;
 
 use super::{
-    Aggregator, Destination, NameId, PeerTimestamps, range_size, resync::ResyncView, stats::Histogram, timewait::BEFORE_START,
-    topk::top_k,
+    Aggregator, Destination, NameId, PeerTimestamps, range_size, resync::ResyncView, stats::Histogram,
+    timewait::BEFORE_START, topk::top_k,
 };
 
 /// What a namespace's visible destinations add up to.
@@ -215,7 +215,11 @@ impl Aggregator {
             count: g.count,
         });
         let mut shown = top_k(views, self.settings.top, |a, b| {
-            b.count.cmp(&a.count).then(a.process.cmp(&b.process)).then(a.netns.cmp(&b.netns)).then(a.error.cmp(&b.error))
+            b.count
+                .cmp(&a.count)
+                .then(a.process.cmp(&b.process))
+                .then(a.netns.cmp(&b.netns))
+                .then(a.error.cmp(&b.error))
         });
         for f in &mut shown {
             f.namespace = self.namespace_name(f.netns);
@@ -295,11 +299,7 @@ impl Aggregator {
                 *tw > 0 || sum.in_use > 0 || sum.failures > 0 || !n.counters.is_empty() || !n.setup_drops.is_empty()
             });
         let shown = top_k(rows, self.settings.top, |a, b| {
-            b.2.worst
-                .total_cmp(&a.2.worst)
-                .then(b.2.failures.cmp(&a.2.failures))
-                .then(b.3.cmp(&a.3))
-                .then(a.0.cmp(b.0))
+            b.2.worst.total_cmp(&a.2.worst).then(b.2.failures.cmp(&a.2.failures)).then(b.3.cmp(&a.3)).then(a.0.cmp(b.0))
         });
         shown
             .into_iter()

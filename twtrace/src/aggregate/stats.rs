@@ -142,7 +142,10 @@ enum Recent {
     #[default]
     Nothing,
     /// Every count so far fell in one second.
-    One { second: u32, count: u32 },
+    One {
+        second: u32,
+        count: u32,
+    },
     Ring(Box<Ring>),
 }
 
@@ -184,7 +187,9 @@ impl Rate {
         self.recent = match std::mem::take(&mut self.recent) {
             Recent::Nothing => Recent::One { second, count: n32 },
             // Out-of-order within the window: credit the newest second (rates stay right).
-            Recent::One { second: s, count } if second <= s => Recent::One { second: s, count: count.saturating_add(n32) },
+            Recent::One { second: s, count } if second <= s => {
+                Recent::One { second: s, count: count.saturating_add(n32) }
+            }
             Recent::One { second: s, count } => {
                 let mut ring = Ring { newest: s, counts: [0; SLOTS] };
                 ring.counts[Ring::slot(s)] = count;

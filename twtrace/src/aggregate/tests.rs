@@ -2,9 +2,8 @@ use std::net::SocketAddr;
 
 use super::*;
 use crate::event::{
-    DropClass,
-    DeathReason, DropEvent, Event, PortSearchEvent, Process, SearchOp, SocketFlow, StateEvent, TimeWaitChange,
-    TimeWaitEvent, TimeWaitSubstate,
+    DeathReason, DropClass, DropEvent, Event, PortSearchEvent, Process, SearchOp, SocketFlow, StateEvent,
+    TimeWaitChange, TimeWaitEvent, TimeWaitSubstate,
 };
 
 const S: u64 = 1_000_000_000;

@@ -131,9 +131,10 @@ impl Aggregator {
                 // A client connection that existed at start and closes first: its TIME_WAIT
                 // keeps the port it held (counted once, at start).
                 let existing_client = match (handed_over, e.flow) {
-                    (None, Some(f)) if !self.existing_connected.is_empty() => {
-                        self.destinations.find(&Destination::of(netns, &f)).filter(|id| self.existing_connected.remove(&(*id, f.local.port())))
-                    }
+                    (None, Some(f)) if !self.existing_connected.is_empty() => self
+                        .destinations
+                        .find(&Destination::of(netns, &f))
+                        .filter(|id| self.existing_connected.remove(&(*id, f.local.port()))),
                     _ => None,
                 };
                 let holds_port_of = handed_over.map(|(f, _)| self.destinations.id(Destination::of(netns, &f)));

@@ -10,8 +10,8 @@ use tokio::sync::watch;
 use super::{FilterArgs, ProbeArgs, record::SegmentArgs};
 use crate::{
     aggregate::Aggregator,
-    drive::{self, Control, Limits, Sink, Status},
-    event::Event,
+    drive::{self, Control, Limits, Sink, Status, ViewTimes},
+    event::{Event, ExistingSocket},
     export::{
         http::{self, Published},
         model::{self, Builder, Exposition, Family, Kind, Series, Value},
@@ -117,6 +117,7 @@ pub async fn serve(
         next_ns: now + interval_ns,
         events: 0,
         recorder,
+        times: ViewTimes::default(),
     };
     let result = drive::drive(&mut source, filter, &mut sink, Limits::default()).await;
     server.stop().await;
@@ -133,16 +134,23 @@ struct ServeSink {
     events: u64,
     /// The flight recorder (`--record-dir`): a second sink on the same stream.
     recorder: Option<FlightRecorder>,
+    times: ViewTimes,
 }
 
 impl ServeSink {
     fn publish(&mut self, status: &Status) {
         let now = status.now_ns();
-        self.aggregator.advance(now);
-        let mut exposition: Exposition = self.builder.build(&self.aggregator, now, &status.health(), &self.backends);
-        if let Some(r) = &self.recorder {
-            exposition.families.extend(recorder_families(&r.stats()));
-        }
+        let health = status.health();
+        let (aggregator, builder, backends, recorder) =
+            (&mut self.aggregator, &mut self.builder, &self.backends, &self.recorder);
+        let exposition: Exposition = self.times.time(|| {
+            aggregator.advance(now);
+            let mut exposition = builder.build(aggregator, now, &health, backends);
+            if let Some(r) = recorder {
+                exposition.families.extend(recorder_families(&r.stats()));
+            }
+            exposition
+        });
         self.publish.send_replace(Published { exposition: Arc::new(exposition), at: std::time::Instant::now() });
     }
 }
@@ -172,6 +180,14 @@ impl Sink for ServeSink {
         Ok(Control::Continue)
     }
 
+    fn resync_due(&self, now_ns: u64) -> bool {
+        self.aggregator.resync_due(now_ns)
+    }
+
+    fn resync(&mut self, now_ns: u64, sockets: Option<&[ExistingSocket]>) {
+        self.aggregator.resync(now_ns, sockets);
+    }
+
     /// The events drained at the stop are published for the scrapes still in flight.
     fn finish(&mut self, status: &Status) -> anyhow::Result<()> {
         if let Some(r) = self.recorder.take() {
@@ -180,7 +196,9 @@ impl Sink for ServeSink {
             eprintln!("twtrace: {}", stats.summary(&dir, status.health().lost));
         }
         self.publish(status);
-        eprintln!("twtrace: serve ended; {} events, {} lost in the kernel", self.events, status.health().lost);
+        let health = status.health();
+        eprintln!("twtrace: serve ended; {} events, {} lost in the kernel", self.events, health.lost);
+        eprintln!("twtrace: {}", self.times.line(&health));
         Ok(())
     }
 }

@@ -8,8 +8,8 @@ use serde_json::json;
 use super::ViewArgs;
 use crate::{
     aggregate::{Aggregator, Snapshot},
-    drive::{self, Control, Limits, Sink, Status},
-    event::Event,
+    drive::{self, Control, Limits, Sink, Status, ViewTimes},
+    event::{Event, ExistingSocket},
     filter::Filter,
     probes,
     source::Source,
@@ -65,6 +65,7 @@ pub async fn stat(source: &mut Source, filter: Filter, options: &StatOptions) ->
         interval_ns,
         next_report_ns: info.started_ns + interval_ns,
         printed: 0,
+        times: ViewTimes::default(),
     };
     drive::drive(source, filter, &mut sink, Limits::default()).await
 }
@@ -80,6 +81,7 @@ struct StatSink {
     interval_ns: u64,
     next_report_ns: u64,
     printed: u64,
+    times: ViewTimes,
 }
 
 impl StatSink {
@@ -91,8 +93,11 @@ impl StatSink {
         if self.done() {
             return;
         }
-        self.aggregator.advance(at_ns);
-        let snapshot = self.aggregator.snapshot(at_ns);
+        let aggregator = &mut self.aggregator;
+        let snapshot = self.times.time(|| {
+            aggregator.advance(at_ns);
+            aggregator.snapshot(at_ns)
+        });
         if self.json {
             println!("{}", snapshot_json(&snapshot, self.clock, &self.backends));
         } else {
@@ -124,9 +129,18 @@ impl Sink for StatSink {
         Ok(if self.done() { Control::Stop } else { Control::Continue })
     }
 
+    fn resync_due(&self, now_ns: u64) -> bool {
+        self.aggregator.resync_due(now_ns)
+    }
+
+    fn resync(&mut self, now_ns: u64, sockets: Option<&[ExistingSocket]>) {
+        self.aggregator.resync(now_ns, sockets);
+    }
+
     /// A stop prints one last report: what happened since the previous one is not lost.
     fn finish(&mut self, status: &Status) -> anyhow::Result<()> {
         self.print(status.now_ns());
+        eprintln!("twtrace: {}", self.times.line(&status.health()));
         Ok(())
     }
 }
@@ -146,6 +160,29 @@ pub fn snapshot_json(s: &Snapshot, clock: WallClock, backends: &[probes::FamilyR
         );
     }
     v
+}
+
+/// What loss did to the figures and how they were repaired: `APPROXIMATE: 120 records lost
+/// since the last resync` and `resync 3, 4.2 s ago: TIME_WAIT 30683 -> 0 (removed 30683,
+/// added 0)`. `None` when nothing was ever lost.
+pub fn repair_note(s: &Snapshot) -> Option<String> {
+    let approximate =
+        s.approximate.then(|| format!("APPROXIMATE: {} records lost since the last resync", s.unrepaired_lost));
+    let resync = s.last_resync.as_ref().map(|r| {
+        format!(
+            "resync {}, {:.1} s ago: TIME_WAIT {} -> {} (removed {}, added {})",
+            r.count,
+            s.mono_ns.saturating_sub(r.mono_ns) as f64 / 1e9,
+            r.timewait_model,
+            r.timewait_kernel,
+            r.removed,
+            r.added
+        )
+    });
+    match (approximate, resync) {
+        (None, None) => None,
+        (a, r) => Some([a, r].into_iter().flatten().collect::<Vec<_>>().join("; ")),
+    }
 }
 
 fn opt(v: Option<f64>, unit: &str, scale: f64) -> String {
@@ -169,6 +206,9 @@ pub fn snapshot_text(s: &Snapshot, clock: WallClock) -> String {
         s.lost,
         s.namespaces_seen,
     );
+    if let Some(note) = repair_note(s) {
+        out.push_str(&format!("\n  {note}"));
+    }
     for g in tw.by_remote.iter().take(3) {
         out.push_str(&format!("\n  tw remote {} x{}", g.key, g.count));
     }

@@ -10,7 +10,7 @@ use ratatui::{Terminal, backend::CrosstermBackend};
 use super::{ViewArgs, stat};
 use crate::{
     aggregate::{Aggregator, Snapshot},
-    drive::{self, Control, Limits, Sink, Status},
+    drive::{self, Control, Limits, Sink, Status, ViewTimes},
     event::{Event, ExistingSocket},
     findings::{self, Finding},
     kernel, report,
@@ -80,6 +80,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
         frames: tokio::time::interval(FRAME),
         usage: Usage::now(),
         events_since: 0,
+        times: ViewTimes::default(),
     };
     drive::drive(&mut source, filter, &mut sink, Limits::default()).await
 }
@@ -106,6 +107,7 @@ struct TopSink {
     frames: tokio::time::Interval,
     usage: Usage,
     events_since: u64,
+    times: ViewTimes,
 }
 
 enum Wake {
@@ -167,10 +169,15 @@ impl Sink for TopSink {
                 self.header.replay = health.replay.as_ref().map(|r| replay_status(r, status));
                 if !self.ui.paused {
                     let now = status.now_ns();
-                    self.aggregator.advance(now);
-                    self.snapshot = self.aggregator.snapshot(now);
-                    let live = report::live(&self.aggregator, &self.snapshot, status.info(), &health);
-                    self.findings = findings::of(&live);
+                    let aggregator = &mut self.aggregator;
+                    let (snapshot, found) = self.times.time(|| {
+                        aggregator.advance(now);
+                        let snapshot = aggregator.snapshot(now);
+                        let live = report::live(aggregator, &snapshot, status.info(), &health);
+                        (snapshot, findings::of(&live))
+                    });
+                    self.snapshot = snapshot;
+                    self.findings = found;
                 }
                 Control::Continue
             }
@@ -198,9 +205,19 @@ impl Sink for TopSink {
         Ok(())
     }
 
+    fn resync_due(&self, now_ns: u64) -> bool {
+        self.aggregator.resync_due(now_ns)
+    }
+
+    fn resync(&mut self, now_ns: u64, sockets: Option<&[ExistingSocket]>) {
+        self.aggregator.resync(now_ns, sockets);
+    }
+
     fn finish(&mut self, status: &Status) -> anyhow::Result<()> {
         drop(self.screen.take());
-        eprintln!("twtrace: top ended; {} events, {} lost in the kernel", self.snapshot.events, self.snapshot.lost);
+        let health = status.health();
+        eprintln!("twtrace: top ended; {} events, {} lost in the kernel", self.snapshot.events, health.lost);
+        eprintln!("twtrace: {}", self.times.line(&health));
         if let Some(replay) = status.health().replay {
             eprintln!("twtrace: {}", replay.summary());
         }

@@ -12,6 +12,8 @@
 //! [`Limits::idle_after`] is left out (`twtrace_series_aged_out{kind="destination"}`).
 //! Namespaces are not folded: each has its own few series (see the README for the sum).
 
+mod health;
+
 use std::{fmt::Write as _, net::SocketAddr, sync::Arc, time::Duration};
 
 use foldhash::{HashMap, HashMapExt};
@@ -23,7 +25,7 @@ use prometheus_client::{
 };
 
 use crate::{
-    aggregate::{Aggregator, Destination, Snapshot, stats::Histogram},
+    aggregate::{Aggregator, Destination, Snapshot, stats::Histogram, topk::top_k},
     kernel::netstat,
     probes::FamilyReport,
     source::Health,
@@ -216,6 +218,7 @@ impl Builder {
         self.searches(aggregator, &mut families);
         self.paws(&snapshot, &mut families);
         self_metrics(&snapshot, health, backends, &mut families);
+        health::model_metrics(&snapshot, &mut families);
         // Folding counts were pushed as they were found: keep them in one family, last.
         let mut folded = Family::new(
             "twtrace_series_folded",
@@ -503,16 +506,21 @@ impl Builder {
             Kind::Histogram,
             "Candidate ports connect() examined per search (fentry and kprobe backends only).",
         );
-        let mut rows: Vec<((u32, SocketAddr), &Histogram, &Histogram)> = aggregator.connect_searches().collect();
-        rows.sort_by(|a, b| b.1.count().cmp(&a.1.count()).then(a.0.cmp(&b.0)));
+        // The busiest rows by name (a selection, not a sort of a hundred thousand rows); the
+        // rest summed into `other`.
+        type Row<'a> = ((u32, SocketAddr), &'a Histogram, &'a Histogram);
+        let busiest = |a: &Row, b: &Row| b.1.count().cmp(&a.1.count()).then(a.0.cmp(&b.0));
+        let shown: Vec<Row> = top_k(aggregator.connect_searches(), self.limits.top_k, busiest);
+        let named: foldhash::HashSet<(u32, SocketAddr)> = shown.iter().map(|r| r.0).collect();
         let (mut other_d, mut other_c, mut n_folded) = (None, None, 0u64);
-        for (i, ((netns, remote), d, c)) in rows.into_iter().enumerate() {
-            if i >= self.limits.top_k {
+        for (key, d, c) in aggregator.connect_searches() {
+            if !named.contains(&key) {
                 n_folded += 1;
                 add_histogram(&mut other_d, histogram(d, &SEARCH_BOUNDS, 1e9));
                 add_histogram(&mut other_c, histogram(c, &CANDIDATE_BOUNDS, 1.0));
-                continue;
             }
+        }
+        for ((netns, remote), d, c) in shown {
             let mut labels = ns(netns, &aggregator.namespace_name(netns));
             labels.push(("remote", remote.to_string()));
             duration.push(labels.clone(), histogram(d, &SEARCH_BOUNDS, 1e9));

@@ -78,8 +78,9 @@ impl Drain {
         let counters = Arc::new(DrainCounters::default());
         let (send, batches) = mpsc::unbounded_channel();
         let shared = counters.clone();
-        let thread =
-            std::thread::Builder::new().name("twtrace-drain".into()).spawn(move || run(ring, decoder, &shared, &send))?;
+        let thread = std::thread::Builder::new()
+            .name("twtrace-drain".into())
+            .spawn(move || run(ring, decoder, &shared, &send))?;
         Ok(Self { batches, counters, thread: Some(thread) })
     }
 
@@ -145,7 +146,12 @@ impl Drop for Drain {
 }
 
 /// The thread: poll, drain, decode, hand over; until asked to stop.
-fn run(mut ring: RingBuf<MapData>, mut decoder: Decoder, counters: &DrainCounters, send: &mpsc::UnboundedSender<Vec<Event>>) {
+fn run(
+    mut ring: RingBuf<MapData>,
+    mut decoder: Decoder,
+    counters: &DrainCounters,
+    send: &mpsc::UnboundedSender<Vec<Event>>,
+) {
     let fd = ring.as_raw_fd();
     let mut last_start: Option<u64> = None;
     loop {

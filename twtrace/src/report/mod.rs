@@ -185,6 +185,8 @@ pub struct ReportBuilder {
     last_ts: u64,
     events: u64,
     marks: Vec<MarkSummary>,
+    /// How long each sample (and the peak's snapshot) took.
+    pub times: crate::drive::ViewTimes,
 }
 
 impl ReportBuilder {
@@ -200,7 +202,17 @@ impl ReportBuilder {
             last_ts: started_ns,
             events: 0,
             marks: Vec::new(),
+            times: crate::drive::ViewTimes::default(),
         }
+    }
+
+    /// The model's repair after loss (see [`Aggregator::resync_due`]).
+    pub fn resync_due(&self, now_ns: u64) -> bool {
+        self.aggregator.resync_due(now_ns)
+    }
+
+    pub fn resync(&mut self, now_ns: u64, sockets: Option<&[crate::event::ExistingSocket]>) {
+        self.aggregator.resync(now_ns, sockets);
     }
 
     pub fn event(&mut self, event: &Event) {
@@ -225,12 +237,16 @@ impl ReportBuilder {
     }
 
     fn take_sample(&mut self, at: u64) {
-        self.aggregator.advance(at);
-        let sample = self.aggregator.sample(at);
-        let peak = self.peak_snapshot.as_ref().map_or(0, |s| s.timewait.live);
-        if sample.timewait_live > 0 && sample.timewait_live as f64 > peak as f64 * PEAK_STEP {
-            self.peak_snapshot = Some(self.aggregator.snapshot(at));
-        }
+        let (aggregator, peak_snapshot) = (&mut self.aggregator, &mut self.peak_snapshot);
+        let sample = self.times.time(|| {
+            aggregator.advance(at);
+            let sample = aggregator.sample(at);
+            let peak = peak_snapshot.as_ref().map_or(0, |s| s.timewait.live);
+            if sample.timewait_live > 0 && sample.timewait_live as f64 > peak as f64 * PEAK_STEP {
+                *peak_snapshot = Some(aggregator.snapshot(at));
+            }
+            sample
+        });
         self.samples.push(sample);
     }
 

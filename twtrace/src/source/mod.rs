@@ -40,6 +40,8 @@ pub struct Health {
     pub bpf_run_time: Option<crate::probes::BpfRunTime>,
     /// Replaying a recording: its position and state.
     pub replay: Option<ReplayHealth>,
+    /// The live drain thread's figures (longest gap between drains, the queue's peak).
+    pub drain: Option<probes::DrainFigures>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -213,6 +215,7 @@ impl Source {
                 decoder: Some(live.probes.stats()),
                 bpf_run_time: live.probes.bpf_run_time(),
                 replay: None,
+                drain: Some(live.probes.drain_figures()),
             },
             Self::Replay(r) => r.health(),
         }

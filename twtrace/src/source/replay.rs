@@ -194,6 +194,7 @@ impl Replay {
                 damage: self.input.damage().to_vec(),
                 trailer,
             }),
+            drain: None,
         }
     }
 

@@ -102,7 +102,19 @@ fn draw_header(frame: &mut Frame, area: Rect, snap: &Snapshot, h: &Header, ui: &
         None => Span::raw(format!("  cpu {}  {bpf}  up {:.0}s", opt(h.cpu_percent, "%", 1.0, 1), snap.seconds)),
     };
     let mut second =
-        vec![Span::raw(format!("events {:.0}/s  namespaces {}  ", h.events_per_s, snap.namespaces_seen)), lost, costs];
+        vec![Span::raw(format!("events {:.0}/s  namespaces {}  ", h.events_per_s, snap.namespaces_seen)), lost];
+    // After loss: the figures are approximate until the model has re-read the sockets, and
+    // then how far off they had been.
+    if snap.approximate {
+        second.push(Span::styled("  APPROXIMATE (resync pending)", bold().add_modifier(Modifier::REVERSED)));
+    } else if let Some(r) = &snap.last_resync {
+        let ago = snap.mono_ns.saturating_sub(r.mono_ns) as f64 / 1e9;
+        second.push(Span::raw(format!(
+            "  resynced {ago:.0}s ago (TIME_WAIT {} -> {})",
+            r.timewait_model, r.timewait_kernel
+        )));
+    }
+    second.push(costs);
     if ui.paused {
         second.push(Span::styled("  PAUSED", bold().add_modifier(Modifier::REVERSED)));
     }

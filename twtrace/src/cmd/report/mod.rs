@@ -11,7 +11,7 @@ use anyhow::Context as _;
 
 use crate::{
     drive::{self, Limits, Sink, Status},
-    event::Event,
+    event::{Event, ExistingSocket},
     filter::Filter,
     findings,
     record::directory::Window,
@@ -100,8 +100,23 @@ impl Sink for ReportSink {
         Ok(())
     }
 
+    fn resync_due(&self, now_ns: u64) -> bool {
+        self.builder.as_ref().is_some_and(|b| b.resync_due(now_ns))
+    }
+
+    fn resync(&mut self, now_ns: u64, sockets: Option<&[ExistingSocket]>) {
+        if let Some(b) = &mut self.builder {
+            b.resync(now_ns, sockets);
+        }
+    }
+
     fn finish(&mut self, status: &Status) -> anyhow::Result<()> {
         let builder = self.builder.take().expect("finish runs once");
+        let health = status.health();
+        // Live (doctor): the figures of its views, as every view command ends with.
+        if health.replay.is_none() {
+            eprintln!("twtrace: {}", builder.times.line(&health));
+        }
         self.report = Some(builder.finish(std::mem::take(&mut self.file), status.info(), &status.health()));
         Ok(())
     }
