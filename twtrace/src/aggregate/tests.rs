@@ -394,3 +394,124 @@ fn peer_timestamps_are_counted_per_destination_from_port_holding_births() {
     assert_eq!(of(SERVER), Some(PeerTimestamps { seen: 3, absent: 0 }));
     assert_eq!(of(other), Some(PeerTimestamps { seen: 0, absent: 2 }));
 }
+
+fn lost(ts: u64, total: u64) -> Event {
+    Event::Lost(crate::event::LostEvent { ts_ns: ts, new: total, total })
+}
+
+fn death(ts: u64, id: u64, f: SocketFlow) -> Event {
+    tw(ts, id, f, TimeWaitChange::Death { reason: DeathReason::Expired, lifetime_ns: 60 * S })
+}
+
+fn kernel_tw(port: u16) -> ExistingSocket {
+    ExistingSocket { netns: 1, flow: flow(&format!("{CLIENT}:{port}"), SERVER), state: 6, expires_ms: 30_000 }
+}
+
+/// Deaths lost: the model keeps sockets the kernel no longer has until a resync drops them;
+/// births lost: it lacks sockets the kernel has until a resync adds them. After the resync
+/// the live count is the kernel's, the ports too, and the views say what was repaired.
+#[test]
+fn a_resync_after_loss_makes_the_live_sockets_and_ports_the_kernels() {
+    let mut agg = Aggregator::new(settings((32_768, 60_999)));
+    for (i, port) in [40_001u16, 40_002, 40_003].into_iter().enumerate() {
+        request(&mut agg, S, i as u64 + 1, port);
+    }
+    assert_eq!(snap(&mut agg, S).port_space.destinations[0].in_use, 3);
+    // 40_001's death and 40_004's whole life (connect, birth) were in lost records.
+    agg.apply(&lost(2 * S, 5));
+    let before = snap(&mut agg, 2 * S);
+    assert!(before.approximate);
+    assert_eq!(before.unrepaired_lost, 5);
+    assert!(!agg.resync_due(2 * S + S / 2), "not while the loss may go on");
+    assert!(agg.resync_due(3 * S));
+    agg.resync(3 * S, Some(&[kernel_tw(40_002), kernel_tw(40_003), kernel_tw(40_004)]));
+    let after = snap(&mut agg, 3 * S);
+    assert!(!after.approximate);
+    assert_eq!(after.timewait.live, 3);
+    assert_eq!(after.port_space.destinations[0].in_use, 3, "40_002, 40_003 and 40_004");
+    let r = after.last_resync.expect("the resync is shown");
+    assert_eq!((r.count, r.repaired_lost, r.timewait_model, r.timewait_kernel), (1, 5, 3, 3));
+    assert_eq!((r.removed, r.added), (1, 1));
+    assert!(!agg.resync_due(4 * S), "nothing lost since");
+    // The socket added by the read leaves at its timer (its death is not in the stream) ...
+    let later = snap(&mut agg, 3 * S + 30 * S);
+    assert_eq!(later.timewait.live, 2);
+    // ... and one seen born leaves at its death, as before.
+    agg.apply(&death(34 * S, 2, flow(&format!("{CLIENT}:40002"), SERVER)));
+    let end = snap(&mut agg, 34 * S);
+    assert_eq!(end.timewait.live, 1);
+    assert_eq!(end.port_space.destinations[0].in_use, 1);
+}
+
+/// Events queued before the read are applied after it: each must find the read's work done
+/// and count nothing twice.
+#[test]
+fn events_queued_before_a_resync_count_once_after_it() {
+    let mut agg = Aggregator::new(settings((32_768, 60_999)));
+    agg.apply(&lost(S, 1));
+    agg.resync(2 * S, Some(&[kernel_tw(40_010)]));
+    assert_eq!(snap(&mut agg, 2 * S).timewait.live, 1);
+    // The birth of the socket the read found, applied after the read.
+    request(&mut agg, 2 * S, 10, 40_010);
+    let s = snap(&mut agg, 2 * S);
+    assert_eq!(s.timewait.live, 1, "one socket, read and told");
+    assert_eq!(s.port_space.destinations[0].in_use, 1);
+    assert_eq!(s.timewait.by_owner[0].key, "curl[4242]", "the stream's owner replaces the read's");
+}
+
+/// A 4-tuple reused while the earlier socket's death was lost: the model holds two records
+/// for one kernel socket until the resync keeps only the newest.
+#[test]
+fn a_resync_keeps_one_socket_per_four_tuple() {
+    let mut agg = Aggregator::new(settings((32_768, 60_999)));
+    request(&mut agg, S, 1, 40_020);
+    request(&mut agg, 2 * S, 2, 40_020);
+    assert_eq!(snap(&mut agg, 2 * S).timewait.live, 2);
+    agg.apply(&lost(3 * S, 1));
+    agg.resync(4 * S, Some(&[kernel_tw(40_020)]));
+    let s = snap(&mut agg, 4 * S);
+    assert_eq!(s.timewait.live, 1);
+    assert_eq!(s.port_space.destinations[0].in_use, 1);
+    agg.apply(&death(5 * S, 2, flow(&format!("{CLIENT}:40020"), SERVER)));
+    assert_eq!(snap(&mut agg, 5 * S).timewait.live, 0, "the newest was the one kept");
+}
+
+/// A connection whose close was lost holds its port until a read shows it gone; a failed
+/// read changes nothing and is not retried at once.
+#[test]
+fn a_resync_releases_the_ports_of_connections_whose_close_was_lost() {
+    let mut agg = Aggregator::new(settings((32_768, 60_999)));
+    let f = flow(&format!("{CLIENT}:40030"), SERVER);
+    agg.apply(&state(S, 9, 7, 2, flow(&format!("{CLIENT}:0"), SERVER)));
+    agg.apply(&state(S, 9, 2, 1, f));
+    agg.apply(&lost(2 * S, 1));
+    agg.resync(3 * S, None);
+    assert!(snap(&mut agg, 3 * S).approximate, "a failed read repairs nothing");
+    assert!(!agg.resync_due(4 * S), "and waits before it tries again");
+    assert!(agg.resync_due(8 * S));
+    agg.resync(8 * S, Some(&[]));
+    let s = snap(&mut agg, 8 * S);
+    assert!(s.port_space.destinations.iter().all(|d| d.in_use == 0), "{:?}", s.port_space.destinations);
+    assert_eq!(s.model.connections, 0);
+}
+
+/// The views read kept counts: a million sockets must not be walked per frame, and the
+/// counts must follow sockets out as well as in.
+#[test]
+fn time_wait_groups_follow_births_deaths_and_expiries() {
+    let mut agg = Aggregator::new(settings((32_768, 60_999)));
+    agg.seed(S, &[kernel_tw(41_000), kernel_tw(41_001)]);
+    request(&mut agg, S, 1, 40_040);
+    let s = snap(&mut agg, S);
+    assert_eq!(
+        s.timewait.by_owner.iter().map(|g| (g.key.as_str(), g.count)).collect::<Vec<_>>(),
+        [("(before start)", 2), ("curl[4242]", 1)]
+    );
+    assert_eq!(s.timewait.by_command[0].processes, 0, "sockets read have no process");
+    assert_eq!((s.timewait.by_command[1].command.as_str(), s.timewait.by_command[1].processes), ("curl", 1));
+    assert_eq!(s.timewait.by_remote[0].count, 3);
+    agg.apply(&death(2 * S, 1, flow(&format!("{CLIENT}:40040"), SERVER)));
+    let s = snap(&mut agg, 40 * S);
+    assert!(s.timewait.by_owner.is_empty() && s.timewait.by_remote.is_empty() && s.timewait.by_command.is_empty());
+    assert!(s.timewait.by_namespace.is_empty() && s.timewait.by_local.is_empty());
+}
