@@ -10,6 +10,11 @@ struct Cli {
     /// More logging on stderr (-v: debug, including verifier logs; -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Rows of each kind (destinations, connect() searches, failing processes) the live model
+    /// keeps; past it the least recently active go, their totals kept and shown as evicted.
+    /// Rows holding ports are never evicted.
+    #[arg(long, global = true, value_name = "N", default_value_t = twtrace::aggregate::DEFAULT_MAX_ROWS)]
+    max_rows: usize,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,6 +61,7 @@ fn main() -> std::process::ExitCode {
         _ => log::LevelFilter::Trace,
     };
     env_logger::Builder::new().filter_level(level).parse_default_env().init();
+    twtrace::aggregate::set_max_rows(cli.max_rows);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

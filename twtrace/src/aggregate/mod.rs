@@ -24,6 +24,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+pub use ports::{DEFAULT_MAX_ROWS, Evicted};
 use ports::{DestinationTable, FailureGroup, FailureKey, SearchStats};
 use timewait::{ExistingTimeWait, GroupCounts, LiveTimeWait};
 
@@ -117,30 +118,64 @@ impl PeerTimestamps {
 
 type NameId = u32;
 
-/// Strings the views group by (addresses, owners), stored once.
+/// Strings the views group by (addresses, owners), stored once, and freed when no live
+/// socket names them any more: a host running a short-lived client per request sees a new
+/// owner (`curl[pid]`) per request, millions a day.
 #[derive(Default)]
 struct Names {
     ids: HashMap<String, NameId>,
     names: Vec<String>,
+    /// Live sockets' groupings naming each (see [`GroupKey`](timewait::GroupKey)).
+    refs: Vec<u32>,
+    /// Numbers of freed names, for reuse.
+    free: Vec<NameId>,
 }
 
 impl Names {
+    /// The name's number (it is freed again unless [`Self::hold`] follows).
     fn id(&mut self, name: String) -> NameId {
         if let Some(&id) = self.ids.get(&name) {
             return id;
         }
-        let id = self.names.len() as NameId;
-        self.names.push(name.clone());
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.names[id as usize].clone_from(&name);
+                id
+            }
+            None => {
+                self.names.push(name.clone());
+                self.refs.push(0);
+                (self.names.len() - 1) as NameId
+            }
+        };
         self.ids.insert(name, id);
         id
+    }
+
+    fn hold(&mut self, id: NameId) {
+        self.refs[id as usize] += 1;
+    }
+
+    /// One reference fewer; whether that freed the name.
+    fn release(&mut self, id: NameId) -> bool {
+        let refs = &mut self.refs[id as usize];
+        *refs = refs.saturating_sub(1);
+        if *refs > 0 {
+            return false;
+        }
+        let name = std::mem::take(&mut self.names[id as usize]);
+        self.ids.remove(&name);
+        self.free.push(id);
+        true
     }
 
     fn name(&self, id: NameId) -> &str {
         &self.names[id as usize]
     }
 
+    /// Names held now.
     fn len(&self) -> usize {
-        self.names.len()
+        self.ids.len()
     }
 }
 
@@ -169,8 +204,10 @@ pub struct Aggregator {
     // TIME_WAIT (`timewait.rs`)
     /// Sockets seen born, by the id twtrace gave them.
     live: HashMap<u64, LiveTimeWait>,
-    /// (command, pid) of an owner → its name ids (`None`: owner unknown).
+    /// (command, pid) of an owner → its name ids (`None`: owner unknown), while it names
+    /// live sockets; and back, to forget an owner whose name is freed.
     owner_ids: HashMap<Option<(Comm, u32)>, (NameId, NameId)>,
+    owner_keys: HashMap<NameId, Option<(Comm, u32)>>,
     /// TIME_WAIT sockets read at start (or at a resync) and not seen born, by namespace and
     /// 4-tuple: they leave at their timer, or when the stream tells of them.
     existing_tw: HashMap<(u32, SocketFlow), ExistingTimeWait>,
@@ -212,13 +249,38 @@ pub struct Aggregator {
     counters: BTreeMap<String, i64>,
     /// Loss and its repair (`resync.rs`).
     resync: resync::ResyncState,
+    /// Rows of each kind kept at most (`None`: [`DEFAULT_MAX_ROWS`]), and what evicted rows
+    /// had counted (`ports.rs`).
+    max_rows: Option<usize>,
+    evicted: Evicted,
+    evicted_searches: Histogram,
+    evicted_failures_by_netns: HashMap<u32, u64>,
 }
 
 const RECENT_DROPS: usize = 8;
 
+/// The row limit every new aggregator starts with (`--max-rows`; 0: [`DEFAULT_MAX_ROWS`]).
+static MAX_ROWS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Sets the row limit of every aggregator made from now on (the command line's `--max-rows`).
+pub fn set_max_rows(max: usize) {
+    MAX_ROWS.store(max, std::sync::atomic::Ordering::Relaxed);
+}
+
 impl Aggregator {
     pub fn new(settings: Settings) -> Self {
-        Self { settings, ..Self::default() }
+        let max_rows = Some(MAX_ROWS.load(std::sync::atomic::Ordering::Relaxed)).filter(|n| *n > 0);
+        Self { settings, max_rows: max_rows.map(|n| n.max(10)), ..Self::default() }
+    }
+
+    /// Keeps at most `max` rows of each kind (destinations, connect() searches, failing
+    /// processes), evicting the least recently active into counted totals.
+    pub fn limit_rows(&mut self, max: usize) {
+        self.max_rows = Some(max.max(10));
+    }
+
+    fn max_rows(&self) -> usize {
+        self.max_rows.unwrap_or(DEFAULT_MAX_ROWS)
     }
 
     /// Rows per ranking, as the views were asked for (`--top`).
@@ -368,10 +430,17 @@ impl Aggregator {
             Event::State(e) => {
                 self.started_ns.get_or_insert(e.ts_ns);
                 self.state(e);
+                if self.destinations.len() > self.max_rows() {
+                    self.evict_beyond_limit();
+                }
             }
             Event::PortSearch(e) => {
                 self.started_ns.get_or_insert(e.ts_ns);
                 self.port_search(e);
+                let limit = self.max_rows();
+                if self.searches.len() > limit || self.failures.len() > limit {
+                    self.evict_beyond_limit();
+                }
             }
             Event::Drop(e) => {
                 self.started_ns.get_or_insert(e.ts_ns);

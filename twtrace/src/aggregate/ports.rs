@@ -23,11 +23,36 @@ pub(super) struct DestinationRow {
     pub peer_timestamps: PeerTimestamps,
 }
 
-/// Destinations by number, and their rows.
+/// Destinations by number, and their rows. An evicted row's number is reused; only rows
+/// holding no port are evicted, and only those are unreferenced (every per-socket record
+/// that names a row holds one of its ports: `in_use` counts them).
 #[derive(Default)]
 pub(super) struct DestinationTable {
     ids: HashMap<Destination, DestinationId>,
     rows: Vec<DestinationRow>,
+    free: Vec<DestinationId>,
+}
+
+impl DestinationRow {
+    fn new(destination: Destination) -> Self {
+        Self {
+            destination,
+            in_use: 0,
+            taken: Rate::default(),
+            freed: Rate::default(),
+            connects: Rate::default(),
+            peer_timestamps: PeerTimestamps::default(),
+        }
+    }
+
+    /// The last second anything happened toward it.
+    fn last_active(&self) -> u64 {
+        [self.connects.last_second(), self.taken.last_second(), self.freed.last_second()]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 impl DestinationTable {
@@ -36,15 +61,16 @@ impl DestinationTable {
         if let Some(&id) = self.ids.get(&destination) {
             return id;
         }
-        self.rows.push(DestinationRow {
-            destination,
-            in_use: 0,
-            taken: Rate::default(),
-            freed: Rate::default(),
-            connects: Rate::default(),
-            peer_timestamps: PeerTimestamps::default(),
-        });
-        let id = DestinationId::new(self.rows.len() as u32).expect("starts at 1");
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.rows[id.get() as usize - 1] = DestinationRow::new(destination);
+                id
+            }
+            None => {
+                self.rows.push(DestinationRow::new(destination));
+                DestinationId::new(self.rows.len() as u32).expect("starts at 1")
+            }
+        };
         self.ids.insert(destination, id);
         id
     }
@@ -65,14 +91,62 @@ impl DestinationTable {
         self.find(destination).map(|id| self.get(id))
     }
 
+    /// Every row in use.
     pub fn iter(&self) -> impl Iterator<Item = (DestinationId, &DestinationRow)> {
-        self.rows.iter().enumerate().map(|(i, row)| (DestinationId::new(i as u32 + 1).expect("from 1"), row))
+        self.ids.values().map(|id| (*id, self.get(*id)))
     }
 
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.ids.len()
+    }
+
+    /// Evicts the least recently active rows that hold no port until `keep` rows are left
+    /// (or none more can go), adding what they counted to `into`. O(rows).
+    fn evict_idle(&mut self, keep: usize, into: &mut Evicted) {
+        let excess = self.ids.len().saturating_sub(keep);
+        let mut idle: Vec<(u64, DestinationId)> =
+            self.iter().filter(|(_, row)| row.in_use == 0).map(|(id, row)| (row.last_active(), id)).collect();
+        let n = excess.min(idle.len());
+        if n == 0 {
+            return;
+        }
+        idle.select_nth_unstable(n - 1);
+        for &(_, id) in &idle[..n] {
+            let destination = self.get(id).destination;
+            let row = std::mem::replace(self.row_mut(id), DestinationRow::new(destination));
+            self.ids.remove(&row.destination);
+            self.free.push(id);
+            into.destinations += 1;
+            into.connects += row.connects.total();
+        }
     }
 }
+
+/// What evicted rows had counted: kept so no total goes silently away.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Evicted {
+    /// Destination rows evicted, and the connect() attempts they had counted.
+    pub destinations: u64,
+    pub connects: u64,
+    /// connect() search rows evicted, and the failures they had counted (their durations are
+    /// in [`Aggregator::evicted_searches`]).
+    pub searches: u64,
+    pub search_failures: u64,
+    /// Per-process failure rows forgotten (their counts stay in the per-command totals; a
+    /// process that fails again afterwards counts as one more process).
+    pub failure_rows: u64,
+}
+
+impl Evicted {
+    pub fn rows(&self) -> u64 {
+        self.destinations + self.searches + self.failure_rows
+    }
+}
+
+/// Rows of each kind the model keeps by default: with about 400 bytes per destination and
+/// its search row, 250,000 of each fit the DaemonSet's 512 MiB beside a million TIME_WAIT
+/// sockets. Rows holding ports are never evicted (they are bounded by the kernel's sockets).
+pub const DEFAULT_MAX_ROWS: usize = 250_000;
 
 /// connect() port searches toward one remote endpoint of one namespace. Kept per remote, not
 /// per destination: a failed search has no local address, and recordings made before
@@ -84,6 +158,8 @@ pub(super) struct SearchStats {
     /// no room taken where there are none.
     pub candidates: Option<Box<Histogram>>,
     pub failures: u64,
+    /// The last second a search was seen (for eviction).
+    pub last_second: u32,
 }
 
 /// One process's failed searches of one kind: (namespace, command, pid, errno).
@@ -171,6 +247,7 @@ impl Aggregator {
                 let Some(remote) = e.remote else { return };
                 self.namespace(e.netns);
                 let d = self.searches.entry((e.netns, remote)).or_default();
+                d.last_second = u32::try_from(e.ts_ns / 1_000_000_000).unwrap_or(u32::MAX);
                 d.search_ns.record(e.duration_ns);
                 if let Some(c) = e.candidates {
                     d.candidates.get_or_insert_default().record(u64::from(c));
@@ -187,6 +264,45 @@ impl Aggregator {
                 }
             }
         }
+    }
+
+    /// Keeps each kind of row within the limit: past it, the least recently active rows
+    /// (of destinations, those holding no port) go, down to nine tenths of it, so the O(rows)
+    /// sweep runs once per tenth of the limit of new rows.
+    pub(super) fn evict_beyond_limit(&mut self) {
+        let limit = self.max_rows();
+        let keep = limit - limit / 10;
+        if self.destinations.len() > limit {
+            self.destinations.evict_idle(keep, &mut self.evicted);
+        }
+        if self.searches.len() > limit {
+            let mut idle: Vec<(u32, (u32, SocketAddr))> =
+                self.searches.iter().map(|(k, s)| (s.last_second, *k)).collect();
+            let n = self.searches.len() - keep;
+            idle.select_nth_unstable(n - 1);
+            for (_, key) in &idle[..n] {
+                if let Some(row) = self.searches.remove(key) {
+                    self.evicted.searches += 1;
+                    self.evicted.search_failures += row.failures;
+                    *self.evicted_failures_by_netns.entry(key.0).or_default() += row.failures;
+                    self.evicted_searches.merge(&row.search_ns);
+                }
+            }
+        }
+        if self.failures.len() > limit {
+            self.evicted.failure_rows += self.failures.len() as u64;
+            self.failures.clear();
+        }
+    }
+
+    /// The durations of evicted search rows, summed (the exporter's `other`).
+    pub fn evicted_searches(&self) -> &Histogram {
+        &self.evicted_searches
+    }
+
+    /// What evicted rows had counted.
+    pub fn evicted(&self) -> Evicted {
+        self.evicted
     }
 
     /// connect() attempts toward a destination since start (0 for one never seen).

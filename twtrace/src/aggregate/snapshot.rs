@@ -106,7 +106,7 @@ impl Aggregator {
             failure_rows: self.failures.len() as u64,
             paws_sources: self.sources.len() as u64,
             names: self.names.len() as u64,
-            evicted: 0,
+            evicted: self.evicted.rows(),
         }
     }
 
@@ -141,6 +141,10 @@ impl Aggregator {
                 let destination = Destination { netns: *netns, local: unspecified_like(remote.ip()), remote: *remote };
                 visible.push(Ranked { destination, utilisation: 0.0, failures: search.failures, row: None });
             }
+        }
+        // Failures of evicted search rows still count in their namespace.
+        for (netns, failures) in &self.evicted_failures_by_netns {
+            sums.entry(*netns).or_default().failures += failures;
         }
         for r in &visible {
             let sum = sums.entry(r.destination.netns).or_default();
@@ -620,7 +624,7 @@ pub struct ModelSize {
     pub paws_sources: u64,
     /// Interned addresses and owners.
     pub names: u64,
-    /// Rows evicted into `other` totals (none: nothing is evicted yet).
+    /// Rows evicted, their totals kept (see [`super::Evicted`]).
     pub evicted: u64,
 }
 

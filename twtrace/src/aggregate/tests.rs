@@ -515,3 +515,73 @@ fn time_wait_groups_follow_births_deaths_and_expiries() {
     assert!(s.timewait.by_owner.is_empty() && s.timewait.by_remote.is_empty() && s.timewait.by_command.is_empty());
     assert!(s.timewait.by_namespace.is_empty() && s.timewait.by_local.is_empty());
 }
+
+/// Past the row limit the least recently active destinations that hold no port go, their
+/// counts kept; rows holding ports stay whatever the limit, and evicted numbers are reused.
+#[test]
+fn rows_beyond_the_limit_are_evicted_least_recent_first_and_counted() {
+    let mut agg = Aggregator::new(settings((32_768, 60_999)));
+    agg.limit_rows(20);
+    // Ten destinations hold a port each (client-side TIME_WAIT) ...
+    for i in 0..10u16 {
+        let f = flow(&format!("{CLIENT}:{}", 40_000 + i), &format!("10.1.0.{i}:80"));
+        agg.apply(&state(S, u64::from(i), 7, 2, f));
+        agg.apply(&state(S, u64::from(i), 2, 1, f));
+        agg.apply(&tw(S, u64::from(i), f, birth()));
+    }
+    // ... then thirty are only connected to and closed, one a second.
+    for i in 0..30u64 {
+        let f = flow(&format!("{CLIENT}:{}", 41_000 + i), &format!("10.2.0.{i}:80"));
+        agg.apply(&state((2 + i) * S, 100 + i, 7, 2, f));
+        agg.apply(&state((2 + i) * S, 100 + i, 2, 7, f));
+    }
+    let s = snap(&mut agg, 40 * S);
+    assert!(s.model.destinations <= 20, "{:?}", s.model);
+    assert_eq!(s.model.evicted, agg.evicted().destinations);
+    let evicted = agg.evicted();
+    assert_eq!(evicted.connects, evicted.destinations, "each evicted row had one connect");
+    assert_eq!(evicted.destinations + s.model.destinations, 40);
+    // Every port-holding row is still there; the newest idle ones too.
+    assert_eq!(s.namespaces[0].ports_in_use, 10);
+    assert_eq!(agg.connects_total(&Destination::of(1, &flow(&format!("{CLIENT}:41029"), "10.2.0.29:80"))), 1);
+    assert_eq!(agg.connects_total(&Destination::of(1, &flow(&format!("{CLIENT}:41000"), "10.2.0.0:80"))), 0);
+    // The port holders still release their ports at death (their rows were never reused).
+    for i in 0..10u16 {
+        let f = flow(&format!("{CLIENT}:{}", 40_000 + i), &format!("10.1.0.{i}:80"));
+        agg.apply(&death(41 * S, u64::from(i), f));
+    }
+    let end = snap(&mut agg, 41 * S);
+    assert_eq!(end.timewait.live, 0);
+    assert!(end.namespaces.iter().all(|n| n.ports_in_use == 0));
+}
+
+/// An owner's name lives as long as a live socket names it: a client per request must not
+/// grow the name table for ever.
+#[test]
+fn names_of_owners_whose_sockets_are_gone_are_freed() {
+    let mut agg = Aggregator::new(settings((32_768, 60_999)));
+    for pid in 0..1_000u32 {
+        let f = flow(&format!("{CLIENT}:{}", 40_000 + pid), SERVER);
+        let owner = Some(Process { pid, tid: pid, comm: "curl".into(), cgroup_id: 9 });
+        let birth_of = |ts| {
+            Event::TimeWait(TimeWaitEvent {
+                ts_ns: ts,
+                tw_id: u64::from(pid),
+                flow: Some(f),
+                netns: 1,
+                owner,
+                change: birth(),
+            })
+        };
+        agg.apply(&birth_of(S));
+        agg.apply(&death(2 * S, u64::from(pid), f));
+    }
+    let s = snap(&mut agg, 3 * S);
+    assert_eq!(s.timewait.live, 0);
+    assert_eq!(s.model.names, 0, "no live socket, no name");
+    // A name freed and taken again works as new.
+    request(&mut agg, 4 * S, 5_000, 45_000);
+    let s = snap(&mut agg, 4 * S);
+    assert_eq!(s.timewait.by_owner[0].key, "curl[4242]");
+    assert_eq!(s.timewait.by_local[0].key, CLIENT);
+}

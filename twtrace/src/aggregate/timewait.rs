@@ -27,6 +27,17 @@ pub(super) struct GroupKey {
     pub netns: u32,
 }
 
+impl GroupKey {
+    /// The names it holds (owner and command may be one name, held twice).
+    fn names(&self) -> impl Iterator<Item = NameId> {
+        let remote = match self.remote {
+            RemoteKey::Named(id) => Some(id),
+            RemoteKey::V4(_) => None,
+        };
+        [self.local, self.owner, self.command].into_iter().chain(remote)
+    }
+}
+
 /// 40 bytes per live TIME_WAIT socket (a busy host has a million): names and destinations
 /// are numbers in the aggregator's tables.
 pub(super) struct LiveTimeWait {
@@ -154,7 +165,7 @@ impl Aggregator {
                 }
                 let (owner, command) = self.owner_ids(e.owner.as_ref());
                 let key = self.group_key(netns, e.flow.as_ref(), holds_port_of.is_some(), owner, command);
-                self.tw_groups.add(&key);
+                self.group_add(&key);
                 let live = LiveTimeWait { holds_port_of, key, flow_hash: e.flow.as_ref().map_or(0, flow_hash) };
                 if let Some(previous) = self.live.insert(e.tw_id, live) {
                     // The same id twice (a recording stitched from two runs): the first is over.
@@ -208,9 +219,30 @@ impl Aggregator {
     /// A socket seen born leaves the model: its groups, and its port (`at`: freed then, for
     /// the rate; `None`: the port is only given back, as for a socket that was never there).
     fn end_live(&mut self, tw: &LiveTimeWait, at: Option<u64>) {
-        self.tw_groups.remove(&tw.key);
+        self.group_remove(&tw.key);
         if let Some(id) = tw.holds_port_of {
             self.give_back(id, at);
+        }
+    }
+
+    /// A socket joins the groups: its names are held while it lives.
+    fn group_add(&mut self, key: &GroupKey) {
+        self.tw_groups.add(key);
+        for id in key.names() {
+            self.names.hold(id);
+        }
+    }
+
+    /// A socket leaves the groups; names no live socket holds any more are freed, and an
+    /// owner whose name is freed is forgotten.
+    fn group_remove(&mut self, key: &GroupKey) {
+        self.tw_groups.remove(key);
+        for id in key.names() {
+            if self.names.release(id) {
+                if let Some(owner) = self.owner_keys.remove(&id) {
+                    self.owner_ids.remove(&owner);
+                }
+            }
         }
     }
 
@@ -229,13 +261,13 @@ impl Aggregator {
         }
         let before = self.names.id(BEFORE_START.into());
         let key = self.group_key(netns, Some(&flow), holds, before, before);
-        self.tw_groups.add(&key);
+        self.group_add(&key);
         ExistingTimeWait { expires_ns, holds_port_of, key }
     }
 
     /// A socket read over sock_diag leaves the model (see [`Self::end_live`] for `at`).
     pub(super) fn end_existing_time_wait(&mut self, tw: &ExistingTimeWait, at: Option<u64>) {
-        self.tw_groups.remove(&tw.key);
+        self.group_remove(&tw.key);
         if let Some(id) = tw.holds_port_of {
             self.give_back(id, at);
         }
@@ -264,6 +296,7 @@ impl Aggregator {
             self.names.id(owner.map_or_else(|| "(unknown)".into(), |p| p.comm.to_string())),
         );
         self.owner_ids.insert(key, ids);
+        self.owner_keys.insert(ids.0, key);
         ids
     }
 

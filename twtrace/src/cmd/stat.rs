@@ -206,6 +206,9 @@ pub fn snapshot_text(s: &Snapshot, clock: WallClock) -> String {
         s.lost,
         s.namespaces_seen,
     );
+    if s.model.evicted > 0 {
+        out.push_str(&format!("\n  evicted rows {} (least recently active; their totals kept)", s.model.evicted));
+    }
     if let Some(note) = repair_note(s) {
         out.push_str(&format!("\n  {note}"));
     }

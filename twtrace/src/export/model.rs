@@ -461,7 +461,11 @@ impl Builder {
             }
         }
         self.activity = seen;
-        if n_folded > 0 {
+        // Evicted rows' counters stay in `other`: a counter never loses what it counted.
+        let evicted = aggregator.evicted();
+        other.1 += evicted.connects;
+        other.2 += evicted.search_failures;
+        if n_folded > 0 || evicted.destinations > 0 {
             let labels = || {
                 ["netns", "namespace", "local", "remote"]
                     .into_iter()
@@ -530,6 +534,9 @@ impl Builder {
         }
         let other =
             || ["netns", "namespace", "remote"].into_iter().map(|k| (k, "other".to_owned())).collect::<Vec<_>>();
+        if aggregator.evicted_searches().count() > 0 {
+            add_histogram(&mut other_d, histogram(aggregator.evicted_searches(), &SEARCH_BOUNDS, 1e9));
+        }
         if let Some(v) = other_d {
             duration.push(other(), v);
         }

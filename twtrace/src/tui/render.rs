@@ -114,6 +114,9 @@ fn draw_header(frame: &mut Frame, area: Rect, snap: &Snapshot, h: &Header, ui: &
             r.timewait_model, r.timewait_kernel
         )));
     }
+    if snap.model.evicted > 0 {
+        second.push(Span::raw(format!("  evicted {}", snap.model.evicted)));
+    }
     second.push(costs);
     if ui.paused {
         second.push(Span::styled("  PAUSED", bold().add_modifier(Modifier::REVERSED)));
