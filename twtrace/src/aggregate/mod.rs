@@ -26,7 +26,7 @@ use std::{
 
 pub use ports::{DEFAULT_MAX_ROWS, Evicted};
 use ports::{DestinationTable, FailureGroup, FailureKey, SearchStats};
-use timewait::{ExistingTimeWait, GroupCounts, LiveTimeWait};
+use timewait::{ExistingTimeWait, GroupCounts, LiveTimeWait, Origins};
 
 pub use resync::ResyncView;
 use serde::Serialize;
@@ -215,6 +215,8 @@ pub struct Aggregator {
     /// namespace, kept as sockets come and go: the views read them without a pass over a
     /// million sockets.
     tw_groups: GroupCounts,
+    /// Where live sockets come from (namespace, local address, owner), by number.
+    origins: Origins,
     births: Rate,
     expired: Rate,
     killed: Rate,

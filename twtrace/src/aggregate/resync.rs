@@ -132,7 +132,7 @@ impl Aggregator {
                 }
             }
         }
-        let timewait_model = self.live.values().filter(|tw| covered.contains(&tw.key.netns)).count() as u64
+        let timewait_model = self.live.values().filter(|tw| covered.contains(&self.netns_of(&tw.key))).count() as u64
             + self.existing_tw.keys().filter(|(netns, _)| covered.contains(netns)).count() as u64;
         let mut removed = 0u64;
 
@@ -142,16 +142,16 @@ impl Aggregator {
         let mut newest: foldhash::HashMap<(u32, u64), u64> = foldhash::HashMap::with_capacity(self.live.len());
         for (id, tw) in &self.live {
             if tw.flow_hash != 0 {
-                let n = newest.entry((tw.key.netns, tw.flow_hash)).or_insert(*id);
+                let n = newest.entry((self.netns_of(&tw.key), tw.flow_hash)).or_insert(*id);
                 *n = (*n).max(*id);
             }
         }
         let stale: Vec<u64> = self
             .live
             .iter()
-            .filter(|(_, tw)| covered.contains(&tw.key.netns) && tw.flow_hash != 0)
+            .filter(|(_, tw)| tw.flow_hash != 0 && covered.contains(&self.netns_of(&tw.key)))
             .filter(|(id, tw)| {
-                let key = (tw.key.netns, tw.flow_hash);
+                let key = (self.netns_of(&tw.key), tw.flow_hash);
                 !kernel_tw.contains(&key) || newest.get(&key) != Some(*id)
             })
             .map(|(id, _)| *id)
@@ -220,8 +220,12 @@ impl Aggregator {
         }
 
         // What the kernel has that the model lacks: its birth or connect lost.
-        let model_tw: HashSet<(u32, u64)> =
-            self.live.values().filter(|tw| tw.flow_hash != 0).map(|tw| (tw.key.netns, tw.flow_hash)).collect();
+        let model_tw: HashSet<(u32, u64)> = self
+            .live
+            .values()
+            .filter(|tw| tw.flow_hash != 0)
+            .map(|tw| (self.netns_of(&tw.key), tw.flow_hash))
+            .collect();
         let mut added = 0u64;
         for s in sockets {
             let known = match s.state {

@@ -234,7 +234,7 @@ impl Aggregator {
     fn timewait_view(&self, now_ns: u64, since: u64) -> TimeWaitParts {
         let top = self.settings.top;
         let g = &self.tw_groups;
-        let by_remote = top_k(g.remotes.iter().map(|(k, n)| (self.remote_name(*k), *n)), top, by_count)
+        let by_remote = top_k(g.remotes.iter().map(|(k, n)| (self.remote_name(*k), u64::from(*n))), top, by_count)
             .into_iter()
             .map(|(key, count)| Group { key, count })
             .collect();

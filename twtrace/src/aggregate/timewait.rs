@@ -16,30 +16,83 @@ pub(super) enum RemoteKey {
     Named(NameId),
 }
 
-/// What the views group a TIME_WAIT socket by.
-#[derive(Clone, Copy)]
-pub(super) struct GroupKey {
-    pub remote: RemoteKey,
+/// Where a TIME_WAIT socket comes from, as the views group it besides its remote address:
+/// its namespace, local address and owner. A host has few (a service's listening address
+/// and workers, a client's address and processes), so a socket keeps the number of its
+/// origin in a table, not the four numbers.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct Origin {
+    pub netns: u32,
     pub local: NameId,
     /// `comm[pid]`, and `comm` alone: a service's workers are one command, many owners.
     pub owner: NameId,
     pub command: NameId,
-    pub netns: u32,
 }
 
-impl GroupKey {
-    /// The names it holds (owner and command may be one name, held twice).
-    fn names(&self) -> impl Iterator<Item = NameId> {
-        let remote = match self.remote {
-            RemoteKey::Named(id) => Some(id),
-            RemoteKey::V4(_) => None,
+pub(super) type OriginId = u32;
+
+/// Origins by number, each held by the live sockets that come from it and freed with the last.
+#[derive(Default)]
+pub(super) struct Origins {
+    ids: HashMap<Origin, OriginId>,
+    origins: Vec<Origin>,
+    refs: Vec<u32>,
+    free: Vec<OriginId>,
+}
+
+impl Origins {
+    fn id(&mut self, origin: Origin) -> OriginId {
+        if let Some(&id) = self.ids.get(&origin) {
+            return id;
+        }
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.origins[id as usize] = origin;
+                id
+            }
+            None => {
+                self.origins.push(origin);
+                self.refs.push(0);
+                (self.origins.len() - 1) as OriginId
+            }
         };
-        [self.local, self.owner, self.command].into_iter().chain(remote)
+        self.ids.insert(origin, id);
+        id
+    }
+
+    pub fn get(&self, id: OriginId) -> &Origin {
+        &self.origins[id as usize]
+    }
+
+    /// One more socket from it; whether it is the first.
+    fn hold(&mut self, id: OriginId) -> bool {
+        self.refs[id as usize] += 1;
+        self.refs[id as usize] == 1
+    }
+
+    /// One socket fewer; the origin, when that was the last.
+    fn release(&mut self, id: OriginId) -> Option<Origin> {
+        let refs = &mut self.refs[id as usize];
+        *refs = refs.saturating_sub(1);
+        if *refs > 0 {
+            return None;
+        }
+        let origin = self.origins[id as usize];
+        self.ids.remove(&origin);
+        self.free.push(id);
+        Some(origin)
     }
 }
 
-/// 40 bytes per live TIME_WAIT socket (a busy host has a million): names and destinations
-/// are numbers in the aggregator's tables.
+/// What the views group a TIME_WAIT socket by: 12 bytes.
+#[derive(Clone, Copy)]
+pub(super) struct GroupKey {
+    pub remote: RemoteKey,
+    pub origin: OriginId,
+}
+
+/// 24 bytes per live TIME_WAIT socket (a busy host has a million): names, origins and
+/// destinations are numbers in the aggregator's tables.
 pub(super) struct LiveTimeWait {
     /// Counted toward this destination's ports (client-side TIME_WAIT in the ephemeral range).
     pub holds_port_of: Option<DestinationId>,
@@ -59,7 +112,8 @@ pub(super) struct ExistingTimeWait {
 /// Live TIME_WAIT sockets by each grouping the views show.
 #[derive(Default)]
 pub(super) struct GroupCounts {
-    pub remotes: HashMap<RemoteKey, u64>,
+    /// u32: a million distinct clients make a million entries here.
+    pub remotes: HashMap<RemoteKey, u32>,
     pub locals: HashMap<NameId, u64>,
     pub owners: HashMap<NameId, u64>,
     /// Per command: sockets, and its owners (processes) holding any.
@@ -68,28 +122,33 @@ pub(super) struct GroupCounts {
 }
 
 impl GroupCounts {
-    fn add(&mut self, k: &GroupKey) {
-        *self.remotes.entry(k.remote).or_default() += 1;
-        *self.locals.entry(k.local).or_default() += 1;
-        *self.netns.entry(k.netns).or_default() += 1;
-        let owner = self.owners.entry(k.owner).or_default();
+    fn add(&mut self, remote: RemoteKey, o: &Origin) {
+        *self.remotes.entry(remote).or_default() += 1;
+        *self.locals.entry(o.local).or_default() += 1;
+        *self.netns.entry(o.netns).or_default() += 1;
+        let owner = self.owners.entry(o.owner).or_default();
         *owner += 1;
         let first_of_owner = *owner == 1;
-        let command = self.commands.entry(k.command).or_default();
+        let command = self.commands.entry(o.command).or_default();
         command.0 += 1;
         command.1 += u64::from(first_of_owner);
     }
 
-    fn remove(&mut self, k: &GroupKey) {
-        decrement(&mut self.remotes, k.remote);
-        decrement(&mut self.locals, k.local);
-        decrement(&mut self.netns, k.netns);
-        let owner_gone = decrement(&mut self.owners, k.owner);
-        if let Some(command) = self.commands.get_mut(&k.command) {
+    fn remove(&mut self, remote: RemoteKey, o: &Origin) {
+        if let Some(n) = self.remotes.get_mut(&remote) {
+            *n -= 1;
+            if *n == 0 {
+                self.remotes.remove(&remote);
+            }
+        }
+        decrement(&mut self.locals, o.local);
+        decrement(&mut self.netns, o.netns);
+        let owner_gone = decrement(&mut self.owners, o.owner);
+        if let Some(command) = self.commands.get_mut(&o.command) {
             command.0 -= 1;
             command.1 -= u64::from(owner_gone);
             if command.0 == 0 {
-                self.commands.remove(&k.command);
+                self.commands.remove(&o.command);
             }
         }
     }
@@ -213,7 +272,8 @@ impl Aggregator {
             Some(other) => RemoteKey::Named(self.names.id(other.to_string())),
             None => RemoteKey::Named(self.names.id("?".into())),
         };
-        GroupKey { remote, local: self.names.id(local), owner, command, netns }
+        let origin = Origin { netns, local: self.names.id(local), owner, command };
+        GroupKey { remote, origin: self.origins.id(origin) }
     }
 
     /// A socket seen born leaves the model: its groups, and its port (`at`: freed then, for
@@ -225,25 +285,45 @@ impl Aggregator {
         }
     }
 
-    /// A socket joins the groups: its names are held while it lives.
+    /// A socket joins the groups: its origin (and the origin's names) and its remote's name
+    /// are held while it lives.
     fn group_add(&mut self, key: &GroupKey) {
-        self.tw_groups.add(key);
-        for id in key.names() {
+        let origin = *self.origins.get(key.origin);
+        self.tw_groups.add(key.remote, &origin);
+        if self.origins.hold(key.origin) {
+            for id in [origin.local, origin.owner, origin.command] {
+                self.names.hold(id);
+            }
+        }
+        if let RemoteKey::Named(id) = key.remote {
             self.names.hold(id);
         }
     }
 
-    /// A socket leaves the groups; names no live socket holds any more are freed, and an
-    /// owner whose name is freed is forgotten.
+    /// A socket leaves the groups; an origin no live socket comes from any more is freed with
+    /// its names, and an owner whose name is freed is forgotten.
     fn group_remove(&mut self, key: &GroupKey) {
-        self.tw_groups.remove(key);
-        for id in key.names() {
+        let origin = *self.origins.get(key.origin);
+        self.tw_groups.remove(key.remote, &origin);
+        let mut freed = Vec::new();
+        if let Some(origin) = self.origins.release(key.origin) {
+            freed.extend([origin.local, origin.owner, origin.command]);
+        }
+        if let RemoteKey::Named(id) = key.remote {
+            freed.push(id);
+        }
+        for id in freed {
             if self.names.release(id) {
                 if let Some(owner) = self.owner_keys.remove(&id) {
                     self.owner_ids.remove(&owner);
                 }
             }
         }
+    }
+
+    /// The namespace of a socket's origin.
+    pub(super) fn netns_of(&self, key: &GroupKey) -> u32 {
+        self.origins.get(key.origin).netns
     }
 
     /// The record of a TIME_WAIT socket read over sock_diag, counted in the groups and, when

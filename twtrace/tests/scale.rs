@@ -1,0 +1,209 @@
+//! The live model at scale, scaled down to what a test run affords (`cargo xtask bench
+//! --scale` has the full ladder): many distinct destinations counted exactly, and a model that
+//! lost records repairing itself from the kernel's sockets.
+//!
+//! Ground truth is the namespace's own: `ss` inside it and its `TcpExtTW` counter.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use support::{Netns, can_trace};
+
+/// A running `twtrace stat --json --interval 1` on one namespace, its reports collected.
+struct Stat {
+    child: Child,
+    reports: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Stat {
+    fn start(ns: &Netns, extra: &[&str]) -> Self {
+        let mut args = vec!["stat", "--json", "--interval", "1", "--netns", &ns.name];
+        args.extend_from_slice(extra);
+        let backend = support::forced_backend();
+        if let Some(b) = &backend {
+            args.extend(["--backend", b]);
+        }
+        let mut child = support::spawn(
+            Command::new(env!("CARGO_BIN_EXE_twtrace")).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()),
+        );
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        let deadline = Instant::now() + support::start_patience();
+        loop {
+            match stderr.next() {
+                Some(Ok(l)) if l.starts_with("twtrace: tracing") => break,
+                Some(Ok(l)) => eprintln!("[twtrace] {l}"),
+                _ => panic!("twtrace stat did not start: {:?}", child.wait()),
+            }
+            assert!(Instant::now() < deadline, "twtrace stat did not start in time");
+        }
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for l in stderr.map_while(Result::ok) {
+                eprintln!("[twtrace] {l}");
+                sink.lock().unwrap().push(l);
+            }
+        });
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let sink = reports.clone();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(serde_json::from_str::<Value>(&line).expect("a JSON report"));
+            }
+        });
+        Self { child, reports, stderr: log }
+    }
+
+    fn last(&self) -> Option<Value> {
+        self.reports.lock().unwrap().last().cloned()
+    }
+
+    /// Waits until a report satisfies `done` or `timeout` passes; the last report seen.
+    fn wait_for(&self, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = self.last();
+            if let Some(r) = &last {
+                if done(r) {
+                    return r.clone();
+                }
+            }
+            if Instant::now() > deadline {
+                return last.expect("stat printed no report");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGINT, then the last report and the end line (`twtrace: scale: ...`).
+    fn stop(mut self) -> (Value, String) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        assert!(self.child.wait().unwrap().success(), "stat exits cleanly on SIGINT");
+        // The readers end with the pipes.
+        std::thread::sleep(Duration::from_millis(200));
+        let scale = self.stderr.lock().unwrap().iter().find(|l| l.starts_with("twtrace: scale:")).cloned();
+        (self.last().expect("a final report"), scale.expect("stat ends with its scale line"))
+    }
+}
+
+/// A namespace whose port range and TIME_WAIT table are wide enough to hold every socket the
+/// test makes.
+fn wide_namespace(tag: &str) -> Netns {
+    let ns = Netns::new(tag);
+    ns.sysctl("net.ipv4.ip_local_port_range", "1024 65000");
+    ns.sysctl("net.ipv4.tcp_max_tw_buckets", "2000000");
+    ns
+}
+
+/// `twtrace churn` inside `ns` with `args`; its JSON summary.
+fn churn(ns: &Netns, args: &[&str]) -> Value {
+    let out = support::output(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_twtrace"), "churn", "--json"])
+            .args(args),
+    );
+    assert!(out.status.success(), "churn: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("churn's JSON summary")
+}
+
+fn tw_counter(ns: &Netns) -> i64 {
+    ns.netstat().get("TcpExtTW").copied().unwrap_or(0)
+}
+
+/// A client talking to 20,000 distinct destinations, closing first: every TIME_WAIT socket
+/// holds a port toward its own destination. Nothing may be lost, every birth is the kernel's
+/// `TcpExtTW`, and the live count is `ss`'s.
+#[test]
+fn twenty_thousand_destinations_are_counted_exactly() {
+    if !can_trace() {
+        return;
+    }
+    let ns = wide_namespace("scale20k");
+    let stat = Stat::start(&ns, &[]);
+    let tw_before = tw_counter(&ns);
+    let load = churn(
+        &ns,
+        &[
+            "--destinations",
+            "20000",
+            "--closer",
+            "client",
+            "--rate",
+            "4000",
+            "--duration",
+            "5s",
+            "--listen",
+            "0.0.0.0:8080",
+        ],
+    );
+    let connections = load["connections"].as_u64().unwrap();
+    assert!(connections >= 20_000 || support::emulated(), "churn made only {connections} connections: {load}");
+    let born = (tw_counter(&ns) - tw_before) as u64;
+    let in_kernel = ns.time_wait_sockets().len() as u64;
+    if born == 0 {
+        // 5.10 counts TW when the timer fires, not when the socket is born (6.1 and later
+        // count births): no ground truth for births within the test.
+        support::skip("timewait", "this kernel counts TW at expiry, not at birth: no ground truth for births");
+        return;
+    }
+    // A kprobe hit while another kprobe's handler runs is missed without a count twtrace
+    // reads (README, known issues): as tests/timewait.rs allows, 1 %, 5 % emulated.
+    let uncounted = match (support::forced_backend().as_deref() == Some("kprobe"), support::emulated()) {
+        (true, true) => born / 20,
+        (true, false) => born / 100,
+        (false, _) => 0,
+    };
+    let report = stat.wait_for(Duration::from_secs(10), |r| r["timewait"]["births_total"].as_u64() >= Some(born));
+    let (last, scale) = stat.stop();
+    eprintln!("{scale}");
+    assert_eq!(last["lost"], 0, "{scale}");
+    let births = report["timewait"]["births_total"].as_u64().unwrap();
+    assert!(births <= born && born - births <= uncounted, "births {births} against TcpExtTW {born}");
+    let live = last["timewait"]["live"].as_u64().unwrap();
+    let ss_now = ns.time_wait_sockets().len() as u64;
+    // Nothing expires within the test (TIME_WAIT lasts 60 s): ss before and after agree.
+    assert_eq!(in_kernel, ss_now, "the kernel's count moved during the test");
+    assert!(live <= ss_now && ss_now - live <= uncounted, "live TIME_WAIT {live} against ss {ss_now}");
+    let destinations = last["model"]["destinations"].as_u64().unwrap();
+    assert!(destinations >= connections.min(20_000), "{destinations} destination rows for {connections} connections");
+}
+
+/// A ring buffer of one page loses most records under churn; once the load stops the model
+/// must re-read the sockets and agree with `ss` again (within 1 %), and say it did.
+#[test]
+fn after_forced_loss_the_model_resyncs_to_the_kernel() {
+    if !can_trace() {
+        return;
+    }
+    let ns = wide_namespace("scaleresync");
+    let stat = Stat::start(&ns, &["--ring-buffer-size", "4096"]);
+    let load = churn(&ns, &["--closer", "client", "--threads", "2", "--duration", "4s", "--listen", "127.0.0.1:7000"]);
+    let stopped = Instant::now();
+    let in_kernel = ns.time_wait_sockets().len() as u64;
+    assert!(in_kernel > 0, "the churn left no TIME_WAIT socket: {load}");
+    let close_enough = |r: &Value| {
+        let live = r["timewait"]["live"].as_u64().unwrap_or(0);
+        r["approximate"] == false && !r["last_resync"].is_null() && live.abs_diff(in_kernel) * 100 <= in_kernel
+    };
+    let report = stat.wait_for(Duration::from_secs(20), close_enough);
+    let waited = stopped.elapsed();
+    let (last, scale) = stat.stop();
+    eprintln!("{scale}; repaired {:.1} s after the load", waited.as_secs_f64());
+    let lost = last["lost"].as_u64().unwrap();
+    assert!(lost > 0, "a 4 KiB ring buffer lost nothing under churn ({load}): this test proves nothing then");
+    let ss_now = ns.time_wait_sockets().len() as u64;
+    assert_eq!(in_kernel, ss_now, "the kernel's count moved during the test");
+    assert!(close_enough(&report), "20 s after the load: {report}\n(ss: {in_kernel})");
+    let resync = &report["last_resync"];
+    assert!(resync["count"].as_u64() >= Some(1) && resync["repaired_lost"].as_u64() > Some(0), "{resync}");
+}
