@@ -340,7 +340,9 @@ impl Aggregator {
             self.destinations.row_mut(id).in_use += 1;
         }
         let before = self.names.id(BEFORE_START.into());
-        let key = self.group_key(netns, Some(&flow), holds, before, before);
+        // Named by address and port: whether a read socket was a client's is a guess (an
+        // ephemeral port without a listener), so its port stays in sight.
+        let key = self.group_key(netns, Some(&flow), false, before, before);
         self.group_add(&key);
         ExistingTimeWait { expires_ns, holds_port_of, key }
     }
