@@ -1,0 +1,192 @@
+//! `twtrace churn`: a connection-churn load generator on loopback, to reproduce TIME_WAIT and
+//! port-space pressure on purpose (a client doing 710 non-keep-alive requests/s to one server)
+//! and to measure what tracing costs (`cargo xtask bench`). It needs no privilege.
+//!
+//! Each connection is connect(), accept(), then a close by the side that closes first (which
+//! gets the TIME_WAIT socket) after the other saw nothing but its FIN, then the other close.
+//!
+//! Churn ends at its duration whatever connect() returns, and at the first SIGINT or SIGTERM
+//! (a second one kills it). Every blocking call is bounded by a short slice (socket timeouts
+//! of [`SLICE`]) after which the thread looks at the clock and the stop request again: a
+//! connect() whose SYN is dropped (full accept queue, a firewall) retransmits for minutes, an
+//! acceptor waits in accept() for ever, and once the client's port range is exhausted nothing
+//! can be connected to wake it. Each attempt is counted exactly once: a connection, or one
+//! failure by errno (`EADDRNOTAVAIL` when the range is exhausted), or `unfinished` when churn
+//! ended while the handshake was still under way; the summary says so in text and `--json`.
+//!
+//! The parts: `client` (connect on schedule), `server` (the acceptors), `slices` (bounded
+//! waits), `signals` (SIGINT/SIGTERM), `summary` (counts and their text). Socket plumbing
+//! shared with the scenarios is in [`crate::net`].
+
+mod client;
+mod server;
+mod signals;
+mod slices;
+mod summary;
+
+use std::{
+    net::SocketAddr,
+    os::fd::AsRawFd as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use self::{signals::StopOnSignals, summary::Tally};
+pub use self::{
+    slices::SLICE,
+    summary::{ChurnResult, UNFINISHED, summary_text},
+};
+
+/// Which side closes first, and so keeps the TIME_WAIT socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Closer {
+    /// Server-side TIME_WAIT (a web server closing after each response).
+    Server,
+    /// Client-side TIME_WAIT: holds the client's ephemeral ports toward the server.
+    Client,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ChurnArgs {
+    /// Client threads (and as many accepting server threads).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Connections per second over all threads (0: as fast as possible).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// How long (seconds, or with s, m, h). SIGINT or SIGTERM ends it earlier, with its summary.
+    #[arg(long, default_value = "10s", value_parser = crate::cmd::parse_duration)]
+    pub duration: Duration,
+    /// Which side closes first.
+    #[arg(long, value_enum, default_value_t = Closer::Server)]
+    pub closer: Closer,
+    /// Server address to listen on (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// The summary as one JSON line instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `twtrace churn`: runs until the duration or SIGINT/SIGTERM, then prints the summary.
+pub fn run(args: &ChurnArgs) -> anyhow::Result<()> {
+    let signals = StopOnSignals::install()?;
+    let mut result = churn_until(args, Arc::new(signals::stop_requested))?;
+    result.stopped_by = signals.received();
+    // Keep the handlers until the summary is out: a SIGTERM now must not lose it.
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        println!("{}", summary_text(&result));
+    }
+    drop(signals);
+    Ok(())
+}
+
+/// Churn for the whole duration (no signal handling: for callers that own the process).
+pub fn churn(args: &ChurnArgs) -> anyhow::Result<ChurnResult> {
+    churn_until(args, Arc::new(|| false))
+}
+
+/// Churn until the duration passes or `stop()` returns true (checked at least every
+/// [`SLICE`] by every thread).
+pub fn churn_until(args: &ChurnArgs, stop: Arc<dyn Fn() -> bool + Send + Sync>) -> anyhow::Result<ChurnResult> {
+    anyhow::ensure!(args.threads > 0, "--threads must be at least 1");
+    anyhow::ensure!(args.rate >= 0.0 && args.rate.is_finite(), "--rate must be a number of connections per second");
+    let listener = crate::net::deep_backlog_listener(args.listen, SLICE)?;
+    let server = listener.local_addr()?;
+    let listener = Arc::new(listener);
+    // The acceptors' own stop: set once every client has finished.
+    let clients_done = Arc::new(AtomicBool::new(false));
+
+    let mut servers = Vec::new();
+    for _ in 0..args.threads {
+        let (listener, done, closer) = (listener.clone(), clients_done.clone(), args.closer);
+        servers.push(std::thread::spawn(move || server::serve(&listener, &done, closer)));
+    }
+
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let per_thread_interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(args.threads as f64 / args.rate));
+    let mut clients = Vec::new();
+    for i in 0..args.threads {
+        let (stop, closer) = (stop.clone(), args.closer);
+        // Spread the threads' schedules over one interval.
+        let first = started + per_thread_interval.map_or(Duration::ZERO, |d| d * i as u32 / args.threads as u32);
+        let give_up = move || Instant::now() >= deadline || stop();
+        clients.push(std::thread::spawn(move || client::client(server, closer, first, per_thread_interval, &give_up)));
+    }
+    let mut tally = Tally::default();
+    for c in clients {
+        // A panicking client thread is a bug: say so rather than report partial counts.
+        tally.merge(c.join().map_err(|_| anyhow::anyhow!("a churn client thread panicked"))?);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    clients_done.store(true, Ordering::Relaxed);
+    // Wakes the acceptors at once: shutdown() of a listening socket stops it and makes
+    // blocked accept() calls return EINVAL (Linux). Without it they would still see the
+    // flag within a SLICE (the listener's receive timeout bounds accept()). Connecting to
+    // the listener to wake them, as churn once did, needs a free port: an exhausted range
+    // has none, and churn never ended.
+    // SAFETY: plain syscall on the listener's descriptor, still open.
+    unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+    for s in servers {
+        let _ = s.join();
+    }
+    Ok(tally.result(seconds, args.closer, args.threads))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(rate: f64, duration: Duration, closer: Closer) -> ChurnArgs {
+        ChurnArgs { threads: 2, rate, duration, closer, listen: "127.0.0.1:0".parse().unwrap(), json: true }
+    }
+
+    #[test]
+    fn ends_at_its_duration_with_every_attempt_counted() {
+        for closer in [Closer::Server, Closer::Client] {
+            let started = Instant::now();
+            let r = churn(&args(200.0, Duration::from_millis(300), closer)).unwrap();
+            let took = started.elapsed();
+            assert!(r.connections > 0, "{r:?}");
+            assert_eq!(r.attempts, r.connections + r.errors, "{r:?}");
+            assert_eq!(r.errors, r.failures.values().sum::<u64>(), "{r:?}");
+            // 200/s for 0.3 s: 60 on schedule, at most one more per thread.
+            assert!(r.attempts <= 62, "paced by --rate: {r:?}");
+            // Bounded by the duration and a few slices (the acceptors' last slice included).
+            assert!(took < Duration::from_millis(300) + SLICE * 10, "{took:?}");
+        }
+    }
+
+    #[test]
+    fn a_stop_request_ends_it_early() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let stopper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            flag.store(true, Ordering::Relaxed);
+        });
+        let started = Instant::now();
+        let r = churn_until(
+            &args(100.0, Duration::from_secs(60), Closer::Client),
+            Arc::new(move || stop.load(Ordering::Relaxed)),
+        )
+        .unwrap();
+        stopper.join().unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "stopped within slices, not at 60 s: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(r.attempts, r.connections + r.errors);
+        assert!(r.seconds < 3.0);
+    }
+}
