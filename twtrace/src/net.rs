@@ -86,6 +86,25 @@ const BACKLOG: libc::c_int = 4096;
 /// passes without a connection), and accepted sockets inherit it (the kernel clones the
 /// listener's sock; seen on 6.18): so does their read.
 pub fn deep_backlog_listener(addr: SocketAddr, accept_timeout: Duration) -> anyhow::Result<TcpListener> {
+    listener(addr, None, accept_timeout)
+}
+
+/// The loopback device, in every network namespace.
+pub const LOOPBACK_DEVICE: &str = "lo";
+
+/// A listener on every IPv4 address (`0.0.0.0:port`) confined to the loopback device
+/// (`SO_BINDTODEVICE "lo"`): it answers all of 127.0.0.0/8 and nothing else, so it is no more
+/// exposed than one on 127.0.0.1. (Measured on 6.18: a connection from another namespace over
+/// a veth, and one from inside to the namespace's own veth address, were both refused.) Since
+/// Linux 5.7 binding a socket not yet bound to a device needs no privilege (seen as uid 65534
+/// without capabilities on 6.18); where it fails (older kernels without CAP_NET_RAW) this
+/// fails too, rather than listen on the wildcard address unconfined. Deep backlog and
+/// `accept_timeout` as [`deep_backlog_listener`].
+pub fn loopback_wildcard_listener(port: u16, accept_timeout: Duration) -> anyhow::Result<TcpListener> {
+    listener(SocketAddr::from(([0, 0, 0, 0], port)), Some(LOOPBACK_DEVICE), accept_timeout)
+}
+
+fn listener(addr: SocketAddr, device: Option<&str>, accept_timeout: Duration) -> anyhow::Result<TcpListener> {
     let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: a fresh descriptor, owned at once by the listener (closed on every error path).
     let listener = unsafe {
@@ -95,6 +114,25 @@ pub fn deep_backlog_listener(addr: SocketAddr, accept_timeout: Duration) -> anyh
     };
     // As before this module existed: a failure here only costs the reuse of a port in TIME_WAIT.
     let _ = set_int_option(&listener, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+    if let Some(device) = device {
+        // Before bind(), so that no moment exists when it listens unconfined.
+        // SAFETY: valid descriptor; the name and its length.
+        let rc = unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_BINDTODEVICE,
+                device.as_ptr().cast(),
+                device.len() as libc::socklen_t,
+            )
+        };
+        anyhow::ensure!(
+            rc == 0,
+            "cannot confine the listener on {addr} to device {device} (SO_BINDTODEVICE: {}); refusing to listen \
+             on every address unconfined (before Linux 5.7 this needs CAP_NET_RAW)",
+            std::io::Error::last_os_error()
+        );
+    }
     let (storage, len) = sockaddr(addr);
     // SAFETY: valid descriptor and address.
     let rc = unsafe { libc::bind(listener.as_raw_fd(), (&storage as *const libc::sockaddr_storage).cast(), len) };
@@ -104,6 +142,19 @@ pub fn deep_backlog_listener(addr: SocketAddr, accept_timeout: Duration) -> anyh
     anyhow::ensure!(rc == 0, "listen: {}", std::io::Error::last_os_error());
     set_timeout(&listener, libc::SO_RCVTIMEO, accept_timeout).map_err(|e| anyhow::anyhow!("SO_RCVTIMEO: {e}"))?;
     Ok(listener)
+}
+
+/// Binds a fresh socket to the source address `ip` with port 0, leaving the port to connect()
+/// (`IP_BIND_ADDRESS_NO_PORT`, Linux 4.2): connect() then picks a port unique for the whole
+/// 4-tuple, as it does for an unbound socket, instead of bind() reserving a port of its own.
+/// Returns the errno of the call that failed.
+pub fn bind_source_no_port(fd: &impl AsRawFd, ip: std::net::IpAddr) -> Result<(), i32> {
+    let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(0);
+    set_int_option(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1).map_err(errno)?;
+    let (storage, len) = sockaddr(SocketAddr::new(ip, 0));
+    // SAFETY: valid descriptor and address.
+    let rc = unsafe { libc::bind(fd.as_raw_fd(), (&storage as *const libc::sockaddr_storage).cast(), len) };
+    if rc == 0 { Ok(()) } else { Err(errno(std::io::Error::last_os_error())) }
 }
 
 /// The symbolic name of a socket call's errno, as `errno(3)` spells it; `errno N` otherwise.
