@@ -2,21 +2,23 @@
 //! slices and counted once.
 
 use std::{
-    net::{SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr, TcpStream},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
 
 use super::{
     Closer,
+    addresses::Targets,
     slices::{SLICE, read_until_eof, sleep_until},
     summary::{Tally, UNFINISHED},
 };
-use crate::net::{errno_name, set_timeout, sockaddr};
+use crate::net::{bind_source_no_port, errno_name, set_timeout, sockaddr};
 
-/// One client thread: connect on schedule until `give_up()`; its own counts.
+/// One client thread: connect on schedule, to and from where `targets` says, until
+/// `give_up()`; its own counts.
 pub(super) fn client(
-    server: SocketAddr,
+    targets: &Targets,
     closer: Closer,
     first: Instant,
     interval: Option<Duration>,
@@ -34,7 +36,8 @@ pub(super) fn client(
         if let Some(interval) = interval {
             next += interval;
         }
-        match connect(server, give_up) {
+        let (destination, source) = targets.next();
+        match connect(destination, source, give_up) {
             Ok(mut stream) => {
                 tally.connected();
                 if closer == Closer::Server {
@@ -83,8 +86,13 @@ impl ConnectFailure {
 /// A blocking connect() bounded by SO_SNDTIMEO slices: Linux's connect() returns EINPROGRESS
 /// when the send timeout passes (EINTR on a signal) while the handshake goes on; then poll()
 /// for it in slices until it ends or `give_up()`. On loopback the handshake is done before
-/// connect() returns, so the usual cost is the two setsockopt() calls.
-fn connect(server: SocketAddr, give_up: &dyn Fn() -> bool) -> Result<TcpStream, ConnectFailure> {
+/// connect() returns, so the usual cost is the two setsockopt() calls. With a `source` the
+/// socket is bound to it first, the port left to connect().
+fn connect(
+    server: SocketAddr,
+    source: Option<IpAddr>,
+    give_up: &dyn Fn() -> bool,
+) -> Result<TcpStream, ConnectFailure> {
     let errno = || ConnectFailure::Errno(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
     let family = if server.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: a fresh descriptor, owned at once by `fd`.
@@ -97,6 +105,9 @@ fn connect(server: SocketAddr, give_up: &dyn Fn() -> bool) -> Result<TcpStream, 
     // The receive timeout bounds the client's wait for the server's FIN as well.
     set_timeout(&fd, libc::SO_SNDTIMEO, SLICE).map_err(|_| errno())?;
     set_timeout(&fd, libc::SO_RCVTIMEO, SLICE).map_err(|_| errno())?;
+    if let Some(source) = source {
+        bind_source_no_port(&fd, source).map_err(ConnectFailure::Errno)?;
+    }
     let (storage, len) = sockaddr(server);
     // SAFETY: valid descriptor and address.
     if unsafe { libc::connect(fd.as_raw_fd(), (&storage as *const libc::sockaddr_storage).cast(), len) } != 0 {
@@ -150,8 +161,20 @@ mod tests {
     fn refused_connects_are_counted_by_errno() {
         // A port nobody listens on: bind one, note it, close it.
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let err = connect(port, &|| false).expect_err("nothing listens");
+        let err = connect(port, None, &|| false).expect_err("nothing listens");
         assert_eq!(err.kind(), "ECONNREFUSED");
+    }
+
+    #[test]
+    fn a_source_is_bound_before_connect_with_the_port_left_to_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let source: IpAddr = "127.128.0.7".parse().unwrap();
+        let stream = connect(listener.local_addr().unwrap(), Some(source), &|| false).expect("connects");
+        let local = stream.local_addr().unwrap();
+        assert_eq!(local.ip(), source);
+        assert_ne!(local.port(), 0);
+        let (_, peer) = listener.accept().unwrap();
+        assert_eq!(peer, local);
     }
 
     /// A SYN that no one answers (the listener's accept queue is full: backlog 0 holds one
@@ -178,7 +201,7 @@ mod tests {
         for _ in 0..4 {
             let end = Instant::now() + Duration::from_millis(300);
             let started = Instant::now();
-            match connect(server, &|| Instant::now() >= end) {
+            match connect(server, None, &|| Instant::now() >= end) {
                 Ok(stream) => held.push(stream),
                 Err(e) => {
                     outcome = Some((e.kind(), started.elapsed()));

@@ -14,10 +14,17 @@
 //! failure by errno (`EADDRNOTAVAIL` when the range is exhausted), or `unfinished` when churn
 //! ended while the handshake was still under way; the summary says so in text and `--json`.
 //!
-//! The parts: `client` (connect on schedule), `server` (the acceptors), `slices` (bounded
-//! waits), `signals` (SIGINT/SIGTERM), `summary` (counts and their text). Socket plumbing
-//! shared with the scenarios is in [`crate::net`].
+//!
+//! By default every connection goes from the kernel's choice of source to one listener on
+//! 127.0.0.1. `--destinations N` spreads them round-robin over N loopback destinations (a
+//! host that runs out of ports because it talks to many), `--sources N` over N loopback
+//! source addresses (a server holding TIME_WAIT sockets toward many peers): see `addresses`.
+//!
+//! The parts: `addresses` (where each attempt goes), `client` (connect on schedule), `server`
+//! (the acceptors), `slices` (bounded waits), `signals` (SIGINT/SIGTERM), `summary` (counts
+//! and their text). Socket plumbing shared with the scenarios is in [`crate::net`].
 
+mod addresses;
 mod client;
 mod server;
 mod signals;
@@ -25,7 +32,7 @@ mod slices;
 mod summary;
 
 use std::{
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr, TcpListener},
     os::fd::AsRawFd as _,
     sync::{
         Arc,
@@ -36,7 +43,11 @@ use std::{
 
 use serde::Serialize;
 
-use self::{signals::StopOnSignals, summary::Tally};
+use self::{
+    addresses::{Addresses, Targets},
+    signals::StopOnSignals,
+    summary::{Spread, Tally},
+};
 pub use self::{
     slices::SLICE,
     summary::{ChurnResult, UNFINISHED, summary_text},
@@ -66,9 +77,25 @@ pub struct ChurnArgs {
     /// Which side closes first.
     #[arg(long, value_enum, default_value_t = Closer::Server)]
     pub closer: Closer,
-    /// Server address to listen on (port 0: any free port).
+    /// Server address to listen on (port 0: any free port). With --destinations above 1 only
+    /// its port counts: the address must stay 127.0.0.1.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
+    /// Connect round-robin to N loopback addresses on the server's port: 127.0.0.1,
+    /// 127.0.0.2, ... (skipping addresses that end in .0 or .255; at most 8,323,072, up to
+    /// 127.127.255.254), as a host that talks to many destinations. Above 1 the server listens
+    /// on 0.0.0.0:PORT confined to the loopback device (SO_BINDTODEVICE "lo", no privilege
+    /// needed since Linux 5.7): it answers 127.0.0.0/8 and nothing from the network; where the
+    /// kernel refuses the confinement churn fails rather than listen unconfined.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub destinations: u32,
+    /// Bind each connect first to one of N loopback source addresses, round-robin: 127.128.0.1,
+    /// 127.128.0.2, ... (disjoint from the destinations; same skipping and limit, up to
+    /// 127.255.255.254), the port left to connect() (IP_BIND_ADDRESS_NO_PORT). With --closer
+    /// server the server's TIME_WAIT sockets then have N distinct peers. 1: no bind, the
+    /// kernel picks the source (127.0.0.1).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub sources: u32,
     /// The summary as one JSON line instead of text.
     #[arg(long)]
     pub json: bool,
@@ -99,8 +126,8 @@ pub fn churn(args: &ChurnArgs) -> anyhow::Result<ChurnResult> {
 pub fn churn_until(args: &ChurnArgs, stop: Arc<dyn Fn() -> bool + Send + Sync>) -> anyhow::Result<ChurnResult> {
     anyhow::ensure!(args.threads > 0, "--threads must be at least 1");
     anyhow::ensure!(args.rate >= 0.0 && args.rate.is_finite(), "--rate must be a number of connections per second");
-    let listener = crate::net::deep_backlog_listener(args.listen, SLICE)?;
-    let server = listener.local_addr()?;
+    let (listener, targets, spread) = listen(args)?;
+    let targets = Arc::new(targets);
     let listener = Arc::new(listener);
     // The acceptors' own stop: set once every client has finished.
     let clients_done = Arc::new(AtomicBool::new(false));
@@ -116,11 +143,12 @@ pub fn churn_until(args: &ChurnArgs, stop: Arc<dyn Fn() -> bool + Send + Sync>) 
     let per_thread_interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(args.threads as f64 / args.rate));
     let mut clients = Vec::new();
     for i in 0..args.threads {
-        let (stop, closer) = (stop.clone(), args.closer);
+        let (stop, closer, targets) = (stop.clone(), args.closer, targets.clone());
         // Spread the threads' schedules over one interval.
         let first = started + per_thread_interval.map_or(Duration::ZERO, |d| d * i as u32 / args.threads as u32);
         let give_up = move || Instant::now() >= deadline || stop();
-        clients.push(std::thread::spawn(move || client::client(server, closer, first, per_thread_interval, &give_up)));
+        let client = move || client::client(&targets, closer, first, per_thread_interval, &give_up);
+        clients.push(std::thread::spawn(client));
     }
     let mut tally = Tally::default();
     for c in clients {
@@ -139,7 +167,39 @@ pub fn churn_until(args: &ChurnArgs, stop: Arc<dyn Fn() -> bool + Send + Sync>) 
     for s in servers {
         let _ = s.join();
     }
-    Ok(tally.result(seconds, args.closer, args.threads))
+    Ok(tally.result(seconds, args.closer, args.threads, spread))
+}
+
+/// The listener, where the clients connect to and from, and how many addresses that is.
+fn listen(args: &ChurnArgs) -> anyhow::Result<(TcpListener, Targets, Spread)> {
+    let destinations = Addresses::destinations(args.destinations, "--destinations")?;
+    let sources = Addresses::sources(args.sources, "--sources")?;
+    if sources.count() > 1 {
+        anyhow::ensure!(
+            args.listen.is_ipv4() && args.listen.ip().is_loopback(),
+            "--sources {} binds to IPv4 loopback addresses from 127.128.0.1: --listen must be in 127.0.0.0/8, not {}",
+            sources.count(),
+            args.listen
+        );
+    }
+    let spread = Spread { destinations: destinations.count(), sources: sources.count() };
+    if destinations.count() == 1 {
+        let listener = crate::net::deep_backlog_listener(args.listen, SLICE)?;
+        let server = listener.local_addr()?;
+        return Ok((listener, Targets::new(server, destinations, sources), spread));
+    }
+    // Security rule: listeners bind to localhost unless told otherwise. The wildcard address
+    // here is confined to lo, so it answers no more than 127.0.0.0/8.
+    anyhow::ensure!(
+        args.listen.ip() == Ipv4Addr::LOCALHOST,
+        "--destinations {} listens on all of 127.0.0.0/8 (0.0.0.0 confined to lo): --listen may set only the port, \
+         as 127.0.0.1:PORT, not {}",
+        destinations.count(),
+        args.listen
+    );
+    let listener = crate::net::loopback_wildcard_listener(args.listen.port(), SLICE)?;
+    let server = SocketAddr::from((Ipv4Addr::LOCALHOST, listener.local_addr()?.port()));
+    Ok((listener, Targets::new(server, destinations, sources), spread))
 }
 
 #[cfg(test)]
@@ -147,7 +207,16 @@ mod tests {
     use super::*;
 
     fn args(rate: f64, duration: Duration, closer: Closer) -> ChurnArgs {
-        ChurnArgs { threads: 2, rate, duration, closer, listen: "127.0.0.1:0".parse().unwrap(), json: true }
+        ChurnArgs {
+            threads: 2,
+            rate,
+            duration,
+            closer,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            destinations: 1,
+            sources: 1,
+            json: true,
+        }
     }
 
     #[test]
@@ -188,5 +257,35 @@ mod tests {
         );
         assert_eq!(r.attempts, r.connections + r.errors);
         assert!(r.seconds < 3.0);
+    }
+
+    #[test]
+    fn spreads_over_destinations_and_sources_and_reports_them() {
+        for closer in [Closer::Server, Closer::Client] {
+            let r =
+                churn(&ChurnArgs { destinations: 7, sources: 3, ..args(300.0, Duration::from_millis(300), closer) })
+                    .unwrap();
+            assert!(r.connections > 7, "{r:?}");
+            assert_eq!(r.errors, 0, "every loopback address answers: {r:?}");
+            assert_eq!((r.destinations, r.destinations_used, r.sources, r.sources_used), (7, 7, 3, 3), "{r:?}");
+            assert!(summary_text(&r).contains("threads, 7 destinations, 3 sources)"), "{}", summary_text(&r));
+        }
+    }
+
+    #[test]
+    fn many_destinations_keep_the_listener_on_localhost() {
+        let wide = ChurnArgs {
+            destinations: 2,
+            listen: "0.0.0.0:0".parse().unwrap(),
+            ..args(0.0, Duration::ZERO, Closer::Client)
+        };
+        let refused = churn(&wide).unwrap_err().to_string();
+        assert!(refused.contains("--listen may set only the port, as 127.0.0.1:PORT, not 0.0.0.0:0"), "{refused}");
+        let v6 =
+            ChurnArgs { sources: 2, listen: "[::1]:0".parse().unwrap(), ..args(0.0, Duration::ZERO, Closer::Client) };
+        assert!(churn(&v6).unwrap_err().to_string().contains("--listen must be in 127.0.0.0/8"));
+        let too_many =
+            ChurnArgs { destinations: addresses::MAX_ADDRESSES + 1, ..args(0.0, Duration::ZERO, Closer::Client) };
+        assert!(churn(&too_many).unwrap_err().to_string().contains("at most 8323072"));
     }
 }
