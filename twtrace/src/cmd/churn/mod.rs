@@ -101,6 +101,9 @@ pub struct ChurnArgs {
     pub json: bool,
 }
 
+/// How long churn waits at its end for the acceptors to take the connections still queued.
+const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+
 /// `twtrace churn`: runs until the duration or SIGINT/SIGTERM, then prints the summary.
 pub fn run(args: &ChurnArgs) -> anyhow::Result<()> {
     let signals = StopOnSignals::install()?;
@@ -129,7 +132,7 @@ pub fn churn_until(args: &ChurnArgs, stop: Arc<dyn Fn() -> bool + Send + Sync>) 
     let (listener, targets, spread) = listen(args)?;
     let targets = Arc::new(targets);
     let listener = Arc::new(listener);
-    // The acceptors' own stop: set once every client has finished.
+    // The acceptors' own stop: set once every client has finished and the queue is empty.
     let clients_done = Arc::new(AtomicBool::new(false));
 
     let mut servers = Vec::new();
@@ -156,6 +159,9 @@ pub fn churn_until(args: &ChurnArgs, stop: Arc<dyn Fn() -> bool + Send + Sync>) 
         tally.merge(c.join().map_err(|_| anyhow::anyhow!("a churn client thread panicked"))?);
     }
     let seconds = started.elapsed().as_secs_f64();
+    // Every connection made is accepted and closed before the listener goes (bounded, so a
+    // stuck acceptor cannot hold churn: EMFILE would).
+    server::wait_until_accepted(&listener, DRAIN_LIMIT);
     clients_done.store(true, Ordering::Relaxed);
     // Wakes the acceptors at once: shutdown() of a listening socket stops it and makes
     // blocked accept() calls return EINVAL (Linux). Without it they would still see the
