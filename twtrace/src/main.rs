@@ -37,8 +37,8 @@ enum Command {
     Mark(cmd::mark::MarkArgs),
     /// Serve the model to Prometheus (/metrics, /healthz) while tracing, until SIGTERM.
     Serve(cmd::serve::ServeArgs),
-    /// Generate connection churn on loopback: reproduce TIME_WAIT and port-space pressure, or
-    /// measure tracing overhead (no root needed).
+    /// Generate connection churn on loopback, toward one or many addresses: reproduce TIME_WAIT
+    /// and port-space pressure, or measure tracing overhead (no root needed).
     Churn(cmd::churn::ChurnArgs),
     /// Reproduce a TCP behaviour on purpose, in a namespace of its own, with ground truth:
     /// `search-cost`, `client-exhaustion` (needs root). With --record, checks twtrace too.
