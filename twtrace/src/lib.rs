@@ -8,10 +8,10 @@
 //! - Sinks: `cmd::trace` (printer), `cmd::record` (recorder), and `cmd::stat`, `cmd::top`,
 //!   `cmd::report` over the `aggregate` model; `report` and `findings` turn it into a
 //!   postmortem, `tui` draws it.
-//! - Underneath: `event`, `time`, `kernel` (facts about the running kernel), `churn` (traffic).
+//! - Underneath: `event`, `time`, `kernel` (facts about the running kernel), `net` (socket
+//!   plumbing of `cmd::churn`, the traffic generator, and of `scenario`).
 
 pub mod aggregate;
-pub mod churn;
 pub mod cmd;
 pub mod drive;
 pub mod event;
@@ -21,6 +21,7 @@ pub mod findings;
 pub mod kernel;
 #[cfg(test)]
 mod module_graph;
+pub mod net;
 pub mod probes;
 pub mod record;
 pub mod report;

@@ -2,7 +2,7 @@
 //! line; each command lives in `twtrace::cmd`.
 
 use clap::{Parser, Subcommand};
-use twtrace::{churn, cmd, drive, scenario};
+use twtrace::{cmd, drive, scenario};
 
 #[derive(Parser)]
 #[command(version, about = "Trace Linux TCP TIME_WAIT sockets, ephemeral port search and PAWS drops")]
@@ -42,9 +42,9 @@ enum Command {
     Mark(cmd::mark::MarkArgs),
     /// Serve the model to Prometheus (/metrics, /healthz) while tracing, until SIGTERM.
     Serve(cmd::serve::ServeArgs),
-    /// Generate connection churn on loopback: reproduce TIME_WAIT and port-space pressure, or
-    /// measure tracing overhead (no root needed).
-    Churn(churn::ChurnArgs),
+    /// Generate connection churn on loopback, toward one or many addresses: reproduce TIME_WAIT
+    /// and port-space pressure, or measure tracing overhead (no root needed).
+    Churn(cmd::churn::ChurnArgs),
     /// Reproduce a TCP behaviour on purpose, in a namespace of its own, with ground truth:
     /// `search-cost`, `client-exhaustion` (needs root). With --record, checks twtrace too.
     Scenario(scenario::ScenarioArgs),
@@ -108,7 +108,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Doctor(_) => unreachable!("run by main for its exit status"),
         Command::Serve(args) => cmd::serve::run(args).await,
         Command::Mark(args) => cmd::mark::run(&args),
-        Command::Churn(args) => churn::run(&args),
+        Command::Churn(args) => cmd::churn::run(&args),
         Command::Scenario(args) => scenario::run(args).await,
     }
 }

@@ -3,6 +3,9 @@
 //! errno), agree with `ss` on how many connections it made, and print its summary when
 //! stopped by SIGINT or SIGTERM.
 //!
+//! With --destinations and --sources, in a namespace of its own: exactly one TIME_WAIT socket
+//! per connection, and as many distinct remote addresses as churn says it used.
+//!
 //! The seen failure (issue 14): two namespaces with small ranges, each running `twtrace churn
 //! --closer client --rate 60` to 127.0.0.1:7000; once connect() failed with EADDRNOTAVAIL,
 //! churn never ended, and SIGTERM killed it without a summary.
@@ -10,6 +13,7 @@
 mod support;
 
 use std::{
+    collections::BTreeSet,
     io::Read as _,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -241,4 +245,97 @@ fn runs_without_root() {
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
     assert_consistent(&v);
     assert!(count(&v, "connections") > 0, "{v}");
+}
+
+/// A namespace for many-address churn: the wide range and room for every TIME_WAIT socket.
+/// Two more settings make "one TIME_WAIT socket per connection" a fact of churn rather than of
+/// scheduling: `tcp_tw_reuse=0`, so connect() never takes over a TIME_WAIT socket whatever
+/// port order this kernel's search follows; and `tcp_rfc1337=1`, so a stray RST does not kill
+/// one. (Unpaced here on 6.18, about 1 in 60 connections lost its client-side TIME_WAIT socket
+/// that way: loopback delivers from per-CPU backlogs, and the server's ACK of the client's FIN
+/// can arrive after its own FIN; the TIME_WAIT socket answers it, the server has no socket
+/// left and resets, and the RST kills the TIME_WAIT socket, no counter saying so.)
+fn wide_range(tag: &str) -> Netns {
+    let ns = Netns::new(tag);
+    ns.sysctl("net.ipv4.ip_local_port_range", "1024 65000");
+    ns.sysctl("net.ipv4.tcp_max_tw_buckets", "2000000");
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
+    ns.sysctl("net.ipv4.tcp_rfc1337", "1");
+    ns
+}
+
+/// `twtrace churn ARGS --json` inside `ns`, run to its end: its summary, checked for consistency
+/// and for no failure (every loopback address answers).
+fn churn_summary(ns: &Netns, args: &[&str]) -> Value {
+    let out = support::output(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_twtrace"), "churn", "--json"])
+            .args(args),
+    );
+    assert!(out.status.success(), "churn {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON summary");
+    eprintln!("{}: churn {args:?}: {v}", ns.name);
+    assert_consistent(&v);
+    assert_eq!(count(&v, "errors"), 0, "{v}");
+    assert!(count(&v, "connections") > 0, "{v}");
+    v
+}
+
+/// `ip`'s place in the enumeration `first` (a 127.x.y.1) upward that skips .0 and .255.
+fn index_from(first: std::net::Ipv4Addr, ip: std::net::IpAddr) -> u32 {
+    let std::net::IpAddr::V4(ip) = ip else { panic!("not IPv4: {ip}") };
+    let [a, b, c, d] = ip.octets();
+    assert!(a == 127 && (1..=254).contains(&d), "{ip} is not in a churn enumeration");
+    let blocks = (u32::from(b) << 8 | u32::from(c)) - (u32::from(first.octets()[1]) << 8);
+    blocks * 254 + u32::from(d) - 1
+}
+
+#[test]
+fn many_destinations_leave_one_client_time_wait_per_connection_toward_each() {
+    if !support::can_trace() {
+        return;
+    }
+    let ns = wide_range("churn-dests");
+    let v = churn_summary(&ns, &["--destinations", "2000", "--closer", "client", "--rate", "2000", "--duration", "3s"]);
+    let connections = count(&v, "connections");
+    let expected_destinations = connections.min(2000);
+    assert_eq!((count(&v, "destinations"), count(&v, "destinations_used")), (2000, expected_destinations), "{v}");
+    assert_eq!((count(&v, "sources"), count(&v, "sources_used")), (1, 1), "{v}");
+    let sockets = ns.time_wait_sockets_settled(connections as usize);
+    let counters = ns.time_wait_counters();
+    assert_eq!(sockets.len() as u64, connections, "one TIME_WAIT socket per connection; counters {counters:?}");
+    // The client closed first: the TIME_WAIT sockets are its own, 127.0.0.1 toward each
+    // destination (127.0.0.1 up to 127.0.7.222) on the server's port.
+    let server_ports: BTreeSet<u16> = sockets.iter().map(|(_, remote)| remote.port()).collect();
+    assert_eq!(server_ports.len(), 1, "one server port: {server_ports:?}");
+    assert!(sockets.iter().all(|(local, _)| local.ip() == std::net::Ipv4Addr::LOCALHOST), "client side");
+    let remotes: BTreeSet<_> = sockets.iter().map(|(_, remote)| remote.ip()).collect();
+    assert_eq!(remotes.len() as u64, expected_destinations, "distinct destinations; counters {counters:?}");
+    let first = std::net::Ipv4Addr::new(127, 0, 0, 1);
+    assert!(remotes.iter().all(|ip| index_from(first, *ip) < 2000), "destinations 1 to 2000: {remotes:?}");
+}
+
+#[test]
+fn many_sources_leave_server_time_wait_toward_each_peer() {
+    if !support::can_trace() {
+        return;
+    }
+    let ns = wide_range("churn-srcs");
+    // The server's port below the range: its TIME_WAIT sockets are told by their local port.
+    let args = ["--sources", "500", "--closer", "server", "--rate", "2000", "--duration", "3s", "--listen"];
+    let v = churn_summary(&ns, &[&args[..], &["127.0.0.1:1000"]].concat());
+    let connections = count(&v, "connections");
+    let expected_sources = connections.min(500);
+    assert_eq!((count(&v, "sources"), count(&v, "sources_used")), (500, expected_sources), "{v}");
+    assert_eq!((count(&v, "destinations"), count(&v, "destinations_used")), (1, 1), "{v}");
+    let sockets = ns.time_wait_sockets_settled(connections as usize);
+    let counters = ns.time_wait_counters();
+    assert_eq!(sockets.len() as u64, connections, "one TIME_WAIT socket per connection; counters {counters:?}");
+    let server_side: Vec<_> = sockets.iter().filter(|(local, _)| local.port() == 1000).collect();
+    // A client gives up waiting for the server's FIN only a slice after the run's end.
+    eprintln!("{} of {} TIME_WAIT sockets on the server side", server_side.len(), sockets.len());
+    let peers: BTreeSet<_> = server_side.iter().map(|(_, peer)| peer.ip()).collect();
+    assert_eq!(peers.len() as u64, expected_sources, "distinct peers of the server; counters {counters:?}");
+    let first = std::net::Ipv4Addr::new(127, 128, 0, 1);
+    assert!(peers.iter().all(|ip| index_from(first, *ip) < 500), "sources 127.128.0.1 to 127.128.1.246: {peers:?}");
 }

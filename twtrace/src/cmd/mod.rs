@@ -1,6 +1,7 @@
 //! The commands. Each is a sink driven by [`crate::drive`] (or, for `probes` and `churn`, no
 //! stream at all); what they share on the command line is here.
 
+pub mod churn;
 pub mod doctor;
 pub mod keep;
 pub mod mark;

@@ -12,7 +12,7 @@ use std::{
 use anyhow::Context as _;
 
 use super::report::{Quantiles, Step};
-use crate::{churn::errno_name, event::tcp_state, time::monotonic_ns};
+use crate::{event::tcp_state, net::errno_name, time::monotonic_ns};
 
 /// `IP_LOCAL_PORT_RANGE` (include/uapi/linux/in.h, Linux 6.3): a per-socket narrowing of
 /// `ip_local_port_range`, as `lo | hi << 16`.
@@ -37,6 +37,11 @@ pub struct Server {
 /// the scenario's own, so nothing else listens there.
 pub const SERVER_PORT: u16 = 8080;
 
+/// The listener's receive timeout, which accepted sockets inherit: bounds an accept() with
+/// nothing queued and a read whose peer never closes (churn's slice, the listener's from the
+/// start).
+const ACCEPT_TIMEOUT: Duration = Duration::from_millis(100);
+
 impl Server {
     /// On 127.0.0.1.
     pub fn start() -> anyhow::Result<Self> {
@@ -45,7 +50,7 @@ impl Server {
 
     pub fn start_on(ip: std::net::Ipv4Addr) -> anyhow::Result<Self> {
         let addr = std::net::SocketAddr::from((ip, SERVER_PORT));
-        let listener = crate::churn::deep_backlog_listener(addr)?;
+        let listener = crate::net::deep_backlog_listener(addr, ACCEPT_TIMEOUT)?;
         let addr = listener.local_addr()?;
         Ok(Self { listener, addr })
     }
@@ -158,7 +163,7 @@ fn connect(dest: SocketAddr, range: Option<(u16, u16)>) -> Attempt {
             return failed(errno());
         }
     }
-    let (storage, len) = crate::churn::sockaddr(dest);
+    let (storage, len) = crate::net::sockaddr(dest);
     let started = Instant::now();
     // SAFETY: valid descriptor and address.
     let rc = unsafe { libc::connect(fd.as_raw_fd(), (&storage as *const libc::sockaddr_storage).cast(), len) };
@@ -292,7 +297,7 @@ pub(super) fn local_addr(fd: &OwnedFd) -> anyhow::Result<SocketAddr> {
 /// A socket bound to `local` (SO_REUSEADDR) and connected to `dest`, blocking.
 pub(super) fn connect_from(local: SocketAddr, dest: SocketAddr) -> Result<OwnedFd, i32> {
     let fd = bound_socket(local, false)?;
-    let (storage, len) = crate::churn::sockaddr(dest);
+    let (storage, len) = crate::net::sockaddr(dest);
     // SAFETY: valid descriptor and address.
     if unsafe { libc::connect(fd.as_raw_fd(), (&storage as *const libc::sockaddr_storage).cast(), len) } != 0 {
         return Err(last_errno());
@@ -303,7 +308,7 @@ pub(super) fn connect_from(local: SocketAddr, dest: SocketAddr) -> Result<OwnedF
 /// The same, non-blocking: returns once the SYN is sent.
 pub(super) fn connect_from_nonblocking(local: SocketAddr, dest: SocketAddr) -> anyhow::Result<OwnedFd> {
     let fd = bound_socket(local, true).map_err(|e| anyhow::anyhow!("bind {local}: {}", errno_name(e)))?;
-    let (storage, len) = crate::churn::sockaddr(dest);
+    let (storage, len) = crate::net::sockaddr(dest);
     // SAFETY: valid descriptor and address.
     let rc = unsafe { libc::connect(fd.as_raw_fd(), (&storage as *const libc::sockaddr_storage).cast(), len) };
     let errno = last_errno();
@@ -322,7 +327,7 @@ pub(super) fn bound_socket(local: SocketAddr, nonblocking: bool) -> Result<Owned
     // SAFETY: we own it.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let one: libc::c_int = 1;
-    let (storage, len) = crate::churn::sockaddr(local);
+    let (storage, len) = crate::net::sockaddr(local);
     // SAFETY: valid descriptor, option and address.
     unsafe {
         libc::setsockopt(

@@ -14,7 +14,7 @@ use super::{
     sandbox::{self, Sandbox, SocketCount},
     search_cost::RANGE_START,
 };
-use crate::{churn::errno_name, time::monotonic_ns};
+use crate::{net::errno_name, time::monotonic_ns};
 
 /// Linux's TIME_WAIT lifetime (`TCP_TIMEWAIT_LEN`, 60 s in every kernel): the run must fill the
 /// range before its first sockets expire, or the count it checks moves under it.

@@ -12,7 +12,7 @@ use super::{
     report::{Check, Quantiles, Run, ScenarioReport, Step},
     sandbox::{self, Sandbox, SocketCount},
 };
-use crate::{churn::errno_name, time::monotonic_ns};
+use crate::{net::errno_name, time::monotonic_ns};
 
 /// The first port of the range scenarios set: inside every default range, so the per-socket
 /// option (which only narrows the namespace's range) can select it too.

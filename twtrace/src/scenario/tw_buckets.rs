@@ -13,7 +13,7 @@ use super::{
     sandbox::{self, Sandbox},
     search_cost::RANGE_START,
 };
-use crate::{churn::errno_name, time::monotonic_ns};
+use crate::{net::errno_name, time::monotonic_ns};
 
 /// LINUX_MIB_TCPTIMEWAITOVERFLOW: a TIME_WAIT socket refused for the limit.
 const TW_OVERFLOW: &str = "TCPTimeWaitOverflow";

@@ -40,7 +40,7 @@ use super::{
     sandbox::{self, Sandbox, SocketCount},
     search_cost::RANGE_START,
 };
-use crate::{churn::errno_name, event::tcp_state, time::monotonic_ns};
+use crate::{event::tcp_state, net::errno_name, time::monotonic_ns};
 
 /// LINUX_MIB_TIMEWAITRECYCLED: TIME_WAIT sockets connect() took over.
 const TW_RECYCLED: &str = "TWRecycled";

@@ -18,7 +18,7 @@ use super::{
     sandbox::{self, Sandbox},
     search_cost::RANGE_START,
 };
-use crate::{churn::errno_name, time::monotonic_ns};
+use crate::{net::errno_name, time::monotonic_ns};
 
 /// The kernel's count of TIME_WAIT sockets connect() took over (LINUX_MIB_TIMEWAITRECYCLED).
 const TW_RECYCLED: &str = "TWRecycled";
