@@ -15,6 +15,8 @@ pub(super) type DestinationId = std::num::NonZeroU32;
 
 pub(super) struct DestinationRow {
     pub destination: Destination,
+    /// False for a number freed by eviction and not yet reused.
+    taken_up: bool,
     /// Ports held now: connected client sockets and their TIME_WAIT sockets.
     pub in_use: u32,
     pub taken: Rate,
@@ -37,6 +39,7 @@ impl DestinationRow {
     fn new(destination: Destination) -> Self {
         Self {
             destination,
+            taken_up: true,
             in_use: 0,
             taken: Rate::default(),
             freed: Rate::default(),
@@ -91,9 +94,13 @@ impl DestinationTable {
         self.find(destination).map(|id| self.get(id))
     }
 
-    /// Every row in use.
+    /// Every row in use, in the table's order (sequential in memory).
     pub fn iter(&self) -> impl Iterator<Item = (DestinationId, &DestinationRow)> {
-        self.ids.values().map(|id| (*id, self.get(*id)))
+        self.rows
+            .iter()
+            .enumerate()
+            .filter(|(_, row)| row.taken_up)
+            .map(|(i, row)| (DestinationId::new(i as u32 + 1).expect("from 1"), row))
     }
 
     pub fn len(&self) -> usize {
@@ -113,7 +120,10 @@ impl DestinationTable {
         idle.select_nth_unstable(n - 1);
         for &(_, id) in &idle[..n] {
             let destination = self.get(id).destination;
-            let row = std::mem::replace(self.row_mut(id), DestinationRow::new(destination));
+            let row = std::mem::replace(
+                self.row_mut(id),
+                DestinationRow { taken_up: false, ..DestinationRow::new(destination) },
+            );
             self.ids.remove(&row.destination);
             self.free.push(id);
             into.destinations += 1;

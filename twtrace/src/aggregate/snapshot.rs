@@ -3,14 +3,14 @@
 //! (`topk`): no pass over rows inside a pass over rows, no sort of everything to show ten,
 //! and TIME_WAIT groupings read from counts kept as sockets come and go.
 
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use foldhash::{HashMap, HashMapExt};
 use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
 use super::{
     Aggregator, Destination, NameId, PeerTimestamps, range_size, resync::ResyncView, stats::Histogram,
-    timewait::BEFORE_START, topk::top_k,
+    timewait::BEFORE_START, timewait::RemoteKey, topk::top_k,
 };
 
 /// What a namespace's visible destinations add up to.
@@ -120,14 +120,21 @@ impl Aggregator {
             failures: u64,
             row: Option<&'a super::ports::DestinationRow>,
         }
-        let failures_of = |netns: u32, remote| self.searches.get(&(netns, remote)).map_or(0, |s| s.failures);
+        // Remotes with failed searches (few, unless every connect fails): a row's failures
+        // are looked up only there, and those no row covers are shown on their own.
+        let mut failing: HashMap<(u32, SocketAddr), (u64, bool)> =
+            self.searches.iter().filter(|(_, s)| s.failures > 0).map(|(k, s)| (*k, (s.failures, false))).collect();
         let mut sums: HashMap<u32, NamespaceSums> = HashMap::new();
-        let mut with_rows: HashSet<(u32, std::net::SocketAddr)> = HashSet::with_capacity(self.destinations.len());
         let mut visible = Vec::new();
         for (_, row) in self.destinations.iter() {
             let d = row.destination;
-            with_rows.insert((d.netns, d.remote));
-            let failures = failures_of(d.netns, d.remote);
+            let failures = match failing.get_mut(&(d.netns, d.remote)) {
+                Some((n, covered)) => {
+                    *covered = true;
+                    *n
+                }
+                None => 0,
+            };
             if row.in_use == 0 && failures == 0 && !row.connects.active(now_ns, since) {
                 continue;
             }
@@ -136,10 +143,10 @@ impl Aggregator {
         }
         // Remote endpoints searched for but with no destination (every connect failed, or all
         // closed): shown under the unspecified local address.
-        for ((netns, remote), search) in &self.searches {
-            if search.failures > 0 && !with_rows.contains(&(*netns, *remote)) {
-                let destination = Destination { netns: *netns, local: unspecified_like(remote.ip()), remote: *remote };
-                visible.push(Ranked { destination, utilisation: 0.0, failures: search.failures, row: None });
+        for ((netns, remote), (failures, covered)) in failing {
+            if !covered {
+                let destination = Destination { netns, local: unspecified_like(remote.ip()), remote };
+                visible.push(Ranked { destination, utilisation: 0.0, failures, row: None });
             }
         }
         // Failures of evicted search rows still count in their namespace.
@@ -234,9 +241,19 @@ impl Aggregator {
     fn timewait_view(&self, now_ns: u64, since: u64) -> TimeWaitParts {
         let top = self.settings.top;
         let g = &self.tw_groups;
-        let by_remote = top_k(g.remotes.iter().map(|(k, n)| (self.remote_name(*k), u64::from(*n))), top, by_count)
+        // Ranked before any is named: a server's million clients are not formatted per frame.
+        // Ties go by address (IPv4 in numeric order, then the others by name).
+        let remote_order = |a: &(&RemoteKey, &u32), b: &(&RemoteKey, &u32)| {
+            b.1.cmp(a.1).then_with(|| match (a.0, b.0) {
+                (RemoteKey::V4(x), RemoteKey::V4(y)) => x.cmp(y),
+                (RemoteKey::V4(_), RemoteKey::Named(_)) => std::cmp::Ordering::Less,
+                (RemoteKey::Named(_), RemoteKey::V4(_)) => std::cmp::Ordering::Greater,
+                (RemoteKey::Named(x), RemoteKey::Named(y)) => self.names.name(*x).cmp(self.names.name(*y)),
+            })
+        };
+        let by_remote = top_k(g.remotes.iter(), top, remote_order)
             .into_iter()
-            .map(|(key, count)| Group { key, count })
+            .map(|(key, count)| Group { key: self.remote_name(*key), count: u64::from(*count) })
             .collect();
         let named = |counts: &HashMap<NameId, u64>| -> Vec<Group> {
             top_k(counts.iter().map(|(id, n)| (self.names.name(*id), *n)), top, by_count)
