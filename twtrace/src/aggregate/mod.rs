@@ -255,7 +255,9 @@ pub struct Aggregator {
     /// had counted (`ports.rs`).
     max_rows: Option<usize>,
     evicted: Evicted,
-    evicted_searches: Histogram,
+    /// Every connect() search, whatever its row (`ports.rs`).
+    all_search_ns: Histogram,
+    all_candidates: Histogram,
     evicted_failures_by_netns: HashMap<u32, u64>,
 }
 

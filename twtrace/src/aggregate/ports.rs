@@ -138,8 +138,8 @@ pub struct Evicted {
     /// Destination rows evicted, and the connect() attempts they had counted.
     pub destinations: u64,
     pub connects: u64,
-    /// connect() search rows evicted, and the failures they had counted (their durations are
-    /// in [`Aggregator::evicted_searches`]).
+    /// connect() search rows evicted, and the failures they had counted (their durations stay
+    /// in [`Aggregator::all_connect_searches`]).
     pub searches: u64,
     pub search_failures: u64,
     /// Per-process failure rows forgotten (their counts stay in the per-command totals; a
@@ -259,8 +259,10 @@ impl Aggregator {
                 let d = self.searches.entry((e.netns, remote)).or_default();
                 d.last_second = u32::try_from(e.ts_ns / 1_000_000_000).unwrap_or(u32::MAX);
                 d.search_ns.record(e.duration_ns);
+                self.all_search_ns.record(e.duration_ns);
                 if let Some(c) = e.candidates {
                     d.candidates.get_or_insert_default().record(u64::from(c));
+                    self.all_candidates.record(u64::from(c));
                 }
                 if failed {
                     d.failures += 1;
@@ -295,7 +297,6 @@ impl Aggregator {
                     self.evicted.searches += 1;
                     self.evicted.search_failures += row.failures;
                     *self.evicted_failures_by_netns.entry(key.0).or_default() += row.failures;
-                    self.evicted_searches.merge(&row.search_ns);
                 }
             }
         }
@@ -305,9 +306,10 @@ impl Aggregator {
         }
     }
 
-    /// The durations of evicted search rows, summed (the exporter's `other`).
-    pub fn evicted_searches(&self) -> &Histogram {
-        &self.evicted_searches
+    /// Every connect() search's duration and candidates so far, whatever its row (evicted
+    /// ones included): the exporter's `other` is this less the rows it names, O(rows named).
+    pub fn all_connect_searches(&self) -> (&Histogram, &Histogram) {
+        (&self.all_search_ns, &self.all_candidates)
     }
 
     /// What evicted rows had counted.
@@ -321,6 +323,11 @@ impl Aggregator {
     }
 
     /// connect() port searches per (namespace, remote endpoint): durations (ns), candidates.
+    /// How many (namespace, remote endpoint) search rows there are.
+    pub fn connect_search_rows(&self) -> usize {
+        self.searches.len()
+    }
+
     pub fn connect_searches(&self) -> impl Iterator<Item = ((u32, SocketAddr), &Histogram, &Histogram)> {
         static NONE: Histogram = Histogram::EMPTY;
         self.searches.iter().map(|(k, s)| (*k, &s.search_ns, s.candidates.as_deref().unwrap_or(&NONE)))

@@ -90,6 +90,20 @@ impl Histogram {
         self.sum += other.sum;
     }
 
+    /// Takes away the values of `part`, which were all recorded here too (a row's share of
+    /// a total). Counts and sum are exact; min and max stay the whole's (they only keep a
+    /// bucket's reported middle within the values seen).
+    pub fn subtract(&mut self, part: &Histogram) {
+        for &(b, n) in &part.counts {
+            if let Ok(i) = self.counts.binary_search_by_key(&b, |(bucket, _)| *bucket) {
+                self.counts[i].1 = self.counts[i].1.saturating_sub(n);
+            }
+        }
+        self.counts.retain(|(_, n)| *n > 0);
+        self.total = self.total.saturating_sub(part.total);
+        self.sum = self.sum.saturating_sub(part.sum);
+    }
+
     /// How many values fall at or below each of `bounds` (ascending), to bucket precision: a
     /// bucket counts where its middle (as [`Self::quantile`] reports it) falls. Cumulative.
     pub fn at_or_below(&self, bounds: &[u64]) -> Vec<u64> {
@@ -310,7 +324,7 @@ mod tests {
     }
 
     #[test]
-    fn a_sparse_histogram_merges_and_keeps_its_order() {
+    fn a_sparse_histogram_merges_subtracts_and_keeps_its_order() {
         let mut a = Histogram::default();
         let mut b = Histogram::default();
         for v in [1_000, 5, 70_000] {
@@ -319,6 +333,10 @@ mod tests {
         for v in [5, 2_000_000] {
             b.record(v);
         }
+        let mut whole = a.clone();
+        whole.merge(&b);
+        whole.subtract(&b);
+        assert_eq!((whole.counts.clone(), whole.total, whole.sum), (a.counts.clone(), a.total, a.sum));
         a.merge(&b);
         assert_eq!(a.count(), 5);
         assert_eq!(a.max(), Some(2_000_000));

@@ -182,19 +182,6 @@ fn histogram(h: &Histogram, bounds: &[f64], scale: f64) -> Value {
     Value::Histogram { sum: h.sum() as f64 / scale, count: h.count(), buckets }
 }
 
-/// Sums histograms of the same bounds (for `other`).
-fn add_histogram(into: &mut Option<Value>, more: Value) {
-    match (into.as_mut(), more) {
-        (None, more) => *into = Some(more),
-        (Some(Value::Histogram { sum, count, buckets }), Value::Histogram { sum: s2, count: c2, buckets: b2 }) => {
-            *sum += s2;
-            *count += c2;
-            buckets.iter_mut().zip(b2).for_each(|(a, b)| a.1 += b.1);
-        }
-        _ => {}
-    }
-}
-
 impl Builder {
     pub fn new(limits: Limits) -> Self {
         Self { limits, generation: 0, activity: HashMap::new() }
@@ -515,15 +502,16 @@ impl Builder {
         type Row<'a> = ((u32, SocketAddr), &'a Histogram, &'a Histogram);
         let busiest = |a: &Row, b: &Row| b.1.count().cmp(&a.1.count()).then(a.0.cmp(&b.0));
         let shown: Vec<Row> = top_k(aggregator.connect_searches(), self.limits.top_k, busiest);
-        let named: foldhash::HashSet<(u32, SocketAddr)> = shown.iter().map(|r| r.0).collect();
-        let (mut other_d, mut other_c, mut n_folded) = (None, None, 0u64);
-        for (key, d, c) in aggregator.connect_searches() {
-            if !named.contains(&key) {
-                n_folded += 1;
-                add_histogram(&mut other_d, histogram(d, &SEARCH_BOUNDS, 1e9));
-                add_histogram(&mut other_c, histogram(c, &CANDIDATE_BOUNDS, 1.0));
-            }
+        // The rest: every search so far less the rows named (evicted rows' included).
+        let n_folded = aggregator.connect_search_rows().saturating_sub(shown.len()) as u64;
+        let (all_d, all_c) = aggregator.all_connect_searches();
+        let (mut rest_d, mut rest_c) = (all_d.clone(), all_c.clone());
+        for (_, d, c) in &shown {
+            rest_d.subtract(d);
+            rest_c.subtract(c);
         }
+        let other_d = (rest_d.count() > 0).then(|| histogram(&rest_d, &SEARCH_BOUNDS, 1e9));
+        let other_c = (n_folded > 0).then(|| histogram(&rest_c, &CANDIDATE_BOUNDS, 1.0));
         for ((netns, remote), d, c) in shown {
             let mut labels = ns(netns, &aggregator.namespace_name(netns));
             labels.push(("remote", remote.to_string()));
@@ -534,9 +522,6 @@ impl Builder {
         }
         let other =
             || ["netns", "namespace", "remote"].into_iter().map(|k| (k, "other".to_owned())).collect::<Vec<_>>();
-        if aggregator.evicted_searches().count() > 0 {
-            add_histogram(&mut other_d, histogram(aggregator.evicted_searches(), &SEARCH_BOUNDS, 1e9));
-        }
         if let Some(v) = other_d {
             duration.push(other(), v);
         }

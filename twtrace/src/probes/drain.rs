@@ -154,6 +154,8 @@ fn run(
 ) {
     let fd = ring.as_raw_fd();
     let mut last_start: Option<u64> = None;
+    // Each batch starts with room for as many events as the last: no copy on the way up.
+    let mut room = 1024;
     loop {
         let stopping = counters.stop.load(Ordering::Relaxed);
         if !stopping {
@@ -164,13 +166,14 @@ fn run(
             counters.longest_gap_ns.fetch_max(start.saturating_sub(last), Ordering::Relaxed);
         }
         last_start = Some(start);
-        let mut batch = Vec::new();
+        let mut batch = Vec::with_capacity(room);
         while let Some(item) = ring.next() {
             decoder.decode(&item, &mut batch);
         }
         // At the stop, every decision that waits on what follows is made now.
         decoder.flush(if stopping { u64::MAX } else { crate::time::monotonic_ns() }, &mut batch);
         *counters.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = decoder.stats();
+        room = batch.len().clamp(1024, 1 << 16);
         hand_over(batch, counters, send);
         if stopping {
             return;
