@@ -8,6 +8,7 @@
 //! and a destination's ports count against its own namespace's range. Host-wide figures are
 //! sums over namespaces, never a merge of unrelated rows.
 
+mod intern;
 mod paws;
 mod ports;
 mod resync;
@@ -118,64 +119,13 @@ impl PeerTimestamps {
 
 type NameId = u32;
 
-/// Strings the views group by (addresses, owners), stored once, and freed when no live
-/// socket names them any more: a host running a short-lived client per request sees a new
-/// owner (`curl[pid]`) per request, millions a day.
-#[derive(Default)]
-struct Names {
-    ids: HashMap<String, NameId>,
-    names: Vec<String>,
-    /// Live sockets' groupings naming each (see [`GroupKey`](timewait::GroupKey)).
-    refs: Vec<u32>,
-    /// Numbers of freed names, for reuse.
-    free: Vec<NameId>,
-}
+/// Strings the views group by (addresses, owners), stored once, each held by the origins
+/// and remotes of live sockets (`intern.rs`).
+type Names = intern::Interner<String>;
 
 impl Names {
-    /// The name's number (it is freed again unless [`Self::hold`] follows).
-    fn id(&mut self, name: String) -> NameId {
-        if let Some(&id) = self.ids.get(&name) {
-            return id;
-        }
-        let id = match self.free.pop() {
-            Some(id) => {
-                self.names[id as usize].clone_from(&name);
-                id
-            }
-            None => {
-                self.names.push(name.clone());
-                self.refs.push(0);
-                (self.names.len() - 1) as NameId
-            }
-        };
-        self.ids.insert(name, id);
-        id
-    }
-
-    fn hold(&mut self, id: NameId) {
-        self.refs[id as usize] += 1;
-    }
-
-    /// One reference fewer; whether that freed the name.
-    fn release(&mut self, id: NameId) -> bool {
-        let refs = &mut self.refs[id as usize];
-        *refs = refs.saturating_sub(1);
-        if *refs > 0 {
-            return false;
-        }
-        let name = std::mem::take(&mut self.names[id as usize]);
-        self.ids.remove(&name);
-        self.free.push(id);
-        true
-    }
-
     fn name(&self, id: NameId) -> &str {
-        &self.names[id as usize]
-    }
-
-    /// Names held now.
-    fn len(&self) -> usize {
-        self.ids.len()
+        self.get(id)
     }
 }
 

@@ -261,7 +261,7 @@ impl Aggregator {
                 .map(|(key, count)| Group { key: key.to_owned(), count })
                 .collect()
         };
-        let before_start = self.names.ids.get(BEFORE_START).copied();
+        let before_start = self.names.find(&BEFORE_START.to_owned());
         let by_command = top_k(
             g.commands.iter().map(|(id, (count, processes))| CommandGroup {
                 command: self.names.name(*id).to_owned(),

@@ -20,7 +20,7 @@ pub(super) enum RemoteKey {
 /// its namespace, local address and owner. A host has few (a service's listening address
 /// and workers, a client's address and processes), so a socket keeps the number of its
 /// origin in a table, not the four numbers.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub(super) struct Origin {
     pub netns: u32,
     pub local: NameId,
@@ -32,57 +32,7 @@ pub(super) struct Origin {
 pub(super) type OriginId = u32;
 
 /// Origins by number, each held by the live sockets that come from it and freed with the last.
-#[derive(Default)]
-pub(super) struct Origins {
-    ids: HashMap<Origin, OriginId>,
-    origins: Vec<Origin>,
-    refs: Vec<u32>,
-    free: Vec<OriginId>,
-}
-
-impl Origins {
-    fn id(&mut self, origin: Origin) -> OriginId {
-        if let Some(&id) = self.ids.get(&origin) {
-            return id;
-        }
-        let id = match self.free.pop() {
-            Some(id) => {
-                self.origins[id as usize] = origin;
-                id
-            }
-            None => {
-                self.origins.push(origin);
-                self.refs.push(0);
-                (self.origins.len() - 1) as OriginId
-            }
-        };
-        self.ids.insert(origin, id);
-        id
-    }
-
-    pub fn get(&self, id: OriginId) -> &Origin {
-        &self.origins[id as usize]
-    }
-
-    /// One more socket from it; whether it is the first.
-    fn hold(&mut self, id: OriginId) -> bool {
-        self.refs[id as usize] += 1;
-        self.refs[id as usize] == 1
-    }
-
-    /// One socket fewer; the origin, when that was the last.
-    fn release(&mut self, id: OriginId) -> Option<Origin> {
-        let refs = &mut self.refs[id as usize];
-        *refs = refs.saturating_sub(1);
-        if *refs > 0 {
-            return None;
-        }
-        let origin = self.origins[id as usize];
-        self.ids.remove(&origin);
-        self.free.push(id);
-        Some(origin)
-    }
-}
+pub(super) type Origins = super::intern::Interner<Origin>;
 
 /// What the views group a TIME_WAIT socket by: 12 bytes.
 #[derive(Clone, Copy)]
@@ -313,7 +263,7 @@ impl Aggregator {
             freed.push(id);
         }
         for id in freed {
-            if self.names.release(id) {
+            if self.names.release(id).is_some() {
                 if let Some(owner) = self.owner_keys.remove(&id) {
                     self.owner_ids.remove(&owner);
                 }
