@@ -60,11 +60,20 @@ pub struct BenchArgs {
     vm_only: bool,
 }
 
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set (relative to the workspace,
+/// as cargo reads it), else the workspace's `target/`.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
+}
+
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     setup::ensure()?;
     cargo(&["build", "--release", "--package", "twtrace"])?;
     let root = workspace_root();
-    let twtrace = root.join("target/release/twtrace");
+    let twtrace = target_dir().join("release/twtrace");
     if crate::which("bpftrace").is_none() {
         bail!("bpftrace is missing: `cargo xtask setup` installs it");
     }
