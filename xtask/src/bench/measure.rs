@@ -262,14 +262,19 @@ pub const SERVE_ADDR: &str = "127.0.0.1:19977";
 
 /// One GET of /metrics, as a scraper does; whether it came back 200 with the whole exposition.
 pub fn scrape(addr: &str) -> bool {
+    fetch_metrics(addr, Duration::from_secs(5)).is_some()
+}
+
+/// One GET of /metrics: the response (status line, headers, exposition) if it came back 200
+/// with the whole exposition within `timeout` per read.
+pub fn fetch_metrics(addr: &str, timeout: Duration) -> Option<String> {
     use std::io::{Read as _, Write as _};
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else { return false };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    if stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").is_err() {
-        return false;
-    }
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    let _ = stream.set_read_timeout(Some(timeout));
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").ok()?;
     let mut body = String::new();
-    stream.read_to_string(&mut body).is_ok() && body.starts_with("HTTP/1.1 200") && body.ends_with("# EOF\n")
+    stream.read_to_string(&mut body).ok()?;
+    (body.starts_with("HTTP/1.1 200") && body.ends_with("# EOF\n")).then_some(body)
 }
 
 pub type Lines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;

@@ -11,7 +11,8 @@
 //!
 //! The modules: `measure` runs one tracer beside the churn, `process` reads what a process
 //! costs from /proc, `netns` makes the load's namespace, `bpftrace` holds the scripts compared
-//! with, `guest` the backend comparison under QEMU, `report` the table.
+//! with, `guest` the backend comparison under QEMU, `report` the table. `scale` is the other
+//! bench, `--scale`: the cardinality ladders of issue 25.
 
 mod bpftrace;
 mod guest;
@@ -19,6 +20,7 @@ mod measure;
 mod netns;
 mod process;
 mod report;
+pub mod scale;
 
 use std::{collections::BTreeMap, path::PathBuf};
 
@@ -58,6 +60,8 @@ pub struct BenchArgs {
     /// Only the guest comparison.
     #[arg(long, conflicts_with = "no_vm")]
     vm_only: bool,
+    #[command(flatten)]
+    scale: scale::ScaleArgs,
 }
 
 /// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set (relative to the workspace,
@@ -74,6 +78,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     cargo(&["build", "--release", "--package", "twtrace"])?;
     let root = workspace_root();
     let twtrace = target_dir().join("release/twtrace");
+    if args.scale.enabled() {
+        return scale::run(&args.scale, args.quick, &twtrace, args.markdown.as_deref());
+    }
     if crate::which("bpftrace").is_none() {
         bail!("bpftrace is missing: `cargo xtask setup` installs it");
     }

@@ -64,3 +64,53 @@ impl Drop for Netns {
         std::thread::sleep(Duration::from_secs(3));
     }
 }
+
+/// Several namespaces of the bench's, made fresh (a stale one of the same name is deleted
+/// first) with `sysctl -w` assignments inside each, and deleted together on drop. Quiet:
+/// the namespace ladder makes a thousand.
+pub struct Namespaces {
+    names: Vec<String>,
+}
+
+fn quietly(cmd: &mut Command) -> anyhow::Result<()> {
+    let out = cmd.stdout(Stdio::null()).output().with_context(|| crate::describe(cmd))?;
+    if !out.status.success() {
+        anyhow::bail!("`{}` failed: {}", crate::describe(cmd), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+impl Namespaces {
+    pub fn create(names: &[String], sysctls: &[String]) -> anyhow::Result<Self> {
+        let started = std::time::Instant::now();
+        let mut made = Self { names: Vec::with_capacity(names.len()) };
+        for name in names {
+            let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+            quietly(Command::new("ip").args(["netns", "add", name]))?;
+            made.names.push(name.clone());
+            quietly(Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]))?;
+            if !sysctls.is_empty() {
+                quietly(Command::new("ip").args(["netns", "exec", name, "sysctl", "-qw"]).args(sysctls))?;
+            }
+        }
+        eprintln!(
+            "xtask: ({:.0}s) {} namespace(s) {}{} with {}",
+            started.elapsed().as_secs_f64(),
+            names.len(),
+            names.first().map_or("", String::as_str),
+            if names.len() > 1 { "..." } else { "" },
+            sysctls.join(" ")
+        );
+        Ok(made)
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+        }
+        // As for `Netns`: the kernel tears them down in a work queue; a thousand take longer.
+        std::thread::sleep(Duration::from_secs(3) + Duration::from_millis(5) * self.names.len() as u32);
+    }
+}
