@@ -89,18 +89,19 @@ pub fn one_line(o: &Outcome) -> String {
 fn ladder_table(ladder: Ladder, outcomes: &[&Outcome]) -> String {
     let row_name = outcomes.first().map_or("row", |o| rows(o).1);
     let mut t = format!(
-        "| {unit} | view | load/s | lost | views | build p50 / p99 / max ms | drain stall max ms | queued peak | CPU s \
+        "| {unit} | view | load/s | events | lost | views | build p50 / p99 / max ms | drain stall max ms | queued peak | CPU s \
          (% of a core) | CPU ms per 1k | RSS +MiB (peak) | B per TW socket | B per {row_name} | TIME_WAIT ss / twtrace \
-         | births kernel / twtrace | ended |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+         | births kernel / twtrace | ended |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
         unit = ladder.unit()
     );
     for o in outcomes {
         let s = o.scale.as_ref();
         t.push_str(&format!(
-            "| {} | {} | {:.0} | {} | {} | {} / {} / {} | {} | {} | {} ({}) | {} | {} ({}) | {} | {} | {} / {} | {} / {} | {} |\n",
+            "| {} | {} | {:.0} | {} | {} | {} | {} / {} / {} | {} | {} | {} ({}) | {} | {} ({}) | {} | {} | {} / {} | {} / {} | {} |\n",
             count_label(o.rung.size),
             o.tool.label(),
             o.load.per_second,
+            n(o.view.events),
             n(o.lost),
             n(s.map(|s| s.views)),
             f(s.map(|s| s.build_p50_ms), 1),
@@ -254,6 +255,12 @@ pub fn report(ladders: &[Ladder], outcomes: &[Outcome], skipped: &[(Ladder, Stri
         if mine.is_empty() {
             continue;
         }
+        if ladder == Ladder::Namespaces {
+            t.push_str(
+                "The views watch every namespace here (no --netns): what else runs on the host counts in their events, \
+                 CPU and memory; TIME_WAIT is compared over the bench's namespaces only.\n\n",
+            );
+        }
         t.push_str(&ladder_table(ladder, &mine));
         let growth = growth_lines(&mine);
         if !growth.is_empty() {
@@ -343,7 +350,7 @@ mod tests {
             &[(Ladder::Timewait, "no --sources".into())],
             Knobs { rate: 20_000.0, threads: 4 },
         );
-        assert!(text.contains("| 100k | serve | 20000 | 0 | 10 | 20.0 / 40.0 / 40.0 |"), "{text}");
+        assert!(text.contains("| 100k | serve | 20000 | - | 0 | 10 | 20.0 / 40.0 / 40.0 |"), "{text}");
         // 50 MiB over 100k destination rows: 524 B each; over 100,500 sockets 522.
         assert!(text.contains("| 50.0 (-) | 522 | 524 |"), "{text}");
         assert!(text.contains("- serve, 10k → 100k (×10): build p99 ×10.00 (n^1.00)"), "{text}");
