@@ -1,6 +1,14 @@
 //! Userspace memory with 1,000,000 live TIME_WAIT sockets: their births go through the
 //! decoder (which tracks each socket by kernel address) and the aggregator (which keeps each
 //! for the views), as in `twtrace top`. Prints one line with the figure and the target.
+//!
+//! Then, in a fresh process (this binary again, so the first figure's heap does not hide the
+//! second's), 100,000 distinct destinations: one client-first connection toward each remote
+//! address, each leaving a client-side TIME_WAIT socket that holds its port (issue 25). Prints
+//! the RSS per destination, and per destination row less the per-socket cost measured first.
+
+#[path = "support/scale_events.rs"]
+mod scale_events;
 
 use std::collections::HashMap;
 
@@ -19,6 +27,12 @@ use twtrace_common::{
 
 const SOCKETS: u64 = 1_000_000;
 const TARGET_MIB: f64 = 200.0;
+const DESTINATIONS: u64 = 100_000;
+/// Issue 25's targets.
+const TARGET_BYTES_PER_SOCKET: f64 = 200.0;
+const TARGET_BYTES_PER_ROW: f64 = 600.0;
+/// The argument that runs the destinations' measurement in this process.
+const DESTINATIONS_ARG: &str = "--destinations-child";
 
 fn rss_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -26,6 +40,22 @@ fn rss_kib(field: &str) -> u64 {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == DESTINATIONS_ARG) {
+        let per_socket = args.get(i + 1).and_then(|b| b.parse().ok()).unwrap_or(0.0);
+        return destinations(per_socket);
+    }
+    let per_socket = sockets();
+    let child = std::process::Command::new(std::env::current_exe().expect("this binary"))
+        .args([DESTINATIONS_ARG, &format!("{per_socket:.1}")])
+        .output()
+        .expect("the destinations' measurement");
+    print!("{}", String::from_utf8_lossy(&child.stdout));
+    assert!(child.status.success(), "{}", String::from_utf8_lossy(&child.stderr));
+}
+
+/// A million server-side TIME_WAIT sockets; prints the figure and returns bytes per socket.
+fn sockets() -> f64 {
     let before = rss_kib("VmRSS:");
     let mut decoder = Decoder::new(250, HashMap::new());
     let mut aggregator = Aggregator::new(Settings { max_tw_buckets: Some(2_000_000), ..Settings::default() });
@@ -94,5 +124,34 @@ fn main() {
         "RSS with {SOCKETS} live TIME_WAIT sockets tracked (decoder + aggregator): {rss:.0} MiB, of which the sockets' \
          state {state:.0} MiB; peak {peak:.0} MiB while the tables grew (target ≤ {TARGET_MIB} MiB RSS: {})",
         if rss <= TARGET_MIB { "met" } else { "MISSED" }
+    );
+    let per_socket = (after - before) as f64 * 1024.0 / SOCKETS as f64;
+    println!(
+        "RSS growth per live TIME_WAIT socket tracked (decoder + aggregator): {per_socket:.0} B (target ≤ \
+         {TARGET_BYTES_PER_SOCKET} B: {})",
+        if per_socket <= TARGET_BYTES_PER_SOCKET { "met" } else { "MISSED" }
+    );
+    per_socket
+}
+
+/// 100k destinations, each with one live client-side TIME_WAIT socket.
+fn destinations(per_socket: f64) {
+    let before = rss_kib("VmRSS:");
+    let mut aggregator = Aggregator::new(scale_events::settings());
+    let mut decoder = scale_events::decoder();
+    let now = scale_events::feed(&mut aggregator, &mut decoder, DESTINATIONS, |i| {
+        scale_events::client_first(i, DESTINATIONS)
+    });
+    aggregator.advance(now);
+    let snapshot = aggregator.snapshot(now);
+    assert_eq!(snapshot.timewait.live, DESTINATIONS, "every client-side socket is tracked");
+    let after = rss_kib("VmRSS:");
+    let per_destination = (after - before) as f64 * 1024.0 / DESTINATIONS as f64;
+    let per_row = per_destination - per_socket;
+    println!(
+        "RSS growth per destination at {DESTINATIONS} distinct destinations (decoder + aggregator, each with its \
+         port search and one live client-side TIME_WAIT socket): {per_destination:.0} B; less {per_socket:.0} B for \
+         the socket: {per_row:.0} B per destination row (target ≤ {TARGET_BYTES_PER_ROW} B: {})",
+        if per_row <= TARGET_BYTES_PER_ROW { "met" } else { "MISSED" }
     );
 }

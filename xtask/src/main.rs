@@ -47,8 +47,13 @@ enum Task {
         command: Vec<String>,
     },
     /// Measure what tracing costs: loopback churn untraced, under twtrace and under bpftrace,
-    /// plus memory, recording size and replay speed. Prints one table (needs root).
+    /// plus memory, recording size and replay speed. Prints one table (needs root). With
+    /// --scale, the cardinality ladders instead (destinations, TIME_WAIT sockets, failing
+    /// processes, namespaces).
     Bench(bench::BenchArgs),
+    /// Load the bench's scale ladder runs inside its namespaces (run by `bench --scale`).
+    #[command(hide = true)]
+    BenchHelper(bench::scale::helper::HelperArgs),
     /// Fuzz the recording reader with cargo fuzz (nightly, libFuzzer), seeded with a valid
     /// recording. Failing inputs are kept under fuzz/artifacts/.
     Fuzz(fuzz::FuzzArgs),
@@ -70,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         Task::Run { args } => run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::BenchHelper(args) => bench::scale::helper::run(&args),
         Task::Study(args) => study::run(&args),
         Task::Vm { kernels, timeout, refresh, command } => {
             vm::run(&kernels, &command, std::time::Duration::from_secs(timeout), refresh)
