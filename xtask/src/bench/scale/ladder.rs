@@ -107,8 +107,9 @@ pub const PORT_RANGE: &str = "1024 65000";
 pub const TW_BUCKETS: &str = "2000000";
 /// The failing ladder's range: two ports, both held by the helper.
 pub const TINY_PORT_RANGE: &str = "61000 61001";
-/// Where the churn server listens (all of 127.0.0.0/8 answers on loopback).
-pub const LISTEN: &str = "0.0.0.0:8080";
+/// Where the churn server listens: with --destinations above 1, churn listens on that port
+/// of every loopback address, confined to `lo` (its address must stay 127.0.0.1).
+pub const LISTEN: &str = "127.0.0.1:8080";
 
 /// The longest load: the first sockets born must still be alive when the counts are read
 /// after it (a settle, then `ss` over up to a million sockets), and they live 60 s.
@@ -335,7 +336,7 @@ mod tests {
         assert_eq!(
             churn_of(&p).join(" "),
             "churn --destinations 100000 --closer client --rate 20000 --threads 4 --duration 10s \
-             --listen 0.0.0.0:8080 --json"
+             --listen 127.0.0.1:8080 --json"
         );
         assert_eq!(p.netns_filter.as_deref(), Some("twscale-dest"));
         assert!(p.sysctls.contains(&("net.ipv4.ip_local_port_range".into(), "1024 65000".into())));
@@ -351,12 +352,12 @@ mod tests {
         let small = plan(Rung { ladder: Ladder::Timewait, size: 10_000 }, KNOBS);
         assert_eq!(
             churn_of(&small).join(" "),
-            "churn --sources 10000 --closer server --rate 2000 --threads 4 --duration 5s --listen 0.0.0.0:8080 --json"
+            "churn --sources 10000 --closer server --rate 2000 --threads 4 --duration 5s --listen 127.0.0.1:8080 --json"
         );
         let big = plan(Rung { ladder: Ladder::Timewait, size: 1_000_000 }, KNOBS);
         assert_eq!(
             churn_of(&big).join(" "),
-            "churn --sources 1000000 --closer server --rate 20000 --threads 4 --duration 50s --listen 0.0.0.0:8080 \
+            "churn --sources 1000000 --closer server --rate 20000 --threads 4 --duration 50s --listen 127.0.0.1:8080 \
              --json"
         );
     }
