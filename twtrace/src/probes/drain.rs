@@ -153,7 +153,8 @@ fn run(
     send: &mpsc::UnboundedSender<Vec<Event>>,
 ) {
     let fd = ring.as_raw_fd();
-    let mut last_start: Option<u64> = None;
+    // From the thread's start: a stall before the first drain counts too.
+    let mut last_start = crate::time::monotonic_ns();
     // Each batch starts with room for as many events as the last: no copy on the way up.
     let mut room = 1024;
     loop {
@@ -162,10 +163,8 @@ fn run(
             wait_readable(fd, DRAIN_INTERVAL);
         }
         let start = crate::time::monotonic_ns();
-        if let Some(last) = last_start {
-            counters.longest_gap_ns.fetch_max(start.saturating_sub(last), Ordering::Relaxed);
-        }
-        last_start = Some(start);
+        counters.longest_gap_ns.fetch_max(start.saturating_sub(last_start), Ordering::Relaxed);
+        last_start = start;
         let mut batch = Vec::with_capacity(room);
         while let Some(item) = ring.next() {
             decoder.decode(&item, &mut batch);
