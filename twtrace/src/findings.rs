@@ -3,6 +3,9 @@
 //! command that shows it fixed. Rules over the report model with named thresholds; `report`
 //! prints their headlines first and `doctor` prints them whole, so the two never disagree.
 
+mod remedies;
+pub mod runbooks;
+
 use serde::Serialize;
 
 use crate::{
@@ -151,11 +154,13 @@ pub fn worst(findings: &[Finding]) -> Severity {
     findings.iter().map(|f| f.severity).max().unwrap_or(Severity::Ok)
 }
 
-/// `ip netns exec NAME ` for a namespace known by an `ip netns` name; empty for the host's.
+/// `ip netns exec NAME ` for a namespace known by an `ip netns` name; empty for the host's and
+/// for one named otherwise.
 fn in_namespace(name: &str) -> String {
     match name {
         "host" => String::new(),
-        n if !n.contains(' ') && !n.contains(':') && n.parse::<u32>().is_err() => format!("ip netns exec {n} "),
+        // Not a container, `pid N (comm)`, an inode or a pod's `namespace/name`.
+        n if !n.contains([' ', ':', '/']) && n.parse::<u32>().is_err() => format!("ip netns exec {n} "),
         _ => String::new(),
     }
 }
@@ -217,11 +222,7 @@ fn recording_health(r: &Report, out: &mut Vec<Finding>) {
                 rec.lost
             ),
         );
-        f.remedies.push(remedy(
-            "run twtrace with a larger --ring-buffer-size (a power of two, e.g. 33554432)",
-            "more locked kernel memory",
-            None,
-        ));
+        f.remedies = remedies::loss();
         out.push(f);
     }
     let skipped = rec.skipped_runs;
@@ -324,49 +325,11 @@ fn port_space_finding(r: &Report, d: &DestinationSummary) -> Finding {
             ts.known()
         ));
     }
-    f.remedies = vec![
-        remedy(
-            "reuse connections: HTTP keep-alive or a connection pool toward this destination",
-            "none in the kernel; needs the client (and the server's keep-alive timeout) to allow it",
-            None,
-        ),
-        remedy(
-            format!("widen ip_local_port_range in namespace {} (now {lo}-{hi}, e.g. 1024-65535)", d.namespace),
-            "the range must not cover ports that services listen on (reserve them with ip_local_reserved_ports)",
-            None,
-        ),
-        remedy(
-            "spread connections over more destination addresses or ports (each adds a whole range of 4-tuples)",
-            "more backends or listeners to run",
-            None,
-        ),
-        remedy(
-            "set net.ipv4.tcp_tw_reuse=1 in that namespace: connect() may take a port still in TIME_WAIT toward \
-             this destination",
-            format!(
-                "only for outgoing connections, and only from TIME_WAIT sockets whose peer sent TCP timestamps \
-                 (tcp_timestamps on here and at the peer; a load balancer with timestamps off defeats it): {}",
-                reuse_outlook(d, timestamps)
-            ),
-            Some("any kernel; 2 (loopback only) is the default since 4.19"),
-        ),
-        remedy(
-            "if the client bind()s before connect(): set IP_BIND_ADDRESS_NO_PORT on the socket, so the port is \
-             chosen per destination at connect()",
-            "a code change in the client",
-            Some("Linux 4.2+"),
-        ),
-        remedy(
-            "give the client's sockets their own range with the IP_LOCAL_PORT_RANGE socket option",
-            "a code change; does not add ports to the namespace",
-            Some("Linux 6.3+"),
-        ),
-    ];
-    f.verify = Some(format!(
-        "{}ss -Htan dst {} | wc -l   # ports held toward it; or twtrace top --netns {}",
-        in_namespace(&d.namespace),
-        d.destination.remote,
-        d.namespace
+    f.remedies = remedies::port_space(&d.namespace, &format!("{lo}-{hi}"), &reuse_outlook(d, timestamps));
+    f.verify = Some(remedies::verify::port_space(
+        &in_namespace(&d.namespace),
+        &d.destination.remote.to_string(),
+        &d.namespace,
     ));
     f
 }
@@ -527,15 +490,8 @@ fn buckets(r: &Report, out: &mut Vec<Finding>) {
         f.place.namespace = Some(ns.name.clone());
         f.evidence =
             vec![format!("TIME_WAIT {} of {max}", ns.timewait_live), format!("TCPTimeWaitOverflow +{overflow}")];
-        f.remedies = vec![
-            remedy("make fewer connections: keep-alive or pooling", "none in the kernel", None),
-            remedy(
-                format!("raise tcp_max_tw_buckets in namespace {}", ns.name),
-                "about 200 bytes of kernel memory per TIME_WAIT socket",
-                Some("per namespace since 4.20 (5.x for all settings)"),
-            ),
-        ];
-        f.verify = Some(format!("{}nstat -az TcpExtTCPTimeWaitOverflow", in_namespace(&ns.name)));
+        f.remedies = remedies::timewait_buckets(&ns.name);
+        f.verify = Some(remedies::verify::timewait_buckets(&in_namespace(&ns.name)));
         out.push(f);
     }
     // Recordings without namespace views: the one traced namespace.
@@ -585,33 +541,8 @@ fn conntrack(r: &Report, out: &mut Vec<Finding>) {
             format!("conntrack insert_failed +{}", counter(ns, CONNTRACK_INSERT_FAILED)),
         ];
         f.evidence.extend(setup_drops(ns, DropClass::Netfilter).map(drop_evidence));
-        f.remedies = vec![
-            remedy(
-                "keep connections alive (pooling): each closed connection keeps its entry 120 s \
-                 (nf_conntrack_tcp_timeout_time_wait)",
-                "application change",
-                None,
-            ),
-            remedy(
-                "raise net.netfilter.nf_conntrack_max in the initial namespace",
-                "about 300 bytes of kernel memory per entry; one limit for every namespace",
-                None,
-            ),
-            remedy(
-                "lower net.netfilter.nf_conntrack_tcp_timeout_time_wait",
-                "a late segment of a closed connection may then pass as INVALID or NEW",
-                None,
-            ),
-            remedy(
-                "do not track traffic that needs no NAT or stateful rule (nftables `notrack` in a raw-priority chain)",
-                "rules that match on ct state stop seeing it",
-                None,
-            ),
-        ];
-        f.verify = Some(format!(
-            "{}cat /proc/sys/net/netfilter/nf_conntrack_count /proc/sys/net/netfilter/nf_conntrack_max",
-            in_namespace(&ns.name)
-        ));
+        f.remedies = remedies::conntrack();
+        f.verify = Some(remedies::verify::conntrack(&in_namespace(&ns.name)));
         out.push(f);
     }
 }
@@ -659,24 +590,9 @@ fn paws(r: &Report, out: &mut Vec<Finding>) {
     } else {
         format!("kernel {}: check that net.ipv4.tcp_tw_recycle is 0 (it breaks clients behind NAT)", rec.kernel)
     });
-    f.remedies = paws_remedies();
-    f.verify = Some("nstat -az TcpExtPAWSActive TcpExtPAWSEstab TcpExtPAWSTimewait".into());
+    f.remedies = remedies::paws();
+    f.verify = Some(remedies::verify::paws(""));
     out.push(f);
-}
-
-fn paws_remedies() -> Vec<Remedy> {
-    vec![
-        remedy(
-            "make the clients behind one address not reuse 4-tuples quickly (keep-alive, fewer new connections)",
-            "client-side change",
-            None,
-        ),
-        remedy(
-            "on the server, avoid being the side that closes first for these clients (no server-side TIME_WAIT)",
-            "application change",
-            None,
-        ),
-    ]
 }
 
 /// PAWS rejects the kernel counted while twtrace saw no drop event: each namespace's own
@@ -724,18 +640,9 @@ fn paws_counted(r: &Report, out: &mut Vec<Finding>) {
         );
         f.evidence = listed;
         f.evidence.push(format!("PAWS drop events seen: 0 ({why})"));
-        f.remedies = vec![remedy(
-            "find the sources with a capture on the server: tcpdump -nv 'tcp[tcpflags] & tcp-syn != 0', looking \
-             for one address whose SYNs' TSval goes backwards across ports",
-            "manual; a 6.16+ kernel lets twtrace name each drop's source",
-            None,
-        )];
-        f.remedies.extend(paws_remedies());
+        f.remedies = remedies::paws_counted();
         f.place.namespace = name.clone();
-        f.verify = Some(format!(
-            "{}nstat -az TcpExtPAWSActive TcpExtPAWSEstab TcpExtPAWSTimewait",
-            name.as_deref().map(in_namespace).unwrap_or_default()
-        ));
+        f.verify = Some(remedies::verify::paws(&name.as_deref().map(in_namespace).unwrap_or_default()));
         out.push(f);
     }
 }
@@ -799,19 +706,8 @@ fn netfilter_drops(r: &Report, out: &mut Vec<Finding>) {
         f.place.namespace = Some(ns.name.clone());
         f.place.destination = d.services.first().map(|(s, _)| s.to_string());
         f.evidence.push(drop_evidence(d));
-        f.remedies = vec![
-            remedy(
-                "find the rule: its packet counter grows with each retry (`nft list ruleset`, `iptables-save -c`)",
-                "none",
-                None,
-            ),
-            remedy(
-                "where refusing is meant, reject instead of drop (`reject with tcp reset`): clients fail at once",
-                "tells a scanner the port is filtered",
-                None,
-            ),
-        ];
-        f.verify = Some(format!("{}nft list ruleset | grep -E 'drop|counter'", in_namespace(&ns.name)));
+        f.remedies = remedies::netfilter_drops();
+        f.verify = Some(remedies::verify::netfilter_drops(&in_namespace(&ns.name)));
         out.push(f);
     }
 }
@@ -865,28 +761,8 @@ fn listen_queues(r: &Report, out: &mut Vec<Finding>) {
         // 6.15+: a handshake's last ACK dropped for a full accept queue has a reason (a SYN
         // refused for either queue is consumed: counted, never a drop event; 5.10-6.18).
         f.evidence.extend(setup_drops(ns, DropClass::ListenOverflow).map(drop_evidence));
-        f.remedies = vec![
-            remedy("accept faster: more accepting threads or workers", "application change", None),
-            remedy(
-                "raise the listen() backlog and net.core.somaxconn (the SYN queue is bounded by the backlog too)",
-                "a longer queue hides a slow acceptor for longer",
-                None,
-            ),
-        ];
-        if syn_queue > 0 {
-            f.remedies.push(remedy(
-                "set net.ipv4.tcp_syncookies=1 (the default): a full SYN queue then answers with cookies instead of \
-                 dropping",
-                "a connection made by cookie loses the TCP options the SYN-ACK could not carry (window scaling \
-                 without timestamps)",
-                None,
-            ));
-        }
-        f.verify = Some(format!(
-            "{}nstat -az TcpExtListenOverflows TcpExtListenDrops TcpExtTCPReqQFullDrop; ss -Hltn   # Recv-Q \
-             against Send-Q (the backlog)",
-            in_namespace(&ns.name)
-        ));
+        f.remedies = remedies::listen_overflow(syn_queue > 0);
+        f.verify = Some(remedies::verify::listen_overflow(&in_namespace(&ns.name)));
         out.push(f);
     }
 }
@@ -907,11 +783,7 @@ fn settings(r: &Report, out: &mut Vec<Finding>) {
                 ),
             );
             f.place.namespace = Some(desc.name.clone());
-            f.remedies = vec![remedy(
-                format!("set net.ipv4.tcp_timestamps=1 in namespace {}", desc.name),
-                "12 bytes of options per segment",
-                None,
-            )];
+            f.remedies = remedies::timestamps_off(&desc.name);
             out.push(f);
         }
         let accepts_only = !connects && view.is_some_and(|v| v.timewait_live > 0 && v.ports_in_use == 0);
