@@ -345,6 +345,23 @@ mod tests {
         }
     }
 
+    /// Every alert waits (`for:`) and names a runbook that exists.
+    #[test]
+    fn every_alert_has_a_for_and_a_runbook_that_exists() {
+        let path = Path::new(ROOT).join("deploy/prometheus/twtrace-rules.yml");
+        let rules: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut alerts = 0;
+        for rule in rules["groups"].as_array().unwrap().iter().flat_map(|g| g["rules"].as_array().unwrap()) {
+            let Some(name) = rule["alert"].as_str() else { continue };
+            alerts += 1;
+            assert!(rule["for"].as_str().is_some_and(|f| f != "0s" && f != "0m"), "{name}: no `for:`");
+            let url = rule["annotations"]["runbook_url"].as_str().unwrap_or_else(|| panic!("{name}: no runbook_url"));
+            let (_, file) = url.split_once("/docs/runbooks/").unwrap_or_else(|| panic!("{name}: {url}"));
+            assert!(Path::new(ROOT).join("docs/runbooks").join(file).is_file(), "{name}: {url} does not exist");
+        }
+        assert!(alerts >= 10, "{alerts} alerts");
+    }
+
     #[test]
     fn a_runbook_carries_doctors_remedies() {
         let text = runbook(Kind::PortSpace);
