@@ -7,6 +7,8 @@
 //! `deploy/` runs against that Prometheus; `promtool check rules` passes on the rules, and
 //! the Python client's strict OpenMetrics parser accepts the exposition.
 
+#[path = "support/kubelet.rs"]
+mod kubelet;
 #[path = "support/prometheus.rs"]
 mod prometheus;
 mod support;
@@ -169,6 +171,109 @@ fn prometheus_sees_each_namespace_as_ss_does() {
     assert!(!said.iter().any(|l| l.contains("error") || l.contains("WARN")), "{said:#?}");
     assert!(said.iter().any(|l| l.contains("serve ended;") && l.contains(", 0 lost")), "{said:#?}");
 }
+
+/// A node's pods as the kubelet and containerd lay them out (see `support/kubelet.rs`): shop/web
+/// under the systemd cgroup driver and db/pg-0 under the cgroupfs driver, each in a namespace
+/// registered as `cni-UUID`, with the kubelet's log directories. `twtrace serve` runs as a pod
+/// of its own would: in another pod's cgroup, in a cgroup namespace of its own (`unshare
+/// --cgroup`), where the cgroupfs pod's path reads `/../../pod<UID>/<ID>` unless twtrace reads
+/// it in the host's cgroup namespace. Through a Prometheus scraping as the PodMonitor does, the
+/// web pod's TIME_WAIT (as `ss` counts it) and EADDRNOTAVAIL (as its client counted them) must
+/// appear under its Kubernetes namespace and pod name, with the CNI name as `netns_name`; the
+/// other pod is named too. `stat` names them the same way.
+#[test]
+fn pods_laid_out_as_the_kubelet_does_are_named_in_prometheus() {
+    if !can_run() {
+        return;
+    }
+    let Some(cgroups) = kubelet::cgroup2_root() else {
+        support::skip("serve", "no cgroup v2 hierarchy mounted here");
+        return;
+    };
+    let scratch = Scratch::new("kubelet");
+    let logs = scratch.0.join("pods");
+    let web =
+        kubelet::KubeletPod::new(&cgroups, &logs, kubelet::Driver::Systemd, ("shop", "web-7d9f8c6b5-x2x4q", "web"), 1);
+    let db = kubelet::KubeletPod::new(&cgroups, &logs, kubelet::Driver::Cgroupfs, ("db", "pg-0", "postgres"), 2);
+    // twtrace's own pod, whose cgroup it runs in.
+    let (own_uid, own_id) = kubelet::ids(3);
+    std::fs::create_dir_all(logs.join(format!("twtrace_twtrace-abcde_{own_uid}/twtrace"))).unwrap();
+    let (_own_cgroup, own_dir) =
+        kubelet::CgroupDirs::make(&cgroups, &kubelet::container_cgroup(kubelet::Driver::Cgroupfs, &own_uid, &own_id));
+    let range = (40_000, 40_099);
+    web.netns.sysctl("net.ipv4.ip_local_port_range", &format!("{} {}", range.0, range.1));
+    web.netns.sysctl("net.ipv4.tcp_tw_reuse", "0");
+
+    let procs = own_dir.join("cgroup.procs");
+    let serve = Serve::start_with(&["--top-k", "10"], |argv| {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo $$ > \"$0\" && exec unshare --cgroup \"$@\""])
+            .arg(&procs)
+            .args(argv)
+            .env(KUBELET_POD_LOGS, &logs);
+        cmd
+    });
+    let ns_of = |pid: String| std::fs::read_link(format!("/proc/{pid}/ns/cgroup")).unwrap();
+    assert_ne!(ns_of(serve.child.id().to_string()), ns_of("self".into()), "serve has a cgroup namespace of its own");
+    let own_view = std::fs::read_to_string(format!("/proc/{}/cgroup", serve.child.id())).unwrap();
+    assert!(own_view.contains(&own_id), "serve runs in its pod's cgroup: {own_view}");
+    let seen_from_serve = support::output(
+        Command::new("nsenter")
+            .arg(format!("--cgroup=/proc/{}/ns/cgroup", serve.child.id()))
+            .args(["cat", &format!("/proc/{}/cgroup", db.pause_pid())]),
+    );
+    eprintln!(
+        "db's sandbox as serve's cgroup namespace shows it: {}",
+        String::from_utf8_lossy(&seen_from_serve.stdout)
+    );
+
+    let prom = Prometheus::start("kubelet", &kubernetes_job(&serve.addr, "node-a"), None);
+    let pod = |p: &kubelet::KubeletPod| {
+        format!("namespace=\"{}\",pod=\"{}\",netns_name=\"{}\"", p.namespace, p.name, p.netns.name)
+    };
+    for p in [&web, &db] {
+        let info = format!("twtrace_namespace_info{{{}}}", pod(p));
+        let named = prom.wait_for(&info, |v| v == 1.0);
+        assert_eq!(
+            named,
+            Some(1.0),
+            "{}/{} is not named: {:#?}",
+            p.namespace,
+            p.name,
+            prom.query("twtrace_namespace_info")
+        );
+    }
+    let summary = support::churn_in(&web.netns, "client", 5, Duration::ZERO).join().unwrap();
+    let refused = summary["failures"]["EADDRNOTAVAIL"].as_u64().unwrap_or(0);
+    let tw = web.netns.time_wait_sockets().len();
+    eprintln!("web: ss TIME_WAIT {tw}, churn EADDRNOTAVAIL {refused}");
+    assert!(refused > 0 && tw >= 99, "the 100-port range ran out: {summary}");
+    let failures = format!("twtrace_port_search_failures_total{{{},errno=\"EADDRNOTAVAIL\"}}", pod(&web));
+    assert_eq!(prom.wait_for(&failures, |v| v == refused as f64), Some(refused as f64), "EADDRNOTAVAIL under its pod");
+    let timewait = format!("twtrace_timewait_sockets{{{}}}", pod(&web));
+    let shown = prom.wait_for(&timewait, |v| within_two_percent(v, tw as f64)).expect("TIME_WAIT under its pod");
+    assert!(within_two_percent(shown, tw as f64), "TIME_WAIT {shown} vs ss {tw}");
+    // The pod's series carry its Kubernetes labels, not those of twtrace's own pod.
+    let series = prom.query(&timewait);
+    assert_eq!(series[0]["metric"]["node"], "node-a", "{series:#?}");
+    assert!(series[0]["metric"].get("container").is_none(), "{series:#?}");
+
+    // stat (top's text form) names them alike, from the same registry.
+    let stat = support::output(
+        Command::new(env!("CARGO_BIN_EXE_twtrace"))
+            .args(["stat", "--json", "--interval", "1", "--count", "1"])
+            .env(KUBELET_POD_LOGS, &logs),
+    );
+    let stat = String::from_utf8_lossy(&stat.stdout);
+    for p in [&web, &db] {
+        assert!(stat.contains(&format!("\"{}/{}\"", p.namespace, p.name)), "stat does not name {}: {stat}", p.name);
+    }
+    let said = serve.stop();
+    assert!(!said.iter().any(|l| l.contains("error") || l.contains("WARN")), "{said:#?}");
+}
+
+/// Where twtrace reads the kubelet's pod log directories instead of /var/log/pods.
+const KUBELET_POD_LOGS: &str = "TWTRACE_KUBELET_POD_LOGS";
 
 /// A scrape job as prometheus-operator makes one of the shipped PodMonitor
 /// (deploy/kubernetes/base/podmonitor.yaml) for twtrace's pod on `node`: the target labels
