@@ -3,15 +3,14 @@
 //! command that shows it fixed. Rules over the report model with named thresholds; `report`
 //! prints their headlines first and `doctor` prints them whole, so the two never disagree.
 
+mod drops;
 mod remedies;
 pub mod runbooks;
 
 use serde::Serialize;
 
 use crate::{
-    aggregate::{NamespaceView, SetupDropView},
-    event::DropClass,
-    kernel::netstat::{LISTEN_DROPS, LISTEN_OVERFLOWS, SYN_QUEUE_FULL_COOKIES, SYN_QUEUE_FULL_DROP},
+    aggregate::NamespaceView,
     report::{DestinationSummary, Report},
 };
 
@@ -173,9 +172,9 @@ pub fn of(r: &Report) -> Vec<Finding> {
     port_space(r, &mut out);
     time_wait(r, &mut out);
     paws(r, &mut out);
-    conntrack(r, &mut out);
-    netfilter_drops(r, &mut out);
-    listen_queues(r, &mut out);
+    drops::conntrack(r, &mut out);
+    drops::netfilter_drops(r, &mut out);
+    drops::listen_queues(r, &mut out);
     settings(r, &mut out);
     if out.iter().all(|f| f.severity <= Severity::Info) && !out.iter().any(|f| f.kind != Kind::ApproximateSearch) {
         let mut ok = Finding::new(
@@ -510,43 +509,6 @@ fn buckets(r: &Report, out: &mut Vec<Finding>) {
     }
 }
 
-/// A namespace whose connection tracking table is full (or nearly): netfilter drops the first
-/// packet of new connections, which stall for the client's SYN retries (1 s, then 3 s...) and
-/// go through at the rate entries expire. A tracked TCP connection keeps its entry for
-/// `nf_conntrack_tcp_timeout_time_wait` (120 s) after it closes, so non-keep-alive churn fills
-/// the table as it fills the port range.
-fn conntrack(r: &Report, out: &mut Vec<Finding>) {
-    use crate::kernel::netstat::{CONNTRACK_COUNT, CONNTRACK_DROP, CONNTRACK_INSERT_FAILED, CONNTRACK_MAX};
-    for ns in &r.namespaces {
-        let (count, max) = (counter(ns, CONNTRACK_COUNT), counter(ns, CONNTRACK_MAX));
-        let dropped = conntrack_dropped(ns);
-        let near = max > 0 && count as f64 >= CONNTRACK_NEAR_LIMIT * max as f64;
-        if dropped <= 0 && !near {
-            continue;
-        }
-        let mut f = Finding::new(
-            if dropped > 0 { Severity::Critical } else { Severity::Warning },
-            Kind::Conntrack,
-            format!(
-                "Namespace {}'s connection tracking table holds {count} of {max} entries{}: at the limit the first \
-                 packet of each new connection is dropped, and connections stall for SYN retries (1 s, 3 s, ...).",
-                ns.name,
-                if dropped > 0 { format!(" and dropped {dropped} packets for want of room") } else { String::new() }
-            ),
-        );
-        f.place.namespace = Some(ns.name.clone());
-        f.evidence = vec![
-            format!("nf_conntrack_count {count}, nf_conntrack_max {max}"),
-            format!("conntrack drop +{}", counter(ns, CONNTRACK_DROP)),
-            format!("conntrack insert_failed +{}", counter(ns, CONNTRACK_INSERT_FAILED)),
-        ];
-        f.evidence.extend(setup_drops(ns, DropClass::Netfilter).map(drop_evidence));
-        f.remedies = remedies::conntrack();
-        f.verify = Some(remedies::verify::conntrack(&in_namespace(&ns.name)));
-        out.push(f);
-    }
-}
-
 fn paws(r: &Report, out: &mut Vec<Finding>) {
     if r.paws.drops == 0 {
         return paws_counted(r, out);
@@ -647,123 +609,12 @@ fn paws_counted(r: &Report, out: &mut Vec<Finding>) {
     }
 }
 
-/// Packets a namespace's connection tracking dropped: no room for an entry, or a lost insert
-/// race.
-fn conntrack_dropped(ns: &NamespaceView) -> i64 {
-    use crate::kernel::netstat::{CONNTRACK_DROP, CONNTRACK_INSERT_FAILED};
-    counter(ns, CONNTRACK_DROP) + counter(ns, CONNTRACK_INSERT_FAILED)
-}
-
-/// A namespace's drops of one class, if twtrace saw any.
-fn setup_drops(ns: &NamespaceView, class: DropClass) -> Option<&SetupDropView> {
-    ns.setup_drops.iter().find(|d| d.class == class)
-}
-
-/// "NETFILTER_DROP drop events: 30, 30 of them SYNs (30 sent by this host), to 127.0.0.1:7000 x30"
-fn drop_evidence(d: &SetupDropView) -> String {
-    let services: Vec<String> = d.services.iter().take(NAMED).map(|(s, n)| format!("{s} x{n}")).collect();
-    format!(
-        "{} drop events: {}, {} of them SYNs ({} sent by this host){}",
-        d.reason,
-        d.total,
-        d.syns,
-        d.syns_sent,
-        if services.is_empty() { String::new() } else { format!(", to {}", services.join(", ")) }
-    )
-}
-
-/// Connection attempts (SYNs) netfilter dropped beyond what a full conntrack table explains:
-/// a rule's `drop` (or a chain's drop policy). The client sees no refusal, only silence: it
-/// retries the SYN (1 s, 3 s, ...) and times out. This host's own connect()s dropped on their
-/// way out are a warning; received SYNs dropped may be a firewall doing its job (an
-/// internet-facing host drops scans all day), so they are a note that names the services.
-fn netfilter_drops(r: &Report, out: &mut Vec<Finding>) {
-    for ns in &r.namespaces {
-        let Some(d) = setup_drops(ns, DropClass::Netfilter) else { continue };
-        let by_conntrack = conntrack_dropped(ns).max(0) as u64;
-        if d.syns <= by_conntrack {
-            continue;
-        }
-        let beyond = if by_conntrack > 0 {
-            format!(" ({by_conntrack} of them for want of conntrack room)")
-        } else {
-            String::new()
-        };
-        let (severity, whose) = if d.syns_sent > 0 {
-            (Severity::Warning, format!("{} of them this host's own connect()s", d.syns_sent))
-        } else {
-            (Severity::Info, "all received: a firewall refusing them by dropping, by design or not".to_owned())
-        };
-        let mut f = Finding::new(
-            severity,
-            Kind::NetfilterDrops,
-            format!(
-                "Netfilter dropped {} connection attempts (SYNs) in namespace {}{beyond}, {whose}. A dropped SYN \
-                 gets no answer: the client retries (1 s, 3 s, ...) and times out.",
-                d.syns, ns.name
-            ),
-        );
-        f.place.namespace = Some(ns.name.clone());
-        f.place.destination = d.services.first().map(|(s, _)| s.to_string());
-        f.evidence.push(drop_evidence(d));
-        f.remedies = remedies::netfilter_drops();
-        f.verify = Some(remedies::verify::netfilter_drops(&in_namespace(&ns.name)));
-        out.push(f);
-    }
-}
-
 /// Whether `release` (e.g. `6.12.57+deb13-cloud-amd64`) is at least `major.minor`.
 fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
     let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
     match (parts.next(), parts.next()) {
         (Some(a), Some(b)) => (a, b) >= (major, minor),
         _ => false,
-    }
-}
-
-/// A listener's queues overflowing: the accept queue (connections the application has not
-/// accept()ed; `ListenOverflows`) or the SYN queue (handshakes under way, with syncookies off;
-/// `TCPReqQFullDrop`). Either way the SYN or the handshake's last ACK is dropped and the
-/// client waits for a retransmit. `ListenDrops` counts every such drop, and more.
-fn listen_queues(r: &Report, out: &mut Vec<Finding>) {
-    for ns in &r.namespaces {
-        let overflows = counter(ns, LISTEN_OVERFLOWS);
-        let drops = counter(ns, LISTEN_DROPS);
-        let syn_queue = counter(ns, SYN_QUEUE_FULL_DROP);
-        if overflows <= 0 && drops <= 0 && syn_queue <= 0 {
-            continue;
-        }
-        let queue = match (overflows > 0, syn_queue > 0) {
-            (_, false) => "accept queue",
-            (false, true) => "SYN queue",
-            (true, true) => "accept and SYN queues",
-        };
-        let mut f = Finding::new(
-            Severity::Critical,
-            Kind::ListenOverflow,
-            format!(
-                "A listener's {queue} overflowed in namespace {}: {overflows} accept-queue overflows, {syn_queue} SYNs \
-                 dropped for a full SYN queue, {drops} SYNs or handshakes dropped in all. New connections stall for \
-                 a SYN retransmit (1 s, then 3 s).",
-                ns.name
-            ),
-        );
-        f.place.namespace = Some(ns.name.clone());
-        f.evidence = vec![
-            format!("{LISTEN_OVERFLOWS} +{overflows}"),
-            format!("{LISTEN_DROPS} +{drops}"),
-            format!("{SYN_QUEUE_FULL_DROP} +{syn_queue}"),
-        ];
-        let cookies = counter(ns, SYN_QUEUE_FULL_COOKIES);
-        if cookies > 0 {
-            f.evidence.push(format!("{SYN_QUEUE_FULL_COOKIES} +{cookies} (answered with syncookies, not dropped)"));
-        }
-        // 6.15+: a handshake's last ACK dropped for a full accept queue has a reason (a SYN
-        // refused for either queue is consumed: counted, never a drop event; 5.10-6.18).
-        f.evidence.extend(setup_drops(ns, DropClass::ListenOverflow).map(drop_evidence));
-        f.remedies = remedies::listen_overflow(syn_queue > 0);
-        f.verify = Some(remedies::verify::listen_overflow(&in_namespace(&ns.name)));
-        out.push(f);
     }
 }
 
@@ -804,171 +655,4 @@ fn settings(r: &Report, out: &mut Vec<Finding>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{
-        aggregate::{Aggregator, Settings},
-        event::{Event, NamespaceDescription, NetstatEvent, Sysctls},
-        probes::{Backend, Family, FamilyReport},
-        source::Health,
-        source_info::SourceInfo,
-    };
-
-    const S: u64 = 1_000_000_000;
-
-    /// The findings of a live model in which namespace `pod-a` (netns 2) counted `deltas`, and
-    /// twtrace saw no drop event; `drops` on the tracepoint backend, or not running.
-    fn counted(kernel: &str, drops_running: bool, deltas: &[(&str, i64)]) -> Vec<Finding> {
-        counted_with(kernel, drops_running, deltas, &[])
-    }
-
-    /// [`counted`], and `events` seen in the namespace besides.
-    fn counted_with(kernel: &str, drops_running: bool, deltas: &[(&str, i64)], events: &[Event]) -> Vec<Finding> {
-        let mut model = Aggregator::new(Settings { port_range: (32_768, 60_999), max_tw_buckets: None, top: 10 });
-        let sysctls = Sysctls { tcp_timestamps: Some(1), ..Sysctls::default() };
-        model.describe(&NamespaceDescription { netns: 2, name: "pod-a".into(), sysctls: Some(sysctls), live: true });
-        model.apply(&Event::Netstat(NetstatEvent {
-            ts_ns: 101 * S,
-            netns: 2,
-            deltas: deltas.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-        }));
-        events.iter().for_each(|e| model.apply(e));
-        model.advance(102 * S);
-        let mut info = SourceInfo::for_tests(kernel);
-        info.backends = vec![FamilyReport {
-            family: Family::Drops,
-            running: drops_running.then_some(Backend::Tracepoint),
-            hooks: Vec::new(),
-            attempts: Vec::new(),
-            blind_spots: None,
-        }];
-        let snap = model.snapshot(102 * S);
-        of(&crate::report::live(&model, &snap, &info, &Health::default()))
-    }
-
-    /// A 6.12 kernel: TIME_WAIT PAWS rejects count PAWSEstab and have no drop reason. The
-    /// finding names the namespace and the counter rise, says there is no per-source detail
-    /// and which kernel gives it; twelve rejects are a warning, as twelve drop events are.
-    #[test]
-    fn paws_counters_without_drop_events_are_named_per_namespace() {
-        let found = counted("6.12.57+deb13-cloud-amd64", true, &[("PAWSEstab", 12), ("PAWSActive", 0), ("TW", 40)]);
-        let f = found.iter().find(|f| f.kind == Kind::Paws).expect("a PAWS finding");
-        assert_eq!(f.severity, Severity::Warning);
-        assert_eq!(f.place.namespace.as_deref(), Some("pod-a"));
-        // The pane's headline runs into the next sentence (it starts in lower case): what is missing.
-        assert_eq!(
-            f.headline(),
-            "Namespace pod-a rejected 12 segments by PAWS (PAWSEstab +12), as the kernel counts them. twtrace saw no \
-             drop event for them (kernel 6.12.57+deb13-cloud-amd64 counts these rejects without a drop reason): no \
-             source, flow or NAT signature to show."
-        );
-        assert!(
-            f.text.contains("kernel 6.12.57+deb13-cloud-amd64 counts these rejects without a drop reason"),
-            "{}",
-            f.text
-        );
-        assert!(f.text.contains("no source, flow or NAT signature") && f.text.contains("6.16+"), "{}", f.text);
-        assert!(f.text.ends_with("tcp_timestamps is unknown."), "the traced namespace's setting: {}", f.text);
-        assert_eq!(f.evidence[0], "PAWSEstab +12");
-        assert_eq!(
-            f.verify.as_deref(),
-            Some("ip netns exec pod-a nstat -az TcpExtPAWSActive TcpExtPAWSEstab TcpExtPAWSTimewait")
-        );
-        // Fewer than PAWS_WARN_DROPS is a note; with the drops family off, the text says so.
-        let found = counted("5.10.0-35-cloud-amd64", false, &[("PAWSEstab", 3), ("PAWSActive", 1)]);
-        let f = found.iter().find(|f| f.kind == Kind::Paws).unwrap();
-        assert_eq!(f.severity, Severity::Info);
-        assert!(f.headline().contains("rejected 4 segments by PAWS (PAWSActive +1, PAWSEstab +3)"), "{}", f.text);
-        assert!(f.text.contains("twtrace's drops family is not running"), "{}", f.text);
-        // No PAWS counter rose: no finding.
-        assert!(counted("6.12.57", true, &[("TW", 40)]).iter().all(|f| f.kind != Kind::Paws));
-    }
-
-    /// `n` SYNs netfilter dropped in pod-a (netns 2), sent by this host toward 10.0.0.9:5432
-    /// or received on 10.0.0.1:8080.
-    fn netfilter_syns(n: u16, sent: bool) -> Vec<Event> {
-        (0..n)
-            .map(|i| {
-                let (local, remote) = if sent {
-                    (format!("10.0.0.1:{}", 40_000 + i), "10.0.0.9:5432".to_owned())
-                } else {
-                    ("10.0.0.1:8080".to_owned(), format!("192.0.2.1:{}", 40_000 + i))
-                };
-                Event::Drop(crate::event::DropEvent {
-                    ts_ns: 101 * S,
-                    reason: "NETFILTER_DROP".into(),
-                    reason_code: 14,
-                    netns: 2,
-                    flow: Some(crate::event::SocketFlow {
-                        local: local.parse().unwrap(),
-                        remote: remote.parse().unwrap(),
-                    }),
-                    tcp_flags: crate::event::TCP_FLAG_SYN,
-                    seq: 1,
-                    ack_seq: 0,
-                    outgoing: sent,
-                })
-            })
-            .collect()
-    }
-
-    /// SYNs netfilter dropped beyond what conntrack dropped for want of room: a rule. This
-    /// host's own connect()s dropped are a warning; received SYNs dropped a note (a firewall
-    /// may mean it). Within conntrack's own count they are its finding's evidence instead.
-    #[test]
-    fn netfilter_drops_of_syns_are_a_rule_unless_conntrack_counted_them() {
-        let found = counted_with("6.18.4", true, &[], &netfilter_syns(3, true));
-        let f = found.iter().find(|f| f.kind == Kind::NetfilterDrops).expect("a netfilter finding");
-        assert_eq!(f.severity, Severity::Warning);
-        assert_eq!(
-            f.headline(),
-            "Netfilter dropped 3 connection attempts (SYNs) in namespace pod-a, 3 of them this host's own connect()s."
-        );
-        assert_eq!(f.place.destination.as_deref(), Some("10.0.0.9:5432"));
-        assert_eq!(
-            f.evidence,
-            ["NETFILTER_DROP drop events: 3, 3 of them SYNs (3 sent by this host), to 10.0.0.9:5432 x3"]
-        );
-
-        let found = counted_with("6.18.4", true, &[], &netfilter_syns(2, false));
-        let f = found.iter().find(|f| f.kind == Kind::NetfilterDrops).unwrap();
-        assert_eq!(f.severity, Severity::Info, "received SYNs dropped: a firewall may mean it");
-        assert_eq!(f.place.destination.as_deref(), Some("10.0.0.1:8080"));
-
-        let full = [("ConntrackDrop", 3), ("ConntrackCount", 50), ("ConntrackMax", 50)];
-        let found = counted_with("6.18.4", true, &full, &netfilter_syns(3, true));
-        assert!(found.iter().all(|f| f.kind != Kind::NetfilterDrops), "conntrack dropped them: {found:#?}");
-        let f = found.iter().find(|f| f.kind == Kind::Conntrack).unwrap();
-        assert_eq!(
-            f.evidence.last().map(String::as_str),
-            Some("NETFILTER_DROP drop events: 3, 3 of them SYNs (3 sent by this host), to 10.0.0.9:5432 x3")
-        );
-    }
-
-    #[test]
-    fn kernel_releases_compare_by_major_and_minor() {
-        assert!(kernel_at_least("6.12.57+deb13-cloud-amd64", (4, 12)));
-        assert!(kernel_at_least("4.12.0", (4, 12)));
-        assert!(!kernel_at_least("4.9.337", (4, 12)));
-        assert!(!kernel_at_least("?", (4, 12)));
-    }
-
-    #[test]
-    fn a_headline_is_the_first_sentence() {
-        let f = |text: &str| Finding::new(Severity::Info, Kind::Nothing, text.into());
-        let port = f("Port space toward 10.0.0.9:80 in namespace pod a.b peaked at 100% (e.g. 51): connect() fails \
-                      when full. Reuse connections.");
-        assert_eq!(
-            port.headline(),
-            "Port space toward 10.0.0.9:80 in namespace pod a.b peaked at 100% (e.g. 51): connect() fails when full."
-        );
-        assert_eq!(f("3 connect() calls failed: curl x3.").headline(), "3 connect() calls failed: curl x3.");
-        assert_eq!(f("no end").headline(), "no end");
-    }
-
-    #[test]
-    fn severities_order_worst_last() {
-        assert!(Severity::Critical > Severity::Warning && Severity::Warning > Severity::Info);
-        assert_eq!(worst(&[]), Severity::Ok);
-    }
-}
+mod tests;

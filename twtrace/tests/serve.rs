@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use prometheus::{Prometheus, Scratch, Serve, can_run, curl, openmetrics_parse};
+use prometheus::{Prometheus, Scratch, Serve, can_run, curl, kubernetes_job, openmetrics_parse};
 use serde_json::Value;
 use support::Netns;
 
@@ -274,38 +274,6 @@ fn pods_laid_out_as_the_kubelet_does_are_named_in_prometheus() {
 
 /// Where twtrace reads the kubelet's pod log directories instead of /var/log/pods.
 const KUBELET_POD_LOGS: &str = "TWTRACE_KUBELET_POD_LOGS";
-
-/// A scrape job as prometheus-operator makes one of the shipped PodMonitor
-/// (deploy/kubernetes/base/podmonitor.yaml) for twtrace's pod on `node`: the target labels
-/// kubernetes_sd's `pod` role gives (`__meta_kubernetes_*`, here set by hand) relabelled to
-/// `namespace`, `pod`, `container`, `node` and the job, and `honor_labels: true`.
-fn kubernetes_job(target: &str, node: &str) -> String {
-    format!(
-        "  - job_name: podMonitor/twtrace/twtrace/0
-    honor_labels: true
-    static_configs:
-      - targets: ['{target}']
-        labels:
-          __meta_kubernetes_namespace: twtrace
-          __meta_kubernetes_pod_name: twtrace-abcde
-          __meta_kubernetes_pod_container_name: twtrace
-          __meta_kubernetes_pod_node_name: {node}
-    relabel_configs:
-      - source_labels: [__meta_kubernetes_namespace]
-        target_label: namespace
-      - source_labels: [__meta_kubernetes_pod_container_name]
-        target_label: container
-      - source_labels: [__meta_kubernetes_pod_name]
-        target_label: pod
-      - source_labels: [__meta_kubernetes_pod_node_name]
-        target_label: node
-      - target_label: endpoint
-        replacement: metrics
-      - target_label: job
-        replacement: twtrace/twtrace
-"
-    )
-}
 
 /// Every query of the dashboard and every alerting rule against the scenario's Prometheus.
 fn deploy_queries_return_data(prom: &Prometheus, rules: &Path) {

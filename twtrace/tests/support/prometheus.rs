@@ -245,3 +245,35 @@ pub fn openmetrics_parse(text: &str) -> Result<usize, String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap())
 }
+
+/// A scrape job as prometheus-operator makes one of the shipped PodMonitor
+/// (deploy/kubernetes/base/podmonitor.yaml) for twtrace's pod on `node`: the target labels
+/// kubernetes_sd's `pod` role gives (`__meta_kubernetes_*`, here set by hand) relabelled to
+/// `namespace`, `pod`, `container`, `node` and the job, and `honor_labels: true`.
+pub fn kubernetes_job(target: &str, node: &str) -> String {
+    format!(
+        "  - job_name: podMonitor/twtrace/twtrace/0
+    honor_labels: true
+    static_configs:
+      - targets: ['{target}']
+        labels:
+          __meta_kubernetes_namespace: twtrace
+          __meta_kubernetes_pod_name: twtrace-abcde
+          __meta_kubernetes_pod_container_name: twtrace
+          __meta_kubernetes_pod_node_name: {node}
+    relabel_configs:
+      - source_labels: [__meta_kubernetes_namespace]
+        target_label: namespace
+      - source_labels: [__meta_kubernetes_pod_container_name]
+        target_label: container
+      - source_labels: [__meta_kubernetes_pod_name]
+        target_label: pod
+      - source_labels: [__meta_kubernetes_pod_node_name]
+        target_label: node
+      - target_label: endpoint
+        replacement: metrics
+      - target_label: job
+        replacement: twtrace/twtrace
+"
+    )
+}
