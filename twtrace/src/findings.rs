@@ -3,12 +3,14 @@
 //! command that shows it fixed. Rules over the report model with named thresholds; `report`
 //! prints their headlines first and `doctor` prints them whole, so the two never disagree.
 
+mod drops;
+mod remedies;
+pub mod runbooks;
+
 use serde::Serialize;
 
 use crate::{
-    aggregate::{NamespaceView, SetupDropView},
-    event::DropClass,
-    kernel::netstat::{LISTEN_DROPS, LISTEN_OVERFLOWS, SYN_QUEUE_FULL_COOKIES, SYN_QUEUE_FULL_DROP},
+    aggregate::NamespaceView,
     report::{DestinationSummary, Report},
 };
 
@@ -151,11 +153,13 @@ pub fn worst(findings: &[Finding]) -> Severity {
     findings.iter().map(|f| f.severity).max().unwrap_or(Severity::Ok)
 }
 
-/// `ip netns exec NAME ` for a namespace known by an `ip netns` name; empty for the host's.
+/// `ip netns exec NAME ` for a namespace known by an `ip netns` name; empty for the host's and
+/// for one named otherwise.
 fn in_namespace(name: &str) -> String {
     match name {
         "host" => String::new(),
-        n if !n.contains(' ') && !n.contains(':') && n.parse::<u32>().is_err() => format!("ip netns exec {n} "),
+        // Not a container, `pid N (comm)`, an inode or a pod's `namespace/name`.
+        n if !n.contains([' ', ':', '/']) && n.parse::<u32>().is_err() => format!("ip netns exec {n} "),
         _ => String::new(),
     }
 }
@@ -168,9 +172,9 @@ pub fn of(r: &Report) -> Vec<Finding> {
     port_space(r, &mut out);
     time_wait(r, &mut out);
     paws(r, &mut out);
-    conntrack(r, &mut out);
-    netfilter_drops(r, &mut out);
-    listen_queues(r, &mut out);
+    drops::conntrack(r, &mut out);
+    drops::netfilter_drops(r, &mut out);
+    drops::listen_queues(r, &mut out);
     settings(r, &mut out);
     if out.iter().all(|f| f.severity <= Severity::Info) && !out.iter().any(|f| f.kind != Kind::ApproximateSearch) {
         let mut ok = Finding::new(
@@ -217,11 +221,7 @@ fn recording_health(r: &Report, out: &mut Vec<Finding>) {
                 rec.lost
             ),
         );
-        f.remedies.push(remedy(
-            "run twtrace with a larger --ring-buffer-size (a power of two, e.g. 33554432)",
-            "more locked kernel memory",
-            None,
-        ));
+        f.remedies = remedies::loss();
         out.push(f);
     }
     let skipped = rec.skipped_runs;
@@ -324,49 +324,11 @@ fn port_space_finding(r: &Report, d: &DestinationSummary) -> Finding {
             ts.known()
         ));
     }
-    f.remedies = vec![
-        remedy(
-            "reuse connections: HTTP keep-alive or a connection pool toward this destination",
-            "none in the kernel; needs the client (and the server's keep-alive timeout) to allow it",
-            None,
-        ),
-        remedy(
-            format!("widen ip_local_port_range in namespace {} (now {lo}-{hi}, e.g. 1024-65535)", d.namespace),
-            "the range must not cover ports that services listen on (reserve them with ip_local_reserved_ports)",
-            None,
-        ),
-        remedy(
-            "spread connections over more destination addresses or ports (each adds a whole range of 4-tuples)",
-            "more backends or listeners to run",
-            None,
-        ),
-        remedy(
-            "set net.ipv4.tcp_tw_reuse=1 in that namespace: connect() may take a port still in TIME_WAIT toward \
-             this destination",
-            format!(
-                "only for outgoing connections, and only from TIME_WAIT sockets whose peer sent TCP timestamps \
-                 (tcp_timestamps on here and at the peer; a load balancer with timestamps off defeats it): {}",
-                reuse_outlook(d, timestamps)
-            ),
-            Some("any kernel; 2 (loopback only) is the default since 4.19"),
-        ),
-        remedy(
-            "if the client bind()s before connect(): set IP_BIND_ADDRESS_NO_PORT on the socket, so the port is \
-             chosen per destination at connect()",
-            "a code change in the client",
-            Some("Linux 4.2+"),
-        ),
-        remedy(
-            "give the client's sockets their own range with the IP_LOCAL_PORT_RANGE socket option",
-            "a code change; does not add ports to the namespace",
-            Some("Linux 6.3+"),
-        ),
-    ];
-    f.verify = Some(format!(
-        "{}ss -Htan dst {} | wc -l   # ports held toward it; or twtrace top --netns {}",
-        in_namespace(&d.namespace),
-        d.destination.remote,
-        d.namespace
+    f.remedies = remedies::port_space(&d.namespace, &format!("{lo}-{hi}"), &reuse_outlook(d, timestamps));
+    f.verify = Some(remedies::verify::port_space(
+        &in_namespace(&d.namespace),
+        &d.destination.remote.to_string(),
+        &d.namespace,
     ));
     f
 }
@@ -527,15 +489,8 @@ fn buckets(r: &Report, out: &mut Vec<Finding>) {
         f.place.namespace = Some(ns.name.clone());
         f.evidence =
             vec![format!("TIME_WAIT {} of {max}", ns.timewait_live), format!("TCPTimeWaitOverflow +{overflow}")];
-        f.remedies = vec![
-            remedy("make fewer connections: keep-alive or pooling", "none in the kernel", None),
-            remedy(
-                format!("raise tcp_max_tw_buckets in namespace {}", ns.name),
-                "about 200 bytes of kernel memory per TIME_WAIT socket",
-                Some("per namespace since 4.20 (5.x for all settings)"),
-            ),
-        ];
-        f.verify = Some(format!("{}nstat -az TcpExtTCPTimeWaitOverflow", in_namespace(&ns.name)));
+        f.remedies = remedies::timewait_buckets(&ns.name);
+        f.verify = Some(remedies::verify::timewait_buckets(&in_namespace(&ns.name)));
         out.push(f);
     }
     // Recordings without namespace views: the one traced namespace.
@@ -551,68 +506,6 @@ fn buckets(r: &Report, out: &mut Vec<Finding>) {
                 ),
             ));
         }
-    }
-}
-
-/// A namespace whose connection tracking table is full (or nearly): netfilter drops the first
-/// packet of new connections, which stall for the client's SYN retries (1 s, then 3 s...) and
-/// go through at the rate entries expire. A tracked TCP connection keeps its entry for
-/// `nf_conntrack_tcp_timeout_time_wait` (120 s) after it closes, so non-keep-alive churn fills
-/// the table as it fills the port range.
-fn conntrack(r: &Report, out: &mut Vec<Finding>) {
-    use crate::kernel::netstat::{CONNTRACK_COUNT, CONNTRACK_DROP, CONNTRACK_INSERT_FAILED, CONNTRACK_MAX};
-    for ns in &r.namespaces {
-        let (count, max) = (counter(ns, CONNTRACK_COUNT), counter(ns, CONNTRACK_MAX));
-        let dropped = conntrack_dropped(ns);
-        let near = max > 0 && count as f64 >= CONNTRACK_NEAR_LIMIT * max as f64;
-        if dropped <= 0 && !near {
-            continue;
-        }
-        let mut f = Finding::new(
-            if dropped > 0 { Severity::Critical } else { Severity::Warning },
-            Kind::Conntrack,
-            format!(
-                "Namespace {}'s connection tracking table holds {count} of {max} entries{}: at the limit the first \
-                 packet of each new connection is dropped, and connections stall for SYN retries (1 s, 3 s, ...).",
-                ns.name,
-                if dropped > 0 { format!(" and dropped {dropped} packets for want of room") } else { String::new() }
-            ),
-        );
-        f.place.namespace = Some(ns.name.clone());
-        f.evidence = vec![
-            format!("nf_conntrack_count {count}, nf_conntrack_max {max}"),
-            format!("conntrack drop +{}", counter(ns, CONNTRACK_DROP)),
-            format!("conntrack insert_failed +{}", counter(ns, CONNTRACK_INSERT_FAILED)),
-        ];
-        f.evidence.extend(setup_drops(ns, DropClass::Netfilter).map(drop_evidence));
-        f.remedies = vec![
-            remedy(
-                "keep connections alive (pooling): each closed connection keeps its entry 120 s \
-                 (nf_conntrack_tcp_timeout_time_wait)",
-                "application change",
-                None,
-            ),
-            remedy(
-                "raise net.netfilter.nf_conntrack_max in the initial namespace",
-                "about 300 bytes of kernel memory per entry; one limit for every namespace",
-                None,
-            ),
-            remedy(
-                "lower net.netfilter.nf_conntrack_tcp_timeout_time_wait",
-                "a late segment of a closed connection may then pass as INVALID or NEW",
-                None,
-            ),
-            remedy(
-                "do not track traffic that needs no NAT or stateful rule (nftables `notrack` in a raw-priority chain)",
-                "rules that match on ct state stop seeing it",
-                None,
-            ),
-        ];
-        f.verify = Some(format!(
-            "{}cat /proc/sys/net/netfilter/nf_conntrack_count /proc/sys/net/netfilter/nf_conntrack_max",
-            in_namespace(&ns.name)
-        ));
-        out.push(f);
     }
 }
 
@@ -659,24 +552,9 @@ fn paws(r: &Report, out: &mut Vec<Finding>) {
     } else {
         format!("kernel {}: check that net.ipv4.tcp_tw_recycle is 0 (it breaks clients behind NAT)", rec.kernel)
     });
-    f.remedies = paws_remedies();
-    f.verify = Some("nstat -az TcpExtPAWSActive TcpExtPAWSEstab TcpExtPAWSTimewait".into());
+    f.remedies = remedies::paws();
+    f.verify = Some(remedies::verify::paws(""));
     out.push(f);
-}
-
-fn paws_remedies() -> Vec<Remedy> {
-    vec![
-        remedy(
-            "make the clients behind one address not reuse 4-tuples quickly (keep-alive, fewer new connections)",
-            "client-side change",
-            None,
-        ),
-        remedy(
-            "on the server, avoid being the side that closes first for these clients (no server-side TIME_WAIT)",
-            "application change",
-            None,
-        ),
-    ]
 }
 
 /// PAWS rejects the kernel counted while twtrace saw no drop event: each namespace's own
@@ -724,94 +602,9 @@ fn paws_counted(r: &Report, out: &mut Vec<Finding>) {
         );
         f.evidence = listed;
         f.evidence.push(format!("PAWS drop events seen: 0 ({why})"));
-        f.remedies = vec![remedy(
-            "find the sources with a capture on the server: tcpdump -nv 'tcp[tcpflags] & tcp-syn != 0', looking \
-             for one address whose SYNs' TSval goes backwards across ports",
-            "manual; a 6.16+ kernel lets twtrace name each drop's source",
-            None,
-        )];
-        f.remedies.extend(paws_remedies());
+        f.remedies = remedies::paws_counted();
         f.place.namespace = name.clone();
-        f.verify = Some(format!(
-            "{}nstat -az TcpExtPAWSActive TcpExtPAWSEstab TcpExtPAWSTimewait",
-            name.as_deref().map(in_namespace).unwrap_or_default()
-        ));
-        out.push(f);
-    }
-}
-
-/// Packets a namespace's connection tracking dropped: no room for an entry, or a lost insert
-/// race.
-fn conntrack_dropped(ns: &NamespaceView) -> i64 {
-    use crate::kernel::netstat::{CONNTRACK_DROP, CONNTRACK_INSERT_FAILED};
-    counter(ns, CONNTRACK_DROP) + counter(ns, CONNTRACK_INSERT_FAILED)
-}
-
-/// A namespace's drops of one class, if twtrace saw any.
-fn setup_drops(ns: &NamespaceView, class: DropClass) -> Option<&SetupDropView> {
-    ns.setup_drops.iter().find(|d| d.class == class)
-}
-
-/// "NETFILTER_DROP drop events: 30, 30 of them SYNs (30 sent by this host), to 127.0.0.1:7000 x30"
-fn drop_evidence(d: &SetupDropView) -> String {
-    let services: Vec<String> = d.services.iter().take(NAMED).map(|(s, n)| format!("{s} x{n}")).collect();
-    format!(
-        "{} drop events: {}, {} of them SYNs ({} sent by this host){}",
-        d.reason,
-        d.total,
-        d.syns,
-        d.syns_sent,
-        if services.is_empty() { String::new() } else { format!(", to {}", services.join(", ")) }
-    )
-}
-
-/// Connection attempts (SYNs) netfilter dropped beyond what a full conntrack table explains:
-/// a rule's `drop` (or a chain's drop policy). The client sees no refusal, only silence: it
-/// retries the SYN (1 s, 3 s, ...) and times out. This host's own connect()s dropped on their
-/// way out are a warning; received SYNs dropped may be a firewall doing its job (an
-/// internet-facing host drops scans all day), so they are a note that names the services.
-fn netfilter_drops(r: &Report, out: &mut Vec<Finding>) {
-    for ns in &r.namespaces {
-        let Some(d) = setup_drops(ns, DropClass::Netfilter) else { continue };
-        let by_conntrack = conntrack_dropped(ns).max(0) as u64;
-        if d.syns <= by_conntrack {
-            continue;
-        }
-        let beyond = if by_conntrack > 0 {
-            format!(" ({by_conntrack} of them for want of conntrack room)")
-        } else {
-            String::new()
-        };
-        let (severity, whose) = if d.syns_sent > 0 {
-            (Severity::Warning, format!("{} of them this host's own connect()s", d.syns_sent))
-        } else {
-            (Severity::Info, "all received: a firewall refusing them by dropping, by design or not".to_owned())
-        };
-        let mut f = Finding::new(
-            severity,
-            Kind::NetfilterDrops,
-            format!(
-                "Netfilter dropped {} connection attempts (SYNs) in namespace {}{beyond}, {whose}. A dropped SYN \
-                 gets no answer: the client retries (1 s, 3 s, ...) and times out.",
-                d.syns, ns.name
-            ),
-        );
-        f.place.namespace = Some(ns.name.clone());
-        f.place.destination = d.services.first().map(|(s, _)| s.to_string());
-        f.evidence.push(drop_evidence(d));
-        f.remedies = vec![
-            remedy(
-                "find the rule: its packet counter grows with each retry (`nft list ruleset`, `iptables-save -c`)",
-                "none",
-                None,
-            ),
-            remedy(
-                "where refusing is meant, reject instead of drop (`reject with tcp reset`): clients fail at once",
-                "tells a scanner the port is filtered",
-                None,
-            ),
-        ];
-        f.verify = Some(format!("{}nft list ruleset | grep -E 'drop|counter'", in_namespace(&ns.name)));
+        f.verify = Some(remedies::verify::paws(&name.as_deref().map(in_namespace).unwrap_or_default()));
         out.push(f);
     }
 }
@@ -822,72 +615,6 @@ fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
     match (parts.next(), parts.next()) {
         (Some(a), Some(b)) => (a, b) >= (major, minor),
         _ => false,
-    }
-}
-
-/// A listener's queues overflowing: the accept queue (connections the application has not
-/// accept()ed; `ListenOverflows`) or the SYN queue (handshakes under way, with syncookies off;
-/// `TCPReqQFullDrop`). Either way the SYN or the handshake's last ACK is dropped and the
-/// client waits for a retransmit. `ListenDrops` counts every such drop, and more.
-fn listen_queues(r: &Report, out: &mut Vec<Finding>) {
-    for ns in &r.namespaces {
-        let overflows = counter(ns, LISTEN_OVERFLOWS);
-        let drops = counter(ns, LISTEN_DROPS);
-        let syn_queue = counter(ns, SYN_QUEUE_FULL_DROP);
-        if overflows <= 0 && drops <= 0 && syn_queue <= 0 {
-            continue;
-        }
-        let queue = match (overflows > 0, syn_queue > 0) {
-            (_, false) => "accept queue",
-            (false, true) => "SYN queue",
-            (true, true) => "accept and SYN queues",
-        };
-        let mut f = Finding::new(
-            Severity::Critical,
-            Kind::ListenOverflow,
-            format!(
-                "A listener's {queue} overflowed in namespace {}: {overflows} accept-queue overflows, {syn_queue} SYNs \
-                 dropped for a full SYN queue, {drops} SYNs or handshakes dropped in all. New connections stall for \
-                 a SYN retransmit (1 s, then 3 s).",
-                ns.name
-            ),
-        );
-        f.place.namespace = Some(ns.name.clone());
-        f.evidence = vec![
-            format!("{LISTEN_OVERFLOWS} +{overflows}"),
-            format!("{LISTEN_DROPS} +{drops}"),
-            format!("{SYN_QUEUE_FULL_DROP} +{syn_queue}"),
-        ];
-        let cookies = counter(ns, SYN_QUEUE_FULL_COOKIES);
-        if cookies > 0 {
-            f.evidence.push(format!("{SYN_QUEUE_FULL_COOKIES} +{cookies} (answered with syncookies, not dropped)"));
-        }
-        // 6.15+: a handshake's last ACK dropped for a full accept queue has a reason (a SYN
-        // refused for either queue is consumed: counted, never a drop event; 5.10-6.18).
-        f.evidence.extend(setup_drops(ns, DropClass::ListenOverflow).map(drop_evidence));
-        f.remedies = vec![
-            remedy("accept faster: more accepting threads or workers", "application change", None),
-            remedy(
-                "raise the listen() backlog and net.core.somaxconn (the SYN queue is bounded by the backlog too)",
-                "a longer queue hides a slow acceptor for longer",
-                None,
-            ),
-        ];
-        if syn_queue > 0 {
-            f.remedies.push(remedy(
-                "set net.ipv4.tcp_syncookies=1 (the default): a full SYN queue then answers with cookies instead of \
-                 dropping",
-                "a connection made by cookie loses the TCP options the SYN-ACK could not carry (window scaling \
-                 without timestamps)",
-                None,
-            ));
-        }
-        f.verify = Some(format!(
-            "{}nstat -az TcpExtListenOverflows TcpExtListenDrops TcpExtTCPReqQFullDrop; ss -Hltn   # Recv-Q \
-             against Send-Q (the backlog)",
-            in_namespace(&ns.name)
-        ));
-        out.push(f);
     }
 }
 
@@ -907,11 +634,7 @@ fn settings(r: &Report, out: &mut Vec<Finding>) {
                 ),
             );
             f.place.namespace = Some(desc.name.clone());
-            f.remedies = vec![remedy(
-                format!("set net.ipv4.tcp_timestamps=1 in namespace {}", desc.name),
-                "12 bytes of options per segment",
-                None,
-            )];
+            f.remedies = remedies::timestamps_off(&desc.name);
             out.push(f);
         }
         let accepts_only = !connects && view.is_some_and(|v| v.timewait_live > 0 && v.ports_in_use == 0);
@@ -932,171 +655,4 @@ fn settings(r: &Report, out: &mut Vec<Finding>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{
-        aggregate::{Aggregator, Settings},
-        event::{Event, NamespaceDescription, NetstatEvent, Sysctls},
-        probes::{Backend, Family, FamilyReport},
-        source::Health,
-        source_info::SourceInfo,
-    };
-
-    const S: u64 = 1_000_000_000;
-
-    /// The findings of a live model in which namespace `pod-a` (netns 2) counted `deltas`, and
-    /// twtrace saw no drop event; `drops` on the tracepoint backend, or not running.
-    fn counted(kernel: &str, drops_running: bool, deltas: &[(&str, i64)]) -> Vec<Finding> {
-        counted_with(kernel, drops_running, deltas, &[])
-    }
-
-    /// [`counted`], and `events` seen in the namespace besides.
-    fn counted_with(kernel: &str, drops_running: bool, deltas: &[(&str, i64)], events: &[Event]) -> Vec<Finding> {
-        let mut model = Aggregator::new(Settings { port_range: (32_768, 60_999), max_tw_buckets: None, top: 10 });
-        let sysctls = Sysctls { tcp_timestamps: Some(1), ..Sysctls::default() };
-        model.describe(&NamespaceDescription { netns: 2, name: "pod-a".into(), sysctls: Some(sysctls), live: true });
-        model.apply(&Event::Netstat(NetstatEvent {
-            ts_ns: 101 * S,
-            netns: 2,
-            deltas: deltas.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-        }));
-        events.iter().for_each(|e| model.apply(e));
-        model.advance(102 * S);
-        let mut info = SourceInfo::for_tests(kernel);
-        info.backends = vec![FamilyReport {
-            family: Family::Drops,
-            running: drops_running.then_some(Backend::Tracepoint),
-            hooks: Vec::new(),
-            attempts: Vec::new(),
-            blind_spots: None,
-        }];
-        let snap = model.snapshot(102 * S);
-        of(&crate::report::live(&model, &snap, &info, &Health::default()))
-    }
-
-    /// A 6.12 kernel: TIME_WAIT PAWS rejects count PAWSEstab and have no drop reason. The
-    /// finding names the namespace and the counter rise, says there is no per-source detail
-    /// and which kernel gives it; twelve rejects are a warning, as twelve drop events are.
-    #[test]
-    fn paws_counters_without_drop_events_are_named_per_namespace() {
-        let found = counted("6.12.57+deb13-cloud-amd64", true, &[("PAWSEstab", 12), ("PAWSActive", 0), ("TW", 40)]);
-        let f = found.iter().find(|f| f.kind == Kind::Paws).expect("a PAWS finding");
-        assert_eq!(f.severity, Severity::Warning);
-        assert_eq!(f.place.namespace.as_deref(), Some("pod-a"));
-        // The pane's headline runs into the next sentence (it starts in lower case): what is missing.
-        assert_eq!(
-            f.headline(),
-            "Namespace pod-a rejected 12 segments by PAWS (PAWSEstab +12), as the kernel counts them. twtrace saw no \
-             drop event for them (kernel 6.12.57+deb13-cloud-amd64 counts these rejects without a drop reason): no \
-             source, flow or NAT signature to show."
-        );
-        assert!(
-            f.text.contains("kernel 6.12.57+deb13-cloud-amd64 counts these rejects without a drop reason"),
-            "{}",
-            f.text
-        );
-        assert!(f.text.contains("no source, flow or NAT signature") && f.text.contains("6.16+"), "{}", f.text);
-        assert!(f.text.ends_with("tcp_timestamps is unknown."), "the traced namespace's setting: {}", f.text);
-        assert_eq!(f.evidence[0], "PAWSEstab +12");
-        assert_eq!(
-            f.verify.as_deref(),
-            Some("ip netns exec pod-a nstat -az TcpExtPAWSActive TcpExtPAWSEstab TcpExtPAWSTimewait")
-        );
-        // Fewer than PAWS_WARN_DROPS is a note; with the drops family off, the text says so.
-        let found = counted("5.10.0-35-cloud-amd64", false, &[("PAWSEstab", 3), ("PAWSActive", 1)]);
-        let f = found.iter().find(|f| f.kind == Kind::Paws).unwrap();
-        assert_eq!(f.severity, Severity::Info);
-        assert!(f.headline().contains("rejected 4 segments by PAWS (PAWSActive +1, PAWSEstab +3)"), "{}", f.text);
-        assert!(f.text.contains("twtrace's drops family is not running"), "{}", f.text);
-        // No PAWS counter rose: no finding.
-        assert!(counted("6.12.57", true, &[("TW", 40)]).iter().all(|f| f.kind != Kind::Paws));
-    }
-
-    /// `n` SYNs netfilter dropped in pod-a (netns 2), sent by this host toward 10.0.0.9:5432
-    /// or received on 10.0.0.1:8080.
-    fn netfilter_syns(n: u16, sent: bool) -> Vec<Event> {
-        (0..n)
-            .map(|i| {
-                let (local, remote) = if sent {
-                    (format!("10.0.0.1:{}", 40_000 + i), "10.0.0.9:5432".to_owned())
-                } else {
-                    ("10.0.0.1:8080".to_owned(), format!("192.0.2.1:{}", 40_000 + i))
-                };
-                Event::Drop(crate::event::DropEvent {
-                    ts_ns: 101 * S,
-                    reason: "NETFILTER_DROP".into(),
-                    reason_code: 14,
-                    netns: 2,
-                    flow: Some(crate::event::SocketFlow {
-                        local: local.parse().unwrap(),
-                        remote: remote.parse().unwrap(),
-                    }),
-                    tcp_flags: crate::event::TCP_FLAG_SYN,
-                    seq: 1,
-                    ack_seq: 0,
-                    outgoing: sent,
-                })
-            })
-            .collect()
-    }
-
-    /// SYNs netfilter dropped beyond what conntrack dropped for want of room: a rule. This
-    /// host's own connect()s dropped are a warning; received SYNs dropped a note (a firewall
-    /// may mean it). Within conntrack's own count they are its finding's evidence instead.
-    #[test]
-    fn netfilter_drops_of_syns_are_a_rule_unless_conntrack_counted_them() {
-        let found = counted_with("6.18.4", true, &[], &netfilter_syns(3, true));
-        let f = found.iter().find(|f| f.kind == Kind::NetfilterDrops).expect("a netfilter finding");
-        assert_eq!(f.severity, Severity::Warning);
-        assert_eq!(
-            f.headline(),
-            "Netfilter dropped 3 connection attempts (SYNs) in namespace pod-a, 3 of them this host's own connect()s."
-        );
-        assert_eq!(f.place.destination.as_deref(), Some("10.0.0.9:5432"));
-        assert_eq!(
-            f.evidence,
-            ["NETFILTER_DROP drop events: 3, 3 of them SYNs (3 sent by this host), to 10.0.0.9:5432 x3"]
-        );
-
-        let found = counted_with("6.18.4", true, &[], &netfilter_syns(2, false));
-        let f = found.iter().find(|f| f.kind == Kind::NetfilterDrops).unwrap();
-        assert_eq!(f.severity, Severity::Info, "received SYNs dropped: a firewall may mean it");
-        assert_eq!(f.place.destination.as_deref(), Some("10.0.0.1:8080"));
-
-        let full = [("ConntrackDrop", 3), ("ConntrackCount", 50), ("ConntrackMax", 50)];
-        let found = counted_with("6.18.4", true, &full, &netfilter_syns(3, true));
-        assert!(found.iter().all(|f| f.kind != Kind::NetfilterDrops), "conntrack dropped them: {found:#?}");
-        let f = found.iter().find(|f| f.kind == Kind::Conntrack).unwrap();
-        assert_eq!(
-            f.evidence.last().map(String::as_str),
-            Some("NETFILTER_DROP drop events: 3, 3 of them SYNs (3 sent by this host), to 10.0.0.9:5432 x3")
-        );
-    }
-
-    #[test]
-    fn kernel_releases_compare_by_major_and_minor() {
-        assert!(kernel_at_least("6.12.57+deb13-cloud-amd64", (4, 12)));
-        assert!(kernel_at_least("4.12.0", (4, 12)));
-        assert!(!kernel_at_least("4.9.337", (4, 12)));
-        assert!(!kernel_at_least("?", (4, 12)));
-    }
-
-    #[test]
-    fn a_headline_is_the_first_sentence() {
-        let f = |text: &str| Finding::new(Severity::Info, Kind::Nothing, text.into());
-        let port = f("Port space toward 10.0.0.9:80 in namespace pod a.b peaked at 100% (e.g. 51): connect() fails \
-                      when full. Reuse connections.");
-        assert_eq!(
-            port.headline(),
-            "Port space toward 10.0.0.9:80 in namespace pod a.b peaked at 100% (e.g. 51): connect() fails when full."
-        );
-        assert_eq!(f("3 connect() calls failed: curl x3.").headline(), "3 connect() calls failed: curl x3.");
-        assert_eq!(f("no end").headline(), "no end");
-    }
-
-    #[test]
-    fn severities_order_worst_last() {
-        assert!(Severity::Critical > Severity::Warning && Severity::Warning > Severity::Info);
-        assert_eq!(worst(&[]), Severity::Ok);
-    }
-}
+mod tests;

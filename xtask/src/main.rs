@@ -1,9 +1,10 @@
-//! Project automation: `cargo xtask setup | test | run | vm | bench | study | fuzz`.
+//! Project automation: `cargo xtask setup | test | run | vm | bench | study | fuzz | deploy`.
 //!
 //! The README's two commands are `cargo xtask run -- <twtrace args>` and `cargo xtask test`;
 //! both install whatever a fresh machine lacks first (see `setup`).
 
 mod bench;
+mod deploy;
 mod fuzz;
 mod runner;
 mod setup;
@@ -60,6 +61,9 @@ enum Task {
     /// Run one `twtrace scenario` (recorded, checked) on the host and in a guest per kernel,
     /// and compare: a table (also Markdown and JSON) and an SVG chart under target/study/.
     Study(study::StudyArgs),
+    /// Write the Kubernetes package's generated files: the PrometheusRule from the alerting
+    /// rules, and deploy/kubernetes/twtrace.yaml rendered from the kustomize base.
+    Deploy,
     /// Set up, build twtrace (release) and run it with the given arguments.
     Run {
         /// Arguments for twtrace, after `--`, e.g. `cargo xtask run -- trace --json`.
@@ -73,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::ensure(),
         Task::Test(args) => test::run(&args),
         Task::Run { args } => run(&args),
+        Task::Deploy => deploy::run(),
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Bench(args) => bench::run(&args),
         Task::BenchHelper(args) => bench::scale::helper::run(&args),

@@ -27,6 +27,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("python3-prometheus-client", "the strict OpenMetrics parser the serve test checks the exposition with"),
     ("openssl", "makes the serve test's TLS certificate"),
     ("curl", "the serve test's HTTP(S) client"),
+    ("python3-venv", "the virtualenv xtask's deploy test installs kubernetes-validate (PyPI) into"),
     (
         "nftables",
         "rules in test namespaces: connection tracking (conntrack full), SYNs and ACKs dropped (doctor's firewall and listener scenarios)",

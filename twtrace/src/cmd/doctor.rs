@@ -22,6 +22,10 @@ pub struct DoctorArgs {
     /// JSON on stdout instead of text.
     #[arg(long)]
     json: bool,
+    /// Write one runbook per kind of finding into DIR (docs/runbooks) and exit: the pages the
+    /// alerting rules' runbook_url annotations point at.
+    #[arg(long, hide = true, value_name = "DIR")]
+    runbooks: Option<std::path::PathBuf>,
     #[command(flatten)]
     source: SourceArgs,
 }
@@ -39,6 +43,11 @@ pub fn exit_code(severity: Severity) -> u8 {
 pub const EXIT_UNKNOWN: u8 = 3;
 
 pub async fn run(args: &DoctorArgs) -> anyhow::Result<Severity> {
+    if let Some(dir) = &args.runbooks {
+        let written = crate::findings::runbooks::write_all(dir)?;
+        eprintln!("twtrace: doctor: {} runbooks written in {}", written.len(), dir.display());
+        return Ok(Severity::Ok);
+    }
     let (mut source, filter) = args.source.open(true, None)?;
     let live = !source.can_wait();
     let limits = Limits { duration: live.then_some(args.duration) };

@@ -13,6 +13,7 @@
 //! Namespaces are not folded: each has its own few series (see the README for the sum).
 
 mod health;
+mod namespaces;
 
 use std::{fmt::Write as _, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -26,7 +27,6 @@ use prometheus_client::{
 
 use crate::{
     aggregate::{Aggregator, Destination, Snapshot, stats::Histogram, topk::top_k},
-    kernel::netstat,
     probes::FamilyReport,
     source::Health,
 };
@@ -155,24 +155,10 @@ pub struct Builder {
     generation: u64,
     /// Per destination: (in use, connects, failures) as last seen, and since when unchanged.
     activity: HashMap<Destination, ((u64, u64, u64), u64)>,
-}
-
-/// The namespace labels every per-namespace series carries.
-fn ns(netns: u32, name: &str) -> Vec<(&'static str, String)> {
-    vec![("netns", netns.to_string()), ("namespace", name.to_owned())]
-}
-
-/// The pod UID or the container a namespace's name says, for the info series.
-fn workload(name: &str) -> (String, String) {
-    if let Some(uid) = name.strip_prefix("pod ") {
-        let uid = uid.split(' ').next().unwrap_or(uid);
-        return (uid.to_owned(), String::new());
-    }
-    let runtimes = ["docker:", "podman:", "containerd:", "cri-o:"];
-    if runtimes.iter().any(|r| name.starts_with(r)) {
-        return (String::new(), name.to_owned());
-    }
-    (String::new(), String::new())
+    /// Each described namespace's labels, as of this build.
+    identities: HashMap<u32, namespaces::Identity>,
+    /// `ip netns` names (`/run/netns`), for `netns_name`.
+    registered: namespaces::Registered,
 }
 
 fn histogram(h: &Histogram, bounds: &[f64], scale: f64) -> Value {
@@ -184,7 +170,18 @@ fn histogram(h: &Histogram, bounds: &[f64], scale: f64) -> Value {
 
 impl Builder {
     pub fn new(limits: Limits) -> Self {
-        Self { limits, generation: 0, activity: HashMap::new() }
+        Self::with_ip_netns_dir(limits, Some("/run/netns".into()))
+    }
+
+    /// A builder that reads `ip netns` names in `dir` (`None`: nowhere; tests).
+    pub fn with_ip_netns_dir(limits: Limits, dir: Option<std::path::PathBuf>) -> Self {
+        Self {
+            limits,
+            generation: 0,
+            activity: HashMap::new(),
+            identities: HashMap::new(),
+            registered: namespaces::Registered::new(dir),
+        }
     }
 
     /// The exposition of `aggregator` at `now_ns` (advance it first). `health` and `backends`
@@ -198,6 +195,7 @@ impl Builder {
     ) -> Exposition {
         self.generation += 1;
         let snapshot = aggregator.snapshot(now_ns);
+        self.identify(aggregator, now_ns);
         let mut families = Vec::new();
         self.namespaces(aggregator, &snapshot, &mut families);
         self.timewait(aggregator, &snapshot, &mut families);
@@ -230,121 +228,6 @@ impl Builder {
         families.push(folded);
         families.push(aged);
         Exposition { generation: self.generation, mono_ns: now_ns, families }
-    }
-
-    fn namespaces(&self, aggregator: &Aggregator, snapshot: &Snapshot, out: &mut Vec<Family>) {
-        let views: HashMap<u32, &crate::aggregate::NamespaceView> =
-            snapshot.namespaces.iter().map(|v| (v.netns, v)).collect();
-        let mut info = Family::new(
-            "twtrace_namespace",
-            Kind::Info,
-            "A network namespace twtrace sees: its inode, name, and the pod or container it belongs to when known.",
-        );
-        let mut tw = Family::new("twtrace_timewait_sockets", Kind::Gauge, "TIME_WAIT sockets in the namespace now.");
-        let mut buckets = Family::new(
-            "twtrace_timewait_max_buckets",
-            Kind::Gauge,
-            "The namespace's net.ipv4.tcp_max_tw_buckets: TIME_WAIT sockets beyond it are not made.",
-        );
-        let mut range = Family::new(
-            "twtrace_local_port_range_size",
-            Kind::Gauge,
-            "Ports in the namespace's net.ipv4.ip_local_port_range.",
-        );
-        let mut counters = Family::new(
-            "twtrace_tcpext",
-            Kind::Counter,
-            "The namespace's TcpExt counters from /proc/net/netstat (TIME_WAIT and PAWS ones), increase since twtrace started.",
-        );
-        let mut conntrack_entries = Family::new(
-            "twtrace_conntrack_entries",
-            Kind::Gauge,
-            "Entries in the namespace's connection tracking table (net.netfilter.nf_conntrack_count), where netfilter tracks connections.",
-        );
-        let mut conntrack_max = Family::new(
-            "twtrace_conntrack_max_entries",
-            Kind::Gauge,
-            "The limit of each namespace's connection tracking table (net.netfilter.nf_conntrack_max).",
-        );
-        let mut conntrack_drops = Family::new(
-            "twtrace_conntrack_dropped_packets",
-            Kind::Counter,
-            "Packets connection tracking dropped since twtrace started: `full` (no room in the table), `insert_failed` (lost an insert race); `early_drop` counts entries evicted to make room.",
-        );
-        let mut setup_drops = Family::new(
-            "twtrace_connection_drops",
-            Kind::Counter,
-            "Packets the kernel dropped that cost connections, other than PAWS, by drop reason: NETFILTER_DROP (a rule, or a full conntrack table; 5.18+), TCP_LISTEN_OVERFLOW (a full accept queue; 6.15+).",
-        );
-        let mut setup_syns = Family::new(
-            "twtrace_connection_drop_syns",
-            Kind::Counter,
-            "Of those, connections' opening SYNs, by direction: `sent` by this host's own connect(), or `received`.",
-        );
-        for description in aggregator.namespaces() {
-            let view = views.get(&description.netns);
-            if !description.live && view.is_none() {
-                continue;
-            }
-            let labels = ns(description.netns, &description.name);
-            let (pod, container) = workload(&description.name);
-            let mut info_labels = labels.clone();
-            info_labels.push(("pod", pod));
-            info_labels.push(("container", container));
-            info.push(info_labels, Value::Info);
-            tw.push(labels.clone(), Value::Int(view.map_or(0, |v| v.timewait_live)));
-            if let Some(limit) = description.sysctls.as_ref().and_then(|s| s.tcp_max_tw_buckets) {
-                buckets.push(labels.clone(), Value::Int(limit));
-            }
-            range.push(labels.clone(), Value::Int(aggregator.range_size(description.netns)));
-            for d in view.map(|v| v.setup_drops.as_slice()).unwrap_or_default() {
-                let mut l = labels.clone();
-                l.push(("reason", d.reason.clone()));
-                setup_drops.push(l.clone(), Value::Int(d.total));
-                for (direction, n) in [("sent", d.syns_sent), ("received", d.syns - d.syns_sent)] {
-                    let mut l = l.clone();
-                    l.push(("direction", direction.into()));
-                    setup_syns.push(l, Value::Int(n));
-                }
-            }
-            for (name, value) in view.map(|v| v.counters.as_slice()).unwrap_or_default() {
-                let value = Value::Int((*value).max(0) as u64);
-                let reason = match name.as_str() {
-                    netstat::CONNTRACK_COUNT => {
-                        conntrack_entries.push(labels.clone(), value);
-                        continue;
-                    }
-                    netstat::CONNTRACK_MAX => {
-                        conntrack_max.push(labels.clone(), value);
-                        continue;
-                    }
-                    netstat::CONNTRACK_DROP => "full",
-                    netstat::CONNTRACK_INSERT_FAILED => "insert_failed",
-                    netstat::CONNTRACK_EARLY_DROP => "early_drop",
-                    _ => {
-                        let mut l = labels.clone();
-                        l.push(("counter", name.clone()));
-                        counters.push(l, value);
-                        continue;
-                    }
-                };
-                let mut l = labels.clone();
-                l.push(("reason", reason.into()));
-                conntrack_drops.push(l, value);
-            }
-        }
-        out.extend([
-            info,
-            tw,
-            buckets,
-            range,
-            counters,
-            conntrack_entries,
-            conntrack_max,
-            conntrack_drops,
-            setup_drops,
-            setup_syns,
-        ]);
     }
 
     fn timewait(&self, aggregator: &Aggregator, snapshot: &Snapshot, out: &mut Vec<Family>) {
@@ -408,6 +291,12 @@ impl Builder {
             "Time until the range is full toward the destination at the current net growth (absent when not growing).",
         )
         .in_seconds();
+        let mut peer_timestamps = Family::new(
+            "twtrace_destination_timewait_births",
+            Kind::Counter,
+            "TIME_WAIT sockets born holding a port toward the destination, by whether the peer had sent TCP timestamps on \
+             the connection (tcp_tw_reuse can give connect() back only the ports of those that had: `sent`).",
+        );
         let mut folded = Family::new("twtrace_series_folded", Kind::Gauge, "");
         let mut aged = Family::new("twtrace_series_aged_out", Kind::Gauge, "");
 
@@ -435,7 +324,7 @@ impl Builder {
                 continue;
             }
             shown += 1;
-            let mut labels = ns(d.destination.netns, &d.namespace);
+            let mut labels = self.ns(d.destination.netns, &d.namespace);
             labels.push(("local", d.destination.local.to_string()));
             labels.push(("remote", d.destination.remote.to_string()));
             in_use.push(labels.clone(), Value::Int(d.in_use));
@@ -443,6 +332,13 @@ impl Builder {
             ratio.push(labels.clone(), Value::Float(d.utilisation));
             connects.push(labels.clone(), Value::Int(total_connects));
             failures.push(labels.clone(), Value::Int(d.failures));
+            if let Some(ts) = d.peer_timestamps {
+                for (peer, n) in [("sent", ts.seen), ("absent", ts.absent)] {
+                    let mut l = labels.clone();
+                    l.push(("peer_timestamps", peer.to_owned()));
+                    peer_timestamps.push(l, Value::Int(n));
+                }
+            }
             if let Some(s) = d.seconds_to_exhaustion {
                 exhaustion.push(labels, Value::Float(s));
             }
@@ -454,10 +350,9 @@ impl Builder {
         other.2 += evicted.search_failures;
         if n_folded > 0 || evicted.destinations > 0 {
             let labels = || {
-                ["netns", "namespace", "local", "remote"]
-                    .into_iter()
-                    .map(|k| (k, "other".to_owned()))
-                    .collect::<Vec<_>>()
+                let mut l = namespaces::Identity::other().labels("other".into());
+                l.extend([("local", "other".to_owned()), ("remote", "other".to_owned())]);
+                l
             };
             in_use.push(labels(), Value::Int(other.0));
             connects.push(labels(), Value::Int(other.1));
@@ -478,11 +373,11 @@ impl Builder {
         let mut sums: Vec<_> = sums.into_iter().collect();
         sums.sort();
         for ((netns, name, errno), count) in sums {
-            let mut labels = ns(netns, name);
+            let mut labels = self.ns(netns, name);
             labels.push(("errno", errno.to_owned()));
             by_errno.push(labels, Value::Int(count));
         }
-        out.extend([in_use, range, ratio, connects, failures, exhaustion, by_errno, folded, aged]);
+        out.extend([in_use, range, ratio, connects, failures, exhaustion, peer_timestamps, by_errno, folded, aged]);
     }
 
     fn searches(&self, aggregator: &Aggregator, out: &mut Vec<Family>) {
@@ -513,15 +408,18 @@ impl Builder {
         let other_d = (rest_d.count() > 0).then(|| histogram(&rest_d, &SEARCH_BOUNDS, 1e9));
         let other_c = (n_folded > 0).then(|| histogram(&rest_c, &CANDIDATE_BOUNDS, 1.0));
         for ((netns, remote), d, c) in shown {
-            let mut labels = ns(netns, &aggregator.namespace_name(netns));
+            let mut labels = self.ns(netns, &aggregator.namespace_name(netns));
             labels.push(("remote", remote.to_string()));
             duration.push(labels.clone(), histogram(d, &SEARCH_BOUNDS, 1e9));
             if c.count() > 0 {
                 candidates.push(labels, histogram(c, &CANDIDATE_BOUNDS, 1.0));
             }
         }
-        let other =
-            || ["netns", "namespace", "remote"].into_iter().map(|k| (k, "other".to_owned())).collect::<Vec<_>>();
+        let other = || {
+            let mut l = namespaces::Identity::other().labels("other".into());
+            l.push(("remote", "other".to_owned()));
+            l
+        };
         if let Some(v) = other_d {
             duration.push(other(), v);
         }
@@ -581,16 +479,15 @@ impl Builder {
                 .iter()
                 .find(|n| n.netns == s.netns)
                 .map_or_else(|| s.netns.to_string(), |n| n.name.clone());
-            let mut labels = ns(s.netns, &name);
+            let mut labels = self.ns(s.netns, &name);
             labels.push(("source", s.source.to_string()));
             by_source.push(labels.clone(), Value::Int(s.drops));
             flows.push(labels, Value::Int(s.flows));
         }
         if n_folded > 0 {
-            by_source.push(
-                ["netns", "namespace", "source"].into_iter().map(|k| (k, "other".to_owned())).collect(),
-                Value::Int(other),
-            );
+            let mut labels = namespaces::Identity::other().labels("other".into());
+            labels.push(("source", "other".to_owned()));
+            by_source.push(labels, Value::Int(other));
         }
         let mut folded = Family::new("twtrace_series_folded", Kind::Gauge, "");
         folded.push(vec![("kind", "paws_source".into())], Value::Int(n_folded));
@@ -634,6 +531,18 @@ fn self_metrics(snapshot: &Snapshot, health: &Health, backends: &[FamilyReport],
         }
         out.push(f);
     }
+    let mut build = Family::new("twtrace_build", Kind::Info, "The twtrace that serves these metrics.");
+    build.push(vec![("version", env!("CARGO_PKG_VERSION").to_owned())], Value::Info);
+    out.push(build);
+    let mut published = Family::new(
+        "twtrace_last_publish_timestamp",
+        Kind::Gauge,
+        "When these figures were built (Unix time): it stops advancing when twtrace's event loop stalls, while scrapes still succeed.",
+    )
+    .in_seconds();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    published.push(vec![], Value::Float(now.as_secs_f64()));
+    out.push(published);
     let mut info = Family::new(
         "twtrace_probe",
         Kind::Info,

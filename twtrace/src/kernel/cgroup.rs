@@ -55,7 +55,7 @@
 //! user manager's units `/user.slice/user-1000.slice/user@1000.service/app.slice/x.service`,
 //! PID 1 itself `/init.scope`.
 
-use std::fmt;
+use std::{fmt, path::Path};
 
 /// A container runtime, as its cgroup names show it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -366,7 +366,7 @@ pub fn of_process(pid: u32) -> Result<Option<Workload>, CgroupError> {
 }
 
 /// [`of_process`] under another procfs mount (tests, a host's /proc seen from a container).
-pub fn of_process_in(proc_root: &std::path::Path, pid: u32) -> Result<Option<Workload>, CgroupError> {
+pub fn of_process_in(proc_root: &Path, pid: u32) -> Result<Option<Workload>, CgroupError> {
     match std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")) {
         Ok(text) => Ok(parse_proc_cgroup(&text)),
         // ESRCH: the task exited between open and read.
@@ -375,6 +375,50 @@ pub fn of_process_in(proc_root: &std::path::Path, pid: u32) -> Result<Option<Wor
         }
         Err(source) => Err(CgroupError::Read { pid, source }),
     }
+}
+
+/// The workloads of `pids`, their cgroups read as the host's cgroup namespace sees them.
+///
+/// `/proc/PID/cgroup` gives paths relative to the reader's cgroup namespace: in a container
+/// with one of its own (the default on cgroup v2), another pod's path is `/../../..` up to
+/// the common ancestor and down again, and under the cgroupfs driver that cuts off the
+/// `kubepods` component a pod is recognised by. So the reads happen on a thread that entered
+/// the cgroup namespace of PID 1 (else of kthreadd, PID 2, where PID 1 hides its namespace
+/// links), when it is not ours (hostPID gives a container the host's PID 1). setns(2) with
+/// CLONE_NEWCGROUP affects only that thread and needs CAP_SYS_ADMIN; without it, or without
+/// the host's /proc, the reads happen here, as before.
+pub fn of_processes_as_host(proc_root: &Path, pids: Vec<u32>) -> Vec<Result<Option<Workload>, CgroupError>> {
+    let proc_root = proc_root.to_owned();
+    let read = move |pids: Vec<u32>| pids.into_iter().map(|pid| of_process_in(&proc_root, pid)).collect::<Vec<_>>();
+    let Some(host) = host_cgroup_ns() else { return read(pids) };
+    std::thread::spawn(move || {
+        let entered = std::fs::File::open(&host).and_then(|ns| {
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: a valid namespace descriptor; affects only this thread, which ends here.
+            match unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWCGROUP) } {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+        if let Err(e) = entered {
+            log::debug!(
+                "entering the host's cgroup namespace ({}): {e}; cgroup paths are read in ours",
+                host.display()
+            );
+        }
+        read(pids)
+    })
+    .join()
+    .unwrap_or_else(|_| Vec::new())
+}
+
+/// The host's cgroup namespace (PID 1's, else kthreadd's) when it is not this process's.
+fn host_cgroup_ns() -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ours = std::fs::metadata("/proc/self/ns/cgroup").ok()?.ino();
+    let host =
+        ["/proc/1/ns/cgroup", "/proc/2/ns/cgroup"].into_iter().find_map(|p| Some((p, std::fs::metadata(p).ok()?)));
+    host.filter(|(_, meta)| meta.ino() != ours).map(|(path, _)| path.into())
 }
 
 #[cfg(test)]
@@ -607,5 +651,11 @@ mod tests {
         // Whatever this machine's manager did, reading our own cgroup works; a gone PID says so.
         of_process(std::process::id()).expect("own cgroup");
         assert!(matches!(of_process(u32::MAX - 1), Err(CgroupError::Gone { .. })));
+        // As the host sees it: the same here (not in a cgroup namespace of our own), one
+        // answer per process, a gone one said so.
+        let both = of_processes_as_host(Path::new("/proc"), vec![std::process::id(), u32::MAX - 1]);
+        assert_eq!(both.len(), 2);
+        assert_eq!(both[0].as_ref().unwrap(), &of_process(std::process::id()).unwrap());
+        assert!(matches!(both[1], Err(CgroupError::Gone { .. })));
     }
 }

@@ -4,6 +4,7 @@ pub mod btf;
 pub mod cgroup;
 pub mod kallsyms;
 pub mod kprobe;
+pub mod kube;
 pub mod namespaces;
 pub mod netns;
 pub mod netstat;

@@ -44,13 +44,20 @@
 use std::{
     collections::HashMap,
     fmt,
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
 
-use super::cgroup::{self, Workload};
+use super::kube::PodDirectory;
 use crate::event::Sysctls;
+
+mod enter;
+mod naming;
+pub use enter::run_in_netns;
+use enter::{Batch, Entered, cookie_here, enter_and_run, read_in_each, same_cookie, sysctls_here, way_in};
+use naming::ip_netns_name;
+pub use naming::{Member, NetnsName, choose_name};
 
 /// A network namespace: its nsfs inode number (`ns.inum`, the `netns` of events).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -85,67 +92,6 @@ fn netns_of(proc_pid: &Path) -> std::io::Result<NetnsId> {
         .to_str()
         .and_then(parse_ns_link)
         .ok_or_else(|| std::io::Error::other(format!("unexpected namespace link `{}`", target.display())))
-}
-
-/// What a person calls a namespace, best first: its `ip netns` name, `host` for PID 1's, the
-/// container or pod of a process in it, a process in it, else the mount that holds it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum NetnsName {
-    /// Named under `/run/netns` (`ip netns add NAME`).
-    IpNetns { name: String },
-    /// The namespace of PID 1: the host's, as this process sees it.
-    Host,
-    /// The container or pod a member process's cgroup names. A pod is named without a
-    /// container: all of a pod's containers share its namespace (the process found first is
-    /// usually its sandbox's `pause`).
-    Workload { workload: Workload },
-    /// A process in it, when its cgroup names no container: `pid 4242 (sleep)`.
-    Process { pid: u32, comm: String },
-    /// Known only by a bind mount outside `/run/netns` (`/run/docker/netns/ID`).
-    Mount { path: PathBuf },
-}
-
-impl NetnsName {
-    /// The order of [`choose_name`]: a better name replaces a worse one, never the reverse
-    /// (a namespace whose `ip netns` name is deleted while a process holds it keeps it).
-    fn strength(&self) -> u8 {
-        match self {
-            Self::IpNetns { name } if !name.starts_with("cni-") => 5,
-            Self::Host => 4,
-            Self::Workload { .. } => 3,
-            Self::IpNetns { .. } => 2,
-            Self::Process { .. } => 1,
-            Self::Mount { .. } => 0,
-        }
-    }
-}
-
-impl fmt::Display for NetnsName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::IpNetns { name } => f.write_str(name),
-            Self::Host => f.write_str("host"),
-            Self::Workload { workload } => write!(f, "{workload}"),
-            Self::Process { pid, comm } => write!(f, "pid {pid} ({comm})"),
-            Self::Mount { path } => match (path.parent(), path.file_name()) {
-                (Some(dir), Some(file)) if dir.ends_with("docker/netns") => {
-                    write!(f, "docker sandbox {}", file.to_string_lossy())
-                }
-                _ => write!(f, "{}", path.display()),
-            },
-        }
-    }
-}
-
-/// A process seen in a namespace when it was described.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Member {
-    pub pid: u32,
-    /// Its command name (`/proc/PID/comm`), empty if it exited before it was read.
-    pub comm: String,
-    /// What its cgroup path names, if anything.
-    pub workload: Option<Workload>,
 }
 
 /// Whether a namespace is still there.
@@ -198,41 +144,6 @@ impl NetnsInfo {
     }
 }
 
-fn ip_netns_name(path: &Path) -> Option<&str> {
-    path.parent().filter(|dir| dir.ends_with("netns") && !dir.ends_with("docker/netns"))?;
-    path.file_name()?.to_str()
-}
-
-/// The name of a namespace from what is known of it (pure: no I/O).
-///
-/// Order: an `ip netns` name a person chose; `host`; a member's container or pod; a CNI
-/// plugin's generated `cni-UUID` name (its pod is more telling when a member names it); a
-/// member process; another mount. A systemd unit does not name a namespace: a process that
-/// ran `unshare -n` inside a service is not the service.
-pub fn choose_name(mounts: &[PathBuf], is_host: bool, member: Option<&Member>) -> Option<NetnsName> {
-    let ip_names: Vec<&str> = mounts.iter().filter_map(|m| ip_netns_name(m)).collect();
-    if let Some(name) = ip_names.iter().find(|n| !n.starts_with("cni-")) {
-        return Some(NetnsName::IpNetns { name: (*name).to_owned() });
-    }
-    if is_host {
-        return Some(NetnsName::Host);
-    }
-    if let Some(workload) = member.and_then(|m| m.workload.as_ref()).filter(|w| w.is_container_or_pod()) {
-        let workload = match workload {
-            Workload::Pod { uid, qos, .. } => Workload::Pod { uid: uid.clone(), qos: *qos, container: None },
-            other => other.clone(),
-        };
-        return Some(NetnsName::Workload { workload });
-    }
-    if let Some(name) = ip_names.first() {
-        return Some(NetnsName::IpNetns { name: (*name).to_owned() });
-    }
-    if let Some(m) = member {
-        return Some(NetnsName::Process { pid: m.pid, comm: m.comm.clone() });
-    }
-    mounts.first().map(|path| NetnsName::Mount { path: path.clone() })
-}
-
 /// Errors of reads inside a namespace, and of a scan that could not run at all.
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
@@ -267,6 +178,9 @@ pub struct RegistryConfig {
     /// searched again for this long: events of a namespace with no process (or netns 0 from
     /// kernels before 6.11) must not each cost a /proc scan.
     pub miss_ttl: Duration,
+    /// The kubelet's pod log directories (`/var/log/pods`), which name the pod of a member
+    /// process's pod UID (`kernel::kube`).
+    pub kubelet_pod_logs: PathBuf,
 }
 
 impl Default for RegistryConfig {
@@ -279,6 +193,7 @@ impl Default for RegistryConfig {
             // pid_max's ceiling on 64-bit kernels is 4194304; hosts run far fewer processes.
             max_scan: 1 << 22,
             miss_ttl: Duration::from_secs(1),
+            kubelet_pod_logs: PodDirectory::default_root(),
         }
     }
 }
@@ -311,6 +226,8 @@ pub struct NetnsRegistry {
     misses: HashMap<NetnsId, Instant>,
     /// nsfs's device: every namespace file has it, a stale plain file does not.
     nsfs_dev: Option<u64>,
+    /// Pod UIDs to Kubernetes names.
+    pods: PodDirectory,
 }
 
 impl Default for NetnsRegistry {
@@ -336,7 +253,8 @@ impl NetnsRegistry {
     pub fn with_config(config: RegistryConfig) -> Self {
         // The real nsfs, whatever proc_root is: mounts are always real files.
         let nsfs_dev = std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.dev());
-        Self { config, entries: HashMap::new(), misses: HashMap::new(), nsfs_dev }
+        let pods = PodDirectory::new(config.kubelet_pod_logs.clone());
+        Self { config, entries: HashMap::new(), misses: HashMap::new(), nsfs_dev, pods }
     }
 
     /// The namespace with this inode, live or retired.
@@ -676,13 +594,27 @@ impl NetnsRegistry {
     }
 
     /// Updates a live entry from a new sighting: mounts, way in, a first member if it had none
-    /// (its cgroup is read then, once), and the name that follows from them. No other I/O.
+    /// (its cgroup is read then, once), its pod's name if the kubelet has named it since, and
+    /// the name that follows from them.
     fn update(&mut self, id: NetnsId, sighting: &Sighting, host: Option<NetnsId>) {
         let proc_root = self.config.proc_root.clone();
+        let Some(entry) = self.entries.get(&id) else { return };
+        let (had_member, unnamed_pod) = (
+            entry.member.is_some(),
+            entry.member.as_ref().filter(|m| m.pod.is_none()).and_then(|m| m.pod_uid()).map(str::to_owned),
+        );
+        let new_member = match (had_member, sighting.first_pid) {
+            (false, Some(pid)) => self.members(vec![pid]).pop(),
+            _ => None,
+        };
+        let pod = unnamed_pod.and_then(|uid| Some(self.pods.lookup(&uid)?.pod.clone()));
         let Some(entry) = self.entries.get_mut(&id) else { return };
         entry.mounts = sighting.mounts.clone();
-        if entry.member.is_none() {
-            entry.member = sighting.first_pid.map(|pid| member(&proc_root, pid));
+        if new_member.is_some() {
+            entry.member = new_member;
+        }
+        if let (Some(pod), Some(member)) = (pod, entry.member.as_mut()) {
+            member.pod = Some(pod);
         }
         entry.enter = way_in(&proc_root, &sighting.mounts, sighting.first_pid).unwrap_or_else(|| entry.enter.clone());
         if let Some(name) = choose_name(&entry.mounts, host == Some(id), entry.member.as_ref()) {
@@ -697,9 +629,11 @@ impl NetnsRegistry {
     fn describe(&mut self, new: Vec<(NetnsId, &Sighting)>, host: Option<NetnsId>) -> Vec<NetnsId> {
         let proc_root = self.config.proc_root.clone();
         let mut infos = Vec::with_capacity(new.len());
+        // Every new member's cgroup in one read (one thread in the host's cgroup namespace).
+        let mut members = self.members(new.iter().filter_map(|(_, s)| s.first_pid).collect()).into_iter();
         for (id, sighting) in new {
+            let member = sighting.first_pid.and_then(|_| members.next());
             let Some(enter) = way_in(&proc_root, &sighting.mounts, sighting.first_pid) else { continue };
-            let member = sighting.first_pid.map(|pid| member(&proc_root, pid));
             let Some(name) = choose_name(&sighting.mounts, host == Some(id), member.as_ref()) else { continue };
             let generation = self.entries.get(&id).map_or(0, |old| old.generation + 1);
             infos.push(NetnsInfo {
@@ -759,435 +693,5 @@ fn retire(entry: &mut NetnsInfo) {
     }
 }
 
-/// The settings of this thread's namespace (a reader thread that entered it).
-fn sysctls_here() -> std::io::Result<Sysctls> {
-    super::netns::sysctls(None)
-}
-
-/// This thread's namespace's cookie (`SO_NETNS_COOKIE` on a Unix socket made here: every
-/// socket reports its namespace's), `None` before 5.14, which lacks the option (ENOPROTOOPT).
-fn cookie_here() -> Option<u64> {
-    // SAFETY: a socket of our own, closed below; getsockopt writes at most `len` bytes into a
-    // u64.
-    unsafe {
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return None;
-        }
-        let mut cookie = 0u64;
-        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-        let got =
-            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_NETNS_COOKIE, (&mut cookie as *mut u64).cast(), &mut len);
-        libc::close(fd);
-        (got == 0 && len as usize == std::mem::size_of::<u64>()).then_some(cookie)
-    }
-}
-
-/// Whether a cookie read now is the one read when the namespace was described; unknown now
-/// (the option refused) is no evidence of a new namespace.
-fn same_cookie(known: u64, now: Option<u64>) -> bool {
-    now.is_none_or(|now| now == known)
-}
-
-/// The best way in: an `ip netns` mount, another mount, else the process's link.
-fn way_in(proc_root: &Path, mounts: &[PathBuf], first_pid: Option<u32>) -> Option<PathBuf> {
-    mounts
-        .iter()
-        .find(|m| ip_netns_name(m).is_some())
-        .or(mounts.first())
-        .cloned()
-        .or_else(|| first_pid.map(|pid| proc_root.join(pid.to_string()).join("ns/net")))
-}
-
-fn member(proc_root: &Path, pid: u32) -> Member {
-    let dir = proc_root.join(pid.to_string());
-    let comm = std::fs::read_to_string(dir.join("comm")).map(|c| c.trim_end().to_owned()).unwrap_or_default();
-    // A process that exited meanwhile, or whose cgroup names nothing: no workload.
-    let workload = cgroup::of_process_in(proc_root, pid).ok().flatten();
-    Member { pid, comm, workload }
-}
-
-/// Opens a namespace file and checks it is namespace `id` (and on nsfs).
-fn open_checked(id: NetnsId, path: &Path, nsfs_dev: Option<u64>) -> Result<std::fs::File, OpenFailure> {
-    let file = std::fs::File::open(path).map_err(OpenFailure::classify)?;
-    let meta = file.metadata().map_err(OpenFailure::classify)?;
-    let on_nsfs = nsfs_dev.is_none_or(|dev| meta.dev() == dev);
-    if !on_nsfs || meta.ino() != u64::from(id.0) {
-        // The path now leads elsewhere: a reused PID, a re-created name.
-        return Err(OpenFailure::Stale);
-    }
-    Ok(file)
-}
-
-enum OpenFailure {
-    /// The path no longer leads to this namespace.
-    Stale,
-    Refused(std::io::Error),
-}
-
-impl OpenFailure {
-    fn classify(e: std::io::Error) -> Self {
-        if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) {
-            Self::Stale
-        } else {
-            Self::Refused(e)
-        }
-    }
-}
-
-fn setns(file: &std::fs::File) -> std::io::Result<()> {
-    // SAFETY: a valid namespace descriptor; affects only the calling thread.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-enum Entered<T, F> {
-    Ran(std::io::Result<T>),
-    /// Not entered: the way in is stale; `f` is handed back for another try.
-    Stale(F),
-    Refused(std::io::Error),
-}
-
-fn enter_and_run<T: Send + 'static, F: FnOnce() -> std::io::Result<T> + Send + 'static>(
-    id: NetnsId,
-    path: &Path,
-    nsfs_dev: Option<u64>,
-    f: F,
-) -> Entered<T, F> {
-    let file = match open_checked(id, path, nsfs_dev) {
-        Ok(file) => file,
-        Err(OpenFailure::Stale) => return Entered::Stale(f),
-        Err(OpenFailure::Refused(e)) => return Entered::Refused(e),
-    };
-    // The open descriptor pins the namespace: it cannot vanish between here and the read.
-    let outcome = std::thread::spawn(move || match setns(&file) {
-        Ok(()) => Ok(f()),
-        Err(e) => Err(e),
-    })
-    .join();
-    match outcome {
-        Ok(Ok(result)) => Entered::Ran(result),
-        Ok(Err(refused)) => Entered::Refused(refused),
-        Err(_) => Entered::Ran(Err(std::io::Error::other("the namespace reader thread panicked"))),
-    }
-}
-
-/// Runs `f` inside namespace `id` entered through `path` (`/run/netns/NAME`,
-/// `/proc/PID/ns/net`), after checking that `path` is that namespace. For callers that hold a
-/// path of their own; the registry's [`NetnsRegistry::run_in`] also finds a new way in.
-pub fn run_in_netns<T: Send + 'static>(
-    id: NetnsId,
-    path: &Path,
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> Result<T, NetnsError> {
-    let nsfs_dev = std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.dev());
-    match enter_and_run(id, path, nsfs_dev, f) {
-        Entered::Ran(Ok(value)) => Ok(value),
-        Entered::Ran(Err(source)) => Err(NetnsError::Read { id, source }),
-        Entered::Refused(source) => Err(NetnsError::Enter { id, path: path.to_owned(), source }),
-        Entered::Stale(_) => Err(NetnsError::Gone { id }),
-    }
-}
-
-enum Batch<T> {
-    Read(T),
-    Stale,
-    /// Opened, but setns(2) refused (no CAP_SYS_ADMIN there): as [`NetnsError::Enter`].
-    Refused(std::io::Error),
-    Failed(std::io::Error),
-}
-
-/// Runs `f` inside each namespace in turn on one thread (setns into each: it only ever
-/// affects that thread, which ends after the last). One thread for hundreds of namespaces
-/// instead of one each.
-fn read_in_each<T: Send + 'static>(
-    targets: Vec<(NetnsId, PathBuf)>,
-    nsfs_dev: Option<u64>,
-    f: fn() -> std::io::Result<T>,
-) -> Vec<Batch<T>> {
-    let count = targets.len();
-    let reader = std::thread::spawn(move || {
-        targets
-            .into_iter()
-            .map(|(id, path)| match open_checked(id, &path, nsfs_dev) {
-                Err(OpenFailure::Stale) => Batch::Stale,
-                Err(OpenFailure::Refused(e)) => Batch::Refused(e),
-                Ok(file) => match setns(&file) {
-                    Err(e) => Batch::Refused(e),
-                    Ok(()) => f().map_or_else(Batch::Failed, Batch::Read),
-                },
-            })
-            .collect::<Vec<_>>()
-    });
-    reader.join().unwrap_or_else(|_| {
-        (0..count).map(|_| Batch::Failed(std::io::Error::other("the namespace reader thread panicked"))).collect()
-    })
-}
-
 #[cfg(test)]
-mod tests {
-    #[test]
-    fn an_inode_held_by_other_mounts_only_is_a_new_namespace() {
-        let info = |mounts: &[&str]| NetnsInfo {
-            id: NetnsId(4026532314),
-            generation: 0,
-            name: NetnsName::IpNetns { name: "old".into() },
-            enter: PathBuf::from("/run/netns/old"),
-            mounts: mounts.iter().map(PathBuf::from).collect(),
-            member: None,
-            sysctls: None,
-            sysctls_error: None,
-            cookie: None,
-            state: NetnsState::Live,
-            first_seen: SystemTime::UNIX_EPOCH,
-            retired_at: None,
-        };
-        let seen = |mounts: &[&str]| Sighting { mounts: mounts.iter().map(PathBuf::from).collect(), first_pid: None };
-        // `ip netns del old; ip netns add new`, and the kernel gave `new` the freed inode.
-        assert!(reused(&info(&["/run/netns/old"]), &seen(&["/run/netns/new"])));
-        // A second name for the same namespace, or one of its names removed: the same one.
-        assert!(!reused(&info(&["/run/netns/old"]), &seen(&["/run/netns/old", "/run/netns/alias"])));
-        assert!(!reused(&info(&["/run/netns/old", "/run/netns/alias"]), &seen(&["/run/netns/alias"])));
-        // Known by processes only, before or now: the mounts cannot tell (the cookie may).
-        assert!(!reused(&info(&[]), &seen(&["/run/netns/new"])));
-        assert!(!reused(&info(&["/run/netns/old"]), &seen(&[])));
-    }
-
-    #[test]
-    fn a_cookie_tells_a_new_namespace_on_an_old_inode() {
-        assert!(same_cookie(7, Some(7)));
-        assert!(!same_cookie(7, Some(8)), "another namespace on the inode");
-        assert!(same_cookie(7, None), "unknown now is no evidence either way");
-    }
-
-    /// This process's namespace has a cookie on 5.14+, the same each time it is read.
-    #[test]
-    fn the_cookie_of_a_namespace_is_stable() {
-        match (cookie_here(), cookie_here()) {
-            (Some(a), Some(b)) => assert_eq!(a, b),
-            (None, None) => eprintln!("no SO_NETNS_COOKIE here (5.14+)"),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    use super::*;
-    use crate::kernel::cgroup::{Container, ContainerId, QosClass, Runtime};
-
-    #[test]
-    fn parses_namespace_links() {
-        assert_eq!(parse_ns_link("net:[4026531840]"), Some(NetnsId(4026531840)));
-        assert_eq!(parse_ns_link("mnt:[4026531840]"), None);
-        assert_eq!(parse_ns_link("net:[]"), None);
-        assert_eq!(parse_ns_link("net:[99999999999]"), None, "inodes are 32-bit");
-    }
-
-    fn docker() -> Workload {
-        Workload::Container(Container {
-            runtime: Some(Runtime::Docker),
-            id: ContainerId::new("3f2a1b9c0d1e4f5a").unwrap(),
-        })
-    }
-
-    #[test]
-    fn names_in_order_of_what_a_person_recognises() {
-        let m = |workload: Option<Workload>| Member { pid: 4242, comm: "sleep".into(), workload };
-        let named = vec![PathBuf::from("/run/netns/blue")];
-        let cni = vec![PathBuf::from("/run/netns/cni-1234")];
-        let docker_mount = vec![PathBuf::from("/run/docker/netns/0a1b2c3d4e5f")];
-        let name =
-            |mounts: &[PathBuf], host, member: Option<&Member>| choose_name(mounts, host, member).unwrap().to_string();
-
-        assert_eq!(name(&named, true, Some(&m(Some(docker())))), "blue");
-        assert_eq!(name(&[], true, Some(&m(Some(docker())))), "host");
-        assert_eq!(name(&docker_mount, false, Some(&m(Some(docker())))), "docker:3f2a1b9c0d1e");
-        // A CNI name is generated: the pod says more. Without a member it is all there is.
-        let pod = Workload::Pod {
-            uid: "1234abcd-5678-90ab-cdef-1234567890ab".into(),
-            qos: QosClass::Burstable,
-            container: Some(Container { runtime: None, id: ContainerId::new("0123456789abcdef").unwrap() }),
-        };
-        assert_eq!(name(&cni, false, Some(&m(Some(pod)))), "pod 1234abcd-5678-90ab-cdef-1234567890ab");
-        assert_eq!(name(&cni, false, None), "cni-1234");
-        // A systemd unit does not name a namespace: the process does.
-        let unit = Workload::Unit { name: "session-3.scope".into(), user: Some(0) };
-        assert_eq!(name(&[], false, Some(&m(Some(unit)))), "pid 4242 (sleep)");
-        assert_eq!(name(&docker_mount, false, None), "docker sandbox 0a1b2c3d4e5f");
-        assert_eq!(choose_name(&[], false, None), None);
-    }
-
-    /// A fake /proc: `PID/ns/net` links with `net:[N]` targets (readlink reads the target
-    /// text, whatever it points at), `PID/comm`, `PID/cgroup`.
-    struct FakeProc(PathBuf);
-
-    impl FakeProc {
-        fn new(tag: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("twtrace-fakeproc-{}-{tag}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-
-        fn process(&self, pid: u32, netns: u32, comm: &str, cgroup: &str) {
-            let dir = self.0.join(pid.to_string());
-            std::fs::create_dir_all(dir.join("ns")).unwrap();
-            std::os::unix::fs::symlink(format!("net:[{netns}]"), dir.join("ns/net")).unwrap();
-            std::fs::write(dir.join("comm"), format!("{comm}\n")).unwrap();
-            std::fs::write(dir.join("cgroup"), format!("0::{cgroup}\n")).unwrap();
-        }
-
-        fn exit(&self, pid: u32) {
-            std::fs::remove_dir_all(self.0.join(pid.to_string())).unwrap();
-        }
-
-        fn registry(&self) -> NetnsRegistry {
-            NetnsRegistry::with_config(RegistryConfig {
-                proc_root: self.0.clone(),
-                ip_netns_dir: self.0.join("no-such-dir"),
-                other_mount_dirs: vec![],
-                read_sysctls: false,
-                ..RegistryConfig::default()
-            })
-        }
-    }
-
-    impl Drop for FakeProc {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    const DOCKER_ID: &str = "3f2a1b9c0d1e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f90";
-
-    #[test]
-    fn registry_describes_updates_and_retires() {
-        let proc = FakeProc::new("registry");
-        proc.process(1, 100, "init", "/init.scope");
-        proc.process(20, 100, "sshd", "/system.slice/sshd.service");
-        proc.process(300, 200, "nginx", &format!("/system.slice/docker-{DOCKER_ID}.scope"));
-        proc.process(301, 200, "worker", &format!("/system.slice/docker-{DOCKER_ID}.scope"));
-        proc.process(400, 300, "sleep", "/user.slice/user-0.slice/session-1.scope");
-        std::fs::create_dir_all(proc.0.join("self")).unwrap(); // not a PID: skipped
-        let mut reg = proc.registry();
-
-        let report = reg.refresh().unwrap();
-        let mut added = report.added.clone();
-        added.sort();
-        assert_eq!(added, vec![NetnsId(100), NetnsId(200), NetnsId(300)]);
-        assert_eq!((report.processes, report.unreadable, report.live), (5, 0, 3));
-        assert_eq!(reg.get(NetnsId(100)).unwrap().name, NetnsName::Host);
-        let docker = reg.get(NetnsId(200)).unwrap();
-        assert_eq!(docker.name.to_string(), "docker:3f2a1b9c0d1e");
-        assert_eq!(docker.enter, proc.0.join("300/ns/net"), "the first member is the way in");
-        assert_eq!(docker.member.as_ref().unwrap().comm, "nginx");
-        assert_eq!(reg.get(NetnsId(300)).unwrap().name.to_string(), "pid 400 (sleep)");
-
-        // The first member exits: the namespace lives on through the other, which becomes the
-        // way in; the name (described once) stays.
-        proc.exit(300);
-        let report = reg.refresh().unwrap();
-        assert!(report.added.is_empty() && report.retired.is_empty(), "{report:?}");
-        let docker = reg.get(NetnsId(200)).unwrap();
-        assert_eq!(docker.enter, proc.0.join("301/ns/net"));
-        assert_eq!(docker.name.to_string(), "docker:3f2a1b9c0d1e");
-
-        // The last process leaves: retired, no error, still there for late events.
-        proc.exit(400);
-        let report = reg.refresh().unwrap();
-        assert_eq!(report.retired, vec![NetnsId(300)]);
-        assert_eq!(report.live, 2);
-        assert_eq!(reg.get(NetnsId(300)).unwrap().state, NetnsState::Retired);
-        assert!(matches!(reg.sysctls(NetnsId(300)), Err(NetnsError::Gone { .. })));
-        assert!(matches!(reg.sysctls(NetnsId(999)), Err(NetnsError::Unknown { .. })));
-
-        // The inode comes back for a new namespace: a new generation, described afresh.
-        proc.process(500, 300, "curl", "/");
-        let report = reg.refresh().unwrap();
-        assert_eq!(report.added, vec![NetnsId(300)]);
-        let again = reg.get(NetnsId(300)).unwrap();
-        assert_eq!((again.generation, again.name.to_string()), (1, "pid 500 (curl)".to_owned()));
-        assert!(again.is_live());
-
-        assert_eq!(reg.prune_retired(Duration::ZERO), 0, "nothing retired now");
-        proc.exit(500);
-        reg.refresh().unwrap();
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(reg.prune_retired(Duration::ZERO), 1);
-        assert!(reg.get(NetnsId(300)).is_none());
-    }
-
-    #[test]
-    fn lookup_scans_only_until_a_member_and_remembers_misses() {
-        let proc = FakeProc::new("lookup");
-        proc.process(1, 100, "init", "/init.scope");
-        proc.process(7, 700, "sleep", "/");
-        let mut reg = proc.registry();
-        let found = reg.lookup_or_discover(NetnsId(700)).expect("found through pid 7");
-        assert_eq!(found.name.to_string(), "pid 7 (sleep)");
-        assert_eq!(reg.all().count(), 1, "only the namespace asked for is described");
-        assert!(reg.lookup_or_discover(NetnsId(800)).is_none());
-        // A process of 800 appears, but the miss is remembered for miss_ttl.
-        proc.process(8, 800, "late", "/");
-        assert!(reg.lookup_or_discover(NetnsId(800)).is_none(), "no rescan within miss_ttl");
-        reg.config.miss_ttl = Duration::ZERO;
-        assert_eq!(reg.lookup_or_discover(NetnsId(800)).unwrap().name.to_string(), "pid 8 (late)");
-        assert!(reg.lookup_or_discover(NetnsId(0)).is_none(), "netns 0: no namespace");
-    }
-
-    #[test]
-    fn unreadable_processes_are_counted_not_fatal() {
-        let proc = FakeProc::new("unreadable");
-        proc.process(1, 100, "init", "/");
-        // A link with an unexpected target: counted as unreadable.
-        std::fs::create_dir_all(proc.0.join("2/ns")).unwrap();
-        std::os::unix::fs::symlink("garbage", proc.0.join("2/ns/net")).unwrap();
-        // A process dir without ns (a zombie's are gone): skipped, not counted.
-        std::fs::create_dir_all(proc.0.join("3")).unwrap();
-        let report = proc.registry().refresh().unwrap();
-        assert_eq!((report.processes, report.unreadable, report.live), (3, 1, 1));
-        // No /proc at all is the one error of a refresh.
-        let mut none = NetnsRegistry::with_config(RegistryConfig {
-            proc_root: proc.0.join("missing"),
-            ..RegistryConfig::default()
-        });
-        assert!(matches!(none.refresh(), Err(NetnsError::Scan { .. })));
-    }
-
-    /// A namespace whose way in no longer leads to it when its settings are read (here: a
-    /// fake /proc's links point nowhere, as a process that exited after the scan would) is
-    /// retired by the refresh, not reported as an error.
-    #[test]
-    fn vanishing_while_described_retires_without_error() {
-        let proc = FakeProc::new("vanish");
-        proc.process(42, 4242, "short", "/");
-        let mut reg = proc.registry();
-        reg.config.read_sysctls = true;
-        let report = reg.refresh().expect("no error");
-        assert_eq!(
-            (report.added.clone(), report.retired.clone(), report.live),
-            (vec![NetnsId(4242)], vec![NetnsId(4242)], 0)
-        );
-        let info = reg.get(NetnsId(4242)).unwrap();
-        assert_eq!((info.state, info.sysctls.as_ref()), (NetnsState::Retired, None));
-        assert_eq!(info.name.to_string(), "pid 42 (short)", "still named for late events");
-    }
-
-    /// This process's own namespace, for real: found, and readable inside when we may setns.
-    #[test]
-    fn finds_its_own_namespace() {
-        let own = netns_of_pid(std::process::id()).unwrap();
-        let mut reg = NetnsRegistry::new();
-        let report = reg.refresh().unwrap();
-        let info = reg.get(own).expect("our namespace is found").clone();
-        assert!(info.is_live());
-        assert!(report.live >= 1);
-        // SAFETY: no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            let direct = super::super::netns::sysctls(None).unwrap();
-            assert_eq!(info.sysctls.as_ref(), Some(&direct), "{:?}", info.sysctls_error);
-            assert_eq!(reg.sysctls(own).unwrap(), direct);
-        }
-    }
-}
+mod tests;

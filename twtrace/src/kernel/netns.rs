@@ -2,7 +2,11 @@
 //! enters it (setns affects only the calling thread). /proc/thread-self/net, /proc/sys/net and
 //! new sockets then belong to that namespace.
 
-use std::{os::fd::AsRawFd, path::Path};
+use std::{
+    collections::HashMap,
+    os::{fd::AsRawFd, unix::fs::MetadataExt as _},
+    path::Path,
+};
 
 use crate::event::Sysctls;
 
@@ -44,4 +48,26 @@ pub fn sysctls(path: Option<&Path>) -> std::io::Result<Sysctls> {
             tcp_fin_timeout: number("tcp_fin_timeout"),
         })
     })
+}
+
+/// The namespaces registered in `dir` (`/run/netns`: `ip netns add`, CNI's `cni-UUID`), by
+/// inode: what `ip netns list` shows. Only files on nsfs count (a leftover plain file is no
+/// namespace); a missing directory has none. The first name in sorted order when a namespace
+/// has several.
+pub fn registered(dir: &Path) -> HashMap<u32, String> {
+    let mut out = HashMap::new();
+    let Some(nsfs) = std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.dev()) else { return out };
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    let mut names: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    names.sort();
+    for path in names {
+        // stat follows the bind mount to the namespace's nsfs inode.
+        let (Ok(meta), Some(name)) = (std::fs::metadata(&path), path.file_name().and_then(|n| n.to_str())) else {
+            continue;
+        };
+        if let (true, Ok(inode)) = (meta.dev() == nsfs, u32::try_from(meta.ino())) {
+            out.entry(inode).or_insert_with(|| name.to_owned());
+        }
+    }
+    out
 }

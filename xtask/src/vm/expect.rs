@@ -59,6 +59,7 @@ pub const EVERY_GUEST: &[Gap] = &[
     gap("serve", "prometheus_sees_each_namespace_as_ss_does", ALL, NO_PROMETHEUS),
     gap("serve", "tls_and_basic_auth_from_the_web_config_file", ALL, NO_PROMETHEUS),
     gap("serve", "slow_clients_and_sigterm_during_scrapes", ALL, NO_PROMETHEUS),
+    gap("serve", "pods_laid_out_as_the_kubelet_does_are_named_in_prometheus", ALL, NO_PROMETHEUS),
     gap(
         "doctor",
         "a_full_conntrack_table_is_named_with_its_own_counts",

@@ -166,9 +166,10 @@ fn the_encoding_is_openmetrics_with_units_and_suffixes() {
         "twtrace_timewait_lifetime_seconds_bucket{le=\"+Inf\"} 0",
         "twtrace_lost_records_total 3",
         "twtrace_probe_info{family=\"drops\",backend=\"off\",hooks=\"\"} 1",
-        "twtrace_timewait_sockets{netns=\"1\",namespace=\"1\"} 1",
-        "twtrace_port_search_failures_total{netns=\"1\",namespace=\"1\",errno=\"EADDRNOTAVAIL\"} 1",
-        "twtrace_destination_ports_in_use{netns=\"1\",namespace=\"1\",local=\"10.0.0.1\",remote=\"10.0.0.9:80\"} 1",
+        "twtrace_timewait_sockets{netns=\"1\",netns_name=\"1\",namespace=\"\",pod=\"\",container=\"\"} 1",
+        "twtrace_port_search_failures_total{netns=\"1\",netns_name=\"1\",namespace=\"\",pod=\"\",container=\"\",errno=\"EADDRNOTAVAIL\"} 1",
+        "twtrace_destination_ports_in_use{netns=\"1\",netns_name=\"1\",namespace=\"\",pod=\"\",container=\"\",local=\"10.0.0.1\",remote=\"10.0.0.9:80\"} 1",
+        "twtrace_build_info{version=\"0.1.0\"} 1",
     ] {
         assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
     }
@@ -179,11 +180,93 @@ fn the_encoding_is_openmetrics_with_units_and_suffixes() {
     assert_eq!(types.len(), unique.len());
 }
 
+/// A pod's network namespace is labelled with its Kubernetes namespace and pod, its own name
+/// (CNI's registered one) under `netns_name`; a container outside Kubernetes under `container`;
+/// anything else by `netns_name` alone, the rest empty (sent, so that a target's own labels
+/// cannot fill them under honor_labels).
 #[test]
-fn namespace_names_give_pod_and_container_labels() {
-    assert_eq!(workload("pod 1234-abcd"), ("1234-abcd".into(), String::new()));
-    assert_eq!(workload("docker:3f2a1b9c0d1e"), (String::new(), "docker:3f2a1b9c0d1e".into()));
-    assert_eq!(workload("twt-1-pod100"), (String::new(), String::new()));
+fn namespace_names_give_kubernetes_and_netns_labels() {
+    use namespaces::Identity;
+    let id = |name: &str, registered: Option<&str>| {
+        let i = Identity::of(name, registered);
+        [i.netns_name, i.namespace, i.pod, i.container]
+    };
+    let cni = "cni-3f8e2a10-5b7c-4d2e-9a1f-0c6b8d4e2f71";
+    assert_eq!(id("shop/web-7d9f8c6b5-x2x4q", Some(cni)), [cni, "shop", "web-7d9f8c6b5-x2x4q", ""]);
+    assert_eq!(id("shop/web-7d9f8c6b5-x2x4q", None), ["shop/web-7d9f8c6b5-x2x4q", "shop", "web-7d9f8c6b5-x2x4q", ""]);
+    assert_eq!(id("docker:3f2a1b9c0d1e", None), ["docker:3f2a1b9c0d1e", "", "", "docker:3f2a1b9c0d1e"]);
+    assert_eq!(id("pod 1234-abcd", None), ["pod 1234-abcd", "", "", ""]);
+    assert_eq!(id("twt-1-pod100", Some("twt-1-pod100")), ["twt-1-pod100", "", "", ""]);
+    assert_eq!(id("host", None), ["host", "", "", ""]);
+
+    // Through a build: every per-namespace family carries the five labels.
+    use crate::event::{NamespaceDescription, Sysctls};
+    let mut agg = aggregator();
+    let sysctls = Sysctls { tcp_tw_reuse: Some(1), tcp_timestamps: Some(1), ..Sysctls::default() };
+    agg.describe(&NamespaceDescription {
+        netns: 1,
+        name: "shop/web-7d9f8c6b5-x2x4q".into(),
+        sysctls: Some(sysctls),
+        live: true,
+    });
+    request(&mut agg, S, 1, 40_000, "10.0.0.9:80");
+    agg.advance(2 * S);
+    let e = Builder::with_ip_netns_dir(Limits::default(), None).build(&agg, 2 * S, &Health::default(), &[]);
+    let text = encode(Arc::new(e));
+    let pod = "netns=\"1\",netns_name=\"shop/web-7d9f8c6b5-x2x4q\",namespace=\"shop\",pod=\"web-7d9f8c6b5-x2x4q\",container=\"\"";
+    for line in [
+        format!("twtrace_namespace_info{{{pod}}} 1"),
+        format!("twtrace_tcp_tw_reuse{{{pod}}} 1"),
+        format!("twtrace_tcp_timestamps{{{pod}}} 1"),
+        format!("twtrace_timewait_sockets{{{pod}}} 1"),
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+    }
+}
+
+/// Per destination, TIME_WAIT births by whether the peer sent timestamps: what tells whether
+/// tcp_tw_reuse can free its ports (the gate of TwtracePortRangeExhausted).
+#[test]
+fn timewait_births_toward_a_destination_by_peer_timestamps() {
+    let mut agg = aggregator();
+    for (sk, seen) in [(1, true), (2, true), (3, false)] {
+        let f = SocketFlow {
+            local: format!("10.0.0.1:{}", 40_000 + sk).parse().unwrap(),
+            remote: "10.0.0.9:80".parse().unwrap(),
+        };
+        let zero = SocketFlow { local: "10.0.0.1:0".parse().unwrap(), remote: f.remote };
+        let state = |old, new, flow| {
+            Event::State(StateEvent {
+                ts_ns: S,
+                sk_addr: sk,
+                netns: 1,
+                old_state: old,
+                new_state: new,
+                flow: Some(flow),
+                task: curl(),
+            })
+        };
+        agg.apply(&state(7, 2, zero));
+        agg.apply(&state(2, 1, f));
+        agg.apply(&state(1, 4, f));
+        let birth =
+            TimeWaitChange::Birth { substate: TimeWaitSubstate::TimeWait, timeout_ms: 60_000, timestamps: Some(seen) };
+        agg.apply(&Event::TimeWait(TimeWaitEvent {
+            ts_ns: S,
+            tw_id: sk,
+            flow: Some(f),
+            netns: 1,
+            owner: curl(),
+            change: birth,
+        }));
+    }
+    agg.advance(2 * S);
+    let e = Builder::new(Limits::default()).build(&agg, 2 * S, &Health::default(), &[]);
+    let births = e.family("twtrace_destination_timewait_births_total").expect("the family");
+    let of = |peer: &str| {
+        births.series.iter().find(|s| s.labels.contains(&("peer_timestamps", peer.to_owned()))).map(|s| &s.value)
+    };
+    assert_eq!((of("sent"), of("absent")), (Some(&Value::Int(2)), Some(&Value::Int(1))));
 }
 
 /// Samples as Prometheus stores them: a histogram is its buckets, sum and count.
@@ -230,10 +313,10 @@ fn many_rows_stay_within_the_readme_worst_case() {
         &Health::default(),
         &[],
     );
-    // README, "Cardinality": 18 + (6K + 3) + 32 (K + 1) + 17 + (R + 2K + 1) + 13 + N (12 + E),
+    // README, "Cardinality": 18 + (8K + 3) + 32 (K + 1) + 17 + (R + 2K + 1) + 15 + N (12 + E),
     // here with one namespace, one errno, four reasons.
     let (n, errnos, reasons) = (1, 1, 4);
-    let bound = 18 + (6 * k + 3) + 32 * (k + 1) + 17 + (reasons + 2 * k + 1) + 13 + n * (12 + errnos);
+    let bound = 18 + (8 * k + 3) + 32 * (k + 1) + 17 + (reasons + 2 * k + 1) + 15 + n * (12 + errnos);
     let got = samples(&e);
     assert!(got <= bound, "{got} samples, the README says at most {bound}");
     // Folding did happen for each kind, and nothing of 200 rows leaked past K.
@@ -263,8 +346,8 @@ fn conntrack_levels_are_gauges_and_its_drops_a_counter_by_reason() {
     agg.apply(&counters(S, &[("ConntrackCount", 40), ("ConntrackMax", 50)]));
     agg.apply(&counters(2 * S, &[("ConntrackCount", 10), ("ConntrackDrop", 7), ("TW", 3)]));
     let e = Builder::new(Limits::default()).build(&agg, 2 * S, &Health::default(), &[]);
-    assert_eq!(value(&e, "twtrace_conntrack_entries", ("namespace", "pod-a")), Some(&Value::Int(50)));
-    assert_eq!(value(&e, "twtrace_conntrack_max_entries", ("namespace", "pod-a")), Some(&Value::Int(50)));
+    assert_eq!(value(&e, "twtrace_conntrack_entries", ("netns_name", "pod-a")), Some(&Value::Int(50)));
+    assert_eq!(value(&e, "twtrace_conntrack_max_entries", ("netns_name", "pod-a")), Some(&Value::Int(50)));
     assert_eq!(value(&e, "twtrace_conntrack_dropped_packets_total", ("reason", "full")), Some(&Value::Int(7)));
     let tcpext = e.family("twtrace_tcpext_total").unwrap();
     assert_eq!(tcpext.series.len(), 1, "only TW: {:?}", tcpext.series);

@@ -1,0 +1,163 @@
+use super::*;
+use crate::{
+    aggregate::{Aggregator, Settings},
+    event::{Event, NamespaceDescription, NetstatEvent, Sysctls},
+    probes::{Backend, Family, FamilyReport},
+    source::Health,
+    source_info::SourceInfo,
+};
+
+const S: u64 = 1_000_000_000;
+
+/// The findings of a live model in which namespace `pod-a` (netns 2) counted `deltas`, and
+/// twtrace saw no drop event; `drops` on the tracepoint backend, or not running.
+fn counted(kernel: &str, drops_running: bool, deltas: &[(&str, i64)]) -> Vec<Finding> {
+    counted_with(kernel, drops_running, deltas, &[])
+}
+
+/// [`counted`], and `events` seen in the namespace besides.
+fn counted_with(kernel: &str, drops_running: bool, deltas: &[(&str, i64)], events: &[Event]) -> Vec<Finding> {
+    let mut model = Aggregator::new(Settings { port_range: (32_768, 60_999), max_tw_buckets: None, top: 10 });
+    let sysctls = Sysctls { tcp_timestamps: Some(1), ..Sysctls::default() };
+    model.describe(&NamespaceDescription { netns: 2, name: "pod-a".into(), sysctls: Some(sysctls), live: true });
+    model.apply(&Event::Netstat(NetstatEvent {
+        ts_ns: 101 * S,
+        netns: 2,
+        deltas: deltas.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+    }));
+    events.iter().for_each(|e| model.apply(e));
+    model.advance(102 * S);
+    let mut info = SourceInfo::for_tests(kernel);
+    info.backends = vec![FamilyReport {
+        family: Family::Drops,
+        running: drops_running.then_some(Backend::Tracepoint),
+        hooks: Vec::new(),
+        attempts: Vec::new(),
+        blind_spots: None,
+    }];
+    let snap = model.snapshot(102 * S);
+    of(&crate::report::live(&model, &snap, &info, &Health::default()))
+}
+
+/// A 6.12 kernel: TIME_WAIT PAWS rejects count PAWSEstab and have no drop reason. The
+/// finding names the namespace and the counter rise, says there is no per-source detail
+/// and which kernel gives it; twelve rejects are a warning, as twelve drop events are.
+#[test]
+fn paws_counters_without_drop_events_are_named_per_namespace() {
+    let found = counted("6.12.57+deb13-cloud-amd64", true, &[("PAWSEstab", 12), ("PAWSActive", 0), ("TW", 40)]);
+    let f = found.iter().find(|f| f.kind == Kind::Paws).expect("a PAWS finding");
+    assert_eq!(f.severity, Severity::Warning);
+    assert_eq!(f.place.namespace.as_deref(), Some("pod-a"));
+    // The pane's headline runs into the next sentence (it starts in lower case): what is missing.
+    assert_eq!(
+        f.headline(),
+        "Namespace pod-a rejected 12 segments by PAWS (PAWSEstab +12), as the kernel counts them. twtrace saw no \
+         drop event for them (kernel 6.12.57+deb13-cloud-amd64 counts these rejects without a drop reason): no \
+         source, flow or NAT signature to show."
+    );
+    assert!(
+        f.text.contains("kernel 6.12.57+deb13-cloud-amd64 counts these rejects without a drop reason"),
+        "{}",
+        f.text
+    );
+    assert!(f.text.contains("no source, flow or NAT signature") && f.text.contains("6.16+"), "{}", f.text);
+    assert!(f.text.ends_with("tcp_timestamps is unknown."), "the traced namespace's setting: {}", f.text);
+    assert_eq!(f.evidence[0], "PAWSEstab +12");
+    assert_eq!(
+        f.verify.as_deref(),
+        Some("ip netns exec pod-a nstat -az TcpExtPAWSActive TcpExtPAWSEstab TcpExtPAWSTimewait")
+    );
+    // Fewer than PAWS_WARN_DROPS is a note; with the drops family off, the text says so.
+    let found = counted("5.10.0-35-cloud-amd64", false, &[("PAWSEstab", 3), ("PAWSActive", 1)]);
+    let f = found.iter().find(|f| f.kind == Kind::Paws).unwrap();
+    assert_eq!(f.severity, Severity::Info);
+    assert!(f.headline().contains("rejected 4 segments by PAWS (PAWSActive +1, PAWSEstab +3)"), "{}", f.text);
+    assert!(f.text.contains("twtrace's drops family is not running"), "{}", f.text);
+    // No PAWS counter rose: no finding.
+    assert!(counted("6.12.57", true, &[("TW", 40)]).iter().all(|f| f.kind != Kind::Paws));
+}
+
+/// `n` SYNs netfilter dropped in pod-a (netns 2), sent by this host toward 10.0.0.9:5432
+/// or received on 10.0.0.1:8080.
+fn netfilter_syns(n: u16, sent: bool) -> Vec<Event> {
+    (0..n)
+        .map(|i| {
+            let (local, remote) = if sent {
+                (format!("10.0.0.1:{}", 40_000 + i), "10.0.0.9:5432".to_owned())
+            } else {
+                ("10.0.0.1:8080".to_owned(), format!("192.0.2.1:{}", 40_000 + i))
+            };
+            Event::Drop(crate::event::DropEvent {
+                ts_ns: 101 * S,
+                reason: "NETFILTER_DROP".into(),
+                reason_code: 14,
+                netns: 2,
+                flow: Some(crate::event::SocketFlow { local: local.parse().unwrap(), remote: remote.parse().unwrap() }),
+                tcp_flags: crate::event::TCP_FLAG_SYN,
+                seq: 1,
+                ack_seq: 0,
+                outgoing: sent,
+            })
+        })
+        .collect()
+}
+
+/// SYNs netfilter dropped beyond what conntrack dropped for want of room: a rule. This
+/// host's own connect()s dropped are a warning; received SYNs dropped a note (a firewall
+/// may mean it). Within conntrack's own count they are its finding's evidence instead.
+#[test]
+fn netfilter_drops_of_syns_are_a_rule_unless_conntrack_counted_them() {
+    let found = counted_with("6.18.4", true, &[], &netfilter_syns(3, true));
+    let f = found.iter().find(|f| f.kind == Kind::NetfilterDrops).expect("a netfilter finding");
+    assert_eq!(f.severity, Severity::Warning);
+    assert_eq!(
+        f.headline(),
+        "Netfilter dropped 3 connection attempts (SYNs) in namespace pod-a, 3 of them this host's own connect()s."
+    );
+    assert_eq!(f.place.destination.as_deref(), Some("10.0.0.9:5432"));
+    assert_eq!(
+        f.evidence,
+        ["NETFILTER_DROP drop events: 3, 3 of them SYNs (3 sent by this host), to 10.0.0.9:5432 x3"]
+    );
+
+    let found = counted_with("6.18.4", true, &[], &netfilter_syns(2, false));
+    let f = found.iter().find(|f| f.kind == Kind::NetfilterDrops).unwrap();
+    assert_eq!(f.severity, Severity::Info, "received SYNs dropped: a firewall may mean it");
+    assert_eq!(f.place.destination.as_deref(), Some("10.0.0.1:8080"));
+
+    let full = [("ConntrackDrop", 3), ("ConntrackCount", 50), ("ConntrackMax", 50)];
+    let found = counted_with("6.18.4", true, &full, &netfilter_syns(3, true));
+    assert!(found.iter().all(|f| f.kind != Kind::NetfilterDrops), "conntrack dropped them: {found:#?}");
+    let f = found.iter().find(|f| f.kind == Kind::Conntrack).unwrap();
+    assert_eq!(
+        f.evidence.last().map(String::as_str),
+        Some("NETFILTER_DROP drop events: 3, 3 of them SYNs (3 sent by this host), to 10.0.0.9:5432 x3")
+    );
+}
+
+#[test]
+fn kernel_releases_compare_by_major_and_minor() {
+    assert!(kernel_at_least("6.12.57+deb13-cloud-amd64", (4, 12)));
+    assert!(kernel_at_least("4.12.0", (4, 12)));
+    assert!(!kernel_at_least("4.9.337", (4, 12)));
+    assert!(!kernel_at_least("?", (4, 12)));
+}
+
+#[test]
+fn a_headline_is_the_first_sentence() {
+    let f = |text: &str| Finding::new(Severity::Info, Kind::Nothing, text.into());
+    let port = f("Port space toward 10.0.0.9:80 in namespace pod a.b peaked at 100% (e.g. 51): connect() fails \
+                  when full. Reuse connections.");
+    assert_eq!(
+        port.headline(),
+        "Port space toward 10.0.0.9:80 in namespace pod a.b peaked at 100% (e.g. 51): connect() fails when full."
+    );
+    assert_eq!(f("3 connect() calls failed: curl x3.").headline(), "3 connect() calls failed: curl x3.");
+    assert_eq!(f("no end").headline(), "no end");
+}
+
+#[test]
+fn severities_order_worst_last() {
+    assert!(Severity::Critical > Severity::Warning && Severity::Warning > Severity::Info);
+    assert_eq!(worst(&[]), Severity::Ok);
+}
