@@ -258,10 +258,11 @@ fn pods_laid_out_as_the_kubelet_does_are_named_in_prometheus() {
     assert_eq!(series[0]["metric"]["node"], "node-a", "{series:#?}");
     assert!(series[0]["metric"].get("container").is_none(), "{series:#?}");
 
-    // stat (top's text form) names them alike, from the same registry.
+    // stat (top's text form) names them alike, from the same registry. Every namespace is
+    // listed (--top): tests running beside this one make namespaces that rank above an idle pod.
     let stat = support::output(
         Command::new(env!("CARGO_BIN_EXE_twtrace"))
-            .args(["stat", "--json", "--interval", "1", "--count", "1"])
+            .args(["stat", "--json", "--interval", "1", "--count", "1", "--top", "1000"])
             .env(KUBELET_POD_LOGS, &logs),
     );
     let stat = String::from_utf8_lossy(&stat.stdout);
