@@ -103,7 +103,73 @@ fn remedy(action: impl Into<String>, tradeoff: impl Into<String>, needs: Option<
     Remedy { action: action.into(), tradeoff: tradeoff.into(), needs: needs.map(str::to_owned) }
 }
 
+/// One measured figure behind a finding: a number and its unit (`ports`, `calls`, `sockets`,
+/// `segments`, `flows`, `entries`, `packets`, `events`, `records`, `percent`, `s`, `us`;
+/// `count` for a rise of a kernel counter, named as the kernel names it; `setting` for a
+/// sysctl's value).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Figure {
+    pub name: String,
+    pub value: f64,
+    pub unit: &'static str,
+}
+
+/// Integral values as JSON integers (`100`, not `100.0`), the rest as they are.
+impl Serialize for Figure {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut out = s.serialize_struct("Figure", 3)?;
+        out.serialize_field("name", &self.name)?;
+        if self.value.fract() == 0.0 && self.value.abs() < 9.0e15 {
+            out.serialize_field("value", &(self.value as i64))?;
+        } else {
+            out.serialize_field("value", &self.value)?;
+        }
+        out.serialize_field("unit", self.unit)?;
+        out.end()
+    }
+}
+
+fn fig(name: impl Into<String>, value: f64, unit: &'static str) -> Figure {
+    Figure { name: name.into(), value, unit }
+}
+
+/// One line of evidence: the sentence people read, and the figures in it for tools.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Evidence {
+    pub text: String,
+    pub figures: Vec<Figure>,
+}
+
+fn ev(text: String, figures: Vec<Figure>) -> Evidence {
+    Evidence { text, figures }
+}
+
+/// A sentence with no figure to give apart (a damaged chunk's description).
+impl From<String> for Evidence {
+    fn from(text: String) -> Self {
+        Self { text, figures: Vec::new() }
+    }
+}
+
+impl std::fmt::Display for Evidence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl PartialEq<&str> for Evidence {
+    fn eq(&self, other: &&str) -> bool {
+        self.text == *other
+    }
+}
+
+/// A counter's rise as evidence: `PAWSEstab +12`.
+fn counter_rise(name: &str, rise: i64) -> Evidence {
+    ev(format!("{name} {rise:+}"), vec![fig(name, rise as f64, "count")])
+}
+
+#[derive(Clone, Debug, PartialEq)]
 pub struct Finding {
     pub severity: Severity,
     pub kind: Kind,
@@ -111,12 +177,41 @@ pub struct Finding {
     pub text: String,
     pub place: Where,
     /// The measured figures behind it.
-    pub evidence: Vec<String>,
+    pub evidence: Vec<Evidence>,
     /// Most preferable first.
     pub remedies: Vec<Remedy>,
     /// A command that shows it fixed.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub verify: Option<String>,
+}
+
+/// In JSON: `evidence` the sentences, as before; `evidence_figures` the same lines with their
+/// figures as numbers and units (doctor's schema version 2, docs/schemas/doctor.json).
+impl Serialize for Finding {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Json<'a> {
+            severity: Severity,
+            kind: Kind,
+            text: &'a str,
+            place: &'a Where,
+            evidence: Vec<&'a str>,
+            evidence_figures: &'a [Evidence],
+            remedies: &'a [Remedy],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            verify: Option<&'a str>,
+        }
+        Json {
+            severity: self.severity,
+            kind: self.kind,
+            text: &self.text,
+            place: &self.place,
+            evidence: self.evidence.iter().map(|e| e.text.as_str()).collect(),
+            evidence_figures: &self.evidence,
+            remedies: &self.remedies,
+            verify: self.verify.as_deref(),
+        }
+        .serialize(s)
+    }
 }
 
 impl Finding {
@@ -178,14 +273,27 @@ pub fn of(r: &Report) -> Vec<Finding> {
             Kind::Nothing,
             "Nothing stands out: no port-space pressure, no PAWS drops, no loss.".into(),
         );
+        let busiest = r.destinations.first().map_or(0.0, |d| d.peak_utilisation * 100.0);
         ok.evidence = vec![
-            format!("{} events over {:.0} s", r.recording.events, r.recording.seconds),
-            format!(
-                "busiest destination at {:.0}% of its range",
-                r.destinations.first().map_or(0.0, |d| d.peak_utilisation * 100.0)
+            ev(
+                format!("{} events over {:.0} s", r.recording.events, r.recording.seconds),
+                vec![fig("events", r.recording.events as f64, "events"), fig("observed", r.recording.seconds, "s")],
             ),
-            format!("TIME_WAIT peak {}", r.timewait.peak),
-            format!("{} PAWS drops, {} records lost", r.paws.drops, r.recording.lost),
+            ev(
+                format!("busiest destination at {busiest:.0}% of its range"),
+                vec![fig("busiest_destination_utilisation", busiest, "percent")],
+            ),
+            ev(
+                format!("TIME_WAIT peak {}", r.timewait.peak),
+                vec![fig("timewait_peak", r.timewait.peak as f64, "sockets")],
+            ),
+            ev(
+                format!("{} PAWS drops, {} records lost", r.paws.drops, r.recording.lost),
+                vec![
+                    fig("paws_drops", r.paws.drops as f64, "segments"),
+                    fig("lost", r.recording.lost as f64, "records"),
+                ],
+            ),
         ];
         out.push(ok);
     }
@@ -205,7 +313,7 @@ fn recording_health(r: &Report, out: &mut Vec<Finding>) {
                 rec.damage.len()
             ),
         );
-        f.evidence = rec.damage.clone();
+        f.evidence = rec.damage.iter().cloned().map(Evidence::from).collect();
         out.push(f);
     }
     if rec.lost > 0 {
@@ -263,7 +371,12 @@ fn port_space(r: &Report, out: &mut Vec<Finding>) {
         f.place.processes = listed.iter().map(|f| format!("[{}] {}", f.namespace, f.process)).collect();
         f.evidence = listed
             .iter()
-            .map(|f| format!("{} in namespace {}: {} EADDRNOTAVAIL", f.process, f.namespace, f.count))
+            .map(|f| {
+                ev(
+                    format!("{} in namespace {}: {} EADDRNOTAVAIL", f.process, f.namespace, f.count),
+                    vec![fig("eaddrnotavail", f.count as f64, "calls")],
+                )
+            })
             .collect();
         out.push(f);
     }
@@ -301,27 +414,52 @@ fn port_space_finding(r: &Report, d: &DestinationSummary) -> Finding {
             .collect(),
     };
     f.evidence = vec![
-        format!("peak {} of {} ports ({:.1}%) at {}", d.peak_in_use, d.range, d.peak_utilisation * 100.0, d.peak_at),
-        format!("{} in use at the end", d.in_use_at_end),
-        format!("{} connect() calls failed toward it", d.failures),
+        ev(
+            format!(
+                "peak {} of {} ports ({:.1}%) at {}",
+                d.peak_in_use,
+                d.range,
+                d.peak_utilisation * 100.0,
+                d.peak_at
+            ),
+            vec![
+                fig("peak_in_use", d.peak_in_use as f64, "ports"),
+                fig("range", d.range as f64, "ports"),
+                fig("peak_utilisation", d.peak_utilisation * 100.0, "percent"),
+            ],
+        ),
+        ev(
+            format!("{} in use at the end", d.in_use_at_end),
+            vec![fig("in_use_at_end", d.in_use_at_end as f64, "ports")],
+        ),
+        ev(
+            format!("{} connect() calls failed toward it", d.failures),
+            vec![fig("failures", d.failures as f64, "calls")],
+        ),
     ];
     if let Some(p99) = d.search_p99_us {
-        f.evidence.push(format!("port search p99 {p99:.1} us"));
+        f.evidence.push(ev(format!("port search p99 {p99:.1} us"), vec![fig("search_p99", p99, "us")]));
     }
     let sysctls =
         r.recording.namespaces.iter().find(|n| n.netns == d.destination.netns).and_then(|n| n.sysctls.as_ref());
     let reuse = sysctls.and_then(|s| s.tcp_tw_reuse);
     let timestamps = sysctls.and_then(|s| s.tcp_timestamps);
-    f.evidence.push(format!(
-        "namespace settings: tcp_tw_reuse {}, tcp_timestamps {}",
-        reuse.map_or("?".into(), |v| v.to_string()),
-        timestamps.map_or("?".into(), |v| v.to_string())
+    let settings = [("tcp_tw_reuse", reuse), ("tcp_timestamps", timestamps)];
+    f.evidence.push(ev(
+        format!(
+            "namespace settings: tcp_tw_reuse {}, tcp_timestamps {}",
+            reuse.map_or("?".into(), |v| v.to_string()),
+            timestamps.map_or("?".into(), |v| v.to_string())
+        ),
+        settings.iter().filter_map(|(name, v)| v.map(|v| fig(*name, v as f64, "setting"))).collect(),
     ));
     if let Some(ts) = d.peer_timestamps {
-        f.evidence.push(format!(
-            "peer timestamps on {} of {} TIME_WAIT sockets holding ports toward it",
-            ts.seen,
-            ts.known()
+        f.evidence.push(ev(
+            format!("peer timestamps on {} of {} TIME_WAIT sockets holding ports toward it", ts.seen, ts.known()),
+            vec![
+                fig("peer_timestamps_seen", ts.seen as f64, "sockets"),
+                fig("sockets_known", ts.known() as f64, "sockets"),
+            ],
         ));
     }
     f.remedies = vec![
@@ -414,11 +552,16 @@ fn time_wait(r: &Report, out: &mut Vec<Finding>) {
                     p50 / 1e3
                 ),
             );
-            f.evidence = vec![format!(
-                "lifetime p50 {:.1} s, p99 {}, max {}",
-                p50 / 1e3,
-                r.timewait.lifetime_p99_ms.map_or("-".into(), |v| format!("{:.1} s", v / 1e3)),
-                r.timewait.lifetime_max_ms.map_or("-".into(), |v| format!("{:.1} s", v / 1e3))
+            let (p99, max) = (r.timewait.lifetime_p99_ms, r.timewait.lifetime_max_ms);
+            let figures = [("lifetime_p50", Some(p50)), ("lifetime_p99", p99), ("lifetime_max", max)];
+            f.evidence = vec![ev(
+                format!(
+                    "lifetime p50 {:.1} s, p99 {}, max {}",
+                    p50 / 1e3,
+                    p99.map_or("-".into(), |v| format!("{:.1} s", v / 1e3)),
+                    max.map_or("-".into(), |v| format!("{:.1} s", v / 1e3))
+                ),
+                figures.iter().filter_map(|(name, ms)| ms.map(|ms| fig(*name, ms / 1e3, "s"))).collect(),
             )];
             out.push(f);
         }
@@ -525,8 +668,12 @@ fn buckets(r: &Report, out: &mut Vec<Finding>) {
             ),
         );
         f.place.namespace = Some(ns.name.clone());
-        f.evidence =
-            vec![format!("TIME_WAIT {} of {max}", ns.timewait_live), format!("TCPTimeWaitOverflow +{overflow}")];
+        let mut sockets = vec![fig("timewait", ns.timewait_live as f64, "sockets")];
+        sockets.extend(ns.max_tw_buckets.map(|m| fig("tcp_max_tw_buckets", m as f64, "sockets")));
+        f.evidence = vec![
+            ev(format!("TIME_WAIT {} of {max}", ns.timewait_live), sockets),
+            ev(format!("TCPTimeWaitOverflow +{overflow}"), vec![fig("TCPTimeWaitOverflow", overflow as f64, "count")]),
+        ];
         f.remedies = vec![
             remedy("make fewer connections: keep-alive or pooling", "none in the kernel", None),
             remedy(
@@ -579,10 +726,20 @@ fn conntrack(r: &Report, out: &mut Vec<Finding>) {
             ),
         );
         f.place.namespace = Some(ns.name.clone());
+        let (drop, insert_failed) = (counter(ns, CONNTRACK_DROP), counter(ns, CONNTRACK_INSERT_FAILED));
         f.evidence = vec![
-            format!("nf_conntrack_count {count}, nf_conntrack_max {max}"),
-            format!("conntrack drop +{}", counter(ns, CONNTRACK_DROP)),
-            format!("conntrack insert_failed +{}", counter(ns, CONNTRACK_INSERT_FAILED)),
+            ev(
+                format!("nf_conntrack_count {count}, nf_conntrack_max {max}"),
+                vec![
+                    fig("nf_conntrack_count", count as f64, "entries"),
+                    fig("nf_conntrack_max", max as f64, "entries"),
+                ],
+            ),
+            ev(format!("conntrack drop +{drop}"), vec![fig("conntrack_drop", drop as f64, "packets")]),
+            ev(
+                format!("conntrack insert_failed +{insert_failed}"),
+                vec![fig("conntrack_insert_failed", insert_failed as f64, "packets")],
+            ),
         ];
         f.evidence.extend(setup_drops(ns, DropClass::Netfilter).map(drop_evidence));
         f.remedies = vec![
@@ -650,15 +807,20 @@ fn paws(r: &Report, out: &mut Vec<Finding>) {
         .sources
         .iter()
         .take(NAMED)
-        .map(|s| format!("{}: {} drops, {} flows", s.source, s.drops, s.flows))
+        .map(|s| {
+            ev(
+                format!("{}: {} drops, {} flows", s.source, s.drops, s.flows),
+                vec![fig("drops", s.drops as f64, "segments"), fig("flows", s.flows as f64, "flows")],
+            )
+        })
         .collect();
-    f.evidence.extend(r.paws.counters.iter().filter(|(k, _)| k.starts_with("PAWS")).map(|(k, v)| format!("{k} {v:+}")));
+    f.evidence.extend(r.paws.counters.iter().filter(|(k, _)| k.starts_with("PAWS")).map(|(k, v)| counter_rise(k, *v)));
     let recycle_gone = kernel_at_least(&rec.kernel, TW_RECYCLE_REMOVED);
-    f.evidence.push(if recycle_gone {
+    f.evidence.push(Evidence::from(if recycle_gone {
         format!("tcp_tw_recycle does not exist on {} (removed in 4.12): it is not the cause", rec.kernel)
     } else {
         format!("kernel {}: check that net.ipv4.tcp_tw_recycle is 0 (it breaks clients behind NAT)", rec.kernel)
-    });
+    }));
     f.remedies = paws_remedies();
     f.verify = Some("nstat -az TcpExtPAWSActive TcpExtPAWSEstab TcpExtPAWSTimewait".into());
     out.push(f);
@@ -722,8 +884,8 @@ fn paws_counted(r: &Report, out: &mut Vec<Finding>) {
                 rec.sysctls.tcp_timestamps.map_or("unknown".into(), |v| v.to_string())
             ),
         );
-        f.evidence = listed;
-        f.evidence.push(format!("PAWS drop events seen: 0 ({why})"));
+        f.evidence = counters.iter().map(|(k, v)| counter_rise(k, *v)).collect();
+        f.evidence.push(ev(format!("PAWS drop events seen: 0 ({why})"), vec![fig("paws_drop_events", 0.0, "events")]));
         f.remedies = vec![remedy(
             "find the sources with a capture on the server: tcpdump -nv 'tcp[tcpflags] & tcp-syn != 0', looking \
              for one address whose SYNs' TSval goes backwards across ports",
@@ -753,15 +915,22 @@ fn setup_drops(ns: &NamespaceView, class: DropClass) -> Option<&SetupDropView> {
 }
 
 /// "NETFILTER_DROP drop events: 30, 30 of them SYNs (30 sent by this host), to 127.0.0.1:7000 x30"
-fn drop_evidence(d: &SetupDropView) -> String {
+fn drop_evidence(d: &SetupDropView) -> Evidence {
     let services: Vec<String> = d.services.iter().take(NAMED).map(|(s, n)| format!("{s} x{n}")).collect();
-    format!(
-        "{} drop events: {}, {} of them SYNs ({} sent by this host){}",
-        d.reason,
-        d.total,
-        d.syns,
-        d.syns_sent,
-        if services.is_empty() { String::new() } else { format!(", to {}", services.join(", ")) }
+    ev(
+        format!(
+            "{} drop events: {}, {} of them SYNs ({} sent by this host){}",
+            d.reason,
+            d.total,
+            d.syns,
+            d.syns_sent,
+            if services.is_empty() { String::new() } else { format!(", to {}", services.join(", ")) }
+        ),
+        vec![
+            fig("drop_events", d.total as f64, "packets"),
+            fig("syns", d.syns as f64, "packets"),
+            fig("syns_sent", d.syns_sent as f64, "packets"),
+        ],
     )
 }
 
@@ -854,13 +1023,16 @@ fn listen_queues(r: &Report, out: &mut Vec<Finding>) {
         );
         f.place.namespace = Some(ns.name.clone());
         f.evidence = vec![
-            format!("{LISTEN_OVERFLOWS} +{overflows}"),
-            format!("{LISTEN_DROPS} +{drops}"),
-            format!("{SYN_QUEUE_FULL_DROP} +{syn_queue}"),
+            counter_rise(LISTEN_OVERFLOWS, overflows),
+            counter_rise(LISTEN_DROPS, drops),
+            counter_rise(SYN_QUEUE_FULL_DROP, syn_queue),
         ];
         let cookies = counter(ns, SYN_QUEUE_FULL_COOKIES);
         if cookies > 0 {
-            f.evidence.push(format!("{SYN_QUEUE_FULL_COOKIES} +{cookies} (answered with syncookies, not dropped)"));
+            f.evidence.push(ev(
+                format!("{SYN_QUEUE_FULL_COOKIES} +{cookies} (answered with syncookies, not dropped)"),
+                vec![fig(SYN_QUEUE_FULL_COOKIES, cookies as f64, "count")],
+            ));
         }
         // 6.15+: a handshake's last ACK dropped for a full accept queue has a reason (a SYN
         // refused for either queue is consumed: counted, never a drop event; 5.10-6.18).
@@ -1068,7 +1240,7 @@ mod tests {
         assert!(found.iter().all(|f| f.kind != Kind::NetfilterDrops), "conntrack dropped them: {found:#?}");
         let f = found.iter().find(|f| f.kind == Kind::Conntrack).unwrap();
         assert_eq!(
-            f.evidence.last().map(String::as_str),
+            f.evidence.last().map(|e| e.text.as_str()),
             Some("NETFILTER_DROP drop events: 3, 3 of them SYNs (3 sent by this host), to 10.0.0.9:5432 x3")
         );
     }
