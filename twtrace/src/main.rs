@@ -28,13 +28,42 @@ const DOCTOR_EXIT_STATUS: &str = "Exit status, the monitoring plugins' conventio
                                   a warning, 2 something failing now (critical), 3 doctor could not run, usage \
                                   errors (an unknown option, a bad value) included.";
 
+const ABOUT: &str = "Trace Linux TCP TIME_WAIT sockets, ephemeral port search and PAWS drops";
+
 #[derive(Parser)]
-#[command(
-    version = VERSION,
-    about = "Trace Linux TCP TIME_WAIT sockets, ephemeral port search and PAWS drops",
-    after_long_help = EXIT_STATUS
-)]
+#[command(version = VERSION, about = ABOUT, after_long_help = EXIT_STATUS)]
 struct Cli {
+    #[command(flatten)]
+    globals: Globals,
+    #[command(subcommand)]
+    invocation: Invocation,
+}
+
+/// What the man pages and the completions describe: the command line without `generate`
+/// (clap's completions would offer a hidden subcommand too).
+#[derive(Parser)]
+#[command(name = "twtrace", version = VERSION, about = ABOUT, after_long_help = EXIT_STATUS)]
+struct Documented {
+    #[command(flatten)]
+    globals: Globals,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once, at start")]
+enum Invocation {
+    #[command(flatten)]
+    Run(Command),
+    /// Write the man pages and the bash, zsh and fish completions into DIR (`cargo xtask
+    /// dist` packages them).
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
+}
+
+/// The options every command takes.
+#[derive(clap::Args)]
+struct Globals {
     /// More logging on stderr (-v: debug, including verifier logs; -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -47,8 +76,6 @@ struct Cli {
     /// Rows holding ports are never evicted.
     #[arg(long, global = true, value_name = "N", default_value_t = twtrace::aggregate::DEFAULT_MAX_ROWS)]
     max_rows: usize,
-    #[command(subcommand)]
-    command: Command,
 }
 
 #[derive(Subcommand)]
@@ -82,10 +109,6 @@ enum Command {
     /// (needs root): `search-cost`, `client-exhaustion`, `tw-reuse`, `tw-buckets`,
     /// `tw-deaths`, `paws-nat`. With --record, checks twtrace too.
     Scenario(scenario::ScenarioArgs),
-    /// Write the man pages and the bash, zsh and fish completions into DIR (`cargo xtask
-    /// dist` packages them).
-    #[command(hide = true)]
-    Generate(generate::GenerateArgs),
 }
 
 /// Parses the command line. A usage error exits 2, as clap's do, except under `doctor`, whose
@@ -115,34 +138,38 @@ fn main() -> std::process::ExitCode {
     // SAFETY: restoring a default disposition before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = parse();
-    let level = match cli.verbose {
+    let level = match cli.globals.verbose {
         0 => log::LevelFilter::Warn,
         1 => log::LevelFilter::Debug,
         _ => log::LevelFilter::Trace,
     };
     // serve runs for days: its lines say when.
-    logging::init(level, cli.log_format, matches!(cli.command, Command::Serve(_)));
-    if let Command::Generate(args) = &cli.command {
-        return match generate::run(Cli::command(), args) {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => fail(&e),
-        };
-    }
-    twtrace::aggregate::set_max_rows(cli.max_rows);
+    let serve = matches!(cli.invocation, Invocation::Run(Command::Serve(_)));
+    logging::init(level, cli.globals.log_format, serve);
+    let command = match cli.invocation {
+        Invocation::Run(command) => command,
+        Invocation::Generate(args) => {
+            return match generate::run(Documented::command(), &args) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            };
+        }
+    };
+    twtrace::aggregate::set_max_rows(cli.globals.max_rows);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::anyhow!("cannot start the runtime: {e}")),
     };
     // Commands that run the drive loop (churn has its own handler; probes ends at once; a
     // scenario ends by itself, and Ctrl-C ends it and its recorder at once).
-    if !matches!(cli.command, Command::Churn(_) | Command::Probes(_) | Command::Scenario(_)) {
+    if !matches!(command, Command::Churn(_) | Command::Probes(_) | Command::Scenario(_)) {
         let _inside = runtime.enter();
         if let Err(e) = drive::install_signals() {
             return fail(&anyhow::anyhow!("cannot handle signals: {e}"));
         }
     }
     // doctor's exit status says how bad things are, and that it could not tell.
-    if let Command::Doctor(args) = &cli.command {
+    if let Command::Doctor(args) = &command {
         return match runtime.block_on(cmd::doctor::run(args)) {
             Ok(severity) => std::process::ExitCode::from(cmd::doctor::exit_code(severity)),
             Err(e) => {
@@ -151,7 +178,7 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
@@ -163,8 +190,8 @@ fn fail(e: &anyhow::Error) -> std::process::ExitCode {
     std::process::ExitCode::FAILURE
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Trace(args) => cmd::trace::run(args).await,
         Command::Probes(args) => cmd::probes::run(&args),
         Command::Top(args) => cmd::top::run(args).await,
@@ -176,6 +203,5 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mark(args) => cmd::mark::run(&args),
         Command::Churn(args) => cmd::churn::run(&args),
         Command::Scenario(args) => scenario::run(args).await,
-        Command::Generate(_) => unreachable!("run by main before the runtime"),
     }
 }

@@ -32,8 +32,8 @@ pub struct ReportArgs {
     /// Also write a self-contained HTML page with charts (no network needed to view it).
     #[arg(long, value_name = "OUT")]
     html: Option<PathBuf>,
-    /// Rows per ranking.
-    #[arg(long, default_value_t = 10)]
+    /// Rows per ranking (as stat's and top's --top).
+    #[arg(long, default_value_t = 10, value_name = "N")]
     top: usize,
 }
 
