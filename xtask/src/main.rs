@@ -1,9 +1,10 @@
-//! Project automation: `cargo xtask setup | test | run | vm | bench | study | fuzz`.
+//! Project automation: `cargo xtask setup | test | run | dist | vm | bench | study | fuzz`.
 //!
 //! The README's two commands are `cargo xtask run -- <twtrace args>` and `cargo xtask test`;
 //! both install whatever a fresh machine lacks first (see `setup`).
 
 mod bench;
+mod dist;
 mod fuzz;
 mod runner;
 mod setup;
@@ -55,6 +56,9 @@ enum Task {
     /// Run one `twtrace scenario` (recorded, checked) on the host and in a guest per kernel,
     /// and compare: a table (also Markdown and JSON) and an SVG chart under target/study/.
     Study(study::StudyArgs),
+    /// Release artifacts in target/dist/: a static x86-64 tarball, a Debian package and an
+    /// OCI image archive, with man pages and shell completions.
+    Dist(dist::DistArgs),
     /// Set up, build twtrace (release) and run it with the given arguments.
     Run {
         /// Arguments for twtrace, after `--`, e.g. `cargo xtask run -- trace --json`.
@@ -68,6 +72,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::ensure(),
         Task::Test(args) => test::run(&args),
         Task::Run { args } => run(&args),
+        Task::Dist(args) => dist::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Bench(args) => bench::run(&args),
         Task::Study(args) => study::run(&args),
@@ -95,6 +100,14 @@ fn run(args: &[String]) -> anyhow::Result<()> {
 
 pub fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+}
+
+/// Where cargo builds: `CARGO_TARGET_DIR` (relative to the workspace root), else `target/`.
+pub fn target_dir() -> std::path::PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
 }
 
 /// Runs cargo in the workspace root; fails on a non-zero exit. Through rustup's proxy on PATH
