@@ -31,7 +31,8 @@ use crate::{run_cmd, workspace_root};
 
 #[derive(clap::Args)]
 pub struct DistArgs {
-    /// Package this static twtrace instead of building one (it must be static).
+    /// Package this static twtrace instead of building one (it must be static, and its
+    /// --version name HEAD's commit, as the package's check requires).
     #[arg(long, value_name = "FILE")]
     binary: Option<PathBuf>,
 }

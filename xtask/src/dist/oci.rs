@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! oci-layout                      {"imageLayoutVersion": "1.0.0"}
-//! index.json                      the image index: one manifest, tagged VERSION
+//! index.json                      the image index: one manifest, named twtrace:VERSION
 //! manifest.json                   the same image for `docker load` (its archive format)
 //! blobs/sha256/<digest>           the manifest, the config and the layer (tar+gzip)
 //! ```
@@ -70,7 +70,8 @@ pub fn image(binary: &Path, v: &Version, stage: &Path, out: &Path, epoch: u64) -
         "annotations": {"org.opencontainers.image.version": v.version, "org.opencontainers.image.revision": v.commit},
     });
     let mut manifest_desc = add_blob(&blobs, manifest.to_string().as_bytes(), MANIFEST)?;
-    manifest_desc["annotations"] = json!({"org.opencontainers.image.ref.name": v.version});
+    // The reference `podman load` and `skopeo` give the image: twtrace:VERSION.
+    manifest_desc["annotations"] = json!({"org.opencontainers.image.ref.name": format!("twtrace:{}", v.version)});
     let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [manifest_desc]});
     std::fs::write(layout.join("index.json"), index.to_string())?;
     std::fs::write(layout.join("oci-layout"), json!({"imageLayoutVersion": "1.0.0"}).to_string())?;
