@@ -61,7 +61,7 @@ pub trait Sink {
     /// Called once, after SIGINT/SIGTERM handling is in place and before the first event.
     /// By default announces the source on stderr (tools and tests wait for that line).
     fn start(&mut self, status: &Status) -> anyhow::Result<()> {
-        eprintln!("twtrace: {}", status.describe());
+        crate::note!("{}", status.describe());
         Ok(())
     }
 

@@ -4,10 +4,15 @@
 //! prints their headlines first and `doctor` prints them whole, so the two never disagree.
 
 mod drops;
+mod evidence;
+mod paws;
 mod remedies;
 pub mod runbooks;
 
 use serde::Serialize;
+
+pub use evidence::{Evidence, Figure};
+use evidence::{counter_rise, ev, fig};
 
 use crate::{
     aggregate::NamespaceView,
@@ -105,7 +110,8 @@ fn remedy(action: impl Into<String>, tradeoff: impl Into<String>, needs: Option<
     Remedy { action: action.into(), tradeoff: tradeoff.into(), needs: needs.map(str::to_owned) }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// Serialised in findings/evidence.rs: the evidence as sentences and as figures.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Finding {
     pub severity: Severity,
     pub kind: Kind,
@@ -113,11 +119,10 @@ pub struct Finding {
     pub text: String,
     pub place: Where,
     /// The measured figures behind it.
-    pub evidence: Vec<String>,
+    pub evidence: Vec<Evidence>,
     /// Most preferable first.
     pub remedies: Vec<Remedy>,
     /// A command that shows it fixed.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub verify: Option<String>,
 }
 
@@ -171,7 +176,7 @@ pub fn of(r: &Report) -> Vec<Finding> {
     recording_health(r, &mut out);
     port_space(r, &mut out);
     time_wait(r, &mut out);
-    paws(r, &mut out);
+    paws::paws(r, &mut out);
     drops::conntrack(r, &mut out);
     drops::netfilter_drops(r, &mut out);
     drops::listen_queues(r, &mut out);
@@ -182,14 +187,27 @@ pub fn of(r: &Report) -> Vec<Finding> {
             Kind::Nothing,
             "Nothing stands out: no port-space pressure, no PAWS drops, no loss.".into(),
         );
+        let busiest = r.destinations.first().map_or(0.0, |d| d.peak_utilisation * 100.0);
         ok.evidence = vec![
-            format!("{} events over {:.0} s", r.recording.events, r.recording.seconds),
-            format!(
-                "busiest destination at {:.0}% of its range",
-                r.destinations.first().map_or(0.0, |d| d.peak_utilisation * 100.0)
+            ev(
+                format!("{} events over {:.0} s", r.recording.events, r.recording.seconds),
+                vec![fig("events", r.recording.events as f64, "events"), fig("observed", r.recording.seconds, "s")],
             ),
-            format!("TIME_WAIT peak {}", r.timewait.peak),
-            format!("{} PAWS drops, {} records lost", r.paws.drops, r.recording.lost),
+            ev(
+                format!("busiest destination at {busiest:.0}% of its range"),
+                vec![fig("busiest_destination_utilisation", busiest, "percent")],
+            ),
+            ev(
+                format!("TIME_WAIT peak {}", r.timewait.peak),
+                vec![fig("timewait_peak", r.timewait.peak as f64, "sockets")],
+            ),
+            ev(
+                format!("{} PAWS drops, {} records lost", r.paws.drops, r.recording.lost),
+                vec![
+                    fig("paws_drops", r.paws.drops as f64, "segments"),
+                    fig("lost", r.recording.lost as f64, "records"),
+                ],
+            ),
         ];
         out.push(ok);
     }
@@ -209,7 +227,7 @@ fn recording_health(r: &Report, out: &mut Vec<Finding>) {
                 rec.damage.len()
             ),
         );
-        f.evidence = rec.damage.clone();
+        f.evidence = rec.damage.iter().cloned().map(Evidence::from).collect();
         out.push(f);
     }
     if rec.lost > 0 {
@@ -263,7 +281,12 @@ fn port_space(r: &Report, out: &mut Vec<Finding>) {
         f.place.processes = listed.iter().map(|f| format!("[{}] {}", f.namespace, f.process)).collect();
         f.evidence = listed
             .iter()
-            .map(|f| format!("{} in namespace {}: {} EADDRNOTAVAIL", f.process, f.namespace, f.count))
+            .map(|f| {
+                ev(
+                    format!("{} in namespace {}: {} EADDRNOTAVAIL", f.process, f.namespace, f.count),
+                    vec![fig("eaddrnotavail", f.count as f64, "calls")],
+                )
+            })
             .collect();
         out.push(f);
     }
@@ -301,27 +324,52 @@ fn port_space_finding(r: &Report, d: &DestinationSummary) -> Finding {
             .collect(),
     };
     f.evidence = vec![
-        format!("peak {} of {} ports ({:.1}%) at {}", d.peak_in_use, d.range, d.peak_utilisation * 100.0, d.peak_at),
-        format!("{} in use at the end", d.in_use_at_end),
-        format!("{} connect() calls failed toward it", d.failures),
+        ev(
+            format!(
+                "peak {} of {} ports ({:.1}%) at {}",
+                d.peak_in_use,
+                d.range,
+                d.peak_utilisation * 100.0,
+                d.peak_at
+            ),
+            vec![
+                fig("peak_in_use", d.peak_in_use as f64, "ports"),
+                fig("range", d.range as f64, "ports"),
+                fig("peak_utilisation", d.peak_utilisation * 100.0, "percent"),
+            ],
+        ),
+        ev(
+            format!("{} in use at the end", d.in_use_at_end),
+            vec![fig("in_use_at_end", d.in_use_at_end as f64, "ports")],
+        ),
+        ev(
+            format!("{} connect() calls failed toward it", d.failures),
+            vec![fig("failures", d.failures as f64, "calls")],
+        ),
     ];
     if let Some(p99) = d.search_p99_us {
-        f.evidence.push(format!("port search p99 {p99:.1} us"));
+        f.evidence.push(ev(format!("port search p99 {p99:.1} us"), vec![fig("search_p99", p99, "us")]));
     }
     let sysctls =
         r.recording.namespaces.iter().find(|n| n.netns == d.destination.netns).and_then(|n| n.sysctls.as_ref());
     let reuse = sysctls.and_then(|s| s.tcp_tw_reuse);
     let timestamps = sysctls.and_then(|s| s.tcp_timestamps);
-    f.evidence.push(format!(
-        "namespace settings: tcp_tw_reuse {}, tcp_timestamps {}",
-        reuse.map_or("?".into(), |v| v.to_string()),
-        timestamps.map_or("?".into(), |v| v.to_string())
+    let settings = [("tcp_tw_reuse", reuse), ("tcp_timestamps", timestamps)];
+    f.evidence.push(ev(
+        format!(
+            "namespace settings: tcp_tw_reuse {}, tcp_timestamps {}",
+            reuse.map_or("?".into(), |v| v.to_string()),
+            timestamps.map_or("?".into(), |v| v.to_string())
+        ),
+        settings.iter().filter_map(|(name, v)| v.map(|v| fig(*name, v as f64, "setting"))).collect(),
     ));
     if let Some(ts) = d.peer_timestamps {
-        f.evidence.push(format!(
-            "peer timestamps on {} of {} TIME_WAIT sockets holding ports toward it",
-            ts.seen,
-            ts.known()
+        f.evidence.push(ev(
+            format!("peer timestamps on {} of {} TIME_WAIT sockets holding ports toward it", ts.seen, ts.known()),
+            vec![
+                fig("peer_timestamps_seen", ts.seen as f64, "sockets"),
+                fig("sockets_known", ts.known() as f64, "sockets"),
+            ],
         ));
     }
     f.remedies = remedies::port_space(&d.namespace, &format!("{lo}-{hi}"), &reuse_outlook(d, timestamps));
@@ -376,11 +424,16 @@ fn time_wait(r: &Report, out: &mut Vec<Finding>) {
                     p50 / 1e3
                 ),
             );
-            f.evidence = vec![format!(
-                "lifetime p50 {:.1} s, p99 {}, max {}",
-                p50 / 1e3,
-                r.timewait.lifetime_p99_ms.map_or("-".into(), |v| format!("{:.1} s", v / 1e3)),
-                r.timewait.lifetime_max_ms.map_or("-".into(), |v| format!("{:.1} s", v / 1e3))
+            let (p99, max) = (r.timewait.lifetime_p99_ms, r.timewait.lifetime_max_ms);
+            let figures = [("lifetime_p50", Some(p50)), ("lifetime_p99", p99), ("lifetime_max", max)];
+            f.evidence = vec![ev(
+                format!(
+                    "lifetime p50 {:.1} s, p99 {}, max {}",
+                    p50 / 1e3,
+                    p99.map_or("-".into(), |v| format!("{:.1} s", v / 1e3)),
+                    max.map_or("-".into(), |v| format!("{:.1} s", v / 1e3))
+                ),
+                figures.iter().filter_map(|(name, ms)| ms.map(|ms| fig(*name, ms / 1e3, "s"))).collect(),
             )];
             out.push(f);
         }
@@ -487,8 +540,12 @@ fn buckets(r: &Report, out: &mut Vec<Finding>) {
             ),
         );
         f.place.namespace = Some(ns.name.clone());
-        f.evidence =
-            vec![format!("TIME_WAIT {} of {max}", ns.timewait_live), format!("TCPTimeWaitOverflow +{overflow}")];
+        let mut sockets = vec![fig("timewait", ns.timewait_live as f64, "sockets")];
+        sockets.extend(ns.max_tw_buckets.map(|m| fig("tcp_max_tw_buckets", m as f64, "sockets")));
+        f.evidence = vec![
+            ev(format!("TIME_WAIT {} of {max}", ns.timewait_live), sockets),
+            ev(format!("TCPTimeWaitOverflow +{overflow}"), vec![fig("TCPTimeWaitOverflow", overflow as f64, "count")]),
+        ];
         f.remedies = remedies::timewait_buckets(&ns.name);
         f.verify = Some(remedies::verify::timewait_buckets(&in_namespace(&ns.name)));
         out.push(f);
@@ -506,106 +563,6 @@ fn buckets(r: &Report, out: &mut Vec<Finding>) {
                 ),
             ));
         }
-    }
-}
-
-fn paws(r: &Report, out: &mut Vec<Finding>) {
-    if r.paws.drops == 0 {
-        return paws_counted(r, out);
-    }
-    let rec = &r.recording;
-    let nat: Vec<_> = r.paws.sources.iter().filter(|s| s.flows >= NAT_FLOWS).collect();
-    let reasons: Vec<String> = r.paws.by_reason.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    let severity = if nat.is_empty() && r.paws.drops < PAWS_WARN_DROPS { Severity::Info } else { Severity::Warning };
-    let mut f = Finding::new(
-        severity,
-        Kind::Paws,
-        format!(
-            "{} segments were dropped by PAWS ({}) from {} source(s){}. tcp_timestamps is {}.",
-            r.paws.drops,
-            reasons.join(", "),
-            r.paws.sources.len(),
-            if nat.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; {} source(s) with several flows each ({}), the signature of clients behind NAT whose \
-                     timestamp clocks differ",
-                    nat.len(),
-                    nat.iter().take(NAMED).map(|s| s.source.to_string()).collect::<Vec<_>>().join(", ")
-                )
-            },
-            rec.sysctls.tcp_timestamps.map_or("unknown".into(), |v| v.to_string())
-        ),
-    );
-    f.evidence = r
-        .paws
-        .sources
-        .iter()
-        .take(NAMED)
-        .map(|s| format!("{}: {} drops, {} flows", s.source, s.drops, s.flows))
-        .collect();
-    f.evidence.extend(r.paws.counters.iter().filter(|(k, _)| k.starts_with("PAWS")).map(|(k, v)| format!("{k} {v:+}")));
-    let recycle_gone = kernel_at_least(&rec.kernel, TW_RECYCLE_REMOVED);
-    f.evidence.push(if recycle_gone {
-        format!("tcp_tw_recycle does not exist on {} (removed in 4.12): it is not the cause", rec.kernel)
-    } else {
-        format!("kernel {}: check that net.ipv4.tcp_tw_recycle is 0 (it breaks clients behind NAT)", rec.kernel)
-    });
-    f.remedies = remedies::paws();
-    f.verify = Some(remedies::verify::paws(""));
-    out.push(f);
-}
-
-/// PAWS rejects the kernel counted while twtrace saw no drop event: each namespace's own
-/// counters are then all there is. Kernel facts: drop reasons (the `reason` of
-/// `skb:kfree_skb`) exist from 5.17; `TCP_RFC7323_PAWS` for established sockets came after (6.1
-/// has it); a TIME_WAIT socket's PAWS reject had no reason at all (the SYN is answered with an
-/// ACK and freed as consumed, counted as `PAWSEstab`) until 6.16 added `TCP_RFC7323_TW_PAWS`
-/// and `PAWSTimewait`. The counters say how many and where, never from whom: the NAT
-/// signature (many flows from one source) cannot be seen, so only the count sets severity.
-fn paws_counted(r: &Report, out: &mut Vec<Finding>) {
-    let paws_only = |counters: &[(String, i64)]| -> Vec<(String, i64)> {
-        counters.iter().filter(|(k, v)| k.starts_with("PAWS") && *v > 0).cloned().collect()
-    };
-    // (namespace, its PAWS counters that rose)
-    type Place = (Option<String>, Vec<(String, i64)>);
-    let mut places: Vec<Place> =
-        r.namespaces.iter().map(|ns| (Some(ns.name.clone()), paws_only(&ns.counters))).collect();
-    // Recordings made before namespaces were described: the traced namespace's totals.
-    if r.namespaces.is_empty() {
-        places.push((None, paws_only(&r.paws.counters)));
-    }
-    let rec = &r.recording;
-    let drops_running = rec.backends.iter().any(|(family, backend)| family == "drops" && backend != "OFF");
-    let why = if drops_running {
-        format!("kernel {} counts these rejects without a drop reason", rec.kernel)
-    } else {
-        "twtrace's drops family is not running (`twtrace probes` says why)".to_owned()
-    };
-    for (name, counters) in places.into_iter().filter(|(_, c)| !c.is_empty()) {
-        let total: i64 = counters.iter().map(|(_, v)| v).sum();
-        let listed: Vec<String> = counters.iter().map(|(k, v)| format!("{k} +{v}")).collect();
-        let severity = if (total as u64) < PAWS_WARN_DROPS { Severity::Info } else { Severity::Warning };
-        let mut f = Finding::new(
-            severity,
-            Kind::Paws,
-            format!(
-                "{} rejected {total} segments by PAWS ({}), as the kernel counts them. twtrace saw no drop event for \
-                 them ({why}): no source, flow or NAT signature to show. Per-source detail needs a kernel that drops \
-                 them with a reason: 6.16+ for TIME_WAIT sockets (TCP_RFC7323_TW_PAWS); for established connections \
-                 TCP_RFC7323_PAWS (6.1 has it). tcp_timestamps is {}.",
-                name.as_ref().map_or("The traced namespace".to_owned(), |n| format!("Namespace {n}")),
-                listed.join(", "),
-                rec.sysctls.tcp_timestamps.map_or("unknown".into(), |v| v.to_string())
-            ),
-        );
-        f.evidence = listed;
-        f.evidence.push(format!("PAWS drop events seen: 0 ({why})"));
-        f.remedies = remedies::paws_counted();
-        f.place.namespace = name.clone();
-        f.verify = Some(remedies::verify::paws(&name.as_deref().map(in_namespace).unwrap_or_default()));
-        out.push(f);
     }
 }
 

@@ -9,7 +9,8 @@
 //!   `cmd::report` over the `aggregate` model; `report` and `findings` turn it into a
 //!   postmortem, `tui` draws it.
 //! - Underneath: `event`, `time`, `kernel` (facts about the running kernel), `net` (socket
-//!   plumbing of `cmd::churn`, the traffic generator, and of `scenario`).
+//!   plumbing of `cmd::churn`, the traffic generator, and of `scenario`), `logging` (what
+//!   twtrace says on stderr).
 
 pub mod aggregate;
 pub mod cmd;
@@ -19,6 +20,7 @@ pub mod export;
 pub mod filter;
 pub mod findings;
 pub mod kernel;
+pub mod logging;
 #[cfg(test)]
 mod module_graph;
 pub mod net;

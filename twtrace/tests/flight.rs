@@ -1,4 +1,4 @@
-//! The flight recorder (`record --rotate DIR`) against the real kernel: rotation under a size
+//! The flight recorder (`record --record-dir DIR`) against the real kernel: rotation under a size
 //! bound, a window across three segments against `ss` and what the scenario did, a `kill -9`
 //! and a segment cut by hand, and a full file system.
 
@@ -27,7 +27,7 @@ fn temp(name: &str) -> PathBuf {
     dir
 }
 
-/// `twtrace record --rotate` in the background; its stderr lines arrive on a channel.
+/// `twtrace record --record-dir` in the background; its stderr lines arrive on a channel.
 struct Flight {
     child: std::process::Child,
     lines: mpsc::Receiver<String>,
@@ -37,7 +37,7 @@ struct Flight {
 impl Flight {
     fn start(ns: &Netns, dir: &Path, extra: &[&str]) -> Self {
         let mut args: Vec<String> =
-            vec!["record".into(), "--rotate".into(), dir.display().to_string(), "--netns".into(), ns.name.clone()];
+            vec!["record".into(), "--record-dir".into(), dir.display().to_string(), "--netns".into(), ns.name.clone()];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         if let Some(b) = support::forced_backend() {
             args.extend(["--backend".into(), b]);
@@ -429,7 +429,7 @@ fn a_mark_made_while_recording_is_in_the_stream_between_the_bursts_around_it_and
     let before = burst(&ns, 7);
     let (earliest, marked, latest) = {
         let earliest = rfc3339_now();
-        let out = twtrace(&["mark", "--dir", dir.to_str().unwrap(), "deploy", "v2\u{1b}[2J"]);
+        let out = twtrace(&["mark", "--record-dir", dir.to_str().unwrap(), "deploy", "v2\u{1b}[2J"]);
         let latest = rfc3339_now();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{stderr}");
@@ -479,7 +479,7 @@ fn a_mark_made_while_recording_is_in_the_stream_between_the_bursts_around_it_and
     assert!(page.contains("<td>deploy v2 [2J</td>") && page.contains("<g class=\"mark\">"), "{page}");
 
     // No recorder any more: `mark` says so and fails.
-    let out = twtrace(&["mark", "--dir", dir.to_str().unwrap(), "too late"]);
+    let out = twtrace(&["mark", "--record-dir", dir.to_str().unwrap(), "too late"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no flight recorder runs on"), "{out:?}");
     std::fs::remove_dir_all(&dir).unwrap();

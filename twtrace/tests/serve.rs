@@ -77,7 +77,7 @@ fn prometheus_sees_each_namespace_as_ss_does() {
     // One namespace runs out of its 100 ports (EADDRNOTAVAIL); the other keeps at most 50
     // TIME_WAIT sockets (the bucket limit overflows), in a range it does not fill.
     let pods = [Pod::new("srv100", (40_000, 40_099), 5_000), Pod::new("srvtw50", (41_000, 41_999), 50)];
-    let serve = Serve::start(&["--top-k", "10"]);
+    let serve = Serve::start(&["--top", "10"]);
     // A namespace that comes and goes while served: its series must go with it. (Made after
     // the start: TIME_WAIT sockets that existed at the start stay in the model until their
     // timers run out, even when their namespace is deleted.)
@@ -205,7 +205,7 @@ fn pods_laid_out_as_the_kubelet_does_are_named_in_prometheus() {
     web.netns.sysctl("net.ipv4.tcp_tw_reuse", "0");
 
     let procs = own_dir.join("cgroup.procs");
-    let serve = Serve::start_with(&["--top-k", "10"], |argv| {
+    let serve = Serve::start_with(&["--top", "10"], |argv| {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "echo $$ > \"$0\" && exec unshare --cgroup \"$@\""])
             .arg(&procs)

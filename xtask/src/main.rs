@@ -1,10 +1,11 @@
-//! Project automation: `cargo xtask setup | test | run | vm | bench | study | fuzz | deploy`.
+//! Project automation: `cargo xtask setup | test | run | dist | vm | bench | study | fuzz | deploy`.
 //!
 //! The README's two commands are `cargo xtask run -- <twtrace args>` and `cargo xtask test`;
 //! both install whatever a fresh machine lacks first (see `setup`).
 
 mod bench;
 mod deploy;
+mod dist;
 mod fuzz;
 mod runner;
 mod setup;
@@ -61,6 +62,9 @@ enum Task {
     /// Run one `twtrace scenario` (recorded, checked) on the host and in a guest per kernel,
     /// and compare: a table (also Markdown and JSON) and an SVG chart under target/study/.
     Study(study::StudyArgs),
+    /// Release artifacts in target/dist/: a static x86-64 tarball, a Debian package and an
+    /// OCI image archive, with man pages and shell completions.
+    Dist(dist::DistArgs),
     /// Write the Kubernetes package's generated files: the PrometheusRule from the alerting
     /// rules, and deploy/kubernetes/twtrace.yaml rendered from the kustomize base.
     Deploy,
@@ -78,6 +82,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test(args) => test::run(&args),
         Task::Run { args } => run(&args),
         Task::Deploy => deploy::run(),
+        Task::Dist(args) => dist::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Bench(args) => bench::run(&args),
         Task::BenchHelper(args) => bench::scale::helper::run(&args),
@@ -106,6 +111,14 @@ fn run(args: &[String]) -> anyhow::Result<()> {
 
 pub fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+}
+
+/// Where cargo builds: `CARGO_TARGET_DIR` (relative to the workspace root), else `target/`.
+pub fn target_dir() -> std::path::PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
 }
 
 /// Runs cargo in the workspace root; fails on a non-zero exit. Through rustup's proxy on PATH

@@ -135,6 +135,9 @@ fn cargo_test(args: &[&str], skip_log: &Path) -> anyhow::Result<()> {
 fn all_host_tests(skip_log: &Path) -> anyhow::Result<()> {
     const WITHOUT_BTF_READS: &[&str] = &["timewait", "state", "portsearch"];
     let build = vm::build_static()?;
+    // `cargo xtask dist`'s packaging, with this build: the .deb a user installs holds a
+    // static twtrace naming HEAD, its man pages and completions; the OCI layout is valid.
+    crate::dist::self_test(&build.twtrace)?;
     let dir = crate::workspace_root().join("twtrace");
     let run = |label: String, name: &str, path: &Path| runner::Run {
         label,

@@ -19,7 +19,7 @@ pub struct DoctorArgs {
     /// How long to watch (live only; seconds, or with s, m, h).
     #[arg(long, default_value = "10s", value_parser = super::parse_duration)]
     duration: Duration,
-    /// JSON on stdout instead of text.
+    /// JSON on stdout instead of text (docs/schemas/doctor.json).
     #[arg(long)]
     json: bool,
     /// Write one runbook per kind of finding into DIR (docs/runbooks) and exit: the pages the
@@ -39,8 +39,13 @@ pub fn exit_code(severity: Severity) -> u8 {
     }
 }
 
-/// When doctor cannot run at all.
+/// When doctor cannot run at all, usage errors included (main.rs).
 pub const EXIT_UNKNOWN: u8 = 3;
+
+/// The version of `doctor --json`'s layout (docs/schemas/doctor.json): raised when a field
+/// changes meaning or goes, not when one is added. 1 was the layout before it said so; 2 adds
+/// `schema_version` and each finding's `evidence_figures`.
+pub const SCHEMA_VERSION: u32 = 2;
 
 pub async fn run(args: &DoctorArgs) -> anyhow::Result<Severity> {
     if let Some(dir) = &args.runbooks {
@@ -52,7 +57,7 @@ pub async fn run(args: &DoctorArgs) -> anyhow::Result<Severity> {
     let live = !source.can_wait();
     let limits = Limits { duration: live.then_some(args.duration) };
     if live {
-        eprintln!("twtrace: doctor: watching every namespace for {:.0} s ...", args.duration.as_secs_f64());
+        crate::note!("doctor: watching every namespace for {:.0} s ...", args.duration.as_secs_f64());
     }
     let label = if live { "live".to_owned() } else { args.source.replay_path().unwrap_or_default() };
     let (report, found) = super::report::build_from(&mut source, filter, 50, limits, label).await?;
@@ -66,6 +71,7 @@ pub async fn run(args: &DoctorArgs) -> anyhow::Result<Severity> {
 
 fn json(r: &Report, found: &[Finding]) -> serde_json::Value {
     serde_json::json!({
+        "schema_version": SCHEMA_VERSION,
         "severity": worst(found),
         "observed": {
             "host": r.recording.host,

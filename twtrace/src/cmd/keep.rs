@@ -20,7 +20,7 @@ use crate::{
     source_info::SourceInfo,
 };
 
-/// The flight recorder of `record --rotate` and `serve --record-dir`, keeping windows around
+/// The flight recorder of `record --record-dir` and `serve --record-dir`, keeping windows around
 /// incidents.
 pub fn start_flight(dir: &Path, policy: Policy, info: &SourceInfo) -> anyhow::Result<FlightRecorder> {
     let mut recorder = FlightRecorder::start(dir, policy, info).with_context(|| dir.display().to_string())?;

@@ -19,6 +19,7 @@ use clap::Args;
 
 use crate::{
     aggregate::{Aggregator, Settings},
+    event::NamespaceDescription,
     filter::{self, Filter},
     kernel,
     probes::{Backend, Family, Options},
@@ -32,8 +33,8 @@ use crate::{
 #[derive(Args)]
 pub struct SourceArgs {
     /// Read this recording instead of tracing the kernel (no root needed): a file, or a
-    /// flight-recorder directory (`record --rotate`, `serve --record-dir`) read as one stream.
-    /// --port and an inode --netns then filter the recording.
+    /// flight-recorder directory (`record --record-dir`, `serve --record-dir`) read as one stream.
+    /// --port and --netns (an inode, or a name the recording's header gives) then filter it.
     #[arg(long, value_name = "FILE|DIR")]
     replay: Option<PathBuf>,
     #[command(flatten)]
@@ -60,20 +61,47 @@ impl SourceArgs {
         if p.backend.is_some() || p.ring_buffer_size != DEFAULT_RING_BYTES || !p.family.is_empty() {
             anyhow::bail!("--backend, --family and --ring-buffer-size apply to live tracing, not to --replay");
         }
+        let source = Source::replay(path, speed, self.window.window())?;
         if let Some(netns) = &p.netns {
-            filter.netns.push(netns.parse().map_err(|_| {
-                anyhow::anyhow!(
-                    "with --replay, --netns takes the namespace's inode number (names and paths are of this machine)"
-                )
-            })?);
+            filter.netns.push(recorded_netns(netns, &source.info().namespaces)?);
         }
         filter.ports.extend(p.port);
-        Ok((Source::replay(path, speed, self.window.window())?, filter))
+        Ok((source, filter))
     }
 
     /// The recording to replay, if one was given.
     pub fn replay_path(&self) -> Option<String> {
         self.replay.as_ref().map(|p| p.display().to_string())
+    }
+}
+
+/// `--netns` in a replay: an inode number, or the name the recording gives a namespace in its
+/// header (its `ip netns` name, `host`, a pod or container). A path names a namespace of this
+/// machine, not of the recording.
+fn recorded_netns(spec: &str, described: &[NamespaceDescription]) -> anyhow::Result<u32> {
+    if let Ok(inode) = spec.parse() {
+        return Ok(inode);
+    }
+    let named: Vec<&NamespaceDescription> = described.iter().filter(|d| d.name == spec).collect();
+    match named.as_slice() {
+        [one] => Ok(one.netns),
+        [] => {
+            let known: Vec<String> = described.iter().map(|d| format!("{} ({})", d.name, d.netns)).collect();
+            anyhow::bail!(
+                "with --replay, --netns takes an inode number or a namespace name the recording's header gives; \
+                 `{spec}` is not one of them{}",
+                if known.is_empty() {
+                    " (this recording names none: give the inode)".to_owned()
+                } else {
+                    format!(": {}", known.join(", "))
+                }
+            )
+        }
+        many => anyhow::bail!(
+            "--netns {spec}: the recording names {} namespaces so ({}): give the inode",
+            many.len(),
+            many.iter().map(|d| d.netns.to_string()).collect::<Vec<_>>().join(", ")
+        ),
     }
 }
 
@@ -100,8 +128,9 @@ impl WindowArgs {
 /// What `top` and `stat` both take: the source, the filters and the size of the rankings.
 #[derive(Args)]
 pub struct ViewArgs {
-    /// Rows per ranking (destinations, remotes, owners, sources).
-    #[arg(long, default_value_t = 10)]
+    /// Rows per ranking (destinations, remotes, owners, sources). `serve --top` is the same
+    /// for its series.
+    #[arg(long, default_value_t = 10, value_name = "N")]
     top: usize,
     #[command(flatten)]
     source: SourceArgs,
@@ -115,7 +144,7 @@ pub struct ProbeArgs {
     #[arg(long, value_enum)]
     backend: Option<Backend>,
     /// Only sockets in this network namespace: inode number, name under /run/netns, or a path
-    /// such as /proc/PID/ns/net.
+    /// such as /proc/PID/ns/net. With --replay: an inode, or a name the recording gives.
     #[arg(long, value_name = "NETNS")]
     netns: Option<String>,
     /// Only flows with this local or remote port (filtered in the kernel).
@@ -189,7 +218,8 @@ pub fn settings_for(info: &SourceInfo, top: usize) -> Settings {
     Settings { port_range: info.sysctls.ip_local_port_range, max_tw_buckets: info.sysctls.tcp_max_tw_buckets, top }
 }
 
-/// Parses a `--duration` value: seconds, or a number with s, m or h.
+/// Parses every duration of the command line (`--duration`, `--interval`, `--segment`, ...):
+/// seconds, or a number with s, m or h.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, scale) = match text.char_indices().last() {
@@ -216,5 +246,18 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn a_replayed_netns_is_an_inode_or_a_recorded_name() {
+        let ns = |netns, name: &str| NamespaceDescription { netns, name: name.into(), sysctls: None, live: true };
+        let described = [ns(4026531840, "host"), ns(4026532001, "tw-a"), ns(7, "twin"), ns(8, "twin")];
+        assert_eq!(recorded_netns("4026532001", &described).unwrap(), 4026532001);
+        assert_eq!(recorded_netns("tw-a", &described).unwrap(), 4026532001);
+        assert_eq!(recorded_netns("host", &described).unwrap(), 4026531840);
+        let unknown = recorded_netns("tw-b", &described).unwrap_err().to_string();
+        assert!(unknown.contains("`tw-b` is not one of them: host (4026531840), tw-a (4026532001)"), "{unknown}");
+        assert!(recorded_netns("twin", &described).unwrap_err().to_string().contains("give the inode"));
+        assert!(recorded_netns("x", &[]).unwrap_err().to_string().contains("names none"));
     }
 }

@@ -22,15 +22,16 @@ use crate::{
 #[derive(clap::Args)]
 pub struct RecordArgs {
     /// The recording to write (created with mode 0600).
-    #[arg(short, long, value_name = "FILE", required_unless_present = "rotate", conflicts_with = "rotate")]
+    #[arg(short, long, value_name = "FILE", required_unless_present = "record_dir", conflicts_with = "record_dir")]
     output: Option<PathBuf>,
     /// Overwrite the file if it exists.
     #[arg(long)]
     force: bool,
     /// Record into this directory as a flight recorder: a sequence of segments, each a
-    /// complete recording, rotated and deleted oldest first (see --segment, --keep).
-    #[arg(long, value_name = "DIR")]
-    rotate: Option<PathBuf>,
+    /// complete recording, rotated and deleted oldest first (see --segment, --keep). The same
+    /// flag as `serve --record-dir` and `mark --record-dir`. (Was --rotate, still accepted.)
+    #[arg(long, alias = "rotate", value_name = "DIR")]
+    record_dir: Option<PathBuf>,
     #[command(flatten)]
     segments: SegmentArgs,
     /// Stop after this long (seconds, or with s, m, h); otherwise at Ctrl-C or SIGTERM.
@@ -42,7 +43,7 @@ pub struct RecordArgs {
     filters: FilterArgs,
 }
 
-/// The flight recorder's rotation and retention (`record --rotate`, `serve --record-dir`).
+/// The flight recorder's rotation and retention (`record --record-dir`, `serve --record-dir`).
 #[derive(clap::Args, Clone)]
 pub struct SegmentArgs {
     /// Start a new segment after this long (seconds, or with s, m, h).
@@ -113,7 +114,7 @@ fn parse_optional_duration(text: &str) -> Result<Bound<Duration>, String> {
 pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     let filter = args.filters.filter();
     let limits = Limits { duration: args.duration };
-    if let Some(dir) = &args.rotate {
+    if let Some(dir) = &args.record_dir {
         let policy = args.segments.policy()?;
         let mut source = Source::live(&args.probes.options()?, true)?;
         source.set_filter_description(filter.describe());
@@ -121,7 +122,7 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
         let mut sink = FlightSink { recorder: Some(recorder) };
         return drive::drive(&mut source, filter, &mut sink, limits).await;
     }
-    let output = args.output.expect("clap requires --output without --rotate");
+    let output = args.output.expect("clap requires --output without --record-dir");
     // Before loading anything: an existing file is refused at once.
     if !args.force && output.exists() {
         return Err(RecordError::Exists(output).into());
@@ -140,7 +141,7 @@ pub fn run_totals(status: &Status) -> RunTotals {
     RunTotals { lost: health.lost, decoder: health.decoder.unwrap_or_default() }
 }
 
-/// The flight recorder as a sink: `record --rotate`.
+/// The flight recorder as a sink: `record --record-dir`.
 struct FlightSink {
     /// Taken by `finish`.
     recorder: Option<FlightRecorder>,
@@ -151,7 +152,7 @@ impl Sink for FlightSink {
 
     fn start(&mut self, status: &Status) -> anyhow::Result<()> {
         let dir = self.recorder.as_ref().map_or_else(String::new, |r| r.dir().display().to_string());
-        eprintln!("twtrace: recording to {dir} (segments); {}", status.describe());
+        crate::note!("recording to {dir} (segments); {}", status.describe());
         Ok(())
     }
 
@@ -170,7 +171,7 @@ impl Sink for FlightSink {
         let recorder = self.recorder.take().expect("finish runs once");
         let dir = recorder.dir().display().to_string();
         let stats = recorder.finish(status.now_ns(), run_totals(status));
-        eprintln!("twtrace: {}", stats.summary(&dir, status.health().lost));
+        crate::note!("{}", stats.summary(&dir, status.health().lost));
         Ok(())
     }
 }
@@ -192,7 +193,7 @@ impl Sink for RecordSink<'_> {
     type Wake = ();
 
     fn start(&mut self, status: &Status) -> anyhow::Result<()> {
-        eprintln!("twtrace: recording to {}; {}", self.path.display(), status.describe());
+        crate::note!("recording to {}; {}", self.path.display(), status.describe());
         Ok(())
     }
 
@@ -219,8 +220,8 @@ impl Sink for RecordSink<'_> {
         // The header and sockets alone are a few kB: a per-event figure means nothing without events.
         let per_event =
             if events == 0 { String::new() } else { format!(", {:.1} bytes/event", size as f64 / events as f64) };
-        eprintln!(
-            "twtrace: recorded {events} events ({} lost in the kernel) to {path}: {size} bytes{per_event}{}",
+        crate::note!(
+            "recorded {events} events ({} lost in the kernel) to {path}: {size} bytes{per_event}{}",
             health.lost,
             decoder.owner_resets_note()
         );

@@ -33,17 +33,18 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     web_config_file: Option<PathBuf>,
     /// Series of their own per kind of row (destinations, connect searches, PAWS sources);
-    /// the rest are summed into `other`.
-    #[arg(long, default_value_t = 20, value_name = "K")]
-    top_k: usize,
+    /// the rest are summed into `other`. (Was --top-k, still accepted.)
+    #[arg(long = "top", alias = "top-k", default_value_t = 20, value_name = "N")]
+    top: usize,
     /// Leave out a destination that holds no port and whose counters stood still this long.
     #[arg(long, default_value = "10m", value_parser = super::parse_duration, value_name = "DURATION")]
     idle_after: Duration,
     /// How often the model is turned into what scrapes return.
     #[arg(long, default_value = "1s", value_parser = super::parse_duration, value_name = "DURATION")]
     publish_interval: Duration,
-    /// Also keep a flight recording of the stream in this directory (as `record --rotate`):
-    /// segments rotated and deleted by --segment, --segment-size, --keep, --keep-size.
+    /// Also keep a flight recording of the stream in this directory (as `record
+    /// --record-dir`): segments rotated and deleted by --segment, --segment-size, --keep,
+    /// --keep-size.
     #[arg(long, value_name = "DIR")]
     record_dir: Option<PathBuf>,
     #[command(flatten)]
@@ -55,8 +56,8 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    if args.top_k == 0 {
-        anyhow::bail!("--top-k must be at least 1");
+    if args.top == 0 {
+        anyhow::bail!("--top must be at least 1");
     }
     if args.publish_interval < Duration::from_millis(100) || args.publish_interval > Duration::from_secs(60) {
         anyhow::bail!("--publish-interval must be between 100ms and 60s");
@@ -78,7 +79,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(dir) => Some(super::keep::start_flight(dir, policy, source.info())?),
         None => None,
     };
-    let limits = model::Limits { top_k: args.top_k, idle_after: args.idle_after };
+    let limits = model::Limits { top_k: args.top, idle_after: args.idle_after };
     serve(source, filter, listener, web, limits, args.publish_interval, recorder).await
 }
 
@@ -103,9 +104,9 @@ pub async fn serve(
     let scheme = if web.tls.is_some() { "https" } else { "http" };
     let auth = if web.auth.is_some() { " (basic auth)" } else { "" };
     let server = http::spawn(listener, web, published);
-    eprintln!("twtrace: serving metrics on {scheme}://{}/metrics{auth}", server.local_addr);
+    crate::note!("serving metrics on {scheme}://{}/metrics{auth}", server.local_addr);
     if let Some(r) = &recorder {
-        eprintln!("twtrace: recording to {} (segments)", r.dir().display());
+        crate::note!("recording to {} (segments)", r.dir().display());
     }
     let interval_ns = publish_interval.as_nanos() as u64;
     let mut sink = ServeSink {
@@ -193,12 +194,12 @@ impl Sink for ServeSink {
         if let Some(r) = self.recorder.take() {
             let dir = r.dir().display().to_string();
             let stats = r.finish(status.now_ns(), super::record::run_totals(status));
-            eprintln!("twtrace: {}", stats.summary(&dir, status.health().lost));
+            crate::note!("{}", stats.summary(&dir, status.health().lost));
         }
         self.publish(status);
         let health = status.health();
-        eprintln!("twtrace: serve ended; {} events, {} lost in the kernel", self.events, health.lost);
-        eprintln!("twtrace: {}", self.times.line(&health));
+        crate::note!("serve ended; {} events, {} lost in the kernel", self.events, health.lost);
+        crate::note!("{}", self.times.line(&health));
         Ok(())
     }
 }

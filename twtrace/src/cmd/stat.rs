@@ -18,9 +18,10 @@ use crate::{
 
 #[derive(clap::Args)]
 pub struct StatArgs {
-    /// Seconds between reports (of recorded time, with --replay).
-    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
-    interval: f64,
+    /// Time between reports (of recorded time, with --replay): seconds, or with s, m, h
+    /// (0.5, 10s, 5m).
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = super::parse_duration)]
+    interval: Duration,
     /// Stop after this many reports.
     #[arg(long)]
     count: Option<u64>,
@@ -39,15 +40,10 @@ pub struct StatOptions {
 }
 
 pub async fn run(args: StatArgs) -> anyhow::Result<()> {
-    if !(args.interval > 0.0 && args.interval.is_finite()) {
-        anyhow::bail!("--interval must be a positive number of seconds");
+    if args.interval < Duration::from_millis(1) {
+        anyhow::bail!("--interval must be at least 1ms");
     }
-    let options = StatOptions {
-        interval: Duration::from_secs_f64(args.interval),
-        count: args.count,
-        json: args.json,
-        top: args.view.top,
-    };
+    let options = StatOptions { interval: args.interval, count: args.count, json: args.json, top: args.view.top };
     let (mut source, filter) = args.view.source.open(true, None)?;
     stat(&mut source, filter, &options).await
 }
@@ -140,7 +136,7 @@ impl Sink for StatSink {
     /// A stop prints one last report: what happened since the previous one is not lost.
     fn finish(&mut self, status: &Status) -> anyhow::Result<()> {
         self.print(status.now_ns());
-        eprintln!("twtrace: {}", self.times.line(&status.health()));
+        crate::note!("{}", self.times.line(&status.health()));
         Ok(())
     }
 }

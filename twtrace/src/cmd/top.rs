@@ -52,7 +52,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     let top = args.view.top;
     let (mut source, filter) = args.view.source.open(true, speed)?;
     if !std::io::stdout().is_terminal() {
-        eprintln!("twtrace: stdout is not a terminal: printing `twtrace stat` reports instead");
+        crate::note!("stdout is not a terminal: printing `twtrace stat` reports instead");
         let options = stat::StatOptions { interval: Duration::from_secs(1), count: None, json: false, top };
         return stat::stat(&mut source, filter, &options).await;
     }
@@ -216,10 +216,10 @@ impl Sink for TopSink {
     fn finish(&mut self, status: &Status) -> anyhow::Result<()> {
         drop(self.screen.take());
         let health = status.health();
-        eprintln!("twtrace: top ended; {} events, {} lost in the kernel", self.snapshot.events, health.lost);
-        eprintln!("twtrace: {}", self.times.line(&health));
+        crate::note!("top ended; {} events, {} lost in the kernel", self.snapshot.events, health.lost);
+        crate::note!("{}", self.times.line(&health));
         if let Some(replay) = status.health().replay {
-            eprintln!("twtrace: {}", replay.summary());
+            crate::note!("{}", replay.summary());
         }
         Ok(())
     }

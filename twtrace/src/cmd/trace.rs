@@ -64,12 +64,12 @@ impl<W: Write> Sink for TraceSink<W> {
             let damage: Vec<String> = replay.damage.iter().map(ToString::to_string).collect();
             summary["damage"] = json!(damage);
             self.printer.summary(&summary)?;
-            eprintln!("twtrace: {}", replay.summary());
+            crate::note!("{}", replay.summary());
         } else if let Some(stats) = health.decoder {
             summary["decoder"] = json!(stats);
             self.printer.summary(&summary)?;
-            eprintln!(
-                "twtrace: {events} events, {lost} lost in the kernel (ring buffer full), {} malformed records, \
+            crate::note!(
+                "{events} events, {lost} lost in the kernel (ring buffer full), {} malformed records, \
                  {} TIME_WAIT deaths of sockets born before tracing started{}",
                 stats.malformed + stats.wrong_version,
                 stats.untracked_deaths,
@@ -132,6 +132,9 @@ pub fn event_json(event: &Event, clock: WallClock) -> Value {
                     let kind = if matches!(e.change, TimeWaitChange::Birth { .. }) { "birth" } else { "rearm" };
                     put("event", json!(format!("timewait_{kind}")));
                     put("substate", json!(substate.name()));
+                    // Every duration in ns, as lifetime_ns and duration_ns; timeout_ms stays for
+                    // the tools that read it (deprecated: docs/cli.md).
+                    put("timeout_ns", json!(timeout_ms.saturating_mul(1_000_000)));
                     put("timeout_ms", json!(timeout_ms));
                     if let TimeWaitChange::Birth { timestamps: Some(ts), .. } = e.change {
                         put("timestamps", json!(ts));
@@ -421,5 +424,8 @@ mod tests {
             event_text(&birth, CLOCK)
                 .contains("TW born   #7      127.0.0.1:8080 <- [::1]:40000  FIN_WAIT2 timeout 60.000s")
         );
+        let v = event_json(&birth, CLOCK);
+        assert_eq!(v["timeout_ns"], 60_000_000_000u64, "every duration in ns");
+        assert_eq!(v["timeout_ms"], 60_000u64, "kept for the tools that read it");
     }
 }

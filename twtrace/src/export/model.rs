@@ -208,7 +208,7 @@ impl Builder {
         let mut folded = Family::new(
             "twtrace_series_folded",
             Kind::Gauge,
-            "Rows beyond --top-k summed into the `other` series of their kind.",
+            "Rows beyond --top summed into the `other` series of their kind.",
         );
         let mut aged = Family::new(
             "twtrace_series_aged_out",

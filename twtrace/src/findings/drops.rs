@@ -1,7 +1,10 @@
 //! Findings about drops that cost connections other than PAWS: a full connection tracking
 //! table, SYNs a netfilter rule dropped, a listener's queues overflowing.
 
-use super::{CONNTRACK_NEAR_LIMIT, Finding, Kind, NAMED, Severity, counter, in_namespace, remedies};
+use super::{
+    CONNTRACK_NEAR_LIMIT, Evidence, Finding, Kind, NAMED, Severity, counter, counter_rise, ev, fig, in_namespace,
+    remedies,
+};
 use crate::{
     aggregate::{NamespaceView, SetupDropView},
     event::DropClass,
@@ -34,10 +37,20 @@ pub(super) fn conntrack(r: &Report, out: &mut Vec<Finding>) {
             ),
         );
         f.place.namespace = Some(ns.name.clone());
+        let (drop, insert_failed) = (counter(ns, CONNTRACK_DROP), counter(ns, CONNTRACK_INSERT_FAILED));
         f.evidence = vec![
-            format!("nf_conntrack_count {count}, nf_conntrack_max {max}"),
-            format!("conntrack drop +{}", counter(ns, CONNTRACK_DROP)),
-            format!("conntrack insert_failed +{}", counter(ns, CONNTRACK_INSERT_FAILED)),
+            ev(
+                format!("nf_conntrack_count {count}, nf_conntrack_max {max}"),
+                vec![
+                    fig("nf_conntrack_count", count as f64, "entries"),
+                    fig("nf_conntrack_max", max as f64, "entries"),
+                ],
+            ),
+            ev(format!("conntrack drop +{drop}"), vec![fig("conntrack_drop", drop as f64, "packets")]),
+            ev(
+                format!("conntrack insert_failed +{insert_failed}"),
+                vec![fig("conntrack_insert_failed", insert_failed as f64, "packets")],
+            ),
         ];
         f.evidence.extend(setup_drops(ns, DropClass::Netfilter).map(drop_evidence));
         f.remedies = remedies::conntrack();
@@ -59,15 +72,22 @@ pub(super) fn setup_drops(ns: &NamespaceView, class: DropClass) -> Option<&Setup
 }
 
 /// "NETFILTER_DROP drop events: 30, 30 of them SYNs (30 sent by this host), to 127.0.0.1:7000 x30"
-pub(super) fn drop_evidence(d: &SetupDropView) -> String {
+pub(super) fn drop_evidence(d: &SetupDropView) -> Evidence {
     let services: Vec<String> = d.services.iter().take(NAMED).map(|(s, n)| format!("{s} x{n}")).collect();
-    format!(
-        "{} drop events: {}, {} of them SYNs ({} sent by this host){}",
-        d.reason,
-        d.total,
-        d.syns,
-        d.syns_sent,
-        if services.is_empty() { String::new() } else { format!(", to {}", services.join(", ")) }
+    ev(
+        format!(
+            "{} drop events: {}, {} of them SYNs ({} sent by this host){}",
+            d.reason,
+            d.total,
+            d.syns,
+            d.syns_sent,
+            if services.is_empty() { String::new() } else { format!(", to {}", services.join(", ")) }
+        ),
+        vec![
+            fig("drop_events", d.total as f64, "packets"),
+            fig("syns", d.syns as f64, "packets"),
+            fig("syns_sent", d.syns_sent as f64, "packets"),
+        ],
     )
 }
 
@@ -140,13 +160,16 @@ pub(super) fn listen_queues(r: &Report, out: &mut Vec<Finding>) {
         );
         f.place.namespace = Some(ns.name.clone());
         f.evidence = vec![
-            format!("{LISTEN_OVERFLOWS} +{overflows}"),
-            format!("{LISTEN_DROPS} +{drops}"),
-            format!("{SYN_QUEUE_FULL_DROP} +{syn_queue}"),
+            counter_rise(LISTEN_OVERFLOWS, overflows),
+            counter_rise(LISTEN_DROPS, drops),
+            counter_rise(SYN_QUEUE_FULL_DROP, syn_queue),
         ];
         let cookies = counter(ns, SYN_QUEUE_FULL_COOKIES);
         if cookies > 0 {
-            f.evidence.push(format!("{SYN_QUEUE_FULL_COOKIES} +{cookies} (answered with syncookies, not dropped)"));
+            f.evidence.push(ev(
+                format!("{SYN_QUEUE_FULL_COOKIES} +{cookies} (answered with syncookies, not dropped)"),
+                vec![fig(SYN_QUEUE_FULL_COOKIES, cookies as f64, "count")],
+            ));
         }
         // 6.15+: a handshake's last ACK dropped for a full accept queue has a reason (a SYN
         // refused for either queue is consumed: counted, never a drop event; 5.10-6.18).

@@ -130,9 +130,30 @@ fn netfilter_drops_of_syns_are_a_rule_unless_conntrack_counted_them() {
     assert!(found.iter().all(|f| f.kind != Kind::NetfilterDrops), "conntrack dropped them: {found:#?}");
     let f = found.iter().find(|f| f.kind == Kind::Conntrack).unwrap();
     assert_eq!(
-        f.evidence.last().map(String::as_str),
+        f.evidence.last().map(|e| e.text.as_str()),
         Some("NETFILTER_DROP drop events: 3, 3 of them SYNs (3 sent by this host), to 10.0.0.9:5432 x3")
     );
+}
+
+/// In JSON each finding gives its evidence twice: the sentences as before, and the same
+/// lines with their figures as numbers (integers as integers) and units.
+#[test]
+fn evidence_serialises_as_sentences_and_as_figures_in_the_same_order() {
+    let found = counted("6.12.57", true, &[("PAWSEstab", 12)]);
+    let f = found.iter().find(|f| f.kind == Kind::Paws).unwrap();
+    let v = serde_json::to_value(f).unwrap();
+    let sentences: Vec<&str> = v["evidence"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+    assert_eq!(sentences[0], "PAWSEstab +12");
+    let figures = &v["evidence_figures"];
+    assert_eq!(figures.as_array().unwrap().len(), sentences.len());
+    assert_eq!(
+        figures[0],
+        serde_json::json!({"text": "PAWSEstab +12", "figures": [
+        {"name": "PAWSEstab", "value": 12, "unit": "count"}]})
+    );
+    assert_eq!(figures[1]["figures"][0], serde_json::json!({"name": "paws_drop_events", "value": 0, "unit": "events"}));
+    let p99 = Figure { name: "search_p99".into(), value: 111.6, unit: "us" };
+    assert_eq!(serde_json::to_value(&p99).unwrap()["value"], 111.6);
 }
 
 #[test]

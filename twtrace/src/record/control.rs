@@ -44,7 +44,7 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum MarkError {
     #[error(
-        "no flight recorder runs on {0} (no control socket there): start `twtrace record --rotate DIR` or `twtrace serve --record-dir DIR`"
+        "no flight recorder runs on {0} (no control socket there): start `twtrace record --record-dir DIR` or `twtrace serve --record-dir DIR`"
     )]
     NoRecorder(PathBuf),
     #[error("the flight recorder of {0} is not running (its control socket is left from an earlier run)")]

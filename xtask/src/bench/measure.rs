@@ -248,7 +248,7 @@ pub fn measure(
             run.bytes = line.split(": ").nth(2).and_then(|s| s.split_whitespace().next()).and_then(|b| b.parse().ok());
         }
         // `twtrace: serve ended; N events, M lost in the kernel`
-        if let Some(line) = stderr.iter().flatten().find(|l| l.starts_with("twtrace: serve ended; ")) {
+        if let Some(line) = stderr.iter().flatten().find_map(|l| l.find("twtrace: serve ended; ").map(|at| &l[at..])) {
             let words: Vec<&str> = line.split_whitespace().collect();
             run.events = words.get(3).and_then(|w| w.parse().ok());
             run.lost = words.get(5).and_then(|w| w.parse().ok());

@@ -274,7 +274,7 @@ pub fn build_static_twtrace() -> anyhow::Result<PathBuf> {
             .envs(STATIC_ENV)
             .current_dir(&root),
     )?;
-    Ok(root.join("target").join(STATIC_TARGET).join("release/twtrace"))
+    Ok(crate::target_dir().join(STATIC_TARGET).join("release/twtrace"))
 }
 
 /// Static builds of twtrace, of the integration test binaries and of the library's unit tests,

@@ -22,7 +22,7 @@ use crate::{
 #[derive(clap::Args)]
 pub struct ReportArgs {
     /// The recording (`twtrace record -o FILE`), or a flight-recorder directory
-    /// (`record --rotate DIR`, `serve --record-dir DIR`) read as one stream.
+    /// (`record --record-dir DIR`, `serve --record-dir DIR`) read as one stream.
     file: PathBuf,
     #[command(flatten)]
     window: super::WindowArgs,
@@ -32,8 +32,8 @@ pub struct ReportArgs {
     /// Also write a self-contained HTML page with charts (no network needed to view it).
     #[arg(long, value_name = "OUT")]
     html: Option<PathBuf>,
-    /// Rows per ranking.
-    #[arg(long, default_value_t = 10)]
+    /// Rows per ranking (as stat's and top's --top).
+    #[arg(long, default_value_t = 10, value_name = "N")]
     top: usize,
 }
 
@@ -46,10 +46,10 @@ pub async fn run(args: &ReportArgs) -> anyhow::Result<()> {
     }
     if let Some(out) = &args.html {
         std::fs::write(out, report::html(&report)).with_context(|| format!("writing {}", out.display()))?;
-        eprintln!("twtrace: wrote {}", out.display());
+        crate::note!("wrote {}", out.display());
     }
     for d in &report.recording.damage {
-        eprintln!("twtrace: damage: {d}");
+        crate::note!("damage: {d}");
     }
     Ok(())
 }
@@ -115,7 +115,7 @@ impl Sink for ReportSink {
         let health = status.health();
         // Live (doctor): the figures of its views, as every view command ends with.
         if health.replay.is_none() {
-            eprintln!("twtrace: {}", builder.times.line(&health));
+            crate::note!("{}", builder.times.line(&health));
         }
         self.report = Some(builder.finish(std::mem::take(&mut self.file), status.info(), &status.health()));
         Ok(())

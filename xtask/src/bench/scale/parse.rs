@@ -25,13 +25,19 @@ fn after<'a>(words: &[&'a str], key: &[&str]) -> Option<&'a str> {
     words.windows(key.len() + 1).find(|w| &w[..key.len()] == key).map(|w| w[key.len()])
 }
 
+/// What follows `marker` in `line`, wherever in the line it starts.
+fn after_marker<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    line.find(marker).map(|at| &line[at + marker.len()..])
+}
+
 fn number<T: std::str::FromStr>(word: Option<&str>) -> Option<T> {
     word?.trim_end_matches([',', ';']).parse().ok()
 }
 
-/// One `scale:` line, or `None` if `line` is not one or lacks a figure.
+/// One `scale:` line, or `None` if `line` is not one or lacks a figure. Whatever comes before
+/// `twtrace: ` is passed over: `serve`'s text lines start with a timestamp.
 pub fn scale_line(line: &str) -> Option<ScaleLine> {
-    let rest = line.trim().strip_prefix("twtrace: scale: ")?;
+    let rest = after_marker(line.trim(), "twtrace: scale: ")?;
     let parts: Vec<Vec<&str>> = rest.split(';').map(|p| p.split_whitespace().collect()).collect();
     let [views, stall, queued, lost] = parts.as_slice() else { return None };
     Some(ScaleLine {
@@ -153,11 +159,11 @@ pub fn top_screen(text: &str) -> View {
 }
 
 /// `twtrace: top ended; N events, M lost in the kernel` and `twtrace: serve ended; N events,
-/// M lost in the kernel`: (events, lost).
+/// M lost in the kernel`: (events, lost), after whatever prefix (`serve`'s timestamp).
 pub fn end_line<S: AsRef<str>>(lines: &[S]) -> Option<(u64, u64)> {
     lines.iter().rev().find_map(|l| {
         let l = l.as_ref();
-        let rest = l.strip_prefix("twtrace: top ended; ").or_else(|| l.strip_prefix("twtrace: serve ended; "))?;
+        let rest = after_marker(l, "twtrace: top ended; ").or_else(|| after_marker(l, "twtrace: serve ended; "))?;
         let words: Vec<&str> = rest.split_whitespace().collect();
         Some((number(words.first().copied())?, number(words.get(2).copied())?))
     })
@@ -205,6 +211,9 @@ mod tests {
         let lines =
             ["twtrace: tracing; timewait: tracepoint", line, "twtrace: top ended; 5 events, 0 lost in the kernel"];
         assert_eq!(last_scale_line(&lines).map(|s| s.views), Some(58));
+        // `serve`'s text lines start with a timestamp.
+        let stamped = format!("2026-12-08T10:11:12.123456Z {line}");
+        assert_eq!(scale_line(&stamped), scale_line(line));
     }
 
     #[test]
@@ -269,6 +278,8 @@ mod tests {
         assert_eq!(end_line(&lines), Some((197091, 0)));
         assert_eq!(end_line(&["twtrace: serve ended; 189459 events, 12 lost in the kernel"]), Some((189459, 12)));
         assert_eq!(end_line(&["twtrace: tracing;"]), None);
+        let stamped = ["2026-12-08T10:11:12.123456Z twtrace: serve ended; 189459 events, 12 lost in the kernel"];
+        assert_eq!(end_line(&stamped), Some((189459, 12)));
     }
 
     #[test]
