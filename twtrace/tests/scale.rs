@@ -120,8 +120,12 @@ fn churn(ns: &Netns, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("churn's JSON summary")
 }
 
+/// TIME_WAIT births as the kernel counts them (6.1+: `TW` or `TWKilled` at each birth, by its
+/// timeout; 5.10 counts them at expiry). `Netns::netstat` names counters without the `TcpExt`
+/// prefix.
 fn tw_counter(ns: &Netns) -> i64 {
-    ns.netstat().get("TcpExtTW").copied().unwrap_or(0)
+    let c = ns.netstat();
+    c.get("TW").copied().unwrap_or(0) + c.get("TWKilled").copied().unwrap_or(0)
 }
 
 /// A client talking to 20,000 distinct destinations, closing first: every TIME_WAIT socket

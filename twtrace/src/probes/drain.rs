@@ -169,8 +169,14 @@ fn run(
         while let Some(item) = ring.next() {
             decoder.decode(&item, &mut batch);
         }
-        // At the stop, every decision that waits on what follows is made now.
-        decoder.flush(if stopping { u64::MAX } else { crate::time::monotonic_ns() }, &mut batch);
+        // At the stop, every decision that waits on what follows is made now. Otherwise
+        // decisions are made as of the pass's start, not its end: a record stamped before
+        // `start` was in the buffer when this pass read it, so a cancel older than the grace
+        // period is judged with its re-arm's start already read. Judged as of the end, a
+        // thread descheduled after its reads (an emulated guest, a loaded host) took a re-arm
+        // written meanwhile for a kill and a birth (6.1 guest, 2026-12-07: two 4-tuples born
+        // twice).
+        decoder.flush(if stopping { u64::MAX } else { start }, &mut batch);
         *counters.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = decoder.stats();
         room = batch.len().clamp(1024, 1 << 16);
         hand_over(batch, counters, send);
