@@ -241,6 +241,10 @@ struct Open {
 
 /// Writes the stream into a directory of segments. Never fails after [`Self::start`]: write
 /// errors stop the recording until space returns (see the module's invariants).
+/// How long a mark waits for the drain to read past the moment it arrived: six drain intervals
+/// (50 ms each), room for a drain thread kept waiting by a loaded machine.
+const MARK_SETTLE_NS: u64 = 300_000_000;
+
 pub struct FlightRecorder {
     dir: PathBuf,
     policy: Policy,
@@ -262,6 +266,8 @@ pub struct FlightRecorder {
     stats: RecorderStats,
     /// Where marks come from; `None` if another recorder listens on this directory.
     control: Option<Control>,
+    /// Marks received and the stream time they arrived, waiting for the stream to catch up.
+    waiting_marks: Vec<(u64, super::control::Request)>,
     /// Keeps windows around incidents (after [`Self::keep_windows`]).
     keeper: Option<Keeper>,
 }
@@ -302,6 +308,7 @@ impl FlightRecorder {
             now_ns: info.started_ns,
             stats: RecorderStats::default(),
             control,
+            waiting_marks: Vec::new(),
             keeper: None,
         };
         recorder.open_next(info.started_ns);
@@ -384,10 +391,20 @@ impl FlightRecorder {
 
     /// Writes the marks waiting on the control socket, stamped `now_ns` (after the batch just
     /// written), and answers each client.
+    ///
+    /// A mark waits [`MARK_SETTLE_NS`] first: the ring buffer is drained on a thread of its
+    /// own, so events that happened just before the mark may not have reached this sink yet
+    /// when it arrives; after the wait the drain has read past them, and the mark lands after
+    /// them in the stream. The client waits for the answer, so nothing it does after the mark
+    /// can come before it.
     fn take_marks(&mut self, now_ns: u64) {
         let Some(control) = &mut self.control else { return };
-        let requests = control.poll();
-        for request in requests {
+        self.waiting_marks.extend(control.poll().into_iter().map(|r| (now_ns, r)));
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting_marks)
+            .into_iter()
+            .partition(|(arrived, _)| now_ns.saturating_sub(*arrived) >= MARK_SETTLE_NS);
+        self.waiting_marks = waiting;
+        for (_, request) in due {
             let outcome = self.mark(now_ns, &request.text, request.uid, request.pid);
             request.answer(outcome);
         }
@@ -417,6 +434,11 @@ impl FlightRecorder {
 
     /// Ends the open segment with its end chunk.
     pub fn finish(mut self, now_ns: u64, totals: RunTotals) -> RecorderStats {
+        // The stream is drained to its end: marks still waiting go in now, last.
+        for (_, request) in std::mem::take(&mut self.waiting_marks) {
+            let outcome = self.mark(now_ns, &request.text, request.uid, request.pid);
+            request.answer(outcome);
+        }
         self.close(now_ns, totals);
         // Waits for the last analyses and reports: the windows are whole when the run ends.
         if let Some(keeper) = self.keeper.take() {
