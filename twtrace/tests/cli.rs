@@ -358,3 +358,16 @@ fn churn_json_matches_its_schema() {
     schema::assert_conforms(&schema::load("churn"), &summary, "churn --json");
     assert!(summary["connections"].as_u64().unwrap() > 0, "{summary}");
 }
+
+#[test]
+fn report_json_matches_its_schema() {
+    let scratch = Scratch::new("report");
+    let path = recording(&scratch.0);
+    let out = twtrace(&["report", path.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    if let Ok(dump) = std::env::var("TWTRACE_DUMP_REPORT") {
+        std::fs::write(dump, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    }
+    schema::assert_conforms(&schema::load("report"), &doc, "report --json");
+}

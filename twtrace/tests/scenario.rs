@@ -4,6 +4,8 @@
 //! does, and the figures a study would publish.
 
 mod support;
+#[path = "support/schema.rs"]
+mod schema;
 
 use std::process::Command;
 
@@ -25,6 +27,7 @@ fn scenario(args: &[&str]) -> Value {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let report: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("no JSON report ({e}); status {}; stderr:\n{stderr}", out.status));
+    schema::assert_conforms(&schema::load("scenario"), &report, "scenario --json");
     // Under emulation, with three tracers side by side (the matrix runs the backends at once),
     // twtrace missed up to 7.5 % of a step's events without counting them: 6.12 fentry 98 of
     // 100 searches, not explained. (5.10 kprobe lost up to 35 % until its kretprobes got room

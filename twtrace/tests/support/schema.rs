@@ -16,6 +16,8 @@ pub fn load(name: &str) -> Value {
         "stat" => include_str!("../../../docs/schemas/stat.json"),
         "trace" => include_str!("../../../docs/schemas/trace.json"),
         "churn" => include_str!("../../../docs/schemas/churn.json"),
+        "report" => include_str!("../../../docs/schemas/report.json"),
+        "scenario" => include_str!("../../../docs/schemas/scenario.json"),
         other => panic!("no schema docs/schemas/{other}.json"),
     };
     serde_json::from_str(text).unwrap_or_else(|e| panic!("docs/schemas/{name}.json: {e}"))
