@@ -27,6 +27,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("python3-prometheus-client", "the strict OpenMetrics parser the serve test checks the exposition with"),
     ("openssl", "makes the serve test's TLS certificate"),
     ("curl", "the serve test's HTTP(S) client"),
+    ("podman", "runs the OCI image `cargo xtask dist` builds, as the packaging test's last check"),
+    ("runc", "the runtime that test runs the image with (crun cannot set podman's rlimits here)"),
     ("python3-venv", "the virtualenv xtask's deploy test installs kubernetes-validate (PyPI) into"),
     (
         "nftables",

@@ -50,6 +50,7 @@ pub fn run(args: &DistArgs) -> anyhow::Result<()> {
     let made = package(&binary, &out)?;
     check_deb(&made.deb, head_commit().as_deref())?;
     oci::check(&made.oci)?;
+    eprintln!("xtask: dist: {}", run_image(&made)?);
     eprintln!("xtask: dist: aarch64 not built (no aarch64 Rust standard library here, and none can be fetched)");
     for path in [&made.tarball, &made.deb, &made.oci] {
         let size = std::fs::metadata(path)?.len();
@@ -273,14 +274,24 @@ pub fn self_test(binary: &Path) -> anyhow::Result<()> {
     let made = package(binary, &out)?;
     check_deb(&made.deb, head_commit().as_deref())?;
     oci::check(&made.oci)?;
+    let ran = run_image(&made)?;
     let listing = Command::new("tar").arg("-tzf").arg(&made.tarball).output()?;
     let listing = String::from_utf8_lossy(&listing.stdout);
     for needed in ["/twtrace", "/man/man1/twtrace-doctor.1", "/completions/_twtrace", "/LICENSE-MIT", "/README.md"] {
         ensure!(listing.lines().any(|l| l.ends_with(needed)), "the tarball has no {needed}:\n{listing}");
     }
     std::fs::remove_dir_all(&out)?;
-    eprintln!("xtask: ({:.0}s) dist: tarball, .deb and OCI image checked", started.elapsed().as_secs_f64());
+    eprintln!("xtask: ({:.0}s) dist: tarball, .deb and OCI image checked; {ran}", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Runs the OCI image under podman, which `cargo xtask setup` installs; on a machine set up by
+/// hand without it, says the image was not run.
+fn run_image(made: &Made) -> anyhow::Result<String> {
+    Ok(match crate::which("podman") {
+        Some(_) => format!("the image ran: {}", oci::run(&made.oci, head_commit().as_deref())?),
+        None => "podman is not installed: the image was not run".to_owned(),
+    })
 }
 
 /// `git rev-parse --short HEAD` of the workspace, if it is a checkout.

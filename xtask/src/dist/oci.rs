@@ -9,7 +9,8 @@
 //! ```
 //!
 //! The config runs `/twtrace serve --listen 0.0.0.0:9977`, as deploy/Containerfile's image
-//! does; the DaemonSet (deploy/kubernetes) gives it the capabilities it needs.
+//! does; the DaemonSet (deploy/kubernetes) gives it the capabilities it needs. [`run`] starts
+//! the image under podman, where it is installed, as the packaging's last check.
 
 use std::{
     path::{Path, PathBuf},
@@ -92,6 +93,44 @@ pub fn image(binary: &Path, v: &Version, stage: &Path, out: &Path, epoch: u64) -
             .args(["oci-layout", "index.json", "manifest.json", "blobs"]),
     )?;
     Ok(path)
+}
+
+/// Runs the image as a user would: `podman load` of the archive, then `podman run IMAGE
+/// --version`, whose line must name `commit`. Returns that line.
+///
+/// The runtime is runc with explicit, small rlimits: podman asks by default for an open-files
+/// limit of 1,048,576, which a runtime inside a container whose hard limit is lower (this
+/// machine's and CI's: 20,000) may not set, and crun fails on that here where runc with limits
+/// under the hard one starts. `--network none`: the binary needs no network for --version.
+pub fn run(archive: &Path, commit: Option<&str>) -> anyhow::Result<String> {
+    let load = Command::new("podman").args(["load", "-i"]).arg(archive).output().context("podman load")?;
+    let said = String::from_utf8_lossy(&load.stdout).into_owned() + &String::from_utf8_lossy(&load.stderr);
+    ensure!(load.status.success(), "podman load failed: {said}");
+    let image = said
+        .lines()
+        .find_map(|l| l.strip_prefix("Loaded image: "))
+        .map(|s| s.trim().to_owned())
+        .with_context(|| format!("podman load named no image: {said}"))?;
+    let out = Command::new("podman")
+        .args(["run", "--rm", "--runtime", "runc", "--network", "none"])
+        .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"])
+        .args([image.as_str(), "--version"])
+        .output()
+        .context("podman run")?;
+    // The image stays in podman's store only for this check.
+    let _ = Command::new("podman").args(["rmi", "--force", &image]).output();
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    ensure!(
+        out.status.success(),
+        "podman run {image} --version failed ({}): {line}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(line.starts_with("twtrace "), "the image's --version printed {line:?}");
+    if let Some(commit) = commit {
+        ensure!(line.contains(&format!("commit {commit}")), "the image's --version names another commit than {commit}: {line}");
+    }
+    Ok(line)
 }
 
 /// Stores `bytes` under their digest; returns their descriptor.
