@@ -152,8 +152,10 @@ pub struct Aggregator {
     namespaces: HashMap<u32, Namespace>,
     names: Names,
     // TIME_WAIT (`timewait.rs`)
-    /// Sockets seen born, by the id twtrace gave them.
-    live: HashMap<u64, LiveTimeWait>,
+    /// Sockets seen born, by the id twtrace gave them (its low 32 bits: [`timewait::LiveId`]).
+    live: HashMap<timewait::LiveId, LiveTimeWait>,
+    /// The id of the latest birth: the newest of several ids is the one nearest below it.
+    last_live_id: timewait::LiveId,
     /// (command, pid) of an owner → its name ids (`None`: owner unknown), while it names
     /// live sockets; and back, to forget an owner whose name is freed.
     owner_ids: HashMap<Option<(Comm, u32)>, (NameId, NameId)>,

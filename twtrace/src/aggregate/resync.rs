@@ -14,7 +14,10 @@
 use foldhash::{HashMapExt as _, HashSet, HashSetExt as _};
 use serde::Serialize;
 
-use super::{Aggregator, Destination, timewait::flow_hash};
+use super::{
+    Aggregator, Destination,
+    timewait::{FlowHash, LiveId, flow_hash},
+};
 use crate::event::{ExistingSocket, tcp_state};
 
 /// Shortest time between two resyncs: a read of every namespace's sockets costs about a
@@ -119,7 +122,7 @@ impl Aggregator {
             .extend(sockets.iter().filter(|s| s.state == tcp_state::LISTEN).map(|s| (s.netns, s.flow.local.port())));
 
         // What the kernel has.
-        let mut kernel_tw: HashSet<(u32, u64)> = HashSet::with_capacity(sockets.len());
+        let mut kernel_tw: HashSet<(u32, FlowHash)> = HashSet::with_capacity(sockets.len());
         let mut kernel_conns: HashSet<(u32, crate::event::SocketFlow)> = HashSet::new();
         for s in sockets {
             match s.state {
@@ -139,14 +142,18 @@ impl Aggregator {
         // What the model holds that the kernel does not: gone, its death or close lost. A
         // 4-tuple has one TIME_WAIT socket at a time: of several the model holds for one (the
         // deaths of the earlier ones lost, the 4-tuple reused), only the newest is alive.
-        let mut newest: foldhash::HashMap<(u32, u64), u64> = foldhash::HashMap::with_capacity(self.live.len());
+        // Newest: born nearest before the latest birth (ids are sequential and may wrap).
+        let age = |id: LiveId| self.last_live_id.wrapping_sub(id);
+        let mut newest: foldhash::HashMap<(u32, FlowHash), LiveId> = foldhash::HashMap::with_capacity(self.live.len());
         for (id, tw) in &self.live {
             if tw.flow_hash != 0 {
                 let n = newest.entry((self.netns_of(&tw.key), tw.flow_hash)).or_insert(*id);
-                *n = (*n).max(*id);
+                if age(*id) < age(*n) {
+                    *n = *id;
+                }
             }
         }
-        let stale: Vec<u64> = self
+        let stale: Vec<LiveId> = self
             .live
             .iter()
             .filter(|(_, tw)| tw.flow_hash != 0 && covered.contains(&self.netns_of(&tw.key)))
@@ -220,7 +227,7 @@ impl Aggregator {
         }
 
         // What the kernel has that the model lacks: its birth or connect lost.
-        let model_tw: HashSet<(u32, u64)> = self
+        let model_tw: HashSet<(u32, FlowHash)> = self
             .live
             .values()
             .filter(|tw| tw.flow_hash != 0)

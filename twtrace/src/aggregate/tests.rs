@@ -476,6 +476,22 @@ fn a_resync_keeps_one_socket_per_four_tuple() {
     assert_eq!(snap(&mut agg, 5 * S).timewait.live, 0, "the newest was the one kept");
 }
 
+/// The same where the model's 32-bit ids wrap between the two births (four billion births
+/// into a run): the newest is the one born last, not the one with the larger key.
+#[test]
+fn a_resync_keeps_the_newest_socket_across_the_ids_wrap() {
+    let mut agg = Aggregator::new(settings((32_768, 60_999)));
+    let (older, newer) = (u64::from(u32::MAX), u64::from(u32::MAX) + 2);
+    request(&mut agg, S, older, 40_021);
+    request(&mut agg, 2 * S, newer, 40_021);
+    assert_eq!(snap(&mut agg, 2 * S).timewait.live, 2, "distinct sockets");
+    agg.apply(&lost(3 * S, 1));
+    agg.resync(4 * S, Some(&[kernel_tw(40_021)]));
+    assert_eq!(snap(&mut agg, 4 * S).timewait.live, 1);
+    agg.apply(&death(5 * S, newer, flow(&format!("{CLIENT}:40021"), SERVER)));
+    assert_eq!(snap(&mut agg, 5 * S).timewait.live, 0, "the newest was the one kept");
+}
+
 /// A connection whose close was lost holds its port until a read shows it gone; a failed
 /// read changes nothing and is not retried at once.
 #[test]

@@ -41,15 +41,35 @@ pub(super) struct GroupKey {
     pub origin: OriginId,
 }
 
-/// 24 bytes per live TIME_WAIT socket (a busy host has a million): names, origins and
+/// A live socket's key in the model: the low 32 bits of the id the decoder gave it.
+///
+/// The decoder numbers births one after another, and a socket seen born lives at most about
+/// a minute (TCP_TIMEWAIT_LEN, 60 s, fixed in every kernel) unless its death is lost, which
+/// a resync repairs; so live ids are distinct unless four billion births lie between two of
+/// them. An id met again ends the earlier socket (as a recording stitched from two runs,
+/// whose ids both start at 1, has always done). Why not the whole u64: with a 20-byte record
+/// an entry of the table is 24 bytes instead of 32; at a million sockets the table has 2^21
+/// slots (hashbrown keeps it at most 7/8 full), so that is 17 bytes per socket of the 200
+/// the scale target allows.
+pub(super) type LiveId = u32;
+
+/// The model's key for the decoder's id of a socket.
+pub(super) fn live_id(tw_id: u64) -> LiveId {
+    tw_id as LiveId
+}
+
+/// 20 bytes per live TIME_WAIT socket (a busy host has a million): names, origins and
 /// destinations are numbers in the aggregator's tables.
 pub(super) struct LiveTimeWait {
     /// Counted toward this destination's ports (client-side TIME_WAIT in the ephemeral range).
     pub holds_port_of: Option<DestinationId>,
     pub key: GroupKey,
     /// The 4-tuple's [`flow_hash`] (0: not read), to find the socket in a sock_diag read.
-    pub flow_hash: u64,
+    pub flow_hash: FlowHash,
 }
+
+// The figures the scale target rests on (see [`LiveId`]): a table entry is 24 bytes.
+const _: () = assert!(std::mem::size_of::<(LiveId, LiveTimeWait)>() == 24);
 
 /// A TIME_WAIT socket read over sock_diag that the stream never told of: its death is not in
 /// the stream, so it leaves at its timer (or when the stream tells of its 4-tuple).
@@ -115,11 +135,19 @@ fn decrement<K: Hash + Eq>(map: &mut HashMap<K, u64>, key: K) -> bool {
     false
 }
 
-/// A 64-bit hash of a 4-tuple, the same in every run (foldhash's fixed seed): a live socket
-/// keeps this instead of its 4-tuple (8 bytes, not 64) to be found again in a sock_diag read.
-pub(super) fn flow_hash(flow: &SocketFlow) -> u64 {
+/// A hash of a 4-tuple, the same in every run (foldhash's fixed seed; never 0): a live socket
+/// keeps this instead of its 4-tuple (4 bytes, not 64) to be found again in a sock_diag read.
+///
+/// 32 bits: of a million TIME_WAIT sockets in one namespace about a hundred pairs share a
+/// hash (n²/2³³), so a resync there may keep or drop about one socket in ten thousand it
+/// should not (a socket the kernel lacks seems present when another has its hash); at the
+/// tens of thousands a test holds, a collision is a one-in-ten event, of one socket. The
+/// views count sockets, never look them up by hash; only the resync matches by it.
+pub(super) type FlowHash = u32;
+
+pub(super) fn flow_hash(flow: &SocketFlow) -> FlowHash {
     use std::hash::BuildHasher as _;
-    foldhash::quality::FixedState::with_seed(0x7477_7472_6163_6521).hash_one(flow) | 1
+    foldhash::quality::FixedState::with_seed(0x7477_7472_6163_6521).hash_one(flow) as FlowHash | 1
 }
 
 /// The name of a TIME_WAIT socket's owner in the views of sockets read over sock_diag.
@@ -176,8 +204,10 @@ impl Aggregator {
                 let key = self.group_key(netns, e.flow.as_ref(), holds_port_of.is_some(), owner, command);
                 self.group_add(&key);
                 let live = LiveTimeWait { holds_port_of, key, flow_hash: e.flow.as_ref().map_or(0, flow_hash) };
-                if let Some(previous) = self.live.insert(e.tw_id, live) {
-                    // The same id twice (a recording stitched from two runs): the first is over.
+                self.last_live_id = live_id(e.tw_id);
+                if let Some(previous) = self.live.insert(live_id(e.tw_id), live) {
+                    // The same id twice (a recording stitched from two runs, or four billion
+                    // births between two, see [`LiveId`]): the first is over.
                     self.end_live(&previous, None);
                 }
             }
@@ -190,7 +220,7 @@ impl Aggregator {
                     self.expired.add(e.ts_ns, 1);
                 }
                 self.lifetimes.record(*lifetime_ns);
-                if let Some(tw) = self.live.remove(&e.tw_id) {
+                if let Some(tw) = self.live.remove(&live_id(e.tw_id)) {
                     self.end_live(&tw, Some(e.ts_ns));
                 } else if let Some(f) = e.flow {
                     // Its birth was not applied (lost, or before start) but a read found it.
