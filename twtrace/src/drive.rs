@@ -198,29 +198,37 @@ pub async fn drive<S: Sink>(source: &mut Source, filter: Filter, sink: &mut S, l
 /// scale benchmark reads (`twtrace: scale: ...`).
 #[derive(Default)]
 pub struct ViewTimes {
+    /// Wall time per build: what a reader waits.
     ns: crate::aggregate::stats::Histogram,
+    /// The building thread's CPU time per build: what the build costs, without the time the
+    /// thread waited for a CPU while a load generator (or the host's work) had it.
+    cpu_ns: crate::aggregate::stats::Histogram,
 }
 
 impl ViewTimes {
-    /// Runs `build`, timing it.
+    /// Runs `build` (on this thread), timing it.
     pub fn time<T>(&mut self, build: impl FnOnce() -> T) -> T {
         let started = std::time::Instant::now();
+        let cpu = crate::time::thread_cpu_ns();
         let out = build();
+        self.cpu_ns.record(crate::time::thread_cpu_ns().saturating_sub(cpu));
         self.ns.record(started.elapsed().as_nanos() as u64);
         out
     }
 
-    /// `scale: views N, build p50 X ms p99 Y ms max Z ms; drain stall max S ms; queued peak
-    /// Q events; lost L`.
+    /// `scale: views N, build p50 X ms p99 Y ms max Z ms, on CPU p50 A ms p99 B ms; drain
+    /// stall max S ms; queued peak Q events; lost L`.
     pub fn line(&self, health: &Health) -> String {
         let ms = |ns: Option<u64>| ns.unwrap_or(0) as f64 / 1e6;
         let drain = health.drain.unwrap_or_default();
         format!(
-            "scale: views {}, build p50 {:.1} ms p99 {:.1} ms max {:.1} ms; drain stall max {:.1} ms; queued peak {} events; lost {}",
+            "scale: views {}, build p50 {:.1} ms p99 {:.1} ms max {:.1} ms, on CPU p50 {:.1} ms p99 {:.1} ms; drain stall max {:.1} ms; queued peak {} events; lost {}",
             self.ns.count(),
             ms(self.ns.quantile(0.5)),
             ms(self.ns.quantile(0.99)),
             ms(self.ns.max()),
+            ms(self.cpu_ns.quantile(0.5)),
+            ms(self.cpu_ns.quantile(0.99)),
             drain.longest_gap_ns as f64 / 1e6,
             drain.queued_peak,
             health.lost,

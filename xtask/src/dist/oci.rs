@@ -128,7 +128,10 @@ pub fn run(archive: &Path, commit: Option<&str>) -> anyhow::Result<String> {
     );
     ensure!(line.starts_with("twtrace "), "the image's --version printed {line:?}");
     if let Some(commit) = commit {
-        ensure!(line.contains(&format!("commit {commit}")), "the image's --version names another commit than {commit}: {line}");
+        ensure!(
+            line.contains(&format!("commit {commit}")),
+            "the image's --version names another commit than {commit}: {line}"
+        );
     }
     Ok(line)
 }

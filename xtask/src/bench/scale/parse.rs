@@ -7,14 +7,17 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-/// `twtrace: scale: views N, build p50 X ms p99 Y ms max Z ms; drain stall max S ms; queued
-/// peak Q events; lost L`.
+/// `twtrace: scale: views N, build p50 X ms p99 Y ms max Z ms, on CPU p50 A ms p99 B ms;
+/// drain stall max S ms; queued peak Q events; lost L` (the CPU figures since 2026-12-07).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ScaleLine {
     pub views: u64,
     pub build_p50_ms: f64,
     pub build_p99_ms: f64,
     pub build_max_ms: f64,
+    /// The building thread's CPU time: the build's cost without the waits for a CPU.
+    pub build_cpu_p50_ms: Option<f64>,
+    pub build_cpu_p99_ms: Option<f64>,
     pub drain_stall_max_ms: f64,
     pub queued_peak: u64,
     pub lost: u64,
@@ -40,11 +43,17 @@ pub fn scale_line(line: &str) -> Option<ScaleLine> {
     let rest = after_marker(line.trim(), "twtrace: scale: ")?;
     let parts: Vec<Vec<&str>> = rest.split(';').map(|p| p.split_whitespace().collect()).collect();
     let [views, stall, queued, lost] = parts.as_slice() else { return None };
+    let (wall, cpu) = match views.iter().position(|w| *w == "CPU") {
+        Some(at) => views.split_at(at),
+        None => (views.as_slice(), &[][..]),
+    };
     Some(ScaleLine {
-        views: number(after(views, &["views"]))?,
-        build_p50_ms: number(after(views, &["p50"]))?,
-        build_p99_ms: number(after(views, &["p99"]))?,
-        build_max_ms: number(after(views, &["max"]))?,
+        views: number(after(wall, &["views"]))?,
+        build_p50_ms: number(after(wall, &["p50"]))?,
+        build_p99_ms: number(after(wall, &["p99"]))?,
+        build_max_ms: number(after(wall, &["max"]))?,
+        build_cpu_p50_ms: number(after(cpu, &["p50"])),
+        build_cpu_p99_ms: number(after(cpu, &["p99"])),
         drain_stall_max_ms: number(after(stall, &["stall", "max"]))?,
         queued_peak: number(after(queued, &["peak"]))?,
         lost: number(after(lost, &["lost"]))?,
@@ -190,11 +199,18 @@ mod tests {
                 build_p50_ms: 1.5,
                 build_p99_ms: 12.25,
                 build_max_ms: 40.0,
+                build_cpu_p50_ms: None,
+                build_cpu_p99_ms: None,
                 drain_stall_max_ms: 3.1,
                 queued_peak: 16384,
                 lost: 0,
             })
         );
+        let with_cpu = "twtrace: scale: views 58, build p50 1.5 ms p99 12.25 ms max 40 ms, on CPU p50 1.2 ms p99 9.5 ms; \
+                        drain stall max 3.1 ms; queued peak 16384 events; lost 0";
+        let s = scale_line(with_cpu).unwrap();
+        assert_eq!((s.build_p50_ms, s.build_p99_ms, s.build_max_ms), (1.5, 12.25, 40.0), "wall figures first");
+        assert_eq!((s.build_cpu_p50_ms, s.build_cpu_p99_ms), (Some(1.2), Some(9.5)));
         let lost = "twtrace: scale: views 3, build p50 812.0 ms p99 9000.7 ms max 9000.7 ms; drain stall max 10002.4 \
                     ms; queued peak 2000000 events; lost 235206";
         let s = scale_line(lost).unwrap();
