@@ -19,6 +19,7 @@
 //! pages and its completions.
 
 mod oci;
+mod play;
 
 use std::{
     path::{Path, PathBuf},
@@ -50,7 +51,7 @@ pub fn run(args: &DistArgs) -> anyhow::Result<()> {
     let made = package(&binary, &out)?;
     check_deb(&made.deb, head_commit().as_deref())?;
     oci::check(&made.oci)?;
-    eprintln!("xtask: dist: {}", run_image(&made)?);
+    eprintln!("xtask: dist: {}", run_image(&made, None)?);
     eprintln!("xtask: dist: aarch64 not built (no aarch64 Rust standard library here, and none can be fetched)");
     for path in [&made.tarball, &made.deb, &made.oci] {
         let size = std::fs::metadata(path)?.len();
@@ -274,7 +275,7 @@ pub fn self_test(binary: &Path) -> anyhow::Result<()> {
     let made = package(binary, &out)?;
     check_deb(&made.deb, head_commit().as_deref())?;
     oci::check(&made.oci)?;
-    let ran = run_image(&made)?;
+    let ran = run_image(&made, Some(binary))?;
     let listing = Command::new("tar").arg("-tzf").arg(&made.tarball).output()?;
     let listing = String::from_utf8_lossy(&listing.stdout);
     for needed in ["/twtrace", "/man/man1/twtrace-doctor.1", "/completions/_twtrace", "/LICENSE-MIT", "/README.md"] {
@@ -286,12 +287,19 @@ pub fn self_test(binary: &Path) -> anyhow::Result<()> {
 }
 
 /// Runs the OCI image under podman, which `cargo xtask setup` installs; on a machine set up by
-/// hand without it, says the image was not run.
-fn run_image(made: &Made) -> anyhow::Result<String> {
-    Ok(match crate::which("podman") {
-        Some(_) => format!("the image ran: {}", oci::run(&made.oci, head_commit().as_deref())?),
-        None => "podman is not installed: the image was not run".to_owned(),
-    })
+/// hand without it, says the image was not run. With `binary` (the test), the DaemonSet's pod
+/// is played too, and loopback churn made with `binary` must reach its metrics.
+fn run_image(made: &Made, binary: Option<&Path>) -> anyhow::Result<String> {
+    if crate::which("podman").is_none() {
+        return Ok("podman is not installed: the image was not run".to_owned());
+    }
+    let image = oci::Loaded::load(&made.oci)?;
+    let mut said = format!("the image ran: {}", image.version(head_commit().as_deref())?);
+    if let Some(binary) = binary {
+        let scratch = made.oci.with_extension("play");
+        said.push_str(&format!("; {}", play::serve_pod(&image.name, binary, &scratch)?));
+    }
+    Ok(said)
 }
 
 /// `git rev-parse --short HEAD` of the workspace, if it is a checkout.

@@ -9,8 +9,8 @@
 //! ```
 //!
 //! The config runs `/twtrace serve --listen 0.0.0.0:9977`, as deploy/Containerfile's image
-//! does; the DaemonSet (deploy/kubernetes) gives it the capabilities it needs. [`run`] starts
-//! the image under podman, where it is installed, as the packaging's last check.
+//! does; the DaemonSet (deploy/kubernetes) gives it the capabilities it needs. [`Loaded`] runs
+//! the image under podman, where it is installed, as the packaging's last checks.
 
 use std::{
     path::{Path, PathBuf},
@@ -95,45 +95,65 @@ pub fn image(binary: &Path, v: &Version, stage: &Path, out: &Path, epoch: u64) -
     Ok(path)
 }
 
-/// Runs the image as a user would: `podman load` of the archive, then `podman run IMAGE
-/// --version`, whose line must name `commit`. Returns that line.
-///
-/// The runtime is runc with explicit, small rlimits: podman asks by default for an open-files
-/// limit of 1,048,576, which a runtime inside a container whose hard limit is lower (this
-/// machine's and CI's: 20,000) may not set, and crun fails on that here where runc with limits
-/// under the hard one starts. `--network none`: the binary needs no network for --version.
-pub fn run(archive: &Path, commit: Option<&str>) -> anyhow::Result<String> {
-    let load = Command::new("podman").args(["load", "-i"]).arg(archive).output().context("podman load")?;
-    let said = String::from_utf8_lossy(&load.stdout).into_owned() + &String::from_utf8_lossy(&load.stderr);
-    ensure!(load.status.success(), "podman load failed: {said}");
-    let image = said
-        .lines()
-        .find_map(|l| l.strip_prefix("Loaded image: "))
-        .map(|s| s.trim().to_owned())
-        .with_context(|| format!("podman load named no image: {said}"))?;
-    let out = Command::new("podman")
-        .args(["run", "--rm", "--runtime", "runc", "--network", "none"])
-        .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"])
-        .args([image.as_str(), "--version"])
-        .output()
-        .context("podman run")?;
-    // The image stays in podman's store only for this check.
-    let _ = Command::new("podman").args(["rmi", "--force", &image]).output();
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    ensure!(
-        out.status.success(),
-        "podman run {image} --version failed ({}): {line}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ensure!(line.starts_with("twtrace "), "the image's --version printed {line:?}");
-    if let Some(commit) = commit {
-        ensure!(
-            line.contains(&format!("commit {commit}")),
-            "the image's --version names another commit than {commit}: {line}"
-        );
+/// The rlimits containers get here: podman asks by default for an open-files limit of
+/// 1,048,576, which a runtime inside a container whose hard limit is lower (this machine's and
+/// CI's: 20,000) may not set. crun fails on that here even with these; runc with limits under
+/// the hard one starts. `podman run` takes them as flags, `podman kube play` from a
+/// containers.conf ([`super::play`]).
+pub const RUNTIME: &str = "runc";
+pub const ULIMITS: [&str; 2] = ["nofile=1024:1024", "nproc=1024:1024"];
+
+/// An image `podman load`ed from an archive, removed from podman's store when dropped: it is
+/// there only for the checks.
+pub struct Loaded {
+    pub name: String,
+}
+
+impl Loaded {
+    pub fn load(archive: &Path) -> anyhow::Result<Self> {
+        let load = Command::new("podman").args(["load", "-i"]).arg(archive).output().context("podman load")?;
+        let said = String::from_utf8_lossy(&load.stdout).into_owned() + &String::from_utf8_lossy(&load.stderr);
+        ensure!(load.status.success(), "podman load failed: {said}");
+        let name = said
+            .lines()
+            .find_map(|l| l.strip_prefix("Loaded image: "))
+            .map(|s| s.trim().to_owned())
+            .with_context(|| format!("podman load named no image: {said}"))?;
+        Ok(Self { name })
     }
-    Ok(line)
+
+    /// Runs the image as a user would, `podman run IMAGE --version`, whose line must name
+    /// `commit`. Returns that line. `--network none`: --version needs no network.
+    pub fn version(&self, commit: Option<&str>) -> anyhow::Result<String> {
+        let mut run = Command::new("podman");
+        run.args(["run", "--rm", "--runtime", RUNTIME, "--network", "none"]);
+        for limit in ULIMITS {
+            run.args(["--ulimit", limit]);
+        }
+        let out = run.args([self.name.as_str(), "--version"]).output().context("podman run")?;
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        ensure!(
+            out.status.success(),
+            "podman run {} --version failed ({}): {line}{}",
+            self.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(line.starts_with("twtrace "), "the image's --version printed {line:?}");
+        if let Some(commit) = commit {
+            ensure!(
+                line.contains(&format!("commit {commit}")),
+                "the image's --version names another commit than {commit}: {line}"
+            );
+        }
+        Ok(line)
+    }
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        let _ = Command::new("podman").args(["rmi", "--force", &self.name]).output();
+    }
 }
 
 /// Stores `bytes` under their digest; returns their descriptor.
