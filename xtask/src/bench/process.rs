@@ -18,6 +18,13 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmRSS:")
 }
 
+/// Resident anonymous memory now (the heap, stacks): without the file-backed pages, among them
+/// the BPF ring buffer's, which the kernel maps and which become resident as the load passes
+/// through the ring (16 MiB by default: a fixed cost, not one per socket or row).
+pub fn anon_rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "RssAnon:")
+}
+
 /// A `kB` field of /proc/PID/status.
 fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -84,6 +84,8 @@ pub struct Outcome {
     pub cpu_s: Option<f64>,
     pub window_s: f64,
     pub rss_delta_kib: Option<i64>,
+    /// The growth of anonymous memory only: what the per-socket and per-row figures divide.
+    pub anon_delta_kib: Option<i64>,
     pub peak_rss_kib: Option<u64>,
     pub ss_timewait: Option<u64>,
     /// TcpExtTW + TcpExtTWKilled over the run.
@@ -107,6 +109,7 @@ impl Outcome {
             cpu_s: None,
             window_s: 0.0,
             rss_delta_kib: None,
+            anon_delta_kib: None,
             peak_rss_kib: None,
             ss_timewait: None,
             kernel_births: None,
@@ -228,6 +231,10 @@ fn measure(rung: Rung, tool: Tool, knobs: Knobs, twtrace: &Path, scratch: &Path)
         },
         window_s,
         rss_delta_kib: match (before.rss_kib, after.rss_kib) {
+            (Some(a), Some(b)) => Some(b as i64 - a as i64),
+            _ => None,
+        },
+        anon_delta_kib: match (before.anon_kib, after.anon_kib) {
             (Some(a), Some(b)) => Some(b as i64 - a as i64),
             _ => None,
         },

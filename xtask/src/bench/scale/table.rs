@@ -29,10 +29,12 @@ fn rows(o: &Outcome) -> (Option<u64>, &'static str) {
     }
 }
 
-/// Bytes of RSS growth over the run per unit.
+/// Bytes of memory growth over the run per unit: of anonymous memory where it was read (the
+/// ring buffer's pages, resident once the load has passed through it, are a fixed cost of its
+/// configured size), else of RSS.
 fn bytes_per(o: &Outcome, units: Option<u64>) -> Option<f64> {
     let units = units.filter(|&u| u > 0)?;
-    Some(o.rss_delta_kib? as f64 * 1024.0 / units as f64)
+    Some(o.anon_delta_kib.or(o.rss_delta_kib)? as f64 * 1024.0 / units as f64)
 }
 
 /// CPU ms per thousand connections (or processes) of load: what grows when a cost per event
@@ -257,8 +259,10 @@ pub fn report(ladders: &[Ladder], outcomes: &[Outcome], skipped: &[(Ladder, Stri
     let mut t = format!(
         "Scale ladder (issue 25): churn at {:.0} connections/s with {} threads a side where a ladder churns; every rung \
          in fresh namespaces (ip_local_port_range 1024-65000, tcp_max_tw_buckets 2000000); figures from twtrace's \
-         `scale:` line, /proc/PID (CPU over the load and a 2 s settle; RSS growth over the same window), `ss` and \
-         /proc/net/netstat inside the namespaces.\n",
+         `scale:` line, /proc/PID (CPU over the load and a 2 s settle; RSS growth over the same window, and the bytes \
+         per socket and per row from the growth of anonymous memory, RssAnon: the BPF ring buffer's pages become \
+         resident as the load passes through the ring, a fixed cost of its size), `ss` and /proc/net/netstat inside \
+         the namespaces.\n",
         knobs.rate, knobs.threads
     );
     for &ladder in ladders {

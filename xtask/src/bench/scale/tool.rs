@@ -20,7 +20,7 @@ use anyhow::{Context as _, bail};
 use super::parse::{self, View};
 use crate::bench::{
     measure::fetch_metrics,
-    process::{cpu_ticks, peak_rss_kib, rss_kib},
+    process::{anon_rss_kib, cpu_ticks, peak_rss_kib, rss_kib},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -74,6 +74,7 @@ pub struct Sample {
     pub at: Option<Instant>,
     pub cpu_ticks: Option<u64>,
     pub rss_kib: Option<u64>,
+    pub anon_kib: Option<u64>,
     pub peak_rss_kib: Option<u64>,
 }
 
@@ -269,6 +270,7 @@ impl Session {
             at: Some(Instant::now()),
             cpu_ticks: cpu_ticks(self.pid),
             rss_kib: rss_kib(self.pid),
+            anon_kib: anon_rss_kib(self.pid),
             peak_rss_kib: peak_rss_kib(self.pid),
         }
     }
