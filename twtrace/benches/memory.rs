@@ -40,6 +40,8 @@ fn rss_kib(field: &str) -> u64 {
 }
 
 fn main() {
+    // As twtrace's main does: the figures are the tool's.
+    twtrace::memory::tune_allocator();
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == DESTINATIONS_ARG) {
         let per_socket = args.get(i + 1).and_then(|b| b.parse().ok()).unwrap_or(0.0);

@@ -21,6 +21,7 @@ pub mod filter;
 pub mod findings;
 pub mod kernel;
 pub mod logging;
+pub mod memory;
 #[cfg(test)]
 mod module_graph;
 pub mod net;

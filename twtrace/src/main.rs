@@ -137,6 +137,7 @@ fn main() -> std::process::ExitCode {
     // Like any Unix filter: `twtrace trace | head` ends quietly when the reader goes away.
     // SAFETY: restoring a default disposition before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    twtrace::memory::tune_allocator();
     let cli = parse();
     let level = match cli.globals.verbose {
         0 => log::LevelFilter::Warn,
