@@ -18,3 +18,51 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
+
+/// Tables smaller than this keep their room: shrinking them saves little.
+const SHRINK_FLOOR: usize = 4096;
+
+/// Gives back most of a hash table's room once it holds under a quarter of it.
+///
+/// A table never shrinks by itself: after a spike of a million TIME_WAIT sockets a `serve`
+/// running for days would keep the spike's tables (about 150 MiB) after the sockets are gone.
+/// Shrinking to twice the entries leaves room to grow again without a rehash at once, and
+/// the next shrink waits until the entries fall to a quarter again: each entry is moved a
+/// bounded number of times however the count falls (amortised O(1) per removal; a table of
+/// n entries is rehashed in one O(n) pass when it shrinks).
+pub fn shrink_if_sparse<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
+    map: &mut std::collections::HashMap<K, V, S>,
+) {
+    if map.capacity() > SHRINK_FLOOR && map.len() * 4 < map.capacity() {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (`capacity()` is what the table can take before it grows: removals that leave
+    /// tombstones lower it too, so only the shrink is asserted, not its exact moment.)
+    #[test]
+    fn a_sparse_table_gives_back_its_room_and_keeps_some_to_grow() {
+        let mut map: std::collections::HashMap<u64, u64> = (0..100_000).map(|i| (i, i)).collect();
+        let full = map.capacity();
+        for i in 0..99_000 {
+            map.remove(&i);
+            shrink_if_sparse(&mut map);
+        }
+        assert!(map.capacity() < full / 8, "1,000 left in room for {} (was {full})", map.capacity());
+        assert!(map.capacity() >= 2_000, "room to grow again: {}", map.capacity());
+        assert_eq!(map.len(), 1_000);
+        assert!((99_000..100_000).all(|i| map[&i] == i));
+        // Under the floor: left alone.
+        let mut small: std::collections::HashMap<u64, u64> = (0..4_000).map(|i| (i, i)).collect();
+        let room = small.capacity();
+        for i in 0..3_990 {
+            small.remove(&i);
+            shrink_if_sparse(&mut small);
+        }
+        assert!(small.capacity() >= room.min(4_000) / 2, "{} of {room}", small.capacity());
+    }
+}

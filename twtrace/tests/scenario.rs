@@ -3,9 +3,9 @@
 //! failures the generator made. The scenario checks both itself; these tests check that it
 //! does, and the figures a study would publish.
 
-mod support;
 #[path = "support/schema.rs"]
 mod schema;
+mod support;
 
 use std::process::Command;
 

@@ -109,6 +109,7 @@ impl GroupCounts {
             *n -= 1;
             if *n == 0 {
                 self.remotes.remove(&remote);
+                crate::memory::shrink_if_sparse(&mut self.remotes);
             }
         }
         decrement(&mut self.locals, o.local);
@@ -259,6 +260,7 @@ impl Aggregator {
     /// A socket seen born leaves the model: its groups, and its port (`at`: freed then, for
     /// the rate; `None`: the port is only given back, as for a socket that was never there).
     fn end_live(&mut self, tw: &LiveTimeWait, at: Option<u64>) {
+        crate::memory::shrink_if_sparse(&mut self.live);
         self.group_remove(&tw.key);
         if let Some(id) = tw.holds_port_of {
             self.give_back(id, at);
@@ -329,6 +331,7 @@ impl Aggregator {
 
     /// A socket read over sock_diag leaves the model (see [`Self::end_live`] for `at`).
     pub(super) fn end_existing_time_wait(&mut self, tw: &ExistingTimeWait, at: Option<u64>) {
+        crate::memory::shrink_if_sparse(&mut self.existing_tw);
         self.group_remove(&tw.key);
         if let Some(id) = tw.holds_port_of {
             self.give_back(id, at);

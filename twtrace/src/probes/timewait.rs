@@ -409,8 +409,11 @@ impl Tracker {
             self.untracked_deaths += 1;
             return;
         };
+        crate::memory::shrink_if_sparse(&mut self.live);
         let flow = self.flow(tw_addr, &live);
-        self.v6_flows.remove(&tw_addr);
+        if self.v6_flows.remove(&tw_addr).is_some() {
+            crate::memory::shrink_if_sparse(&mut self.v6_flows);
+        }
         out.push(Event::TimeWait(TimeWaitEvent {
             ts_ns,
             tw_id: live.tw_id,
