@@ -372,7 +372,8 @@ fn port_space_finding(r: &Report, d: &DestinationSummary) -> Finding {
             ],
         ));
     }
-    f.remedies = remedies::port_space(&d.namespace, &format!("{lo}-{hi}"), &reuse_outlook(d, timestamps));
+    f.remedies =
+        remedies::port_space(&d.namespace, &format!("{lo}-{hi}"), Some(d.range), &reuse_outlook(d, timestamps));
     f.verify = Some(remedies::verify::port_space(
         &in_namespace(&d.namespace),
         &d.destination.remote.to_string(),
