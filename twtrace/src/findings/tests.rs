@@ -52,11 +52,11 @@ fn paws_counters_without_drop_events_are_named_per_namespace() {
     assert_eq!(
         f.headline(),
         "Namespace pod-a rejected 12 segments by PAWS (PAWSEstab +12), as the kernel counts them. twtrace saw no \
-         drop event for them (kernel 6.12.57+deb13-cloud-amd64 counts these rejects without a drop reason): no \
-         source, flow or NAT signature to show."
+         PAWS drop event for them (kernel 6.12.57+deb13-cloud-amd64 drops these rejects with no PAWS drop reason \
+         (NOT_SPECIFIED before 6.16)): no source, flow or NAT signature to show."
     );
     assert!(
-        f.text.contains("kernel 6.12.57+deb13-cloud-amd64 counts these rejects without a drop reason"),
+        f.text.contains("kernel 6.12.57+deb13-cloud-amd64 drops these rejects with no PAWS drop reason"),
         "{}",
         f.text
     );
