@@ -44,7 +44,8 @@ pub const PAWS_WARN_DROPS: u64 = 10;
 /// A conntrack table this full is a warning: at the limit, new connections' first packets
 /// are dropped.
 pub const CONNTRACK_NEAR_LIMIT: f64 = 0.9;
-/// `tcp_tw_recycle` was removed in 4.12 (it broke clients behind NAT).
+/// `tcp_tw_recycle` was removed in 4.12 (it broke clients behind NAT): 4396e46187ca "tcp: remove
+/// tcp_tw_recycle" (docs/kernel-facts.md).
 const TW_RECYCLE_REMOVED: (u32, u32) = (4, 12);
 
 /// How bad, worst last (the order sorts findings and sets `doctor`'s exit status).
@@ -372,7 +373,8 @@ fn port_space_finding(r: &Report, d: &DestinationSummary) -> Finding {
             ],
         ));
     }
-    f.remedies = remedies::port_space(&d.namespace, &format!("{lo}-{hi}"), &reuse_outlook(d, timestamps));
+    f.remedies =
+        remedies::port_space(&d.namespace, &format!("{lo}-{hi}"), Some(d.range), &reuse_outlook(d, timestamps));
     f.verify = Some(remedies::verify::port_space(
         &in_namespace(&d.namespace),
         &d.destination.remote.to_string(),

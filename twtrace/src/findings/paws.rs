@@ -29,7 +29,9 @@ pub(super) fn paws(r: &Report, out: &mut Vec<Finding>) {
             } else {
                 format!(
                     "; {} source(s) with several flows each ({}), the signature of clients behind NAT whose \
-                     timestamp clocks differ",
+                     timestamp clocks differ, or of one host alone where its kernel hashes the ports into each \
+                     connection's timestamp offset (stable builds from March 2026, e.g. 6.18.17): then two \
+                     connections from one host have unrelated clocks",
                     nat.len(),
                     nat.iter().take(NAMED).map(|s| s.source.to_string()).collect::<Vec<_>>().join(", ")
                 )
@@ -61,13 +63,16 @@ pub(super) fn paws(r: &Report, out: &mut Vec<Finding>) {
     out.push(f);
 }
 
-/// PAWS rejects the kernel counted while twtrace saw no drop event: each namespace's own
-/// counters are then all there is. Kernel facts: drop reasons (the `reason` of
-/// `skb:kfree_skb`) exist from 5.17; `TCP_RFC7323_PAWS` for established sockets came after (6.1
-/// has it); a TIME_WAIT socket's PAWS reject had no reason at all (the SYN is answered with an
-/// ACK and freed as consumed, counted as `PAWSEstab`) until 6.16 added `TCP_RFC7323_TW_PAWS`
-/// and `PAWSTimewait`. The counters say how many and where, never from whom: the NAT
-/// signature (many flows from one source) cannot be seen, so only the count sets severity.
+/// PAWS rejects the kernel counted while twtrace saw no drop event it can tell apart: each
+/// namespace's own counters are then all there is. Kernel facts (docs/kernel-facts.md): drop
+/// reasons (the `reason` of `skb:kfree_skb`) exist from 5.17 (c504e5c2f964);
+/// `TCP_RFC7323_PAWS` for established sockets came after (6.0-rc1 and 6.1 have it). Before 6.16
+/// a TIME_WAIT socket's PAWS reject has no reason of its own: `tcp_v4_rcv()` answers the SYN
+/// with an ACK and drops it at `discard_it` with reason NOT_SPECIFIED (read in 6.13.7), counted
+/// as `PAWSEstab`, a drop event twtrace cannot tell from any other unexplained drop. 6.16 added
+/// `TCP_RFC7323_TW_PAWS` (04271411121a) and `PAWSTimewait` (c449d5f3a3d7). The counters say
+/// how many and where, never from whom: the NAT signature (many flows from one source) cannot
+/// be seen, so only the count sets severity.
 fn paws_counted(r: &Report, out: &mut Vec<Finding>) {
     let paws_only = |counters: &[(String, i64)]| -> Vec<(String, i64)> {
         counters.iter().filter(|(k, v)| k.starts_with("PAWS") && *v > 0).cloned().collect()
@@ -83,7 +88,7 @@ fn paws_counted(r: &Report, out: &mut Vec<Finding>) {
     let rec = &r.recording;
     let drops_running = rec.backends.iter().any(|(family, backend)| family == "drops" && backend != "OFF");
     let why = if drops_running {
-        format!("kernel {} counts these rejects without a drop reason", rec.kernel)
+        format!("kernel {} drops these rejects with no PAWS drop reason (NOT_SPECIFIED before 6.16)", rec.kernel)
     } else {
         "twtrace's drops family is not running (`twtrace probes` says why)".to_owned()
     };
@@ -95,8 +100,8 @@ fn paws_counted(r: &Report, out: &mut Vec<Finding>) {
             severity,
             Kind::Paws,
             format!(
-                "{} rejected {total} segments by PAWS ({}), as the kernel counts them. twtrace saw no drop event for \
-                 them ({why}): no source, flow or NAT signature to show. Per-source detail needs a kernel that drops \
+                "{} rejected {total} segments by PAWS ({}), as the kernel counts them. twtrace saw no PAWS drop event \
+                 for them ({why}): no source, flow or NAT signature to show. Per-source detail needs a kernel that drops \
                  them with a reason: 6.16+ for TIME_WAIT sockets (TCP_RFC7323_TW_PAWS); for established connections \
                  TCP_RFC7323_PAWS (6.1 has it). tcp_timestamps is {}.",
                 name.as_ref().map_or("The traced namespace".to_owned(), |n| format!("Namespace {n}")),

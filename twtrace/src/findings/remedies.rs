@@ -15,8 +15,16 @@ pub(super) fn loss() -> Vec<Remedy> {
 }
 
 /// `PortSpace`: a destination's ports running out in `namespace`, whose range is `range`
-/// (`40000-40099`); `reuse_outlook` says whether `tcp_tw_reuse` can work toward it.
-pub(super) fn port_space(namespace: &str, range: &str, reuse_outlook: &str) -> Vec<Remedy> {
+/// (`40000-40099`) of `ports` ports (`None` in the runbooks); `reuse_outlook` says whether
+/// `tcp_tw_reuse` can work toward it. Every kernel release named here has its row, commit and
+/// title in docs/kernel-facts.md.
+pub(super) fn port_space(namespace: &str, range: &str, ports: Option<u64>, reuse_outlook: &str) -> Vec<Remedy> {
+    // connect() takes over only sockets about 1 s old (tw-reuse F3), so each port serves at
+    // most one connection a second toward one destination.
+    let ceiling = match ports {
+        Some(n) => format!("above about {n} connects/s toward one destination (the range's {n} ports ÷ 1 s)"),
+        None => "above (the range's ports ÷ 1 s) connects/s toward one destination".to_owned(),
+    };
     vec![
         remedy(
             "reuse connections: HTTP keep-alive or a connection pool toward this destination",
@@ -34,14 +42,19 @@ pub(super) fn port_space(namespace: &str, range: &str, reuse_outlook: &str) -> V
             None,
         ),
         remedy(
-            "set net.ipv4.tcp_tw_reuse=1 in that namespace: connect() may take a port still in TIME_WAIT toward \
-             this destination",
+            "set net.ipv4.tcp_tw_reuse=1 in that namespace: connect() may take over a port still in TIME_WAIT \
+             toward this destination",
             format!(
                 "only for outgoing connections, and only from TIME_WAIT sockets whose peer sent TCP timestamps \
                  (tcp_timestamps on here and at the peer; a load balancer with timestamps off defeats it): \
-                 {reuse_outlook}"
+                 {reuse_outlook}. Only sockets about 1 s old or older are taken over: before 6.14 those whose \
+                 peer's last timestamp came in an earlier second of the clock, from 6.14 those older than \
+                 net.ipv4.tcp_tw_reuse_delay (ms, default 1000). So {ceiling} connect() still fails"
             ),
-            Some("any kernel; 2 (loopback only) is the default since 4.19"),
+            Some(
+                "any kernel for 1; the default 2 (since 4.18) reuses only loopback connections (an address in \
+                 127.0.0.0/8 or ::1 at either end, or a socket bound to lo), never a pod's traffic to a service",
+            ),
         ),
         remedy(
             "if the client bind()s before connect(): set IP_BIND_ADDRESS_NO_PORT on the socket, so the port is \
@@ -51,8 +64,12 @@ pub(super) fn port_space(namespace: &str, range: &str, reuse_outlook: &str) -> V
         ),
         remedy(
             "give the client's sockets their own range with the IP_LOCAL_PORT_RANGE socket option",
-            "a code change; does not add ports to the namespace",
-            Some("Linux 6.3+"),
+            "a code change that adds no ports: it can only narrow the namespace's range. What it gains: from 6.8 \
+             a socket with its own range searches it port by port, without the split into odd and even ports, \
+             so connect() stays cheap past half the range (docs/studies/search-cost.md F2), and processes that \
+             share a namespace can be given ranges that do not overlap. Before 6.8 (Debian's 6.1 accepts the \
+             option) the split stays, and so does the cost past half the range",
+            Some("Linux 6.3+; 6.8+ for the search without the split"),
         ),
     ]
 }
@@ -62,9 +79,16 @@ pub(super) fn timewait_buckets(namespace: &str) -> Vec<Remedy> {
     vec![
         remedy("make fewer connections: keep-alive or pooling", "none in the kernel", None),
         remedy(
-            format!("raise tcp_max_tw_buckets in namespace {namespace}"),
-            "about 200 bytes of kernel memory per TIME_WAIT socket",
-            Some("per namespace since 4.20 (5.x for all settings)"),
+            format!(
+                "raise tcp_max_tw_buckets in namespace {namespace}, and set it in every pod's own namespace \
+                 (a pod's sysctls, or its CNI's tuning plugin): the host's value is not inherited"
+            ),
+            "about 200 bytes of kernel memory per TIME_WAIT socket. A new namespace gets its own default when it \
+             is made: half the entries of the global established hash, sized by memory at boot (dmesg: \"TCP \
+             established hash table entries\"), or from 6.1 half its own hash when the namespace that creates it has \
+             tcp_child_ehash_entries set. So the same pod gets a different limit on a bigger node, and changing \
+             the host's limit changes no pod's",
+            Some("Linux 4.11+ for a limit per namespace"),
         ),
     ]
 }
@@ -99,6 +123,22 @@ pub(super) fn conntrack() -> Vec<Remedy> {
 /// `Paws`, with the sources known (drop events).
 pub(super) fn paws() -> Vec<Remedy> {
     vec![
+        remedy(
+            "keep net.ipv4.tcp_rfc1337 at 0 (the default) on the server: the client whose SYN was rejected \
+             answers the server's ACK with an RST, which ends the TIME_WAIT socket, and its quick retry connects \
+             (docs/studies/paws-nat.md F2)",
+            "none; at 1 the server ignores that RST, and every such client stays stuck, each retry rejected and \
+             the TIME_WAIT socket re-armed to 60 s (paws-nat F3)",
+            None,
+        ),
+        remedy(
+            "check the middleboxes and connection tracking between the clients and the server: one that drops the \
+             server's ACK to the rejected SYN (out of window for the client's new connection) or the client's \
+             RST that answers it leaves the client to its SYN retransmission (1 s, then 3 s) or to failure",
+            "connection tracking may take such an ACK or RST for INVALID (out of window), and a rule that drops \
+             INVALID packets then drops it: find that rule's counter (`nft list ruleset`, `iptables-save -c`)",
+            None,
+        ),
         remedy(
             "make the clients behind one address not reuse 4-tuples quickly (keep-alive, fewer new connections)",
             "client-side change",

@@ -146,7 +146,8 @@ impl Kind {
             }
             Kind::Paws => {
                 "Note below 10 drops from no NAT-like source; warning from 10, or from any source with 3 or \
-                 more distinct flows dropped (hosts behind NAT whose timestamp clocks differ). PAWS (RFC 7323) \
+                 more distinct flows dropped (hosts behind NAT whose timestamp clocks differ; or one host alone, \
+                 where its kernel hashes the ports into each connection's timestamp offset). PAWS (RFC 7323) \
                  drops a segment whose TCP timestamp is older than the last one seen on the same 4-tuple: a \
                  new connection's SYN meeting a TIME_WAIT socket of another client behind the same address is \
                  dropped, and that client retries and times out. On kernels without the drop reasons (before \
@@ -195,6 +196,7 @@ impl Kind {
             Kind::PortSpace => remedies::port_space(
                 NAMESPACE,
                 "<low>-<high>",
+                None,
                 "doctor says here whether reuse can work toward this destination, from the timestamps its \
                  TIME_WAIT sockets saw",
             ),

@@ -52,11 +52,11 @@ fn paws_counters_without_drop_events_are_named_per_namespace() {
     assert_eq!(
         f.headline(),
         "Namespace pod-a rejected 12 segments by PAWS (PAWSEstab +12), as the kernel counts them. twtrace saw no \
-         drop event for them (kernel 6.12.57+deb13-cloud-amd64 counts these rejects without a drop reason): no \
-         source, flow or NAT signature to show."
+         PAWS drop event for them (kernel 6.12.57+deb13-cloud-amd64 drops these rejects with no PAWS drop reason \
+         (NOT_SPECIFIED before 6.16)): no source, flow or NAT signature to show."
     );
     assert!(
-        f.text.contains("kernel 6.12.57+deb13-cloud-amd64 counts these rejects without a drop reason"),
+        f.text.contains("kernel 6.12.57+deb13-cloud-amd64 drops these rejects with no PAWS drop reason"),
         "{}",
         f.text
     );
@@ -181,4 +181,126 @@ fn a_headline_is_the_first_sentence() {
 fn severities_order_worst_last() {
     assert!(Severity::Critical > Severity::Warning && Severity::Warning > Severity::Info);
     assert_eq!(worst(&[]), Severity::Ok);
+}
+
+/// docs/kernel-facts.md: one row per kernel fact, with its first release, commit and the
+/// files that claim it.
+const KERNEL_FACTS: &str = include_str!("../../../docs/kernel-facts.md");
+
+/// Words after which `N.M` is a claim about when the kernel changed ("since 4.18", "Linux
+/// 6.3"); `N.M+`, `"title", N.M` and `(N.M)` are claims too.
+const CLAIM_WORDS: &[&str] =
+    &["since ", "from ", "before ", "until ", "after ", "linux ", "removed in ", "added in ", "came in "];
+
+/// The kernel releases (`major.minor`) that `text` claims something of: "6.16+", "since 4.18",
+/// "before 6.14", "Linux 6.3", "removed in 4.12", `"title", 5.18` or "(4.11)". Not a build
+/// ("6.12.57+deb13"), a duration ("after 2.5 s") or the kernels a study ran ("from 5.10 to 6.18").
+fn version_claims(text: &str) -> Vec<String> {
+    // One line, as a reader sees it: Rust's `\` continuations and Markdown's wrapping gone.
+    let flat = text.replace("\\\n", " ").split_whitespace().collect::<Vec<_>>().join(" ");
+    let b = flat.as_bytes();
+    let mut out = Vec::new();
+    for i in 0..b.len() {
+        let starts = (b'2'..=b'7').contains(&b[i]) && (i == 0 || !(b[i - 1].is_ascii_digit() || b[i - 1] == b'.'));
+        if !starts || b.get(i + 1) != Some(&b'.') {
+            continue;
+        }
+        let minor = b[i + 2..].iter().take_while(|c| c.is_ascii_digit()).count();
+        let j = i + 2 + minor;
+        let longer = b.get(j).is_some_and(u8::is_ascii_digit)
+            || (b.get(j) == Some(&b'.') && b.get(j + 1).is_some_and(u8::is_ascii_digit));
+        if !(1..=2).contains(&minor) || longer {
+            continue;
+        }
+        let (before, after) = (flat[..i].to_lowercase(), &flat[j..]);
+        let unit: String = after.trim_start().chars().take_while(|c| c.is_alphabetic() || *c == '%').collect();
+        if after.starts_with(' ') && ["s", "ms", "µs", "GiB", "MiB", "%", "x"].contains(&unit.as_str()) {
+            continue;
+        }
+        if before.ends_with("from ") && (after.starts_with(" to ") || after.starts_with('-')) {
+            continue;
+        }
+        let claim = after.starts_with('+')
+            || CLAIM_WORDS.iter().any(|w| before.ends_with(w))
+            || before.ends_with("\", ")
+            || (after.starts_with(')') && (before.ends_with('(') || before.ends_with(", ")));
+        if claim {
+            out.push(flat[i..j].to_owned());
+        }
+    }
+    out
+}
+
+/// The files whose version claims need a row: the findings' sources (what doctor, the
+/// remedies and the runbooks say) and the studies, by the name the table's last column uses.
+fn claiming_files() -> Vec<(String, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![("findings.rs".to_owned(), root.join("src/findings.rs"))];
+    let dirs = [(root.join("src/findings"), "findings", "rs"), (root.join("../docs/studies"), "studies", "md")];
+    for (dir, key, ext) in dirs {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            // The tests hold kernel strings of their own, and this scanner's examples.
+            if path.extension().is_some_and(|e| e == ext) && name != "tests.rs" {
+                files.push((format!("{key}/{name}"), path));
+            }
+        }
+    }
+    files.into_iter().map(|(key, path)| (key, std::fs::read_to_string(&path).unwrap())).collect()
+}
+
+/// (first release as `major.minor`, the table row) for each row of docs/kernel-facts.md.
+fn kernel_fact_rows() -> Vec<(String, Vec<String>)> {
+    KERNEL_FACTS
+        .lines()
+        .filter(|l| l.starts_with('|') && !l.starts_with("|---") && !l.starts_with("| fact |"))
+        .map(|l| {
+            let cells: Vec<String> = l.trim_matches('|').split(" | ").map(|c| c.trim().to_owned()).collect();
+            assert_eq!(cells.len(), 5, "docs/kernel-facts.md: a row needs 5 cells: {l}");
+            // "4.11", or a stable build's "6.18.17 (stable, 2026-03)": its line, 6.18.
+            let number: String = cells[1].chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+            let release = number.split('.').take(2).collect::<Vec<_>>().join(".");
+            assert!(release.contains('.'), "docs/kernel-facts.md: no release in {l}");
+            (release, cells)
+        })
+        .collect()
+}
+
+#[test]
+fn version_claims_are_told_from_builds_durations_and_ranges() {
+    let found = version_claims(
+        "6.16+ and since 4.18, Before\n   6.14 and Linux 6.3, removed in 4.12, \"a title\", 5.18; (4.11) and (Eric \
+         Dumazet, 6.8); not 6.12.57+deb13, after 2.5 s, from 5.10 to 6.18, 5.10-6.18, the 6.1 guest, 6.18.15",
+    );
+    assert_eq!(found, ["6.16", "4.18", "6.14", "6.3", "4.12", "5.18", "4.11", "6.8"]);
+}
+
+/// Every version the findings (and so doctor's remedies and the runbooks) or the studies claim
+/// has a row in docs/kernel-facts.md that names its commit (or says it is not verified) and
+/// lists the file. Remove a row, or claim a release in a finding without adding one, and this
+/// fails.
+#[test]
+fn every_version_claim_has_a_kernel_fact() {
+    let rows = kernel_fact_rows();
+    let files = claiming_files();
+    assert!(files.iter().any(|(k, _)| k == "studies/paws-nat.md") && files.len() >= 12, "{} files", files.len());
+    let mut missing = Vec::new();
+    for (key, text) in &files {
+        for version in version_claims(text) {
+            let named = format!("`{key}`");
+            if !rows.iter().any(|(release, cells)| *release == version && cells[4].contains(&named)) {
+                missing.push(format!("{key}: {version}"));
+            }
+        }
+    }
+    missing.dedup();
+    assert!(missing.is_empty(), "version claims without a row in docs/kernel-facts.md: {missing:?}");
+    for (release, cells) in &rows {
+        assert!(!cells[2].is_empty() && !cells[3].is_empty(), "{release}: no commit or no check: {cells:?}");
+        for used in cells[4].split(", ") {
+            let key = used.trim_matches('`');
+            assert!(files.iter().any(|(k, _)| k == key), "{release}: `where used` names {key}, not a claiming file");
+        }
+    }
 }
