@@ -217,12 +217,13 @@ impl ViewTimes {
     }
 
     /// `scale: views N, build p50 X ms p99 Y ms max Z ms, on CPU p50 A ms p99 B ms; drain
-    /// stall max S ms; queued peak Q events; lost L`.
+    /// stall max S ms; queued peak Q events; lost L, skipped K` (K: runs of twtrace's programs
+    /// the kernel skipped, each a possible missed event, as `lost` is a certain one).
     pub fn line(&self, health: &Health) -> String {
         let ms = |ns: Option<u64>| ns.unwrap_or(0) as f64 / 1e6;
         let drain = health.drain.unwrap_or_default();
         format!(
-            "scale: views {}, build p50 {:.1} ms p99 {:.1} ms max {:.1} ms, on CPU p50 {:.1} ms p99 {:.1} ms; drain stall max {:.1} ms; queued peak {} events; lost {}",
+            "scale: views {}, build p50 {:.1} ms p99 {:.1} ms max {:.1} ms, on CPU p50 {:.1} ms p99 {:.1} ms; drain stall max {:.1} ms; queued peak {} events; lost {}, skipped {}",
             self.ns.count(),
             ms(self.ns.quantile(0.5)),
             ms(self.ns.quantile(0.99)),
@@ -232,6 +233,7 @@ impl ViewTimes {
             drain.longest_gap_ns as f64 / 1e6,
             drain.queued_peak,
             health.lost,
+            health.skipped_runs,
         )
     }
 }

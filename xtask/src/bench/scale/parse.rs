@@ -21,6 +21,8 @@ pub struct ScaleLine {
     pub drain_stall_max_ms: f64,
     pub queued_peak: u64,
     pub lost: u64,
+    /// Runs of twtrace's programs the kernel skipped (since 2026-12-07's line).
+    pub skipped: Option<u64>,
 }
 
 /// The word after the words `key` (`["p99"]`, `["stall", "max"]`) in `words`.
@@ -57,6 +59,7 @@ pub fn scale_line(line: &str) -> Option<ScaleLine> {
         drain_stall_max_ms: number(after(stall, &["stall", "max"]))?,
         queued_peak: number(after(queued, &["peak"]))?,
         lost: number(after(lost, &["lost"]))?,
+        skipped: number(after(lost, &["skipped"])),
     })
 }
 
@@ -204,8 +207,11 @@ mod tests {
                 drain_stall_max_ms: 3.1,
                 queued_peak: 16384,
                 lost: 0,
+                skipped: None,
             })
         );
+        let skipped = format!("{line}, skipped 7");
+        assert_eq!(scale_line(&skipped).map(|s| (s.lost, s.skipped)), Some((0, Some(7))));
         let with_cpu = "twtrace: scale: views 58, build p50 1.5 ms p99 12.25 ms max 40 ms, on CPU p50 1.2 ms p99 9.5 ms; \
                         drain stall max 3.1 ms; queued peak 16384 events; lost 0";
         let s = scale_line(with_cpu).unwrap();

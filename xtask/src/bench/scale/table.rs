@@ -91,7 +91,7 @@ pub fn one_line(o: &Outcome) -> String {
 fn ladder_table(ladder: Ladder, outcomes: &[&Outcome]) -> String {
     let row_name = outcomes.first().map_or("row", |o| rows(o).1);
     let mut t = format!(
-        "| {unit} | view | load/s | events | lost | views | build p50 / p99 / max ms (p99 on CPU) | drain stall max ms | queued peak | CPU s \
+        "| {unit} | view | load/s | events | lost (skipped runs) | views | build p50 / p99 / max ms (p99 on CPU) | drain stall max ms | queued peak | CPU s \
          (% of a core) | CPU ms per 1k | RSS +MiB (peak) | B per TW socket | B per {row_name} | TIME_WAIT ss / twtrace \
          | births kernel / twtrace | ended |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
         unit = ladder.unit()
@@ -104,7 +104,7 @@ fn ladder_table(ladder: Ladder, outcomes: &[&Outcome]) -> String {
             o.tool.label(),
             o.load.per_second,
             n(o.view.events),
-            n(o.lost),
+            format!("{} ({})", n(o.lost), n(s.and_then(|s| s.skipped))),
             n(s.map(|s| s.views)),
             f(s.map(|s| s.build_p50_ms), 1),
             f(s.map(|s| s.build_p99_ms), 1),
@@ -369,7 +369,7 @@ mod tests {
             &[(Ladder::Timewait, "no --sources".into())],
             Knobs { rate: 20_000.0, threads: 4 },
         );
-        assert!(text.contains("| 100k | serve | 20000 | - | 0 | 10 | 20.0 / 40.0 / 40.0 (-) |"), "{text}");
+        assert!(text.contains("| 100k | serve | 20000 | - | 0 (-) | 10 | 20.0 / 40.0 / 40.0 (-) |"), "{text}");
         // 50 MiB over 100k destination rows: 524 B each; over 100,500 sockets 522.
         assert!(text.contains("| 50.0 (-) | 522 | 524 |"), "{text}");
         assert!(text.contains("- serve, 10k → 100k (×10): build p99 ×10.00 (n^1.00)"), "{text}");
