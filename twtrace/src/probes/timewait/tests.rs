@@ -36,7 +36,7 @@ fn run(records: &[RawTimeWait], flush_at: u64) -> (Vec<Event>, Decoder) {
 fn closed_by(birth: &RawTimeWait, pid_tgid: u64, comm: &[u8]) -> twtrace_common::state::StateEvent {
     use twtrace_common::state::tcp_state::{ESTABLISHED, FIN_WAIT1};
     let (ts_ns, sk_addr) = (birth.header.ts_ns - 1000, 0xffff_0000 | birth.tw_addr);
-    super::super::state::raw_record(
+    super::super::fixtures::raw_record(
         ts_ns,
         sk_addr,
         birth.netns,
@@ -183,7 +183,7 @@ fn a_slow_rearm_is_still_a_rearm_but_another_cpu_record_means_a_kill() {
     let mut out = Vec::new();
     decoder.decode(&record_bytes(&raw(TimerPhase::Start, 0, SEC, 0xa0)), &mut out);
     decoder.decode(&record_bytes(&raw(TimerPhase::Cancel, 1, 2 * SEC, 0xa0)), &mut out);
-    let mut state = super::super::state::raw_record(2 * SEC + 5, 0, 0, Flow::default(), (0, 0), None);
+    let mut state = super::super::fixtures::raw_record(2 * SEC + 5, 0, 0, Flow::default(), (0, 0), None);
     state.header.cpu = 1;
     decoder.decode(&record_bytes(&state), &mut out);
     assert!(
