@@ -6,6 +6,10 @@ use std::{
 use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
+#[allow(dead_code, reason = "the build date needs only civil_from_days")]
+#[path = "src/time/civil.rs"]
+mod civil;
+
 /// Builds the kernel programs (`twtrace-ebpf`) with nightly + bpf-linker and places the object in
 /// OUT_DIR, where `src/probes/mod.rs` embeds it. `cargo xtask setup` installs what this needs.
 /// Then sets `TWTRACE_BUILD`, what `--version` says beyond the crate version: the commit, the
@@ -62,15 +66,6 @@ fn watch_head(dir: &Path) {
 /// `2026-12-08` for seconds since the Unix epoch, UTC (days to a civil date, proleptic
 /// Gregorian calendar, counted in 400-year eras of 146,097 days).
 fn date(epoch: i64) -> String {
-    let days = epoch.div_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = civil::civil_from_days(epoch.div_euclid(86_400));
     format!("{year:04}-{month:02}-{day:02}")
 }

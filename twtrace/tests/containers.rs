@@ -226,7 +226,7 @@ fn each_namespace_against_its_own_range_and_the_exhausted_one_first() {
     }
     // A kprobe program is skipped while another BPF program runs on its CPU, and a kprobe hit
     // while another kprobe's handler runs is missed by the kprobe itself (its nmissed, which
-    // twtrace does not read yet: README, known issues). In an emulated guest running three
+    // twtrace does not read yet: docs/kernels.md, known issues). In an emulated guest running three
     // tracers at once that lost up to 19 of 100 unreported on 6.18 (97, 93 and 81 in three
     // CI runs): there, 20 %. fentry and tracepoint are held to 2 %.
     let kprobe_emulated = support::kprobe_emulated();

@@ -180,7 +180,7 @@ fn rotation_holds_the_size_bound_and_a_window_of_three_segments_holds_exactly_it
     // in a slow emulated guest the five bursts take 15 s and more; 24 KiB, 12 s, lost bursts
     // 2 and 3 to retention there), and the filler churns until retention has deleted.
     const KEEP: u64 = 64 << 10;
-    // Without kept windows: their analyses may spare two segments more (README).
+    // Without kept windows: their analyses may spare two segments more (docs/recording.md).
     let keep = format!("{}KiB", KEEP >> 10);
     let flight = Flight::start(
         &ns,

@@ -74,7 +74,7 @@ fn kernel_at_least(report: &Value, major: u32, minor: u32) -> bool {
 
 /// How far a count of twtrace's may fall short under emulation (see [`scenario`]): 0 on the
 /// host. 10 %, and 20 % under kprobe: a kprobe hit while another kprobe's handler runs is
-/// missed by the kprobe itself, which twtrace does not count yet (README, known issues; the
+/// missed by the kprobe itself, which twtrace does not count yet (docs/kernels.md, known issues; the
 /// same allowance as tests/containers.rs). In a rehearsal on 6.12 kprobe a paws-nat check of
 /// twtrace's counts was 8 against the kernel's 10.
 fn slack(expected: u64) -> u64 {

@@ -353,7 +353,7 @@ fn births_under_port_reuse_churn_equal_the_kernels_count() {
     assert_eq!(lost, 0, "the default buffer holds this churn");
     // A kprobe program is skipped while another BPF program runs on its CPU, and kernels
     // before 6.7 do not count those skips; a kprobe hit while another kprobe's handler runs is
-    // missed without a count twtrace reads (README, known issues): 1 of 804 births on the 6.1
+    // missed without a count twtrace reads (docs/kernels.md, known issues): 1 of 804 births on the 6.1
     // guest, 6 of 381 on 6.18 with three tracers on two emulated CPUs. There 1 % is allowed
     // (5 % emulated); everywhere else the count is exact.
     let uncounted = match (kprobe, support::emulated()) {
@@ -389,7 +389,7 @@ fn each_birth_says_whether_the_peer_sent_timestamps() {
         assert_eq!(ns.time_wait_sockets().len(), CONNECTIONS, "ss");
         let missed = missed(&lines);
         // A kprobe hit while another kprobe's handler runs is missed without a count twtrace
-        // reads yet (README, known issues): under emulation the flags of the births seen count.
+        // reads yet (docs/kernels.md, known issues): under emulation the flags of the births seen count.
         let kprobe_emulated = support::kprobe_emulated();
         let unreported = if kprobe_emulated { CONNECTIONS as i64 } else { 0 };
         assert!(

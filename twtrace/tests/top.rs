@@ -118,8 +118,8 @@ fn churning_client_utilisation_rises_and_matches_ss() {
     };
     let row = "127.0.0.1 -> 127.0.0.1:8080";
     // Wait for the screen to come within the 2 % the comparison with ss allows, not for every
-    // port: the kernel skips a kprobe program while another BPF program runs on its CPU (README,
-    // known issues), and a 6.12 guest under --backend kprobe showed 499 of 500 (TW +500).
+    // port: the kernel skips a kprobe program while another BPF program runs on its CPU
+    // (docs/kernels.md, known issues), and a 6.12 guest under --backend kprobe showed 499 of 500 (TW +500).
     let listener = churn(listener, 200);
     let first = tmux.wait_for("200 ports in use", |s| in_use_on_screen(s, row).is_some_and(|n| n >= 196));
     let _listener = churn(listener, 300);

@@ -39,7 +39,8 @@ const ALONE_ON_HOST: &[&str] = &["top", "timewait"];
 
 /// Binaries known to take longest (seconds on the host, 2026-12), started first so that the
 /// run is not left waiting on one of them at the end.
-const SLOWEST_FIRST: &[&str] = &["doctor", "timewait", "xtask", "flight", "serve", "scenario"];
+const SLOWEST_FIRST: &[&str] =
+    &["doctor_settings", "timewait", "xtask", "flight", "serve", "scenario", "doctor_limits", "doctor"];
 
 /// One run of a test binary: the binary, where cargo would run it, and extra environment.
 #[derive(Clone)]

@@ -10,7 +10,7 @@
 //! into one `other` series, with `twtrace_series_folded{kind}` saying how many were. A
 //! destination that holds no port and whose counters have not moved for
 //! [`Limits::idle_after`] is left out (`twtrace_series_aged_out{kind="destination"}`).
-//! Namespaces are not folded: each has its own few series (see the README for the sum).
+//! Namespaces are not folded: each has its own few series (see docs/serve.md, "Cardinality", for the sum).
 
 mod health;
 mod namespaces;
@@ -48,7 +48,7 @@ impl Default for Limits {
 
 /// Rows the aggregator ranks for the exporter before it folds (what `--top` is for `stat`):
 /// beyond this many destinations or sources a snapshot is cut, so `other` then counts only
-/// the first ones. Large enough for any host the README's sizing covers.
+/// the first ones. Large enough for any host docs/serve.md's sizing covers.
 pub const MODEL_ROWS: usize = 1000;
 
 /// TIME_WAIT lifetime bounds (s): the 60 s timer and its timer-wheel slack, and early kills.

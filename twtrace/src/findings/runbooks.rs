@@ -236,9 +236,9 @@ impl Kind {
     fn see_also(self) -> Option<&'static str> {
         match self {
             Kind::ConnectFailures => Some("port_space.md: the range that ran out, and what to do about it."),
-            Kind::Damage => Some("the README, \"Recordings, reports and replay\": what a reader keeps of a cut file."),
+            Kind::Damage => Some("../recording.md: what a reader keeps of a cut file."),
             Kind::SkippedRuns | Kind::ApproximateSearch => {
-                Some("the README, \"Known issues\": which backends miss what, on which kernels.")
+                Some("../kernels.md, \"Known issues\": which backends miss what, on which kernels.")
             }
             Kind::TimeWaitLifetime | Kind::FinTimeoutLowered | Kind::TimeWaitPeak => {
                 Some("time_wait_buckets.md and port_space.md: when the TIME_WAIT population does hurt.")

@@ -9,7 +9,7 @@ use aya::{
 };
 
 use super::{
-    live::LoadError,
+    error::LoadError,
     plan::{Attempt, Backend, FamilyPlan, FamilyReport, Hook, SharedHook},
 };
 use crate::kernel::{

@@ -11,33 +11,13 @@ use super::{
     attach,
     decode::{DecodeStats, Decoder},
     drain::{DRAIN_INTERVAL, Drain, DrainFigures},
-    drops, offsets,
+    drops,
+    error::LoadError,
+    offsets,
     plan::{FamilyReport, Options},
     portsearch, timewait,
 };
 use crate::{event::Event, kernel};
-
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error(transparent)]
-    Privileges(#[from] kernel::PrivilegeError),
-    #[error(transparent)]
-    Btf(#[from] kernel::btf::BtfError),
-    #[error(transparent)]
-    Kallsyms(#[from] kernel::kallsyms::KallsymsError),
-    #[error("loading the kernel object failed: {0}")]
-    Object(#[from] aya::EbpfError),
-    #[error("ring buffer size {0} must be a power of two and at least 4096 bytes")]
-    RingSize(u32),
-    #[error("map `{0}` is missing from the kernel object")]
-    MissingMap(&'static str),
-    #[error("map `{0}`: {1}")]
-    Map(&'static str, aya::maps::MapError),
-    #[error("no probe family could attach:\n{0}")]
-    NothingAttached(String),
-    #[error("cannot start the thread that drains the ring buffer: {0}")]
-    Drain(std::io::Error),
-}
 
 /// The kernel object, built by build.rs from `twtrace-ebpf`.
 pub(super) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/twtrace"));

@@ -10,6 +10,9 @@ mod attach;
 mod decode;
 mod drain;
 pub mod drops;
+mod error;
+#[cfg(test)]
+mod fixtures;
 mod live;
 mod offsets;
 pub mod owners;
@@ -22,7 +25,8 @@ use twtrace_common::{Config, roles};
 
 pub use decode::{DecodeStats, Decoder, record_bytes};
 pub use drain::DrainFigures;
-pub use live::{LiveProbes, LoadError};
+pub use error::LoadError;
+pub use live::LiveProbes;
 pub use plan::{
     Attempt, Backend, BackendPlan, Family, FamilyPlan, FamilyReport, Hook, Options, SharedHook, backend_summary,
 };

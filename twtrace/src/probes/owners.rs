@@ -127,7 +127,7 @@ mod tests {
 
     fn state(sk: u64, old: u8, new: u8, pid: u32, sport: u16) -> RawState {
         let task = (pid != 0).then(|| (u64::from(pid) << 32 | u64::from(pid), &b"curl"[..]));
-        super::super::state::raw_record(0, sk, 4026531840, flow(sport), (old, new), task)
+        super::super::fixtures::raw_record(0, sk, 4026531840, flow(sport), (old, new), task)
     }
 
     fn pid(task: Option<Task>) -> Option<u32> {

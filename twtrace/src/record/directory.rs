@@ -23,7 +23,7 @@ use std::{
 
 use super::{
     Damage, GapCause, Reader, RecordError, Trailer,
-    segments::{self, SegmentName},
+    segment_files::{self, SegmentName},
 };
 use crate::{
     event::{Event, NamespaceDescription, NamespaceEvent},
@@ -130,7 +130,7 @@ pub struct DirectoryReader {
 impl DirectoryReader {
     /// The segments of `dir` within `window`.
     pub fn open(dir: &Path, window: Window) -> Result<Self, RecordError> {
-        let entries = segments::list(dir)?
+        let entries = segment_files::list(dir)?
             .into_iter()
             .map(|s| Entry {
                 label: s.path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),

@@ -8,7 +8,8 @@ use crate::{
     event::{Sysctls, TimeWaitChange, TimeWaitEvent, TimeWaitSubstate},
     record::{
         directory::fuzz_input,
-        segments::{FlightRecorder, Policy, RunTotals, list},
+        segment_files::list,
+        segments::{FlightRecorder, Policy, RunTotals},
     },
     time::WallClock,
 };

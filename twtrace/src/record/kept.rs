@@ -32,7 +32,7 @@ use std::{
     sync::{Arc, mpsc},
 };
 
-use super::segments::{OnDisk, SegmentName, list};
+use super::segment_files::{OnDisk, PREFIX, SegmentName, list};
 
 /// The subdirectory of DIR holding kept windows.
 pub const KEPT_DIR: &str = "kept";
@@ -257,7 +257,7 @@ fn plan(open: Option<(u64, usize)>, seq: u64, fired: bool) -> Step {
 /// `<start, UTC>-<number>-<kind>`: sorts by time, unique per segment.
 fn window_name(segment: SegmentName, kind: &str) -> String {
     let file = segment.file_name();
-    let stamp = file.strip_prefix(super::segments::PREFIX).and_then(|f| f.split('-').next()).unwrap_or("");
+    let stamp = file.strip_prefix(PREFIX).and_then(|f| f.split('-').next()).unwrap_or("");
     let kind: String = kind.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
     format!("{stamp}-{:06}-{kind}", segment.seq)
 }

@@ -22,6 +22,7 @@ pub mod control;
 pub mod directory;
 pub mod kept;
 mod reader;
+pub mod segment_files;
 pub mod segments;
 #[cfg(test)]
 mod tests;

@@ -448,7 +448,7 @@ fn write_fuzz_seeds() {
         }
         recorder.finish(info.started_ns + 25_000_000_000, segments::RunTotals::default());
     }
-    let packed: Vec<(u16, u16, Vec<u8>)> = segments::list(&dir)
+    let packed: Vec<(u16, u16, Vec<u8>)> = segment_files::list(&dir)
         .unwrap()
         .iter()
         .map(|s| {
@@ -471,5 +471,5 @@ fn fuzz_input_round_trips() {
     assert!(window.since.is_some() && window.until.is_none());
     assert_eq!(unpacked.len(), 2);
     assert_eq!(unpacked[0].1, b"abc");
-    assert_eq!(segments::SegmentName::parse(&unpacked[1].0).map(|n| n.seq), Some(4));
+    assert_eq!(segment_files::SegmentName::parse(&unpacked[1].0).map(|n| n.seq), Some(4));
 }

@@ -18,7 +18,7 @@ use serde_json::Value;
 pub mod protocol;
 
 /// Integration tests load BPF programs: they need root. Without it a test fails, saying so,
-/// unless the run is explicitly unprivileged (`TWTRACE_TEST_UNPRIVILEGED=1`, see the README):
+/// unless the run is explicitly unprivileged (`TWTRACE_TEST_UNPRIVILEGED=1`, see docs/development.md):
 /// then it records a skip with that reason and the caller returns. A test that cannot trace
 /// never passes silently.
 pub fn can_trace() -> bool {
@@ -294,7 +294,7 @@ pub fn forced_backend() -> Option<String> {
 /// Whether this run is under the kprobe backend in an emulated guest, where twtrace misses
 /// events it cannot count: a kprobe hit while another kprobe's handler runs on its CPU is
 /// missed by the kprobe itself, and twtrace does not read the kprobes' own miss counts yet
-/// (README, known issues). Tests widen their allowance there, and only there.
+/// (docs/kernels.md, known issues). Tests widen their allowance there, and only there.
 pub fn kprobe_emulated() -> bool {
     emulated() && forced_backend().as_deref() == Some("kprobe")
 }

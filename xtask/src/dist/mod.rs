@@ -18,6 +18,9 @@
 //! ([`self_test`]): the .deb unpacked holds a static twtrace naming HEAD's commit, its man
 //! pages and its completions.
 
+#[allow(dead_code, reason = "the image's creation time needs only civil_from_days")]
+#[path = "../../../twtrace/src/time/civil.rs"]
+mod civil;
 mod oci;
 mod play;
 
@@ -321,15 +324,7 @@ fn source_epoch() -> u64 {
 /// proleptic Gregorian calendar, by 400-year eras of 146,097 days).
 pub fn rfc3339(epoch: u64) -> String {
     let (days, secs) = ((epoch / 86_400) as i64, epoch % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = civil::civil_from_days(days);
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
 }
 

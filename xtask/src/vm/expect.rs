@@ -61,16 +61,16 @@ pub const EVERY_GUEST: &[Gap] = &[
     gap("serve", "slow_clients_and_sigterm_during_scrapes", ALL, NO_PROMETHEUS),
     gap("serve", "pods_laid_out_as_the_kubelet_does_are_named_in_prometheus", ALL, NO_PROMETHEUS),
     gap(
-        "doctor",
+        "doctor_limits",
         "a_full_conntrack_table_is_named_with_its_own_counts",
         ALL,
         "Debian builds netfilter's connection tracking as modules, and the guest loads none (nor has nft); the host runs this test",
     ),
-    gap("doctor", "syns_dropped_by_a_firewall_rule_are_named_with_the_rules_counts", ALL, NO_NFT),
-    gap("doctor", "an_overflowing_syn_queue_is_named_with_the_kernels_counts", ALL, NO_NFT),
-    gap("doctor", "a_last_ack_meeting_a_full_accept_queue_is_a_drop_event", ALL, NO_NFT),
-    gap("doctor", "reuse_on_a_namespace_that_only_accepts_is_named_as_doing_nothing", ALL, NO_VETH),
-    gap("doctor", "reuse_is_possible_toward_a_peer_with_timestamps_and_not_toward_one_without", ALL, NO_VETH),
+    gap("doctor_limits", "syns_dropped_by_a_firewall_rule_are_named_with_the_rules_counts", ALL, NO_NFT),
+    gap("doctor_limits", "an_overflowing_syn_queue_is_named_with_the_kernels_counts", ALL, NO_NFT),
+    gap("doctor_limits", "a_last_ack_meeting_a_full_accept_queue_is_a_drop_event", ALL, NO_NFT),
+    gap("doctor_settings", "reuse_on_a_namespace_that_only_accepts_is_named_as_doing_nothing", ALL, NO_VETH),
+    gap("doctor_settings", "reuse_is_possible_toward_a_peer_with_timestamps_and_not_toward_one_without", ALL, NO_VETH),
 ];
 
 /// Scenarios with nftables rules: the guests have no nft (nor load the nf_tables modules).
@@ -245,6 +245,21 @@ mod tests {
         for g in KERNELS.iter().flat_map(|k| k.gaps).chain(EVERY_GUEST) {
             assert!(!g.backends.is_empty() && g.backends.iter().all(|b| BACKENDS.contains(b)), "{g:?}");
             assert!(!g.why.is_empty(), "{g:?}");
+        }
+    }
+
+    /// A gap names a test of its binary: moving a test to another file moves its gaps too.
+    #[test]
+    fn every_gap_names_a_test_of_its_binary() {
+        let tests = crate::workspace_root().join("twtrace/tests");
+        for g in KERNELS.iter().flat_map(|k| k.gaps).chain(EVERY_GUEST) {
+            let source = std::fs::read_to_string(tests.join(format!("{}.rs", g.binary)))
+                .unwrap_or_else(|e| panic!("{g:?}: twtrace/tests/{}.rs: {e}", g.binary));
+            assert!(
+                source.contains(&format!("fn {}(", g.test)),
+                "{g:?}: no such test in twtrace/tests/{}.rs",
+                g.binary
+            );
         }
     }
 

@@ -25,7 +25,7 @@ pub const FILE_END: &str = "TWTRACE-FILE-END";
 /// script and `cargo xtask test` both do, and count them.
 pub const SKIP_LOG_ENV: &str = "TWTRACE_TEST_SKIP_LOG";
 /// Set (to anything non-empty) to run the integration tests without root: each then skips,
-/// saying so, instead of failing. Documented in the README.
+/// saying so, instead of failing. Documented in docs/development.md.
 pub const UNPRIVILEGED_ENV: &str = "TWTRACE_TEST_UNPRIVILEGED";
 /// The backend the VM matrix forces on every test (`fentry`, `kprobe`, `tracepoint`).
 pub const BACKEND_ENV: &str = "TWTRACE_TEST_BACKEND";

@@ -313,12 +313,12 @@ fn many_rows_stay_within_the_readme_worst_case() {
         &Health::default(),
         &[],
     );
-    // README, "Cardinality": 18 + (8K + 3) + 32 (K + 1) + 17 + (R + 2K + 1) + 15 + N (12 + E),
+    // docs/serve.md, "Cardinality": 18 + (8K + 3) + 32 (K + 1) + 17 + (R + 2K + 1) + 15 + N (12 + E),
     // here with one namespace, one errno, four reasons.
     let (n, errnos, reasons) = (1, 1, 4);
     let bound = 18 + (8 * k + 3) + 32 * (k + 1) + 17 + (reasons + 2 * k + 1) + 15 + n * (12 + errnos);
     let got = samples(&e);
-    assert!(got <= bound, "{got} samples, the README says at most {bound}");
+    assert!(got <= bound, "{got} samples, docs/serve.md says at most {bound}");
     // Folding did happen for each kind, and nothing of 200 rows leaked past K.
     for kind in ["destination", "connect_search", "paws_source"] {
         assert_eq!(value(&e, "twtrace_series_folded", ("kind", kind)), Some(&Value::Int(180)), "{kind}");
