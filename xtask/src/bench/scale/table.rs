@@ -99,12 +99,13 @@ fn ladder_table(ladder: Ladder, outcomes: &[&Outcome]) -> String {
     for o in outcomes {
         let s = o.scale.as_ref();
         t.push_str(&format!(
-            "| {} | {} | {:.0} | {} | {} | {} | {} / {} / {} ({}) | {} | {} | {} ({}) | {} | {} ({}) | {} | {} | {} / {} | {} / {} | {} |\n",
+            "| {} | {} | {:.0} | {} | {} ({}) | {} | {} / {} / {} ({}) | {} | {} | {} ({}) | {} | {} ({}) | {} | {} | {} / {} | {} / {} | {} |\n",
             count_label(o.rung.size),
             o.tool.label(),
             o.load.per_second,
             n(o.view.events),
-            format!("{} ({})", n(o.lost), n(s.and_then(|s| s.skipped))),
+            n(o.lost),
+            n(s.and_then(|s| s.skipped)),
             n(s.map(|s| s.views)),
             f(s.map(|s| s.build_p50_ms), 1),
             f(s.map(|s| s.build_p99_ms), 1),
