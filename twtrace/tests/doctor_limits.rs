@@ -220,12 +220,14 @@ fn an_overflowing_accept_queue_is_named_with_the_kernels_counts() {
 
 /// 6.15+: a handshake's last ACK that meets a full accept queue is dropped with a reason,
 /// TCP_LISTEN_OVERFLOW. Backlog 2; two handshakes are held half done (an nftables rule drops
-/// their last ACKs), the rule goes, and three more connections fill the accept queue (never
-/// accepted). When the server re-sends the held handshakes' SYN-ACKs (after 1 s), their
-/// clients' ACKs meet the full queue: each is an overflow and a drop event. ListenOverflows
-/// also counts SYNs refused for a full queue (consumed, no drop event): a filler that failed
-/// sent exactly one (it gives up before a retransmit), so the events are the overflows less
-/// those.
+/// the last ACKs from their two ports), three more connections fill the accept queue (never
+/// accepted), then the rule goes. When the server re-sends the held handshakes' SYN-ACKs (1,
+/// 3, 7 s after their SYNs), their clients' ACKs meet the full queue: each is an overflow and
+/// a drop event. ListenOverflows also counts SYNs refused for a full queue (consumed, no drop
+/// event): a filler that failed sent exactly one (it gives up before a retransmit), so the
+/// events are the overflows less those. (The rule used to hold every ACK and go before the
+/// fillers: in an emulated guest, when deleting it took over a second, the held handshakes
+/// completed first and only the fillers overflowed.)
 #[test]
 fn a_last_ack_meeting_a_full_accept_queue_is_a_drop_event() {
     if !can_trace() {
@@ -245,21 +247,28 @@ fn a_last_ack_meeting_a_full_accept_queue_is_a_drop_event() {
         nft(
             &ns,
             "add table inet twt; add chain inet twt out { type filter hook output priority 0 ; }; \
-             add rule inet twt out tcp dport 7000 tcp flags & (syn | ack) == ack drop",
+             add rule inet twt out tcp sport { 7101, 7102 } tcp dport 7000 tcp flags & (syn | ack) == ack drop",
         );
         let server: std::net::SocketAddr = "127.0.0.1:7000".parse().unwrap();
         let listener = ns.run(|| listener_with_backlog(2));
-        let connect = move || std::net::TcpStream::connect_timeout(&server, std::time::Duration::from_millis(300));
         // Connected as the clients see it (the SYN-ACK came); half done on the server.
-        let held: Vec<_> = ns.run(move || (0..2).map(|_| connect().unwrap()).collect());
-        nft(&ns, "delete table inet twt");
+        let held = ns.run(move || {
+            [7101, 7102].map(|port| support::connect_from(std::net::SocketAddr::from(([127, 0, 0, 1], port)), server))
+        });
+        let connect = move || std::net::TcpStream::connect_timeout(&server, std::time::Duration::from_millis(300));
         let fillers: Vec<_> = ns.run(move || (0..3).map(|_| connect()).collect());
         failed_fillers = fillers.iter().filter(|f| f.is_err()).count() as i64;
-        // The SYN-ACKs are re-sent 1 s after the SYNs; their ACKs come back at once.
-        std::thread::sleep(std::time::Duration::from_millis(2500));
-        after = ns.netstat();
+        nft(&ns, "delete table inet twt");
+        // Until a re-sent SYN-ACK's ACK met the full queue (the next one is at most 4 s away).
+        let started = std::time::Instant::now();
+        while ns.netstat()["ListenOverflows"] - before["ListenOverflows"] <= failed_fillers
+            && started.elapsed() < std::time::Duration::from_secs(20)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         // The listener first: a held client's FIN reaching it would be one more overflow.
         drop(listener);
+        after = ns.netstat();
         drop((held, fillers));
         // Doctor reads the counters once a second: let it see the last of them.
         std::thread::sleep(std::time::Duration::from_millis(1500));
@@ -421,12 +430,24 @@ fn syns_dropped_by_a_firewall_rule_are_named_with_the_rules_counts() {
             eprintln!("NOTE: the tracer missed up to {} events; the evidence was {evidence}", blind_of(report));
         }
         let text = f["text"].as_str().unwrap();
-        assert!(text.starts_with(&format!("Netfilter dropped {total} connection attempts (SYNs)")), "{text}");
+        // Where the tracer says it missed events (kprobe under emulation: 11 of 12 in a 6.18
+        // guest, 5 blind), the count is short by at most that many, and never over.
+        let said: u64 = text
+            .strip_prefix("Netfilter dropped ")
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(text.contains(" connection attempts (SYNs)"), "{text}");
+        assert!(said <= total && said + blind_of(report) >= total, "{said} of {total}: {text}");
+        if blind_of(report) == 0 {
+            assert_eq!(said, total, "{text}");
+        }
     }
 }
 
-/// The guests have no nft, nor the nf_tables modules.
-const NO_NFT: &str = "nft (nftables) is missing: `cargo xtask setup` installs it on the host; the guests have none";
+/// VM guests without the lab's tools (xtask/src/vm/expect.rs) have no nft, nor the nf_tables
+/// modules.
+const NO_NFT: &str = "nft (nftables) is missing: `cargo xtask setup` installs it on the host; VM guests without the lab's tools have none";
 
 /// Whether nft is here; without it the caller skips with [`NO_NFT`].
 fn has_nft() -> bool {
