@@ -194,16 +194,25 @@ fn seconds_for(count: u64, rate: f64, min: u64) -> u64 {
 pub const PREFIX: &str = "twscale-";
 
 pub fn plan(rung: Rung, knobs: Knobs) -> Plan {
-    let one = |tag: &str| vec![format!("{PREFIX}{tag}")];
     let sysctls = |range: &str| {
         vec![
             ("net.ipv4.ip_local_port_range".to_owned(), range.to_owned()),
             ("net.ipv4.tcp_max_tw_buckets".to_owned(), TW_BUCKETS.to_owned()),
         ]
     };
+    // One program in one namespace of its own, the view watching that namespace only.
+    let alone = |tag: &str, program: Program, range: &str, seconds: u64| {
+        let namespaces = vec![format!("{PREFIX}{tag}")];
+        Plan {
+            loads: vec![(namespaces[0].clone(), program)],
+            netns_filter: Some(namespaces[0].clone()),
+            namespaces,
+            sysctls: sysctls(range),
+            load: Duration::from_secs(seconds),
+        }
+    };
     match rung.ladder {
         Ladder::Destinations => {
-            let namespaces = one("dest");
             let seconds = seconds_for(rung.size, knobs.rate, 10);
             let churn = Churn {
                 destinations: Some(rung.size),
@@ -214,20 +223,13 @@ pub fn plan(rung: Rung, knobs: Knobs) -> Plan {
                 seconds,
                 listen: LISTEN,
             };
-            Plan {
-                loads: vec![(namespaces[0].clone(), Program::Twtrace(churn.args()))],
-                netns_filter: Some(namespaces[0].clone()),
-                namespaces,
-                sysctls: sysctls(PORT_RANGE),
-                load: Duration::from_secs(seconds),
-            }
+            alone("dest", Program::Twtrace(churn.args()), PORT_RANGE, seconds)
         }
         Ladder::Timewait => {
             // As many connections as the rung has sockets, each from its own peer address;
             // a small rung runs slower rather than shorter than 5 s.
             let seconds = seconds_for(rung.size, knobs.rate, 5);
             let rate = (rung.size as f64 / seconds as f64).min(knobs.rate);
-            let namespaces = one("tw");
             let churn = Churn {
                 destinations: None,
                 sources: Some(rung.size),
@@ -237,16 +239,9 @@ pub fn plan(rung: Rung, knobs: Knobs) -> Plan {
                 seconds,
                 listen: LISTEN,
             };
-            Plan {
-                loads: vec![(namespaces[0].clone(), Program::Twtrace(churn.args()))],
-                netns_filter: Some(namespaces[0].clone()),
-                namespaces,
-                sysctls: sysctls(PORT_RANGE),
-                load: Duration::from_secs(seconds),
-            }
+            alone("tw", Program::Twtrace(churn.args()), PORT_RANGE, seconds)
         }
         Ladder::Failing => {
-            let namespaces = one("fail");
             // The helper forks about 6,000 processes a second here untraced; bounded by
             // count and by this time, which doctor's duration also covers.
             let seconds = (rung.size as f64 / 2_000.0).ceil() as u64 + 5;
@@ -255,13 +250,7 @@ pub fn plan(rung: Rung, knobs: Knobs) -> Plan {
                 .map(|s| s.to_string())
                 .chain([seconds.to_string()])
                 .collect();
-            Plan {
-                loads: vec![(namespaces[0].clone(), Program::Helper(args))],
-                netns_filter: Some(namespaces[0].clone()),
-                namespaces,
-                sysctls: sysctls(TINY_PORT_RANGE),
-                load: Duration::from_secs(seconds),
-            }
+            alone("fail", Program::Helper(args), TINY_PORT_RANGE, seconds)
         }
         Ladder::Namespaces => {
             let width = count_label(rung.size).len().max(4);
