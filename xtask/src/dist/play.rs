@@ -12,6 +12,9 @@
 //!   port is the node's anyway).
 //! - The `twtrace-web` Secret volume read from a directory (web.yml and a fresh certificate):
 //!   podman 4.3 has no Secret objects to mount.
+//! - The kubelet's pod log directories (`/var/log/pods`, a hostPath of type Directory, which
+//!   podman, like the kubelet, refuses when it is missing) read from an empty scratch
+//!   directory: this machine is no node, and a test must not depend on what was left on it.
 //! - The runtime and rlimits from a containers.conf ([`super::oci::ULIMITS`]).
 //!
 //! And what podman 4.3 does not honour, said here rather than hidden: `hostPID` (the
@@ -36,8 +39,9 @@ const POD: &str = "twtrace-play";
 /// Plays the pod, checks it, takes it down. Returns what it saw, in a sentence.
 pub fn serve_pod(image: &str, binary: &Path, scratch: &Path) -> anyhow::Result<String> {
     let _ = std::fs::remove_dir_all(scratch);
-    let web = scratch.join("web");
+    let (web, pod_logs) = (scratch.join("web"), scratch.join("pods"));
     std::fs::create_dir_all(&web)?;
+    std::fs::create_dir_all(&pod_logs)?;
     crate::run_cmd(
         Command::new("openssl")
             .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
@@ -56,7 +60,7 @@ pub fn serve_pod(image: &str, binary: &Path, scratch: &Path) -> anyhow::Result<S
     )?;
     let port = free_port()?;
     let daemonset = std::fs::read_to_string(crate::deploy::deploy_dir().join("kubernetes/parts/daemonset.yaml"))?;
-    let (pod, capabilities) = pod_of(&daemonset, image, port, &web)?;
+    let (pod, capabilities) = pod_of(&daemonset, image, port, &web, &pod_logs)?;
     let manifest = scratch.join("pod.yaml");
     std::fs::write(&manifest, serde_norway::to_string(&pod)?)?;
     let podman = |args: &[&str]| -> anyhow::Result<Output> {
@@ -79,7 +83,13 @@ pub fn serve_pod(image: &str, binary: &Path, scratch: &Path) -> anyhow::Result<S
 
 /// The DaemonSet's pod template as a Pod podman plays (see the module's list), and the
 /// capabilities its container adds, as podman names them (`CAP_BPF`).
-fn pod_of(daemonset: &str, image: &str, port: u16, web: &Path) -> anyhow::Result<(Value, Vec<String>)> {
+fn pod_of(
+    daemonset: &str,
+    image: &str,
+    port: u16,
+    web: &Path,
+    pod_logs: &Path,
+) -> anyhow::Result<(Value, Vec<String>)> {
     let ds: Value = serde_norway::from_str(daemonset)?;
     ensure!(ds["kind"] == "DaemonSet", "daemonset.yaml holds a {:?}", ds["kind"]);
     let template = &ds["spec"]["template"];
@@ -113,6 +123,11 @@ fn pod_of(daemonset: &str, image: &str, port: u16, web: &Path) -> anyhow::Result
         name.as_str().unwrap_or("web-config"),
         web.display().to_string()
     ))?;
+    let logs = volumes
+        .iter_mut()
+        .find(|v| v["hostPath"]["path"] == "/var/log/pods")
+        .context("the kubelet's pod log directories' volume")?;
+    logs["hostPath"]["path"] = pod_logs.display().to_string().into();
     let mut pod: Value = serde_norway::from_str(&format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {POD}}}\n"))?;
     pod["metadata"]["labels"] = template["metadata"]["labels"].clone();
     pod["spec"] = spec;
@@ -202,7 +217,8 @@ mod tests {
     fn the_pod_is_the_templates_with_only_the_listed_changes() {
         let daemonset =
             std::fs::read_to_string(crate::deploy::deploy_dir().join("kubernetes/parts/daemonset.yaml")).unwrap();
-        let (pod, caps) = pod_of(&daemonset, "localhost/twtrace:0.1.0", 4242, Path::new("/tmp/web")).unwrap();
+        let (pod, caps) =
+            pod_of(&daemonset, "localhost/twtrace:0.1.0", 4242, Path::new("/tmp/web"), Path::new("/tmp/pods")).unwrap();
         assert_eq!(caps, ["CAP_BPF", "CAP_PERFMON", "CAP_SYSLOG", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]);
         assert_eq!(pod["kind"], "Pod");
         let ds: Value = serde_norway::from_str(&daemonset).unwrap();
@@ -217,5 +233,7 @@ mod tests {
         let volumes = pod["spec"]["volumes"].as_sequence().unwrap();
         assert_eq!(volumes.len(), ds["spec"]["template"]["spec"]["volumes"].as_sequence().unwrap().len());
         assert_eq!(volumes[0]["hostPath"]["path"], "/tmp/web");
+        let logs = volumes.iter().find(|v| v["name"] == "pod-logs").unwrap();
+        assert_eq!(logs["hostPath"], serde_norway::from_str::<Value>("{path: /tmp/pods, type: Directory}").unwrap());
     }
 }
