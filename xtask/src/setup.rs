@@ -29,6 +29,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("curl", "the serve test's HTTP(S) client"),
     ("podman", "runs the OCI image `cargo xtask dist` builds, as the packaging test's last check"),
     ("runc", "the runtime that test runs the image with (crun cannot set podman's rlimits here)"),
+    ("catatonit", "podman builds the pause image of the DaemonSet's played pod from it (only Recommended by podman)"),
     ("python3-venv", "the virtualenv xtask's deploy test installs kubernetes-validate (PyPI) into"),
     (
         "nftables",
