@@ -137,16 +137,20 @@ pub async fn drive<S: Sink>(source: &mut Source, filter: Filter, sink: &mut S, l
     sink.start(&Status { source })?;
     let deadline = limits.duration.map(|d| tokio::time::Instant::now() + d);
     let mut batch = Vec::new();
+    // A signal (or the deadline) that came while the loop awaited something else.
+    let mut stop_pending = false;
     loop {
         let read = !(sink.holding() && source.can_wait());
-        let mut stop = false;
+        let mut stop = stop_pending;
         let mut ended = false;
         let mut woke = None;
-        tokio::select! {
-            () = signals.recv() => stop = true,
-            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => stop = true,
-            wake = sink.wait() => woke = Some(wake),
-            flow = source.next_batch(&mut batch), if read => ended = flow == Flow::Ended,
+        if !stop {
+            tokio::select! {
+                () = signals.recv() => stop = true,
+                _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => stop = true,
+                wake = sink.wait() => woke = Some(wake),
+                flow = source.next_batch(&mut batch), if read => ended = flow == Flow::Ended,
+            }
         }
         if let Some(wake) = woke {
             match sink.on_wake(wake, &Status { source })? {
@@ -179,14 +183,22 @@ pub async fn drive<S: Sink>(source: &mut Source, filter: Filter, sink: &mut S, l
         }
         // After loss, the model repairs itself from what the kernel holds now. The drain runs
         // on its own thread meanwhile: a long read delays the model, never the ring buffer.
+        // The read runs on a thread of its own too, awaited beside the signals and the
+        // deadline: at a million sockets it takes seconds, and a Ctrl-C must not wait for it
+        // (the read is abandoned; the events since are still in the drain's queue).
         let now = source.now_ns();
         if !source.can_wait() && sink.resync_due(now) {
-            match source.sockets_now() {
-                Ok(sockets) => sink.resync(now, Some(&sockets)),
-                Err(e) => {
-                    log::warn!("cannot read the sockets to repair the model after lost records: {e:#}");
-                    sink.resync(now, None);
-                }
+            let read = source.sockets_later();
+            tokio::select! {
+                () = signals.recv() => stop_pending = true,
+                _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => stop_pending = true,
+                sockets = read => match sockets {
+                    Ok(sockets) => sink.resync(now, Some(&sockets)),
+                    Err(e) => {
+                        log::warn!("cannot read the sockets to repair the model after lost records: {e:#}");
+                        sink.resync(now, None);
+                    }
+                },
             }
         }
     }

@@ -53,6 +53,7 @@ use super::kube::PodDirectory;
 use crate::event::Sysctls;
 
 mod enter;
+mod later;
 mod naming;
 pub use enter::run_in_netns;
 use enter::{Batch, Entered, cookie_here, enter_and_run, read_in_each, same_cookie, sysctls_here, way_in};

@@ -220,6 +220,31 @@ impl Source {
             Self::Replay(r) => r.health(),
         }
     }
+
+    /// [`Self::sockets_now`] on a thread of its own: what the drive loop awaits beside its
+    /// signals, so that a long read (a million sockets) never holds a Ctrl-C.
+    pub fn sockets_later(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Vec<ExistingSocket>>> + Send>> {
+        let Self::Live(live) = self else { return Box::pin(async { Ok(Vec::new()) }) };
+        let (Some(netns), Some(path)) = (live.options.netns, live.options.netns_path.clone()) else {
+            let read = live.namespaces.sockets_later();
+            return Box::pin(async move { Ok(read.await) });
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let read = kernel::netns::run_in(Some(&path), kernel::sockdiag::tcp_sockets).map(|mut sockets| {
+                sockets.iter_mut().for_each(|s| s.netns = netns);
+                sockets
+            });
+            let _ = tx.send(read);
+        });
+        Box::pin(async move {
+            rx.await
+                .map_err(|_| anyhow::anyhow!("the socket reader thread ended without an answer"))?
+                .context("listing sockets (sock_diag)")
+        })
+    }
 }
 
 /// The sockets of the namespace `--netns` names (read through the path given), or of every

@@ -184,6 +184,13 @@ impl NamespaceTracker {
         sockets
     }
 
+    /// [`Self::sockets`] read on a thread of its own, for a caller that must stay responsive
+    /// meanwhile (a resync after loss: `crate::drive`). Bounded the same way.
+    pub fn sockets_later(&self) -> impl std::future::Future<Output = Vec<ExistingSocket>> + Send + 'static {
+        let ids: Vec<NetnsId> = self.live_announced().take(MAX_SOCKET_READS).map(NetnsId).collect();
+        self.registry.tcp_sockets_later(&ids)
+    }
+
     /// Puts a description before the events of every namespace the batch is the first to
     /// name, and, every few seconds, of namespaces that appeared or went away.
     pub fn observe(&mut self, batch: &mut Vec<Event>, now_ns: u64) {
