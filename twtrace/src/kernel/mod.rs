@@ -8,6 +8,7 @@ pub mod kube;
 pub mod namespaces;
 pub mod netns;
 pub mod netstat;
+pub mod perf_link;
 pub mod sockdiag;
 
 use std::{os::unix::fs::MetadataExt, path::Path};

@@ -26,6 +26,8 @@ pub(super) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_
 pub struct LiveProbes {
     /// Kretprobes twtrace made itself; detached before the `Ebpf` below is dropped.
     own_links: attach::OwnLinks,
+    /// Descriptors of the kprobes attached through perf links, whose misses 6.7+ reports.
+    kprobe_links: Vec<std::os::fd::RawFd>,
     // Dropping the `Ebpf` detaches every program: keep it for the source's lifetime.
     ebpf: Ebpf,
     /// The thread that empties the ring buffer and decodes it (`drain`).
@@ -155,6 +157,7 @@ impl LiveProbes {
         let drain = Drain::start(ring, Decoder::new(kernel::hz(), drop_reasons)).map_err(LoadError::Drain)?;
         Ok(Self {
             own_links,
+            kprobe_links: kernel::perf_link::kprobe_links(),
             ebpf,
             drain,
             counters,
@@ -254,7 +257,8 @@ impl LiveProbes {
     /// that CPU: a softirq that arrives while one of our programs runs in process context and
     /// hits the same hook (tp_btf, raw tracepoints; counted since 5.12), or a kprobe over any
     /// running program (counted since 6.7); and returns a kretprobe missed for want of a free
-    /// instance (`kernel::kprobe`). Each may have been an event: an upper bound on
+    /// instance (`kernel::kprobe`), or a kprobe attached through a perf link missed (a hit
+    /// inside another kprobe's handler; reported since 6.7: `kernel::perf_link`). Each may have been an event: an upper bound on
     /// the events missed, since most skipped timer filter runs were other timers'.
     fn kernel_skips(&self) -> u64 {
         use std::os::fd::{AsFd as _, AsRawFd as _};
@@ -267,7 +271,7 @@ impl LiveProbes {
                 fdinfo_field(&info, "recursion_misses")
             })
             .sum();
-        program_skips + self.own_links.missed()
+        program_skips + self.own_links.missed() + kernel::perf_link::missed(&self.kprobe_links)
     }
 
     pub fn stats(&self) -> DecodeStats {
