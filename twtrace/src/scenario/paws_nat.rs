@@ -3,9 +3,10 @@
 //! from ports of the range and the server closes first; then other clients, from the same
 //! address and the same ports, connect again with a clock that is behind the first ones'.
 //!
-//! How the clocks differ without a NAT: a connection's timestamps carry a per-address-pair
-//! random offset when `tcp_timestamps = 1`, and none when it is 2 (4.10+; the sysctl is per
-//! namespace and read at connect()). One namespace switched between the two is two clients
+//! How the clocks differ without a NAT: a connection's timestamps carry a random offset when
+//! `tcp_timestamps = 1`, and none when it is 2 (the sysctl is per namespace and read at
+//! connect()). The offset is one per address pair or one per 4-tuple, by build: see
+//! docs/studies/paws-nat.md, finding 5, and docs/kernel-facts.md. One namespace switched between the two is two clients
 //! with the same address and different offsets, which is what a NAT does to hosts behind it.
 //! `TCP_TIMESTAMP` (getsockopt) tells which of the two clocks is ahead.
 //!
@@ -102,9 +103,9 @@ fn one_run(n: u64, later: Later, checks: &mut Vec<Check>) -> anyhow::Result<Run>
         Ok(timestamp_clock(fd)?.wrapping_sub(timestamp_clock(&plain)?) as i32)
     };
     // Which setting the first clients use, and which the later ones: the later clock must be
-    // behind. With per-connection offsets (6.18 here), a `tcp_timestamps = 1` connection whose
-    // clock is ahead of the plain one is kept and the others set aside; with one offset per
-    // address pair, all are ahead or all behind, and when behind the roles swap.
+    // behind. With per-connection offsets (builds with 165573e41f2f), a `tcp_timestamps = 1`
+    // connection whose clock is ahead of the plain one is kept and the others set aside; with
+    // one offset per address pair, all are ahead or all behind, and when behind the roles swap.
     sandbox.sysctl("net.ipv4.tcp_timestamps", "1")?;
     let mut first = Phase::default();
     let mut kept: Vec<OwnedFd> = Vec::with_capacity(n as usize);

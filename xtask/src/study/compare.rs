@@ -33,6 +33,66 @@ struct Cell {
     attempts: u64,
 }
 
+/// What a run measured beyond its steps, read from its report wherever the scenario recorded it
+/// (paws-nat's clients that came later, a run's expected drops): a row per figure, shown where
+/// any kernel has it. Every figure is read from the reports as they are, never computed anew.
+struct Figure {
+    name: &'static str,
+    /// The figure's text for one run (`run`) of one report (`report`, for its checks), if any.
+    read: fn(run: &Value, report: &Value) -> Option<String>,
+}
+
+const RUN_FIGURES: &[Figure] = &[
+    Figure {
+        name: "`tcp_timestamps` of the first / the later clients",
+        read: |run, _| {
+            let l = &run["later_clients"];
+            Some(format!("{} / {}", l["first_tcp_timestamps"].as_str()?, l["later_tcp_timestamps"].as_str()?))
+        },
+    },
+    Figure {
+        name: "first connections set aside (clock not ahead)",
+        read: |run, _| count(&run["later_clients"]["set_aside"]),
+    },
+    Figure { name: "later clients connected", read: |run, _| count(&run["later_clients"]["connected"]) },
+    Figure {
+        name: "later clients still waiting when the watch ended",
+        read: |run, _| count(&run["later_clients"]["still_waiting"]),
+    },
+    Figure {
+        name: "later clients connected after 0.9 s or more",
+        read: |run, _| count(&run["later_clients"]["after_a_retransmission"]),
+    },
+    Figure {
+        name: "later clients' connect() µs, p50 / max",
+        read: |run, _| {
+            let q = &run["later_clients"]["connect_us"];
+            (q["n"].as_u64()? > 0)
+                .then(|| format!("{:.0} / {:.0}", q["p50"].as_f64().unwrap_or(0.0), q["max"].as_f64().unwrap_or(0.0)))
+        },
+    },
+    Figure {
+        name: "SYNs rejected by PAWS (kernel counters)",
+        read: |run, _| count(&run["later_clients"]["paws_rejections"]),
+    },
+    Figure { name: "packets dropped, twtrace / kernel counter", read: drops_seen },
+];
+
+fn count(v: &Value) -> Option<String> {
+    v.as_u64().map(|n| n.to_string())
+}
+
+/// A run's expected drops (reason and the kernel's count) against twtrace's drop events of
+/// that reason, as the run's check compared them.
+fn drops_seen(run: &Value, report: &Value) -> Option<String> {
+    let reason = run["expected_drops"][0].as_str()?;
+    let label = run["label"].as_str()?;
+    let what = format!("{label}: packets dropped with reason {reason}");
+    let check =
+        report["checks"].as_array()?.iter().find(|c| c["what"].as_str().is_some_and(|w| w.starts_with(&what)))?;
+    Some(format!("{} / {} ({reason})", check["observed"].as_u64()?, check["expected"].as_u64()?))
+}
+
 /// A run (holder/variant) with its steps in order, a cell per column.
 struct RunRows {
     label: String,
@@ -41,6 +101,8 @@ struct RunRows {
     /// Per column: TIME_WAIT sockets that ended before their timer, as `local after N µs (reason)`.
     early: Vec<Vec<String>>,
     steps: Vec<(String, Vec<Option<Cell>>)>,
+    /// Per figure of [`RUN_FIGURES`] (by index): its text per column.
+    measured: Vec<Vec<Option<String>>>,
 }
 
 pub struct Comparison {
@@ -92,6 +154,7 @@ impl Comparison {
                             unavailable: vec![None; outcomes.len()],
                             early: vec![Vec::new(); outcomes.len()],
                             steps: Vec::new(),
+                            measured: vec![vec![None; outcomes.len()]; RUN_FIGURES.len()],
                         });
                         runs.len() - 1
                     }
@@ -99,6 +162,9 @@ impl Comparison {
                 let rows = &mut runs[at];
                 rows.unavailable[i] = run["unavailable"].as_str().map(str::to_owned);
                 rows.early[i] = early_deaths(&run["time_wait"]);
+                for (f, figure) in RUN_FIGURES.iter().enumerate() {
+                    rows.measured[f][i] = (figure.read)(run, report);
+                }
                 for step in run["steps"].as_array().into_iter().flatten() {
                     let name = step["label"].as_str().unwrap_or("?").to_owned();
                     let row = match rows.steps.iter().position(|(n, _)| *n == name) {
@@ -144,6 +210,24 @@ impl Comparison {
                 }
                 md += "\n";
             }
+            let measured: Vec<(&Figure, &Vec<Option<String>>)> =
+                RUN_FIGURES.iter().zip(&run.measured).filter(|(_, cells)| cells.iter().any(Option::is_some)).collect();
+            if !measured.is_empty() {
+                md += "\n| measured |";
+                for c in &self.columns {
+                    md += &format!(" {} |", c.label);
+                }
+                md += "\n|---|";
+                md += &"---|".repeat(self.columns.len());
+                md += "\n";
+                for (figure, cells) in measured {
+                    md += &format!("| {} |", figure.name);
+                    for cell in cells {
+                        md += &format!(" {} |", cell.as_deref().unwrap_or(""));
+                    }
+                    md += "\n";
+                }
+            }
             for (c, why) in self.columns.iter().zip(&run.unavailable) {
                 if let Some(why) = why {
                     md += &format!("\n{}: not run ({why}).\n", c.label);
@@ -169,6 +253,10 @@ impl Comparison {
             "runs": self.runs.iter().map(|r| json!({
                 "run": r.label,
                 "time_wait_ended_early": self.columns.iter().zip(&r.early).map(|(c, e)| json!({"where": c.label, "sockets": e})).collect::<Vec<_>>(),
+                "measured": RUN_FIGURES.iter().zip(&r.measured).filter(|(_, cells)| cells.iter().any(Option::is_some)).map(|(f, cells)| json!({
+                    "figure": f.name,
+                    "by_kernel": self.columns.iter().zip(cells).map(|(c, v)| json!({"where": c.label, "value": v})).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
                 "steps": r.steps.iter().map(|(name, cells)| json!({
                     "step": name,
                     "by_kernel": self.columns.iter().zip(cells).map(|(c, cell)| json!({
@@ -371,6 +459,40 @@ mod tests {
                           "early": [[1.0, "reused", "a"], [2.0, "reused", "b"], [3.0, "reused", "c"], [4.0, "reset", "d"]]});
         assert_eq!(early_deaths(&many), ["400 (reset 1, reused 399), lifetime ms min/p50/max 1000.7/1025.0/1990.4"]);
         assert!(early_deaths(&json!(null)).is_empty());
+    }
+
+    #[test]
+    fn figures_a_run_measured_get_a_row_each_where_a_kernel_has_them() {
+        let run = |drops: bool| {
+            json!({"label": "clock behind", "unavailable": null,
+                "steps": [{"label": "first clients", "utilisation": 0.0, "attempts": 3, "failures": {}, "connect_us": {"p50": 10.0}}],
+                "later_clients": {"first_tcp_timestamps": "1", "later_tcp_timestamps": "2", "set_aside": 4, "connected": 3,
+                                  "after_a_retransmission": 0, "still_waiting": 0, "paws_rejections": 3,
+                                  "connect_us": {"n": 3, "mean": 1.0, "p50": 11234.4, "p99": 2.0, "max": 12000.0}},
+                "expected_drops": if drops { json!(["TCP_RFC7323_TW_PAWS", 3]) } else { Value::Null }})
+        };
+        let report = |kernel: &str, drops: bool| {
+            json!({"kernel": kernel, "kernel_build": "#1", "params": {"clients": "3"}, "passed": true,
+                "twtrace": {"backends": {"portsearch": "fentry"}}, "runs": [run(drops)],
+                "checks": [{"what": "clock behind: packets dropped with reason TCP_RFC7323_TW_PAWS (kernel counter vs twtrace)",
+                            "expected": 3, "observed": 3, "passed": true}]})
+        };
+        let places = vec![
+            Outcome { label: "6.12".into(), report: Some(report("6.12.1", false)), problem: None },
+            Outcome { label: "6.18".into(), report: Some(report("6.18.1", true)), problem: None },
+        ];
+        let c = Comparison::new("paws-nat", &places);
+        let md = c.markdown();
+        assert!(md.contains("| measured | 6.12 | 6.18 |"), "{md}");
+        assert!(md.contains("| later clients' connect() µs, p50 / max | 11234 / 12000 | 11234 / 12000 |"), "{md}");
+        assert!(md.contains("| SYNs rejected by PAWS (kernel counters) | 3 | 3 |"), "{md}");
+        // Only where the kernel names the reason.
+        assert!(md.contains("| packets dropped, twtrace / kernel counter |  | 3 / 3 (TCP_RFC7323_TW_PAWS) |"), "{md}");
+        let j = c.json();
+        assert_eq!(j["runs"][0]["measured"][2]["figure"], "later clients connected");
+        assert_eq!(j["runs"][0]["measured"][2]["by_kernel"][1]["value"], "3");
+        // A scenario without such figures gets no measured table.
+        assert!(!Comparison::new("search-cost", &outcomes()).markdown().contains("\n| measured |"));
     }
 
     #[test]
