@@ -123,7 +123,7 @@ fn veth_pair(client: &Netns, server: &Netns, n: u8) -> bool {
     true
 }
 
-/// The guests' kernels build veth as a module and their initramfs loads none.
+/// The guests' kernels build veth as a module, and only guests with the lab's tools load it.
 const NO_VETH: &str = "no veth device type (a module this kernel did not load); the host runs this test";
 
 /// `tcp_tw_reuse=1` on a namespace that only accepts (a server closing first, its clients in

@@ -119,12 +119,9 @@ fn three_namespaces_are_found_by_name_with_their_own_settings() {
             ns
         })
         .collect();
-    // Something to see inside the first: a listener and three client-side TIME_WAIT sockets.
-    let listener = namespaces[0].run(|| {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        support::client_closes_first(&listener, 3);
-        listener
-    });
+    // Something to see inside the first: a listener, and (just before the hooks read the
+    // namespace, below) three client-side TIME_WAIT sockets.
+    let listener = namespaces[0].run(|| TcpListener::bind("127.0.0.1:0").unwrap());
 
     let mut registry = NetnsRegistry::new();
     let report = registry.refresh().expect("refresh");
@@ -156,8 +153,15 @@ fn three_namespaces_are_found_by_name_with_their_own_settings() {
         assert_eq!(registry.sysctls(id).expect("read afresh"), truth);
     }
 
-    // The hooks read inside the namespace: its counters and its sockets, nobody else's.
+    // The hooks read inside the namespace: its counters and its sockets, nobody else's. The
+    // TIME_WAIT sockets are made now: a TIME_WAIT socket lives 60 s, and in an emulated guest
+    // the refresh above, beside a test that makes 200 namespaces, took longer than that
+    // (6.18 guest, 2026-12-07: none of the three was left).
     let first = &namespaces[0];
+    let listener = first.run(move || {
+        support::client_closes_first(&listener, 3);
+        listener
+    });
     let id = id_of(first);
     let counters = registry.netstat(id).expect("netstat inside");
     let truth = first.netstat();

@@ -101,7 +101,11 @@ fn prometheus_sees_each_namespace_as_ss_does() {
     eprintln!("ss: TIME_WAIT {tw_truth:?}, ports {ports_truth:?}; churn EADDRNOTAVAIL {refused:?}");
     assert_eq!(ports_truth[0], 100, "the small range was exhausted");
     assert!(refused[0] > 0, "{}", summaries[0]);
-    assert!(tw_truth[1] <= 50, "the bucket limit held: {}", tw_truth[1]);
+    // The kernel checks the limit before it counts the new socket, without a lock
+    // (`inet_twsk_alloc`): sockets closing on several CPUs at once can each pass it, so one
+    // over per other CPU (51 in a two-vCPU guest, 2026-12-07).
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    assert!(tw_truth[1] <= 50 + cpus - 1, "the bucket limit held: {} ({cpus} CPUs)", tw_truth[1]);
 
     for ((pod, summary), (tw, ports)) in pods.iter().zip(&summaries).zip(tw_truth.iter().zip(&ports_truth)) {
         let name = &pod.ns.name;
@@ -164,7 +168,9 @@ fn prometheus_sees_each_namespace_as_ss_does() {
     if Path::new(DEPLOY).exists() {
         deploy_queries_return_data(&prom, &rules);
     } else {
-        eprintln!("note: no deploy/ directory: dashboard and rule queries not checked");
+        // Recorded, so that a runner that lost the files (the VM lab copies them into its
+        // guests) is told: the table has no such gap.
+        support::skip("serve", &format!("no deploy/ directory at {DEPLOY}: dashboard and rule queries not checked"));
     }
 
     let said = serve.stop();
@@ -204,13 +210,29 @@ fn pods_laid_out_as_the_kubelet_does_are_named_in_prometheus() {
     web.netns.sysctl("net.ipv4.ip_local_port_range", &format!("{} {}", range.0, range.1));
     web.netns.sysctl("net.ipv4.tcp_tw_reuse", "0");
 
-    let procs = own_dir.join("cgroup.procs");
+    let procs = std::ffi::CString::new(own_dir.join("cgroup.procs").into_os_string().into_encoded_bytes()).unwrap();
     let serve = Serve::start_with(&["--top", "10"], |argv| {
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", "echo $$ > \"$0\" && exec unshare --cgroup \"$@\""])
-            .arg(&procs)
-            .args(argv)
-            .env(KUBELET_POD_LOGS, &logs);
+        use std::os::unix::process::CommandExt as _;
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]).env(KUBELET_POD_LOGS, &logs);
+        // Into its pod's cgroup ("0": the writer itself), then a cgroup namespace of its own,
+        // in the child before it execs twtrace: what `unshare --cgroup` does, without a
+        // shell and util-linux (busybox's sh and unshare in the VM guests have no --cgroup).
+        // SAFETY: only async-signal-safe calls (open, write, close, unshare) on data made
+        // before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                if libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         cmd
     });
     let ns_of = |pid: String| std::fs::read_link(format!("/proc/{pid}/ns/cgroup")).unwrap();

@@ -44,7 +44,7 @@ pub fn can_run() -> bool {
         return false;
     }
     if let Some(why) = missing_tools() {
-        // In the form the VM matrix reports (its guests have no Prometheus).
+        // In the form the VM matrix reports (only its guests with the lab's tools have Prometheus).
         support::skip("serve", &why);
         return false;
     }
