@@ -17,7 +17,7 @@ pub struct TestArgs {
     /// Only the VM matrix.
     #[arg(long, conflicts_with = "no_vm")]
     pub vm_only: bool,
-    /// Kernels for the VM matrix (default: 5.10, 6.1, 6.12; `6.18` and `sid` on demand). Repeatable.
+    /// Kernels for the VM matrix (default: 5.10, 6.1, 6.12, 6.18; `sid` on demand). Repeatable.
     #[arg(long = "kernel")]
     pub kernels: Vec<String>,
     /// Guests booted at once (each takes one host core under software emulation; default:

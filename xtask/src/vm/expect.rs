@@ -35,6 +35,12 @@ pub struct KernelRow {
     /// Whether it has BTF (`/sys/kernel/btf/vmlinux`): BTF-dependent tests skip only where
     /// this is false. Debian has built every kernel here with BTF.
     pub btf: bool,
+    /// Whether its guest carries the lab's tools (`vm::GUEST_TOOLS_EXTRA`): nft, Prometheus and
+    /// promtool, curl, openssl, Python's OpenMetrics parser, and this build's veth, nf_tables
+    /// and nf_conntrack modules loaded at boot. Without them the [`NO_TOOLS`] gaps apply. They
+    /// add about 40 MB to the initramfs, so only the kernel that runs doctor and serve on
+    /// fentry and kprobe (plan.rs) has them.
+    pub tools: bool,
     pub gaps: &'static [Gap],
 }
 
@@ -56,6 +62,11 @@ pub const EVERY_GUEST: &[Gap] = &[
         ALL,
         "no browser in the guest (chromium with its libraries is hundreds of MB; the host runs this test)",
     ),
+];
+
+/// Gaps where the guest has no lab tools (a row with `tools: false`): no nft nor the netfilter
+/// and veth modules, no Prometheus. A guest with the tools runs all of these.
+pub const NO_TOOLS: &[Gap] = &[
     gap("serve", "prometheus_sees_each_namespace_as_ss_does", ALL, NO_PROMETHEUS),
     gap("serve", "tls_and_basic_auth_from_the_web_config_file", ALL, NO_PROMETHEUS),
     gap("serve", "slow_clients_and_sigterm_during_scrapes", ALL, NO_PROMETHEUS),
@@ -73,16 +84,16 @@ pub const EVERY_GUEST: &[Gap] = &[
     gap("doctor_settings", "reuse_is_possible_toward_a_peer_with_timestamps_and_not_toward_one_without", ALL, NO_VETH),
 ];
 
-/// Scenarios with nftables rules: the guests have no nft (nor load the nf_tables modules).
+/// Scenarios with nftables rules, in a guest without the lab's tools.
 const NO_NFT: &str = "nft (nftables) is missing: `cargo xtask setup` installs it on the host; the guests have none";
 
-/// Scenarios with two namespaces joined by a veth pair: Debian builds veth as a module, and the
-/// guests load none; the host runs them. (The timewait binary checks the timestamps each birth
+/// Scenarios with two namespaces joined by a veth pair: Debian builds veth as a module, and a
+/// guest without the lab's tools loads none; the host runs them. (The timewait binary checks the timestamps each birth
 /// carries on every backend, in one namespace.)
 const NO_VETH: &str = "no veth device type (a module this kernel did not load); the host runs this test";
 
 /// The exporter's tests run a real Prometheus (and curl, openssl, Python's strict OpenMetrics
-/// parser): Debian packages the host installs, not in the guests' initramfs.
+/// parser): Debian packages the host installs, in the initramfs of a guest with the tools only.
 const NO_PROMETHEUS: &str =
     "no Prometheus, promtool, curl, openssl or Python prometheus-client in the guest; the host runs these tests";
 
@@ -102,6 +113,7 @@ pub const KERNELS: &[KernelRow] = &[
     KernelRow {
         kernel: "5.10",
         btf: true,
+        tools: false,
         gaps: &[
             gap("drops", "ipv4_established_paws_drops_match_counter", ALL, PAWS_ESTABLISHED),
             gap("drops", "ipv6_established_paws_drops_match_counter", ALL, PAWS_ESTABLISHED),
@@ -134,6 +146,7 @@ pub const KERNELS: &[KernelRow] = &[
     KernelRow {
         kernel: "6.1",
         btf: true,
+        tools: false,
         gaps: &[
             tw_paws("drops", "ipv4_time_wait_paws_drops_match_counter"),
             tw_paws("drops", "ipv6_time_wait_paws_drops_match_counter"),
@@ -144,6 +157,7 @@ pub const KERNELS: &[KernelRow] = &[
     KernelRow {
         kernel: "6.12",
         btf: true,
+        tools: false,
         gaps: &[
             tw_paws("drops", "ipv4_time_wait_paws_drops_match_counter"),
             tw_paws("drops", "ipv6_time_wait_paws_drops_match_counter"),
@@ -153,10 +167,12 @@ pub const KERNELS: &[KernelRow] = &[
     },
     // Everything of 6.16+: the TIME_WAIT PAWS tests (drops, top) run on all three backends
     // here, and the port search hooks `__inet_hash_connect` with its 2025 `hash_port0`
-    // argument (fexit chosen by the function's arity in BTF).
-    KernelRow { kernel: "6.18", btf: true, gaps: &[] },
+    // argument (fexit chosen by the function's arity in BTF). Its guest has the lab's tools:
+    // doctor's firewall, conntrack, listener and veth scenarios and the whole exporter run
+    // here on fentry and kprobe.
+    KernelRow { kernel: "6.18", btf: true, tools: true, gaps: &[] },
     // The newest Debian kernel (on demand, not pinned): the table expects everything.
-    KernelRow { kernel: "sid", btf: true, gaps: &[] },
+    KernelRow { kernel: "sid", btf: true, tools: true, gaps: &[] },
 ];
 
 pub fn row(kernel: &str) -> Option<&'static KernelRow> {
@@ -170,6 +186,7 @@ pub fn expected_gaps(kernel: &str, binary: &str, backend: &str) -> Option<BTreeM
     Some(
         EVERY_GUEST
             .iter()
+            .chain(if row.tools { &[][..] } else { NO_TOOLS })
             .chain(row.gaps)
             .filter(|g| g.binary == binary && g.backends.contains(&backend))
             .map(|g| (g.test, g.why))
@@ -242,7 +259,7 @@ mod tests {
 
     #[test]
     fn every_gap_names_known_backends_and_a_reason() {
-        for g in KERNELS.iter().flat_map(|k| k.gaps).chain(EVERY_GUEST) {
+        for g in KERNELS.iter().flat_map(|k| k.gaps).chain(EVERY_GUEST).chain(NO_TOOLS) {
             assert!(!g.backends.is_empty() && g.backends.iter().all(|b| BACKENDS.contains(b)), "{g:?}");
             assert!(!g.why.is_empty(), "{g:?}");
         }
@@ -271,6 +288,19 @@ mod tests {
             assert!(expected_gaps("6.12", "drops", b).unwrap().contains_key("ipv4_time_wait_paws_drops_match_counter"));
         }
         assert_eq!(expected_gaps("/some/bzImage", "drops", "fentry"), None);
+    }
+
+    /// doctor and serve run in full where the guest has the tools, and only there.
+    #[test]
+    fn doctor_and_serve_run_in_full_where_the_guest_has_the_tools() {
+        for b in FENTRY_KPROBE {
+            assert_eq!(expected_gaps("6.18", "doctor", b).unwrap(), BTreeMap::new());
+            assert_eq!(expected_gaps("6.18", "serve", b).unwrap(), BTreeMap::new());
+            assert!(
+                expected_gaps("6.12", "serve", b).unwrap().contains_key("tls_and_basic_auth_from_the_web_config_file")
+            );
+        }
+        assert!(KERNELS.iter().any(|k| k.tools && super::super::matrix::DEFAULT_KERNELS.contains(&k.kernel)));
     }
 
     #[test]

@@ -205,6 +205,147 @@ pub fn kernel_image(spec: &KernelSpec, refresh: bool) -> anyhow::Result<(PathBuf
     bail!("no vmlinuz in {package} or its linux-binary dependency")
 }
 
+/// Modules a guest with the lab's tools loads at boot (expect.rs, `tools`): the veth device
+/// type (two namespaces joined by a pair) and nftables with connection tracking (doctor's
+/// firewall, conntrack and listener scenarios). Debian builds them as modules.
+pub const GUEST_MODULES: &[&str] = &["veth", "nfnetlink", "nf_tables", "nf_conntrack", "nft_ct"];
+
+/// A kernel build's modules for the guest: a tree to lay over the guest's root
+/// (`lib/modules/<release>/...`, decompressed) and the guest paths in load order.
+#[derive(Clone, Debug)]
+pub struct GuestModules {
+    pub root: PathBuf,
+    pub load_order: Vec<String>,
+}
+
+/// [`GUEST_MODULES`] and every module they depend on (the package's own modules.dep, made by
+/// `busybox depmod`: Debian ships none in the .deb, its postinst runs depmod), taken from the
+/// very build `build` (`<package> <version>`, as [`kernel_image`] returned it) and cached.
+pub fn guest_modules(spec: &KernelSpec, build: &str) -> anyhow::Result<GuestModules> {
+    let KernelSpec::Debian(k) = spec else {
+        bail!("a local kernel image comes without its modules; the lab's tools need a Debian kernel");
+    };
+    let (package, version) = build.split_once(' ').context("a build is `<package> <version>`")?;
+    let dir = cache_dir().join("kernels").join(k.name).join(format!("modules-{version}"));
+    let order_file = dir.join("load-order");
+    let cached = || -> Option<GuestModules> {
+        let text = std::fs::read_to_string(&order_file).ok()?;
+        Some(GuestModules { root: dir.join("root"), load_order: text.lines().map(str::to_owned).collect() })
+    };
+    if let Some(found) = cached() {
+        return Ok(found);
+    }
+    let _lock = FetchLock::take()?;
+    if let Some(found) = cached() {
+        return Ok(found);
+    }
+    let apt = AptGroup::new(k)?;
+    let work = dir.with_extension("download");
+    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&work)?;
+    // The modules are in the image package (<= 6.x) or in its linux-binary dependency.
+    let mut candidates = vec![format!("{package}={version}")];
+    candidates.extend(
+        apt.depends(&format!("{package}={version}"))?
+            .into_iter()
+            .filter(|d| d.starts_with("linux-binary-") && !d.contains("unsigned")),
+    );
+    let tree = work.join("tree");
+    let mut modules = None;
+    for candidate in &candidates {
+        let fetch = || run_cmd(apt.command("apt-get").args(["download", "-q", candidate]).current_dir(&work));
+        if fetch().is_err() {
+            // The lists may be older than the archive: update once, then fetch again.
+            apt.update()?;
+            fetch()?;
+        }
+        let name = candidate.split('=').next().unwrap_or(candidate);
+        let deb = std::fs::read_dir(&work)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}_"))))
+            .with_context(|| format!("downloaded {candidate} but found no .deb"))?;
+        std::fs::create_dir_all(&tree)?;
+        let script = format!("dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}'", deb.display(), tree.display());
+        run_cmd(Command::new("sh").args(["-c", &script]))?;
+        // bullseye's packages keep modules under /lib, later ones under /usr/lib.
+        for base in [tree.join("usr"), tree.clone()] {
+            let Ok(entries) = std::fs::read_dir(base.join("lib/modules")) else { continue };
+            if let Some(release) = entries.filter_map(Result::ok).find(|e| e.path().join("kernel").is_dir()) {
+                modules = Some((base, release.file_name().to_string_lossy().into_owned()));
+                break;
+            }
+        }
+        if modules.is_some() {
+            break;
+        }
+    }
+    let (base, release) =
+        modules.with_context(|| format!("no lib/modules/<release>/kernel in {}", candidates.join(" or ")))?;
+    run_cmd(Command::new("busybox").arg("depmod").arg("-b").arg(&base).arg(&release))?;
+    let from = base.join("lib/modules").join(&release);
+    let dep = std::fs::read_to_string(from.join("modules.dep")).context("busybox depmod wrote no modules.dep")?;
+    let order = load_order(&dep, GUEST_MODULES)?;
+    let root = dir.join("root");
+    let guest_dir = format!("lib/modules/{release}");
+    let mut load_order = Vec::new();
+    for path in order {
+        let plain = strip_compression(&path);
+        let to = root.join(&guest_dir).join(plain);
+        std::fs::create_dir_all(to.parent().expect("a module's path has a directory"))?;
+        // Decompressed here: the guest's insmod then needs no decompressor. busybox (the
+        // guests' own, installed by setup) reads xz and gzip; zstd for packages that use it.
+        let decompress = match path.rsplit('.').next() {
+            Some("xz") => Some("busybox xzcat"),
+            Some("gz") => Some("busybox zcat"),
+            Some("zst") => Some("zstd -dc"),
+            _ => None,
+        };
+        match decompress {
+            Some(tool) => {
+                let script = format!("{tool} '{}' > '{}'", from.join(&path).display(), to.display());
+                run_cmd(Command::new("sh").args(["-c", &script]))?;
+            }
+            None => drop(std::fs::copy(from.join(&path), &to)?),
+        }
+        load_order.push(format!("/{guest_dir}/{plain}"));
+    }
+    std::fs::write(dir.join("load-order"), load_order.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+    let _ = std::fs::remove_dir_all(&work);
+    cached().context("the module cache was just written")
+}
+
+fn strip_compression(path: &str) -> &str {
+    [".xz", ".zst", ".gz"].iter().find_map(|ext| path.strip_suffix(ext)).unwrap_or(path)
+}
+
+/// The order in which to load `wanted` and what they depend on, from a modules.dep (each line
+/// `path: dep dep ...`, the dependencies listed so that the last loads first), as modprobe
+/// does: every module after its dependencies, each once.
+pub fn load_order(modules_dep: &str, wanted: &[&str]) -> anyhow::Result<Vec<String>> {
+    let name_of = |path: &str| {
+        let file = strip_compression(path).rsplit('/').next().unwrap_or(path);
+        file.strip_suffix(".ko").unwrap_or(file).replace('-', "_")
+    };
+    let mut deps = std::collections::BTreeMap::new();
+    for line in modules_dep.lines() {
+        let Some((path, rest)) = line.split_once(':') else { continue };
+        deps.insert(name_of(path), (path.to_owned(), rest.split_whitespace().map(str::to_owned).collect::<Vec<_>>()));
+    }
+    let mut order: Vec<String> = Vec::new();
+    for want in wanted {
+        let (path, needs) =
+            deps.get(*want).with_context(|| format!("no module {want} in this kernel's modules.dep"))?;
+        for p in needs.iter().rev().chain(std::iter::once(path)) {
+            if !order.contains(p) {
+                order.push(p.clone());
+            }
+        }
+    }
+    Ok(order)
+}
+
 /// An exclusive `flock` on the kernel cache, released when the file closes (on drop, or when
 /// the process dies).
 struct FetchLock {
@@ -402,6 +543,23 @@ mod tests {
         let mut builds = ["6.16.12+deb13", "6.16.3+deb13", "6.16.9+deb13"].map(numbers);
         builds.sort();
         assert_eq!(builds.last().unwrap(), &vec![6, 16, 12, 13]);
+    }
+
+    #[test]
+    fn modules_load_after_what_they_depend_on() {
+        let dep = "kernel/net/netfilter/nf_tables.ko.xz: kernel/net/netfilter/nfnetlink.ko.xz\n\
+                   kernel/drivers/net/veth.ko.xz:\n\
+                   kernel/net/netfilter/nfnetlink.ko.xz:\n\
+                   kernel/net/netfilter/nft_ct.ko.xz: kernel/net/netfilter/nf_conntrack.ko.xz \
+                   kernel/net/ipv4/netfilter/nf_defrag_ipv4.ko.xz kernel/net/netfilter/nf_tables.ko.xz \
+                   kernel/net/netfilter/nfnetlink.ko.xz\n\
+                   kernel/net/netfilter/nf_conntrack.ko.xz: kernel/net/ipv4/netfilter/nf_defrag_ipv4.ko.xz\n\
+                   kernel/net/ipv4/netfilter/nf_defrag_ipv4.ko.xz:\n";
+        let order = load_order(dep, &["veth", "nft_ct"]).unwrap();
+        let names: Vec<&str> =
+            order.iter().map(|p| p.rsplit('/').next().unwrap().strip_suffix(".ko.xz").unwrap()).collect();
+        assert_eq!(names, ["veth", "nfnetlink", "nf_tables", "nf_defrag_ipv4", "nf_conntrack", "nft_ct"]);
+        assert!(load_order(dep, &["nf_nat"]).is_err(), "a module the kernel lacks is an error, not a skip");
     }
 
     #[test]

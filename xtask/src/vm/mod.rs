@@ -38,6 +38,41 @@ const GUEST_DATA: &[&str] = &[
     "/lib/terminfo/x/xterm-256color",
 ];
 
+/// The lab's tools, for a guest whose kernel row has `tools` (expect.rs): copied with their
+/// libraries. nft for doctor's firewall, conntrack and listener scenarios; Debian's Prometheus
+/// and promtool (Go, about 100 MB together: hence not in every guest), curl and openssl for
+/// serve's tests.
+const GUEST_TOOLS_EXTRA: &[&str] =
+    &["/usr/sbin/nft", "/usr/bin/prometheus", "/usr/bin/promtool", "/usr/bin/curl", "/usr/bin/openssl"];
+
+/// Data files of those tools: openssl's configuration (where its OPENSSLDIR looks), and the
+/// names nft resolves.
+const GUEST_DATA_EXTRA: &[(&str, &str)] = &[
+    ("/usr/lib/ssl/openssl.cnf", "/usr/lib/ssl/openssl.cnf"),
+    ("/etc/protocols", "/etc/protocols"),
+    ("/etc/services", "/etc/services"),
+];
+
+/// The strict OpenMetrics check of serve's test is the Python client's parser (Debian's
+/// python3-prometheus-client), as on the host. The guest gets the interpreter and exactly the
+/// files that importing and running the parser loads on the host (each module's source and
+/// its compiled form, mtimes kept so that the compiled form stays valid): about 12 MB, not
+/// the whole standard library.
+const PYTHON: &str = "/usr/bin/python3";
+const PYTHON_FILES: &str = "import sys, importlib.util, os
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as p
+list(p('# TYPE a counter\\na_total 1\\n# EOF\\n'))
+for m in list(sys.modules.values()):
+    f = getattr(m, '__file__', None)
+    if not f:
+        continue
+    print(f)
+    if f.endswith('.py'):
+        c = importlib.util.cache_from_source(f)
+        if os.path.exists(c):
+            print(c)
+";
+
 /// The guest's init (busybox sh): one booted line, one exit line, power off.
 const INIT: &str = include_str!("guest/init.sh");
 
@@ -87,6 +122,83 @@ impl GuestFiles {
     }
 }
 
+/// The lab's tools for a kernel's guest ([`GUEST_TOOLS_EXTRA`], Python's parser, serve's
+/// deploy/ files and `modules`), packed as an initramfs of their own: the kernel unpacks
+/// concatenated archives one after the other, so a guest with the tools boots the base
+/// archive followed by this one ([`initramfs_with`]).
+pub fn build_tools_cpio(modules: &kernels::GuestModules, out: &Path) -> anyhow::Result<()> {
+    let root = out.with_extension("root");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("etc"))?;
+    let mut libraries = BTreeSet::new();
+    for tool in GUEST_TOOLS_EXTRA.iter().chain([&PYTHON]) {
+        copy(Path::new(tool), &root.join(tool.trim_start_matches('/')))?;
+        libraries.extend(shared_libraries(Path::new(tool))?);
+    }
+    for (host, guest) in GUEST_DATA_EXTRA {
+        copy(Path::new(host), &root.join(guest.trim_start_matches('/')))?;
+    }
+    let listed = Command::new(PYTHON).args(["-c", PYTHON_FILES]).output().context("python3")?;
+    if !listed.status.success() {
+        bail!(
+            "the OpenMetrics parser does not run on this host (`cargo xtask setup` installs \
+             python3-prometheus-client): {}",
+            String::from_utf8_lossy(&listed.stderr)
+        );
+    }
+    for file in String::from_utf8_lossy(&listed.stdout).lines().map(Path::new) {
+        let to = root.join(file.strip_prefix("/").unwrap_or(file));
+        copy(file, &to)?;
+        // A compiled module is used only while its source's mtime matches the one it records.
+        let modified = std::fs::metadata(file)?.modified()?;
+        std::fs::File::options().write(true).open(&to)?.set_modified(modified)?;
+        if file.extension().is_some_and(|e| e == "so") {
+            libraries.extend(shared_libraries(file)?);
+        }
+    }
+    for lib in &libraries {
+        copy(lib, &root.join(lib.strip_prefix("/").unwrap_or(lib)))?;
+    }
+    // serve's test reads the deploy/ files at the path it was built with,
+    // `<workspace>/twtrace/../deploy`: that path resolves only if twtrace/ exists too.
+    let deploy = workspace_root().join("deploy");
+    copy_tree(&deploy, &root.join(deploy.strip_prefix("/").unwrap_or(&deploy)))?;
+    let crate_dir = workspace_root().join("twtrace");
+    std::fs::create_dir_all(root.join(crate_dir.strip_prefix("/").unwrap_or(&crate_dir)))?;
+    copy_tree(&modules.root, &root)?;
+    std::fs::write(
+        root.join("etc/twtrace-modules"),
+        modules.load_order.iter().map(|m| format!("{m}\n")).collect::<String>(),
+    )?;
+    pack(&root, out)
+}
+
+/// `base` followed by `extra`, as one initramfs for QEMU's `-initrd`, written to `out`.
+pub fn initramfs_with(base: &Path, extra: &Path, out: &Path) -> anyhow::Result<()> {
+    let mut file = std::fs::File::create(out)?;
+    for part in [base, extra] {
+        std::io::copy(&mut std::fs::File::open(part)?, &mut file)?;
+    }
+    Ok(())
+}
+
+/// The initramfs for a guest of `spec` (built `build`): `base` as is, or with the lab's tools
+/// where the table says the kernel's guest has them (expect.rs), into `work`.
+pub fn initramfs_for(spec: &str, build: &str, base: &Path, work: &Path) -> anyhow::Result<PathBuf> {
+    if !expect::row(spec).is_some_and(|r| r.tools) {
+        return Ok(base.to_owned());
+    }
+    let kernel = kernels::KernelSpec::parse(spec)?;
+    let modules = kernels::guest_modules(&kernel, build)?;
+    let name = kernel.label().replace(['/', ' '], "_");
+    let tools = work.join(format!("tools-{name}.cpio.gz"));
+    build_tools_cpio(&modules, &tools)?;
+    let out = work.join(format!("initramfs-{name}.cpio.gz"));
+    initramfs_with(base, &tools, &out)?;
+    let _ = std::fs::remove_file(&tools);
+    Ok(out)
+}
+
 /// Builds a gzip'd newc initramfs: busybox, the guest tools with their libraries, `files`, and
 /// an init that runs `script` (a shell script) and reports its status.
 pub fn build_initramfs(files: &GuestFiles, script: &str, out: &Path) -> anyhow::Result<()> {
@@ -121,13 +233,18 @@ pub fn build_initramfs(files: &GuestFiles, script: &str, out: &Path) -> anyhow::
     let init = root.join("init");
     std::fs::write(&init, INIT)?;
     std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))?;
+    pack(&root, out)
+}
+
+/// Packs the tree at `root` as a gzip'd newc archive at `out`, and removes the tree.
+fn pack(root: &Path, out: &Path) -> anyhow::Result<()> {
     let pack = format!(
         "cd '{}' && find . -print0 | cpio --null -o -H newc --quiet | gzip -1 > '{}'",
         root.display(),
         out.display()
     );
     run_cmd(Command::new("sh").args(["-c", &pack]))?;
-    std::fs::remove_dir_all(&root)?;
+    std::fs::remove_dir_all(root)?;
     Ok(())
 }
 
@@ -361,12 +478,13 @@ pub fn run(kernels: &[String], command: &[String], timeout: Duration, refresh: b
     let script = format!("{}\n", command.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" "));
     let work = kernels::cache_dir().join("run");
     std::fs::create_dir_all(&work)?;
-    let initramfs = work.join("initramfs.cpio.gz");
-    build_initramfs(&files, &script, &initramfs)?;
+    let base = work.join("initramfs.cpio.gz");
+    build_initramfs(&files, &script, &base)?;
     let mut failed = false;
-    for spec in kernels {
-        let spec = kernels::KernelSpec::parse(spec)?;
+    for spec_text in kernels {
+        let spec = kernels::KernelSpec::parse(spec_text)?;
         let (image, version) = kernels::kernel_image(&spec, refresh)?;
+        let initramfs = initramfs_for(spec_text, &version, &base, &work)?;
         eprintln!("xtask: vm: booting {} ({version})", spec.label());
         let stdout = std::io::stdout();
         let outcome = boot(&image, &initramfs, timeout, |line| {

@@ -23,6 +23,14 @@ mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
 # container-shaped cgroups to check it.
 mount -t cgroup2 none /sys/fs/cgroup
 ip link set lo up
+# A guest with the lab's tools (xtask/src/vm/expect.rs, `tools`) loads this build's modules,
+# each after what it depends on (the order xtask read from the package's modules.dep). A
+# module that does not load is said here, and the tests that need it fail.
+if [ -f /etc/twtrace-modules ]; then
+  while read -r module; do
+    insmod "$module" || echo "twtrace-vm: insmod $module failed"
+  done < /etc/twtrace-modules
+fi
 echo "$MARK_BOOTED $(uname -r) | $(uname -v)"
 cd /tmp
 sh /command.sh
