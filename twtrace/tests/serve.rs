@@ -65,8 +65,12 @@ impl Pod {
     }
 }
 
+/// Within 2 %; under kprobe in an emulated guest within 20 %, as containers.rs allows and for
+/// the same reason: kprobe hits missed there go unreported (README, known issues). The 6.18
+/// guest served 97 TIME_WAIT sockets of ss's 100 under kprobe (2026-12-07).
 fn within_two_percent(shown: f64, truth: f64) -> bool {
-    (shown - truth).abs() <= 0.02 * truth
+    let percent = if support::kprobe_emulated() { 0.20 } else { 0.02 };
+    (shown - truth).abs() <= percent * truth
 }
 
 #[test]
@@ -105,7 +109,7 @@ fn prometheus_sees_each_namespace_as_ss_does() {
     // (`inet_twsk_alloc`): sockets closing on several CPUs at once can each pass it, so one
     // over per other CPU (51 in a two-vCPU guest, 2026-12-07).
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    assert!(tw_truth[1] <= 50 + cpus - 1, "the bucket limit held: {} ({cpus} CPUs)", tw_truth[1]);
+    assert!(tw_truth[1] < 50 + cpus, "the bucket limit held: {} ({cpus} CPUs)", tw_truth[1]);
 
     for ((pod, summary), (tw, ports)) in pods.iter().zip(&summaries).zip(tw_truth.iter().zip(&ports_truth)) {
         let name = &pod.ns.name;
@@ -130,6 +134,16 @@ fn prometheus_sees_each_namespace_as_ss_does() {
         // The info series names it, without pod or container (an `ip netns` name).
         let info = prom.query(&format!("twtrace_namespace_info{{{selector}}}"));
         assert_eq!(info.len(), 1, "{info:#?}");
+    }
+    // The dashboard and the rules while the churn's state lasts: its TIME_WAIT sockets expire
+    // 60 s after it, and with them the full range the rules must see (in an emulated guest,
+    // checked after the rest of this test, TwtracePortRangeExhausted found nothing).
+    if Path::new(DEPLOY).exists() {
+        deploy_queries_return_data(&prom, &rules);
+    } else {
+        // Recorded, so that a runner that lost the files (the VM lab copies them into its
+        // guests) is told: the table has no such gap.
+        support::skip("serve", &format!("no deploy/ directory at {DEPLOY}: dashboard and rule queries not checked"));
     }
     // Deleted mid-run: gone from the exposition, so Prometheus marks its series stale.
     let start = Instant::now();
@@ -164,14 +178,6 @@ fn prometheus_sees_each_namespace_as_ss_does() {
     assert_eq!((code, body.trim()), (200, "ok"));
     let (code, _) = curl(&[&format!("http://{}/", serve.addr)]);
     assert_eq!(code, 200);
-
-    if Path::new(DEPLOY).exists() {
-        deploy_queries_return_data(&prom, &rules);
-    } else {
-        // Recorded, so that a runner that lost the files (the VM lab copies them into its
-        // guests) is told: the table has no such gap.
-        support::skip("serve", &format!("no deploy/ directory at {DEPLOY}: dashboard and rule queries not checked"));
-    }
 
     let said = serve.stop();
     assert!(!said.iter().any(|l| l.contains("error") || l.contains("WARN")), "{said:#?}");
@@ -491,10 +497,13 @@ fn tls_and_basic_auth_from_the_web_config_file() {
     );
     let serve = Serve::start(&["--web-config-file", web.to_str().unwrap(), "--family", "timewait"]);
     let ca = cert.display();
+    // The jobs that send the password scrape every 3 s with 2.9 s to answer: twtrace checks
+    // it against a bcrypt hash (cost 10) on every scrape, which in an emulated guest took over
+    // the 0.9 s the other jobs get (6.18 guest, 2026-12-07: `up` stayed 0).
     let jobs = format!(
-        "  - job_name: secure\n    scheme: https\n    tls_config:\n      ca_file: {ca}\n    basic_auth:\n      username: prometheus\n      password: scrape-me\n    static_configs:\n      - targets: ['{a}']\n\
+        "  - job_name: secure\n    scrape_interval: 3s\n    scrape_timeout: 2900ms\n    scheme: https\n    tls_config:\n      ca_file: {ca}\n    basic_auth:\n      username: prometheus\n      password: scrape-me\n    static_configs:\n      - targets: ['{a}']\n\
          \x20 - job_name: nocreds\n    scheme: https\n    tls_config:\n      ca_file: {ca}\n    static_configs:\n      - targets: ['{a}']\n\
-         \x20 - job_name: wrongpass\n    scheme: https\n    tls_config:\n      ca_file: {ca}\n    basic_auth:\n      username: prometheus\n      password: guess\n    static_configs:\n      - targets: ['{a}']\n\
+         \x20 - job_name: wrongpass\n    scrape_interval: 3s\n    scrape_timeout: 2900ms\n    scheme: https\n    tls_config:\n      ca_file: {ca}\n    basic_auth:\n      username: prometheus\n      password: guess\n    static_configs:\n      - targets: ['{a}']\n\
          \x20 - job_name: plaintext\n    static_configs:\n      - targets: ['{a}']\n",
         a = serve.addr
     );
