@@ -85,7 +85,7 @@ pub const NO_TOOLS: &[Gap] = &[
 ];
 
 /// Scenarios with nftables rules, in a guest without the lab's tools.
-const NO_NFT: &str = "nft (nftables) is missing: `cargo xtask setup` installs it on the host; the guests have none";
+const NO_NFT: &str = "nft (nftables) is missing: `cargo xtask setup` installs it on the host; VM guests without the lab's tools have none";
 
 /// Scenarios with two namespaces joined by a veth pair: Debian builds veth as a module, and a
 /// guest without the lab's tools loads none; the host runs them. (The timewait binary checks the timestamps each birth

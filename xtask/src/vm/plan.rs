@@ -12,7 +12,7 @@
 //!   rest) under the tracepoint backend, the only one its kernel allows. So each of those
 //!   binaries meets each backend in every CI run.
 //!
-//! - [`WITH_TOOLS`] (doctor and serve) also run on fentry and kprobe both, where the guest has
+//! - [`WITH_TOOLS`] (doctor's three binaries and serve) also run on fentry and kprobe both, where the guest has
 //!   the lab's tools (expect.rs, `tools`: nft, the netfilter and veth modules, Prometheus):
 //!   their firewall, conntrack, listener and exporter scenarios run nowhere else on those
 //!   backends.
@@ -27,7 +27,7 @@ use crate::runner::ALONE;
 pub const EVERY_BACKEND: &[&str] = &["timewait", "portsearch", "state", "drops", "scenario"];
 
 /// Binaries that run on fentry and kprobe where the guest has the lab's tools.
-pub const WITH_TOOLS: &[&str] = &["doctor", "serve"];
+pub const WITH_TOOLS: &[&str] = &["doctor", "doctor_limits", "doctor_settings", "serve"];
 
 /// The backend under which `kernel` runs the binaries outside [`EVERY_BACKEND`].
 pub fn once_backend(kernel: &str) -> &'static str {
