@@ -223,8 +223,11 @@ fn twenty_thousand_destinations_are_counted_exactly() {
     // Nothing expires within the test (TIME_WAIT lasts 60 s): ss before and after agree.
     assert_eq!(in_kernel, ss_now, "the kernel's count moved during the test");
     assert!(live <= ss_now && ss_now - live <= uncounted, "live TIME_WAIT {live} against ss {ss_now}");
+    // Against the destinations the churn used: its threads share the list, so a slow run
+    // (an emulated guest: 3,124 connections) may use fewer destinations than it made connections.
+    let used = load["destinations_used"].as_u64().unwrap();
     let destinations = last["model"]["destinations"].as_u64().unwrap();
-    assert!(destinations >= connections.min(20_000), "{destinations} destination rows for {connections} connections");
+    assert!(destinations >= used, "{destinations} destination rows for {used} destinations used ({connections} connections)");
 }
 
 /// A ring buffer of one page, with twtrace stopped while the churn runs (so loss is certain on
