@@ -290,9 +290,20 @@ fn a_killed_recording_keeps_all_but_the_last_second() {
         server_closes_first(&listener, SERVER_CLOSES, None);
     });
     // Chunks are sealed every second once a batch arrives: two seconds cover the last births.
-    // An emulated guest gets five: on a 6.18 guest sharing the host with another, the file
-    // held none of the 40 births after two.
-    std::thread::sleep(Duration::from_secs(if support::emulated() { 5 } else { 2 }));
+    // An emulated guest is given up to twenty, asking the file as it grows: on a 6.18 guest
+    // sharing the host with another it held none of the 40 births after two, 29 after five.
+    let births_in = |path: &std::path::Path| -> u64 {
+        let report = twtrace(&["report", "--json", path.to_str().unwrap()]);
+        serde_json::from_slice::<Value>(&report.stdout).map_or(0, |r| r["timewait"]["births"].as_u64().unwrap_or(0))
+    };
+    if support::emulated() {
+        let start = std::time::Instant::now();
+        while births_in(&path) < SERVER_CLOSES as u64 && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    } else {
+        std::thread::sleep(Duration::from_secs(2));
+    }
     recording.kill();
     let report = twtrace(&["report", "--json", path.to_str().unwrap()]);
     let report: Value = serde_json::from_slice(&report.stdout).unwrap();

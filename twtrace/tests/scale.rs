@@ -227,7 +227,14 @@ fn twenty_thousand_destinations_are_counted_exactly() {
     // (an emulated guest: 3,124 connections) may use fewer destinations than it made connections.
     let used = load["destinations_used"].as_u64().unwrap();
     let destinations = last["model"]["destinations"].as_u64().unwrap();
-    assert!(destinations >= used, "{destinations} destination rows for {used} destinations used ({connections} connections)");
+    // Runs of twtrace's programs the kernel skipped (fentry's recursion guard, under load: 430
+    // in a busy 6.18 guest, 2026-12-07) are events missed, and counted as such: each may be
+    // one destination's only search.
+    let skipped = last["skipped_runs"].as_u64().expect("skipped_runs in stat's JSON");
+    assert!(
+        destinations + skipped >= used,
+        "{destinations} destination rows for {used} destinations used ({connections} connections, {skipped} runs skipped)"
+    );
 }
 
 /// A ring buffer of one page, with twtrace stopped while the churn runs (so loss is certain on

@@ -73,6 +73,13 @@ fn within_two_percent(shown: f64, truth: f64) -> bool {
     (shown - truth).abs() <= percent * truth
 }
 
+/// A count twtrace takes from its own events (connect() failures): exact, but under kprobe in
+/// an emulated guest up to 20 % short, never over (missed hits; the 6.18 guest counted 141 of
+/// 151, 2026-12-07).
+fn counted(shown: f64, truth: f64) -> bool {
+    if support::kprobe_emulated() { shown <= truth && shown >= 0.8 * truth } else { shown == truth }
+}
+
 #[test]
 fn prometheus_sees_each_namespace_as_ss_does() {
     if !can_run() {
@@ -119,8 +126,8 @@ fn prometheus_sees_each_namespace_as_ss_does() {
         let errno = format!("twtrace_port_search_failures_total{{{selector},errno=\"EADDRNOTAVAIL\"}}");
         let expected = summary["failures"]["EADDRNOTAVAIL"].as_u64().unwrap_or(0) as f64;
         // The last scrape after the last event: wait until Prometheus has the final count.
-        let shown = prom.wait_for(&errno, |v| v == expected).unwrap_or(0.0);
-        assert_eq!(shown, expected, "{name}: EADDRNOTAVAIL as churn counted them");
+        let shown = prom.wait_for(&errno, |v| counted(v, expected)).unwrap_or(0.0);
+        assert!(counted(shown, expected), "{name}: EADDRNOTAVAIL {shown}, churn counted {expected}");
         let q = format!("twtrace_timewait_sockets{{{selector}}}");
         let shown = prom.wait_for(&q, |v| within_two_percent(v, *tw as f64)).expect("a TIME_WAIT series");
         eprintln!("{name}: TIME_WAIT prometheus {shown} ss {tw}");
@@ -277,7 +284,11 @@ fn pods_laid_out_as_the_kubelet_does_are_named_in_prometheus() {
     eprintln!("web: ss TIME_WAIT {tw}, churn EADDRNOTAVAIL {refused}");
     assert!(refused > 0 && tw >= 99, "the 100-port range ran out: {summary}");
     let failures = format!("twtrace_port_search_failures_total{{{},errno=\"EADDRNOTAVAIL\"}}", pod(&web));
-    assert_eq!(prom.wait_for(&failures, |v| v == refused as f64), Some(refused as f64), "EADDRNOTAVAIL under its pod");
+    let shown = prom.wait_for(&failures, |v| counted(v, refused as f64));
+    assert!(
+        shown.is_some_and(|v| counted(v, refused as f64)),
+        "EADDRNOTAVAIL under its pod: {shown:?}, churn {refused}"
+    );
     let timewait = format!("twtrace_timewait_sockets{{{}}}", pod(&web));
     let shown = prom.wait_for(&timewait, |v| within_two_percent(v, tw as f64)).expect("TIME_WAIT under its pod");
     assert!(within_two_percent(shown, tw as f64), "TIME_WAIT {shown} vs ss {tw}");

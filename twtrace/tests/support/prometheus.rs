@@ -164,8 +164,12 @@ impl Prometheus {
     pub fn start(tag: &str, scrape_configs: &str, rules: Option<&Path>) -> Self {
         let scratch = Scratch::new(&format!("prom-{tag}"));
         let rule_files = rules.map(|r| format!("rule_files:\n  - {}\n", r.display())).unwrap_or_default();
+        // Under software emulation a scrape (TLS, bcrypt, a few hundred series through a
+        // loaded guest) can outlast 0.9 s: every scrape then fails and `up` stays 0 (6.18
+        // guest, 2026-12-07). Jobs may set their own.
+        let (interval, timeout) = if support::emulated() { ("2s", "1900ms") } else { ("1s", "900ms") };
         let config = format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n  evaluation_interval: 1s\n{rule_files}scrape_configs:\n{scrape_configs}"
+            "global:\n  scrape_interval: {interval}\n  scrape_timeout: {timeout}\n  evaluation_interval: 1s\n{rule_files}scrape_configs:\n{scrape_configs}"
         );
         let config = scratch.file("prometheus.yml", &config);
         let port = free_port();
@@ -205,16 +209,40 @@ impl Prometheus {
         result.first().map(|s| s["value"][1].as_str().unwrap().parse().unwrap())
     }
 
-    /// Waits until `promql` returns a value for which `ok` holds, or 20 s.
+    /// Waits until `promql` returns a value for which `ok` holds, or 20 s (60 s emulated).
+    /// Given up, it prints each target's last scrape (health, error, duration): a series that
+    /// never came is most often a scrape that failed.
     pub fn wait_for(&self, promql: &str, ok: impl Fn(f64) -> bool) -> Option<f64> {
+        let patience = Duration::from_secs(if support::emulated() { 60 } else { 20 });
         let start = Instant::now();
         loop {
             let v = self.value(promql);
-            if v.is_some_and(&ok) || start.elapsed() > Duration::from_secs(20) {
+            if v.is_some_and(&ok) {
+                return v;
+            }
+            if start.elapsed() > patience {
+                eprintln!("{promql}: {v:?} after {patience:?}; targets: {}", self.targets());
                 return v;
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// Each active target's job, health, last error and last scrape's duration.
+    pub fn targets(&self) -> String {
+        let (_, body) = curl(&[&format!("{}/api/v1/targets?state=active", self.url)]);
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        let targets = v["data"]["activeTargets"].as_array().cloned().unwrap_or_default();
+        let each = targets.iter().map(|t| {
+            format!(
+                "{} {} ({:.2} s) {}",
+                t["labels"]["job"].as_str().unwrap_or("?"),
+                t["health"].as_str().unwrap_or("?"),
+                t["lastScrapeDuration"].as_f64().unwrap_or(-1.0),
+                t["lastError"].as_str().unwrap_or("")
+            )
+        });
+        each.collect::<Vec<_>>().join("; ")
     }
 }
 
