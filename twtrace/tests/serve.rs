@@ -73,11 +73,14 @@ fn within_two_percent(shown: f64, truth: f64) -> bool {
     (shown - truth).abs() <= percent * truth
 }
 
-/// A count twtrace takes from its own events (connect() failures): exact, but under kprobe in
-/// an emulated guest up to 20 % short, never over (missed hits; the 6.18 guest counted 141 of
-/// 151, 2026-12-07).
-fn counted(shown: f64, truth: f64) -> bool {
-    if support::kprobe_emulated() { shown <= truth && shown >= 0.8 * truth } else { shown == truth }
+/// A count twtrace takes from its own events (connect() failures): never over the truth, and
+/// short by at most the program runs the kernel skipped and twtrace reported (`skipped`: a
+/// busy 6.18 guest's fentry run counted 197 of 198). Under kprobe in an emulated guest up to
+/// 20 % short, since kernels before 6.7 do not report kprobe misses (141 of 151 in the 6.18
+/// guest before twtrace read its links' counts, 2026-12-07).
+fn counted(shown: f64, truth: f64, skipped: f64) -> bool {
+    let slack = if support::kprobe_emulated() { 0.2 * truth } else { 0.0 };
+    shown <= truth && shown + skipped + slack >= truth
 }
 
 #[test]
@@ -123,11 +126,7 @@ fn prometheus_sees_each_namespace_as_ss_does() {
         let inode = support::netns_inode(name);
         // Not a pod's: no Kubernetes namespace or pod, and not twtrace's own pod's either.
         let selector = format!("netns_name=\"{name}\",netns=\"{inode}\",namespace=\"\",pod=\"\"");
-        let errno = format!("twtrace_port_search_failures_total{{{selector},errno=\"EADDRNOTAVAIL\"}}");
-        let expected = summary["failures"]["EADDRNOTAVAIL"].as_u64().unwrap_or(0) as f64;
-        // The last scrape after the last event: wait until Prometheus has the final count.
-        let shown = prom.wait_for(&errno, |v| counted(v, expected)).unwrap_or(0.0);
-        assert!(counted(shown, expected), "{name}: EADDRNOTAVAIL {shown}, churn counted {expected}");
+        // TIME_WAIT and ports first: they last 60 s from the churn, the failure count for good.
         let q = format!("twtrace_timewait_sockets{{{selector}}}");
         let shown = prom.wait_for(&q, |v| within_two_percent(v, *tw as f64)).expect("a TIME_WAIT series");
         eprintln!("{name}: TIME_WAIT prometheus {shown} ss {tw}");
@@ -136,6 +135,21 @@ fn prometheus_sees_each_namespace_as_ss_does() {
         let shown = prom.wait_for(&q, |v| within_two_percent(v, *ports as f64)).expect("a ports series");
         eprintln!("{name}: ports prometheus {shown} ss {ports}");
         assert!(within_two_percent(shown, *ports as f64), "{name}: ports in use {shown} vs ss {ports}");
+        let errno = format!("twtrace_port_search_failures_total{{{selector},errno=\"EADDRNOTAVAIL\"}}");
+        let expected = summary["failures"]["EADDRNOTAVAIL"].as_u64().unwrap_or(0) as f64;
+        // The last scrape after the last event: wait until Prometheus has the final count (none
+        // expected: no series, or 0, at once).
+        let skipped = || prom.value("twtrace_skipped_runs_total").unwrap_or(0.0);
+        let shown = if expected == 0.0 {
+            prom.value(&errno).unwrap_or(0.0)
+        } else {
+            prom.wait_for(&errno, |v| counted(v, expected, skipped())).unwrap_or(0.0)
+        };
+        let skipped = skipped();
+        assert!(
+            counted(shown, expected, skipped),
+            "{name}: EADDRNOTAVAIL {shown}, churn counted {expected}, {skipped} runs skipped"
+        );
         let range = prom.value(&format!("twtrace_destination_port_range_size{{{selector},remote=\"{SERVER}\"}}"));
         assert_eq!(range, Some(f64::from(pod.range.1 - pod.range.0 + 1)), "{name}: its own range");
         // The info series names it, without pod or container (an `ip netns` name).
@@ -284,10 +298,12 @@ fn pods_laid_out_as_the_kubelet_does_are_named_in_prometheus() {
     eprintln!("web: ss TIME_WAIT {tw}, churn EADDRNOTAVAIL {refused}");
     assert!(refused > 0 && tw >= 99, "the 100-port range ran out: {summary}");
     let failures = format!("twtrace_port_search_failures_total{{{},errno=\"EADDRNOTAVAIL\"}}", pod(&web));
-    let shown = prom.wait_for(&failures, |v| counted(v, refused as f64));
+    let skipped = || prom.value("twtrace_skipped_runs_total").unwrap_or(0.0);
+    let shown = prom.wait_for(&failures, |v| counted(v, refused as f64, skipped()));
+    let skipped = skipped();
     assert!(
-        shown.is_some_and(|v| counted(v, refused as f64)),
-        "EADDRNOTAVAIL under its pod: {shown:?}, churn {refused}"
+        shown.is_some_and(|v| counted(v, refused as f64, skipped)),
+        "EADDRNOTAVAIL under its pod: {shown:?}, churn {refused}, {skipped} runs skipped"
     );
     let timewait = format!("twtrace_timewait_sockets{{{}}}", pod(&web));
     let shown = prom.wait_for(&timewait, |v| within_two_percent(v, tw as f64)).expect("TIME_WAIT under its pod");

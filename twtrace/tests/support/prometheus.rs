@@ -81,7 +81,9 @@ impl Drop for Scratch {
 
 /// `curl` with `args`: (HTTP status, body). Status 0: no HTTP answer (connection or TLS failed).
 pub fn curl(args: &[&str]) -> (u16, String) {
-    let out = support::output(Command::new("curl").args(["-s", "-m", "10", "-w", "\n%{http_code}"]).args(args));
+    // A TLS handshake and a bcrypt check in a loaded emulated guest can take seconds each.
+    let limit = if support::emulated() { "30" } else { "10" };
+    let out = support::output(Command::new("curl").args(["-s", "-m", limit, "-w", "\n%{http_code}"]).args(args));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_owned())

@@ -91,6 +91,9 @@ impl KernelSpec {
         if let Some(k) = DEBIAN_KERNELS.iter().find(|k| k.name == spec) {
             return Ok(Self::Debian(k));
         }
+        if let Some((line, pin)) = spec.split_once('@') {
+            return Self::pinned(spec, line, pin);
+        }
         if let Some(line) = spec.strip_prefix(BACKPORTS_PREFIX) {
             let mut parts = line.split('.');
             let numeric = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
@@ -112,9 +115,38 @@ impl KernelSpec {
             return Ok(Self::Local(path.to_owned()));
         }
         bail!(
-            "unknown kernel `{spec}`: use one of {}, a trixie-backports line (`bpo-6.16`), or the path of a bzImage/vmlinuz",
+            "unknown kernel `{spec}`: use one of {}, a trixie-backports line (`bpo-6.16`), a pinned build \
+             (`6.1@linux-image-6.1.0-56-cloud-amd64=6.1.192-2`), or the path of a bzImage/vmlinuz",
             DEBIAN_KERNELS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
         )
+    }
+
+    /// `LINE@PACKAGE=VERSION`: exactly that build from the line's suites (what a study's
+    /// results table names: its kernel column is the package's ABI name, its build column the
+    /// Debian version), so that a rerun boots the build a published figure came from, or says
+    /// plainly that the archive no longer has it.
+    fn pinned(spec: &str, line: &str, pin: &str) -> anyhow::Result<Self> {
+        let base = match Self::parse(line)? {
+            Self::Debian(k) => k,
+            Self::Local(_) => bail!("`{spec}`: only a Debian kernel line can be pinned, not an image path"),
+        };
+        let Some((package, version)) =
+            pin.split_once('=').filter(|(p, v)| p.starts_with("linux-image-") && !v.is_empty())
+        else {
+            bail!(
+                "`{spec}`: a pinned build is LINE@PACKAGE=VERSION, e.g. \
+                 `6.1@linux-image-6.1.0-56-cloud-amd64=6.1.192-2` (a study's kernel and build columns)"
+            );
+        };
+        // Leaked once per spec on the command line: a spec lives as long as the run. Named by
+        // the whole spec, so that its cache is its own and never a line's newest build.
+        let leak = |text: &str| -> &'static str { Box::leak(text.to_owned().into_boxed_str()) };
+        Ok(Self::Debian(Box::leak(Box::new(DebianKernel {
+            name: leak(spec),
+            suites: base.suites,
+            group: base.group,
+            image: Image::Pinned { package: leak(package), version: leak(version) },
+        }))))
     }
 
     pub fn label(&self) -> String {
@@ -505,8 +537,8 @@ impl AptGroup {
         let others = self.cloud_images()?;
         bail!(
             "the pinned kernel {package}={version} is gone from the archive (versions of that package there: {}); \
-             pin another build in xtask/src/vm/kernels.rs and update the table in xtask/src/vm/expect.rs. \
-             Cloud images there now: {}",
+             pin another build (`LINE@PACKAGE=VERSION`, or in xtask/src/vm/kernels.rs and the table \
+             in xtask/src/vm/expect.rs). Cloud images there now: {}",
             if versions.is_empty() { "none".to_owned() } else { versions.join(", ") },
             others.join(", ")
         )
@@ -560,6 +592,24 @@ mod tests {
             order.iter().map(|p| p.rsplit('/').next().unwrap().strip_suffix(".ko.xz").unwrap()).collect();
         assert_eq!(names, ["veth", "nfnetlink", "nf_tables", "nf_defrag_ipv4", "nf_conntrack", "nft_ct"]);
         assert!(load_order(dep, &["nf_nat"]).is_err(), "a module the kernel lacks is an error, not a skip");
+    }
+
+    #[test]
+    fn a_pinned_build_is_parsed_with_its_lines_suites() {
+        let KernelSpec::Debian(k) = KernelSpec::parse("6.1@linux-image-6.1.0-56-cloud-amd64=6.1.192-2").unwrap() else {
+            panic!("a Debian kernel")
+        };
+        assert_eq!((k.group, k.name), ("bookworm", "6.1@linux-image-6.1.0-56-cloud-amd64=6.1.192-2"));
+        assert!(matches!(k.image, Image::Pinned { package: "linux-image-6.1.0-56-cloud-amd64", version: "6.1.192-2" }));
+        let KernelSpec::Debian(k) =
+            KernelSpec::parse("bpo-6.16@linux-image-6.16.3+deb13-cloud-amd64=6.16.3-1~bpo13+1").unwrap()
+        else {
+            panic!("a Debian kernel")
+        };
+        assert_eq!(k.group, "trixie-backports");
+        for bad in ["6.1@", "6.1@linux-image-x", "6.1@linux-image-x=", "6.1@foo=1", "7.9@linux-image-x=1"] {
+            assert!(KernelSpec::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
