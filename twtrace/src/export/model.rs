@@ -509,7 +509,7 @@ fn self_metrics(snapshot: &Snapshot, health: &Health, backends: &[FamilyReport],
     ));
     out.push(counter(
         "twtrace_skipped_runs",
-        "Runs of twtrace's BPF programs the kernel skipped (another BPF program was running on the CPU).",
+        "Runs of twtrace's BPF programs the kernel skipped (another BPF program was running on the CPU, or a kprobe missed a hit).",
         health.skipped_runs.max(snapshot.skipped_runs),
     ));
     if let Some(d) = &health.decoder {
