@@ -108,11 +108,17 @@ mod pod {
     // SAFETY: all of these are repr(C), contain only integers and arrays of integers, and have
     // no implicit padding (checked by the size assertions below).
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::EventHeader {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Flow {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::timewait::TimeWaitEvent {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::state::StateEvent {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::drops::DropEvent {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::portsearch::PortSearchEvent {}
 }
 

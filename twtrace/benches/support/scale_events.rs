@@ -1,4 +1,4 @@
-#![allow(dead_code)] // Each bench uses part of it.
+#![allow(dead_code, reason = "each bench uses part of it")]
 
 //! Ring-buffer records for the scale benches (issue 25), as the kernel writes them on the
 //! tracepoint backend, fed through the public decoder and aggregator only: the aggregator's

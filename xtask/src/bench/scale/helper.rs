@@ -123,6 +123,8 @@ fn one_process(addr: &libc::sockaddr_in) -> i32 {
     // memory prepared before the fork, as a child of a multi-threaded process must.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
+        // SAFETY: in the child, as said above: plain syscalls on a valid address, and the
+        // thread's errno read through libc's own accessor.
         unsafe {
             let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
             if fd < 0 {
