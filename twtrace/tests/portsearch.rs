@@ -65,7 +65,12 @@ fn exhausted_range_failures_are_attributed_to_process_and_destination() {
     let others: Vec<_> =
         alone.iter().filter(|v| !matches!(v["event"].as_str(), Some("port_search" | "netstat" | "summary"))).collect();
     let alone_connects = alone.iter().filter(|v| v["event"] == "port_search" && v["op"] == "connect").count();
-    assert_eq!((alone_connects, others.len()), (expected_events, 0), "--family portsearch alone: {others:?}");
+    // Short only by runs the kernel skipped and said so (a busy 6.18 guest saw 15 of 16).
+    let skipped = support::skipped_runs(&alone) as usize;
+    assert!(
+        others.is_empty() && alone_connects <= expected_events && alone_connects + skipped >= expected_events,
+        "--family portsearch alone: {alone_connects} searches of {expected_events}, {skipped} runs skipped; others {others:?}"
+    );
     let connects: Vec<_> = lines.iter().filter(|v| v["event"] == "port_search" && v["op"] == "connect").collect();
     let failed: Vec<_> = connects.iter().filter(|v| v["errno"] != 0).collect();
     assert_eq!(connects.len(), expected_events, "one event per connect()");

@@ -210,19 +210,29 @@ fn twenty_thousand_destinations_are_counted_exactly() {
     let patience = Duration::from_secs(if support::emulated() { 45 } else { 10 });
     let report = stat.wait_settled(
         patience,
-        |r| r["timewait"]["births_total"].as_u64() >= Some(born - uncounted),
+        // Runs the kernel skipped and twtrace reported (fentry's recursion guard, under load)
+        // are births it may never see: waiting for them ran a busy 6.18 guest past the
+        // sockets' 60 s (36 skipped, 2026-12-07).
+        |r| {
+            let seen = r["timewait"]["births_total"].as_u64().unwrap_or(0) + r["skipped_runs"].as_u64().unwrap_or(0);
+            seen >= born - uncounted
+        },
         |r| r["timewait"]["births_total"].clone(),
     );
     let (last, scale) = stat.stop();
     eprintln!("{scale}");
     assert_eq!(last["lost"], 0, "{scale}");
     let births = report["timewait"]["births_total"].as_u64().unwrap();
-    assert!(births <= born && born - births <= uncounted, "births {births} against TcpExtTW {born}");
+    let skipped = last["skipped_runs"].as_u64().expect("skipped_runs in stat's JSON");
+    assert!(
+        births <= born && born - births <= uncounted + skipped,
+        "births {births} against TcpExtTW {born} ({skipped} runs skipped)"
+    );
     let live = last["timewait"]["live"].as_u64().unwrap();
     let ss_now = ns.time_wait_sockets().len() as u64;
     // Nothing expires within the test (TIME_WAIT lasts 60 s): ss before and after agree.
     assert_eq!(in_kernel, ss_now, "the kernel's count moved during the test");
-    assert!(live <= ss_now && ss_now - live <= uncounted, "live TIME_WAIT {live} against ss {ss_now}");
+    assert!(live <= ss_now && ss_now - live <= uncounted + skipped, "live TIME_WAIT {live} against ss {ss_now}");
     // Against the destinations the churn used: its threads share the list, so a slow run
     // (an emulated guest: 3,124 connections) may use fewer destinations than it made connections.
     let used = load["destinations_used"].as_u64().unwrap();
@@ -230,7 +240,6 @@ fn twenty_thousand_destinations_are_counted_exactly() {
     // Runs of twtrace's programs the kernel skipped (fentry's recursion guard, under load: 430
     // in a busy 6.18 guest, 2026-12-07) are events missed, and counted as such: each may be
     // one destination's only search.
-    let skipped = last["skipped_runs"].as_u64().expect("skipped_runs in stat's JSON");
     assert!(
         destinations + skipped >= used,
         "{destinations} destination rows for {used} destinations used ({connections} connections, {skipped} runs skipped)"

@@ -26,9 +26,12 @@ pub const JOBS: usize = 4;
 /// Binaries that must not share the machine with other tests: `top` reads every namespace of
 /// the host into one 120-column terminal, and its failures line, ordered by count, fills up
 /// with the other binaries' namespaces (a churn's 150 refusals push its pod's 80 off the
-/// edge; in a 6.12 guest a containers pod out of ports took its rows). The host runs them
-/// after the others, the VM matrix before a guest's lanes (`vm::plan`).
-pub const ALONE: &[&str] = &["top"];
+/// edge; in a 6.12 guest a containers pod out of ports took its rows). `serve` runs a
+/// Prometheus, TLS handshakes and bcrypt checks beside twtrace: sharing an emulated guest's two
+/// vCPUs with three other binaries' churn, its scrapes and curls timed out (6.18, 2026-12-07).
+/// The host runs `top` after the others (`ALONE_ON_HOST`), the VM matrix runs these before a
+/// guest's lanes (`vm::plan`).
+pub const ALONE: &[&str] = &["top", "serve"];
 
 /// On the host, also the TIME_WAIT family's binary: its churn test counts every birth against
 /// the kernel's counter exactly, allowing only the runs the kernel says it skipped; with three

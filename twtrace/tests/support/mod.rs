@@ -260,6 +260,17 @@ pub fn kernel_lost(map_id: &str) -> u64 {
 }
 
 /// The map id of twtrace's per-CPU counters, from its `-v` log ("COUNTERS map id N").
+/// The program runs the kernel skipped, as `trace --json` reports them (a `netstat` line of
+/// namespace 0 with a `SkippedRuns` delta): each may have been an event the tracer never saw,
+/// counted rather than silent.
+pub fn skipped_runs(lines: &[serde_json::Value]) -> u64 {
+    lines
+        .iter()
+        .filter(|v| v["event"] == "netstat" && v["netns"] == 0)
+        .filter_map(|v| v["deltas"]["SkippedRuns"].as_u64())
+        .sum()
+}
+
 pub fn counters_map_id<'a>(log: impl IntoIterator<Item = &'a String>) -> Option<String> {
     log.into_iter().find_map(|l| l.split("COUNTERS map id ").nth(1).map(|id| id.trim().to_owned()))
 }

@@ -138,10 +138,15 @@ pub fn shards(cells: &[Cell], shards: usize, lanes: usize) -> Vec<Shard> {
             Shard { alone: Vec::new(), lanes, unit: i == 0, expected_secs }
         })
         .collect();
-    // The alone cells to the share expected to end first.
-    if let Some(lightest) = out.iter_mut().min_by_key(|s| s.expected_secs) {
-        lightest.expected_secs += alone.iter().map(expected_secs).sum::<u64>();
-        lightest.alone = alone;
+    // Each alone cell, longest first, to the share then expected to end first (6.18's two
+    // serve cells go to its two guests, not both to one).
+    let mut alone = alone;
+    alone.sort_by_key(|c| std::cmp::Reverse(expected_secs(c)));
+    for cell in alone {
+        if let Some(lightest) = out.iter_mut().min_by_key(|s| s.expected_secs) {
+            lightest.expected_secs += expected_secs(&cell);
+            lightest.alone.push(cell);
+        }
     }
     out
 }
