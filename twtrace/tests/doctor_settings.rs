@@ -216,12 +216,24 @@ fn reuse_is_possible_toward_a_peer_with_timestamps_and_not_toward_one_without() 
                 .unwrap_or_else(|| panic!("no reuse remedy: {f:#}"))
         };
         let (yes, no) = (toward(peers[0]), toward(peers[1]));
-        let can = format!("it can work: the peer sent timestamps on all {PORTS} connections");
+        // The TIME_WAIT sockets twtrace saw born toward each peer: all 100, but under kprobe in
+        // an emulated guest up to 20 % fewer (missed hits: 92 in the 6.18 guest, 2026-12-07).
+        let known = |f: &Value| -> usize {
+            let line = f["evidence"].as_array().unwrap().iter().filter_map(Value::as_str).find_map(|e| {
+                e.strip_prefix("peer timestamps on ")?.split(" of ").nth(1)?.split(' ').next()?.parse().ok()
+            });
+            let known = line.unwrap_or_else(|| panic!("no peer timestamps evidence: {f:#}"));
+            let least = if support::kprobe_emulated() { PORTS * 4 / 5 } else { PORTS };
+            assert!((least..=PORTS).contains(&known), "{known} TIME_WAIT sockets known of {PORTS}: {f:#}");
+            known
+        };
+        let (known_yes, known_no) = (known(yes), known(no));
+        let can = format!("it can work: the peer sent timestamps on all {known_yes} connections");
         assert!(reuse(yes).contains(&can), "{yes:#}");
-        let cannot = format!("it cannot work: the peer sent no timestamps on any of the {PORTS} connections");
+        let cannot = format!("it cannot work: the peer sent no timestamps on any of the {known_no} connections");
         assert!(reuse(no).contains(&cannot), "{no:#}");
-        for (f, seen) in [(yes, PORTS), (no, 0)] {
-            let line = format!("peer timestamps on {seen} of {PORTS} TIME_WAIT sockets holding ports toward it");
+        for (f, seen, known) in [(yes, known_yes, known_yes), (no, 0, known_no)] {
+            let line = format!("peer timestamps on {seen} of {known} TIME_WAIT sockets holding ports toward it");
             assert!(f["evidence"].as_array().unwrap().iter().any(|e| e == line.as_str()), "{f:#}");
         }
     }
