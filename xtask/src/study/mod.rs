@@ -19,7 +19,8 @@ use crate::vm::{self, GuestFiles, kernels, protocol};
 
 #[derive(clap::Args)]
 pub struct StudyArgs {
-    /// search-cost, client-exhaustion, tw-reuse, tw-buckets, tw-deaths or paws-nat (`twtrace scenario --help`).
+    /// search-cost, client-exhaustion, tw-reuse, tw-buckets, tw-deaths, paws-nat, tw-timer-cpu or
+    /// tw-abort (`twtrace scenario --help`).
     pub scenario: String,
     /// Where to run: `host` and kernels the VM lab boots (5.10, 6.1, 6.12, 6.18, sid,
     /// `bpo-6.16` and the other trixie-backports lines, or an image path), comma-separated.
