@@ -14,6 +14,8 @@
 //!   the caller twtrace sees (`aborted`).
 //! - Without `CONFIG_INET_DIAG_DESTROY` no socket can be destroyed this way at all (EOPNOTSUPP
 //!   for every state): an ESTABLISHED socket destroyed first tells the two cases apart.
+//! - Without sock_diag's TCP handler (inet_diag and tcp_diag, modules on Debian) every request
+//!   is answered ENOENT: the run is then reported unavailable, its checks kept.
 //!
 //! Run: `--sockets` N client-side TIME_WAIT sockets, then one `SOCK_DESTROY` per socket.
 //! Truth: the kernel's answer to each request, and sock_diag (the sockets still listed must be
@@ -41,6 +43,8 @@ const NETLINK_SOCK_DIAG: i32 = 4;
 const SOCK_DESTROY: u16 = 21;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP: u16 = 0x300;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_HDRLEN: usize = 16;
 /// `struct inet_diag_req_v2`: family, protocol, ext, pad, states, then `inet_diag_sockid`.
@@ -66,6 +70,11 @@ pub fn run(args: &TwAbortArgs, report: &mut ScenarioReport) -> anyhow::Result<()
     sandbox.sysctl("net.ipv4.ip_local_port_range", &format!("{RANGE_START} {}", RANGE_START as u64 + n))?;
     sandbox.sysctl("net.ipv4.tcp_tw_reuse", "0")?;
     let server = Server::start()?;
+    // Debian builds inet_diag and tcp_diag as modules, which the VM lab's guests do not load:
+    // there sock_diag has no handler for TCP and answers every request with ENOENT (as it does
+    // a socket it cannot find, hence this test apart).
+    let has_diag = sock_diag_has_tcp()?;
+    report.params.insert("sock_diag_tcp".into(), if has_diag { "yes" } else { "no (ENOENT)" }.into());
 
     // The control: an ESTABLISHED socket, which every kernel with CONFIG_INET_DIAG_DESTROY can
     // destroy. Both ends go with an RST, so it leaves no TIME_WAIT socket.
@@ -117,6 +126,10 @@ pub fn run(args: &TwAbortArgs, report: &mut ScenarioReport) -> anyhow::Result<()
         left,
     ));
     let mut run = Run::new(label.into(), sandbox.netns.0);
+    if !has_diag {
+        run.unavailable =
+            Some("no sock_diag handler for TCP (inet_diag, tcp_diag not loaded): nothing reaches tcp_abort()".into());
+    }
     run.time_wait_at_end = Some(left);
     run.counted_at_ns = monotonic_ns();
     // Zero where the kernel refused: then a check that twtrace saw no early death either.
@@ -153,6 +166,29 @@ fn destroy((local, remote): (SocketAddr, SocketAddr)) -> anyhow::Result<i32> {
     let got = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
     anyhow::ensure!(got >= 0, "reading SOCK_DESTROY's answer: {}", std::io::Error::last_os_error());
     parse_ack(&buf[..got as usize])
+}
+
+/// Whether sock_diag can dump IPv4 TCP sockets here: without a handler it answers the dump
+/// with an `NLMSG_ERROR` of ENOENT at once; with one, with sockets or `NLMSG_DONE`.
+fn sock_diag_has_tcp() -> anyhow::Result<bool> {
+    // SAFETY: a plain socket(2); the fd is owned below.
+    let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
+    anyhow::ensure!(raw >= 0, "netlink socket: {}", std::io::Error::last_os_error());
+    // SAFETY: we own the fresh fd.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut request = destroy_request("127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?)?;
+    request[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    request[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    // SAFETY: buffer and fd valid.
+    let sent = unsafe { libc::send(fd.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) };
+    anyhow::ensure!(sent >= 0, "sending a sock_diag dump: {}", std::io::Error::last_os_error());
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: buffer valid for its length.
+    let got = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    anyhow::ensure!(got >= 0, "reading the dump: {}", std::io::Error::last_os_error());
+    let first = &buf[..got as usize];
+    let is_error = first.len() >= NLMSG_HDRLEN + 4 && u16::from_ne_bytes([first[4], first[5]]) == NLMSG_ERROR;
+    Ok(!(is_error && parse_ack(first)? == libc::ENOENT))
 }
 
 /// `nlmsghdr` + `inet_diag_req_v2` naming one socket: its addresses as sock_diag lists them

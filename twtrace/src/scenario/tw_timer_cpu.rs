@@ -106,8 +106,11 @@ pub fn run(args: &TwTimerCpuArgs, report: &mut ScenarioReport) -> anyhow::Result
     let mut matrix: BTreeMap<(u32, u32), u64> = BTreeMap::new();
     let (mut pinned, mut armed_total) = (0u64, 0u64);
     let mut run = Run::new("close pinned to each CPU".into(), sandbox.netns.0);
-    for (cpu, phase) in steps {
-        let (from, to) = (phase.window().0, phase.window().1 + 50_000_000);
+    // Each CPU's births: from its first connect() to the next CPU's (the last socket is born
+    // in its close(), on loopback, but a little slack costs nothing), the last to the count.
+    let starts_at: Vec<u64> = steps.iter().map(|(_, p)| p.window().0).skip(1).chain([counted_at_ns]).collect();
+    for ((cpu, phase), next) in steps.into_iter().zip(starts_at) {
+        let (from, to) = (phase.window().0, (phase.window().1 + 50_000_000).min(next));
         let starts: Vec<&TimerEvent> = events
             .iter()
             .filter(|e| e.start && (from..=to).contains(&e.ts_ns) && (e.pid == tid || e.comm.starts_with("ksoftirqd")))
