@@ -386,50 +386,6 @@ fn numbers(text: &str) -> Vec<u32> {
 
 /// Against Debian's archive (as the VM self-tests are): a pin the archive does not have fails,
 /// naming it and what the archive has, and downloads nothing.
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backports_lines_parse_and_order_their_builds() {
-        let KernelSpec::Debian(k) = KernelSpec::parse("bpo-6.16").unwrap() else { panic!("a Debian kernel") };
-        assert!(matches!(k.image, Image::Line("6.16")) && k.name == "bpo-6.16" && k.group == "trixie-backports");
-        for bad in ["bpo-6", "bpo-6.16.3", "bpo-x.1", "bpo-"] {
-            assert!(KernelSpec::parse(bad).is_err(), "{bad}");
-        }
-        assert!("linux-image-6.16.3+deb13-cloud-amd64".starts_with(&line_package_prefix("6.16")));
-        assert!(!"linux-image-6.16.3+deb13-cloud-amd64".starts_with(&line_package_prefix("6.1")));
-        let mut builds = ["6.16.12+deb13", "6.16.3+deb13", "6.16.9+deb13"].map(numbers);
-        builds.sort();
-        assert_eq!(builds.last().unwrap(), &vec![6, 16, 12, 13]);
-    }
-
-    #[test]
-    fn a_vanished_pin_fails_loudly_and_names_what_the_archive_has() {
-        static GONE: DebianKernel = DebianKernel {
-            name: "selftest-vanished-pin",
-            suites: &[("debian", "trixie-backports")],
-            group: "trixie-backports",
-            image: Image::Pinned { package: "linux-image-6.18.15+deb13-cloud-amd64", version: "6.18.15-0~gone" },
-        };
-        let err = kernel_image(&KernelSpec::Debian(&GONE), false).expect_err("a vanished pin must fail");
-        let text = format!("{err:#}");
-        eprintln!("{text}");
-        assert!(
-            text.contains("linux-image-6.18.15+deb13-cloud-amd64=6.18.15-0~gone is gone from the archive"),
-            "{text}"
-        );
-        // The real pin's version is what the archive has for that package.
-        let DebianKernel { image: Image::Pinned { version, .. }, .. } =
-            DEBIAN_KERNELS.iter().find(|k| k.name == "6.18").unwrap()
-        else {
-            panic!("6.18 is pinned")
-        };
-        assert!(text.contains(&format!("versions of that package there: {version}")), "{text}");
-        assert!(!cache_dir().join("kernels").join(GONE.name).join("vmlinuz").exists());
-    }
-}
-
 /// Modules of a cached Debian kernel build, for guests that need one the kernel does not have
 /// built in (`names` as paths under `kernel/`, without `.ko`: `net/ipv4/inet_diag`): the
 /// kernel's release (`uname -r`) and each module, decompressed, in the order asked. Fetched
@@ -509,4 +465,48 @@ pub fn kernel_modules(spec: &KernelSpec, names: &[&str]) -> anyhow::Result<(Stri
 /// `inet_diag` of `net/ipv4/inet_diag`.
 fn module_base(module: &str) -> &str {
     module.rsplit('/').next().unwrap_or(module)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backports_lines_parse_and_order_their_builds() {
+        let KernelSpec::Debian(k) = KernelSpec::parse("bpo-6.16").unwrap() else { panic!("a Debian kernel") };
+        assert!(matches!(k.image, Image::Line("6.16")) && k.name == "bpo-6.16" && k.group == "trixie-backports");
+        for bad in ["bpo-6", "bpo-6.16.3", "bpo-x.1", "bpo-"] {
+            assert!(KernelSpec::parse(bad).is_err(), "{bad}");
+        }
+        assert!("linux-image-6.16.3+deb13-cloud-amd64".starts_with(&line_package_prefix("6.16")));
+        assert!(!"linux-image-6.16.3+deb13-cloud-amd64".starts_with(&line_package_prefix("6.1")));
+        let mut builds = ["6.16.12+deb13", "6.16.3+deb13", "6.16.9+deb13"].map(numbers);
+        builds.sort();
+        assert_eq!(builds.last().unwrap(), &vec![6, 16, 12, 13]);
+    }
+
+    #[test]
+    fn a_vanished_pin_fails_loudly_and_names_what_the_archive_has() {
+        static GONE: DebianKernel = DebianKernel {
+            name: "selftest-vanished-pin",
+            suites: &[("debian", "trixie-backports")],
+            group: "trixie-backports",
+            image: Image::Pinned { package: "linux-image-6.18.15+deb13-cloud-amd64", version: "6.18.15-0~gone" },
+        };
+        let err = kernel_image(&KernelSpec::Debian(&GONE), false).expect_err("a vanished pin must fail");
+        let text = format!("{err:#}");
+        eprintln!("{text}");
+        assert!(
+            text.contains("linux-image-6.18.15+deb13-cloud-amd64=6.18.15-0~gone is gone from the archive"),
+            "{text}"
+        );
+        // The real pin's version is what the archive has for that package.
+        let DebianKernel { image: Image::Pinned { version, .. }, .. } =
+            DEBIAN_KERNELS.iter().find(|k| k.name == "6.18").unwrap()
+        else {
+            panic!("6.18 is pinned")
+        };
+        assert!(text.contains(&format!("versions of that package there: {version}")), "{text}");
+        assert!(!cache_dir().join("kernels").join(GONE.name).join("vmlinuz").exists());
+    }
 }
