@@ -1,7 +1,8 @@
 //! `tw-timer-cpu`: on which CPU does a TIME_WAIT socket's timer fire, against the CPU that
 //! closed the connection? The closer (client and server alike: one thread) is pinned to each
 //! CPU in turn with sched_setaffinity and makes `--sockets` TIME_WAIT sockets there; then one
-//! wait of about 60 s lets every timer run out.
+//! wait of about 60 s lets every timer run out, the last CPU kept busy by a spinning thread
+//! and the others idle.
 //!
 //! On loopback the last FIN is processed in softirq on the CPU that sent it, so
 //! `tcp_time_wait()` arms the timer on the closing CPU. Where it fires then depends on how the
@@ -88,7 +89,13 @@ pub fn run(args: &TwTimerCpuArgs, report: &mut ScenarioReport) -> anyhow::Result
         sandbox::settle(&sandbox, server.addr, SocketCount { time_wait: total, ..SocketCount::default() }, SETTLE)?;
     report.checks.push(Check::exact("TIME_WAIT sockets made (sock_diag)".into(), total, born.time_wait));
 
-    // One wait for all of them: until sock_diag lists none.
+    // One wait for all of them, until sock_diag lists none, with the last CPU kept busy and the
+    // others left idle: a timer that is not pinned may then be expired by the busy CPU on an
+    // idle one's behalf (the timer migration hierarchy), where a pinned one wakes its own CPU.
+    let busy = (cpus.len() > 1).then(|| Spinner::start(*cpus.last().expect("not empty")));
+    if let Some(b) = &busy {
+        report.params.insert("busy_during_wait".into(), format!("cpu{}", b.cpu));
+    }
     let until = Instant::now() + WAIT_FOR_EXPIRY;
     let left = loop {
         let now = sandbox.sockets_to(server.addr)?.time_wait;
@@ -97,6 +104,7 @@ pub fn run(args: &TwTimerCpuArgs, report: &mut ScenarioReport) -> anyhow::Result
         }
         std::thread::sleep(Duration::from_millis(500));
     };
+    drop(busy);
     let counted_at_ns = monotonic_ns();
     report.checks.push(Check::exact("TIME_WAIT left after the wait (sock_diag)".into(), 0, left));
     // The expiry's tracepoint comes before the socket leaves the hash: a moment for the last.
@@ -185,6 +193,37 @@ fn pin(cpus: &[u32]) -> anyhow::Result<()> {
     // The move takes effect at once for the calling thread (the kernel migrates it before
     // returning), which sched_getcpu() then confirms.
     Ok(())
+}
+
+/// A thread pinned to one CPU, spinning until dropped.
+struct Spinner {
+    cpu: u32,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Spinner {
+    fn start(cpu: u32) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            // Unpinned, it still spins: the wait's outcome then only lacks its idle CPU.
+            let _ = pin(&[cpu]);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        });
+        Self { cpu, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// A tracefs instance of our own with `timer_start` and `timer_expire_entry` on, filtered to

@@ -27,6 +27,7 @@ const MEASURED_PARAMS: &[&str] = &[
     "child_ehash_entries_read",
     "tw_timer",
     "armed_then_expired_on",
+    "busy_during_wait",
     "sock_diag_tcp",
     "destroy_established",
     "destroy_time_wait",
