@@ -413,8 +413,11 @@ pub fn kernel_modules(spec: &KernelSpec, names: &[&str]) -> anyhow::Result<(Stri
     if apt.depends(&candidates[0])?.is_empty() {
         apt.update()?;
     }
+    // 7.x splits the kernel: the image in linux-binary-*, the modules in linux-modules-*.
     candidates.extend(
-        apt.depends(&candidates[0])?.into_iter().filter(|d| d.starts_with("linux-binary-") && !d.contains("unsigned")),
+        apt.depends(&candidates[0])?
+            .into_iter()
+            .filter(|d| (d.starts_with("linux-binary-") || d.starts_with("linux-modules-")) && !d.contains("unsigned")),
     );
     let mut found: Vec<Option<(String, PathBuf)>> = vec![None; names.len()];
     for candidate in candidates {
