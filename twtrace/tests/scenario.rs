@@ -276,6 +276,13 @@ fn tw_abort_ends_time_wait_sockets_where_the_kernel_can() {
     let report = scenario(&["tw-abort", "--sockets", "10"]);
     let run = &report["runs"][0];
     let params = &report["params"];
+    if params["sock_diag_tcp"] != "yes" {
+        // The VM lab's guests load no module, and Debian builds sock_diag's TCP handler as
+        // modules: nothing reaches tcp_abort(), which the run says, and nothing ends.
+        assert!(run["unavailable"].is_string(), "{run:#}");
+        assert_eq!(run["time_wait_at_end"], 10, "{run:#}");
+        return;
+    }
     let destroys = params["destroy_established"] == "ok";
     if destroys && kernel_at_least(&report, 6, 0) {
         assert_eq!(params["destroy_time_wait"], "ok 10", "{report:#}");
