@@ -56,6 +56,10 @@ pub const TW_TS_SEEN: u8 = 1 << 1;
 /// - `tcp_v4_rcv`, `tcp_v6_rcv`: a segment for its 4-tuple: a SYN that opened a new connection
 ///   over it (`TCP_TW_SYN`), or one it answered with a reset (`TCP_TW_RST`).
 /// - `inet_twsk_purge`: its network namespace was torn down.
+/// - `tcp_abort`: destroyed on request, through sock_diag's `SOCK_DESTROY` (`ss -K`) or
+///   `bpf_sock_destroy()` from a BPF iterator (6.5+). Only since 6.0 (af9784d007d8 "tcp: diag:
+///   add support for TIME_WAIT sockets to tcp_abort()"); before, `tcp_abort()` refuses a
+///   TIME_WAIT socket with EOPNOTSUPP and it lives on.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KillPath {
@@ -65,6 +69,7 @@ pub enum KillPath {
     Reset = 2,
     Incoming = 3,
     NamespaceExit = 4,
+    Aborted = 5,
 }
 
 impl KillPath {
@@ -74,6 +79,7 @@ impl KillPath {
             2 => Self::Reset,
             3 => Self::Incoming,
             4 => Self::NamespaceExit,
+            5 => Self::Aborted,
             _ => Self::Unknown,
         }
     }

@@ -80,6 +80,9 @@ pub enum DeathReason {
     Incoming,
     /// Removed early: its network namespace was torn down.
     NamespaceExit,
+    /// Removed early: destroyed on request (`tcp_abort()`: `ss -K` through sock_diag, or
+    /// `bpf_sock_destroy()`; TIME_WAIT sockets only since 6.0).
+    Aborted,
 }
 
 impl DeathReason {
@@ -91,6 +94,7 @@ impl DeathReason {
             KillPath::Reset => Self::Reset,
             KillPath::Incoming => Self::Incoming,
             KillPath::NamespaceExit => Self::NamespaceExit,
+            KillPath::Aborted => Self::Aborted,
         }
     }
 
@@ -108,6 +112,7 @@ impl DeathReason {
             Self::Reset => "reset",
             Self::Incoming => "incoming",
             Self::NamespaceExit => "namespace_exit",
+            Self::Aborted => "aborted",
         }
     }
 }

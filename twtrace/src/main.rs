@@ -107,7 +107,7 @@ enum Command {
     Churn(cmd::churn::ChurnArgs),
     /// Reproduce a TCP behaviour on purpose, in a namespace of its own, with ground truth
     /// (needs root): `search-cost`, `client-exhaustion`, `tw-reuse`, `tw-buckets`,
-    /// `tw-deaths`, `paws-nat`. With --record, checks twtrace too.
+    /// `tw-deaths`, `paws-nat`, `tw-timer-cpu`, `tw-abort`. With --record, checks twtrace too.
     Scenario(scenario::ScenarioArgs),
 }
 

@@ -178,7 +178,16 @@ fn version_names_the_commit_the_build_date_and_the_bpf_object() {
 
 #[test]
 fn help_lists_every_scenario() {
-    let names = ["search-cost", "client-exhaustion", "tw-reuse", "tw-buckets", "tw-deaths", "paws-nat"];
+    let names = [
+        "search-cost",
+        "client-exhaustion",
+        "tw-reuse",
+        "tw-buckets",
+        "tw-deaths",
+        "paws-nat",
+        "tw-timer-cpu",
+        "tw-abort",
+    ];
     for args in [&["--help"][..], &["scenario", "--help"]] {
         let out = twtrace(args);
         assert!(out.status.success());

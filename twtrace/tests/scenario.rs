@@ -251,6 +251,48 @@ fn tw_buckets_keeps_exactly_the_namespaces_limit() {
     assert_eq!(run["steps"][0]["connected"], 120);
     let default: u64 = report["params"]["namespace_default_limit"].as_str().unwrap().parse().unwrap();
     assert!(default > 0, "{report:#}");
+    // The namespace made under tcp_child_ehash_entries=256 (the default): half of 256 (6.1+).
+    let child = &report["runs"][1];
+    if child["unavailable"].is_null() {
+        let limit = report["params"]["child_namespace_default_limit"].as_str().unwrap();
+        assert_eq!(limit, "128", "{report:#}");
+        assert_seen(child["time_wait_at_end"].as_u64().unwrap(), 128, &format!("the child's limit kept: {child:#}"));
+        assert_eq!(child["time_wait_refused"], 256, "three times the limit made: {child:#}");
+        assert_seen(child["time_wait"]["births"].as_u64().unwrap(), 128, &format!("child births: {child:#}"));
+    } else {
+        assert!(!kernel_at_least(&report, 6, 1), "the sysctl is missing on a 6.1+ kernel: {report:#}");
+    }
+}
+
+/// SOCK_DESTROY (`ss -K`) on TIME_WAIT sockets: ended, and named `aborted`, where tcp_abort()
+/// takes TIME_WAIT sockets (6.0+) and the kernel has CONFIG_INET_DIAG_DESTROY; refused with
+/// EOPNOTSUPP, and the sockets left alone, elsewhere. The scenario checks the counts against the
+/// kernel's answers and sock_diag; this test checks the outcome by kernel.
+#[test]
+fn tw_abort_ends_time_wait_sockets_where_the_kernel_can() {
+    if !can_trace() {
+        return;
+    }
+    let report = scenario(&["tw-abort", "--sockets", "10"]);
+    let run = &report["runs"][0];
+    let params = &report["params"];
+    if params["sock_diag_tcp"] != "yes" {
+        // The VM lab's guests load no module, and Debian builds sock_diag's TCP handler as
+        // modules: nothing reaches tcp_abort(), which the run says, and nothing ends.
+        assert!(run["unavailable"].is_string(), "{run:#}");
+        assert_eq!(run["time_wait_at_end"], 10, "{run:#}");
+        return;
+    }
+    let destroys = params["destroy_established"] == "ok";
+    if destroys && kernel_at_least(&report, 6, 0) {
+        assert_eq!(params["destroy_time_wait"], "ok 10", "{report:#}");
+        assert_eq!(run["time_wait_at_end"], 0, "{run:#}");
+        assert_seen(run["time_wait"]["deaths"]["aborted"].as_u64().unwrap_or(0), 10, &format!("{run:#}"));
+    } else {
+        assert_eq!(params["destroy_time_wait"], "EOPNOTSUPP 10", "{report:#}");
+        assert_eq!(run["time_wait_at_end"], 10, "{run:#}");
+        assert!(run["time_wait"]["deaths"]["aborted"].is_null(), "{run:#}");
+    }
 }
 
 /// Every early death made on purpose, and twtrace naming each one's path: the scenario checks

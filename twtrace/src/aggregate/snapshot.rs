@@ -399,6 +399,8 @@ pub struct KilledBy {
     pub incoming: u64,
     /// The namespace was torn down.
     pub namespace_exit: u64,
+    /// Destroyed on request (`tcp_abort()`: `ss -K`, `bpf_sock_destroy()`).
+    pub aborted: u64,
     /// No path known (no kernel stack, or a caller twtrace does not know).
     pub unknown: u64,
 }
@@ -413,6 +415,7 @@ impl KilledBy {
             R::Reset => self.reset += 1,
             R::Incoming => self.incoming += 1,
             R::NamespaceExit => self.namespace_exit += 1,
+            R::Aborted => self.aborted += 1,
         }
     }
 
@@ -423,6 +426,7 @@ impl KilledBy {
             ("reset", self.reset),
             ("incoming", self.incoming),
             ("namespace exit", self.namespace_exit),
+            ("aborted", self.aborted),
             ("path unknown", self.unknown),
         ]
         .iter()

@@ -239,7 +239,8 @@ impl Builder {
             Kind::Counter,
             "TIME_WAIT sockets gone since start, by reason: expired (the timer ran out), or the path that ended \
              it early: reused (by connect(), tcp_tw_reuse), reset (an RST), incoming (a SYN opened a new \
-             connection over it), namespace_exit (its namespace torn down), killed (path not known).",
+             connection over it), namespace_exit (its namespace torn down), aborted (destroyed on request: ss -K, bpf_sock_destroy), \
+             killed (path not known).",
         );
         let k = &t.killed_by;
         for (reason, count) in [
@@ -248,6 +249,7 @@ impl Builder {
             ("reset", k.reset),
             ("incoming", k.incoming),
             ("namespace_exit", k.namespace_exit),
+            ("aborted", k.aborted),
             ("killed", k.unknown),
         ] {
             deaths.push(vec![("reason", reason.into())], Value::Int(count));

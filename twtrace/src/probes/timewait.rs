@@ -124,6 +124,9 @@ pub const KILL_CALLERS: &[(&str, KillPath)] = &[
     ("tcp_v4_rcv", KillPath::Incoming),
     ("tcp_v6_rcv", KillPath::Incoming),
     ("inet_twsk_purge", KillPath::NamespaceExit),
+    // It calls inet_twsk_deschedule_put() itself (6.0+), from sock_diag's SOCK_DESTROY or a BPF
+    // iterator's bpf_sock_destroy(): neither path passes through another caller above.
+    ("tcp_abort", KillPath::Aborted),
 ];
 const _: () = assert!(KILL_CALLERS.len() <= twtrace_common::config::KILL_CALLERS);
 

@@ -57,8 +57,9 @@ pub const CHUNK_MAGIC: &[u8; 4] = b"TWCK";
 /// births read as "not known"). Version 5: drops of packets this host sent have a record tag of
 /// their own (earlier files have only received ones). Version 6: a TIME_WAIT death's reason
 /// byte names the path that killed it early (2-5; earlier files have only 0, expired, and 1,
-/// killed by a path not known).
-pub const FORMAT_VERSION: u16 = 6;
+/// killed by a path not known). Version 7: reason 6, `aborted` (`tcp_abort()`), which a
+/// version-6 reader would call a damaged chunk.
+pub const FORMAT_VERSION: u16 = 7;
 pub const FILE_HEADER_LEN: usize = 20;
 pub const CHUNK_HEADER_LEN: usize = 36;
 /// Limits a reader enforces, so damaged lengths cannot make it allocate without bound. The

@@ -239,6 +239,11 @@ impl Phase {
         probe
     }
 
+    /// CLOCK_MONOTONIC ns of the first connect() and of the end of the last.
+    pub fn window(&self) -> (u64, u64) {
+        (self.start_ns, self.end_ns)
+    }
+
     /// connect() calls made so far.
     pub fn attempts(&self) -> u64 {
         self.took_us.len() as u64

@@ -12,9 +12,11 @@ mod paws_nat;
 pub mod report;
 mod sandbox;
 mod search_cost;
+mod tw_abort;
 mod tw_buckets;
 mod tw_deaths;
 mod tw_reuse;
+mod tw_timer_cpu;
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -28,9 +30,11 @@ pub use exhaustion::ExhaustionArgs;
 pub use paws_nat::PawsNatArgs;
 use report::ScenarioReport;
 pub use search_cost::SearchCostArgs;
+pub use tw_abort::TwAbortArgs;
 pub use tw_buckets::TwBucketsArgs;
 pub use tw_deaths::TwDeathsArgs;
 pub use tw_reuse::TwReuseArgs;
+pub use tw_timer_cpu::TwTimerCpuArgs;
 
 #[derive(clap::Args)]
 pub struct ScenarioArgs {
@@ -59,8 +63,9 @@ pub enum Scenario {
     /// A client closing first fills its range with TIME_WAIT, then keeps connecting under
     /// tcp_tw_reuse 0, 1 and 2 (and the reuse delay where it exists): reuses, their age, failures.
     TwReuse(TwReuseArgs),
-    /// A namespace's own TIME_WAIT limit (tcp_max_tw_buckets): its default, and the
-    /// connections past it that keep no TIME_WAIT socket (TCPTimeWaitOverflow).
+    /// A namespace's own TIME_WAIT limit (tcp_max_tw_buckets): its default (also under
+    /// tcp_child_ehash_entries), and the connections past it that keep no TIME_WAIT socket
+    /// (TCPTimeWaitOverflow).
     TwBuckets(TwBucketsArgs),
     /// Every way a TIME_WAIT socket ends early, each made on purpose: reuse by connect(), a
     /// SYN over the server's, an RST (in both substates; tcp_rfc1337 0 and 1), the bucket
@@ -70,6 +75,13 @@ pub enum Scenario {
     /// reusing 4-tuples the server holds in TIME_WAIT: PAWS rejections, drops, the RST that
     /// ends the TIME_WAIT socket (tcp_rfc1337 0 and 1), the connect delay clients see.
     PawsNat(PawsNatArgs),
+    /// On which CPU each TIME_WAIT timer fires, against the CPU that closed the connection
+    /// (the closer pinned to each CPU in turn; one wait of about 60 s; the kernel's timer
+    /// tracepoints through a tracefs instance of its own).
+    TwTimerCpu(TwTimerCpuArgs),
+    /// tcp_abort() on TIME_WAIT sockets: a SOCK_DESTROY request (what `ss -K` sends) for each,
+    /// the kernel's answers, what is left, and twtrace's name for those deaths (`aborted`).
+    TwAbort(TwAbortArgs),
 }
 
 impl Scenario {
@@ -81,6 +93,8 @@ impl Scenario {
             Self::TwBuckets(_) => "tw-buckets",
             Self::TwDeaths(_) => "tw-deaths",
             Self::PawsNat(_) => "paws-nat",
+            Self::TwTimerCpu(_) => "tw-timer-cpu",
+            Self::TwAbort(_) => "tw-abort",
         }
     }
 }
@@ -98,6 +112,8 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<()> {
         Scenario::TwBuckets(a) => tw_buckets::params(a),
         Scenario::TwDeaths(a) => tw_deaths::params(a),
         Scenario::PawsNat(a) => paws_nat::params(a),
+        Scenario::TwTimerCpu(a) => tw_timer_cpu::params(a),
+        Scenario::TwAbort(a) => tw_abort::params(a),
     };
     let mut report = ScenarioReport {
         scenario: args.scenario.name().into(),
@@ -116,6 +132,8 @@ pub async fn run(args: ScenarioArgs) -> anyhow::Result<()> {
         Scenario::TwBuckets(a) => tw_buckets::run(a, &mut report)?,
         Scenario::TwDeaths(a) => tw_deaths::run(a, &mut report)?,
         Scenario::PawsNat(a) => paws_nat::run(a, &mut report)?,
+        Scenario::TwTimerCpu(a) => tw_timer_cpu::run(a, &mut report)?,
+        Scenario::TwAbort(a) => tw_abort::run(a, &mut report)?,
     }
     if let (Some(recorder), Some(path)) = (recorder, &args.record) {
         recorder.stop()?;

@@ -19,7 +19,19 @@ struct Column {
 }
 
 /// Report parameters the scenario measured rather than was given.
-const MEASURED_PARAMS: &[&str] = &["achieved", "first_failure_after", "namespace_default_limit"];
+const MEASURED_PARAMS: &[&str] = &[
+    "achieved",
+    "first_failure_after",
+    "namespace_default_limit",
+    "child_namespace_default_limit",
+    "child_ehash_entries_read",
+    "tw_timer",
+    "armed_then_expired_on",
+    "busy_during_wait",
+    "sock_diag_tcp",
+    "destroy_established",
+    "destroy_time_wait",
+];
 
 /// One step of one run on one kernel.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -19,7 +19,8 @@ use crate::vm::{self, GuestFiles, kernels, protocol};
 
 #[derive(clap::Args)]
 pub struct StudyArgs {
-    /// search-cost, client-exhaustion, tw-reuse, tw-buckets, tw-deaths or paws-nat (`twtrace scenario --help`).
+    /// search-cost, client-exhaustion, tw-reuse, tw-buckets, tw-deaths, paws-nat, tw-timer-cpu or
+    /// tw-abort (`twtrace scenario --help`).
     pub scenario: String,
     /// Where to run: `host` and kernels the VM lab boots (5.10, 6.1, 6.12, 6.18, sid,
     /// `bpo-6.16` and the other trixie-backports lines, or an image path), comma-separated.
@@ -154,6 +155,7 @@ fn guest_script(scenario: &[String]) -> String {
     let command: Vec<String> = scenario.iter().map(|a| vm::shell_quote(a)).collect();
     format!(
         ". /etc/twtrace-protocol\n\
+         m=/lib/twtrace-modules/$(uname -r); if [ -d $m ]; then for k in $m/*.ko; do insmod $k || echo \"insmod $k failed\"; done; fi\n\
          twtrace {} --record /tmp/study.twr --json > /tmp/report.json\n\
          rc=$?\n\
          echo \"$MARK_FILE report.json\"; cat /tmp/report.json; echo; echo \"$MARK_FILE_END\"\n\
@@ -172,6 +174,10 @@ fn in_guests(
 ) -> anyhow::Result<Vec<Outcome>> {
     let mut files = GuestFiles::default();
     files.at(twtrace, Path::new("/usr/bin/twtrace"));
+    for (release, module) in extra_modules(scenario, kernels)? {
+        let name = module.file_name().expect("a file name");
+        files.at(&module, &Path::new("/lib/twtrace-modules").join(release).join(name));
+    }
     let initramfs = out.join("initramfs.cpio.gz");
     vm::build_initramfs(&files, &guest_script(scenario), &initramfs)?;
     let queue = Mutex::new(kernels.iter().enumerate());
@@ -195,6 +201,28 @@ fn in_guests(
     let mut done = done.into_inner().unwrap();
     done.sort_by_key(|(i, _)| *i);
     Ok(done.into_iter().map(|(_, o)| o).collect())
+}
+
+/// Modules a scenario needs that Debian builds as modules and the guests do not otherwise load,
+/// per kernel: (release, file), loaded by the guest script in their order.
+/// - tw-abort: sock_diag's TCP handler (inet_diag, then tcp_diag), or no `SOCK_DESTROY` (nor
+///   `ss`) reaches `tcp_abort()`.
+fn extra_modules(scenario: &[String], kernels: &[&String]) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let names: &[&str] = match scenario.get(1).map(String::as_str) {
+        Some("tw-abort") => &["net/ipv4/inet_diag", "net/ipv4/tcp_diag"],
+        _ => return Ok(Vec::new()),
+    };
+    let mut out = Vec::new();
+    for spec in kernels {
+        let spec = kernels::KernelSpec::parse(spec)?;
+        if matches!(spec, kernels::KernelSpec::Local(_)) {
+            continue;
+        }
+        let (release, files) = kernels::kernel_modules(&spec, names)
+            .with_context(|| format!("fetching the modules {names:?} of {}", spec.label()))?;
+        out.extend(files.into_iter().map(|f| (release.clone(), f)));
+    }
+    Ok(out)
 }
 
 fn in_guest(spec_text: &str, initramfs: &Path, out: &Path) -> anyhow::Result<Outcome> {

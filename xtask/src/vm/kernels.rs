@@ -559,6 +559,90 @@ fn numbers(text: &str) -> Vec<u32> {
 
 /// Against Debian's archive (as the VM self-tests are): a pin the archive does not have fails,
 /// naming it and what the archive has, and downloads nothing.
+/// Modules of a cached Debian kernel build, for guests that need one the kernel does not have
+/// built in (`names` as paths under `kernel/`, without `.ko`: `net/ipv4/inet_diag`): the
+/// kernel's release (`uname -r`) and each module, decompressed, in the order asked. Fetched
+/// once from the build's image package (or its linux-binary dependency, 7.x) into the kernel's
+/// cache directory. A local image has none.
+pub fn kernel_modules(spec: &KernelSpec, names: &[&str]) -> anyhow::Result<(String, Vec<PathBuf>)> {
+    let KernelSpec::Debian(k) = spec else { bail!("{}: a local image has no module packages", spec.label()) };
+    let (_, build) = kernel_image(spec, false)?;
+    let (package, version) = build.split_once(' ').with_context(|| format!("unexpected build {build}"))?;
+    let dir = cache_dir().join("kernels").join(k.name).join(format!("extra-modules-{version}"));
+    let wanted = |release: &str| -> Vec<PathBuf> {
+        names.iter().enumerate().map(|(i, n)| dir.join(release).join(format!("{i}-{}.ko", module_base(n)))).collect()
+    };
+    let cached_release = std::fs::read_to_string(dir.join("release")).ok().map(|r| r.trim().to_owned());
+    if let Some(release) = cached_release.filter(|r| wanted(r).iter().all(|p| p.is_file())) {
+        let files = wanted(&release);
+        return Ok((release, files));
+    }
+    let _lock = FetchLock::take()?;
+    let apt = AptGroup::new(k)?;
+    let work = dir.join("download");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let mut candidates = vec![format!("{package}={version}")];
+    if apt.depends(&candidates[0])?.is_empty() {
+        apt.update()?;
+    }
+    // 7.x splits the kernel: the image in linux-binary-*, the modules in linux-modules-*.
+    candidates.extend(
+        apt.depends(&candidates[0])?
+            .into_iter()
+            .filter(|d| (d.starts_with("linux-binary-") || d.starts_with("linux-modules-")) && !d.contains("unsigned")),
+    );
+    let mut found: Vec<Option<(String, PathBuf)>> = vec![None; names.len()];
+    for candidate in candidates {
+        run_cmd(apt.command("apt-get").args(["download", "-q", &candidate]).current_dir(&work))?;
+        let name = candidate.split('=').next().unwrap_or(&candidate);
+        let deb = std::fs::read_dir(&work)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}_"))))
+            .with_context(|| format!("downloaded {candidate} but found no .deb"))?;
+        let listing = Command::new("dpkg-deb").arg("-c").arg(&deb).output()?;
+        let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+        for (i, module) in names.iter().enumerate() {
+            let member = listing.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| {
+                [".ko", ".ko.xz", ".ko.zst"].iter().any(|ext| p.ends_with(&format!("/kernel/{module}{ext}")))
+            });
+            let Some(member) = member else { continue };
+            // ./lib/modules/<release>/kernel/... or ./usr/lib/modules/<release>/kernel/...
+            let release = member.split("/modules/").nth(1).and_then(|r| r.split('/').next()).unwrap_or_default();
+            let script =
+                format!("dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' '{member}'", deb.display(), work.display());
+            run_cmd(Command::new("sh").args(["-c", &script]))?;
+            found[i] = Some((release.to_owned(), work.join(member)));
+        }
+    }
+    let mut release = String::new();
+    let mut files = Vec::new();
+    for (module, got) in names.iter().zip(found) {
+        let (r, path) = got.with_context(|| format!("{package}={version} has no module {module}"))?;
+        release = r;
+        let out = dir.join(&release).join(format!("{}-{}.ko", files.len(), module_base(module)));
+        std::fs::create_dir_all(out.parent().expect("a parent"))?;
+        let p = path.display();
+        let o = out.display();
+        let script = match path.extension().and_then(|e| e.to_str()) {
+            Some("xz") => format!("xz -dc '{p}' > '{o}'"),
+            Some("zst") => format!("zstd -qdc '{p}' > '{o}'"),
+            _ => format!("cp '{p}' '{o}'"),
+        };
+        run_cmd(Command::new("sh").args(["-c", &script]))?;
+        files.push(out);
+    }
+    std::fs::write(dir.join("release"), format!("{release}\n"))?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok((release, files))
+}
+
+/// `inet_diag` of `net/ipv4/inet_diag`.
+fn module_base(module: &str) -> &str {
+    module.rsplit('/').next().unwrap_or(module)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -187,6 +187,7 @@ impl ChunkDecoder<'_> {
                             3 => DeathReason::Reset,
                             4 => DeathReason::Incoming,
                             5 => DeathReason::NamespaceExit,
+                            6 => DeathReason::Aborted,
                             other => return Err(format!("unknown death reason {other}")),
                         };
                         TimeWaitChange::Death { reason, lifetime_ns: self.varint()? }

@@ -146,6 +146,7 @@ impl ChunkEncoder {
                             DeathReason::Reset => 3,
                             DeathReason::Incoming => 4,
                             DeathReason::NamespaceExit => 5,
+                            DeathReason::Aborted => 6,
                         });
                         put_varint(&mut self.buf, lifetime_ns);
                     }
