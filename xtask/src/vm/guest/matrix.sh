@@ -31,9 +31,10 @@ run_one() {
   if [ "$rc" -ne 0 ]; then tail -n 80 "$log" | sed "s/^/[$b $name] /"; fi
 }
 
+# run_lane <lane> <test threads>
 run_lane() {
   grep "^$1 " "$plan" | while read -r _ name b path; do
-    run_one "$name" "$b" "$path" --test-threads=3
+    run_one "$name" "$b" "$path" --test-threads="$2"
   done
 }
 
@@ -42,9 +43,11 @@ while read -r name path test; do
 done < "/matrix/unit-$TWTRACE_MATRIX_PLAN"
 
 plan=/matrix/plan-$TWTRACE_MATRIX_PLAN
-# Lane `alone` first, by itself (binaries that read every namespace: plan.rs, ALONE).
-run_lane alone
+# Lane `alone` first, by itself (binaries that read every namespace: plan.rs, ALONE), one
+# test at a time: serve's tests each run a Prometheus and a twtrace serve, and four of them at
+# once on two emulated vCPUs still lost a destination's series now and then (6.18, 2026-12-07).
+run_lane alone 1
 for lane in $(cut -d ' ' -f 1 "$plan" | grep -vx alone | sort -u); do
-  run_lane "$lane" &
+  run_lane "$lane" 3 &
 done
 wait
