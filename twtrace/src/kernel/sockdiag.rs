@@ -1,17 +1,27 @@
 //! The TCP sockets that exist right now, from NETLINK_SOCK_DIAG (what `ss` reads), so views
 //! are right from the first frame, not only for sockets born after start.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
 
 use crate::{event::ExistingSocket, event::SocketFlow};
 
 const NETLINK_SOCK_DIAG: i32 = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// `SOCK_DESTROY` (include/uapi/linux/sock_diag.h, 4.5+): `ss -K`'s request.
+const SOCK_DESTROY: u16 = 21;
 const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLMSG_HDRLEN: usize = 16;
+/// `struct inet_diag_req_v2`: family, protocol, ext, pad, states, then `inet_diag_sockid`.
+const INET_DIAG_REQ_V2_LEN: usize = 56;
+/// `struct inet_diag_sockid`: ports, addresses, interface, cookie.
+const INET_DIAG_SOCKID_LEN: usize = 48;
 /// `struct inet_diag_msg`: family, state, timer, retrans, sockid (48 bytes), expires, rqueue,
 /// wqueue, uid, inode.
 const INET_DIAG_MSG_LEN: usize = 72;
@@ -72,46 +82,123 @@ fn parse_proc_line(line: &str, v6: bool) -> Option<ExistingSocket> {
     Some(ExistingSocket { netns: 0, flow, state, expires_ms: when * 10 })
 }
 
+/// Whether sock_diag answers for TCP here: without its handler (Debian builds inet_diag and
+/// tcp_diag as modules) every request, a dump or a destroy, is answered ENOENT.
+pub fn has_tcp() -> std::io::Result<bool> {
+    match dump(libc::AF_INET as u8, &mut Vec::new()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// One `SOCK_DESTROY` for the TCP socket with this 4-tuple in the calling thread's namespace
+/// (what `ss -K` sends; the kernel's `tcp_abort()` does the rest): the kernel's answer, 0 or a
+/// positive errno. Err only when netlink itself failed, or for mixed address families.
+pub fn destroy(local: SocketAddr, remote: SocketAddr) -> std::io::Result<i32> {
+    let fd = request_socket(&destroy_request(local, remote)?)?;
+    let mut buf = [0u8; 4096];
+    let got = recv(&fd, &mut buf)?;
+    parse_ack(&buf[..got])
+}
+
 fn dump(family: u8, out: &mut Vec<ExistingSocket>) -> std::io::Result<()> {
-    // SAFETY: plain socket syscalls on an fd owned by `fd` below.
-    let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: we own the fresh fd.
-    let fd: std::os::fd::OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(raw) };
-    let request = request(family);
-    // SAFETY: buffer and fd valid; the kernel is the default destination of a netlink socket.
-    let sent = unsafe { libc::send(std::os::fd::AsRawFd::as_raw_fd(&fd), request.as_ptr().cast(), request.len(), 0) };
-    if sent < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let fd =
+        request_socket(&request(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, family, &[0; INET_DIAG_SOCKID_LEN]))?;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        // SAFETY: buffer valid for its length.
-        let n = unsafe { libc::recv(std::os::fd::AsRawFd::as_raw_fd(&fd), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if parse_messages(&buf[..n as usize], out)? {
+        let n = recv(&fd, &mut buf)?;
+        if parse_messages(&buf[..n], out)? {
             return Ok(());
         }
     }
 }
 
-/// `nlmsghdr` + `inet_diag_req_v2` for all TCP sockets of `family` in every state.
-fn request(family: u8) -> Vec<u8> {
-    let len = NLMSG_HDRLEN + 56;
+/// A sock_diag socket with `request` sent to the kernel: the answers are read from it.
+fn request_socket(request: &[u8]) -> std::io::Result<OwnedFd> {
+    // SAFETY: a plain socket(2); the fd is owned below.
+    let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: we own the fresh fd.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: buffer and fd valid; the kernel is the default destination of a netlink socket.
+    let sent = unsafe { libc::send(fd.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) };
+    if sent < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// One datagram of answers into `buf`: its length.
+fn recv(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: buffer valid for its length.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(n as usize) }
+}
+
+/// `nlmsghdr` + `inet_diag_req_v2` of TCP sockets of `family` in every state, naming `sockid`
+/// (all zeros: no filter).
+fn request(kind: u16, flags: u16, family: u8, sockid: &[u8; INET_DIAG_SOCKID_LEN]) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + INET_DIAG_REQ_V2_LEN;
     let mut r = Vec::with_capacity(len);
     r.extend_from_slice(&(len as u32).to_ne_bytes());
-    r.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    r.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    r.extend_from_slice(&kind.to_ne_bytes());
+    r.extend_from_slice(&flags.to_ne_bytes());
     r.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    r.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    r.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
     r.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
     r.extend_from_slice(&u32::MAX.to_ne_bytes()); // idiag_states: all
-    r.extend_from_slice(&[0u8; 48]); // inet_diag_sockid: no filter
+    r.extend_from_slice(sockid);
+    debug_assert_eq!(r.len(), len);
     r
+}
+
+/// A `SOCK_DESTROY` naming one socket: its addresses as sock_diag lists them (`src` the local
+/// end), ports in network order, any interface, and no cookie (`INET_DIAG_NOCOOKIE`, both
+/// words all ones: `sock_diag_check_cookie()` then accepts any).
+fn destroy_request(local: SocketAddr, remote: SocketAddr) -> std::io::Result<Vec<u8>> {
+    let family = match (local.ip(), remote.ip()) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => libc::AF_INET as u8,
+        (IpAddr::V6(_), IpAddr::V6(_)) => libc::AF_INET6 as u8,
+        _ => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("mixed address families {local} -> {remote}"),
+            ));
+        }
+    };
+    let words = |ip: IpAddr| -> [u8; 16] {
+        let mut out = [0u8; 16];
+        match ip {
+            IpAddr::V4(a) => out[..4].copy_from_slice(&a.octets()),
+            IpAddr::V6(a) => out.copy_from_slice(&a.octets()),
+        }
+        out
+    };
+    let mut sockid = [0u8; INET_DIAG_SOCKID_LEN];
+    sockid[0..2].copy_from_slice(&local.port().to_be_bytes());
+    sockid[2..4].copy_from_slice(&remote.port().to_be_bytes());
+    sockid[4..20].copy_from_slice(&words(local.ip()));
+    sockid[20..36].copy_from_slice(&words(remote.ip()));
+    // idiag_if 0 (any), then idiag_cookie: INET_DIAG_NOCOOKIE.
+    sockid[40..48].copy_from_slice(&[0xff; 8]);
+    Ok(request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, family, &sockid))
+}
+
+/// The `NLMSG_ERROR` that acknowledges a request: 0, or the errno it failed with.
+fn parse_ack(data: &[u8]) -> std::io::Result<i32> {
+    let bad = |what: String| Err(std::io::Error::other(format!("sock_diag: {what}")));
+    if data.len() < NLMSG_HDRLEN + 4 {
+        return bad(format!("a short answer ({} bytes)", data.len()));
+    }
+    let kind = u16::from_ne_bytes([data[4], data[5]]);
+    if kind != NLMSG_ERROR {
+        return bad(format!("answered with message type {kind}, not an acknowledgement"));
+    }
+    let error = i32::from_ne_bytes(data[NLMSG_HDRLEN..NLMSG_HDRLEN + 4].try_into().expect("4 bytes"));
+    Ok(-error)
 }
 
 /// Parses one datagram of netlink messages; `Ok(true)` at the end of the dump.
@@ -227,6 +314,32 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let from_proc = proc_net_tcp().unwrap();
         assert!(from_proc.iter().any(|s| s.state == 10 && s.flow.local.port() == port));
+    }
+
+    #[test]
+    fn a_destroy_request_names_the_socket_as_sock_diag_lists_it() {
+        let local: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        let remote: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let r = destroy_request(local, remote).unwrap();
+        assert_eq!(r.len(), 72);
+        assert_eq!(u16::from_ne_bytes([r[4], r[5]]), 21);
+        assert_eq!(r[16], libc::AF_INET as u8);
+        assert_eq!(&r[24..28], &[0x9c, 0x41, 0x1f, 0x90]); // 40001, 8080 big-endian
+        assert_eq!(&r[28..32], &[127, 0, 0, 1]);
+        assert_eq!(&r[44..48], &[127, 0, 0, 1]);
+        assert_eq!(&r[64..72], &[0xff; 8]);
+        assert!(destroy_request(local, "[::1]:8080".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn an_acknowledgement_gives_the_errno() {
+        let mut ack = vec![0u8; 36];
+        ack[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        ack[16..20].copy_from_slice(&(-libc::EOPNOTSUPP).to_ne_bytes());
+        assert_eq!(parse_ack(&ack).unwrap(), libc::EOPNOTSUPP);
+        ack[16..20].copy_from_slice(&0i32.to_ne_bytes());
+        assert_eq!(parse_ack(&ack).unwrap(), 0);
+        assert!(parse_ack(&ack[..10]).is_err());
     }
 
     #[test]

@@ -22,11 +22,7 @@
 //! N less the requests it acknowledged). With `--record`, twtrace must count exactly the
 //! acknowledged ones as `aborted`.
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use anyhow::Context as _;
 
@@ -36,19 +32,7 @@ use super::{
     sandbox::{self, Sandbox, SocketCount},
     search_cost::RANGE_START,
 };
-use crate::{event::tcp_state, net::errno_name, time::monotonic_ns};
-
-const NETLINK_SOCK_DIAG: i32 = 4;
-/// `SOCK_DESTROY` (include/uapi/linux/sock_diag.h, 4.5+): `ss -K`'s request.
-const SOCK_DESTROY: u16 = 21;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_HDRLEN: usize = 16;
-/// `struct inet_diag_req_v2`: family, protocol, ext, pad, states, then `inet_diag_sockid`.
-const INET_DIAG_REQ_V2_LEN: usize = 56;
+use crate::{event::tcp_state, kernel::sockdiag, net::errno_name, time::monotonic_ns};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct TwAbortArgs {
@@ -73,15 +57,15 @@ pub fn run(args: &TwAbortArgs, report: &mut ScenarioReport) -> anyhow::Result<()
     // Debian builds inet_diag and tcp_diag as modules, which the VM lab's guests do not load:
     // there sock_diag has no handler for TCP and answers every request with ENOENT (as it does
     // a socket it cannot find, hence this test apart).
-    let has_diag = sock_diag_has_tcp()?;
+    let has_diag = sockdiag::has_tcp().context("asking sock_diag for TCP sockets")?;
     report.params.insert("sock_diag_tcp".into(), if has_diag { "yes" } else { "no (ENOENT)" }.into());
 
     // The control: an ESTABLISHED socket, which every kernel with CONFIG_INET_DIAG_DESTROY can
     // destroy. Both ends go with an RST, so it leaves no TIME_WAIT socket.
     let (client, accepted) = conn::hold_established(&server, None)
         .map_err(|e| anyhow::anyhow!("{label}: the control connection failed with {}", errno_name(e)))?;
-    let control =
-        destroy((conn::local_addr(&client)?, server.addr)).context("SOCK_DESTROY of the ESTABLISHED control")?;
+    let control = sockdiag::destroy(conn::local_addr(&client)?, server.addr)
+        .context("SOCK_DESTROY of the ESTABLISHED control")?;
     conn::abort(client);
     conn::abort(accepted);
     report.params.insert("destroy_established".into(), answer(control));
@@ -96,7 +80,7 @@ pub fn run(args: &TwAbortArgs, report: &mut ScenarioReport) -> anyhow::Result<()
     let before =
         sandbox::settle(&sandbox, server.addr, SocketCount { time_wait: n, ..SocketCount::default() }, SETTLE)?;
     report.checks.push(Check::exact(format!("{label}: TIME_WAIT before (sock_diag)"), n, before.time_wait));
-    let flows: Vec<(SocketAddr, SocketAddr)> = crate::kernel::sockdiag::tcp_sockets()
+    let flows: Vec<(SocketAddr, SocketAddr)> = sockdiag::tcp_sockets()
         .context("listing the TIME_WAIT sockets")?
         .into_iter()
         .filter(|s| s.flow.remote == server.addr && s.state == tcp_state::TIME_WAIT)
@@ -104,7 +88,8 @@ pub fn run(args: &TwAbortArgs, report: &mut ScenarioReport) -> anyhow::Result<()
         .collect();
     let mut answers: BTreeMap<String, u64> = BTreeMap::new();
     for flow in &flows {
-        let errno = destroy(*flow).with_context(|| format!("SOCK_DESTROY of {} -> {}", flow.0, flow.1))?;
+        let errno =
+            sockdiag::destroy(flow.0, flow.1).with_context(|| format!("SOCK_DESTROY of {} -> {}", flow.0, flow.1))?;
         *answers.entry(answer(errno)).or_insert(0) += 1;
     }
     let acknowledged = answers.get("ok").copied().unwrap_or(0);
@@ -146,123 +131,5 @@ fn answer(errno: i32) -> String {
         libc::EOPNOTSUPP => "EOPNOTSUPP".into(),
         libc::ENOENT => "ENOENT".into(),
         other => errno_name(other),
-    }
-}
-
-/// One `SOCK_DESTROY` for the TCP socket with this 4-tuple in the calling thread's namespace:
-/// the kernel's answer, 0 or a positive errno. Err only when netlink itself failed.
-fn destroy((local, remote): (SocketAddr, SocketAddr)) -> anyhow::Result<i32> {
-    // SAFETY: a plain socket(2); the fd is owned below.
-    let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
-    anyhow::ensure!(raw >= 0, "netlink socket: {}", std::io::Error::last_os_error());
-    // SAFETY: we own the fresh fd.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let request = destroy_request(local, remote)?;
-    // SAFETY: buffer and fd valid; the kernel is a netlink socket's default destination.
-    let sent = unsafe { libc::send(fd.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) };
-    anyhow::ensure!(sent >= 0, "sending SOCK_DESTROY: {}", std::io::Error::last_os_error());
-    let mut buf = [0u8; 4096];
-    // SAFETY: buffer valid for its length.
-    let got = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    anyhow::ensure!(got >= 0, "reading SOCK_DESTROY's answer: {}", std::io::Error::last_os_error());
-    parse_ack(&buf[..got as usize])
-}
-
-/// Whether sock_diag can dump IPv4 TCP sockets here: without a handler it answers the dump
-/// with an `NLMSG_ERROR` of ENOENT at once; with one, with sockets or `NLMSG_DONE`.
-fn sock_diag_has_tcp() -> anyhow::Result<bool> {
-    // SAFETY: a plain socket(2); the fd is owned below.
-    let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
-    anyhow::ensure!(raw >= 0, "netlink socket: {}", std::io::Error::last_os_error());
-    // SAFETY: we own the fresh fd.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let mut request = destroy_request("127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?)?;
-    request[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    request[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    // SAFETY: buffer and fd valid.
-    let sent = unsafe { libc::send(fd.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) };
-    anyhow::ensure!(sent >= 0, "sending a sock_diag dump: {}", std::io::Error::last_os_error());
-    let mut buf = vec![0u8; 64 * 1024];
-    // SAFETY: buffer valid for its length.
-    let got = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    anyhow::ensure!(got >= 0, "reading the dump: {}", std::io::Error::last_os_error());
-    let first = &buf[..got as usize];
-    let is_error = first.len() >= NLMSG_HDRLEN + 4 && u16::from_ne_bytes([first[4], first[5]]) == NLMSG_ERROR;
-    Ok(!(is_error && parse_ack(first)? == libc::ENOENT))
-}
-
-/// `nlmsghdr` + `inet_diag_req_v2` naming one socket: its addresses as sock_diag lists them
-/// (`src` the local end), ports in network order, any interface, and no cookie
-/// (`INET_DIAG_NOCOOKIE`, both words all ones: `sock_diag_check_cookie()` then accepts any).
-fn destroy_request(local: SocketAddr, remote: SocketAddr) -> anyhow::Result<Vec<u8>> {
-    let family = match (local.ip(), remote.ip()) {
-        (IpAddr::V4(_), IpAddr::V4(_)) => libc::AF_INET as u8,
-        (IpAddr::V6(_), IpAddr::V6(_)) => libc::AF_INET6 as u8,
-        _ => anyhow::bail!("mixed address families {local} -> {remote}"),
-    };
-    let words = |ip: IpAddr| -> [u8; 16] {
-        let mut out = [0u8; 16];
-        match ip {
-            IpAddr::V4(a) => out[..4].copy_from_slice(&a.octets()),
-            IpAddr::V6(a) => out.copy_from_slice(&a.octets()),
-        }
-        out
-    };
-    let len = NLMSG_HDRLEN + INET_DIAG_REQ_V2_LEN;
-    let mut r = Vec::with_capacity(len);
-    r.extend_from_slice(&(len as u32).to_ne_bytes());
-    r.extend_from_slice(&SOCK_DESTROY.to_ne_bytes());
-    r.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    r.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    r.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
-    r.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
-    r.extend_from_slice(&u32::MAX.to_ne_bytes()); // idiag_states: any
-    r.extend_from_slice(&local.port().to_be_bytes());
-    r.extend_from_slice(&remote.port().to_be_bytes());
-    r.extend_from_slice(&words(local.ip()));
-    r.extend_from_slice(&words(remote.ip()));
-    r.extend_from_slice(&0u32.to_ne_bytes()); // idiag_if
-    r.extend_from_slice(&[0xff; 8]); // idiag_cookie: INET_DIAG_NOCOOKIE
-    debug_assert_eq!(r.len(), len);
-    Ok(r)
-}
-
-/// The `NLMSG_ERROR` that acknowledges a request: 0, or the errno it failed with.
-fn parse_ack(data: &[u8]) -> anyhow::Result<i32> {
-    anyhow::ensure!(data.len() >= NLMSG_HDRLEN + 4, "SOCK_DESTROY: a short answer ({} bytes)", data.len());
-    let kind = u16::from_ne_bytes([data[4], data[5]]);
-    anyhow::ensure!(kind == NLMSG_ERROR, "SOCK_DESTROY: answered with message type {kind}, not an acknowledgement");
-    let error = i32::from_ne_bytes(data[NLMSG_HDRLEN..NLMSG_HDRLEN + 4].try_into().expect("4 bytes"));
-    Ok(-error)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_request_names_the_socket_as_sock_diag_lists_it() {
-        let local: SocketAddr = "127.0.0.1:40001".parse().unwrap();
-        let remote: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        let r = destroy_request(local, remote).unwrap();
-        assert_eq!(r.len(), 72);
-        assert_eq!(u16::from_ne_bytes([r[4], r[5]]), 21);
-        assert_eq!(r[16], libc::AF_INET as u8);
-        assert_eq!(&r[24..28], &[0x9c, 0x41, 0x1f, 0x90]); // 40001, 8080 big-endian
-        assert_eq!(&r[28..32], &[127, 0, 0, 1]);
-        assert_eq!(&r[44..48], &[127, 0, 0, 1]);
-        assert_eq!(&r[64..72], &[0xff; 8]);
-        assert!(destroy_request(local, "[::1]:8080".parse().unwrap()).is_err());
-    }
-
-    #[test]
-    fn an_acknowledgement_gives_the_errno() {
-        let mut ack = vec![0u8; 36];
-        ack[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
-        ack[16..20].copy_from_slice(&(-libc::EOPNOTSUPP).to_ne_bytes());
-        assert_eq!(parse_ack(&ack).unwrap(), libc::EOPNOTSUPP);
-        ack[16..20].copy_from_slice(&0i32.to_ne_bytes());
-        assert_eq!(parse_ack(&ack).unwrap(), 0);
-        assert!(parse_ack(&ack[..10]).is_err());
     }
 }
