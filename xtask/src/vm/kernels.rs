@@ -215,20 +215,8 @@ pub fn kernel_image(spec: &KernelSpec, refresh: bool) -> anyhow::Result<(PathBuf
     std::fs::create_dir_all(&work)?;
     // The image package carries vmlinuz itself (<= 6.x) or depends on a linux-binary-*
     // package that does (sid, 7.x): try the package, then its linux-binary dependency.
-    let mut candidates = vec![format!("{package}={version}")];
-    candidates.extend(
-        apt.depends(&format!("{package}={version}"))?
-            .into_iter()
-            .filter(|d| d.starts_with("linux-binary-") && !d.contains("unsigned")),
-    );
-    for candidate in candidates {
-        run_cmd(apt.command("apt-get").args(["download", "-q", &candidate]).current_dir(&work))?;
-        let name = candidate.split('=').next().unwrap_or(&candidate);
-        let deb = std::fs::read_dir(&work)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}_"))))
-            .with_context(|| format!("downloaded {candidate} but found no .deb"))?;
+    for candidate in apt.kernel_packages(&package, &version, &["linux-binary-"])? {
+        let deb = apt.download(&candidate, &work)?;
         if let Some(found) = extract_vmlinuz(&deb, &work)? {
             std::fs::rename(found, &image)?;
             let build = format!("{package} {version}");
@@ -315,6 +303,30 @@ impl AptGroup {
 
     fn update(&self) -> anyhow::Result<()> {
         run_cmd(self.command("apt-get").args(["update", "-q"]))
+    }
+
+    /// `package=version` and those of its dependencies whose names start with one of `parts`
+    /// (signed builds only): the packages a Debian kernel build's files are in (up to 6.x all
+    /// in the image package; 7.x splits them, the image into linux-binary-*, the modules into
+    /// linux-modules-*).
+    fn kernel_packages(&self, package: &str, version: &str, parts: &[&str]) -> anyhow::Result<Vec<String>> {
+        let image = format!("{package}={version}");
+        let split = self
+            .depends(&image)?
+            .into_iter()
+            .filter(|d| parts.iter().any(|part| d.starts_with(part)) && !d.contains("unsigned"));
+        Ok(std::iter::once(image.clone()).chain(split).collect())
+    }
+
+    /// `apt-get download` of `candidate` (`name=version`) into `dir`: the .deb's path.
+    fn download(&self, candidate: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+        run_cmd(self.command("apt-get").args(["download", "-q", candidate]).current_dir(dir))?;
+        let name = candidate.split('=').next().unwrap_or(candidate);
+        std::fs::read_dir(dir)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}_"))))
+            .with_context(|| format!("downloaded {candidate} but found no .deb"))
     }
 
     fn depends(&self, package: &str) -> anyhow::Result<Vec<String>> {

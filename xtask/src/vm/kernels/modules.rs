@@ -44,27 +44,18 @@ pub fn guest_modules(spec: &KernelSpec, build: &str) -> anyhow::Result<GuestModu
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&work)?;
     // The modules are in the image package (<= 6.x) or in its linux-binary dependency.
-    let mut candidates = vec![format!("{package}={version}")];
-    candidates.extend(
-        apt.depends(&format!("{package}={version}"))?
-            .into_iter()
-            .filter(|d| d.starts_with("linux-binary-") && !d.contains("unsigned")),
-    );
+    let candidates = apt.kernel_packages(package, version, &["linux-binary-"])?;
     let tree = work.join("tree");
     let mut modules = None;
     for candidate in &candidates {
-        let fetch = || run_cmd(apt.command("apt-get").args(["download", "-q", candidate]).current_dir(&work));
-        if fetch().is_err() {
-            // The lists may be older than the archive: update once, then fetch again.
-            apt.update()?;
-            fetch()?;
-        }
-        let name = candidate.split('=').next().unwrap_or(candidate);
-        let deb = std::fs::read_dir(&work)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}_"))))
-            .with_context(|| format!("downloaded {candidate} but found no .deb"))?;
+        let deb = match apt.download(candidate, &work) {
+            Ok(deb) => deb,
+            Err(_) => {
+                // The lists may be older than the archive: update once, then fetch again.
+                apt.update()?;
+                apt.download(candidate, &work)?
+            }
+        };
         std::fs::create_dir_all(&tree)?;
         let script = format!("dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}'", deb.display(), tree.display());
         run_cmd(Command::new("sh").args(["-c", &script]))?;
@@ -168,25 +159,12 @@ pub fn kernel_modules(spec: &KernelSpec, names: &[&str]) -> anyhow::Result<(Stri
     let work = dir.join("download");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
-    let mut candidates = vec![format!("{package}={version}")];
-    if apt.depends(&candidates[0])?.is_empty() {
+    if apt.depends(&format!("{package}={version}"))?.is_empty() {
         apt.update()?;
     }
-    // 7.x splits the kernel: the image in linux-binary-*, the modules in linux-modules-*.
-    candidates.extend(
-        apt.depends(&candidates[0])?
-            .into_iter()
-            .filter(|d| (d.starts_with("linux-binary-") || d.starts_with("linux-modules-")) && !d.contains("unsigned")),
-    );
     let mut found: Vec<Option<(String, PathBuf)>> = vec![None; names.len()];
-    for candidate in candidates {
-        run_cmd(apt.command("apt-get").args(["download", "-q", &candidate]).current_dir(&work))?;
-        let name = candidate.split('=').next().unwrap_or(&candidate);
-        let deb = std::fs::read_dir(&work)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}_"))))
-            .with_context(|| format!("downloaded {candidate} but found no .deb"))?;
+    for candidate in apt.kernel_packages(package, version, &["linux-binary-", "linux-modules-"])? {
+        let deb = apt.download(&candidate, &work)?;
         let listing = Command::new("dpkg-deb").arg("-c").arg(&deb).output()?;
         let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
         for (i, module) in names.iter().enumerate() {
