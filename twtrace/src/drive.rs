@@ -146,8 +146,7 @@ pub async fn drive<S: Sink>(source: &mut Source, filter: Filter, sink: &mut S, l
         let mut woke = None;
         if !stop {
             tokio::select! {
-                () = signals.recv() => stop = true,
-                _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => stop = true,
+                () = stop_asked(&mut signals, deadline) => stop = true,
                 wake = sink.wait() => woke = Some(wake),
                 flow = source.next_batch(&mut batch), if read => ended = flow == Flow::Ended,
             }
@@ -190,8 +189,7 @@ pub async fn drive<S: Sink>(source: &mut Source, filter: Filter, sink: &mut S, l
         if !source.can_wait() && sink.resync_due(now) {
             let read = source.sockets_later();
             tokio::select! {
-                () = signals.recv() => stop_pending = true,
-                _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => stop_pending = true,
+                () = stop_asked(&mut signals, deadline) => stop_pending = true,
                 sockets = read => match sockets {
                     Ok(sockets) => sink.resync(now, Some(&sockets)),
                     Err(e) => {
@@ -203,6 +201,14 @@ pub async fn drive<S: Sink>(source: &mut Source, filter: Filter, sink: &mut S, l
         }
     }
     sink.finish(&Status { source })
+}
+
+/// Returns when a signal comes, or the deadline (`--duration`) passes if there is one.
+async fn stop_asked(signals: &mut Signals, deadline: Option<tokio::time::Instant>) {
+    tokio::select! {
+        () = signals.recv() => {}
+        () = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {}
+    }
 }
 
 /// How long a sink's views took to build (snapshots, frames, expositions, samples): with the

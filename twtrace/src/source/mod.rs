@@ -233,11 +233,7 @@ impl Source {
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
-            let read = kernel::netns::run_in(Some(&path), kernel::sockdiag::tcp_sockets).map(|mut sockets| {
-                sockets.iter_mut().for_each(|s| s.netns = netns);
-                sockets
-            });
-            let _ = tx.send(read);
+            let _ = tx.send(sockets_in(netns, &path));
         });
         Box::pin(async move {
             rx.await
@@ -256,8 +252,12 @@ fn current_sockets(
     let (Some(netns), Some(path)) = (options.netns, options.netns_path.as_deref()) else {
         return Ok(namespaces.sockets());
     };
-    let mut sockets =
-        kernel::netns::run_in(Some(path), kernel::sockdiag::tcp_sockets).context("listing sockets (sock_diag)")?;
+    sockets_in(netns, path).context("listing sockets (sock_diag)")
+}
+
+/// The TCP sockets of namespace `netns`, entered through `path` (`--netns`).
+fn sockets_in(netns: u32, path: &std::path::Path) -> std::io::Result<Vec<ExistingSocket>> {
+    let mut sockets = kernel::netns::run_in(Some(path), kernel::sockdiag::tcp_sockets)?;
     for socket in &mut sockets {
         socket.netns = netns;
     }
