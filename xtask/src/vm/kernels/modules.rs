@@ -84,26 +84,26 @@ pub fn guest_modules(spec: &KernelSpec, build: &str) -> anyhow::Result<GuestModu
         let plain = strip_compression(&path);
         let to = root.join(&guest_dir).join(plain);
         std::fs::create_dir_all(to.parent().expect("a module's path has a directory"))?;
-        // Decompressed here: the guest's insmod then needs no decompressor. busybox (the
-        // guests' own, installed by setup) reads xz and gzip; zstd for packages that use it.
-        let decompress = match path.rsplit('.').next() {
-            Some("xz") => Some("busybox xzcat"),
-            Some("gz") => Some("busybox zcat"),
-            Some("zst") => Some("zstd -dc"),
-            _ => None,
-        };
-        match decompress {
-            Some(tool) => {
-                let script = format!("{tool} '{}' > '{}'", from.join(&path).display(), to.display());
-                run_cmd(Command::new("sh").args(["-c", &script]))?;
-            }
-            None => drop(std::fs::copy(from.join(&path), &to)?),
-        }
+        decompress(&from.join(&path), &to)?;
         load_order.push(format!("/{guest_dir}/{plain}"));
     }
     std::fs::write(dir.join("load-order"), load_order.iter().map(|l| format!("{l}\n")).collect::<String>())?;
     let _ = std::fs::remove_dir_all(&work);
     cached().context("the module cache was just written")
+}
+
+/// A module file as the guest's insmod reads it, decompressed here so that the guest needs no
+/// decompressor. busybox (the guests' own, installed by setup) reads xz and gzip; zstd for
+/// packages that use it.
+fn decompress(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let tool = match from.extension().and_then(|e| e.to_str()) {
+        Some("xz") => "busybox xzcat",
+        Some("gz") => "busybox zcat",
+        Some("zst") => "zstd -dc",
+        _ => return std::fs::copy(from, to).map(drop).with_context(|| format!("copying {}", from.display())),
+    };
+    let script = format!("{tool} '{}' > '{}'", from.display(), to.display());
+    run_cmd(Command::new("sh").args(["-c", &script]))
 }
 
 fn strip_compression(path: &str) -> &str {
@@ -187,14 +187,7 @@ pub fn kernel_modules(spec: &KernelSpec, names: &[&str]) -> anyhow::Result<(Stri
         release = r;
         let out = dir.join(&release).join(format!("{}-{}.ko", files.len(), module_base(module)));
         std::fs::create_dir_all(out.parent().expect("a parent"))?;
-        let p = path.display();
-        let o = out.display();
-        let script = match path.extension().and_then(|e| e.to_str()) {
-            Some("xz") => format!("xz -dc '{p}' > '{o}'"),
-            Some("zst") => format!("zstd -qdc '{p}' > '{o}'"),
-            _ => format!("cp '{p}' '{o}'"),
-        };
-        run_cmd(Command::new("sh").args(["-c", &script]))?;
+        decompress(&path, &out)?;
         files.push(out);
     }
     std::fs::write(dir.join("release"), format!("{release}\n"))?;
