@@ -77,4 +77,10 @@ pub struct SegmentMark {
     pub seq: u64,
     /// The segment's place in its run, from 0.
     pub part: u32,
+    /// Events of this run that reached the recorder after the segment before this one and
+    /// could not be written (a write error, a full disk above all, stopped recording). A reader
+    /// names the outage from this even when it was too short to show as silence between the
+    /// segments' times. Absent (0) in segments written before twtrace counted it.
+    #[serde(default)]
+    pub not_recorded: u64,
 }

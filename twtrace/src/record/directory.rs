@@ -333,6 +333,7 @@ impl DirectoryReader {
         let start_unix = header.clock.to_unix_ns(header.started_ns);
         let seq = header.segment.map_or(name.seq, |m| m.seq);
         let run = header.segment.map(|m| m.run);
+        let not_recorded = header.segment.map_or(0, |m| m.not_recorded);
         let first = self.segments_read == 0;
         self.segments_read += 1;
         if first {
@@ -354,8 +355,10 @@ impl DirectoryReader {
                 Some(GapCause::Missing { first: prev.seq + 1, last: seq - 1 })
             } else if run.is_none() || run != prev.run {
                 Some(GapCause::Restarted)
-            } else if start_unix > prev.end_unix_ns.saturating_add(GAP_TOLERANCE_NS) {
-                Some(GapCause::Stopped)
+            } else if not_recorded > 0 || start_unix > prev.end_unix_ns.saturating_add(GAP_TOLERANCE_NS) {
+                // A declared loss is a gap however short; silence longer than a rotation leaves
+                // is one even when undeclared (killed, or written before the count existed).
+                Some(GapCause::Stopped { not_recorded })
             } else {
                 None
             };

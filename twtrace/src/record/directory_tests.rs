@@ -7,10 +7,12 @@ use super::*;
 use crate::{
     event::{Sysctls, TimeWaitChange, TimeWaitEvent, TimeWaitSubstate},
     record::{
+        Recorder,
         directory::fuzz_input,
         segment_files::list,
         segments::{FlightRecorder, Policy, RunTotals},
     },
+    source_info::SegmentMark,
     time::WallClock,
 };
 
@@ -230,6 +232,51 @@ fn a_restart_is_a_gap_and_its_events_join_the_first_runs_clock() {
             to_unix_ns: REALTIME_AT_1000 + 120 * S,
             cause: GapCause::Restarted
         }]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// One segment of run 1 written by hand: births at each half second from `from` s for
+/// `seconds` s, its header declaring `not_recorded` events lost before it.
+fn segment_by_hand(dir: &Path, clock: WallClock, seq: u64, from_ns: u64, seconds: u64, not_recorded: u64) {
+    let mut header = info(clock, from_ns, vec![namespace(7, "tw-a", true)]);
+    header.segment = Some(SegmentMark { run: 1, seq, part: seq as u32, not_recorded });
+    let name = SegmentName { seq, start_unix_s: clock.to_unix_ns(from_ns) / S };
+    let mut recorder = Recorder::create(&dir.join(name.file_name()), &header, false).unwrap();
+    for k in 0..seconds {
+        recorder.write(&birth(from_ns + k * S + S / 2, seq * 100 + k)).unwrap();
+    }
+    let trailer = Trailer { events: seconds, lost: 0, ended_ns: from_ns + seconds * S, decoder: Default::default() };
+    recorder.finish(&trailer).unwrap();
+}
+
+#[test]
+fn an_outage_too_short_to_see_is_a_gap_when_the_next_segment_declares_its_loss() {
+    let dir = temp_dir("short-outage");
+    std::fs::create_dir_all(&dir).unwrap();
+    let clock = WallClock { realtime_ns: REALTIME_AT_1000, monotonic_ns: 1000 * S };
+    // 0.5 s of silence between the segments: well inside a rotation's tolerance.
+    segment_by_hand(&dir, clock, 0, 1000 * S, 5, 0);
+    segment_by_hand(&dir, clock, 1, 1005 * S + S / 2, 5, 0);
+    let (reader, events) = read_all(&dir, Window::default());
+    assert_eq!(events.len(), 10);
+    assert_eq!(reader.damage(), &[], "silence alone this short is a rotation");
+    // The same, the second segment declaring 12 events it could not write.
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    segment_by_hand(&dir, clock, 0, 1000 * S, 5, 0);
+    segment_by_hand(&dir, clock, 1, 1005 * S + S / 2, 5, 12);
+    let (reader, _) = read_all(&dir, Window::default());
+    let gap = Damage::Gap {
+        from_unix_ns: REALTIME_AT_1000 + 5 * S,
+        to_unix_ns: REALTIME_AT_1000 + 5 * S + S / 2,
+        cause: GapCause::Stopped { not_recorded: 12 },
+    };
+    assert_eq!(reader.damage(), std::slice::from_ref(&gap));
+    assert!(
+        gap.to_string()
+            .ends_with("(0.5 s): twtrace stopped writing (a full disk or a write error): 12 events not recorded"),
+        "{gap}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

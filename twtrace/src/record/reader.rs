@@ -42,8 +42,9 @@ pub enum GapCause {
     /// twtrace stopped and another run began.
     Restarted,
     /// The same run recorded nothing meanwhile: it was stopped by a write error (a full disk)
-    /// or killed before the segment was finished.
-    Stopped,
+    /// or killed before the segment was finished. `not_recorded`: the events it received and
+    /// could not write, as the next segment declares them (0 if unknown).
+    Stopped { not_recorded: u64 },
     /// The window asked for starts before the first segment kept.
     BeforeFirst,
 }
@@ -87,9 +88,13 @@ impl fmt::Display for Damage {
                         write!(f, "segments {first}..{last} are missing (deleted by retention or by hand, or lost)")
                     }
                     GapCause::Restarted => f.write_str("twtrace was not running (a new run begins after)"),
-                    GapCause::Stopped => {
+                    GapCause::Stopped { not_recorded: 0 } => {
                         f.write_str("twtrace stopped writing (a full disk or a write error), or was killed")
                     }
+                    GapCause::Stopped { not_recorded } => write!(
+                        f,
+                        "twtrace stopped writing (a full disk or a write error): {not_recorded} events not recorded"
+                    ),
                     GapCause::BeforeFirst => f.write_str("the directory's oldest segment begins later"),
                 }
             }

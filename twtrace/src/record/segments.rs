@@ -25,7 +25,8 @@
 //!   written and its chunk sealed, and refused while recording is stopped.
 //! - A write error (a full disk above all) never ends the run: the segment is cut back to its
 //!   last whole chunk, one log line says why, the error is counted, and a new segment is tried
-//!   every [`RETRY`] until one opens.
+//!   every [`RETRY`] until one opens. That segment's header counts the events not recorded
+//!   meanwhile, so readers name the outage however short it was.
 
 use std::{
     collections::BTreeMap,
@@ -198,6 +199,9 @@ pub struct FlightRecorder {
     stopped_ns: Option<u64>,
     /// During an outage: since when chunks have reached the disk again without a failure.
     writing_since: Option<u64>,
+    /// `stats.events_not_recorded` as the last segment opened declared it: the next segment's
+    /// header declares what was not recorded since ([`SegmentMark::not_recorded`]).
+    not_recorded_declared: u64,
     now_ns: u64,
     stats: RecorderStats,
     /// Where marks come from; `None` if another recorder listens on this directory.
@@ -241,6 +245,7 @@ impl FlightRecorder {
             retry_ns: None,
             stopped_ns: None,
             writing_since: None,
+            not_recorded_declared: 0,
             now_ns: info.started_ns,
             stats: RecorderStats::default(),
             control,
@@ -413,7 +418,8 @@ impl FlightRecorder {
         let mut header = self.info.clone();
         header.started_ns = now_ns;
         header.namespaces = self.namespaces.values().cloned().collect();
-        header.segment = Some(SegmentMark { run: self.run, seq, part: self.part });
+        let not_recorded = self.stats.events_not_recorded.saturating_sub(self.not_recorded_declared);
+        header.segment = Some(SegmentMark { run: self.run, seq, part: self.part, not_recorded });
         // The picture at start belongs to the run's first segment only (see the module).
         if self.part > 0 {
             header.sockets.clear();
@@ -424,6 +430,7 @@ impl FlightRecorder {
                 let proving_from = self.stopped_ns.map(|_| recorder.bytes_written());
                 self.open = Some(Open { recorder, path, seq, opened_ns: now_ns, proving_from });
                 self.part += 1;
+                self.not_recorded_declared = self.stats.events_not_recorded;
                 self.stats.segments_opened += 1;
                 self.retry_ns = None;
                 self.info.sockets.clear();
