@@ -154,6 +154,19 @@ fn prometheus_sees_each_namespace_as_ss_does() {
             counted(shown, expected, skipped),
             "{name}: EADDRNOTAVAIL {shown}, churn counted {expected}, {skipped} runs skipped"
         );
+        // Births in this namespace alone: every connection the churn made and closed first left
+        // a TIME_WAIT socket, but those the bucket limit refused (the namespace's own
+        // TCPTimeWaitOverflow; a fresh namespace's counters start at 0).
+        let made = summary["connections"].as_u64().expect("churn counts its connections") as f64;
+        let overflow = pod.ns.netstat().get("TCPTimeWaitOverflow").copied().unwrap_or(0) as f64;
+        let births = format!("twtrace_namespace_timewait_births_total{{{selector}}}");
+        let runs_skipped = || prom.value("twtrace_skipped_runs_total").unwrap_or(0.0);
+        let shown = prom.wait_for(&births, |v| counted(v, made - overflow, runs_skipped())).unwrap_or(0.0);
+        eprintln!("{name}: births prometheus {shown}, connections {made} less {overflow} refused by the bucket limit");
+        assert!(
+            counted(shown, made - overflow, runs_skipped()),
+            "{name}: births {shown}, churn made {made} connections, {overflow} refused TIME_WAIT"
+        );
         let range = prom.value(&format!("twtrace_destination_port_range_size{{{selector},remote=\"{SERVER}\"}}"));
         assert_eq!(range, Some(f64::from(pod.range.1 - pod.range.0 + 1)), "{name}: its own range");
         // The info series names it, without pod or container (an `ip netns` name).

@@ -32,8 +32,8 @@ use timewait::{ExistingTimeWait, GroupCounts, LiveTimeWait, Origins};
 pub use resync::ResyncView;
 use serde::Serialize;
 pub use snapshot::{
-    CommandGroup, DestinationView, FailureView, Group, KilledBy, MarkView, ModelSize, NamespaceView, PawsView,
-    PortSpaceView, ReasonView, RecentDrop, Sample, SetupDropView, Snapshot, SourceView, TimeWaitView,
+    CommandGroup, DestinationView, FailureView, Group, KilledBy, MarkView, ModelSize, NamespaceTotals, NamespaceView,
+    PawsView, PortSpaceView, ReasonView, RecentDrop, Sample, SetupDropView, Snapshot, SourceView, TimeWaitView,
 };
 use stats::{Histogram, Rate};
 
@@ -95,6 +95,8 @@ struct Namespace {
     live: bool,
     /// Its own kernel counters since start (netstat deltas).
     counters: BTreeMap<String, i64>,
+    /// Its share of the stream's TIME_WAIT births and deaths and PAWS drops.
+    totals: NamespaceTotals,
     /// Drops that cost connections other than PAWS (netfilter, accept-queue overflow), by
     /// reason name.
     setup_drops: BTreeMap<String, SetupDropView>,
@@ -261,6 +263,7 @@ impl Aggregator {
         let same = previous.filter(|p| p.live || !ns.live);
         let counters = same.map(|p| p.counters.clone()).unwrap_or_default();
         let setup_drops = same.map(|p| p.setup_drops.clone()).unwrap_or_default();
+        let totals = same.map(|p| p.totals).unwrap_or_default();
         let sysctls = ns.sysctls.clone().or_else(|| previous.and_then(|p| p.sysctls.clone()));
         self.namespaces.insert(
             ns.netns,
@@ -271,6 +274,7 @@ impl Aggregator {
                 sysctls,
                 live: ns.live,
                 counters,
+                totals,
                 setup_drops,
             },
         );
@@ -310,6 +314,7 @@ impl Aggregator {
             sysctls: None,
             live: true,
             counters: BTreeMap::new(),
+            totals: NamespaceTotals::default(),
             setup_drops: BTreeMap::new(),
         })
     }
@@ -317,6 +322,13 @@ impl Aggregator {
     /// A namespace's `ip_local_port_range` (the settings' when it was not described).
     pub fn port_range(&self, netns: u32) -> (u16, u16) {
         self.namespaces.get(&netns).map_or(self.settings.port_range, |n| n.port_range)
+    }
+
+    /// A namespace's TIME_WAIT births and deaths and PAWS drops since start, whether or not
+    /// a view ranks it (a counter must not fall back to 0 when its namespace drops out of a
+    /// view's top rows).
+    pub fn namespace_totals(&self, netns: u32) -> NamespaceTotals {
+        self.namespaces.get(&netns).map_or_else(NamespaceTotals::default, |n| n.totals)
     }
 
     /// The size of a namespace's ephemeral port range.

@@ -45,6 +45,7 @@ impl Aggregator {
 
     fn paws_drop(&mut self, e: &DropEvent) {
         self.drops.add(e.ts_ns, 1);
+        self.namespace(e.netns).totals.paws_drops += 1;
         let entry = self.drops_by_reason.entry(e.reason.clone()).or_default();
         entry.0 += 1;
         entry.1.add(e.ts_ns, 1);

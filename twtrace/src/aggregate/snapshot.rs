@@ -317,7 +317,12 @@ impl Aggregator {
                 (netns, n, sum, self.tw_groups.netns.get(netns).copied().unwrap_or(0))
             })
             .filter(|(_, n, sum, tw)| {
-                *tw > 0 || sum.in_use > 0 || sum.failures > 0 || !n.counters.is_empty() || !n.setup_drops.is_empty()
+                *tw > 0
+                    || sum.in_use > 0
+                    || sum.failures > 0
+                    || !n.counters.is_empty()
+                    || !n.setup_drops.is_empty()
+                    || n.totals != NamespaceTotals::default()
             });
         let shown = top_k(rows, self.settings.top, |a, b| {
             b.2.worst.total_cmp(&a.2.worst).then(b.2.failures.cmp(&a.2.failures)).then(b.3.cmp(&a.3)).then(a.0.cmp(b.0))
@@ -336,6 +341,7 @@ impl Aggregator {
                 ports_in_use: sum.in_use,
                 worst_utilisation: sum.worst,
                 connect_failures: sum.failures,
+                totals: n.totals,
                 counters: n.counters.iter().map(|(k, v)| (k.clone(), *v)).collect(),
                 setup_drops: n.setup_drops.values().cloned().collect(),
             })
@@ -386,6 +392,18 @@ pub struct CommandGroup {
     /// Distinct processes of that command holding them.
     pub processes: u64,
     pub count: u64,
+}
+
+/// One namespace's share of the host-wide totals since start: which pod churns, whose
+/// sockets die early, who takes the PAWS drops.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct NamespaceTotals {
+    pub timewait_births: u64,
+    /// TIME_WAIT deaths at their timer ...
+    pub timewait_expired: u64,
+    /// ... and before it, by path.
+    pub timewait_killed_by: KilledBy,
+    pub paws_drops: u64,
 }
 
 /// Early deaths by the path that caused them (see [`crate::event::DeathReason`]).
@@ -479,6 +497,8 @@ pub struct NamespaceView {
     /// The utilisation of its fullest destination (0–1).
     pub worst_utilisation: f64,
     pub connect_failures: u64,
+    /// Its TIME_WAIT births and deaths and its PAWS drops since start (seen in the stream).
+    pub totals: NamespaceTotals,
     /// Its kernel counters since start (netstat deltas).
     pub counters: Vec<(String, i64)>,
     /// Drops that cost connections other than PAWS, by reason (the PAWS ones are in

@@ -160,7 +160,7 @@ impl Aggregator {
         match &e.change {
             TimeWaitChange::Birth { timestamps, .. } => {
                 self.births.add(e.ts_ns, 1);
-                self.namespace(netns);
+                self.namespace(netns).totals.timewait_births += 1;
                 // The full socket ends here. Its → CLOSE follows, or is left out by the kernel
                 // when this birth stands for it (the state family's `LAST_BIRTH`): either way
                 // its hold on the port ends now, and a client's TIME_WAIT takes the port over.
@@ -214,10 +214,13 @@ impl Aggregator {
             }
             TimeWaitChange::Rearm { .. } => {}
             TimeWaitChange::Death { reason, lifetime_ns } => {
+                let totals = &mut self.namespace(netns).totals;
                 if reason.is_early() {
+                    totals.timewait_killed_by.add(*reason);
                     self.killed.add(e.ts_ns, 1);
                     self.killed_by.add(*reason);
                 } else {
+                    totals.timewait_expired += 1;
                     self.expired.add(e.ts_ns, 1);
                 }
                 self.lifetimes.record(*lifetime_ns);

@@ -26,7 +26,7 @@ use prometheus_client::{
 };
 
 use crate::{
-    aggregate::{Aggregator, Destination, Snapshot, stats::Histogram, topk::top_k},
+    aggregate::{Aggregator, Destination, KilledBy, Snapshot, stats::Histogram, topk::top_k},
     probes::FamilyReport,
     source::Health,
 };
@@ -59,6 +59,19 @@ const SEARCH_BOUNDS: [f64; 14] =
     [1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1, 1.0];
 /// Candidate ports examined per search.
 const CANDIDATE_BOUNDS: [f64; 12] = [1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 32768.0, 65536.0];
+
+/// TIME_WAIT deaths by the `reason` label's values (host-wide and per namespace alike).
+fn death_reasons(expired: u64, k: &KilledBy) -> [(&'static str, u64); 7] {
+    [
+        ("expired", expired),
+        ("reused", k.reused),
+        ("reset", k.reset),
+        ("incoming", k.incoming),
+        ("namespace_exit", k.namespace_exit),
+        ("aborted", k.aborted),
+        ("killed", k.unknown),
+    ]
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -242,16 +255,7 @@ impl Builder {
              connection over it), namespace_exit (its namespace torn down), aborted (destroyed on request: ss -K, bpf_sock_destroy), \
              killed (path not known).",
         );
-        let k = &t.killed_by;
-        for (reason, count) in [
-            ("expired", t.expired_total),
-            ("reused", k.reused),
-            ("reset", k.reset),
-            ("incoming", k.incoming),
-            ("namespace_exit", k.namespace_exit),
-            ("aborted", k.aborted),
-            ("killed", k.unknown),
-        ] {
+        for (reason, count) in death_reasons(t.expired_total, &t.killed_by) {
             deaths.push(vec![("reason", reason.into())], Value::Int(count));
         }
         let mut lifetime = Family::new(

@@ -131,6 +131,21 @@ impl Builder {
             "The namespace's net.ipv4.tcp_timestamps (0: off; PAWS and tcp_tw_reuse need them).",
         );
         let mut tw = Family::new("twtrace_timewait_sockets", Kind::Gauge, "TIME_WAIT sockets in the namespace now.");
+        let mut births = Family::new(
+            "twtrace_namespace_timewait_births",
+            Kind::Counter,
+            "TIME_WAIT sockets born in the namespace since start (twtrace_timewait_births_total is their sum).",
+        );
+        let mut deaths = Family::new(
+            "twtrace_namespace_timewait_deaths",
+            Kind::Counter,
+            "TIME_WAIT sockets of the namespace gone since start, by reason (as twtrace_timewait_deaths_total, whose sum they are).",
+        );
+        let mut paws = Family::new(
+            "twtrace_namespace_paws_drops",
+            Kind::Counter,
+            "Segments the namespace dropped for PAWS and the other RFC 7323 timestamp checks since start (twtrace_paws_drops_total, by reason, is their sum).",
+        );
         let mut buckets = Family::new(
             "twtrace_timewait_max_buckets",
             Kind::Gauge,
@@ -186,6 +201,14 @@ impl Builder {
                 timestamps.push(labels.clone(), Value::Int(v));
             }
             tw.push(labels.clone(), Value::Int(view.map_or(0, |v| v.timewait_live)));
+            let totals = aggregator.namespace_totals(description.netns);
+            births.push(labels.clone(), Value::Int(totals.timewait_births));
+            for (reason, count) in super::death_reasons(totals.timewait_expired, &totals.timewait_killed_by) {
+                let mut l = labels.clone();
+                l.push(("reason", reason.into()));
+                deaths.push(l, Value::Int(count));
+            }
+            paws.push(labels.clone(), Value::Int(totals.paws_drops));
             if let Some(limit) = description.sysctls.as_ref().and_then(|s| s.tcp_max_tw_buckets) {
                 buckets.push(labels.clone(), Value::Int(limit));
             }
@@ -231,6 +254,9 @@ impl Builder {
             reuse,
             timestamps,
             tw,
+            births,
+            deaths,
+            paws,
             buckets,
             range,
             counters,

@@ -284,6 +284,8 @@ fn samples(e: &Exposition) -> usize {
 #[test]
 fn many_rows_stay_within_the_readme_worst_case() {
     let mut agg = aggregator();
+    // Described, so it has its per-namespace series.
+    agg.describe(&crate::event::NamespaceDescription { netns: 1, name: "web".into(), sysctls: None, live: true });
     let mut sk = 0;
     for d in 0..200u16 {
         let remote = format!("10.0.{}.{}:80", d / 250, d % 250);
@@ -313,12 +315,13 @@ fn many_rows_stay_within_the_readme_worst_case() {
         &Health::default(),
         &[],
     );
-    // docs/serve.md, "Cardinality": 18 + (8K + 3) + 32 (K + 1) + 17 + (R + 2K + 1) + 15 + N (12 + E),
-    // here with one namespace, one errno, four reasons.
+    // docs/serve.md, "Cardinality": 18 + (8K + 3) + 32 (K + 1) + 17 + (R + 2K + 1) + 23
+    // + N (32 + E + 3D), here with one namespace, one errno, four reasons, no setup drops.
     let (n, errnos, reasons) = (1, 1, 4);
-    let bound = 18 + (8 * k + 3) + 32 * (k + 1) + 17 + (reasons + 2 * k + 1) + 15 + n * (12 + errnos);
+    let bound = 18 + (8 * k + 3) + 32 * (k + 1) + 17 + (reasons + 2 * k + 1) + 23 + n * (32 + errnos);
     let got = samples(&e);
     assert!(got <= bound, "{got} samples, docs/serve.md says at most {bound}");
+    assert_eq!(e.family("twtrace_namespace_timewait_deaths_total").map(|f| f.series.len()), Some(7 * n));
     // Folding did happen for each kind, and nothing of 200 rows leaked past K.
     for kind in ["destination", "connect_search", "paws_source"] {
         assert_eq!(value(&e, "twtrace_series_folded", ("kind", kind)), Some(&Value::Int(180)), "{kind}");
@@ -351,4 +354,81 @@ fn conntrack_levels_are_gauges_and_its_drops_a_counter_by_reason() {
     assert_eq!(value(&e, "twtrace_conntrack_dropped_packets_total", ("reason", "full")), Some(&Value::Int(7)));
     let tcpext = e.family("twtrace_tcpext_total").unwrap();
     assert_eq!(tcpext.series.len(), 1, "only TW: {:?}", tcpext.series);
+}
+
+/// "Which pod churns?": births, deaths by reason and PAWS drops per namespace, each namespace
+/// its own, summing to the host-wide families.
+#[test]
+fn births_deaths_and_paws_drops_are_counted_per_namespace() {
+    use crate::event::{DropEvent, NamespaceDescription};
+    let mut agg = aggregator();
+    for (netns, name) in [(1, "shop/web-1"), (2, "shop/db-0")] {
+        agg.describe(&NamespaceDescription { netns, name: name.into(), sysctls: None, live: true });
+    }
+    // Namespace 1: three births, one expires, one is reused by connect().
+    for k in 0..3 {
+        request(&mut agg, S + k, 10 + k, 40_000 + k as u16, "10.0.0.9:80");
+    }
+    let death = |tw_id: u64, reason: DeathReason| {
+        Event::TimeWait(TimeWaitEvent {
+            ts_ns: 61 * S,
+            tw_id,
+            flow: None,
+            netns: 1,
+            owner: None,
+            change: TimeWaitChange::Death { reason, lifetime_ns: 60 * S },
+        })
+    };
+    agg.apply(&death(10, DeathReason::Expired));
+    agg.apply(&death(11, DeathReason::Reused));
+    // Namespace 2: two PAWS drops, and nothing of TIME_WAIT.
+    for seq in 0..2 {
+        agg.apply(&Event::Drop(DropEvent {
+            ts_ns: 61 * S,
+            reason: "TCP_RFC7323_TW_PAWS".into(),
+            reason_code: 0,
+            netns: 2,
+            flow: Some(SocketFlow { local: "10.0.0.2:80".parse().unwrap(), remote: "192.0.2.7:5555".parse().unwrap() }),
+            tcp_flags: crate::event::TCP_FLAG_SYN,
+            seq,
+            ack_seq: 0,
+            outgoing: false,
+        }));
+    }
+    agg.advance(62 * S);
+    let e = Builder::with_ip_netns_dir(Limits::default(), None).build(&agg, 62 * S, &Health::default(), &[]);
+    let of = |family: &str, netns: &str, reason: Option<&str>| -> Option<u64> {
+        let f = e.family(family)?;
+        f.series
+            .iter()
+            .find(|s| {
+                s.labels.iter().any(|(k, v)| *k == "netns" && v == netns)
+                    && reason.is_none_or(|r| s.labels.iter().any(|(k, v)| *k == "reason" && v == r))
+            })
+            .and_then(|s| match s.value {
+                Value::Int(n) => Some(n),
+                _ => None,
+            })
+    };
+    let births = "twtrace_namespace_timewait_births_total";
+    let deaths = "twtrace_namespace_timewait_deaths_total";
+    let paws = "twtrace_namespace_paws_drops_total";
+    assert_eq!([of(births, "1", None), of(births, "2", None)], [Some(3), Some(0)]);
+    assert_eq!(of(deaths, "1", Some("expired")), Some(1));
+    assert_eq!(of(deaths, "1", Some("reused")), Some(1));
+    assert_eq!(of(deaths, "1", Some("reset")), Some(0), "every reason, from 0");
+    assert_eq!(of(deaths, "2", Some("expired")), Some(0));
+    assert_eq!([of(paws, "1", None), of(paws, "2", None)], [Some(0), Some(2)]);
+    // The host-wide families are their sums.
+    let host = |family: &str| e.family(family).map(|f| f.series.iter().map(|s| s.value.clone()).collect::<Vec<_>>());
+    assert_eq!(host("twtrace_timewait_births_total"), Some(vec![Value::Int(3)]));
+    let text = encode(Arc::new(e));
+    let ns1 = "netns=\"1\",netns_name=\"shop/web-1\",namespace=\"shop\",pod=\"web-1\",container=\"\"";
+    for line in [
+        format!("twtrace_namespace_timewait_births_total{{{ns1}}} 3"),
+        format!("twtrace_namespace_timewait_deaths_total{{{ns1},reason=\"reused\"}} 1"),
+        format!("twtrace_namespace_paws_drops_total{{{ns1}}} 0"),
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+    }
 }
