@@ -569,6 +569,12 @@ fn rows_beyond_the_limit_are_evicted_least_recent_first_and_counted() {
     let end = snap(&mut agg, 41 * S);
     assert_eq!(end.timewait.live, 0);
     assert!(end.namespaces.iter().all(|n| n.ports_in_use == 0));
+    // An evicted destination that comes back takes a freed number, found again by its index.
+    let back = flow(&format!("{CLIENT}:42000"), "10.2.0.0:80");
+    agg.apply(&state(42 * S, 500, 7, 2, back));
+    agg.apply(&state(42 * S, 500, 2, 7, back));
+    assert_eq!(agg.connects_total(&Destination::of(1, &back)), 1);
+    assert_eq!(agg.connects_total(&Destination::of(1, &flow(&format!("{CLIENT}:41029"), "10.2.0.29:80"))), 1);
 }
 
 /// An owner's name lives as long as a live socket names it: a client per request must not
