@@ -168,15 +168,35 @@ const REARM_WINDOW_NS: u64 = 100_000_000;
 /// emulated vCPU may be descheduled in between; no shorter than `REARM_WINDOW_NS`.
 const CANCEL_GRACE_NS: u64 = 100_000_000;
 
-/// 32 bytes per live socket (a busy host has a million): an IPv4 4-tuple inline; the
+/// 24 bytes per live socket, 32 with its address as the table's key (a busy host has a
+/// million, in 2^21 slots: each byte less a slot is 2 MiB): an IPv4 4-tuple inline; the
 /// namespace, owner and kind of address in the tracker's table of origins (few distinct ones);
 /// IPv6 4-tuples aside.
 struct Live {
-    tw_id: u64,
-    birth_ns: u64,
+    /// The low 32 bits of its id ([`Tracker::full_id`]).
+    tw_id: u32,
+    /// Its birth, in microseconds of CLOCK_MONOTONIC modulo 2^32 (71 minutes): only lifetimes
+    /// are taken from it, and no TIME_WAIT socket lives half that long (TIME_WAIT is 60 s; a
+    /// FIN_WAIT2 one lasts `tcp_fin_timeout`, 60 s by default).
+    birth_us: u32,
     /// Local address, remote address, local port, remote port (IPv4 only).
     v4: [u8; 12],
     origin: OriginId,
+}
+
+// The figure the scale target rests on (issue 25: 200 bytes per TIME_WAIT socket, whole process).
+const _: () = assert!(std::mem::size_of::<(u64, Live)>() == 32);
+
+/// [`Live::birth_us`] of a CLOCK_MONOTONIC time.
+fn micros(ts_ns: u64) -> u32 {
+    (ts_ns / 1_000) as u32
+}
+
+/// The lifetime of a socket born at `birth_us` ([`micros`]) and dead at `death_ns`, to the
+/// microsecond. A death stamped before its birth (records of two CPUs) lived 0.
+fn lifetime_ns(birth_us: u32, death_ns: u64) -> u64 {
+    let us = micros(death_ns).wrapping_sub(birth_us);
+    if us > u32::MAX / 2 { 0 } else { u64::from(us) * 1_000 }
 }
 
 /// Index in `Tracker::origins`.
@@ -353,6 +373,13 @@ impl Tracker {
         id
     }
 
+    /// A live socket's whole id: the latest id given out with its low 32 bits. Ids are given
+    /// one after another and a socket is live for at most minutes, so four billion births never
+    /// lie between a live socket's and the next.
+    fn full_id(&self, live: &Live) -> u64 {
+        self.next_id - u64::from((self.next_id as u32).wrapping_sub(live.tw_id))
+    }
+
     fn flow(&self, tw_addr: u64, live: &Live) -> Option<SocketFlow> {
         match self.origins[live.origin as usize].v4 {
             None => None,
@@ -376,7 +403,8 @@ impl Tracker {
             self.v6_flows.insert(raw.tw_addr, f);
         }
         let origin = self.origin_id(Origin { netns: raw.netns, owner, v4: flow.map(|_| v4.is_some()) });
-        self.live.insert(raw.tw_addr, Live { tw_id, birth_ns: raw.header.ts_ns, v4: v4.unwrap_or_default(), origin });
+        let live = Live { tw_id: tw_id as u32, birth_us: micros(raw.header.ts_ns), v4: v4.unwrap_or_default(), origin };
+        self.live.insert(raw.tw_addr, live);
         out.push(Event::TimeWait(TimeWaitEvent {
             ts_ns: raw.header.ts_ns,
             tw_id,
@@ -396,7 +424,7 @@ impl Tracker {
         let Some(live) = self.live.get(&raw.tw_addr) else { return };
         out.push(Event::TimeWait(TimeWaitEvent {
             ts_ns: raw.header.ts_ns,
-            tw_id: live.tw_id,
+            tw_id: self.full_id(live),
             flow: self.flow(raw.tw_addr, live),
             netns: self.origins[live.origin as usize].netns,
             owner: self.origins[live.origin as usize].owner,
@@ -419,11 +447,11 @@ impl Tracker {
         }
         out.push(Event::TimeWait(TimeWaitEvent {
             ts_ns,
-            tw_id: live.tw_id,
+            tw_id: self.full_id(&live),
             flow,
             netns: self.origins[live.origin as usize].netns,
             owner: self.origins[live.origin as usize].owner,
-            change: TimeWaitChange::Death { reason, lifetime_ns: ts_ns.saturating_sub(live.birth_ns) },
+            change: TimeWaitChange::Death { reason, lifetime_ns: lifetime_ns(live.birth_us, ts_ns) },
         }));
     }
 }

@@ -293,3 +293,40 @@ fn malformed_and_foreign_records_are_counted() {
     assert!(out.is_empty());
     assert_eq!((d.stats.records, d.stats.malformed, d.stats.wrong_version), (4, 3, 1));
 }
+
+/// A live socket keeps 32 bits of its id and of its birth in microseconds: ids past 2^32 and
+/// a birth just before the microsecond clock wraps still come back whole.
+#[test]
+fn ids_and_lifetimes_survive_the_compact_live_record() {
+    let mut tracker = Tracker::new(250);
+    tracker.next_id = (1 << 32) - 1;
+    let mut owners = crate::probes::owners::Owners::new();
+    let mut out = Vec::new();
+    // Born 1 ms before the 2^32 µs boundary, and after it.
+    let wrap_ns = (1u64 << 32) * 1_000;
+    let born = [wrap_ns - 1_000_000, wrap_ns + 5_000];
+    for (k, ts) in born.iter().enumerate() {
+        tracker.on_record(&raw(TimerPhase::Start, 0, *ts, 0xb0 + k as u64), &mut owners, &mut out);
+    }
+    for (k, ts) in born.iter().enumerate() {
+        tracker.on_record(&raw(TimerPhase::Kill, 0, ts + 60 * SEC, 0xb0 + k as u64), &mut owners, &mut out);
+    }
+    assert_eq!(
+        changes(&out),
+        vec![
+            (u64::from(u32::MAX), out_birth(&out[0])),
+            (1 << 32, out_birth(&out[1])),
+            (u64::from(u32::MAX), TimeWaitChange::Death { reason: DeathReason::Killed, lifetime_ns: 60 * SEC }),
+            (1 << 32, TimeWaitChange::Death { reason: DeathReason::Killed, lifetime_ns: 60 * SEC }),
+        ]
+    );
+    // A death stamped before its birth (another CPU's clock read first) lived 0, not 71 minutes.
+    assert_eq!(lifetime_ns(micros(10 * SEC), 10 * SEC - 2_000), 0);
+}
+
+fn out_birth(e: &Event) -> TimeWaitChange {
+    match e {
+        Event::TimeWait(t) => t.change.clone(),
+        _ => panic!("{e:?}"),
+    }
+}
