@@ -33,7 +33,7 @@ pub(super) fn paws(r: &Report, out: &mut Vec<Finding>) {
                      connection's timestamp offset (stable builds from March 2026, e.g. 6.18.17): then two \
                      connections from one host have unrelated clocks",
                     nat.len(),
-                    nat.iter().take(NAMED).map(|s| s.source.to_string()).collect::<Vec<_>>().join(", ")
+                    nat.iter().take(NAMED).map(|s| r.source_label(s)).collect::<Vec<_>>().join(", ")
                 )
             },
             rec.sysctls.tcp_timestamps.map_or("unknown".into(), |v| v.to_string())
@@ -46,7 +46,7 @@ pub(super) fn paws(r: &Report, out: &mut Vec<Finding>) {
         .take(NAMED)
         .map(|s| {
             ev(
-                format!("{}: {} drops, {} flows", s.source, s.drops, s.flows),
+                format!("{}: {} drops, {} flows", r.source_label(s), s.drops, s.flows),
                 vec![fig("drops", s.drops as f64, "segments"), fig("flows", s.flows as f64, "flows")],
             )
         })

@@ -373,8 +373,8 @@ li{{margin:4px 0}} figure{{margin:8px 0}}
     let rows: Vec<Vec<String>> = r.paws.by_reason.iter().map(|(k, v)| vec![k.clone(), v.to_string()]).collect();
     h.push_str(&table(&["reason", "drops"], &rows));
     let rows: Vec<Vec<String>> =
-        r.paws.sources.iter().map(|s| vec![s.source.to_string(), s.drops.to_string(), s.flows.to_string()]).collect();
-    h.push_str(&table(&["source", "drops", "flows"], &rows));
+        r.paws.sources.iter().map(|s| vec![r.source_label(s), s.drops.to_string(), s.flows.to_string()]).collect();
+    h.push_str(&table(&["source (namespace)", "drops", "flows"], &rows));
     let rows: Vec<Vec<String>> = r.paws.counters.iter().map(|(k, v)| vec![k.clone(), format!("{v:+}")]).collect();
     h.push_str(&table(&["kernel counter", "change"], &rows));
 

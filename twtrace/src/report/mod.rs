@@ -189,6 +189,22 @@ pub struct ReportBuilder {
     pub times: crate::drive::ViewTimes,
 }
 
+impl Report {
+    /// The name of namespace `netns` as the recording described it (its inode if it was not).
+    pub fn namespace_name(&self, netns: u32) -> String {
+        let described = self.recording.namespaces.iter().find(|d| d.netns == netns).map(|d| d.name.clone());
+        described
+            .or_else(|| self.namespaces.iter().find(|v| v.netns == netns).map(|v| v.name.clone()))
+            .unwrap_or_else(|| netns.to_string())
+    }
+
+    /// A PAWS source as people read it: the address and the namespace that received from it
+    /// (one address in two namespaces is two sources, e.g. 127.0.0.1 in each).
+    pub fn source_label(&self, s: &crate::aggregate::SourceView) -> String {
+        format!("{} in {}", s.source, self.namespace_name(s.netns))
+    }
+}
+
 impl ReportBuilder {
     /// `aggregator`: seeded with the sockets at the start, `started_ns`.
     pub fn new(mut aggregator: Aggregator, started_ns: u64) -> Self {

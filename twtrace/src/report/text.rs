@@ -163,7 +163,7 @@ pub fn text(r: &Report) -> String {
         p.peak_at.map(|t| format!(" at {}", t.time_of_day())).unwrap_or_default()
     ));
     for s in &p.sources {
-        line(format!("  from {} drops {} flows {}", s.source, s.drops, s.flows));
+        line(format!("  from {} drops {} flows {}", r.source_label(s), s.drops, s.flows));
     }
     if !p.counters.is_empty() {
         let c: Vec<String> = p.counters.iter().map(|(k, v)| format!("{k} {v:+}")).collect();
