@@ -237,7 +237,8 @@ fn prometheus_sees_each_namespace_as_ss_does() {
 /// it in the host's cgroup namespace. Through a Prometheus scraping as the PodMonitor does, the
 /// web pod's TIME_WAIT (as `ss` counts it) and EADDRNOTAVAIL (as its client counted them) must
 /// appear under its Kubernetes namespace and pod name, with the CNI name as `netns_name`; the
-/// other pod is named too. `stat` names them the same way.
+/// other pod is named too, and so is a pod made while serve runs, once its log directory
+/// appears. `stat` names them the same way.
 #[test]
 fn pods_laid_out_as_the_kubelet_does_are_named_in_prometheus() {
     if !can_run() {
@@ -320,6 +321,19 @@ fn pods_laid_out_as_the_kubelet_does_are_named_in_prometheus() {
             prom.query("twtrace_namespace_info")
         );
     }
+    // A pod made while serve runs, whose log directory twtrace has not read when it first sees
+    // the namespace: served unnamed first (its cgroup alone), then under its name once the
+    // directory is read, which the stream must carry to the labels (a better name learnt later
+    // was never sent before stop 33).
+    let late =
+        kubelet::KubeletPod::new_unlogged(&cgroups, &logs, kubelet::Driver::Systemd, ("shop", "late-5d8c9-x7k2p"), 4);
+    let unnamed = format!("twtrace_namespace_info{{netns_name=\"{}\",pod=\"\"}}", late.netns.name);
+    let seen = prom.wait_for(&unnamed, |v| v == 1.0);
+    assert_eq!(seen, Some(1.0), "the late pod's namespace, unnamed: {:#?}", prom.query("twtrace_namespace_info"));
+    late.log("app");
+    let info = format!("twtrace_namespace_info{{{}}}", pod(&late));
+    let named = prom.wait_for(&info, |v| v == 1.0);
+    assert_eq!(named, Some(1.0), "the late pod, named: {:#?}", prom.query("twtrace_namespace_info"));
     let summary = support::churn_in(&web.netns, "client", 5, Duration::ZERO).join().unwrap();
     let refused = summary["failures"]["EADDRNOTAVAIL"].as_u64().unwrap_or(0);
     let tw = web.netns.time_wait_sockets().len();

@@ -1,7 +1,8 @@
 //! The live source's namespaces: every namespace present at the start is described (named,
 //! its settings read inside it) before the first event; one first seen in an event is
-//! described in the stream just before that event; one that appears or goes away is
-//! described again on the next look. The registry doing the looking is `kernel::namespaces`.
+//! described in the stream just before that event; one that appears or goes away, or that the
+//! registry names better (a pod once its kubelet log directory is read), is described again on
+//! the next look. The registry doing the looking is `kernel::namespaces`.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -260,6 +261,39 @@ impl NamespaceTracker {
             .collect();
         for id in retired_meanwhile {
             out.push(self.describe(id));
+        }
+        out.extend(self.renamed());
+        out
+    }
+
+    /// Live namespaces the registry has since named better: a pod's name once the kubelet's
+    /// log directory for it is read (a pod made after the start is first seen by its cgroup,
+    /// `pod UID`), a container's. Described again under the new name with the settings last
+    /// read, so every sink (serve's labels above all) follows; settings and age carry on.
+    fn renamed(&mut self) -> Vec<NamespaceDescription> {
+        let renamed: Vec<NetnsId> = self
+            .announced
+            .iter()
+            .filter(|(id, a)| {
+                a.live
+                    && self
+                        .registry
+                        .get(NetnsId(**id))
+                        .is_some_and(|info| info.is_live() && info.name.to_string() != a.name)
+            })
+            .map(|(id, _)| NetnsId(*id))
+            .collect();
+        let mut out = Vec::new();
+        for id in renamed {
+            let Some(info) = self.registry.get(id) else { continue };
+            let mut d = description(info);
+            if let Some(read) = self.settings.get(&id.0).filter(|r| r.sysctls.is_some()) {
+                d.sysctls = read.sysctls.clone();
+            }
+            if let Some(a) = self.announced.get_mut(&id.0) {
+                a.name = d.name.clone();
+            }
+            out.push(d);
         }
         out
     }

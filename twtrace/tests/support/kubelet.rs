@@ -101,11 +101,24 @@ impl KubeletPod {
         (namespace, name, container): (&str, &str, &str),
         n: u32,
     ) -> Self {
-        let (uid, container_id) = ids(n);
         // The kubelet makes the log directory before it asks for the sandbox.
+        let (uid, _) = ids(n);
+        write_log_dir(&logs.join(format!("{namespace}_{name}_{uid}")), container);
+        Self::new_unlogged(cgroup_root, logs, driver, (namespace, name), n)
+    }
+
+    /// The pod without its log directory, which [`Self::log`] writes later: what twtrace sees
+    /// of a pod made after it last read the directory (by its cgroup alone, until the next
+    /// read names it).
+    pub fn new_unlogged(
+        cgroup_root: &Path,
+        logs: &Path,
+        driver: Driver,
+        (namespace, name): (&str, &str),
+        n: u32,
+    ) -> Self {
+        let (uid, container_id) = ids(n);
         let log_dir = logs.join(format!("{namespace}_{name}_{uid}"));
-        std::fs::create_dir_all(log_dir.join(container)).unwrap();
-        std::fs::write(log_dir.join(container).join("0.log"), "").unwrap();
         // containerd: the namespace, registered by its CNI plugins as cni-UUID.
         let netns_name = format!("cni-{}", ids(n + 1000).0);
         let _ = support::output(Command::new("ip").args(["netns", "del", &netns_name]));
@@ -126,6 +139,11 @@ impl KubeletPod {
         Self { namespace: namespace.into(), name: name.into(), pause, _cgroup: cgroup, netns, log_dir }
     }
 
+    /// Writes the pod's log directory with `container`'s.
+    pub fn log(&self, container: &str) {
+        write_log_dir(&self.log_dir, container);
+    }
+
     pub fn pause_pid(&self) -> u32 {
         self.pause.id()
     }
@@ -137,6 +155,11 @@ impl Drop for KubeletPod {
         let _ = self.pause.wait();
         let _ = std::fs::remove_dir_all(&self.log_dir);
     }
+}
+
+fn write_log_dir(dir: &Path, container: &str) {
+    std::fs::create_dir_all(dir.join(container)).unwrap();
+    std::fs::write(dir.join(container).join("0.log"), "").unwrap();
 }
 
 /// A pod UID (a UUID) and a container ID (64 hex digits), distinct per test process and `n`.
