@@ -219,6 +219,19 @@ fn prometheus_sees_each_namespace_as_ss_does() {
     assert_eq!(code, 200);
     let families = openmetrics_parse(&text).unwrap_or_else(|e| panic!("the strict parser refused it: {e}\n{text}"));
     assert!(families > 20, "{families} families");
+    // The classic 0.0.4 text for a client that prefers it, gzipped for one that takes gzip (curl
+    // --compressed; Prometheus asks for gzip at every scrape above): promtool, Prometheus' own
+    // parser, reads it.
+    let url = format!("http://{}/metrics", serve.addr);
+    let (code, text) = curl(&["--compressed", "-D", "-", "-H", "Accept: text/plain;version=0.0.4", &url]);
+    assert_eq!(code, 200);
+    let (head, body) = text.split_once("\r\n\r\n").expect("the headers, then the body");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("content-type: text/plain; version=0.0.4; charset=utf-8"), "{head}");
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    assert!(!body.contains("# EOF") && body.contains("# TYPE twtrace_lost_records_total counter"), "{body}");
+    let check = promtool_check_metrics(body);
+    assert!(check.status.success(), "promtool check metrics: {}", String::from_utf8_lossy(&check.stderr));
     let (code, body) = curl(&[&format!("http://{}/healthz", serve.addr)]);
     assert_eq!((code, body.trim()), (200, "ok"));
     let (code, _) = curl(&[&format!("http://{}/", serve.addr)]);
@@ -617,4 +630,18 @@ fn slow_clients_and_sigterm_during_scrapes() {
     }
     eprintln!("SIGTERM during scrapes: {whole} whole, {refused} refused after the stop; {said:?}");
     assert!(whole > 0);
+}
+
+/// `promtool check metrics` on `text` (the 0.0.4 text format on its standard input).
+fn promtool_check_metrics(text: &str) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = support::spawn(
+        Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
 }

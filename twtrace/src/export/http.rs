@@ -26,7 +26,13 @@ use tokio::{
     task::JoinSet,
 };
 
-use super::{ExportError, model, model::Exposition, webconfig::WebConfig};
+use super::{
+    ExportError,
+    format::{self, Format},
+    model,
+    model::Exposition,
+    webconfig::WebConfig,
+};
 
 pub const MAX_CONNECTIONS: usize = 64;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,8 +45,6 @@ pub const STALE_AFTER: Duration = Duration::from_secs(15);
 /// bcrypt checks at once (each takes tens of milliseconds of a core by design).
 const AUTH_CHECKS: usize = 2;
 
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
 /// What the drive loop publishes for the server: the latest exposition and when it was made.
 #[derive(Clone)]
 pub struct Published {
@@ -48,10 +52,23 @@ pub struct Published {
     pub at: Instant,
 }
 
+/// One generation's bodies, each made by the first scrape that asks for it: OpenMetrics and
+/// 0.0.4 text, each plain and gzipped ([`Encoded::slot`]).
+struct Encoded {
+    generation: u64,
+    bodies: [Option<Bytes>; 4],
+}
+
+impl Encoded {
+    fn slot(format: Format, gzip: bool) -> usize {
+        usize::from(format == Format::Text004) * 2 + usize::from(gzip)
+    }
+}
+
 struct State {
     published: watch::Receiver<Published>,
-    /// The text of the latest generation encoded so far.
-    encoded: Mutex<Option<(u64, Bytes)>>,
+    /// The bodies of the latest generation encoded so far.
+    encoded: Mutex<Option<Encoded>>,
     web: WebConfig,
     auth_checks: Semaphore,
     index: Bytes,
@@ -76,7 +93,7 @@ pub fn spawn(listener: TcpListener, web: WebConfig, published: watch::Receiver<P
     let index = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>twtrace</title></head><body>\
          <h1>twtrace serve</h1><p>TIME_WAIT, ephemeral port and PAWS metrics for Prometheus.</p>\
-         <ul><li><a href=\"/metrics\">/metrics</a>: OpenMetrics exposition</li>\
+         <ul><li><a href=\"/metrics\">/metrics</a>: OpenMetrics, or the 0.0.4 text format for a client that asks for text/plain</li>\
          <li><a href=\"/healthz\">/healthz</a>: 200 while the event loop publishes</li></ul>\
          <p>Scrape {scheme}://{local_addr}/metrics.</p></body></html>\n"
     );
@@ -209,30 +226,57 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Fu
         }
     }
     Ok(match path {
-        "/metrics" => response(StatusCode::OK, OPENMETRICS, metrics(&state).await, web),
+        "/metrics" => {
+            let asked = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+            let format = Format::negotiate(asked(header::ACCEPT));
+            let gzip = format::accepts_gzip(asked(header::ACCEPT_ENCODING));
+            let mut r = response(StatusCode::OK, format.content_type(), metrics(&state, format, gzip).await, web);
+            let headers = r.headers_mut();
+            if gzip {
+                headers.insert(header::CONTENT_ENCODING, header::HeaderValue::from_static("gzip"));
+            }
+            headers.insert(header::VARY, header::HeaderValue::from_static("Accept, Accept-Encoding"));
+            r
+        }
         "/" => response(StatusCode::OK, "text/html; charset=utf-8", state.index.clone(), web),
         _ => response(StatusCode::NOT_FOUND, text, Bytes::from_static(b"Not found: try /metrics\n"), web),
     })
 }
 
-/// The latest exposition's text: encoded by the first scrape after a publication (off the
-/// event loop), shared by the others.
-async fn metrics(state: &State) -> Bytes {
+/// The latest exposition in `format`, gzipped if asked: each body made by the first scrape
+/// after a publication that asks for it (off the event loop, on the blocking pool), shared by
+/// the others. The OpenMetrics text is the source of the rest.
+async fn metrics(state: &State, format: Format, gzip: bool) -> Bytes {
     let exposition = state.published.borrow().exposition.clone();
     let mut encoded = state.encoded.lock().await;
-    if let Some((generation, text)) = encoded.as_ref() {
-        if *generation == exposition.generation {
-            return text.clone();
+    if encoded.as_ref().is_none_or(|e| e.generation != exposition.generation) {
+        *encoded = Some(Encoded { generation: exposition.generation, bodies: Default::default() });
+    }
+    let e = encoded.as_mut().expect("set above");
+    if let Some(body) = &e.bodies[Encoded::slot(format, gzip)] {
+        return body.clone();
+    }
+    let openmetrics = e.bodies[Encoded::slot(Format::OpenMetrics, false)].clone();
+    let made = tokio::task::spawn_blocking(move || {
+        let openmetrics = openmetrics.unwrap_or_else(|| Bytes::from(model::encode(exposition)));
+        let text = match format {
+            Format::OpenMetrics => openmetrics.clone(),
+            Format::Text004 => Bytes::from(format::text_004(&String::from_utf8_lossy(&openmetrics))),
+        };
+        let body = if gzip { Bytes::from(format::gzip(&text)) } else { text };
+        (openmetrics, body)
+    })
+    .await;
+    match made {
+        Ok((openmetrics, body)) => {
+            e.bodies[Encoded::slot(Format::OpenMetrics, false)] = Some(openmetrics);
+            e.bodies[Encoded::slot(format, gzip)] = Some(body.clone());
+            body
+        }
+        Err(err) => {
+            log::error!("encoding the metrics: {err}");
+            let eof = Bytes::from_static(b"# EOF\n");
+            if gzip { Bytes::from(format::gzip(&eof)) } else { eof }
         }
     }
-    let generation = exposition.generation;
-    let text = match tokio::task::spawn_blocking(move || model::encode(exposition)).await {
-        Ok(text) => Bytes::from(text),
-        Err(e) => {
-            log::error!("encoding the metrics: {e}");
-            return Bytes::from_static(b"# EOF\n");
-        }
-    };
-    *encoded = Some((generation, text.clone()));
-    text
 }

@@ -6,9 +6,11 @@
 //!   OpenMetrics text when scraped.
 //! - [`webconfig`]: the web configuration file of node_exporter and the Prometheus exporter
 //!   toolkit (TLS, basic auth with bcrypt hashes).
+//! - [`format`]: the body a scrape asks for: OpenMetrics or the 0.0.4 text, gzipped or not.
 //! - [`http`]: the HTTP(S) server: `/metrics`, `/healthz`, an index page; timeouts, a bound
 //!   on connections, and a graceful stop.
 
+pub mod format;
 pub mod http;
 pub mod model;
 pub mod webconfig;

@@ -14,6 +14,7 @@
 
 mod health;
 mod namespaces;
+mod process;
 
 use std::{fmt::Write as _, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -217,6 +218,7 @@ impl Builder {
         self.paws(&snapshot, &mut families);
         self_metrics(&snapshot, health, backends, &mut families);
         health::model_metrics(&snapshot, &mut families);
+        process::process_metrics(&mut families);
         // Folding counts were pushed as they were found: keep them in one family, last.
         let mut folded = Family::new(
             "twtrace_series_folded",

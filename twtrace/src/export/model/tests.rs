@@ -315,10 +315,10 @@ fn many_rows_stay_within_the_readme_worst_case() {
         &Health::default(),
         &[],
     );
-    // docs/serve.md, "Cardinality": 18 + (8K + 3) + 32 (K + 1) + 17 + (R + 2K + 1) + 23
+    // docs/serve.md, "Cardinality": 24 + (8K + 3) + 32 (K + 1) + 17 + (R + 2K + 1) + 23
     // + N (32 + E + 3D), here with one namespace, one errno, four reasons, no setup drops.
     let (n, errnos, reasons) = (1, 1, 4);
-    let bound = 18 + (8 * k + 3) + 32 * (k + 1) + 17 + (reasons + 2 * k + 1) + 23 + n * (32 + errnos);
+    let bound = 24 + (8 * k + 3) + 32 * (k + 1) + 17 + (reasons + 2 * k + 1) + 23 + n * (32 + errnos);
     let got = samples(&e);
     assert!(got <= bound, "{got} samples, docs/serve.md says at most {bound}");
     assert_eq!(e.family("twtrace_namespace_timewait_deaths_total").map(|f| f.series.len()), Some(7 * n));
@@ -431,4 +431,28 @@ fn births_deaths_and_paws_drops_are_counted_per_namespace() {
     ] {
         assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
     }
+}
+
+/// The process families every client library exports, read from /proc/self.
+#[test]
+fn the_process_metrics_are_there_under_their_usual_names() {
+    let e = Builder::new(Limits::default()).build(&aggregator(), S, &Health::default(), &[]);
+    let one = |name: &str| -> f64 {
+        match e.family(name).map(|f| &f.series[..]) {
+            Some([s]) => match s.value {
+                Value::Int(n) => n as f64,
+                Value::Float(x) => x,
+                _ => panic!("{name}: {:?}", s.value),
+            },
+            other => panic!("{name}: {other:?}"),
+        }
+    };
+    assert!(one("process_resident_memory_bytes") > 1e6);
+    assert!(one("process_virtual_memory_bytes") >= one("process_resident_memory_bytes"));
+    assert!(one("process_open_fds") >= 3.0);
+    assert!(one("process_max_fds") >= one("process_open_fds"));
+    assert!(one("process_cpu_seconds_total") > 0.0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let started = one("process_start_time_seconds");
+    assert!(started <= now + 1.0 && started > now - 3600.0, "started {started}, now {now}");
 }
