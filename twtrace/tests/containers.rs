@@ -7,7 +7,6 @@
 mod support;
 
 use std::{
-    io::{BufRead, BufReader},
     net::TcpListener,
     process::{Command, Stdio},
     time::Duration,
@@ -53,25 +52,14 @@ impl Pod {
     }
 }
 
-/// `twtrace` with `args` in the root namespace, started (its first stderr line read).
+/// `twtrace` with `args` in the root namespace, started (its ready line read).
 fn start(args: &[&str]) -> std::process::Child {
-    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    if let Some(b) = support::forced_backend() {
-        args.extend(["--backend".into(), b]);
-    }
-    let mut child = support::spawn(
-        Command::new(env!("CARGO_BIN_EXE_twtrace")).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()),
-    );
-    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-    loop {
-        match stderr.next() {
-            Some(Ok(l)) if l.contains("tracing;") => break,
-            Some(Ok(l)) => eprintln!("[twtrace {}] {l}", args[0]),
-            _ => panic!("twtrace {args:?} did not start: {:?}", child.wait()),
-        }
-    }
+    let tag = format!("twtrace {}", args[0]);
+    let started = support::started(support::twtrace_cmd(args).stdout(Stdio::piped()), &tag)
+        .unwrap_or_else(|said| panic!("{tag} did not start: {said}"));
+    let support::Started { child, stderr, .. } = started;
     // Anything it says from now on is kept: a namespace that vanished must not make it complain.
-    let first = args[0].clone();
+    let first = args[0].to_owned();
     let said = std::thread::spawn(move || {
         let lines: Vec<String> = stderr.map_while(Result::ok).collect();
         for l in &lines {

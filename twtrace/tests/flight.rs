@@ -39,12 +39,7 @@ impl Flight {
         let mut args: Vec<String> =
             vec!["record".into(), "--record-dir".into(), dir.display().to_string(), "--netns".into(), ns.name.clone()];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        if let Some(b) = support::forced_backend() {
-            args.extend(["--backend".into(), b]);
-        }
-        let mut child = support::spawn(
-            Command::new(env!("CARGO_BIN_EXE_twtrace")).args(&args).stdout(Stdio::null()).stderr(Stdio::piped()),
-        );
+        let mut child = support::spawn(support::twtrace_cmd(&args).stdout(Stdio::null()).stderr(Stdio::piped()));
         let stderr = BufReader::new(child.stderr.take().unwrap());
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -54,7 +49,7 @@ impl Flight {
             }
         });
         let mut flight = Self { child, lines, seen: Vec::new() };
-        flight.wait_line("tracing;", support::start_patience());
+        flight.wait_line(support::READY, support::start_patience());
         flight
     }
 
@@ -396,16 +391,10 @@ fn serve_records_the_stream_it_serves() {
     let listen = format!("127.0.0.1:{port}");
     let mut args = vec!["serve", "--listen", &listen, "--record-dir", dir.to_str().unwrap(), "--segment", "1s"];
     args.extend(["--netns", &ns.name]);
-    let mut child = support::spawn(
-        Command::new(env!("CARGO_BIN_EXE_twtrace")).args(&args).stdout(Stdio::null()).stderr(Stdio::piped()),
-    );
-    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-    for line in stderr.by_ref().map_while(Result::ok) {
-        eprintln!("[serve] {line}");
-        if line.contains("tracing;") {
-            break;
-        }
-    }
+    // On the cell's backend, as every other tracer here (this one used to run the default).
+    let started = support::started(support::twtrace_cmd(&args).stdout(Stdio::null()), "serve")
+        .unwrap_or_else(|said| panic!("twtrace serve did not start: {said}"));
+    let support::Started { mut child, stderr, .. } = started;
     let lines = std::thread::spawn(move || stderr.map_while(Result::ok).collect::<Vec<_>>());
     let last = wait_rotation(&dir, 0);
     let made = burst(&ns, 12);

@@ -27,31 +27,9 @@ impl Stat {
     fn start(ns: &Netns, extra: &[&str]) -> Self {
         let mut args = vec!["stat", "--json", "--interval", "1", "--netns", &ns.name];
         args.extend_from_slice(extra);
-        let backend = support::forced_backend();
-        if let Some(b) = &backend {
-            args.extend(["--backend", b]);
-        }
-        let mut child = support::spawn(
-            Command::new(env!("CARGO_BIN_EXE_twtrace")).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()),
-        );
-        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-        let deadline = Instant::now() + support::start_patience();
-        loop {
-            match stderr.next() {
-                Some(Ok(l)) if l.starts_with("twtrace: tracing") => break,
-                Some(Ok(l)) => eprintln!("[twtrace] {l}"),
-                _ => panic!("twtrace stat did not start: {:?}", child.wait()),
-            }
-            assert!(Instant::now() < deadline, "twtrace stat did not start in time");
-        }
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for l in stderr.map_while(Result::ok) {
-                eprintln!("[twtrace] {l}");
-                sink.lock().unwrap().push(l);
-            }
-        });
+        let started = support::started(support::twtrace_cmd(&args).stdout(Stdio::piped()), "twtrace")
+            .unwrap_or_else(|said| panic!("twtrace stat did not start: {said}"));
+        let (mut child, log) = started.keep_stderr("twtrace");
         let reports = Arc::new(Mutex::new(Vec::new()));
         let sink = reports.clone();
         let stdout = BufReader::new(child.stdout.take().unwrap());

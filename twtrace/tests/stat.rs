@@ -7,7 +7,7 @@ use std::{
     collections::BTreeSet,
     io::{BufRead, BufReader},
     net::{SocketAddr, TcpListener, TcpStream},
-    process::{Command, Stdio},
+    process::Stdio,
     sync::{Arc, Mutex},
 };
 
@@ -23,20 +23,9 @@ fn stat_reports(ns: &Netns, count: Option<u32>, during: impl FnOnce()) -> Option
     if let Some(count) = count {
         args.extend(["--count".into(), count.to_string()]);
     }
-    if let Some(b) = support::forced_backend() {
-        args.extend(["--backend".into(), b]);
-    }
-    let mut child = support::spawn(
-        Command::new(env!("CARGO_BIN_EXE_twtrace")).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()),
-    );
-    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-    loop {
-        match stderr.next() {
-            Some(Ok(l)) if l.starts_with("twtrace: tracing") => break,
-            Some(Ok(l)) => eprintln!("[twtrace] {l}"),
-            _ => panic!("twtrace stat did not start: {:?}", child.wait()),
-        }
-    }
+    let started = support::started(support::twtrace_cmd(&args).stdout(Stdio::piped()), "twtrace")
+        .unwrap_or_else(|said| panic!("twtrace stat did not start: {said}"));
+    let (mut child, _) = started.keep_stderr("twtrace");
     during();
     if count.is_none() {
         // Let the last events reach the ring buffer and be drained, then stop: the final

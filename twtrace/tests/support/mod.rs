@@ -302,6 +302,75 @@ pub fn forced_backend() -> Option<String> {
     std::env::var(protocol::BACKEND_ENV).ok().filter(|b| !b.is_empty())
 }
 
+/// What every twtrace command that traces prints on stderr once its probes are attached, and
+/// nothing else does: `twtrace: tracing; timewait: fentry, ...` (trace, stat, top, doctor),
+/// `twtrace: recording to DIR (segments); tracing; ...` (record), the same after a time stamp
+/// (serve). Tests wait for it in one place, [`started`].
+pub const READY: &str = "tracing;";
+
+/// `twtrace ARGS` with the backend the VM matrix forces (if any) appended, unless ARGS name
+/// one: every test's tracer runs on the backend of its cell.
+pub fn twtrace_cmd<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Command {
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_twtrace"));
+    cmd.args(&args);
+    if let Some(b) = forced_backend().filter(|_| !args.iter().any(|a| a == "--backend")) {
+        cmd.args(["--backend", &b]);
+    }
+    cmd
+}
+
+/// A twtrace that traces: its process, the line that said so, what it said before (echoed
+/// with its tag as it came), and the rest of its stderr, unread.
+pub struct Started {
+    pub child: Child,
+    pub ready: String,
+    pub before: Vec<String>,
+    pub stderr: std::io::Lines<BufReader<std::process::ChildStderr>>,
+}
+
+/// Spawns `cmd` (its stdout as the caller set it; stderr piped here) and reads its stderr up
+/// to the [`READY`] line; `Err(what it said)` if it ends before, a panic after
+/// [`start_patience`].
+pub fn started(cmd: &mut Command, tag: &str) -> Result<Started, String> {
+    let mut child = spawn(cmd.stderr(Stdio::piped()));
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr piped")).lines();
+    let deadline = Instant::now() + start_patience();
+    let mut before = Vec::new();
+    loop {
+        match stderr.next() {
+            Some(Ok(line)) if line.contains(READY) => return Ok(Started { child, ready: line, before, stderr }),
+            Some(Ok(line)) => {
+                eprintln!("[{tag}] {line}");
+                before.push(line);
+            }
+            _ => {
+                let status = child.wait();
+                before.push(format!("(exited: {status:?})"));
+                return Err(before.join("\n"));
+            }
+        }
+        assert!(Instant::now() < deadline, "[{tag}] did not start within {:?}", start_patience());
+    }
+}
+
+impl Started {
+    /// The rest of its stderr echoed with `tag` and kept, on a thread: a log to read later.
+    pub fn keep_stderr(self, tag: &str) -> (Child, Arc<Mutex<Vec<String>>>) {
+        let log = Arc::new(Mutex::new(self.before));
+        let sink = log.clone();
+        let tag = tag.to_owned();
+        let stderr = self.stderr;
+        std::thread::spawn(move || {
+            for l in stderr.map_while(Result::ok) {
+                eprintln!("[{tag}] {l}");
+                sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(l);
+            }
+        });
+        (self.child, log)
+    }
+}
+
 /// Whether this run is under the kprobe backend in an emulated guest, where twtrace misses
 /// events it cannot count: a kprobe hit while another kprobe's handler runs on its CPU is
 /// missed by the kprobe itself, and twtrace does not read the kprobes' own miss counts yet
@@ -361,40 +430,10 @@ impl Tracer {
     /// Starts twtrace with global options (before `trace`, e.g. `-v`) and `trace` options;
     /// `Err(stderr)` if it exits before tracing.
     pub fn try_start(global: &[&str], args: &[&str]) -> Result<Self, String> {
-        let mut child = spawn(
-            Command::new(env!("CARGO_BIN_EXE_twtrace"))
-                .args(global)
-                .args(["trace", "--json"])
-                .args(args)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped()),
-        );
-        let stderr = BufReader::new(child.stderr.take().expect("stderr"));
-        let mut stderr_lines = stderr.lines();
-        let deadline = Instant::now() + start_patience();
-        let mut early = Vec::new();
-        let ready_line = loop {
-            match stderr_lines.next() {
-                Some(Ok(line)) if line.starts_with("twtrace: tracing") => break line,
-                Some(Ok(line)) => {
-                    eprintln!("[twtrace] {line}");
-                    early.push(line);
-                }
-                _ => {
-                    let _ = child.wait();
-                    return Err(early.join("\n"));
-                }
-            }
-            assert!(Instant::now() < deadline, "twtrace did not start");
-        };
-        let stderr_log = Arc::new(Mutex::new(early));
-        let log = stderr_log.clone();
-        std::thread::spawn(move || {
-            for l in stderr_lines.map_while(Result::ok) {
-                eprintln!("[twtrace] {l}");
-                log.lock().unwrap().push(l);
-            }
-        });
+        let all = global.iter().chain(&["trace", "--json"]).chain(args);
+        let started = started(twtrace_cmd(all).stdout(Stdio::piped()), "twtrace")?;
+        let ready_line = started.ready.clone();
+        let (mut child, stderr_log) = started.keep_stderr("twtrace");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
@@ -615,20 +654,9 @@ impl Recording {
         for family in families {
             args.extend(["--family".into(), (*family).into()]);
         }
-        if let Some(b) = forced_backend() {
-            args.extend(["--backend".into(), b]);
-        }
-        let mut child =
-            spawn(Command::new(env!("CARGO_BIN_EXE_twtrace")).args(&args).stdout(Stdio::null()).stderr(Stdio::piped()));
-        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-        loop {
-            match stderr.next() {
-                Some(Ok(l)) if l.contains("tracing;") => break,
-                Some(Ok(l)) => eprintln!("[record] {l}"),
-                _ => panic!("twtrace record did not start: {:?}", child.wait()),
-            }
-        }
-        std::thread::spawn(move || stderr.map_while(Result::ok).for_each(|l| eprintln!("[record] {l}")));
+        let started = started(twtrace_cmd(&args).stdout(Stdio::null()), "record")
+            .unwrap_or_else(|said| panic!("twtrace record did not start: {said}"));
+        let (child, _) = started.keep_stderr("record");
         Self { child }
     }
 

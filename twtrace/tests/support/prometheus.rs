@@ -3,7 +3,6 @@
 //! Prometheus with its own configuration, and the Python client's strict OpenMetrics parser.
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -118,17 +117,10 @@ impl Serve {
             all.extend(["--backend", b]);
         }
         let argv: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_twtrace")).chain(all).map(str::to_owned).collect();
-        let mut child = support::spawn(wrap(&argv).stdout(Stdio::null()).stderr(Stdio::piped()));
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut said = Vec::new();
-        loop {
-            match lines.next() {
-                Some(Ok(l)) if l.contains("tracing;") => break,
-                Some(Ok(l)) => said.push(l),
-                _ => panic!("twtrace serve did not start: {said:#?} {:?}", child.wait()),
-            }
-        }
-        let stderr = std::thread::spawn(move || said.into_iter().chain(lines.map_while(Result::ok)).collect());
+        let started = support::started(wrap(&argv).stdout(Stdio::null()), "serve")
+            .unwrap_or_else(|said| panic!("twtrace serve did not start: {said}"));
+        let support::Started { child, before, stderr, .. } = started;
+        let stderr = std::thread::spawn(move || before.into_iter().chain(stderr.map_while(Result::ok)).collect());
         Self { child, addr, stderr: Some(stderr) }
     }
 
