@@ -14,6 +14,7 @@
 
 mod health;
 mod namespaces;
+mod other;
 mod process;
 
 use std::{fmt::Write as _, net::SocketAddr, sync::Arc, time::Duration};
@@ -173,6 +174,8 @@ pub struct Builder {
     identities: HashMap<u32, namespaces::Identity>,
     /// `ip netns` names (`/run/netns`), for `netns_name`.
     registered: namespaces::Registered,
+    /// The folded rows' `other` counters, which only grow (`other.rs`).
+    other: other::OtherCounters,
 }
 
 fn histogram(h: &Histogram, bounds: &[f64], scale: f64) -> Value {
@@ -195,6 +198,7 @@ impl Builder {
             activity: HashMap::new(),
             identities: HashMap::new(),
             registered: namespaces::Registered::new(dir),
+            other: other::OtherCounters::default(),
         }
     }
 
@@ -311,14 +315,17 @@ impl Builder {
         let mut seen = HashMap::with_capacity(snapshot.port_space.destinations.len());
         let mut shown = 0;
         let (mut n_folded, mut n_aged) = (0u64, 0u64);
-        let mut other = (0u64, 0u64, 0u64);
+        // Ports in use toward folded rows: a gauge, summed afresh.
+        let mut other_in_use = 0u64;
         for d in &snapshot.port_space.destinations {
             let total_connects = aggregator.connects_total(&d.destination);
             let signature = (d.in_use, total_connects, d.failures);
-            let since = match self.activity.get(&d.destination) {
+            let previous = self.activity.get(&d.destination);
+            let since = match previous {
                 Some((s, since)) if *s == signature => *since,
                 _ => now_ns,
             };
+            let previous = previous.map(|((_, connects, failures), _)| (*connects, *failures));
             seen.insert(d.destination, (signature, since));
             if d.in_use == 0 && now_ns.saturating_sub(since) >= self.limits.idle_after.as_nanos() as u64 {
                 n_aged += 1;
@@ -326,9 +333,8 @@ impl Builder {
             }
             if shown >= self.limits.top_k {
                 n_folded += 1;
-                other.0 += d.in_use;
-                other.1 += total_connects;
-                other.2 += d.failures;
+                other_in_use += d.in_use;
+                self.other.fold_destination(total_connects, d.failures, previous);
                 continue;
             }
             shown += 1;
@@ -352,19 +358,16 @@ impl Builder {
             }
         }
         self.activity = seen;
-        // Evicted rows' counters stay in `other`: a counter never loses what it counted.
-        let evicted = aggregator.evicted();
-        other.1 += evicted.connects;
-        other.2 += evicted.search_failures;
-        if n_folded > 0 || evicted.destinations > 0 {
+        let (other_connects, other_failures) = (self.other.connects, self.other.failures);
+        if n_folded > 0 || other_connects > 0 || other_failures > 0 {
             let labels = || {
                 let mut l = namespaces::Identity::other().labels("other".into());
                 l.extend([("local", "other".to_owned()), ("remote", "other".to_owned())]);
                 l
             };
-            in_use.push(labels(), Value::Int(other.0));
-            connects.push(labels(), Value::Int(other.1));
-            failures.push(labels(), Value::Int(other.2));
+            in_use.push(labels(), Value::Int(other_in_use));
+            connects.push(labels(), Value::Int(other_connects));
+            failures.push(labels(), Value::Int(other_failures));
         }
         folded.push(vec![("kind", "destination".into())], Value::Int(n_folded));
         aged.push(vec![("kind", "destination".into())], Value::Int(n_aged));
@@ -388,7 +391,7 @@ impl Builder {
         out.extend([in_use, range, ratio, connects, failures, exhaustion, peer_timestamps, by_errno, folded, aged]);
     }
 
-    fn searches(&self, aggregator: &Aggregator, out: &mut Vec<Family>) {
+    fn searches(&mut self, aggregator: &Aggregator, out: &mut Vec<Family>) {
         let mut duration = Family::new(
             "twtrace_connect_search_duration",
             Kind::Histogram,
@@ -405,16 +408,13 @@ impl Builder {
         type Row<'a> = ((u32, SocketAddr), &'a Histogram, &'a Histogram);
         let busiest = |a: &Row, b: &Row| b.1.count().cmp(&a.1.count()).then(a.0.cmp(&b.0));
         let shown: Vec<Row> = top_k(aggregator.connect_searches(), self.limits.top_k, busiest);
-        // The rest: every search so far less the rows named (evicted rows' included).
+        // The rest: what every search so far (evicted rows' included) grew by, less the rows
+        // named, accumulated so that it only grows (`other.rs`).
         let n_folded = aggregator.connect_search_rows().saturating_sub(shown.len()) as u64;
-        let (all_d, all_c) = aggregator.all_connect_searches();
-        let (mut rest_d, mut rest_c) = (all_d.clone(), all_c.clone());
-        for (_, d, c) in &shown {
-            rest_d.subtract(d);
-            rest_c.subtract(c);
-        }
-        let other_d = (rest_d.count() > 0).then(|| histogram(&rest_d, &SEARCH_BOUNDS, 1e9));
-        let other_c = (n_folded > 0).then(|| histogram(&rest_c, &CANDIDATE_BOUNDS, 1.0));
+        self.other.searches(aggregator.all_connect_searches(), &shown);
+        let (rest_d, rest_c) = (&self.other.search_duration, &self.other.search_candidates);
+        let other_d = (rest_d.count() > 0).then(|| histogram(rest_d, &SEARCH_BOUNDS, 1e9));
+        let other_c = (rest_c.count() > 0).then(|| histogram(rest_c, &CANDIDATE_BOUNDS, 1.0));
         for ((netns, remote), d, c) in shown {
             let mut labels = self.ns(netns, &aggregator.namespace_name(netns));
             labels.push(("remote", remote.to_string()));
@@ -446,7 +446,7 @@ impl Builder {
         out.extend([duration, candidates, bind, folded]);
     }
 
-    fn paws(&self, snapshot: &Snapshot, out: &mut Vec<Family>) {
+    fn paws(&mut self, snapshot: &Snapshot, out: &mut Vec<Family>) {
         let p = &snapshot.paws;
         let mut drops = Family::new(
             "twtrace_paws_drops",
@@ -475,13 +475,11 @@ impl Builder {
             Kind::Gauge,
             "Distinct flows (remote port, local port) dropped from the source.",
         );
-        let (mut other, mut n_folded) = (0u64, 0u64);
-        for (i, s) in p.sources.iter().enumerate() {
-            if i >= self.limits.top_k {
-                other += s.drops;
-                n_folded += 1;
-                continue;
-            }
+        let top_k = self.limits.top_k;
+        self.other.paws_sources(p.sources.iter().enumerate().map(|(i, s)| ((s.netns, s.source), s.drops, i < top_k)));
+        let n_folded = p.sources.len().saturating_sub(top_k) as u64;
+        let other = self.other.paws_drops;
+        for s in p.sources.iter().take(top_k) {
             let name = snapshot
                 .namespaces
                 .iter()
@@ -492,7 +490,7 @@ impl Builder {
             by_source.push(labels.clone(), Value::Int(s.drops));
             flows.push(labels, Value::Int(s.flows));
         }
-        if n_folded > 0 {
+        if n_folded > 0 || other > 0 {
             let mut labels = namespaces::Identity::other().labels("other".into());
             labels.push(("source", "other".to_owned()));
             by_source.push(labels, Value::Int(other));
