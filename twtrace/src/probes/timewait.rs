@@ -244,6 +244,12 @@ pub struct Tracker {
     live: HashMap<u64, Live>,
     origins: Vec<Origin>,
     origin_ids: HashMap<Origin, OriginId>,
+    /// Live sockets holding each origin. One no socket holds is forgotten and its number given
+    /// to the next new origin: a host whose connections are closed by a new process each time
+    /// (a script's curl per request, CGI) makes a new origin per process, which must not stay
+    /// for the rest of the run.
+    origin_holds: Vec<u32>,
+    free_origins: Vec<OriginId>,
     v6_flows: HashMap<u64, SocketFlow>,
     pending: HashMap<u32, PendingCancel>,
     /// Deaths of sockets born before tracing started (no birth time, no 4-tuple).
@@ -258,6 +264,8 @@ impl Tracker {
             live: HashMap::new(),
             origins: Vec::new(),
             origin_ids: HashMap::new(),
+            origin_holds: Vec::new(),
+            free_origins: Vec::new(),
             v6_flows: HashMap::new(),
             pending: HashMap::new(),
             untracked_deaths: 0,
@@ -363,14 +371,42 @@ impl Tracker {
         }
     }
 
-    fn origin_id(&mut self, origin: Origin) -> OriginId {
+    /// The number of `origin`, held once more (by the socket being born).
+    fn hold_origin(&mut self, origin: Origin) -> OriginId {
         if let Some(&id) = self.origin_ids.get(&origin) {
+            self.origin_holds[id as usize] += 1;
             return id;
         }
-        let id = self.origins.len() as OriginId;
-        self.origins.push(origin.clone());
+        let id = match self.free_origins.pop() {
+            Some(id) => {
+                self.origins[id as usize] = origin.clone();
+                self.origin_holds[id as usize] = 1;
+                id
+            }
+            None => {
+                self.origins.push(origin.clone());
+                self.origin_holds.push(1);
+                (self.origins.len() - 1) as OriginId
+            }
+        };
         self.origin_ids.insert(origin, id);
         id
+    }
+
+    /// A socket holding origin `id` is gone; the origin too once none holds it.
+    fn release_origin(&mut self, id: OriginId) {
+        let holds = &mut self.origin_holds[id as usize];
+        *holds = holds.saturating_sub(1);
+        if *holds == 0 {
+            self.origin_ids.remove(&self.origins[id as usize]);
+            crate::memory::shrink_if_sparse(&mut self.origin_ids);
+            self.free_origins.push(id);
+        }
+    }
+
+    #[cfg(test)]
+    pub fn origins_held(&self) -> usize {
+        self.origin_ids.len()
     }
 
     /// A live socket's whole id: the latest id given out with its low 32 bits. Ids are given
@@ -402,7 +438,7 @@ impl Tracker {
         if let (Some(f), None) = (flow, v4) {
             self.v6_flows.insert(raw.tw_addr, f);
         }
-        let origin = self.origin_id(Origin { netns: raw.netns, owner, v4: flow.map(|_| v4.is_some()) });
+        let origin = self.hold_origin(Origin { netns: raw.netns, owner, v4: flow.map(|_| v4.is_some()) });
         let live = Live { tw_id: tw_id as u32, birth_us: micros(raw.header.ts_ns), v4: v4.unwrap_or_default(), origin };
         self.live.insert(raw.tw_addr, live);
         out.push(Event::TimeWait(TimeWaitEvent {
@@ -453,6 +489,7 @@ impl Tracker {
             owner: self.origins[live.origin as usize].owner,
             change: TimeWaitChange::Death { reason, lifetime_ns: lifetime_ns(live.birth_us, ts_ns) },
         }));
+        self.release_origin(live.origin);
     }
 }
 

@@ -330,3 +330,37 @@ fn out_birth(e: &Event) -> TimeWaitChange {
         _ => panic!("{e:?}"),
     }
 }
+
+/// Origins (namespace, owner) leave with the last socket holding them: a new process per
+/// connection must not grow the tracker for the rest of the run.
+#[test]
+fn origins_are_forgotten_with_their_last_socket() {
+    let mut tracker = Tracker::new(250);
+    let mut owners = crate::probes::owners::Owners::new();
+    let mut out = Vec::new();
+    for round in 0..2u64 {
+        for k in 0..1_000u64 {
+            // A distinct origin each (its namespace here; a new process's would do the same).
+            let mut born = raw(TimerPhase::Start, 0, (10 * round + 1) * SEC + k, 0x1000 + k);
+            born.netns = 1_000 + k as u32;
+            tracker.on_record(&born, &mut owners, &mut out);
+        }
+        assert_eq!(tracker.origins_held(), 1_000);
+        for k in 0..1_000u64 {
+            tracker.on_record(&raw(TimerPhase::Kill, 0, (10 * round + 2) * SEC + k, 0x1000 + k), &mut owners, &mut out);
+        }
+        assert_eq!(tracker.origins_held(), 0, "round {round}");
+    }
+    assert_eq!(tracker.origins.len(), 1_000, "numbers reused, not grown");
+    // Each death still names its own socket's namespace.
+    let deaths: Vec<u32> = out
+        .iter()
+        .filter_map(|e| match e {
+            Event::TimeWait(t) if matches!(t.change, TimeWaitChange::Death { .. }) => Some(t.netns),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deaths.len(), 2_000);
+    assert_eq!(deaths[..3], [1_000, 1_001, 1_002]);
+    assert_eq!(deaths[1_000..1_003], [1_000, 1_001, 1_002]);
+}
