@@ -72,13 +72,36 @@ pub fn hz() -> u64 {
     if ok && tick_ns > 0 { (1_000_000_000 + tick_ns / 2) / tick_ns } else { 250 }
 }
 
-/// utime + stime of this process so far, in clock ticks (/proc/self/stat fields 14 and 15).
-pub fn own_cpu_ticks() -> Option<u64> {
+/// This process as /proc/self/stat tells it (proc(5)).
+pub struct OwnStat {
+    /// utime + stime so far, in clock ticks (fields 14 and 15).
+    pub cpu_ticks: u64,
+    /// When it started, in clock ticks after boot (field 22).
+    pub start_ticks: u64,
+    /// Virtual memory size, bytes (field 23).
+    pub vsize_bytes: u64,
+    /// Resident set, pages (field 24).
+    pub rss_pages: u64,
+}
+
+pub fn own_stat() -> Option<OwnStat> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name (field 2) is in parentheses and may contain spaces: count after it.
+    // The command name (field 2) is in parentheses and may contain spaces and parentheses:
+    // count after the last ')'. The text after it starts at field 3.
     let after_comm = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    Some(OwnStat {
+        cpu_ticks: field(14)? + field(15)?,
+        start_ticks: field(22)?,
+        vsize_bytes: field(23)?,
+        rss_pages: field(24)?,
+    })
+}
+
+/// utime + stime of this process so far, in clock ticks.
+pub fn own_cpu_ticks() -> Option<u64> {
+    own_stat().map(|s| s.cpu_ticks)
 }
 
 /// The unit of [`own_cpu_ticks`] (USER_HZ, 100 on every common build).
