@@ -76,9 +76,8 @@ pub fn gzip(body: &[u8]) -> Vec<u8> {
 /// becomes `untyped`; help text unescapes `\"` (0.0.4 escapes only `\\` and `\n`).
 pub fn text_004(openmetrics: &str) -> String {
     let mut out = String::with_capacity(openmetrics.len());
-    // Per family: (family name, its samples' name in 0.0.4), from its `# TYPE` line, which
-    // prometheus-client writes before `# HELP`... or after: both orders are handled by reading
-    // the family's lines as a block.
+    // A family's lines are read as a block, so its `# TYPE` line names the family for its
+    // `# HELP` line whichever comes first.
     let mut block: Vec<&str> = Vec::new();
     let flush = |block: &mut Vec<&str>, out: &mut String| {
         let kind = block.iter().find_map(|l| l.strip_prefix("# TYPE ")).and_then(|rest| rest.split_once(' '));

@@ -46,10 +46,9 @@ const SOCKET_BUDGET_B: f64 = 200.0;
 /// the rows with the sockets' cost, which the timewait ladder judges on its own. Within both
 /// budgets exactly when this is within the row's.
 fn row_bytes_sockets_charged(o: &Outcome) -> Option<f64> {
-    let rows = rows(o).0.filter(|&r| r > 0)? as f64;
-    let growth = o.anon_delta_kib.or(o.rss_delta_kib)? as f64 * 1024.0;
+    let rows = rows(o).0.filter(|&r| r > 0)?;
     let sockets = sockets(o).unwrap_or(0) as f64;
-    Some(((growth - SOCKET_BUDGET_B * sockets) / rows).max(0.0))
+    Some((bytes_per(o, Some(rows))? - SOCKET_BUDGET_B * sockets / rows as f64).max(0.0))
 }
 
 /// CPU ms per thousand connections (or processes) of load: what grows when a cost per event
