@@ -102,8 +102,7 @@ impl KubeletPod {
         n: u32,
     ) -> Self {
         // The kubelet makes the log directory before it asks for the sandbox.
-        let (uid, _) = ids(n);
-        write_log_dir(&logs.join(format!("{namespace}_{name}_{uid}")), container);
+        write_log_dir(&log_dir(logs, namespace, name, n), container);
         Self::new_unlogged(cgroup_root, logs, driver, (namespace, name), n)
     }
 
@@ -118,7 +117,7 @@ impl KubeletPod {
         n: u32,
     ) -> Self {
         let (uid, container_id) = ids(n);
-        let log_dir = logs.join(format!("{namespace}_{name}_{uid}"));
+        let log_dir = log_dir(logs, namespace, name, n);
         // containerd: the namespace, registered by its CNI plugins as cni-UUID.
         let netns_name = format!("cni-{}", ids(n + 1000).0);
         let _ = support::output(Command::new("ip").args(["netns", "del", &netns_name]));
@@ -155,6 +154,11 @@ impl Drop for KubeletPod {
         let _ = self.pause.wait();
         let _ = std::fs::remove_dir_all(&self.log_dir);
     }
+}
+
+/// The kubelet's log directory of pod `namespace/name` (`n`th: its UID), under `logs`.
+fn log_dir(logs: &Path, namespace: &str, name: &str, n: u32) -> PathBuf {
+    logs.join(format!("{namespace}_{name}_{}", ids(n).0))
 }
 
 fn write_log_dir(dir: &Path, container: &str) {

@@ -388,12 +388,9 @@ pub fn tracer_for(family: &str, args: &[&str]) -> Option<Tracer> {
 }
 
 pub fn tracer_for_with(family: &str, global: &[&str], args: &[&str]) -> Option<Tracer> {
+    // On the forced backend, which `Tracer::try_start` appends.
     let backend = forced_backend();
-    let mut all: Vec<&str> = args.to_vec();
-    if let Some(b) = &backend {
-        all.extend(["--backend", b]);
-    }
-    let tracer = Tracer::try_start(global, &all);
+    let tracer = Tracer::try_start(global, args);
     if let Err(stderr) = &tracer {
         assert!(stderr.contains("no probe family could attach"), "twtrace exited before tracing:\n{stderr}");
     }

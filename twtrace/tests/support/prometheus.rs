@@ -125,18 +125,12 @@ impl Serve {
     }
 
     /// The exposition's sample lines that contain every one of `needles`, read from serve
-    /// directly (plain HTTP/1.0): what a test prints when Prometheus lacks a series, to tell
-    /// twtrace's side from the scrape's.
+    /// directly: what a test prints when Prometheus lacks a series, to tell twtrace's side from
+    /// the scrape's.
     pub fn samples_with(&self, needles: &[&str]) -> Vec<String> {
-        use std::io::{Read as _, Write as _};
-        let mut body = String::new();
-        let read = std::net::TcpStream::connect(&self.addr).and_then(|mut s| {
-            s.set_read_timeout(Some(Duration::from_secs(30)))?;
-            s.write_all(b"GET /metrics HTTP/1.0\r\nAccept: text/plain\r\n\r\n")?;
-            s.read_to_string(&mut body)
-        });
-        if let Err(e) = read {
-            return vec![format!("(reading {}/metrics failed: {e})", self.addr)];
+        let (code, body) = curl(&[&format!("http://{}/metrics", self.addr)]);
+        if code != 200 {
+            return vec![format!("(reading {}/metrics: HTTP {code}: {body})", self.addr)];
         }
         body.lines()
             .filter(|l| !l.starts_with('#') && needles.iter().all(|n| l.contains(n)))

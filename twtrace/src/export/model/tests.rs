@@ -68,6 +68,14 @@ fn value<'a>(e: &'a Exposition, family: &str, label: (&str, &str)) -> Option<&'a
     f.series.iter().find(|s| s.labels.iter().any(|(k, v)| *k == label.0 && v == label.1)).map(|s| &s.value)
 }
 
+/// Every one of `lines` is a whole line of `text`.
+fn assert_has_lines<L: AsRef<str>>(text: &str, lines: impl IntoIterator<Item = L>) {
+    for line in lines {
+        let line = line.as_ref();
+        assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+    }
+}
+
 #[test]
 fn destinations_beyond_top_k_are_folded_into_other_with_their_count() {
     let mut agg = aggregator();
@@ -160,19 +168,20 @@ fn the_encoding_is_openmetrics_with_units_and_suffixes() {
     let backends = [FamilyReport::off(crate::probes::Family::Drops)];
     let e = Builder::new(Limits::default()).build(&agg, 2 * S, &Health { lost: 3, ..Health::default() }, &backends);
     let text = encode(Arc::new(e));
-    for line in [
-        "# TYPE twtrace_timewait_lifetime_seconds histogram",
-        "# UNIT twtrace_timewait_lifetime_seconds seconds",
-        "twtrace_timewait_lifetime_seconds_bucket{le=\"+Inf\"} 0",
-        "twtrace_lost_records_total 3",
-        "twtrace_probe_info{family=\"drops\",backend=\"off\",hooks=\"\"} 1",
-        "twtrace_timewait_sockets{netns=\"1\",netns_name=\"1\",namespace=\"\",pod=\"\",container=\"\"} 1",
-        "twtrace_port_search_failures_total{netns=\"1\",netns_name=\"1\",namespace=\"\",pod=\"\",container=\"\",errno=\"EADDRNOTAVAIL\"} 1",
-        "twtrace_destination_ports_in_use{netns=\"1\",netns_name=\"1\",namespace=\"\",pod=\"\",container=\"\",local=\"10.0.0.1\",remote=\"10.0.0.9:80\"} 1",
-        "twtrace_build_info{version=\"0.1.0\"} 1",
-    ] {
-        assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
-    }
+    assert_has_lines(
+        &text,
+        [
+            "# TYPE twtrace_timewait_lifetime_seconds histogram",
+            "# UNIT twtrace_timewait_lifetime_seconds seconds",
+            "twtrace_timewait_lifetime_seconds_bucket{le=\"+Inf\"} 0",
+            "twtrace_lost_records_total 3",
+            "twtrace_probe_info{family=\"drops\",backend=\"off\",hooks=\"\"} 1",
+            "twtrace_timewait_sockets{netns=\"1\",netns_name=\"1\",namespace=\"\",pod=\"\",container=\"\"} 1",
+            "twtrace_port_search_failures_total{netns=\"1\",netns_name=\"1\",namespace=\"\",pod=\"\",container=\"\",errno=\"EADDRNOTAVAIL\"} 1",
+            "twtrace_destination_ports_in_use{netns=\"1\",netns_name=\"1\",namespace=\"\",pod=\"\",container=\"\",local=\"10.0.0.1\",remote=\"10.0.0.9:80\"} 1",
+            "twtrace_build_info{version=\"0.1.0\"} 1",
+        ],
+    );
     assert!(text.ends_with("# EOF\n"));
     // Every family once.
     let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();
@@ -214,14 +223,15 @@ fn namespace_names_give_kubernetes_and_netns_labels() {
     let e = Builder::with_ip_netns_dir(Limits::default(), None).build(&agg, 2 * S, &Health::default(), &[]);
     let text = encode(Arc::new(e));
     let pod = "netns=\"1\",netns_name=\"shop/web-7d9f8c6b5-x2x4q\",namespace=\"shop\",pod=\"web-7d9f8c6b5-x2x4q\",container=\"\"";
-    for line in [
-        format!("twtrace_namespace_info{{{pod}}} 1"),
-        format!("twtrace_tcp_tw_reuse{{{pod}}} 1"),
-        format!("twtrace_tcp_timestamps{{{pod}}} 1"),
-        format!("twtrace_timewait_sockets{{{pod}}} 1"),
-    ] {
-        assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
-    }
+    assert_has_lines(
+        &text,
+        [
+            format!("twtrace_namespace_info{{{pod}}} 1"),
+            format!("twtrace_tcp_tw_reuse{{{pod}}} 1"),
+            format!("twtrace_tcp_timestamps{{{pod}}} 1"),
+            format!("twtrace_timewait_sockets{{{pod}}} 1"),
+        ],
+    );
 }
 
 /// Per destination, TIME_WAIT births by whether the peer sent timestamps: what tells whether
@@ -424,13 +434,14 @@ fn births_deaths_and_paws_drops_are_counted_per_namespace() {
     assert_eq!(host("twtrace_timewait_births_total"), Some(vec![Value::Int(3)]));
     let text = encode(Arc::new(e));
     let ns1 = "netns=\"1\",netns_name=\"shop/web-1\",namespace=\"shop\",pod=\"web-1\",container=\"\"";
-    for line in [
-        format!("twtrace_namespace_timewait_births_total{{{ns1}}} 3"),
-        format!("twtrace_namespace_timewait_deaths_total{{{ns1},reason=\"reused\"}} 1"),
-        format!("twtrace_namespace_paws_drops_total{{{ns1}}} 0"),
-    ] {
-        assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
-    }
+    assert_has_lines(
+        &text,
+        [
+            format!("twtrace_namespace_timewait_births_total{{{ns1}}} 3"),
+            format!("twtrace_namespace_timewait_deaths_total{{{ns1},reason=\"reused\"}} 1"),
+            format!("twtrace_namespace_paws_drops_total{{{ns1}}} 0"),
+        ],
+    );
 }
 
 /// The process families every client library exports, read from /proc/self.
